@@ -1,0 +1,1 @@
+"""weightmapper's command line: one subcommand per module, dispatched by main.py."""

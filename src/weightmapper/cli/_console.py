@@ -1,0 +1,19 @@
+"""Console helpers shared by the subcommands: one rich Console on stdout, JSON printing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+
+def stdout_console() -> Console:
+    """() → a rich Console on stdout; plain text when stdout is not a terminal."""
+    return Console(file=sys.stdout, soft_wrap=False, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    """JSON-ready data → stable, indented JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,397 @@
+"""MappingResult: the answer of the mapper, a read-only source → target Mapping with reasons.
+
+Everything a later stage needs travels here: each pair's score and per-signal breakdown,
+its tensor transform, multi-tensor splits and merges, and a reason for every key left
+unmatched. ``to_dict`` / ``from_dict`` give the JSON form that mapping files and reports use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+from weightmapper._version import __version__
+from weightmapper.errors import CheckpointFormatError, KeyCollisionError
+from weightmapper.transforms import IDENTITY, TransformSpec, apply_one, apply_transform
+
+MAPPING_SCHEMA_VERSION = "1.0"
+
+
+class UnmatchedReason(str, Enum):
+    """Why a key was left without a partner; the value is the stable code used in JSON."""
+
+    NO_SHAPE_PARTNER = "no_shape_partner"
+    """No key on the other side has a compatible shape (even under a transform)."""
+    BELOW_THRESHOLD = "below_threshold"
+    """The best candidate scored under the threshold (or the strategy's confidence bar)."""
+    LOST_TO_BETTER = "lost_to_better_candidate"
+    """Its candidates were all taken by pairs that scored higher."""
+    BUFFER_EXCLUDED = "buffer_excluded"
+    """A buffer with no counterpart in its matched module (buffer mode ``exclude``)."""
+    INCOMPATIBLE = "incompatible_component"
+    """Every shape-compatible candidate lies in a component family declared incompatible."""
+    AMBIGUOUS = "ambiguous"
+    """Several candidates tie and no evidence separates them; a guess would be unsafe."""
+    NO_CANDIDATES = "no_candidates"
+    """The other side has no keys left at all."""
+
+
+@dataclass(frozen=True)
+class MatchedPair:
+    """One source tensor mapped onto one target tensor."""
+
+    source: str
+    target: str
+    score: float
+    """Combined score in [0, 1]."""
+    breakdown: dict[str, float] = field(default_factory=dict)
+    """Per-signal sub-scores in [0, 1] (``shape``, ``name``, ``hierarchy``, ``order``, ...)."""
+    source_shape: tuple[int, ...] = ()
+    target_shape: tuple[int, ...] = ()
+    transform: TransformSpec = IDENTITY
+    group: bool = True
+    """True when matched as part of a whole parameter group, False when matched alone."""
+    stage: str = ""
+    """Cascade stage that settled it: ``exact``, ``normalized``, ``structural``, ``assignment``."""
+    confidence: str = "high"
+    """``high`` or ``low``; low marks a guess the evidence could not settle (square transposes)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """MatchedPair → JSON-ready dict."""
+        return {
+            "source": self.source,
+            "target": self.target,
+            "score": round(float(self.score), 6),
+            "breakdown": {k: round(float(v), 6) for k, v in sorted(self.breakdown.items())},
+            "source_shape": list(self.source_shape),
+            "target_shape": list(self.target_shape),
+            "transform": self.transform.to_dict(),
+            "group": self.group,
+            "stage": self.stage,
+            "confidence": self.confidence,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MatchedPair:
+        """JSON dict → MatchedPair."""
+        return cls(
+            source=d["source"],
+            target=d["target"],
+            score=float(d.get("score", 1.0)),
+            breakdown={k: float(v) for k, v in (d.get("breakdown") or {}).items()},
+            source_shape=tuple(d.get("source_shape") or ()),
+            target_shape=tuple(d.get("target_shape") or ()),
+            transform=TransformSpec.from_dict(d.get("transform")),
+            group=bool(d.get("group", True)),
+            stage=str(d.get("stage", "")),
+            confidence=str(d.get("confidence", "high")),
+        )
+
+
+@dataclass(frozen=True)
+class MultiPair:
+    """Several tensors on one side ↔ one or several on the other: a split or a merge.
+
+    A split has one source and several targets (fused qkv → q, k, v); a merge has several
+    sources and one target (per-expert tensors stacked into one).
+    """
+
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    transform: TransformSpec
+    score: float
+    breakdown: dict[str, float] = field(default_factory=dict)
+    confidence: str = "high"
+
+    @property
+    def kind(self) -> str:
+        """``split`` (one source, many targets) or ``merge`` (many sources, one target)."""
+        return "split" if len(self.sources) == 1 else "merge"
+
+    def to_dict(self) -> dict[str, Any]:
+        """MultiPair → JSON-ready dict."""
+        return {
+            "kind": self.kind,
+            "sources": list(self.sources),
+            "targets": list(self.targets),
+            "transform": self.transform.to_dict(),
+            "score": round(float(self.score), 6),
+            "breakdown": {k: round(float(v), 6) for k, v in sorted(self.breakdown.items())},
+            "confidence": self.confidence,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MultiPair:
+        """JSON dict → MultiPair."""
+        return cls(
+            sources=tuple(d["sources"]),
+            targets=tuple(d["targets"]),
+            transform=TransformSpec.from_dict(d.get("transform")),
+            score=float(d.get("score", 1.0)),
+            breakdown={k: float(v) for k, v in (d.get("breakdown") or {}).items()},
+            confidence=str(d.get("confidence", "high")),
+        )
+
+
+@dataclass(frozen=True)
+class UnmatchedKey:
+    """A key left without a partner, and why."""
+
+    name: str
+    side: str
+    """``source`` or ``target``."""
+    reason: UnmatchedReason
+    detail: str = ""
+    """Human sentence with the evidence (best candidate, its score, the threshold)."""
+    shape: tuple[int, ...] = ()
+    best_candidate: str | None = None
+    best_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """UnmatchedKey → JSON-ready dict."""
+        return {
+            "name": self.name,
+            "side": self.side,
+            "reason": self.reason.value,
+            "detail": self.detail,
+            "shape": list(self.shape),
+            "best_candidate": self.best_candidate,
+            "best_score": None if self.best_score is None else round(float(self.best_score), 6),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UnmatchedKey:
+        """JSON dict → UnmatchedKey."""
+        return cls(
+            name=d["name"],
+            side=d["side"],
+            reason=UnmatchedReason(d["reason"]),
+            detail=d.get("detail", ""),
+            shape=tuple(d.get("shape") or ()),
+            best_candidate=d.get("best_candidate"),
+            best_score=d.get("best_score"),
+        )
+
+
+class MappingResult(Mapping[str, str]):
+    """Read-only source key → target key mapping, with scores, transforms and reasons.
+
+    Iterating, indexing and ``len`` see the one-to-one pairs only; multi-tensor pairs are
+    in :attr:`splits`, :attr:`merges` and :attr:`multi`.
+    """
+
+    def __init__(
+        self,
+        pairs: list[MatchedPair] | tuple[MatchedPair, ...],
+        unmatched_source: list[UnmatchedKey] | tuple[UnmatchedKey, ...] = (),
+        unmatched_target: list[UnmatchedKey] | tuple[UnmatchedKey, ...] = (),
+        multi: list[MultiPair] | tuple[MultiPair, ...] = (),
+        *,
+        source_count: int | None = None,
+        target_count: int | None = None,
+        settings: dict[str, Any] | None = None,
+        source_name: str = "source",
+        target_name: str = "target",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._pairs: dict[str, MatchedPair] = {}
+        seen_targets: dict[str, list[str]] = {}
+        for p in sorted(pairs, key=lambda p: p.source):
+            if p.source in self._pairs:
+                raise KeyCollisionError(f"source key {p.source!r} is mapped twice")
+            self._pairs[p.source] = p
+            seen_targets.setdefault(p.target, []).append(p.source)
+        for m in multi:
+            for t in m.targets if m.kind == "split" else m.targets[:1]:
+                seen_targets.setdefault(t, []).extend(m.sources)
+        collisions = {t: s for t, s in seen_targets.items() if len(s) > 1}
+        if collisions:
+            raise KeyCollisionError(
+                f"{len(collisions)} target key(s) would receive several source tensors: "
+                + "; ".join(f"{t} ← {s}" for t, s in list(collisions.items())[:5]),
+                collisions,
+            )
+        self.multi: tuple[MultiPair, ...] = tuple(multi)
+        self.unmatched_source: tuple[UnmatchedKey, ...] = tuple(
+            sorted(unmatched_source, key=lambda u: u.name)
+        )
+        self.unmatched_target: tuple[UnmatchedKey, ...] = tuple(
+            sorted(unmatched_target, key=lambda u: u.name)
+        )
+        n_multi_src = sum(len(m.sources) for m in self.multi)
+        n_multi_tgt = sum(len(m.targets) for m in self.multi)
+        self.source_count = (
+            source_count
+            if source_count is not None
+            else len(self._pairs) + n_multi_src + len(self.unmatched_source)
+        )
+        self.target_count = (
+            target_count
+            if target_count is not None
+            else len(self._pairs) + n_multi_tgt + len(self.unmatched_target)
+        )
+        self.settings: dict[str, Any] = dict(settings or {})
+        self.source_name = source_name
+        self.target_name = target_name
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    # --- Mapping protocol ------------------------------------------------------------------
+    def __getitem__(self, key: str) -> str:
+        return self._pairs[key].target
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __repr__(self) -> str:
+        cov = self.coverage()
+        return (
+            f"MappingResult({len(self)} pairs, {len(self.multi)} split/merge, "
+            f"source coverage {cov['source_coverage']:.1%}, "
+            f"target coverage {cov['target_coverage']:.1%})"
+        )
+
+    # --- queries ---------------------------------------------------------------------------
+    @property
+    def pairs(self) -> tuple[MatchedPair, ...]:
+        """All one-to-one pairs, sorted by source key."""
+        return tuple(self._pairs.values())
+
+    def pair(self, source: str) -> MatchedPair:
+        """Source key → its MatchedPair (KeyError if unmapped)."""
+        return self._pairs[source]
+
+    def target_to_source(self) -> dict[str, str]:
+        """Target key → source key for the one-to-one pairs."""
+        return {p.target: p.source for p in self._pairs.values()}
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        """Source key → the target keys it is split into."""
+        return {m.sources[0]: list(m.targets) for m in self.multi if m.kind == "split"}
+
+    @property
+    def merges(self) -> dict[str, list[str]]:
+        """Target key → the source keys merged (concatenated or stacked) into it."""
+        return {m.targets[0]: list(m.sources) for m in self.multi if m.kind == "merge"}
+
+    def get_mapping_with_scores(self) -> dict[str, tuple[str, float]]:
+        """MappingResult → {source: (target, score)}."""
+        return {s: (p.target, p.score) for s, p in self._pairs.items()}
+
+    def get_unmatched(self) -> dict[str, list[str]]:
+        """MappingResult → {"source": [...], "target": [...]} unmatched key names, sorted."""
+        return {
+            "source": [u.name for u in self.unmatched_source],
+            "target": [u.name for u in self.unmatched_target],
+        }
+
+    def unmatched_reasons(self) -> dict[str, dict[str, UnmatchedKey]]:
+        """MappingResult → {"source": {name: UnmatchedKey}, "target": {...}}."""
+        return {
+            "source": {u.name: u for u in self.unmatched_source},
+            "target": {u.name: u for u in self.unmatched_target},
+        }
+
+    def score_breakdown(self, source: str) -> dict[str, float]:
+        """Source key → its per-signal sub-scores."""
+        return dict(self._pairs[source].breakdown)
+
+    def coverage(self) -> dict[str, float | int]:
+        """MappingResult → counts and the fraction of source and target tensors mapped."""
+        n_src = len(self._pairs) + sum(len(m.sources) for m in self.multi)
+        n_tgt = len(self._pairs) + sum(len(m.targets) for m in self.multi)
+        return {
+            "mapped_pairs": len(self._pairs),
+            "multi_pairs": len(self.multi),
+            "source_total": self.source_count,
+            "target_total": self.target_count,
+            "source_mapped": n_src,
+            "target_mapped": n_tgt,
+            "source_unmatched": len(self.unmatched_source),
+            "target_unmatched": len(self.unmatched_target),
+            "source_coverage": n_src / self.source_count if self.source_count else 1.0,
+            "target_coverage": n_tgt / self.target_count if self.target_count else 1.0,
+        }
+
+    # --- conversion ------------------------------------------------------------------------
+    def convert(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Source state dict → target-named state dict, transforms applied.
+
+        Source keys the mapping does not mention are dropped; a mapped source key missing
+        from ``state_dict`` raises CheckpointFormatError naming it.
+        """
+        out: dict[str, torch.Tensor] = {}
+        missing = [s for s in self._pairs if s not in state_dict]
+        missing += [s for m in self.multi for s in m.sources if s not in state_dict]
+        if missing:
+            raise CheckpointFormatError(
+                f"{len(missing)} mapped source key(s) are not in the state dict, e.g. "
+                f"{missing[:5]}. Was the mapping made for another checkpoint?"
+            )
+        for s, p in self._pairs.items():
+            out[p.target] = apply_one(p.transform, state_dict[s])
+        for m in self.multi:
+            produced = apply_transform(m.transform, [state_dict[s] for s in m.sources])
+            out.update(zip(m.targets, produced, strict=True))
+        return out
+
+    # --- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """MappingResult → JSON-ready dict (the ``mapping`` part of a report)."""
+        return {
+            "schema_version": MAPPING_SCHEMA_VERSION,
+            "tool_version": __version__,
+            "source_name": self.source_name,
+            "target_name": self.target_name,
+            "settings": self.settings,
+            "coverage": self.coverage(),
+            "pairs": [p.to_dict() for p in self._pairs.values()],
+            "multi": [m.to_dict() for m in self.multi],
+            "unmatched": {
+                "source": [u.to_dict() for u in self.unmatched_source],
+                "target": [u.to_dict() for u in self.unmatched_target],
+            },
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MappingResult:
+        """JSON dict (a mapping, or a report holding one under ``mapping``) → MappingResult."""
+        if "pairs" not in data and isinstance(data.get("mapping"), dict):
+            data = data["mapping"]
+        if "pairs" not in data:
+            raise CheckpointFormatError(
+                "this JSON holds no mapping: expected a 'pairs' list (a weightmapper mapping "
+                "or report file). Create one with `weightmapper map`."
+            )
+        cov = data.get("coverage") or {}
+        um = data.get("unmatched") or {}
+        return cls(
+            [MatchedPair.from_dict(p) for p in data["pairs"]],
+            [UnmatchedKey.from_dict(u) for u in um.get("source", [])],
+            [UnmatchedKey.from_dict(u) for u in um.get("target", [])],
+            [MultiPair.from_dict(m) for m in data.get("multi", [])],
+            source_count=cov.get("source_total"),
+            target_count=cov.get("target_total"),
+            settings=data.get("settings") or {},
+            source_name=data.get("source_name", "source"),
+            target_name=data.get("target_name", "target"),
+            metadata=data.get("metadata") or {},
+        )
+
+    def to_json(self) -> str:
+        """MappingResult → canonical JSON text (sorted keys, stable across runs)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_simple(cls, mapping: Mapping[str, str]) -> MappingResult:
+        """Plain {source: target} dict → MappingResult with identity transforms, score 1."""
+        return cls([MatchedPair(s, t, 1.0, stage="user") for s, t in mapping.items()])
