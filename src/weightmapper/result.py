@@ -208,7 +208,7 @@ class MappingResult(Mapping[str, str]):
             seen_targets.setdefault(p.target, []).append(p.source)
         for m in multi:
             for t in m.targets if m.kind == "split" else m.targets[:1]:
-                seen_targets.setdefault(t, []).extend(m.sources)
+                seen_targets.setdefault(t, []).append(" + ".join(m.sources))
         collisions = {t: s for t, s in seen_targets.items() if len(s) > 1}
         if collisions:
             raise KeyCollisionError(

@@ -4,8 +4,13 @@ A transform is recorded in a mapping as a :class:`TransformSpec` (a name and JSO
 parameters), so a mapping file says exactly how each source tensor becomes its target.
 New transforms register with :func:`register_transform`.
 
-One-to-one transforms take one tensor and return one. Multi-tensor transforms
-(``split``, ``merge``, ``stack``) take and return sequences of tensors.
+One-to-one transforms (``identity``, ``transpose``, ``permute``, ``reshape``) take one
+tensor and return one. Multi-tensor transforms take and return sequences: ``split`` (1 → n,
+inverse ``merge``), ``merge`` (n → 1 by concatenation, inverse ``split``), ``stack`` (n → 1
+along a new dim, inverse ``unstack``) and ``unstack``. ``chain`` applies several specs in
+order (a one-to-one step applies to every tensor in flight), e.g. GPT-2's ``Conv1D`` fused
+``c_attn`` → ``transpose`` then ``split``. Every transform is invertible and round-trips
+bit-exactly.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ class Transform(Protocol):
     """A registered transform: applies itself and knows its inverse."""
 
     name: str
-    arity: str  # "one" (tensor → tensor), "split" (1 → n), "merge" (n → 1)
+    arity: str  # "one" (tensor → tensor), "split" (1 → n), "merge" (n → 1), "any" (chain)
 
     def apply(self, tensors: Sequence[torch.Tensor], **params: Any) -> list[torch.Tensor]:
         """Input tensors → output tensors."""
@@ -119,8 +124,8 @@ def apply_transform(spec: TransformSpec, tensors: Sequence[torch.Tensor]) -> lis
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         shapes = [tuple(t.shape) for t in tensors]
         raise TransformError(
-            f"transform {spec.name} with {spec.params} cannot apply to tensors of shape {shapes}: {e}. "
-            "Check the mapping file was made for this checkpoint."
+            f"transform {spec.name} with {spec.params} cannot apply to tensors of shape "
+            f"{shapes}: {e}. Check the mapping file was made for this checkpoint."
         ) from e
 
 
@@ -137,7 +142,32 @@ def invert(spec: TransformSpec) -> TransformSpec:
     return get_transform(spec.name).inverse(**spec.params)
 
 
+def output_shapes(spec: TransformSpec, shapes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """TransformSpec + input shapes → output shapes, computed on the meta device (no data)."""
+    metas = [torch.empty(tuple(s), device="meta") for s in shapes]
+    return [tuple(int(d) for d in t.shape) for t in apply_transform(spec, metas)]
+
+
+def chain(*steps: TransformSpec) -> TransformSpec:
+    """Several TransformSpecs → one ``chain`` spec applying them in order (identities dropped)."""
+    real = [s for s in steps if not s.is_identity]
+    if not real:
+        return IDENTITY
+    if len(real) == 1:
+        return real[0]
+    return TransformSpec("chain", {"steps": [s.to_dict() for s in real]})
+
+
 # --- one-to-one transforms ---------------------------------------------------------------
+
+
+def _single(ts: list[torch.Tensor], name: str) -> torch.Tensor:
+    if len(ts) != 1:
+        raise TransformError(
+            f"transform {name} takes exactly one tensor, got {len(ts)}; use it on a one-to-one "
+            "pair or inside a chain after a split"
+        )
+    return ts[0]
 
 
 def _identity(ts: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -146,13 +176,28 @@ def _identity(ts: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def _transpose(ts: list[torch.Tensor], dim0: int = 0, dim1: int = 1) -> list[torch.Tensor]:
     # contiguous() so the result can be written to safetensors as-is.
-    return [ts[0].transpose(dim0, dim1).contiguous()]
+    return [_single(ts, "transpose").transpose(dim0, dim1).contiguous()]
+
+
+def _permute(ts: list[torch.Tensor], dims: Sequence[int]) -> list[torch.Tensor]:
+    return [_single(ts, "permute").permute(*dims).contiguous()]
+
+
+def _permute_inverse(dims: Sequence[int]) -> TransformSpec:
+    inv = [0] * len(dims)
+    for i, d in enumerate(dims):
+        inv[int(d)] = i
+    return TransformSpec("permute", {"dims": inv})
 
 
 def _reshape(
     ts: list[torch.Tensor], shape: Sequence[int], from_shape: Sequence[int] | None = None
 ) -> list[torch.Tensor]:
-    t = ts[0]
+    t = _single(ts, "reshape")
+    if from_shape is not None and tuple(t.shape) != tuple(from_shape):
+        raise TransformError(
+            f"reshape expects a tensor of shape {tuple(from_shape)}, got {tuple(t.shape)}"
+        )
     if t.numel() != _prod(shape):
         raise TransformError(
             f"reshape to {tuple(shape)} needs {_prod(shape)} elements, tensor of shape "
@@ -161,11 +206,93 @@ def _reshape(
     return [t.reshape(tuple(shape)).contiguous()]
 
 
+def _reshape_inverse(
+    shape: Sequence[int], from_shape: Sequence[int] | None = None
+) -> TransformSpec:
+    if from_shape is None:
+        raise MappingError(
+            f"reshape to {list(shape)} has no 'from_shape' parameter, so it cannot be inverted; "
+            "record the original shape as from_shape in the mapping"
+        )
+    return TransformSpec("reshape", {"shape": list(from_shape), "from_shape": list(shape)})
+
+
 def _prod(shape: Sequence[int]) -> int:
     n = 1
     for d in shape:
         n *= int(d)
     return n
+
+
+# --- multi-tensor transforms -------------------------------------------------------------
+
+
+def _split(ts: list[torch.Tensor], sizes: Sequence[int], dim: int = 0) -> list[torch.Tensor]:
+    t = _single(ts, "split")
+    if t.dim() == 0:
+        raise TransformError("split needs a tensor with at least one dimension, got a 0-d tensor")
+    if sum(int(s) for s in sizes) != t.shape[dim]:
+        raise TransformError(
+            f"split sizes {list(sizes)} add up to {sum(sizes)}, but dim {dim} of the tensor "
+            f"of shape {tuple(t.shape)} has {t.shape[dim]}"
+        )
+    # clone: a narrow along dim 0 is a view of the fused tensor, and shared storage would
+    # make safetensors refuse the outputs and keep the whole fused tensor alive.
+    return [p.clone(memory_format=torch.contiguous_format) for p in t.split(list(sizes), dim)]
+
+
+def _merge(
+    ts: list[torch.Tensor], dim: int = 0, sizes: Sequence[int] | None = None
+) -> list[torch.Tensor]:
+    if not ts:
+        raise TransformError("merge needs at least one tensor, got none")
+    if sizes is not None:
+        got = [int(t.shape[dim]) if t.dim() else 0 for t in ts]
+        if got != [int(s) for s in sizes]:
+            raise TransformError(f"merge expects sizes {list(sizes)} along dim {dim}, got {got}")
+    return [torch.cat(ts, dim)]
+
+
+def _merge_inverse(dim: int = 0, sizes: Sequence[int] | None = None) -> TransformSpec:
+    if sizes is None:
+        raise MappingError(
+            "a merge without 'sizes' cannot be inverted: the split points are unknown; "
+            "record the sizes of the merged tensors in the mapping"
+        )
+    return TransformSpec("split", {"dim": dim, "sizes": list(sizes)})
+
+
+def _stack(ts: list[torch.Tensor], dim: int = 0) -> list[torch.Tensor]:
+    if not ts:
+        raise TransformError("stack needs at least one tensor, got none")
+    return [torch.stack(ts, dim)]
+
+
+def _unstack(ts: list[torch.Tensor], dim: int = 0, count: int | None = None) -> list[torch.Tensor]:
+    t = _single(ts, "unstack")
+    if count is not None and (t.dim() == 0 or t.shape[dim] != count):
+        raise TransformError(
+            f"unstack expects {count} entries along dim {dim}, tensor has shape {tuple(t.shape)}"
+        )
+    return [p.clone(memory_format=torch.contiguous_format) for p in t.unbind(dim)]
+
+
+def _chain(ts: list[torch.Tensor], steps: Sequence[dict[str, Any]]) -> list[torch.Tensor]:
+    out = list(ts)
+    for raw in steps:
+        spec = TransformSpec.from_dict(raw)
+        if get_transform(spec.name).arity == "one":
+            # A one-to-one step inside a chain applies to every tensor in flight, so
+            # "transpose, then split" and "split, then transpose each" both read naturally.
+            out = [t for x in out for t in apply_transform(spec, [x])]
+        else:
+            out = apply_transform(spec, out)
+    return out
+
+
+def _chain_inverse(steps: Sequence[dict[str, Any]]) -> TransformSpec:
+    inv = [invert(TransformSpec.from_dict(s)).to_dict() for s in reversed(steps)]
+    return TransformSpec("chain", {"steps": inv})
 
 
 register_transform(FunctionTransform("identity", "one", _identity, lambda: IDENTITY))
@@ -177,13 +304,83 @@ register_transform(
         lambda dim0=0, dim1=1: TransformSpec("transpose", {"dim0": dim0, "dim1": dim1}),
     )
 )
+register_transform(FunctionTransform("permute", "one", _permute, _permute_inverse))
+register_transform(FunctionTransform("reshape", "one", _reshape, _reshape_inverse))
 register_transform(
     FunctionTransform(
-        "reshape",
-        "one",
-        _reshape,
-        lambda shape, from_shape=None: TransformSpec(
-            "reshape", {"shape": list(from_shape or []), "from_shape": list(shape)}
-        ),
+        "split",
+        "split",
+        _split,
+        lambda sizes, dim=0: TransformSpec("merge", {"dim": dim, "sizes": list(sizes)}),
     )
 )
+register_transform(FunctionTransform("merge", "merge", _merge, _merge_inverse))
+register_transform(
+    FunctionTransform(
+        "stack", "merge", _stack, lambda dim=0: TransformSpec("unstack", {"dim": dim})
+    )
+)
+register_transform(
+    FunctionTransform(
+        "unstack",
+        "split",
+        _unstack,
+        lambda dim=0, count=None: TransformSpec("stack", {"dim": dim}),
+    )
+)
+register_transform(FunctionTransform("chain", "any", _chain, _chain_inverse))
+
+
+# --- proposing a one-to-one transform ----------------------------------------------------
+
+# Modules that store a 2-D weight as (in_features, out_features), transposed against Linear.
+TRANSPOSED_LINEAR_TYPES = frozenset({"Conv1D", "TFConv1D"})
+LINEAR_TYPES = frozenset(
+    {"Linear", "NonDynamicallyQuantizableLinear", "LazyLinear", "Bilinear", "MultiheadAttention"}
+)
+
+
+def weight_layout(module_type: str | None) -> str | None:
+    """Module class name → ``"in_out"`` (Conv1D), ``"out_in"`` (Linear) or None when unknown."""
+    if module_type in TRANSPOSED_LINEAR_TYPES:
+        return "in_out"
+    if module_type in LINEAR_TYPES:
+        return "out_in"
+    return None
+
+
+def infer_transform(
+    source_shape: Sequence[int],
+    target_shape: Sequence[int],
+    *,
+    source_type: str | None = None,
+    target_type: str | None = None,
+    param: str = "weight",
+) -> tuple[TransformSpec, str] | None:
+    """Source and target shape (+ module class names) → (transform, confidence) or None.
+
+    Confidence is ``"high"`` when shapes or module types settle the layout and ``"low"``
+    when they cannot: a square 2-D weight where one side is known to be ``Conv1D`` and the
+    other side's type is unknown. None means no registered one-to-one transform fits.
+    """
+    src, tgt = tuple(int(d) for d in source_shape), tuple(int(d) for d in target_shape)
+    src_layout, tgt_layout = weight_layout(source_type), weight_layout(target_type)
+    is_matrix_weight = len(src) == 2 and param.endswith("weight")
+    if is_matrix_weight and src_layout and tgt_layout and src_layout != tgt_layout:
+        if src[::-1] == tgt:
+            return TransformSpec("transpose", {"dim0": 0, "dim1": 1}), "high"
+        return None
+    if src == tgt:
+        one_side_transposed = (src_layout == "in_out") != (tgt_layout == "in_out")
+        unknown_side = src_layout is None or tgt_layout is None
+        if is_matrix_weight and src[0] == src[1] and one_side_transposed and unknown_side:
+            return IDENTITY, "low"
+        return IDENTITY, "high"
+    if len(src) == 2 and src[::-1] == tgt:
+        return TransformSpec("transpose", {"dim0": 0, "dim1": 1}), "high"
+    squeezed_src = tuple(d for d in src if d != 1)
+    squeezed_tgt = tuple(d for d in tgt if d != 1)
+    if squeezed_src == squeezed_tgt:
+        # (C,1,1) ↔ (C,), (O,I,1,1) ↔ (O,I): the same elements in the same order.
+        return TransformSpec("reshape", {"shape": list(tgt), "from_shape": list(src)}), "high"
+    return None

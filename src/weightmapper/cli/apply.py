@@ -1,0 +1,136 @@
+"""`weightmapper apply`: checkpoint + mapping file → safetensors; renders ``convert_checkpoint``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from weightmapper.checkpoint import open_checkpoint
+from weightmapper.cli._console import print_json, stdout_console
+from weightmapper.convert import ConvertReport, convert_checkpoint
+from weightmapper.errors import MappingError
+from weightmapper.result import MappingResult
+
+HELP = "convert a checkpoint with a mapping file into safetensors (streamed, atomic)"
+DESCRIPTION = """\
+Rename and transform the tensors of SOURCE as MAPPING.json says and write safetensors to
+OUT, one tensor at a time (memory stays near the largest tensor, not the checkpoint).
+OUT ending in .safetensors names the file; any other OUT is a directory. Output larger than
+--shard-size is sharded HF-style with a model.safetensors.index.json. Nothing appears under
+the final name until the whole output is complete. The metadata records the source and
+mapping hashes and the tool version.
+
+Exit codes: 0 ok, 2 bad input (unreadable source or mapping, output exists, ...).
+
+examples:
+  weightmapper apply old.safetensors mapping.json --out new.safetensors
+  weightmapper apply ./llama-shards/ report.json --out ./converted --shard-size 5GB
+  weightmapper apply model.pt mapping.json --out model.safetensors --dtype bfloat16 --force
+"""
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Parser → parser with apply's arguments added."""
+    parser.add_argument("source", help="checkpoint file, shard index JSON, or directory")
+    parser.add_argument("mapping", help="mapping or report JSON written by `weightmapper map`")
+    parser.add_argument("--out", required=True, help="output .safetensors file or directory")
+    parser.add_argument(
+        "--shard-size", default="2GB", help="largest shard, e.g. 500MB, 5GB (default: 2GB)"
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+    parser.add_argument(
+        "--dtype", choices=sorted(_DTYPES), help="cast floating-point tensors to this dtype"
+    )
+    parser.add_argument("--json", action="store_true", help="print the conversion report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a pickle source to import any global (runs its code): trusted files only",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parsed arguments → exit code (0 when the output was written)."""
+    mapping = read_mapping(args.mapping)
+    table = open_checkpoint(args.source, trusted=args.trust_pickle)
+    dtype = _DTYPES[args.dtype] if args.dtype else None
+    if args.quiet:
+        report = convert_checkpoint(
+            table, mapping, args.out, shard_size=args.shard_size, overwrite=args.force, dtype=dtype
+        )
+    else:
+        columns = (
+            TextColumn("converting"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+            task = bar.add_task("convert", total=None)
+            report = convert_checkpoint(
+                table,
+                mapping,
+                args.out,
+                shard_size=args.shard_size,
+                overwrite=args.force,
+                dtype=dtype,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        render(report, stdout_console())
+    return 0
+
+
+def read_mapping(path: str | Path) -> MappingResult:
+    """Mapping or report JSON file → MappingResult; MappingError when unreadable."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise MappingError(
+            f"mapping file {p} does not exist; create one with `weightmapper map`"
+        ) from e
+    except (OSError, ValueError) as e:
+        raise MappingError(f"mapping file {p} is not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise MappingError(f"mapping file {p} holds {type(data).__name__}, expected a JSON object")
+    return MappingResult.from_dict(data)
+
+
+def render(report: ConvertReport, console: Console) -> None:
+    """ConvertReport → a few lines on the console."""
+    lines = [
+        f"wrote {report.tensor_count} tensors ({report.bytes_written:,} bytes) in "
+        f"{len(report.files)} file(s): {report.index_path or report.files[0]}"
+    ]
+    if report.aliases:
+        lines.append(f"tied tensors stored once: {len(report.aliases)} alias(es)")
+    dropped = report.dropped_source_keys
+    if dropped:
+        more = f", … {len(dropped) - 5} more" if len(dropped) > 5 else ""
+        lines.append(
+            f"source keys not in the mapping, dropped: {len(dropped)} "
+            f"({', '.join(dropped[:5])}{more})"
+        )
+    lines.append(f"source sha256 {report.source_sha256}")
+    lines.append(f"mapping sha256 {report.mapping_sha256}")
+    console.print("\n".join(lines), markup=False, soft_wrap=True)

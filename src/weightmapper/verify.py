@@ -1,0 +1,505 @@
+"""Functional proof: source module + target module + mapping + input → FunctionalCheck.
+
+The source's weights are converted with the mapping and loaded into a copy of the target;
+both run on the same input in eval mode. When the outputs differ, forward hooks on every
+pair of corresponding modules (derived from the mapping's parameter names) find the first
+target module, in execution order, whose output differs although its input matched: the
+place where a wrong layout (a square matrix left untransposed, q and k swapped) bites.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightmapper.errors import CheckpointFormatError, MappingError
+from weightmapper.result import MappingResult
+from weightmapper.transforms import IDENTITY, TransformSpec, chain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FunctionalCheck:
+    """Outcome of running source and converted target on the same input."""
+
+    max_abs_diff: float
+    """max |target − reference| over the compared output tensor."""
+    max_rel_diff: float
+    """max_abs_diff / max |reference| (a norm-wise relative error; 0 when both are zero)."""
+    equal: bool
+    """True when the outputs agree within ``atol`` + ``rtol`` · |reference| everywhere."""
+    first_diverging: str | None = None
+    """``target.path (source: source.path)`` of the first module whose output differs while
+    its input matched; None when the outputs are equal or no module could be compared."""
+    compared_modules: int = 0
+    """Module pairs whose intermediate outputs were compared."""
+    first_diverging_target: str | None = None
+    first_diverging_source: str | None = None
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    """What was noticed on the way (keys the mapping left at their initial values, ...)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """FunctionalCheck → JSON-ready dict."""
+        return {
+            "equal": self.equal,
+            "max_abs_diff": self.max_abs_diff,
+            "max_rel_diff": self.max_rel_diff,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "first_diverging": self.first_diverging,
+            "first_diverging_target": self.first_diverging_target,
+            "first_diverging_source": self.first_diverging_source,
+            "compared_modules": self.compared_modules,
+            "notes": list(self.notes),
+        }
+
+    def summary(self) -> str:
+        """FunctionalCheck → one or two human lines."""
+        head = (
+            f"outputs {'EQUAL' if self.equal else 'DIFFER'}: max abs diff "
+            f"{self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} "
+            f"(atol {self.atol:g}, rtol {self.rtol:g})"
+        )
+        lines = [head]
+        if self.first_diverging:
+            lines.append(f"first diverging module: {self.first_diverging}")
+        elif not self.equal:
+            lines.append(f"no single diverging module found among {self.compared_modules} compared")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def check_outputs(
+    source_module: nn.Module | None,
+    target_module: nn.Module,
+    mapping: MappingResult | Mapping[str, str],
+    inputs: Any,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    reference_output: Any = None,
+) -> FunctionalCheck:
+    """Source module (or a saved reference output) + target + mapping + input → FunctionalCheck.
+
+    ``inputs`` is a tensor, a tuple of positional arguments or a dict of keyword arguments.
+    Outputs may be tensors, tuples, dicts or HF ModelOutputs (``logits``, then
+    ``last_hidden_state``, then the first tensor is compared). Neither module is modified.
+    With ``source_module=None`` the target is run with its own (already converted) weights
+    and compared with ``reference_output``; no diverging module can be located then.
+    """
+    result = mapping if isinstance(mapping, MappingResult) else MappingResult.from_simple(mapping)
+    if source_module is None and reference_output is None:
+        raise MappingError(
+            "check_outputs needs a source module or a reference output to compare with; "
+            "pass source_module=... or reference_output=..."
+        )
+    target = copy.deepcopy(target_module).eval()
+    source = copy.deepcopy(source_module).eval() if source_module is not None else None
+    if source is not None:
+        notes = _load_converted(target, result.convert(source.state_dict()))
+        pairs = _module_pairs(result, source, target)
+    else:
+        # A saved reference output: the target is expected to hold converted weights already.
+        notes = ["no source module: the target's own weights were compared with the reference"]
+        pairs = []
+    args, kwargs = _as_call(inputs)
+
+    src_rec: dict[str, tuple[Any, Any]] = {}
+    tgt_rec: dict[str, tuple[Any, Any]] = {}
+    order: list[str] = []
+    handles = []
+    try:
+        for s_path, t_path in pairs if source is not None else []:
+            handles.append(_hook(source.get_submodule(s_path), s_path, src_rec, None))
+            handles.append(_hook(target.get_submodule(t_path), t_path, tgt_rec, order))
+        with torch.no_grad():
+            reference = source(*args, **kwargs) if source is not None else reference_output
+            got = target(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    if reference_output is not None and source is not None:
+        notes.append("compared with the source module's output, not the given reference_output")
+
+    ref_t, got_t = _main_tensor(reference), _main_tensor(got)
+    if ref_t is None or got_t is None:
+        raise CheckpointFormatError(
+            f"cannot find an output tensor to compare (reference: {type(reference).__name__}, "
+            f"target: {type(got).__name__}); return a tensor, tuple, dict or ModelOutput"
+        )
+    max_abs, max_rel, equal = _compare(got_t, ref_t, atol, rtol)
+    if tuple(got_t.shape) != tuple(ref_t.shape):
+        notes.append(f"output shapes differ: {tuple(got_t.shape)} vs {tuple(ref_t.shape)}")
+
+    t_to_s = {t: s for s, t in pairs}
+    first_t = first_s = None
+    compared = 0
+    fallback: tuple[str, str] | None = None
+    for t_path in order:
+        s_path = t_to_s[t_path]
+        if s_path not in src_rec:
+            continue
+        (s_in, s_out), (t_in, t_out) = src_rec[s_path], tgt_rec[t_path]
+        out_same = _same(t_out, s_out, atol, rtol)
+        if out_same is None:
+            continue
+        compared += 1
+        if out_same or equal:
+            continue
+        if fallback is None:
+            fallback = (t_path, s_path)
+        if first_t is None and _same(t_in, s_in, atol, rtol) is not False:
+            first_t, first_s = t_path, s_path
+    if first_t is None and fallback is not None:
+        first_t, first_s = fallback
+        notes.append("no diverging module had matching inputs; naming the first that differs")
+    first = f"{first_t} (source: {first_s})" if first_t is not None else None
+    check = FunctionalCheck(
+        max_abs_diff=max_abs,
+        max_rel_diff=max_rel,
+        equal=equal,
+        first_diverging=first,
+        compared_modules=compared,
+        first_diverging_target=first_t,
+        first_diverging_source=first_s,
+        atol=atol,
+        rtol=rtol,
+        notes=tuple(notes),
+    )
+    log.info("functional check: %s", check.summary().replace("\n", "; "))
+    return check
+
+
+def settle_ambiguous(
+    source_module: nn.Module,
+    target_module: nn.Module,
+    mapping: MappingResult,
+    inputs: Any,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    max_rounds: int = 64,
+) -> tuple[MappingResult, FunctionalCheck]:
+    """Mapping with low-confidence layouts + both modules + input → settled mapping and its check.
+
+    Shapes cannot tell whether a square weight must be transposed. While the outputs differ,
+    the low-confidence pairs inside the first diverging module get the other layout (identity
+    ↔ transpose; for a split or merge, each chunk transposed or not); a change is kept when
+    the divergence moves later or disappears. When the outputs end equal, every remaining
+    low-confidence layout is confirmed by the outputs and marked ``high`` with a
+    ``functional_check`` signal of 1. Returns the (possibly unchanged) mapping and last check.
+    """
+    current = mapping
+    check = check_outputs(source_module, target_module, current, inputs, atol=atol, rtol=rtol)
+    rank = _target_rank(target_module, inputs)
+    shapes = {k: tuple(v.shape) for k, v in source_module.state_dict().items()}
+    tried: set[str] = set()
+    accepted: set[str] = set()
+    for _ in range(max_rounds):
+        if check.equal or check.first_diverging_target is None:
+            break
+        where = check.first_diverging_target
+        flips = [
+            key
+            for key in _low_confidence_keys(current, shapes)
+            if key not in tried and _inside(key, current, where)
+        ]
+        if not flips:
+            break
+        key = flips[0]
+        tried.add(key)
+        candidate = _flip(current, key)
+        trial = check_outputs(source_module, target_module, candidate, inputs, atol=atol, rtol=rtol)
+        moved_on = trial.equal or (
+            trial.first_diverging_target is not None
+            and rank.get(trial.first_diverging_target, -1) > rank.get(where, -1)
+        )
+        if moved_on:
+            log.info("functional check settled the layout of %s", key)
+            current, check = candidate, trial
+            accepted.add(key)
+            tried = set(accepted)  # a new state: layouts rejected before may fit now
+    if check.equal:
+        current = _confirm(current)
+    return current, check
+
+
+def _low_confidence_keys(result: MappingResult, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Mapping + source shapes → source key of each low-confidence pair with a flippable layout."""
+    keys = [
+        p.source
+        for p in result.pairs
+        if p.confidence == "low"
+        and len(shapes.get(p.source, ())) == 2
+        and shapes[p.source][0] == shapes[p.source][1]
+    ]
+    keys += [m.sources[0] for m in result.multi if m.confidence == "low"]
+    return keys
+
+
+def _inside(key: str, result: MappingResult, module: str) -> bool:
+    """Source key + mapping + target module path → True when one of its targets lies inside."""
+    if key in result:
+        targets = [result[key]]
+    else:
+        targets = next(list(m.targets) for m in result.multi if m.sources[0] == key)
+    return any(t.startswith(module + ".") for t in targets)
+
+
+def _flip(result: MappingResult, key: str) -> MappingResult:
+    """Mapping + source key → a copy where that pair's chunks or matrix are transposed."""
+    t = TransformSpec("transpose", {"dim0": 0, "dim1": 1})
+    pairs = list(result.pairs)
+    multi = list(result.multi)
+    if key in result:
+        i = next(i for i, p in enumerate(pairs) if p.source == key)
+        p = pairs[i]
+        spec = IDENTITY if p.transform == t else chain(p.transform, t)
+        pairs[i] = replace(p, transform=spec)
+    else:
+        i = next(i for i, m in enumerate(multi) if m.sources[0] == key)
+        m = multi[i]
+        # a split transposes each output chunk afterwards, a merge each input beforehand
+        spec = chain(m.transform, t) if m.kind == "split" else chain(t, m.transform)
+        multi[i] = replace(m, transform=spec)
+    return _rebuild(result, pairs, multi)
+
+
+def _confirm(result: MappingResult) -> MappingResult:
+    """Mapping whose outputs proved equal → its low-confidence pairs marked high."""
+    pairs = [
+        replace(p, confidence="high", breakdown={**p.breakdown, "functional_check": 1.0})
+        if p.confidence == "low"
+        else p
+        for p in result.pairs
+    ]
+    multi = [
+        replace(m, confidence="high", breakdown={**m.breakdown, "functional_check": 1.0})
+        if m.confidence == "low"
+        else m
+        for m in result.multi
+    ]
+    return _rebuild(result, pairs, multi)
+
+
+def _rebuild(result: MappingResult, pairs: list[Any], multi: list[Any]) -> MappingResult:
+    return MappingResult(
+        pairs,
+        result.unmatched_source,
+        result.unmatched_target,
+        multi,
+        source_count=result.source_count,
+        target_count=result.target_count,
+        settings=result.settings,
+        source_name=result.source_name,
+        target_name=result.target_name,
+        metadata=result.metadata,
+    )
+
+
+def _target_rank(target: nn.Module, inputs: Any) -> dict[str, int]:
+    """Target module + input → module path → rank at which its forward finished."""
+    model = copy.deepcopy(target).eval()
+    order: dict[str, int] = {}
+    handles = []
+    for name, mod in model.named_modules():
+
+        def hook(_m: nn.Module, _a: Any, _o: Any, name: str = name) -> None:
+            order.setdefault(name, len(order))
+
+        handles.append(mod.register_forward_hook(hook))
+    args, kwargs = _as_call(inputs)
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _load_converted(target: nn.Module, converted: dict[str, torch.Tensor]) -> list[str]:
+    """Converted state dict → loaded into ``target`` (strict when complete); → notes."""
+    notes: list[str] = []
+    expected = target.state_dict()
+    on_meta = any(t.device.type == "meta" for t in expected.values())
+    unexpected = sorted(k for k in converted if k not in expected)
+    if unexpected:
+        raise MappingError(
+            f"the mapping produces {len(unexpected)} key(s) the target does not have, e.g. "
+            f"{unexpected[:5]}; was it made for another target?"
+        )
+    wrong = [
+        f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in converted.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if wrong:
+        raise MappingError(
+            f"{len(wrong)} converted tensor(s) do not fit the target, e.g. {wrong[:3]}; "
+            "check the mapping's transforms"
+        )
+    missing = _untied_missing(target, converted)
+    if missing:
+        notes.append(
+            f"{len(missing)} target key(s) not produced by the mapping keep their initial "
+            f"values, e.g. {missing[:5]}"
+        )
+    target.load_state_dict(converted, strict=False, assign=on_meta)
+    return notes
+
+
+def _untied_missing(target: nn.Module, converted: Mapping[str, torch.Tensor]) -> list[str]:
+    """Target keys the converted dict lacks, minus those tied to a key it has."""
+    sd = target.state_dict(keep_vars=True)
+    by_obj: dict[int, list[str]] = {}
+    for k, v in sd.items():
+        by_obj.setdefault(id(v), []).append(k)
+    missing = []
+    for k, v in sd.items():
+        if k not in converted and not any(p in converted for p in by_obj[id(v)]):
+            missing.append(k)
+    return sorted(missing)
+
+
+# --- module correspondence -----------------------------------------------------------------
+
+
+def _module_of(key: str) -> str:
+    return key.rsplit(".", 1)[0] if "." in key else ""
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split(".") if path else []
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _common_prefix(paths: list[str]) -> str:
+    split = [p.split(".") if p else [] for p in paths]
+    common: list[str] = []
+    for tokens in zip(*split, strict=False):
+        if len(set(tokens)) != 1:
+            break
+        common.append(tokens[0])
+    return ".".join(common)
+
+
+def _module_pairs(
+    result: MappingResult, source: nn.Module, target: nn.Module
+) -> list[tuple[str, str]]:
+    """Mapping → (source module, target module) pairs whose whole subtrees correspond.
+
+    A source module P and target module Q correspond when the mapped tensors under P land
+    exactly in Q's subtree (their deepest common module is Q) and the reverse holds too. This
+    gives leaf pairs (``attn.c_proj`` ↔ ``attn.o_proj``) and container pairs (``h.0`` ↔
+    ``layers.0``); modules touched by a split or merge pair only at container level.
+    """
+    links = [(p.source, p.target) for p in result.pairs]
+    links += [(s, t) for m in result.multi for s in m.sources for t in m.targets]
+    s_to_t: dict[str, list[str]] = {}
+    t_to_s: dict[str, list[str]] = {}
+    for s, t in links:
+        for a in _ancestors(_module_of(s)):
+            s_to_t.setdefault(a, []).append(_module_of(t))
+        for a in _ancestors(_module_of(t)):
+            t_to_s.setdefault(a, []).append(_module_of(s))
+    s_names = {n for n, _ in source.named_modules()}
+    t_names = {n for n, _ in target.named_modules()}
+    pairs = []
+    for s_path, t_mods in s_to_t.items():
+        t_path = _common_prefix(t_mods)
+        if not t_path or s_path not in s_names or t_path not in t_names:
+            continue
+        if _common_prefix(t_to_s.get(t_path, [])) == s_path:
+            pairs.append((s_path, t_path))
+    return sorted(pairs)
+
+
+# --- running and comparing -----------------------------------------------------------------
+
+
+def _hook(
+    module: nn.Module,
+    path: str,
+    record: dict[str, tuple[Any, Any]],
+    order: list[str] | None,
+) -> Any:
+    """Module → forward hook keeping its first call's (first input tensor, output tensor)."""
+
+    def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        if path in record:
+            return  # a module called twice (shared) is compared on its first call
+        first_in = _main_tensor(args) if args else _main_tensor(kwargs)
+        out_t = _main_tensor(out)
+        record[path] = (
+            None if first_in is None else first_in.detach().clone(),
+            None if out_t is None else out_t.detach().clone(),
+        )
+        if order is not None:
+            order.append(path)
+
+    return module.register_forward_hook(hook, with_kwargs=True)
+
+
+def _as_call(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def _main_tensor(value: Any) -> torch.Tensor | None:
+    """Output of any usual form → the tensor to compare (logits / last_hidden_state / first)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, Mapping):
+        for key in ("logits", "last_hidden_state"):
+            if isinstance(value.get(key), torch.Tensor):
+                return value[key]
+        values = list(value.values())
+    elif isinstance(value, (tuple, list)):
+        values = list(value)
+    else:
+        return None
+    for v in values:
+        t = _main_tensor(v)
+        if t is not None:
+            return t
+    return None
+
+
+def _compare(
+    got: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float
+) -> tuple[float, float, bool]:
+    """Two tensors → (max abs diff, norm-wise relative diff, allclose)."""
+    if tuple(got.shape) != tuple(ref.shape):
+        return float("inf"), float("inf"), False
+    got, ref = got.detach().double(), ref.detach().double()
+    diff = (got - ref).abs()
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    equal = bool(torch.allclose(got, ref, atol=atol, rtol=rtol, equal_nan=True))
+    return max_abs, max_rel, equal
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None, atol: float, rtol: float) -> bool | None:
+    """Two recorded tensors → equal within tolerance, or None when they cannot be compared."""
+    if a is None or b is None:
+        return None if (a is None) != (b is None) else True
+    if tuple(a.shape) != tuple(b.shape):
+        return None
+    return _compare(a, b, atol, rtol)[2]

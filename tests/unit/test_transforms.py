@@ -1,0 +1,167 @@
+"""Tensor transforms: every registered transform round-trips bit-exactly through its inverse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weightmapper.errors import MappingError, TransformError
+from weightmapper.transforms import (
+    IDENTITY,
+    TransformSpec,
+    apply_transform,
+    available_transforms,
+    chain,
+    infer_transform,
+    invert,
+    output_shapes,
+)
+
+T = TransformSpec
+
+
+def _bytes(ts: list[torch.Tensor]) -> list[bytes]:
+    return [t.contiguous().view(torch.uint8).numpy().tobytes() for t in ts]
+
+
+def _round_trip(spec: TransformSpec, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    out = apply_transform(spec, inputs)
+    # the inverse must survive the JSON a mapping file stores it as
+    inverse = TransformSpec.from_dict(json.loads(json.dumps(invert(spec).to_dict())))
+    back = apply_transform(inverse, out)
+    assert [tuple(t.shape) for t in back] == [tuple(t.shape) for t in inputs]
+    assert [t.dtype for t in back] == [t.dtype for t in inputs]
+    assert _bytes(back) == _bytes(inputs)
+    return out
+
+
+CASES = [
+    ("identity", IDENTITY, [torch.randn(3, 4)]),
+    ("transpose", T("transpose", {"dim0": 0, "dim1": 1}), [torch.randn(3, 5)]),
+    ("permute", T("permute", {"dims": [2, 0, 1]}), [torch.randn(2, 3, 4)]),
+    ("reshape", T("reshape", {"shape": [6], "from_shape": [6, 1, 1]}), [torch.randn(6, 1, 1)]),
+    ("split", T("split", {"dim": 0, "sizes": [4, 2, 2]}), [torch.randn(8, 3)]),
+    ("merge", T("merge", {"dim": 1, "sizes": [1, 3]}), [torch.randn(2, 1), torch.randn(2, 3)]),
+    ("stack", T("stack", {"dim": 0}), [torch.randn(3, 2) for _ in range(4)]),
+    ("unstack", T("unstack", {"dim": 1, "count": 3}), [torch.randn(2, 3, 4)]),
+    (
+        "chain",
+        chain(T("transpose", {"dim0": 0, "dim1": 1}), T("split", {"dim": 0, "sizes": [4, 4, 4]})),
+        [torch.randn(4, 12)],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "spec", "inputs"), CASES, ids=[c[0] for c in CASES])
+def test_each_transform_round_trips_bit_exactly(name, spec, inputs) -> None:
+    out = _round_trip(spec, inputs)
+    assert [tuple(t.shape) for t in out] == output_shapes(spec, [t.shape for t in inputs])
+
+
+def test_every_registered_transform_is_covered() -> None:
+    assert {c[0] for c in CASES} == set(available_transforms())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int64, torch.bool])
+def test_round_trip_keeps_every_dtype(dtype) -> None:
+    t = (torch.randn(6, 4) * 10).to(dtype)
+    _round_trip(T("split", {"dim": 0, "sizes": [2, 4]}), [t])
+    _round_trip(chain(T("transpose", {}), T("reshape", {"shape": [24], "from_shape": [4, 6]})), [t])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    other=st.integers(1, 4),
+    dim=st.integers(0, 1),
+)
+def test_split_merge_property(sizes, other, dim) -> None:
+    shape = [sum(sizes), other] if dim == 0 else [other, sum(sizes)]
+    t = torch.randn(shape)
+    parts = _round_trip(T("split", {"dim": dim, "sizes": sizes}), [t])
+    assert [p.shape[dim] for p in parts] == sizes
+
+
+def test_split_outputs_do_not_share_storage() -> None:
+    fused = torch.randn(6, 2)
+    q, k, v = apply_transform(T("split", {"dim": 0, "sizes": [2, 2, 2]}), [fused])
+    ptrs = {
+        fused.untyped_storage().data_ptr(),
+        *(x.untyped_storage().data_ptr() for x in (q, k, v)),
+    }
+    assert len(ptrs) == 4  # safetensors refuses tensors that share memory
+
+
+def test_gpt2_conv1d_c_attn_chain_equals_manual_slicing() -> None:
+    d = 4
+    c_attn = torch.randn(d, 3 * d)  # Conv1D stores (in, out)
+    spec = chain(T("transpose", {"dim0": 0, "dim1": 1}), T("split", {"dim": 0, "sizes": [d] * 3}))
+    q, k, v = apply_transform(spec, [c_attn])
+    assert torch.equal(q, c_attn[:, :d].T) and torch.equal(k, c_attn[:, d : 2 * d].T)
+    assert torch.equal(v, c_attn[:, 2 * d :].T)
+
+
+@pytest.mark.parametrize(
+    ("spec", "inputs", "match"),
+    [
+        (T("split", {"dim": 0, "sizes": [2, 2]}), [torch.randn(5, 2)], "add up to 4"),
+        (T("reshape", {"shape": [5], "from_shape": [4]}), [torch.randn(4)], "needs 5 elements"),
+        (T("reshape", {"shape": [4], "from_shape": [2, 2]}), [torch.randn(4)], "expects a tensor"),
+        (
+            T("merge", {"dim": 0, "sizes": [1, 1]}),
+            [torch.randn(2), torch.randn(1)],
+            "expects sizes",
+        ),
+        (T("unstack", {"dim": 0, "count": 3}), [torch.randn(2, 2)], "expects 3 entries"),
+        (T("transpose", {}), [torch.randn(2, 2), torch.randn(2, 2)], "exactly one tensor"),
+        (T("stack", {}), [torch.randn(2), torch.randn(3)], "cannot apply"),
+    ],
+)
+def test_bad_input_raises_transform_error(spec, inputs, match) -> None:
+    with pytest.raises(TransformError, match=match):
+        apply_transform(spec, inputs)
+
+
+def test_uninvertible_specs_say_what_to_record() -> None:
+    with pytest.raises(MappingError, match="from_shape"):
+        invert(T("reshape", {"shape": [4]}))
+    with pytest.raises(MappingError, match="sizes"):
+        invert(T("merge", {"dim": 0}))
+
+
+def test_chain_drops_identities_and_collapses_single_steps() -> None:
+    assert chain(IDENTITY, IDENTITY) == IDENTITY
+    tr = T("transpose", {"dim0": 0, "dim1": 1})
+    assert chain(IDENTITY, tr) == tr
+
+
+@pytest.mark.parametrize(
+    ("src", "tgt", "kw", "expected"),
+    [
+        ((8, 1, 1), (8,), {}, ("reshape", "high")),  # layer scale
+        ((8, 4, 1, 1), (8, 4), {}, ("reshape", "high")),  # 1×1 conv → linear
+        ((8, 4), (4, 8), {}, ("transpose", "high")),  # non-square: shape settles it
+        ((8, 8), (8, 8), {"source_type": "Conv1D", "target_type": "Linear"}, ("transpose", "high")),
+        ((8, 8), (8, 8), {"source_type": "Conv1D"}, ("identity", "low")),  # square, ambiguous
+        ((8, 8), (8, 8), {"source_type": "Linear", "target_type": "Linear"}, ("identity", "high")),
+        (
+            (8,),
+            (8,),
+            {"source_type": "Conv1D", "target_type": "Linear", "param": "bias"},
+            ("identity", "high"),
+        ),
+    ],
+)
+def test_infer_transform(src, tgt, kw, expected) -> None:
+    spec, conf = infer_transform(src, tgt, **kw)
+    assert (spec.name, conf) == expected
+    assert output_shapes(spec, [src]) == [tgt]
+
+
+def test_infer_transform_gives_up_on_incompatible_shapes() -> None:
+    assert infer_transform((8, 4), (8, 5)) is None
+    assert infer_transform((4, 8), (4, 8), source_type="Conv1D", target_type="Linear") is None
