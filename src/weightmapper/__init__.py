@@ -26,20 +26,54 @@ from weightmapper.errors import (
 # public name → module that defines it
 _LAZY: dict[str, str] = {
     "TensorInfo": "weightmapper.tensor_info",
-    "TransformSpec": "weightmapper.transforms",
-    "register_transform": "weightmapper.transforms",
+    # checkpoints
+    "TensorTable": "weightmapper.checkpoint",
+    "open_checkpoint": "weightmapper.checkpoint",
+    "load_checkpoint_as_dict": "weightmapper.checkpoint",
+    "strip_wrapper_prefixes": "weightmapper.checkpoint",
+    "inspect_checkpoint": "weightmapper.doctor",
+    "WeightRenamer": "weightmapper.renamer",
+    # mapping
+    "WeightMapper": "weightmapper.mapper",
+    "Inventory": "weightmapper.inventory",
+    "ParameterGroup": "weightmapper.inventory",
+    "map_inventories": "weightmapper.assign",
+    "score_inventories": "weightmapper.assign",
     "MappingResult": "weightmapper.result",
     "MatchedPair": "weightmapper.result",
     "MultiPair": "weightmapper.result",
     "UnmatchedKey": "weightmapper.result",
     "UnmatchedReason": "weightmapper.result",
-    "TensorTable": "weightmapper.checkpoint",
-    "open_checkpoint": "weightmapper.checkpoint",
-    "load_checkpoint_as_dict": "weightmapper.checkpoint",
-    "WeightRenamer": "weightmapper.renamer",
-    "WeightMapper": "weightmapper.mapper",
-    "Inventory": "weightmapper.inventory",
-    "ParameterGroup": "weightmapper.inventory",
+    # transforms and conversion
+    "TransformSpec": "weightmapper.transforms",
+    "register_transform": "weightmapper.transforms",
+    "apply_transform": "weightmapper.transforms",
+    "invert": "weightmapper.transforms",
+    "chain": "weightmapper.transforms",
+    "propose_multi": "weightmapper.multi",
+    "convert_checkpoint": "weightmapper.convert",
+    "ConvertReport": "weightmapper.convert",
+    "load_converted": "weightmapper.convert",
+    # proof
+    "validate_state_dict": "weightmapper.validate",
+    "ValidationResult": "weightmapper.validate",
+    "check_outputs": "weightmapper.verify",
+    "FunctionalCheck": "weightmapper.verify",
+    # reports
+    "build_report": "weightmapper.report",
+    "write_report": "weightmapper.report",
+    "load_report": "weightmapper.report",
+    "render_markdown": "weightmapper.report",
+    "render_html": "weightmapper.html_report",
+    "visualize_mapping": "weightmapper.visualize",
+    "visualize_hierarchies": "weightmapper.visualize",
+    "visualize_score_breakdown": "weightmapper.visualize",
+    "compress_mapping": "weightmapper.rules",
+    "format_rules": "weightmapper.rules",
+    # pipeline
+    "load_job": "weightmapper.pipeline",
+    "run_batch": "weightmapper.pipeline",
+    "ArtifactStore": "weightmapper.pipeline",
 }
 
 __all__ = [

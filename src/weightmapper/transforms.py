@@ -227,7 +227,13 @@ def _prod(shape: Sequence[int]) -> int:
 # --- multi-tensor transforms -------------------------------------------------------------
 
 
-def _split(ts: list[torch.Tensor], sizes: Sequence[int], dim: int = 0) -> list[torch.Tensor]:
+def _split(
+    ts: list[torch.Tensor], sizes: Sequence[int], dim: int = 0, each: bool = False
+) -> list[torch.Tensor]:
+    if each:
+        # Every tensor in flight is split the same way (the inverse of a grouped merge):
+        # [a, b] → [a_0, ..., a_k, b_0, ..., b_k].
+        return [p for t in ts for p in _split([t], sizes, dim)]
     t = _single(ts, "split")
     if t.dim() == 0:
         raise TransformError("split needs a tensor with at least one dimension, got a 0-d tensor")
@@ -242,10 +248,22 @@ def _split(ts: list[torch.Tensor], sizes: Sequence[int], dim: int = 0) -> list[t
 
 
 def _merge(
-    ts: list[torch.Tensor], dim: int = 0, sizes: Sequence[int] | None = None
+    ts: list[torch.Tensor],
+    dim: int = 0,
+    sizes: Sequence[int] | None = None,
+    group: int | None = None,
 ) -> list[torch.Tensor]:
     if not ts:
         raise TransformError("merge needs at least one tensor, got none")
+    if group is not None:
+        # Consecutive groups of ``group`` tensors are each concatenated (per-expert w1, w3
+        # pairs → one gate_up slice per expert), so n tensors become n / group.
+        g = int(group)
+        if g < 1 or len(ts) % g:
+            raise TransformError(
+                f"merge with group={group} needs a multiple of {group} tensors, got {len(ts)}"
+            )
+        return [_merge(ts[i : i + g], dim, sizes)[0] for i in range(0, len(ts), g)]
     if sizes is not None:
         got = [int(t.shape[dim]) if t.dim() else 0 for t in ts]
         if got != [int(s) for s in sizes]:
@@ -253,13 +271,23 @@ def _merge(
     return [torch.cat(ts, dim)]
 
 
-def _merge_inverse(dim: int = 0, sizes: Sequence[int] | None = None) -> TransformSpec:
+def _merge_inverse(
+    dim: int = 0, sizes: Sequence[int] | None = None, group: int | None = None
+) -> TransformSpec:
     if sizes is None:
         raise MappingError(
             "a merge without 'sizes' cannot be inverted: the split points are unknown; "
             "record the sizes of the merged tensors in the mapping"
         )
+    if group is not None:
+        return TransformSpec("split", {"dim": dim, "sizes": list(sizes), "each": True})
     return TransformSpec("split", {"dim": dim, "sizes": list(sizes)})
+
+
+def _split_inverse(sizes: Sequence[int], dim: int = 0, each: bool = False) -> TransformSpec:
+    if each:
+        return TransformSpec("merge", {"dim": dim, "sizes": list(sizes), "group": len(sizes)})
+    return TransformSpec("merge", {"dim": dim, "sizes": list(sizes)})
 
 
 def _stack(ts: list[torch.Tensor], dim: int = 0) -> list[torch.Tensor]:
@@ -311,7 +339,7 @@ register_transform(
         "split",
         "split",
         _split,
-        lambda sizes, dim=0: TransformSpec("merge", {"dim": dim, "sizes": list(sizes)}),
+        _split_inverse,
     )
 )
 register_transform(FunctionTransform("merge", "merge", _merge, _merge_inverse))

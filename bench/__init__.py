@@ -1,0 +1,1 @@
+"""Benchmarks that print tables: accuracy on the reference zoo, mapping speed, conversion I/O."""

@@ -1,0 +1,151 @@
+"""Pipeline benchmark: cold run, warm rerun and a threshold-only change over a batch.
+
+Generates N ResNet-50-shaped checkpoints (about 100 MB each at the default size) into a
+temporary directory, migrates them to a refactored ResNet-50 (map, convert, validate,
+functional check, report), then reruns the same job (everything should be reused) and
+a job that differs only in its threshold (only assignment and later stages may run).
+Prints a table. Nothing is asserted: this is a measurement.
+
+    python bench/pipeline.py                      # 20 checkpoints of ~100 MB
+    python bench/pipeline.py --n 4 --size-mb 10   # a quick look
+    python bench/pipeline.py --prefect            # through the Prefect batch flow
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from weightmapper.examples.generate import write_resnet_checkpoints
+from weightmapper.examples.resnet import width_for_size
+from weightmapper.pipeline.config import JobConfig, load_job
+from weightmapper.pipeline.summary import BatchSummary
+
+
+def write_job(root: Path, width: int, threshold: float, workers: int) -> Path:
+    """Benchmark root + model width + threshold → path of a YAML job over its checkpoints."""
+    kwargs = {"num_classes": 1000, "width": width}
+    job = {
+        "name": f"bench-t{threshold}",
+        "store": "store",
+        "runner": {"kind": "threads", "max_workers": workers},
+        "sources": ["ckpts/*.safetensors"],
+        "source_module": {"spec": "weightmapper.examples.resnet:ResNet50", "kwargs": kwargs},
+        "target": {"module": "weightmapper.examples.resnet:RefactoredResNet50", "kwargs": kwargs},
+        "dummy_input": {"shape": [1, 3, 64, 64]},
+        "mapper": {"threshold": threshold},
+        "output": {"dir": "out", "naming": "{stem}.safetensors"},
+    }
+    path = root / f"job-{threshold}.yaml"
+    path.write_text("# benchmark job\n" + yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+def runner(use_prefect: bool, store_root: Path) -> Callable[[JobConfig], BatchSummary]:
+    """Which batch runner to time: the plain-Python one or the Prefect flow."""
+    if not use_prefect:
+        from weightmapper.pipeline.batch import run_batch
+
+        return run_batch
+    from flows.embedded import configure_prefect
+
+    configure_prefect(store_root)
+    from flows.migrate import run_batch_flow
+
+    return run_batch_flow
+
+
+def timed(run: Callable[[JobConfig], BatchSummary], job: JobConfig) -> tuple[float, BatchSummary]:
+    t0 = time.perf_counter()
+    summary = run(job)
+    return time.perf_counter() - t0, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=20, help="checkpoints in the batch (default 20)")
+    p.add_argument(
+        "--size-mb",
+        type=float,
+        default=None,
+        help="checkpoint size in MB (default: the real ResNet-50, about 102 MB)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="checkpoints at once (default 2)")
+    p.add_argument("--prefect", action="store_true", help="run through the Prefect batch flow")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = p.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="wm-bench-pipeline-"))
+    if args.prefect and not args.keep:
+        # Registered before Prefect is imported, so it runs after Prefect's exit hooks
+        # have stopped the temporary server that keeps its database under root.
+        atexit.register(shutil.rmtree, root, True)
+    try:
+        width = 64 if args.size_mb is None else width_for_size(args.size_mb)
+        t0 = time.perf_counter()
+        paths = write_resnet_checkpoints(root / "ckpts", args.n, width=width)
+        gen_s = time.perf_counter() - t0
+        size_mb = sum(f.stat().st_size for f in paths) / len(paths) / 1e6
+        run = runner(args.prefect, root / "store")
+        job_a = load_job(write_job(root, width, 0.5, args.workers))
+        job_b = load_job(write_job(root, width, 0.55, args.workers))
+
+        cold_s, cold = timed(run, job_a)
+        warm_s, warm = timed(run, job_a)
+        thr_s, thr = timed(run, job_b)
+
+        def recomputed(s: BatchSummary) -> str:
+            ran = {k: v for k, v in s.recomputed().items() if v}
+            return ", ".join(f"{k}×{v}" for k, v in ran.items()) or "none"
+
+        mode = "prefect flow" if args.prefect else "plain python"
+        print(
+            f"\npipeline benchmark ({mode}): {args.n} checkpoints of {size_mb:.1f} MB "
+            f"(ResNet-50 layout, width {width}), {args.workers} at once; "
+            f"generated in {gen_s:.1f} s\n"
+        )
+        rows = [
+            ("cold run", cold_s, cold),
+            ("warm rerun (same job)", warm_s, warm),
+            ("threshold 0.50 → 0.55", thr_s, thr),
+        ]
+        print(f"| {'run':<24} | {'seconds':>8} | {'vs cold':>7} | {'ok':>5} | stages recomputed")
+        print(f"|{'-' * 26}|{'-' * 10}|{'-' * 9}|{'-' * 7}|{'-' * 40}")
+        for label, secs, s in rows:
+            c = s.counts()
+            print(
+                f"| {label:<24} | {secs:8.2f} | {secs / cold_s:6.1%} | "
+                f"{c['ok']:>2}/{c['total']:<2} | {recomputed(s)}"
+            )
+        n_warm = sum(warm.recomputed().values())
+        print(
+            f"\nwarm rerun: {n_warm} stage run(s) recomputed (target 0); warm/cold "
+            f"{warm_s / cold_s:.1%} (target ≤ 15%)"
+        )
+        print(
+            "threshold-only change reran: "
+            + ", ".join(sorted(k for k, v in thr.recomputed().items() if v))
+        )
+        if not (cold.ok and warm.ok and thr.ok):
+            for s in (cold, warm, thr):
+                for i in s.items:
+                    if i.status != "ok":
+                        print(f"  {i.source}: {i.status} {i.failed_stage or ''} {i.error or ''}")
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        elif not args.prefect:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Embedded Prefect: a project-local, quiet Prefect home set up before Prefect is imported.
+
+No server needs starting: without ``PREFECT_API_URL`` Prefect runs a temporary server on
+a SQLite database in ``PREFECT_HOME``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+# Quiet, local and offline unless the user has chosen otherwise in the environment.
+_DEFAULTS = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    # A fresh database on a small, busy machine takes longer than the default 20 s.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+
+
+def configure_prefect(store_root: str | os.PathLike[str]) -> Path:
+    """Artifact store root → the PREFECT_HOME set for this process (``<store>/prefect``).
+
+    Must run before ``import prefect``: Prefect reads its settings at import. The home is
+    made absolute and created (a relative or missing home fails with a misleading
+    time-out). An explicit ``PREFECT_HOME`` or ``PREFECT_API_URL`` in the environment wins.
+    """
+    home = Path(os.environ.get("PREFECT_HOME") or Path(store_root) / "prefect")
+    home = home.expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(home)
+    for k, v in _DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    return home
+
+
+def run_job(job: Any) -> Any:
+    """JobConfig → BatchSummary, run as the Prefect batch flow with an embedded server.
+
+    Sets up the project-local Prefect environment first, then imports Prefect.
+    """
+    home = configure_prefect(job.store)
+    from flows.migrate import run_batch_flow
+
+    try:
+        return run_batch_flow(job)
+    except RuntimeError as e:
+        if "Prefect" not in str(e):
+            raise
+        from weightmapper.errors import WeightMapperError
+
+        raise WeightMapperError(
+            f"Prefect could not run the batch flow ({e}). Its home is {home}. Rerun with "
+            "--no-prefect to run the same stages without Prefect, or start a server "
+            "(`prefect server start`) and export PREFECT_API_URL."
+        ) from e

@@ -1,0 +1,182 @@
+"""The matching cascade: two Inventories → Candidates → MappingResult.
+
+Cheapest evidence first, each stage working only on what the previous ones left:
+
+1. ``exact``       identical keys (after a shared wrapper prefix is dropped), compatible shapes
+2. ``normalized``  identical canonical names (synonyms folded, layer indices dense-ranked),
+                   unique on both sides
+3. ``template``    parameter groups bucketed by (name template, shape signature); a bucket
+                   that pairs unambiguously with one on the other side is matched instance
+                   by instance along its layer indices (this settles 10k-expert MoE layers)
+4. ``structural``  the remaining group sequences (execution or registration order) aligned
+                   like sequences with gaps, under equal shape signatures, by dynamic
+                   programming: a group with no partner is skipped, not shifting the rest
+5. ``assignment``  leftovers, per shape bucket: fuzzy score matrices and an optimal
+                   one-to-one assignment (``scipy.optimize.linear_sum_assignment``)
+
+After every group-level match the rest of the group follows (``group``), and buffers follow
+their module when the partner has the same buffer with the same shape (``buffer``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from weightmapper.candidates import (
+    Candidates,
+    KeyNote,
+    assign_candidates,
+    check_strategy,
+    check_threshold,
+)
+from weightmapper.engine import BUFFER_MODES, Engine
+from weightmapper.errors import MappingError
+from weightmapper.inventory import Inventory
+from weightmapper.result import MappingResult, MultiPair, UnmatchedReason
+from weightmapper.scoring import parse_incompatible_pairs, validate_weights
+from weightmapper.side import prepare_side
+
+log = logging.getLogger(__name__)
+
+
+def score_inventories(
+    source: Inventory,
+    target: Inventory,
+    *,
+    weights: Mapping[str, float] | None = None,
+    shape_tolerance: float = 0.0,
+    incompatible_pairs: Sequence[Sequence[str]] | None = None,
+    buffer_matching_mode: str = "exclude",
+) -> Candidates:
+    """Source and target Inventory + settings → Candidates (proposals and notes, no threshold).
+
+    Deterministic: the same inventories and settings give the same Candidates on every run.
+    """
+    w = validate_weights(weights)
+    if buffer_matching_mode not in BUFFER_MODES:
+        raise MappingError(
+            f"unknown buffer_matching_mode {buffer_matching_mode!r}; choose one of "
+            f"{list(BUFFER_MODES)} (exclude: buffers follow their module's match; lenient: "
+            "buffers are scored with a soft penalty; strict: buffers must match)."
+        )
+    try:
+        tol = float(shape_tolerance)
+    except (TypeError, ValueError):
+        raise MappingError(
+            f"shape_tolerance must be a number ≥ 0, got {shape_tolerance!r}"
+        ) from None
+    if not tol >= 0:
+        raise MappingError(f"shape_tolerance must be a number ≥ 0, got {shape_tolerance!r}")
+    pairs = parse_incompatible_pairs(incompatible_pairs)
+    with paused_gc():
+        src, tgt = prepare_side(source), prepare_side(target)
+        engine = Engine(
+            src, tgt, weights=w, tolerance=tol, incompatible=pairs, mode=buffer_matching_mode
+        )
+        engine.run()
+        proposals, notes, tied = engine.collect()
+    multi = _propose_multi(source, target, notes)
+    if multi:
+        used = {("source", k) for m in multi for k in m.sources}
+        used |= {("target", k) for m in multi for k in m.targets}
+        notes = [n for n in notes if (n.side, n.name) not in used]
+    settings: dict[str, Any] = {
+        "shape_tolerance": tol,
+        "buffer_matching_mode": buffer_matching_mode,
+        "incompatible_pairs": [list(p) for p in incompatible_pairs] if incompatible_pairs else None,
+        "source_traced": source.traced,
+        "target_traced": target.traced,
+    }
+    log.info(
+        "scored %s (%d tensors) against %s (%d tensors): %d proposals, stages %s",
+        source.name, len(source), target.name, len(target), len(proposals), engine.stage_counts(),
+    )  # fmt: skip
+    return Candidates(
+        source_name=source.name,
+        target_name=target.name,
+        proposals=proposals,
+        notes=notes,
+        weights=w,
+        settings=settings,
+        source_count=len(source),
+        target_count=len(target),
+        tied=tied,
+        multi=multi,
+        metadata={"stages": engine.stage_counts()},
+    )
+
+
+def _propose_multi(source: Inventory, target: Inventory, notes: list[KeyNote]) -> list[MultiPair]:
+    """Keys left unmatched (buffers aside) → split/merge proposals from weightmapper.multi."""
+    src = {n.name: source.tensors[n.name] for n in notes if n.side == "source" and _open(n)}
+    tgt = {n.name: target.tensors[n.name] for n in notes if n.side == "target" and _open(n)}
+    if not src or not tgt:
+        return []
+    try:
+        multi = importlib.import_module("weightmapper.multi")
+    except ModuleNotFoundError:
+        return []
+    # Keep each side's own order: propose_multi reads iteration order as registration order.
+    src = {k: v for k, v in source.tensors.items() if k in src}
+    tgt = {k: v for k, v in target.tensors.items() if k in tgt}
+    return list(
+        multi.propose_multi(
+            src, tgt, source_types=source.module_types, target_types=target.module_types
+        )
+    )
+
+
+def _open(note: KeyNote) -> bool:
+    return note.reason is not UnmatchedReason.BUFFER_EXCLUDED
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a block that allocates many small objects.
+
+    The matching stages create no reference cycles; collections triggered by their
+    allocations would rescan every live object (a large model's modules included) again
+    and again.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    # Objects that exist now (the user's models) are set aside, so a collection that our
+    # allocations trigger later does not rescan them.
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
+def map_inventories(
+    source: Inventory,
+    target: Inventory,
+    *,
+    threshold: float = 0.6,
+    strategy: str = "best_match",
+    weights: Mapping[str, float] | None = None,
+    shape_tolerance: float = 0.0,
+    incompatible_pairs: Sequence[Sequence[str]] | None = None,
+    buffer_matching_mode: str = "exclude",
+) -> MappingResult:
+    """Source and target Inventory + settings → MappingResult (score, then assign)."""
+    check_strategy(strategy)
+    check_threshold(threshold)
+    cands = score_inventories(
+        source,
+        target,
+        weights=weights,
+        shape_tolerance=shape_tolerance,
+        incompatible_pairs=incompatible_pairs,
+        buffer_matching_mode=buffer_matching_mode,
+    )
+    with paused_gc():
+        return assign_candidates(cands, threshold=threshold, strategy=strategy)

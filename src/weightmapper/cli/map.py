@@ -1,0 +1,238 @@
+"""`weightmapper map`: suggest a mapping and write it as a mapping file, report, HTML or Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from weightmapper.atomic import atomic_write_text
+from weightmapper.candidates import STRATEGIES
+from weightmapper.engine import BUFFER_MODES
+from weightmapper.errors import ConfigError, OutputError
+from weightmapper.html_report import write_html
+from weightmapper.mapper import WeightMapper
+from weightmapper.report import build_report, dumps_report, render_markdown, write_report
+from weightmapper.targets import build_module, is_module_spec
+from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
+
+HELP = "suggest a source → target key mapping, explain it, and write it out"
+DESCRIPTION = """\
+Map the tensors of SOURCE (a checkpoint, or a pkg.module:callable building a module) onto
+a TARGET (pkg.module:callable, or a checkpoint of the target architecture). Prints a
+summary and the mapping table (scores coloured green > 0.8, yellow 0.6-0.8, red < 0.6,
+transform and GROUP/INDIV badges) and the unmatched keys with their reasons.
+
+--out writes the mapping file `weightmapper apply` reads; --report the full JSON report
+(inputs with hashes, settings, every pair with its score breakdown, both module trees);
+--html a self-contained HTML page; --markdown a Markdown summary. --dummy-input SHAPE
+(e.g. 1,3,224,224, or 1,16:int64 for token ids) traces execution order when both sides are
+modules; --verify then also loads the mapped weights into the target and compares both
+models' outputs (recorded in the report). --json prints the report; --quiet prints nothing.
+
+Exit codes: 0 ok, 1 target coverage below --min-coverage or outputs differ, 2 bad input.
+
+examples:
+  weightmapper map old.safetensors --target weightmapper.examples.cnn:RefactoredCNN \\
+      --target-kwargs '{"num_classes": 10, "width": 8}' --out mapping.json --html report.html
+  weightmapper map weightmapper.examples.cnn:OldCNN --target weightmapper.examples.cnn:RefactoredCNN \\
+      --dummy-input 1,3,32,32 --verify --report report.json
+  weightmapper map old.pt --target new.safetensors --threshold 0.7 --json > report.json
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Parser → parser with map's arguments added."""
+    parser.add_argument(
+        "source", help="checkpoint (file, shard index, directory) or pkg.module:callable"
+    )
+    parser.add_argument(
+        "--target", required=True, help="pkg.module:callable building the target, or a checkpoint"
+    )
+    parser.add_argument("--source-kwargs", help="JSON keyword arguments for a callable SOURCE")
+    parser.add_argument("--target-kwargs", help="JSON keyword arguments for a callable target")
+    parser.add_argument(
+        "--dummy-input",
+        type=parse_shape,
+        metavar="SHAPE",
+        help="input shape for tracing execution order, e.g. 1,3,224,224 or 1,16:int64",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.6, help="lowest score accepted (default 0.6)"
+    )
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default="best_match", help="assignment strategy"
+    )
+    parser.add_argument(
+        "--buffer-mode",
+        choices=BUFFER_MODES,
+        default="exclude",
+        help="how buffers are matched (default: exclude)",
+    )
+    parser.add_argument(
+        "--shape-tolerance", type=float, default=0.0, help="relative shape difference allowed"
+    )
+    parser.add_argument("--out", type=Path, help="write the mapping file here (JSON)")
+    parser.add_argument("--report", type=Path, help="write the JSON report here")
+    parser.add_argument("--html", type=Path, help="write the HTML report here")
+    parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
+    parser.add_argument(
+        "--min-coverage",
+        type=float,
+        metavar="FRACTION",
+        help="exit 1 when target coverage is below this fraction (e.g. 1.0)",
+    )
+    parser.add_argument(
+        "--max-rows", type=int, default=30, help="pairs shown in the table (default 30)"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also compare outputs on the dummy input (both sides pkg.module:callable)",
+    )
+    parser.add_argument("--hierarchy", action="store_true", help="also print both module trees")
+    parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    parser.add_argument("--quiet", action="store_true", help="print nothing; rely on the files")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow pickles to import any global (runs their code): trusted files only",
+    )
+
+
+def parse_shape(text: str) -> tuple[tuple[int, ...], str]:
+    """``1,3,224,224`` or ``1,16:int64`` → (shape, dtype name); ArgumentTypeError if malformed."""
+    dims, _, dtype = text.partition(":")
+    dtype = dtype or "float32"
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"expected a shape like 1,3,224,224 (positive integers, comma-separated), got {text!r}"
+        )
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise argparse.ArgumentTypeError(
+            f"unknown dtype {dtype!r} in {text!r}; use e.g. float32 or int64"
+        )
+    return shape, dtype
+
+
+def dummy_tensor(spec: tuple[tuple[int, ...], str]) -> torch.Tensor:
+    """(shape, dtype) → a deterministic input tensor (random floats, zeros for integer ids)."""
+    shape, dtype_name = spec
+    dtype = getattr(torch, dtype_name)
+    if dtype.is_floating_point:
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(shape, generator=gen).to(dtype)
+    return torch.zeros(shape, dtype=dtype)
+
+
+def _side(spec: str, kwargs: str | None, label: str, flag: str) -> Any:
+    if is_module_spec(spec):
+        return build_module(spec, kwargs)
+    if kwargs:
+        raise ConfigError(
+            f"{flag} applies to a pkg.module:callable {label}, but {spec!r} is a checkpoint "
+            f"path; drop {flag} or name a callable"
+        )
+    return Path(spec)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    inputs = {Path(p).resolve() for p in (args.source, args.target) if not is_module_spec(p)}
+    for flag in ("out", "report", "html", "markdown"):
+        path = getattr(args, flag)
+        if path is not None and path.resolve() in inputs:
+            raise OutputError(
+                f"--{flag} {path} is one of the inputs; weightmapper never overwrites an input. "
+                "Choose another output path."
+            )
+
+
+@contextlib.contextmanager
+def _status(console: Console | None, text: str) -> Iterator[None]:
+    # A spinner only on an interactive terminal: scripts and logs get no control codes.
+    if console is None:
+        yield
+        return
+    with console.status(text):
+        yield
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parsed arguments → exit code (1: coverage below --min-coverage, or outputs differ)."""
+    _check_outputs(args)
+    if args.verify and not (
+        args.dummy_input and is_module_spec(args.source) and is_module_spec(args.target)
+    ):
+        raise ConfigError(
+            "--verify runs both models on the dummy input: give --dummy-input and name both "
+            "SOURCE and --target as pkg.module:callable (for a checkpoint, convert it with "
+            "`weightmapper apply` and check it with `weightmapper validate`)."
+        )
+    err = Console(file=sys.stderr)
+    live = err if err.is_terminal and not (args.quiet or args.json) else None
+    with _status(live, "reading source and target…"):
+        source = _side(args.source, args.source_kwargs, "SOURCE", "--source-kwargs")
+        target = _side(args.target, args.target_kwargs, "target", "--target-kwargs")
+        mapper = WeightMapper(
+            source,
+            target,
+            shape_tolerance=args.shape_tolerance,
+            dummy_input=dummy_tensor(args.dummy_input) if args.dummy_input else None,
+            buffer_matching_mode=args.buffer_mode,
+            trusted=args.trust_pickle,
+        )
+    with _status(live, "scoring and assigning…"):
+        result = mapper.suggest_mapping(
+            threshold=args.threshold, strategy=args.strategy, verify=args.verify
+        )
+    if args.dummy_input:
+        shape, dtype = args.dummy_input
+        result.settings["dummy_input"] = {"shape": list(shape), "dtype": dtype}
+    with _status(live, "writing outputs…"):
+        report = build_report(
+            mapper,
+            source_path=None if is_module_spec(args.source) else args.source,
+            target_path=None if is_module_spec(args.target) else args.target,
+        )
+        if args.out:
+            atomic_write_text(args.out, result.to_json() + "\n")
+        if args.report:
+            write_report(report, args.report)
+        if args.html:
+            write_html(report, args.html)
+        if args.markdown:
+            atomic_write_text(args.markdown, render_markdown(report))
+    if args.json:
+        sys.stdout.write(dumps_report(report))
+    elif not args.quiet:
+        console = default_console()
+        visualize_mapping(report, max_matches=args.max_rows, console=console)
+        if args.hierarchy:
+            visualize_hierarchies(report, show_matches=True, console=console)
+        for flag in ("out", "report", "html", "markdown"):
+            if getattr(args, flag):
+                console.print(f"wrote {getattr(args, flag)}", markup=False, highlight=False)
+    check = report.get("functional_check")
+    if args.verify and not (check or {}).get("equal", False):
+        print(
+            "the mapped target's outputs differ from the source's (see the report)", file=sys.stderr
+        )
+        return 1
+    coverage = result.coverage()["target_coverage"]
+    if args.min_coverage is not None and coverage < args.min_coverage:
+        print(
+            f"target coverage {coverage:.1%} is below --min-coverage {args.min_coverage:.1%}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,162 @@
+"""Matching primitives: monotone alignment with gaps, mutual-best pairing, layer-index
+similarity and the splitting of huge shape buckets. Plain functions over numpy arrays, used
+by the cascade in :mod:`weightmapper.engine`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from weightmapper.side import Side
+
+LSA_MAX_CELLS = 1_000_000
+"""Largest shape bucket solved in one optimal assignment; larger ones are split by index."""
+
+
+def codes(items: list) -> tuple[np.ndarray, list]:
+    uni: dict = {}
+    codes = np.array([uni.setdefault(x, len(uni)) for x in items], dtype=np.int64)
+    return codes, list(uni)
+
+
+def by_bucket(buckets: list[tuple[int, ...]], keys) -> dict[tuple[int, ...], list[int]]:  # type: ignore[no-untyped-def]
+    out: dict[tuple[int, ...], list[int]] = {}
+    for k in keys:
+        out.setdefault(buckets[k], []).append(k)
+    return out
+
+
+def split_large(
+    s: Side, t: Side, rows_s: list[int], cols_t: list[int]
+) -> list[tuple[list[int], list[int]]]:
+    """A shape bucket → sub-buckets small enough for one optimal assignment.
+
+    Huge buckets (thousands of per-expert tensors) are split by dense-ranked layer index,
+    then by name template; what is still too large is cut into aligned chunks by position.
+    """
+    if len(rows_s) * len(cols_t) <= LSA_MAX_CELLS:
+        return [(rows_s, cols_t)]
+    out: list[tuple[list[int], list[int]]] = []
+    s_by: dict[tuple, list[int]] = {}
+    t_by: dict[tuple, list[int]] = {}
+    for i in rows_s:
+        s_by.setdefault(s.ranked[i], []).append(i)
+    for j in cols_t:
+        t_by.setdefault(t.ranked[j], []).append(j)
+    rest_s: list[int] = []
+    rest_t: list[int] = []
+    for key, si in s_by.items():
+        tj = t_by.pop(key, None)
+        if tj is None:
+            rest_s.extend(si)
+        elif len(si) * len(tj) <= LSA_MAX_CELLS:
+            out.append((si, tj))
+        else:
+            rest_s.extend(si)
+            rest_t.extend(tj)
+    for tj in t_by.values():
+        rest_t.extend(tj)
+    if rest_s and rest_t:
+        chunk = max(1, LSA_MAX_CELLS // max(len(rest_s), len(rest_t), 1))
+        chunk = max(chunk, 256)
+        rs = sorted(rest_s, key=lambda i: (s.group_pos[s.group[i]], i))
+        rt = sorted(rest_t, key=lambda j: (t.group_pos[t.group[j]], j))
+        n = max(len(rs), len(rt))
+        for start in range(0, n, chunk):
+            a = rs[int(start * len(rs) / n) : int((start + chunk) * len(rs) / n)]
+            b = rt[int(start * len(rt) / n) : int((start + chunk) * len(rt) / n)]
+            if a and b:
+                out.append((a, b))
+    return out
+
+
+def nearest(me: Side, other: Side, rows: np.ndarray, cands: np.ndarray, cap: int) -> np.ndarray:
+    if len(cands) <= cap:
+        return cands
+    center = float(np.mean(me.group_pos[me.group[rows]]))
+    dist = np.abs(other.group_pos[other.group[cands]] - center)
+    keep = np.sort(np.argsort(dist, kind="stable")[:cap])
+    return cands[keep]
+
+
+IndexKey = tuple[tuple[int, ...], int]
+"""(dense-ranked layer indices, primary index or -1) of a group."""
+
+
+def index_sim_one(a: IndexKey, b: IndexKey) -> float:
+    """Two groups' index keys → 1 equal, partial credit for some equal slots or an equal
+    primary index under different nesting (``blocks.7`` against ``features.1.7``)."""
+    (ra, pa), (rb, pb) = a, b
+    if ra == rb:
+        return 1.0
+    if not ra or not rb:
+        return 0.5
+    if len(ra) == len(rb):
+        return 0.5 * sum(x == y for x, y in zip(ra, rb, strict=True)) / len(ra)
+    return 0.8 if pa == pb else 0.2
+
+
+def index_sim(a: list[IndexKey], b: list[IndexKey]) -> np.ndarray:
+    """Index keys × index keys → similarity matrix (see :func:`_index_sim_one`)."""
+    ca, ua = codes(a)
+    cb, ub = codes(b)
+    table = np.array([[index_sim_one(x, y) for y in ub] for x in ua], dtype=np.float32)
+    return table[ca[:, None], cb[None, :]]
+
+
+def index_eq(a: list[IndexKey], b: list[IndexKey]) -> np.ndarray:
+    """Index keys × index keys → 1 equal, 0.8 equal primary index under other nesting, else 0."""
+    ca, ua = codes(a)
+    cb, ub = codes(b)
+
+    def eq(x: IndexKey, y: IndexKey) -> float:
+        if x[0] == y[0]:
+            return 1.0
+        if len(x[0]) != len(y[0]) and x[0] and y[0] and x[1] == y[1]:
+            return 0.8
+        return 0.0
+
+    table = np.array([[eq(x, y) for y in ub] for x in ua], dtype=np.float32)
+    return table[ca[:, None], cb[None, :]]
+
+
+def mutual_best(sim: np.ndarray, *, margin: float, floor: float) -> list[tuple[int, int]]:
+    """Similarity matrix → (row, col) pairs that are each other's clear best."""
+    out = []
+    for r in range(sim.shape[0]):
+        c = int(np.argmax(sim[r]))
+        if sim[r, c] < floor or int(np.argmax(sim[:, c])) != r:
+            continue
+        row_rest = np.delete(sim[r], c)
+        col_rest = np.delete(sim[:, c], r)
+        second = max(row_rest.max(initial=0.0), col_rest.max(initial=0.0))
+        if sim[r, c] - second >= margin:
+            out.append((r, c))
+    return out
+
+
+def align(score: np.ndarray) -> list[tuple[int, int]]:
+    """Match-score matrix (-inf = may not match) → monotone alignment with free gaps.
+
+    Needleman–Wunsch with zero gap cost, one numpy row at a time: H[i, j] is the best total
+    over prefixes, and a running maximum along the row handles gaps in the target.
+    """
+    n, m = score.shape
+    H = np.zeros((n + 1, m + 1), dtype=np.float64)
+    for i in range(1, n + 1):
+        diag = H[i - 1, :-1] + score[i - 1]
+        row = np.maximum(H[i - 1, 1:], diag)
+        H[i, 1:] = np.maximum.accumulate(row)
+    pairs = []
+    i, j = n, m
+    while i > 0 and j > 0:
+        if H[i, j] == H[i - 1, j]:
+            i -= 1
+        elif H[i, j] == H[i, j - 1]:
+            j -= 1
+        else:
+            pairs.append((i - 1, j - 1))
+            i -= 1
+            j -= 1
+    pairs.reverse()
+    return pairs

@@ -1,0 +1,401 @@
+"""Names: keys → tokens with synonyms folded, layer indices lifted out, similarity matrices.
+
+``blocks.3.attn.query.weight`` and ``transformer.h.3.attention.q.kernel`` both become the
+template ``block # attn q weight`` with index tuple ``(3,)``. Similarity of many names at
+once is a rapidfuzz ``cdist`` matrix, computed in C++.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from rapidfuzz import fuzz, process
+from scipy import sparse
+
+# token → canonical token. Folds the vocabularies of common libraries onto one.
+SYNONYMS: dict[str, str] = {
+    # normalisation layers
+    "bn": "norm", "batchnorm": "norm", "ln": "norm", "layernorm": "norm", "gn": "norm",
+    "groupnorm": "norm", "rmsnorm": "norm", "norm": "norm", "lnorm": "norm",
+    "normalization": "norm",
+    # learned affine parameters and statistics (TF / Flax / Keras spellings)
+    "gamma": "weight", "kernel": "weight", "w": "weight", "weights": "weight",
+    "beta": "bias", "b": "bias", "biases": "bias",
+    "moving": "running", "variance": "var",
+    # projections
+    "fc": "fc", "linear": "fc", "dense": "fc", "lin": "fc",
+    "classifier": "head", "predictions": "head", "head": "head", "logits": "head", "cls": "head", "heads": "head",
+    "attn": "attn", "attention": "attn", "selfattention": "attn", "sa": "attn", "mha": "attn",
+    "mlp": "mlp", "ffn": "mlp", "ff": "mlp", "feedforward": "mlp", "intermediate": "mlp",
+    "q": "q", "query": "q", "k": "k", "key": "k", "v": "v", "value": "v",
+    "o": "out", "out": "out", "output": "out", "outputs": "out",
+    "qkv": "qkv", "inproj": "qkv",
+    # containers
+    "layer": "block", "layers": "block", "block": "block", "blocks": "block", "h": "block",
+    "stage": "stage", "stages": "stage", "resblocks": "block", "res": "block",
+    # embeddings
+    "embed": "embed", "embedding": "embed", "embeddings": "embed", "emb": "embed",
+    "wte": "embed", "tok": "embed", "word": "embed", "tokens": "embed",
+    "wpe": "posembed", "pos": "pos", "position": "pos", "positional": "pos",
+    # convolutions and shortcuts
+    "conv": "conv", "convolution": "conv",
+    "downsample": "downsample", "shortcut": "downsample", "skip": "downsample",
+    "gate": "gate", "up": "up", "down": "down",
+    # a norm's place in a block: HF ``input_layernorm``/``post_attention_layernorm``,
+    # ``layernorm_before``/``layernorm_after`` against ``norm1``/``norm2``
+    "input": "1", "pre": "1", "before": "1", "post": "2", "after": "2",
+}  # fmt: skip
+
+# Words whose trailing digits number a container (``layer3``, ``stage2``, ``res4``); other
+# words keep their digits as part of the name (``conv1`` in ``res4.0.conv1.norm``).
+CONTAINER_WORDS: frozenset[str] = frozenset(
+    {"block", "stage", "level", "group", "features", "cell", "resblock", "dense", "transition"}
+)
+
+# Whole components with a conventional meaning that splitting would lose (Meta LLaMA and
+# Mixtral: ``wq``/``wk``/``wv``/``wo`` attention, ``w1``/``w3`` gate/up and ``w2`` down).
+WHOLE_WORDS: dict[str, tuple[str, ...]] = {
+    "wq": ("q",), "wk": ("k",), "wv": ("v",), "wo": ("out",),
+    "w1": ("gate",), "w2": ("down",), "w3": ("up",),
+    "router": ("gate",), "feed_forward": ("mlp",), "feedforward": ("mlp",),
+    "self_attention": ("attn",), "self_attn": ("attn",),
+}  # fmt: skip
+
+# Tokens that wrappers add and that carry no meaning for matching.
+STOPWORDS: frozenset[str] = frozenset(
+    {"module", "model", "orig", "mod", "self", "base", "transformer", "net", "network", "_", "c"}
+)
+
+# ``q_proj``, ``out_proj``, ``up_proj``: the ``proj`` adds nothing to the head word.
+PROJ_HEADS: frozenset[str] = frozenset(
+    {"q", "k", "v", "out", "qkv", "kv", "up", "down", "gate", "in", "o"}
+)
+
+_FLAT_INDEX = re.compile(r"_(\d+)_")
+_SPLIT = re.compile(r"[._\-/:\s]+")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_ALNUM = re.compile(r"[A-Za-z]+|\d+")
+_TRAILING_DIGITS = re.compile(r"^(.*?[A-Za-z])_?(\d+)$")
+
+
+@dataclass(frozen=True)
+class NameParts:
+    """One key split for matching: canonical tokens, layer indices and their template."""
+
+    tokens: tuple[str, ...]
+    """Canonical word tokens, indices removed (``("block", "attn", "q", "weight")``)."""
+    indices: tuple[int, ...]
+    """Layer indices in order of appearance (``(3,)``)."""
+    template: str
+    """Tokens with ``#`` where each index stood (``block # attn q weight``)."""
+
+
+def tokenize(text: str) -> list[str]:
+    """Any name fragment → lower-case word and number tokens (camelCase and digits split)."""
+    out: list[str] = []
+    for piece in _SPLIT.split(text):
+        if not piece:
+            continue
+        for sub in _CAMEL.split(piece):
+            out.extend(t.lower() for t in _ALNUM.findall(sub))
+    return out
+
+
+def fold(token: str) -> str:
+    """Token → its canonical synonym (itself when none)."""
+    return SYNONYMS.get(token, token)
+
+
+def split_name(key: str) -> NameParts:
+    """Full key → NameParts.
+
+    A dot-component made of digits is a layer index (``blocks.3``); so are the trailing
+    digits of an inner container component (``layer3.0`` → indices 3, 0). Digits that end
+    any other name (``conv1``, ``ln_2``) stay part of the name: they tell siblings apart.
+    """
+    path, _, local = key.rpartition(".")
+    mod = split_module(path)
+    words, index = _component(local, False)
+    indices = mod.indices + ((index,) if index is not None else ())
+    template = " ".join(t for t in (mod.template, " ".join(words)) if t)
+    if index is not None:
+        template += " #"
+    return NameParts(mod.tokens + words, indices, template)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def split_module(path: str) -> NameParts:
+    """Module path → NameParts of the module (its own name is the last component); cached."""
+    if not path:
+        return NameParts((), (), "")
+    if "_" in path and _FLAT_INDEX.search(path):
+        # Flattened names (``layer1_0_conv1``): a number between underscores was a level.
+        path = _FLAT_INDEX.sub(r".\1.", path)
+    parent, _, name = path.rpartition(".")
+    tokens, indices, template = _inner_parts(parent)
+    words, index = _component(name, False)
+    if "norm" in words and not any(w.isdigit() for w in words):
+        # A block's norms by what follows them: before attention = 1, before the MLP = 2
+        # (``attention_norm``/``ffn_norm`` against ``norm1``/``norm2``, ``ln_1``/``ln_2``).
+        if "attn" in words:
+            words = tuple("1" if w == "attn" else w for w in words)
+        elif "mlp" in words:
+            words = tuple("2" if w == "mlp" else w for w in words)
+    tokens = tokens + words
+    template = template + words
+    if index is not None:  # a bare number as module name (``features.3``)
+        indices = (*indices, index)
+        template = (*template, "#")
+    if not parent and tokens == ("out",):
+        # A top-level ``output``/``out`` module is the model's head (Meta's LLaMA ``output``).
+        tokens, template = ("head",), ("head",)
+    if len(tokens) >= 2 and tokens[-1] == "proj" and tokens[-2] == "attn":
+        # ``attn.proj`` / ``attn.c_proj``: an attention's bare projection is its output.
+        tokens = (*tokens[:-1], "out")
+        template = (*template[:-1], "out")
+    return NameParts(tokens, indices, " ".join(template))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _inner_parts(prefix: str) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+    """Dotted prefix of container components → (tokens, indices, template words); cached."""
+    if not prefix:
+        return (), (), ()
+    parent, _, comp = prefix.rpartition(".")
+    tokens, indices, template = _inner_parts(parent)
+    if not comp:
+        return tokens, indices, template
+    words, index = _component(comp, True)
+    if index is not None:
+        return tokens + words, (*indices, index), template + words + ("#",)
+    return tokens + words, indices, template + words
+
+
+@functools.lru_cache(maxsize=65536)
+def _component(comp: str, inner: bool) -> tuple[tuple[str, ...], int | None]:
+    """One dot-component → (canonical word tokens, layer index or None); cached."""
+    if comp.isdigit():
+        return (), int(comp)
+    m = _TRAILING_DIGITS.match(comp) if inner else None
+    if m is not None and not _is_container(m.group(1)):
+        m = None
+    whole = WHOLE_WORDS.get(comp.lower()) if not m else None
+    if whole is not None:
+        return whole, None
+    words = tokenize(m.group(1)) if m else tokenize(comp)
+    for a, b in (("feed", "forward"), ("self", "attention")):
+        if a in words and b in words and words.index(b) == words.index(a) + 1:
+            k = words.index(a)
+            words = [*words[:k], "mlp" if a == "feed" else "attn", *words[k + 2 :]]
+    if len(words) == 2 and words[1] in ("proj", "projection") and fold(words[0]) in PROJ_HEADS:
+        words = words[:1]
+    out = []
+    words = [part for w in words for part in _split_compound(w)]
+    for w in words:
+        if w.isdigit():
+            out.append(w)
+            continue
+        f = fold(w)
+        if f not in STOPWORDS:
+            out.append(f)
+    return tuple(out), (int(m.group(2)) if m else None)
+
+
+_COMPOUND_TAILS: tuple[str, ...] = ("conv", "norm", "proj", "attn", "embed", "linear", "fc")
+
+
+def _split_compound(word: str) -> list[str]:
+    """``dwconv`` → ``dw conv``, ``pwconv`` → ``pw conv``: a short prefix glued to a known word."""
+    if word in SYNONYMS:
+        return [word]
+    for tail in _COMPOUND_TAILS:
+        if word.endswith(tail) and 1 <= len(word) - len(tail) <= 3:
+            return [word[: -len(tail)], tail]
+    return [word]
+
+
+def _is_container(word: str) -> bool:
+    toks = tokenize(word)
+    return bool(toks) and (fold(toks[-1]) in CONTAINER_WORDS or toks[-1] in CONTAINER_WORDS)
+
+
+@functools.lru_cache(maxsize=4096)
+def local_tokens(local_name: str) -> tuple[str, ...]:
+    """Local tensor name → canonical tokens (``gamma`` → ``("weight",)``)."""
+    return _component(local_name, False)[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def local_role(local_name: str) -> str:
+    """Local tensor name → canonical role (``gamma`` → ``weight``, ``moving_mean`` → ``running mean``)."""
+    toks = [fold(t) for t in tokenize(local_name)]
+    return " ".join(t for t in toks if t not in STOPWORDS) or local_name
+
+
+def common_prefix(paths: Iterable[str]) -> str:
+    """Module paths → the longest dotted prefix they all share (``module.``), or ``""``.
+
+    The prefix ends at a dot and never swallows a whole path, so every module keeps a name.
+    """
+    items = list(paths)
+    if not items:
+        return ""
+    lo, hi = min(items), max(items)  # the common prefix of all = that of min and max
+    n = 0
+    for a, b in zip(lo, hi, strict=False):
+        if a != b:
+            break
+        n += 1
+    prefix = lo[:n]
+    if not all(len(p) > n and p[n] == "." for p in (lo, hi)) or not all(len(p) > n for p in items):
+        prefix = prefix.rpartition(".")[0]
+        if not prefix:
+            return ""
+        return prefix + "." if all(p.startswith(prefix + ".") for p in items) else ""
+    return prefix + "." if all(p.startswith(prefix + ".") for p in items) else ""
+
+
+def dense_rank_indices(
+    templates: Sequence[str], indices: Sequence[tuple[int, ...]]
+) -> list[tuple[int, ...]]:
+    """Per-key (template, indices) → indices replaced by their dense rank per template slot.
+
+    ``layer1..layer4`` and ``stages.0..3`` both become 0..3, so 1-based and 0-based
+    numbering compare equal.
+    """
+    by_tpl: dict[str, list[int]] = {}
+    for n, tpl in enumerate(templates):
+        by_tpl.setdefault(tpl, []).append(n)
+    out: list[tuple[int, ...]] = [()] * len(templates)
+    for rows in by_tpl.values():
+        width = len(indices[rows[0]])
+        if not width or any(len(indices[r]) != width for r in rows):
+            for r in rows:
+                out[r] = _rank_ragged([indices[q] for q in rows], indices[r])
+            continue
+        arr = np.array([indices[r] for r in rows], dtype=np.int64).reshape(len(rows), width)
+        ranks = np.empty_like(arr)
+        for col in range(width):
+            ranks[:, col] = np.unique(arr[:, col], return_inverse=True)[1].ravel()
+        for r, rk in zip(rows, map(tuple, ranks.tolist()), strict=True):
+            out[r] = rk
+    return out
+
+
+def _rank_ragged(all_idx: list[tuple[int, ...]], idx: tuple[int, ...]) -> tuple[int, ...]:
+    # Index tuples of unequal length under one template cannot occur from split_name; kept
+    # for safety: rank each slot among the tuples long enough to have it.
+    return tuple(
+        sorted({t[pos] for t in all_idx if len(t) > pos}).index(v) for pos, v in enumerate(idx)
+    )
+
+
+def similarity_matrix(a: Sequence[str], b: Sequence[str], workers: int = 1) -> np.ndarray:
+    """Two lists of strings → float32 matrix of normalized Indel similarity in [0, 1]."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)), dtype=np.float32)
+    ca, ua = _distinct(a)
+    cb, ub = _distinct(b)
+    m = process.cdist(ua, ub, scorer=fuzz.ratio, dtype=np.uint8, workers=workers)
+    return m.astype(np.float32)[ca[:, None], cb[None, :]] / 100.0
+
+
+def index_similarity(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """Two dense-ranked index tuples → 1 when equal, partial credit for a shared tail/head."""
+    if a == b:
+        return 1.0
+    if not a or not b:
+        return 0.5
+    if len(a) == len(b):
+        same = sum(x == y for x, y in zip(a, b, strict=True))
+        return 0.5 * same / len(a)
+    # Different nesting (flat ``features.7`` vs staged ``blocks.2.1``): no evidence either way.
+    return 0.4
+
+
+DENSE_LIMIT = 4_000_000
+"""Largest distinct-name × distinct-name similarity table kept in memory."""
+
+
+class TokenSpace:
+    """Token strings of both sides → IDF-weighted unit vectors; cosine similarity as matrices.
+
+    A token shared by most keys (``block``, ``weight``) weighs little; a rare one (``q``,
+    ``downsample``) decides. Rows of :attr:`a` and :attr:`b` follow the input lists.
+    """
+
+    def __init__(self, a: Sequence[str], b: Sequence[str]) -> None:
+        # Many keys share one token string (indices are not tokens): work on distinct ones.
+        self.code_a, uni_a = _distinct(a)
+        self.code_b, uni_b = _distinct(b)
+        count_a = np.bincount(self.code_a, minlength=len(uni_a))
+        count_b = np.bincount(self.code_b, minlength=len(uni_b))
+        vocab: dict[str, int] = {}
+        docs_a = [sorted(set(t.split())) for t in uni_a]
+        docs_b = [sorted(set(t.split())) for t in uni_b]
+        df: list[float] = []
+        for docs, counts in ((docs_a, count_a), (docs_b, count_b)):
+            for doc, n in zip(docs, counts, strict=True):
+                for tok in doc:
+                    if tok not in vocab:
+                        vocab[tok] = len(vocab)
+                        df.append(0.0)
+                    df[vocab[tok]] += float(n)
+        n_docs = max(1, len(a) + len(b))
+        idf = np.log((1.0 + n_docs) / (1.0 + np.array(df, dtype=np.float64))) + 1.0
+        self.a = _unit_rows(docs_a, vocab, idf)
+        self.b = _unit_rows(docs_b, vocab, idf)
+        # Precompute all distinct × distinct similarities when that table is small.
+        self._dense: np.ndarray | None = None
+        if len(uni_a) * len(uni_b) <= DENSE_LIMIT:
+            self._dense = (self.a @ self.b.T).toarray().astype(np.float32)
+
+    def matrix(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Row numbers in a × row numbers in b → dense cosine similarity matrix (float32)."""
+        ca, cb = self.code_a[rows], self.code_b[cols]
+        if self._dense is not None:
+            return self._dense[ca[:, None], cb[None, :]]
+        ua, ia = np.unique(ca, return_inverse=True)
+        ub, ib = np.unique(cb, return_inverse=True)
+        sub = (self.a[ua] @ self.b[ub].T).toarray().astype(np.float32)
+        return sub[ia[:, None], ib[None, :]]
+
+    def pairwise(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Equal-length row numbers in a and b → cosine similarity of each pair."""
+        if not len(rows):
+            return np.zeros(0, dtype=np.float64)
+        ca, cb = self.code_a[rows], self.code_b[cols]
+        if self._dense is not None:
+            return self._dense[ca, cb].astype(np.float64)
+        prod = self.a[ca].multiply(self.b[cb])
+        return np.asarray(prod.sum(axis=1), dtype=np.float64).ravel()
+
+
+def _distinct(items: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Strings → (code per string, distinct strings in first-seen order)."""
+    seen: dict[str, int] = {}
+    codes = np.fromiter(
+        (seen.setdefault(x, len(seen)) for x in items), dtype=np.int64, count=len(items)
+    )
+    return codes, list(seen)
+
+
+def _unit_rows(docs: list[list[str]], vocab: dict[str, int], idf: np.ndarray) -> sparse.csr_matrix:
+    indptr = [0]
+    indices: list[int] = []
+    data: list[float] = []
+    for doc in docs:
+        ids = [vocab[t] for t in doc]
+        w = idf[ids] if ids else np.zeros(0)
+        norm = float(np.sqrt((w**2).sum())) or 1.0
+        indices.extend(ids)
+        data.extend((w / norm).tolist())
+        indptr.append(len(indices))
+    return sparse.csr_matrix(
+        (np.array(data, dtype=np.float64), np.array(indices, dtype=np.int64), np.array(indptr)),
+        shape=(len(docs), len(vocab)),
+    )

@@ -1,0 +1,501 @@
+"""YAML migration jobs: a file → a validated JobConfig, every problem reported at once.
+
+A job names the source checkpoints (paths or globs), the target (``pkg.module:callable``
++ kwargs, or a target checkpoint), optionally the source architecture (for the functional
+check), a dummy input, mapper settings, where outputs go and how to run. Relative paths
+are resolved against the directory of the YAML file, so a job runs the same from any
+working directory.
+
+Top-level ``sources``/``target``/... describe one migration; a ``migrations:`` list
+describes several, each inheriting every top-level field it does not set.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from weightmapper.errors import ConfigError
+
+RUNNER_KINDS = ("threads", "dask", "sequential")
+INPUT_KINDS = ("randn", "randint")
+NAMING_FIELDS = ("stem", "name", "migration", "index")
+MAPPER_KEYS = (
+    "threshold",
+    "strategy",
+    "weights",
+    "shape_tolerance",
+    "incompatible_pairs",
+    "buffer_matching_mode",
+)
+_TOP_KEYS = {"name", "store", "examples", "runner", "migrations", "description"}
+_MIGRATION_KEYS = {
+    "name",
+    "sources",
+    "target",
+    "source_module",
+    "dummy_input",
+    "mapper",
+    "output",
+    "checks",
+    "trusted",
+}
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """A module built from user code: ``pkg.module:callable`` and its keyword arguments."""
+
+    spec: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """ModuleSpec → JSON-ready dict."""
+        return {"spec": self.spec, "kwargs": dict(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """The architecture to migrate into: a module spec, or a target checkpoint (one of them)."""
+
+    module: ModuleSpec | None = None
+    checkpoint: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.module is None) == (self.checkpoint is None):
+            raise ConfigError("a target needs exactly one of 'module' and 'checkpoint'")
+
+    def describe(self) -> str:
+        """TargetSpec → a short human label."""
+        return self.module.spec if self.module else str(self.checkpoint)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A deterministic dummy input: shape, dtype, how to draw it and the seed."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    kind: str = "randn"
+    """``randn`` (floats) or ``randint`` (token ids below ``high``)."""
+    high: int = 2
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """InputSpec → JSON-ready dict (also the part of cache keys that depends on it)."""
+        return {
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "kind": self.kind,
+            "high": self.high,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where converted checkpoints go: a directory and a file-name pattern."""
+
+    dir: Path
+    naming: str = "{migration}/{stem}.safetensors"
+    """Pattern with ``{stem}``, ``{name}``, ``{migration}``, ``{index}``; ends in .safetensors."""
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """How the batch runs: ``threads`` (default), ``sequential`` or ``dask``."""
+
+    kind: str = "threads"
+    max_workers: int | None = None
+    """Threads: how many checkpoints at once (None: the default of the executor)."""
+    address: str | None = None
+    """Dask: scheduler address of an existing cluster; None starts a local cluster."""
+    n_workers: int = 2
+    """Dask local cluster: number of worker processes."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One family of checkpoints moved into one target architecture."""
+
+    name: str
+    sources: tuple[str, ...]
+    """Absolute paths or glob patterns of source checkpoints."""
+    target: TargetSpec
+    output: OutputSpec
+    source_module: ModuleSpec | None = None
+    """The architecture the sources were trained with; enables the functional check."""
+    dummy_input: InputSpec | None = None
+    mapper: dict[str, Any] = field(default_factory=dict)
+    validate: bool = True
+    functional: bool = True
+    trusted: bool = False
+
+    def expand_sources(self) -> tuple[list[Path], list[str]]:
+        """Migration → (checkpoint paths, sorted and unique; patterns or paths that found nothing)."""
+        found: dict[Path, None] = {}
+        empty: list[str] = []
+        for pattern in self.sources:
+            if glob.has_magic(pattern):
+                hits = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+                hits = [h for h in hits if h.is_file() or h.is_dir()]
+            else:
+                hits = [Path(pattern)] if Path(pattern).exists() else []
+            if not hits:
+                empty.append(pattern)
+            found.update(dict.fromkeys(hits))
+        return list(found), empty
+
+    def output_path(self, source: Path, index: int) -> Path:
+        """Source checkpoint and its index in the migration → the converted file's path."""
+        stem = source.name.split(".")[0] if source.is_file() else source.name
+        rel = self.output.naming.format(
+            stem=stem, name=source.name, migration=self.name, index=index
+        )
+        return self.output.dir / rel
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A validated migration job: where artifacts live, how to run, and the migrations."""
+
+    name: str
+    migrations: tuple[Migration, ...]
+    store: Path
+    """Artifact store root; PREFECT_HOME lives in ``<store>/prefect``."""
+    runner: RunnerSpec = RunnerSpec()
+    examples: Path | None = None
+    """Directory where the bundled example checkpoints are generated when missing."""
+    path: Path | None = None
+    """The YAML file this job was read from."""
+
+
+def with_threshold(job: JobConfig, threshold: float) -> JobConfig:
+    """Job + threshold → the same job with that threshold in every migration."""
+    import dataclasses
+
+    if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+        raise ConfigError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    migrations = tuple(
+        dataclasses.replace(m, mapper={**m.mapper, "threshold": float(threshold)})
+        for m in job.migrations
+    )
+    return dataclasses.replace(job, migrations=migrations)
+
+
+def load_job(path: str | os.PathLike[str]) -> JobConfig:
+    """YAML file path → JobConfig; ConfigError listing every problem found in it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"job file {path} does not exist; pass the path of a YAML job (see configs/)."
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read job file {path}: {e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}", [str(e)]) from e
+    return parse_job(data, base_dir=path.resolve().parent, origin=path)
+
+
+def parse_job(data: Any, *, base_dir: Path, origin: Path | None = None) -> JobConfig:
+    """Parsed YAML + the directory relative paths start from → JobConfig.
+
+    Collects every problem before raising one ConfigError whose ``problems`` lists them.
+    """
+    where = str(origin) if origin else "job"
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{where}: expected a mapping at the top level, found {type(data).__name__}",
+            ["top level is not a mapping"],
+        )
+    base_dir = Path(base_dir)
+
+    def resolve(p: Any, what: str) -> Path | None:
+        if not isinstance(p, str) or not p.strip():
+            problems.append(f"{what}: expected a path string, found {p!r}")
+            return None
+        q = Path(os.path.expanduser(p))
+        return q if q.is_absolute() else (base_dir / q).resolve()
+
+    unknown = set(data) - _TOP_KEYS - _MIGRATION_KEYS
+    problems += [f"unknown top-level key {k!r}" for k in sorted(unknown)]
+    name = data.get("name") or (origin.stem if origin else "job")
+    if not isinstance(name, str):
+        problems.append(f"name: expected a string, found {name!r}")
+        name = "job"
+    store = resolve(data.get("store", ".weightmapper"), "store")
+    examples = resolve(data["examples"], "examples") if data.get("examples") else None
+    runner = _parse_runner(data.get("runner"), problems)
+
+    defaults = {k: v for k, v in data.items() if k in _MIGRATION_KEYS and k != "name"}
+    raw = data.get("migrations")
+    if raw is None:
+        raw_list: list[Any] = [{"name": name}]
+    elif isinstance(raw, list) and raw:
+        raw_list = raw
+    else:
+        problems.append("migrations: expected a non-empty list of migrations")
+        raw_list = []
+    migrations: list[Migration] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw_list):
+        label = f"migrations[{i}]" if raw is not None else "job"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{label}: expected a mapping, found {type(entry).__name__}")
+            continue
+        unknown = set(entry) - _MIGRATION_KEYS
+        problems += [f"{label}: unknown key {k!r}" for k in sorted(unknown)]
+        merged = {**defaults, **entry}
+        for k in ("mapper", "output", "checks"):
+            if isinstance(defaults.get(k), Mapping) and isinstance(entry.get(k), Mapping):
+                merged[k] = {**defaults[k], **entry[k]}
+        m = _parse_migration(merged, label, resolve, problems)
+        if m is not None:
+            if m.name in seen:
+                problems.append(f"{label}: migration name {m.name!r} is used twice")
+            seen.add(m.name)
+            migrations.append(m)
+    if problems or store is None:
+        raise ConfigError(
+            f"{where} has {len(problems)} problem(s):\n  - " + "\n  - ".join(problems),
+            problems,
+        )
+    return JobConfig(
+        name=name,
+        migrations=tuple(migrations),
+        store=store,
+        runner=runner,
+        examples=examples,
+        path=origin.resolve() if origin else None,
+    )
+
+
+def _parse_runner(raw: Any, problems: list[str]) -> RunnerSpec:
+    if raw is None:
+        return RunnerSpec()
+    if isinstance(raw, str):
+        raw = {"kind": raw}
+    if not isinstance(raw, Mapping):
+        problems.append(f"runner: expected a mapping or a kind name, found {raw!r}")
+        return RunnerSpec()
+    unknown = set(raw) - {"kind", "max_workers", "address", "n_workers"}
+    problems += [f"runner: unknown key {k!r}" for k in sorted(unknown)]
+    kind = raw.get("kind", "threads")
+    if kind not in RUNNER_KINDS:
+        problems.append(f"runner.kind: expected one of {list(RUNNER_KINDS)}, found {kind!r}")
+        kind = "threads"
+    max_workers = raw.get("max_workers")
+    if max_workers is not None and (not _is_int(max_workers) or max_workers < 1):
+        problems.append(f"runner.max_workers: expected a positive integer, found {max_workers!r}")
+        max_workers = None
+    n_workers = raw.get("n_workers", 2)
+    if not _is_int(n_workers) or n_workers < 1:
+        problems.append(f"runner.n_workers: expected a positive integer, found {n_workers!r}")
+        n_workers = 2
+    address = raw.get("address")
+    if address is not None and (not isinstance(address, str) or "://" not in address):
+        problems.append(
+            f"runner.address: expected a scheduler address like 'tcp://host:8786', found {address!r}"
+        )
+        address = None
+    if address is not None and kind != "dask":
+        problems.append("runner.address is only used with kind: dask")
+    return RunnerSpec(kind=kind, max_workers=max_workers, address=address, n_workers=n_workers)
+
+
+def _parse_migration(
+    raw: Mapping[str, Any], label: str, resolve: Any, problems: list[str]
+) -> Migration | None:
+    before = len(problems)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        problems.append(f"{label}.name: expected a non-empty name without '/', found {name!r}")
+        name = "?"
+
+    sources_raw = raw.get("sources")
+    if isinstance(sources_raw, str):
+        sources_raw = [sources_raw]
+    sources: list[str] = []
+    if not isinstance(sources_raw, list) or not sources_raw:
+        problems.append(f"{label}.sources: expected a path, a glob or a list of them")
+    else:
+        for j, s in enumerate(sources_raw):
+            p = resolve(s, f"{label}.sources[{j}]")
+            if p is not None:
+                sources.append(str(p))
+
+    target = _parse_target(raw.get("target"), f"{label}.target", resolve, problems)
+    source_module = None
+    if raw.get("source_module") is not None:
+        source_module = _parse_module(raw["source_module"], f"{label}.source_module", problems)
+    dummy = None
+    if raw.get("dummy_input") is not None:
+        dummy = _parse_input(raw["dummy_input"], f"{label}.dummy_input", problems)
+
+    mapper = raw.get("mapper") or {}
+    if not isinstance(mapper, Mapping):
+        problems.append(f"{label}.mapper: expected a mapping of settings, found {mapper!r}")
+        mapper = {}
+    problems += [
+        f"{label}.mapper: unknown setting {k!r} (known: {', '.join(MAPPER_KEYS)})"
+        for k in sorted(set(mapper) - set(MAPPER_KEYS))
+    ]
+    t = mapper.get("threshold")
+    if t is not None and (
+        not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 1
+    ):
+        problems.append(f"{label}.mapper.threshold: expected a number in [0, 1], found {t!r}")
+    w = mapper.get("weights")
+    if w is not None and (
+        not isinstance(w, Mapping)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in w.values())
+    ):
+        problems.append(
+            f"{label}.mapper.weights: expected a mapping of signal → number, found {w!r}"
+        )
+
+    output = _parse_output(raw.get("output"), f"{label}.output", resolve, problems)
+    checks = raw.get("checks") or {}
+    if not isinstance(checks, Mapping) or set(checks) - {"validate", "functional"}:
+        problems.append(
+            f"{label}.checks: expected a mapping with 'validate' and/or 'functional' booleans, "
+            f"found {checks!r}"
+        )
+        checks = {}
+    for k, v in checks.items():
+        if not isinstance(v, bool):
+            problems.append(f"{label}.checks.{k}: expected true or false, found {v!r}")
+    trusted = raw.get("trusted", False)
+    if not isinstance(trusted, bool):
+        problems.append(f"{label}.trusted: expected true or false, found {trusted!r}")
+    if len(problems) > before or target is None or output is None:
+        return None
+    return Migration(
+        name=name,
+        sources=tuple(sources),
+        target=target,
+        output=output,
+        source_module=source_module,
+        dummy_input=dummy,
+        mapper=dict(mapper),
+        validate=bool(checks.get("validate", True)),
+        functional=bool(checks.get("functional", True)),
+        trusted=bool(trusted),
+    )
+
+
+def _parse_module(raw: Any, label: str, problems: list[str]) -> ModuleSpec | None:
+    if isinstance(raw, str):
+        raw = {"spec": raw}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{label}: expected 'pkg.module:callable' or a mapping with 'spec'")
+        return None
+    problems += [f"{label}: unknown key {k!r}" for k in sorted(set(raw) - {"spec", "kwargs"})]
+    spec = raw.get("spec")
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        problems.append(
+            f"{label}.spec: expected 'pkg.module:callable' "
+            f"(e.g. 'weightmapper.examples.cnn:RefactoredCNN'), found {spec!r}"
+        )
+        return None
+    kwargs = raw.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        problems.append(
+            f"{label}.kwargs: expected a mapping of keyword arguments, found {kwargs!r}"
+        )
+        return None
+    return ModuleSpec(spec=spec, kwargs=dict(kwargs))
+
+
+def _parse_target(raw: Any, label: str, resolve: Any, problems: list[str]) -> TargetSpec | None:
+    if raw is None:
+        problems.append(
+            f"{label}: missing; give 'module: pkg.module:callable' or 'checkpoint: path'"
+        )
+        return None
+    if isinstance(raw, str):
+        raw = {"module": raw}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{label}: expected a mapping with 'module' or 'checkpoint'")
+        return None
+    problems += [
+        f"{label}: unknown key {k!r}" for k in sorted(set(raw) - {"module", "kwargs", "checkpoint"})
+    ]
+    has_module, has_ckpt = raw.get("module") is not None, raw.get("checkpoint") is not None
+    if has_module == has_ckpt:
+        problems.append(f"{label}: give exactly one of 'module' and 'checkpoint'")
+        return None
+    if has_ckpt:
+        ckpt = resolve(raw["checkpoint"], f"{label}.checkpoint")
+        return TargetSpec(checkpoint=ckpt) if ckpt else None
+    mod = _parse_module({"spec": raw["module"], "kwargs": raw.get("kwargs")}, label, problems)
+    return TargetSpec(module=mod) if mod else None
+
+
+def _parse_input(raw: Any, label: str, problems: list[str]) -> InputSpec | None:
+    if isinstance(raw, list):
+        raw = {"shape": raw}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{label}: expected a shape list or a mapping with 'shape'")
+        return None
+    problems += [
+        f"{label}: unknown key {k!r}"
+        for k in sorted(set(raw) - {"shape", "dtype", "kind", "high", "seed"})
+    ]
+    shape = raw.get("shape")
+    if not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape):
+        problems.append(f"{label}.shape: expected a list of positive integers, found {shape!r}")
+        return None
+    kind = raw.get("kind", "randint" if raw.get("dtype") in ("int64", "int32", "long") else "randn")
+    if kind not in INPUT_KINDS:
+        problems.append(f"{label}.kind: expected one of {list(INPUT_KINDS)}, found {kind!r}")
+        return None
+    dtype = raw.get("dtype", "int64" if kind == "randint" else "float32")
+    if dtype not in ("float32", "float64", "float16", "bfloat16", "int64", "int32"):
+        problems.append(f"{label}.dtype: unsupported dtype {dtype!r}")
+        return None
+    high, seed = raw.get("high", 2), raw.get("seed", 0)
+    if not _is_int(high) or high < 1 or not _is_int(seed):
+        problems.append(f"{label}: 'high' must be a positive integer and 'seed' an integer")
+        return None
+    return InputSpec(shape=tuple(shape), dtype=dtype, kind=kind, high=high, seed=seed)
+
+
+def _parse_output(raw: Any, label: str, resolve: Any, problems: list[str]) -> OutputSpec | None:
+    if isinstance(raw, str):
+        raw = {"dir": raw}
+    if not isinstance(raw, Mapping) or "dir" not in raw:
+        problems.append(f"{label}: expected a mapping with 'dir' (and optionally 'naming')")
+        return None
+    problems += [f"{label}: unknown key {k!r}" for k in sorted(set(raw) - {"dir", "naming"})]
+    out_dir = resolve(raw["dir"], f"{label}.dir")
+    naming = raw.get("naming", OutputSpec.__dataclass_fields__["naming"].default)
+    if not isinstance(naming, str) or not naming.endswith(".safetensors"):
+        problems.append(
+            f"{label}.naming: expected a pattern ending in '.safetensors', found {naming!r}"
+        )
+        return None
+    try:
+        naming.format(**dict.fromkeys(NAMING_FIELDS, "x"))
+    except (KeyError, IndexError, ValueError) as e:
+        problems.append(
+            f"{label}.naming: {naming!r} uses an unknown field ({e}); "
+            f"known fields: {', '.join('{' + f + '}' for f in NAMING_FIELDS)}"
+        )
+        return None
+    return OutputSpec(dir=out_dir, naming=naming) if out_dir else None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

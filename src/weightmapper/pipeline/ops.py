@@ -1,0 +1,181 @@
+"""The library calls behind each pipeline stage, in one place, with JSON-ready results.
+
+Stages (``stages.py``) decide keys and caching; this module only calls weightmapper's
+own functions (checkpoint reading, inventories, tracing, scoring, assignment, conversion,
+validation, the functional check) and turns their answers into JSON-ready data.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightmapper.inventory import Inventory
+from weightmapper.pipeline.codec import info_from_json
+from weightmapper.result import MappingResult
+from weightmapper.tensor_info import TensorInfo
+
+SCORING_KEYS: tuple[str, ...] = (
+    "weights",
+    "shape_tolerance",
+    "incompatible_pairs",
+    "buffer_matching_mode",
+)
+"""Mapper settings that change scores; every other setting only changes the assignment."""
+ASSIGNMENT_KEYS: tuple[str, ...] = ("threshold", "strategy")
+
+# One output file whatever the checkpoint size: the store holds one artifact per key.
+_NO_SHARDING = 1 << 62
+
+
+def open_table(path: str, *, trusted: bool = False) -> Any:
+    """Checkpoint path → its lazy, normalized TensorTable."""
+    from weightmapper.checkpoint import open_checkpoint
+
+    return open_checkpoint(path, trusted=trusted)
+
+
+class _JsonTable(dict[str, TensorInfo]):
+    """name → TensorInfo, plus the ``tied`` groups Inventory.from_table reads."""
+
+    tied: list[tuple[str, ...]]
+
+
+def inventory_from_table_json(data: Mapping[str, Any]) -> Inventory:
+    """JSON tensor table (from the load stage) → Inventory of the checkpoint."""
+    table = _JsonTable((t["name"], info_from_json(t)) for t in data["tensors"])
+    table.tied = [tuple(t) for t in data.get("tied") or []]
+    return Inventory.from_table(table, name="checkpoint")
+
+
+def trace_order(module: nn.Module, dummy: Any) -> dict[str, int] | None:
+    """Module + dummy input → module path → first-call rank, or None when forward fails."""
+    from weightmapper.trace import trace_execution_order
+
+    return trace_execution_order(module, dummy)
+
+
+def scoring_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Mapper settings → the part that the score stage depends on."""
+    return {k: settings[k] for k in SCORING_KEYS if settings.get(k) is not None}
+
+
+def assignment_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Mapper settings → the part that only the assign stage depends on."""
+    return {k: settings[k] for k in ASSIGNMENT_KEYS if settings.get(k) is not None}
+
+
+def score_candidates(
+    source: Inventory, target: Inventory, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Both inventories + scoring settings → JSON form of the engine's Candidates."""
+    from weightmapper.assign import score_inventories
+
+    return score_inventories(source, target, **scoring_settings(settings)).to_dict()
+
+
+def score_info(data: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON Candidates → small facts for the artifact record."""
+    return {"proposals": len(data.get("proposals") or [])}
+
+
+def assign_candidates(data: Mapping[str, Any], settings: Mapping[str, Any]) -> MappingResult:
+    """JSON Candidates + threshold/strategy → MappingResult."""
+    from weightmapper.candidates import Candidates
+    from weightmapper.candidates import assign_candidates as assign
+
+    return assign(Candidates.from_dict(dict(data)), **assignment_settings(settings))
+
+
+def mapping_digest(data: Mapping[str, Any]) -> str:
+    """JSON mapping → sha256 of what it does (pairs, transforms, splits/merges), not its scores."""
+    from weightmapper.convert import mapping_sha256
+
+    return mapping_sha256(MappingResult.from_dict(dict(data)))
+
+
+def convert_to_file(
+    path: str, mapping: MappingResult, dest: Path, *, trusted: bool = False
+) -> dict[str, Any]:
+    """Source checkpoint + mapping → one safetensors file written at ``dest``; facts about it."""
+    from weightmapper.convert import convert_checkpoint
+
+    # convert_checkpoint names its output by suffix, so write under a proper name in a
+    # private directory beside dest (same file system), then move it onto dest.
+    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+    try:
+        out = work / "converted.safetensors"
+        rep = convert_checkpoint(
+            open_table(path, trusted=trusted), mapping, out, shard_size=_NO_SHARDING, overwrite=True
+        )
+        out.replace(dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "tensors": rep.tensor_count,
+        "bytes": rep.bytes_written,
+        "dropped_source_keys": len(rep.dropped_source_keys),
+    }
+
+
+def validate_file(path: str, target: nn.Module | Mapping[str, TensorInfo]) -> dict[str, Any]:
+    """Converted checkpoint + target (module, or names and shapes) → JSON ValidationResult."""
+    from weightmapper.validate import validate_state_dict
+
+    result = validate_state_dict(path, target)
+    return {**result.to_dict(), "ok": bool(result.ok), "summary": result.summary()}
+
+
+def validate_against_table(path: str, target: Inventory) -> dict[str, Any]:
+    """Converted checkpoint + the target checkpoint's Inventory → JSON ValidationResult."""
+    return validate_file(path, dict(target.tensors))
+
+
+def functional_check(
+    source_path: str,
+    converted_path: str,
+    source: nn.Module,
+    target: nn.Module,
+    dummy: torch.Tensor,
+    mapping: MappingResult,
+    *,
+    trusted: bool = False,
+) -> dict[str, Any]:
+    """Source checkpoint in the source module vs converted file in the target → equal outputs?
+
+    The converted file itself is what is proven: it is loaded (strictly) into the target,
+    and the target's output is compared with the source module's on the same input. When
+    they differ, the check is repeated through the mapping with forward hooks to name the
+    first target module whose output diverges.
+    """
+    from weightmapper.checkpoint import load_checkpoint_as_dict
+    from weightmapper.convert import load_converted
+    from weightmapper.verify import check_outputs
+
+    source.load_state_dict(load_checkpoint_as_dict(source_path, trusted=trusted), strict=True)
+    fresh_target = copy.deepcopy(target)
+    try:
+        target.load_state_dict(load_converted(converted_path), strict=True)
+    except RuntimeError as e:  # strict load refused: the check fails, it does not crash
+        return {"ok": False, "equal": False, "max_abs_diff": None, "notes": [str(e)[:2000]]}
+    with torch.no_grad():
+        reference = source.eval()(dummy)
+    check = check_outputs(None, target.eval(), {}, dummy, reference_output=reference)
+    out = {**check.to_dict(), "ok": bool(check.equal)}
+    if not check.equal:
+        try:
+            diagnosis = check_outputs(source, fresh_target, mapping, dummy)
+        except Exception as e:  # the diagnosis is a bonus; the verdict above stands
+            out["notes"] = [*out.get("notes", []), f"no diagnosis: {type(e).__name__}: {e}"]
+        else:
+            for k in ("first_diverging", "first_diverging_target", "first_diverging_source"):
+                out[k] = diagnosis.to_dict()[k]
+            out["compared_modules"] = diagnosis.compared_modules
+    return out

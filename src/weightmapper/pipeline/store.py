@@ -1,0 +1,260 @@
+"""A content-addressed artifact store: stage + key → one verified file, written atomically.
+
+Layout under the store root::
+
+    artifacts/<stage>/<key>.<ext>        the artifact (JSON, or safetensors for tensors)
+    artifacts/<stage>/<key>.meta.json    commit record: size, sha256 digest, small info dict
+    locks/<stage>/<key>.lock             fcntl lock held while one process computes the key
+    memo/files.json                      file digests memoised by (path, size, mtime_ns, inode)
+
+The meta record is written last, so an artifact without one was never committed. A read
+verifies the record parses, the size matches and the file opens (JSON parses, safetensors
+header reads); anything else is a miss and the stage recomputes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from weightmapper.atomic import atomic_path, atomic_write_text
+from weightmapper.pipeline.keys import digest_file, digest_files
+
+log = logging.getLogger(__name__)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A committed artifact: where it is, what it holds (digest) and whether it was reused.
+
+    Stages pass these small references to each other, never tensors or modules.
+    """
+
+    stage: str
+    key: str
+    """The stage's cache key (content-derived)."""
+    path: str
+    """Absolute path of the artifact file."""
+    digest: str
+    """sha256 of the artifact's bytes; later stages build their keys from it."""
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Small JSON-ready facts about the artifact (counts, coverage, status)."""
+    cached: bool = field(default=False, compare=False)
+    """True when this run found the artifact already committed instead of computing it."""
+
+
+class ArtifactStore:
+    """Root directory → a store of stage artifacts keyed by content."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self._memo_lock = threading.Lock()
+        self._memo: dict[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({str(self.root)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Travels to other processes (Dask workers) as its root; locks and memo are local.
+        return (ArtifactStore, (str(self.root),))
+
+    # --- paths -----------------------------------------------------------------------------
+    def artifact_path(self, stage: str, key: str, ext: str) -> Path:
+        """Stage, key, extension → where that artifact lives."""
+        return self.root / "artifacts" / stage / f"{key}.{ext}"
+
+    def _meta_path(self, stage: str, key: str) -> Path:
+        return self.root / "artifacts" / stage / f"{key}.meta.json"
+
+    # --- reading ---------------------------------------------------------------------------
+    def lookup(self, stage: str, key: str) -> ArtifactRef | None:
+        """Stage + key → the committed artifact's reference, or None (missing or corrupt).
+
+        A corrupt artifact (unparsable record, wrong size, unreadable content) is logged,
+        removed and reported as a miss so the caller recomputes it.
+        """
+        meta_path = self._meta_path(stage, key)
+        try:
+            meta = json.loads(meta_path.read_text())
+            path = self.artifact_path(stage, key, meta["ext"])
+            size = int(meta["size"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("artifact record %s is unreadable (%s); recomputing", meta_path, e)
+            self._discard(meta_path)
+            return None
+        problem = _check_file(path, size)
+        if problem:
+            log.warning("artifact %s is %s; recomputing", path, problem)
+            self._discard(meta_path, path)
+            return None
+        return ArtifactRef(stage, key, str(path), meta["digest"], meta.get("info") or {})
+
+    def read_json(self, ref: ArtifactRef) -> Any:
+        """Reference to a JSON artifact → its parsed content."""
+        return json.loads(Path(ref.path).read_text())
+
+    # --- writing ---------------------------------------------------------------------------
+    def produce(
+        self,
+        stage: str,
+        key: str,
+        ext: str,
+        write: Callable[[Path], dict[str, Any] | None],
+    ) -> ArtifactRef:
+        """Stage + key + writer → the artifact's reference, computed at most once.
+
+        ``write(tmp_path)`` fills a temporary file and may return a small info dict. If the
+        artifact is already committed it is returned with ``cached=True`` and ``write`` is
+        not called. A per-key file lock makes concurrent producers (threads or processes)
+        of the same key wait for the first one and then read its result.
+        """
+        hit = self.lookup(stage, key)
+        if hit is not None:
+            return replace(hit, cached=True)
+        with self.lock(stage, key):
+            hit = self.lookup(stage, key)
+            if hit is not None:
+                return replace(hit, cached=True)
+            path = self.artifact_path(stage, key, ext)
+            with atomic_path(path) as tmp:
+                info = write(tmp) or {}
+                # mkstemp creates 0600 files; artifacts are as shareable as any output.
+                os.chmod(tmp, 0o666 & ~_UMASK)
+                digest = digest_file(tmp)
+                size = tmp.stat().st_size
+            meta = {
+                "stage": stage,
+                "key": key,
+                "ext": ext,
+                "path": path.name,
+                "size": size,
+                "digest": digest,
+                "info": info,
+            }
+            atomic_write_text(self._meta_path(stage, key), json.dumps(meta, sort_keys=True))
+            log.debug("stored %s/%s (%d bytes)", stage, key[:12], size)
+            return ArtifactRef(stage, key, str(path), digest, info, cached=False)
+
+    def produce_json(
+        self,
+        stage: str,
+        key: str,
+        compute: Callable[[], Any],
+        info: Callable[[Any], dict] | None = None,
+    ) -> ArtifactRef:
+        """Stage + key + a function returning JSON-ready data → reference to the JSON artifact."""
+
+        def write(tmp: Path) -> dict[str, Any]:
+            data = compute()
+            tmp.write_text(json.dumps(data, sort_keys=True, indent=1))
+            return info(data) if info else {}
+
+        return self.produce(stage, key, "json", write)
+
+    def remove(self, stage: str, key: str) -> bool:
+        """Stage + key → True if an artifact was removed (its record and file)."""
+        meta_path = self._meta_path(stage, key)
+        found = meta_path.exists()
+        files = list(meta_path.parent.glob(f"{key}.*")) if meta_path.parent.exists() else []
+        self._discard(*files)
+        return found
+
+    def _discard(self, *paths: Path) -> None:
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    # --- locking ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Stage + key → an exclusive lock across threads and processes, held in the block.
+
+        ``flock`` locks belong to an open file description, so two threads that each open
+        the lock file exclude each other just as two processes do.
+        """
+        path = self.root / "locks" / stage / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    # --- file digests ----------------------------------------------------------------------
+    def file_digest(self, paths: list[Path]) -> str:
+        """Checkpoint files → their content digest, memoised by (path, size, mtime_ns, inode).
+
+        The memo only saves rereading unchanged bytes on a rerun; the digest itself (and so
+        every key built on it) is computed from the bytes alone.
+        """
+        stats = []
+        for p in paths:
+            st = os.stat(p)
+            stats.append(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}")
+        memo_key = "\n".join(sorted(stats))
+        memo = self._load_memo()
+        with self._memo_lock:
+            hit = memo.get(memo_key)
+        if hit:
+            return hit
+        digest = digest_files(list(paths))
+        with self._memo_lock:
+            memo[memo_key] = digest
+            self._save_memo(memo)
+        return digest
+
+    def _load_memo(self) -> dict[str, str]:
+        with self._memo_lock:
+            if self._memo is None:
+                try:
+                    self._memo = dict(json.loads((self.root / "memo" / "files.json").read_text()))
+                except (OSError, ValueError, TypeError):
+                    self._memo = {}
+            return self._memo
+
+    def _save_memo(self, memo: dict[str, str]) -> None:
+        # Merge with what another process may have written meanwhile; the memo is a cache,
+        # so a lost entry only costs one rehash.
+        path = self.root / "memo" / "files.json"
+        with self.lock("memo", "files"):
+            try:
+                on_disk = dict(json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                on_disk = {}
+            on_disk.update(memo)
+            memo.update(on_disk)
+            atomic_write_text(path, json.dumps(on_disk, sort_keys=True))
+
+
+def _check_file(path: Path, size: int) -> str | None:
+    """Artifact file + expected size → None when it reads back, else what is wrong."""
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if actual != size:
+        return f"truncated or altered ({actual} bytes, expected {size})"
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+    except Exception as e:  # any failure to read back means the artifact cannot be trusted
+        return f"unreadable ({type(e).__name__}: {e})"
+    return None

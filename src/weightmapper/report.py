@@ -1,0 +1,597 @@
+"""The versioned JSON report of a mapping: build it, write it, load it back, render Markdown.
+
+A report is the record of one mapping run. Its ``mapping`` section is exactly
+``MappingResult.to_dict()``, so ``MappingResult.from_dict(report)`` reads a report as a
+mapping. Around it the report keeps the inputs (path as given, sha256, architecture
+signature, tensor count), the settings, both module hierarchies, and the validation and
+functional-check results when present. Reports hold no timestamps and no paths the user
+did not give, so the same inputs give a byte-identical file.
+
+The schema lives in ``report_schema.json`` next to this module and is documented in
+``docs/report-schema.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from weightmapper._version import __version__
+from weightmapper.atomic import atomic_write_text
+from weightmapper.errors import CheckpointFormatError, CheckpointNotFoundError, MappingError
+from weightmapper.result import MappingResult
+
+logger = logging.getLogger(__name__)
+
+REPORT_SCHEMA_VERSION = "1.0"
+"""Version of the report layout; the major number changes when a reader must change."""
+
+REPORT_KIND = "weightmapper-report"
+
+_HASH_CHUNK = 1 << 20
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def build_report(
+    mapper_or_result: Any,
+    *,
+    source_path: str | Path | None = None,
+    target_path: str | Path | None = None,
+    validation: Any = None,
+    functional_check: Any = None,
+    hash_inputs: bool = True,
+    result: MappingResult | None = None,
+) -> dict[str, Any]:
+    """WeightMapper or MappingResult (+ optional paths and checks) → the report as a dict.
+
+    The dict is canonical: it has been through JSON once, so it equals what
+    :func:`load_report` reads back from the written file. ``validation`` and
+    ``functional_check`` take a result object with ``to_dict()`` or a plain dict; the
+    functional check defaults to ``result.metadata["functional_check"]``. ``hash_inputs=False``
+    skips hashing the checkpoint files (views that only display a mapping); ``result``
+    replaces the mapper's own result (a mapping made with other settings).
+    """
+    if result is None:
+        result = _result_of(mapper_or_result)
+    src_inv = getattr(mapper_or_result, "source_inventory", None)
+    tgt_inv = getattr(mapper_or_result, "target_inventory", None)
+    if source_path is None:
+        source_path = getattr(mapper_or_result, "source_path", None)
+    if target_path is None:
+        target_path = getattr(mapper_or_result, "target_path", None)
+    if functional_check is None:
+        functional_check = result.metadata.get("functional_check")
+    if validation is None:
+        validation = result.metadata.get("validation")
+
+    report: dict[str, Any] = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": REPORT_KIND,
+        "tool_version": __version__,
+        "inputs": {
+            "source": _input_section(
+                result.source_name, src_inv, source_path, result.source_count, hash_inputs
+            ),
+            "target": _input_section(
+                result.target_name, tgt_inv, target_path, result.target_count, hash_inputs
+            ),
+        },
+        "settings": _jsonable(result.settings),
+        "mapping": _mapping_dict(result),
+        "hierarchy": {
+            "source": _hierarchy(src_inv, result, "source"),
+            "target": _hierarchy(tgt_inv, result, "target"),
+        },
+        "validation": _as_dict(validation),
+        "functional_check": _as_dict(functional_check),
+    }
+    # One trip through JSON makes tuples lists and floats canonical, so the in-memory
+    # report equals the file read back (renderers then give identical output either way).
+    return json.loads(json.dumps(report, sort_keys=True, ensure_ascii=False))
+
+
+def dumps_report(report: Mapping[str, Any]) -> str:
+    """Report dict (as built by :func:`build_report`) → canonical JSON text.
+
+    Sorted keys, indent 2, trailing newline; the text never depends on dict order.
+    """
+    return json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _mapping_dict(result: MappingResult) -> dict[str, Any]:
+    mapping = result.to_dict()
+    # Pairs are JSON-ready already; settings and metadata may hold tuples or numpy scalars.
+    mapping["settings"] = _jsonable(mapping["settings"])
+    mapping["metadata"] = _jsonable(mapping["metadata"])
+    return mapping
+
+
+def write_report(mapper_or_result: Any, path: str | Path, **kw: Any) -> Path:
+    """WeightMapper or MappingResult (or a built report dict) → JSON report at path, atomically.
+
+    Keyword arguments go to :func:`build_report`. Returns the path written.
+    """
+    if isinstance(mapper_or_result, Mapping) and mapper_or_result.get("kind") == REPORT_KIND:
+        report = _jsonable(mapper_or_result)
+    else:
+        report = build_report(mapper_or_result, **kw)
+    out = atomic_write_text(path, dumps_report(report))
+    logger.info("wrote mapping report %s", out)
+    return out
+
+
+def _result_of(obj: Any) -> MappingResult:
+    if isinstance(obj, MappingResult):
+        return obj
+    result = getattr(obj, "result", None)
+    if result is None and callable(getattr(obj, "suggest_mapping", None)):
+        # A mapper that has not been asked yet: use its defaults rather than fail.
+        result = obj.suggest_mapping()
+    if not isinstance(result, MappingResult):
+        raise MappingError(
+            f"cannot build a report from {type(obj).__name__}: expected a WeightMapper (after "
+            "suggest_mapping) or a MappingResult."
+        )
+    return result
+
+
+def _input_section(
+    name: str, inventory: Any, path: str | Path | None, count: int, hash_inputs: bool
+) -> dict[str, Any]:
+    signature = None
+    if inventory is not None and callable(getattr(inventory, "signature", None)):
+        signature = str(inventory.signature())
+    elif inventory is not None and getattr(inventory, "tensors", None):
+        signature = architecture_signature(inventory.tensors.values())
+    tensors = getattr(inventory, "tensors", None)
+    return {
+        "name": str(getattr(inventory, "name", None) or name),
+        "path": None if path is None else str(path),
+        "sha256": file_sha256(path) if path is not None and hash_inputs else None,
+        "signature": signature,
+        "tensor_count": len(tensors) if tensors is not None else int(count),
+    }
+
+
+def architecture_signature(infos: Iterable[Any]) -> str:
+    """TensorInfos → sha256 of their sorted names, shapes and dtypes (an architecture's id)."""
+    h = hashlib.sha256()
+    for info in sorted(infos, key=lambda i: i.name):
+        h.update(f"{info.name}|{tuple(info.shape)}|{info.dtype}\n".encode())
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """Checkpoint file or directory of shards → sha256 of its bytes; None when it is absent.
+
+    A directory hashes each regular file's relative name and bytes in sorted order, so a
+    sharded checkpoint has one hash that changes when any shard changes.
+    """
+    p = Path(path)
+    if p.is_file():
+        return _sha256_files([(p.name, p)], with_names=False)
+    if p.is_dir():
+        files = sorted((f.relative_to(p).as_posix(), f) for f in p.rglob("*") if f.is_file())
+        return _sha256_files(files, with_names=True)
+    return None
+
+
+def _sha256_files(files: list[tuple[str, Path]], *, with_names: bool) -> str:
+    h = hashlib.sha256()
+    for rel, f in files:
+        if with_names:
+            h.update(rel.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _hierarchy(inventory: Any, result: MappingResult, side: str) -> list[dict[str, Any]]:
+    """Inventory (or, without one, the keys the mapping names) → module groups in order."""
+    groups = getattr(inventory, "groups", None)
+    if groups:
+        out = []
+        for path, group in groups.items():
+            buffers = set(getattr(group, "buffers", ()) or ())
+            tensors = []
+            for local, info in group.tensors.items():
+                is_buffer = info.is_buffer if info.is_buffer is not None else local in buffers
+                tensors.append(
+                    {
+                        "name": local,
+                        "shape": [int(d) for d in info.shape],
+                        "dtype": info.dtype,
+                        "buffer": bool(is_buffer),
+                    }
+                )
+            out.append(
+                {
+                    "path": str(path),
+                    "module_type": getattr(group, "module_type", None),
+                    "tensors": tensors,
+                }
+            )
+        return out
+    return _hierarchy_from_keys(_keys_with_shapes(result, side))
+
+
+def _keys_with_shapes(result: MappingResult, side: str) -> dict[str, list[int]]:
+    keys: dict[str, list[int]] = {}
+    for p in result.pairs:
+        if side == "source":
+            keys[p.source] = list(p.source_shape)
+        else:
+            keys[p.target] = list(p.target_shape)
+    for m in result.multi:
+        for k in m.sources if side == "source" else m.targets:
+            keys.setdefault(k, [])
+    for u in result.unmatched_source if side == "source" else result.unmatched_target:
+        keys[u.name] = list(u.shape)
+    return keys
+
+
+def _hierarchy_from_keys(keys: dict[str, list[int]]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key in sorted(keys, key=natural_key):
+        path, _, local = key.rpartition(".")
+        groups.setdefault(path, []).append(
+            {"name": local, "shape": keys[key], "dtype": None, "buffer": None}
+        )
+    return [{"path": p, "module_type": None, "tensors": t} for p, t in groups.items()]
+
+
+def natural_key(text: str) -> tuple[Any, ...]:
+    """Dotted key → sort key that orders ``layers.2`` before ``layers.10``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def _as_dict(obj: Any) -> dict[str, Any] | None:
+    if obj is None:
+        return None
+    if callable(getattr(obj, "to_dict", None)):
+        return _jsonable(obj.to_dict())
+    if isinstance(obj, Mapping):
+        return _jsonable(dict(obj))
+    raise MappingError(
+        f"cannot store a {type(obj).__name__} in a report: expected a dict or an object "
+        "with to_dict() (ValidationResult, FunctionalCheck)."
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Nested data → plain JSON types (tuples to lists, numpy/torch scalars to numbers)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        seq = sorted(obj, key=str) if isinstance(obj, set | frozenset) else obj
+        return [_jsonable(v) for v in seq]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        # JSON has no NaN/inf; keep them readable rather than emit invalid JSON.
+        return obj if math.isfinite(obj) else str(obj)
+    if callable(getattr(obj, "to_dict", None)):
+        return _jsonable(obj.to_dict())
+    if callable(getattr(obj, "item", None)):
+        return _jsonable(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "value") and isinstance(obj.value, str | int):  # enums
+        return obj.value
+    return str(obj)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def report_schema() -> dict[str, Any]:
+    """() → the report's JSON Schema (shipped as package data)."""
+    text = resources.files("weightmapper").joinpath("report_schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Report (or bare mapping) JSON file → validated report dict.
+
+    A bare mapping file (``MappingResult.to_json()``) is wrapped into a report without
+    inventories. Raises CheckpointNotFoundError for a missing file, CheckpointFormatError
+    for a file that is not a report, MappingError for a report from a newer major version.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointNotFoundError(
+            f"report {p} does not exist; write one with `weightmapper map SOURCE --target "
+            "SPEC --report report.json`."
+        )
+    try:
+        data = json.loads(p.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointFormatError(
+            f"{p} is not JSON ({e}); expected a weightmapper report or mapping file."
+        ) from e
+    return report_from_dict(data, origin=str(p))
+
+
+def report_from_dict(data: Any, *, origin: str = "report") -> dict[str, Any]:
+    """Parsed JSON (a report or a bare mapping) → validated report dict."""
+    if not isinstance(data, dict):
+        raise CheckpointFormatError(
+            f"{origin} holds a JSON {type(data).__name__}, expected an object "
+            "(a weightmapper report or mapping file)."
+        )
+    if data.get("kind") != REPORT_KIND and "pairs" in data and "mapping" not in data:
+        # A mapping file: give it the report's frame so every renderer can read it.
+        try:
+            result = MappingResult.from_dict(data)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointFormatError(
+                f"{origin} looks like a mapping file but an entry is malformed ({e!r}); "
+                "regenerate it with `weightmapper map`."
+            ) from e
+        data = build_report(result)
+    _check_version(data, origin)
+    validate_report(data, origin=origin)
+    return data
+
+
+def _check_version(data: dict[str, Any], origin: str) -> None:
+    version = data.get("schema_version")
+    if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
+        raise CheckpointFormatError(
+            f"{origin} has no valid schema_version (found {version!r}, expected e.g. "
+            f"{REPORT_SCHEMA_VERSION!r}); is it a weightmapper report?"
+        )
+    major = int(version.split(".")[0])
+    if major > int(REPORT_SCHEMA_VERSION.split(".")[0]):
+        raise MappingError(
+            f"{origin} uses report schema {version}, newer than this weightmapper "
+            f"({__version__}, schema {REPORT_SCHEMA_VERSION}); upgrade weightmapper to read it."
+        )
+
+
+def validate_report(data: dict[str, Any], *, origin: str = "report") -> None:
+    """Report dict → None, or CheckpointFormatError naming the first problems found.
+
+    Uses jsonschema when installed; otherwise a structural check of the required parts.
+    """
+    try:
+        import jsonschema
+    except ImportError:  # a runtime install without the dev extras
+        problems = _structural_problems(data)
+    else:
+        validator = jsonschema.Draft202012Validator(report_schema())
+        problems = [
+            f"{'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
+            for e in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        ]
+    if problems:
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointFormatError(
+            f"{origin} is not a valid weightmapper report: {shown}{more}. Regenerate it with "
+            "`weightmapper map ... --report`."
+        )
+
+
+def _structural_problems(data: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, kind in (
+        ("schema_version", str),
+        ("kind", str),
+        ("inputs", dict),
+        ("settings", dict),
+        ("mapping", dict),
+        ("hierarchy", dict),
+    ):
+        if not isinstance(data.get(key), kind):
+            problems.append(f"{key}: missing or not a {kind.__name__}")
+    mapping = data.get("mapping")
+    if isinstance(mapping, dict):
+        for key, kind in (("pairs", list), ("multi", list), ("unmatched", dict)):
+            if not isinstance(mapping.get(key), kind):
+                problems.append(f"mapping/{key}: missing or not a {kind.__name__}")
+    return problems
+
+
+def result_from_report(report: Mapping[str, Any]) -> MappingResult:
+    """Report dict → the MappingResult it records."""
+    return MappingResult.from_dict(dict(report))
+
+
+def module_links(report: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Report → per side, module path → {"partners": sorted partner paths, "matched", "total"}."""
+    mapping = report["mapping"]
+    out: dict[str, dict[str, dict[str, Any]]] = {"source": {}, "target": {}}
+
+    def note(side: str, key: str, partner: str | None) -> None:
+        path = key.rpartition(".")[0]
+        entry = out[side].setdefault(path, {"partners": set(), "matched": 0, "total": 0})
+        entry["total"] += 1
+        if partner is not None:
+            entry["matched"] += 1
+            entry["partners"].add(partner.rpartition(".")[0])
+
+    for p in mapping["pairs"]:
+        note("source", p["source"], p["target"])
+        note("target", p["target"], p["source"])
+    for m in mapping.get("multi", []):
+        for s in m["sources"]:
+            note("source", s, m["targets"][0])
+        for t in m["targets"]:
+            note("target", t, m["sources"][0])
+    for side in ("source", "target"):
+        for u in mapping["unmatched"][side]:
+            note(side, u["name"], None)
+    for side in out.values():
+        for entry in side.values():
+            entry["partners"] = sorted(entry["partners"], key=natural_key)
+    return out
+
+
+# --- Markdown --------------------------------------------------------------------------------
+
+TRANSFORM_BADGES: dict[str, str] = {
+    "identity": "✓ exact",
+    "transpose": "🔄 transpose",
+    "reshape": "📐 reshape",
+    "split": "split",
+    "merge": "merge",
+    "stack": "merge",
+}
+
+
+def transform_badge(transform: Mapping[str, Any] | None) -> str:
+    """Transform dict (``{"name", "params"}``) → its short badge text (``🔄 transpose``)."""
+    name = (transform or {}).get("name", "identity")
+    return TRANSFORM_BADGES.get(name, name)
+
+
+def score_band(score: float) -> str:
+    """Score → ``high`` (> 0.8), ``medium`` (0.6–0.8) or ``low`` (< 0.6)."""
+    if score > 0.8:
+        return "high"
+    if score >= 0.6:
+        return "medium"
+    return "low"
+
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _shape(shape: Iterable[int] | None) -> str:
+    dims = list(shape or [])
+    return "×".join(str(d) for d in dims) if dims else "scalar"
+
+
+def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -> str:
+    """Report dict → Markdown text: summary, inputs, mapping table, unmatched keys, checks.
+
+    ``max_rows`` caps the pair table (None: every pair). Output depends only on the report.
+    """
+    mapping = report["mapping"]
+    cov = mapping.get("coverage", {})
+    src, tgt = report["inputs"]["source"], report["inputs"]["target"]
+    lines = [
+        f"# Weight mapping: {_md_cell(src['name'])} → {_md_cell(tgt['name'])}",
+        "",
+        f"weightmapper {report.get('tool_version', '?')}, report schema "
+        f"{report.get('schema_version', '?')}",
+        "",
+        "## Summary",
+        "",
+        "| | source | target |",
+        "|---|---:|---:|",
+        f"| tensors | {cov.get('source_total', 0)} | {cov.get('target_total', 0)} |",
+        f"| mapped | {cov.get('source_mapped', 0)} | {cov.get('target_mapped', 0)} |",
+        f"| unmatched | {cov.get('source_unmatched', 0)} | {cov.get('target_unmatched', 0)} |",
+        f"| coverage | {cov.get('source_coverage', 0):.1%} | {cov.get('target_coverage', 0):.1%} |",
+        "",
+        f"{cov.get('mapped_pairs', 0)} one-to-one pairs, {cov.get('multi_pairs', 0)} splits/merges.",
+        "",
+        "## Inputs",
+        "",
+        "| side | name | path | sha256 | signature | tensors |",
+        "|---|---|---|---|---|---:|",
+    ]
+    for side, inp in (("source", src), ("target", tgt)):
+        lines.append(
+            f"| {side} | {_md_cell(inp['name'])} | {_md_cell(inp.get('path') or '—')} | "
+            f"{_short(inp.get('sha256'))} | {_short(inp.get('signature'))} | "
+            f"{inp.get('tensor_count', 0)} |"
+        )
+    settings = report.get("settings") or {}
+    if settings:
+        lines += ["", "## Settings", ""]
+        lines += [f"- `{k}`: `{json.dumps(settings[k], sort_keys=True)}`" for k in sorted(settings)]
+    pairs = sorted(mapping.get("pairs", []), key=lambda p: natural_key(p["source"]))
+    shown = pairs if max_rows is None else pairs[:max_rows]
+    lines += [
+        "",
+        "## Mapping",
+        "",
+        "| source | target | score | transform | match | shapes |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for p in shown:
+        lines.append(
+            f"| `{_md_cell(p['source'])}` | `{_md_cell(p['target'])}` | "
+            f"{p['score']:.3f} ({score_band(p['score'])}) | {transform_badge(p.get('transform'))} | "
+            f"{'GROUP' if p.get('group', True) else 'INDIV'} | "
+            f"{_shape(p.get('source_shape'))} → {_shape(p.get('target_shape'))} |"
+        )
+    if len(shown) < len(pairs):
+        lines.append(f"| … {len(pairs) - len(shown)} more pairs | | | | | |")
+    multi = mapping.get("multi", [])
+    if multi:
+        lines += [
+            "",
+            "## Splits and merges",
+            "",
+            "| kind | sources | targets | transform | score |",
+        ]
+        lines.append("|---|---|---|---|---:|")
+        for m in multi:
+            lines.append(
+                f"| {m['kind']} | {_md_cell(', '.join(m['sources']))} | "
+                f"{_md_cell(', '.join(m['targets']))} | {transform_badge(m.get('transform'))} | "
+                f"{m['score']:.3f} |"
+            )
+    for side in ("source", "target"):
+        unmatched = mapping.get("unmatched", {}).get(side, [])
+        lines += ["", f"## Unmatched {side} keys ({len(unmatched)})", ""]
+        if not unmatched:
+            lines.append("None.")
+            continue
+        lines += ["| key | shape | reason | detail |", "|---|---|---|---|"]
+        for u in unmatched:
+            lines.append(
+                f"| `{_md_cell(u['name'])}` | {_shape(u.get('shape'))} | {u['reason']} | "
+                f"{_md_cell(u.get('detail') or '')} |"
+            )
+    for title, key in (("Validation", "validation"), ("Functional check", "functional_check")):
+        section = report.get(key)
+        if section:
+            ok, headline = check_headline(key, section)
+            lines += ["", f"## {title}", "", f"{'✓' if ok else '✗'} {headline}", "", "```json"]
+            lines += json.dumps(section, indent=2, sort_keys=True).splitlines()
+            lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+def check_headline(key: str, section: Mapping[str, Any]) -> tuple[bool, str]:
+    """Check name + its dict → (passed, one sentence) for the validation or functional check."""
+    if key == "functional_check":
+        ok = bool(section.get("equal"))
+        text = (
+            f"outputs {'equal' if ok else 'DIFFER'}: max abs diff "
+            f"{float(section.get('max_abs_diff', 0.0)):.3g}, max rel diff "
+            f"{float(section.get('max_rel_diff', 0.0)):.3g}"
+        )
+        if section.get("first_diverging"):
+            text += f"; first diverging module {section['first_diverging']}"
+        return ok, text
+    ok = bool(section.get("ok"))
+    if ok:
+        return True, "loads strictly: every target tensor present with the right shape"
+    counts = ", ".join(
+        f"{len(section.get(k) or [])} {k.replace('_', ' ')}"
+        for k in ("missing", "unexpected", "shape_mismatches")
+    )
+    return False, f"does not load strictly: {counts}"
+
+
+def _short(digest: str | None) -> str:
+    return f"`{digest[:12]}`" if digest else "—"

@@ -1,0 +1,252 @@
+"""Side: an Inventory prepared for matching, as parallel arrays over its keys and groups.
+
+Everything the cascade looks up per key (shape, role, canonical tokens, dense-ranked layer
+indices, group, position) is computed once here, so the stages only index arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from weightmapper.inventory import LEARNED_NAMES, Inventory, tensor_is_buffer
+from weightmapper.names import (
+    common_prefix,
+    dense_rank_indices,
+    local_role,
+    local_tokens,
+    split_module,
+)
+from weightmapper.scoring import guess_family, shape_bucket, type_family
+
+
+@dataclass
+class Side:
+    """One side of a mapping problem as arrays indexed by key number and group number."""
+
+    inv: Inventory
+    keys: list[str]
+    index: dict[str, int]
+    stripped: list[str]
+    """Key without the prefix all keys share (``module.``, ``_orig_mod.``...)."""
+    shape: list[tuple[int, ...]]
+    bucket: list[tuple[int, ...]]
+    role: list[str]
+    """Canonical local role (``weight``, ``bias``, ``running mean``...)."""
+    stat_buffer: list[bool]
+    """Buffer that holds no learned values (statistics, indices); weight/bias buffers of a
+    frozen BatchNorm are learned and count as parameters."""
+    group: np.ndarray
+    """Key number → group number."""
+    tokens: list[str]
+    """Canonical tokens of the whole key, space-separated (indices removed)."""
+    norm_key: list[str]
+    """Canonical tokens + dense-ranked indices: equal keys mean the same tensor."""
+    ranked: list[tuple[int, ...]]
+    group_paths: list[str]
+    group_keys: list[list[int]]
+    group_type: list[str | None]
+    group_family: list[str | None]
+    group_tokens: list[str]
+    """Canonical tokens of the group's module path (indices removed)."""
+    group_template: list[str]
+    group_ranked: list[tuple[int, ...]]
+    group_index_key: list[tuple[tuple[int, ...], int]]
+    """Group number → (dense-ranked indices, primary index): the primary index is the slot
+    with the most distinct values in the group's template (the block number), -1 if none."""
+    group_sibrank: list[int]
+    """Group number → its rank among the groups that share its parent module path."""
+    group_pos: np.ndarray
+    """Group number → relative position in [0, 1] (execution or registration order)."""
+    tied_to: dict[str, str]
+    """Key → the first key of its tie group (for every other member of the group)."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def side_specific_tokens(a: Side, b: Side, share: float = 0.5) -> tuple[set[str], set[str]]:
+    """Two Sides → tokens that fill at least ``share`` of one side's keys and none of the other's.
+
+    Such tokens are wrapper context (``decoder.``, ``backbone.``, ``encoder.`` on one side
+    only): they say nothing about which tensor is which.
+    """
+
+    def doc_freq(side: Side) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for toks, n in Counter(side.tokens).items():
+            for t in set(toks.split()):
+                out[t] = out.get(t, 0) + n
+        return out
+
+    def leading(side: Side) -> set[str]:
+        # Tokens that, wherever they occur, come first: wrapper context, not a component.
+        first: set[str] = set()
+        later: set[str] = set()
+        for toks in set(side.tokens):
+            words = toks.split()
+            if words:
+                first.add(words[0])
+                later.update(words[1:])
+        return first - later
+
+    fa, fb = doc_freq(a), doc_freq(b)
+
+    def drop(side: Side, mine: dict[str, int], other: dict[str, int]) -> set[str]:
+        if len(side.group_paths) < 3:
+            return set()  # too few modules to tell a wrapper from a component
+        lead = leading(side)
+        return {
+            t
+            for t, n in mine.items()
+            if n >= share * len(side) and t not in other and not t.isdigit() and t in lead
+        }
+
+    return drop(a, fa, fb), drop(b, fb, fa)
+
+
+def drop_tokens(side: Side, drop: set[str]) -> None:
+    """Remove tokens from every name string of a Side, in place (indices are kept)."""
+    if not drop:
+        return
+
+    def clean(text: str) -> str:
+        return " ".join(t for t in text.split() if t not in drop)
+
+    cache: dict[str, str] = {}
+    side.tokens = [cache[t] if t in cache else cache.setdefault(t, clean(t)) for t in side.tokens]
+    side.group_tokens = [clean(t) for t in side.group_tokens]
+    side.group_template = [clean(t) for t in side.group_template]
+    side.norm_key = norm_keys(side.tokens, side.ranked)
+
+
+def norm_key(tokens: str, ranked: tuple[int, ...]) -> str:
+    """Canonical tokens + dense-ranked indices → the key the ``normalized`` stage compares."""
+    return " ".join(sorted(tokens.split())) + "|" + ",".join(map(str, ranked))
+
+
+def norm_keys(tokens: list[str], ranked: list[tuple[int, ...]]) -> list[str]:
+    """:func:`norm_key` for many keys, each distinct token string and index tuple done once."""
+    tok_cache: dict[str, str] = {}
+    idx_cache: dict[tuple[int, ...], str] = {}
+    out = []
+    for t, r in zip(tokens, ranked, strict=True):
+        a = tok_cache.get(t)
+        if a is None:
+            a = tok_cache[t] = " ".join(sorted(t.split()))
+        b = idx_cache.get(r)
+        if b is None:
+            b = idx_cache[r] = ",".join(map(str, r))
+        out.append(a + "|" + b)
+    return out
+
+
+def prepare_side(inv: Inventory) -> Side:
+    """Inventory → Side (keys ordered by group order, then by local order)."""
+    keys: list[str] = []
+    group_paths = list(inv.groups)
+    group_keys: list[list[int]] = []
+    group_of: list[int] = []
+    for gi, path in enumerate(group_paths):
+        g = inv.groups[path]
+        ks = []
+        for local in g.tensors:
+            ks.append(len(keys))
+            keys.append(g.key(local))
+            group_of.append(gi)
+        group_keys.append(ks)
+    prefix = common_prefix(group_paths) if len(keys) > 1 else ""
+    stripped = [k[len(prefix) :] for k in keys]
+    infos = [inv.tensors[k] for k in keys]
+    shapes = [tuple(i.shape) for i in infos]
+    locals_ = [k.rpartition(".")[2] for k in keys]
+    stat = [
+        tensor_is_buffer(info) and local not in LEARNED_NAMES
+        for info, local in zip(infos, locals_, strict=True)
+    ]
+    gstripped = [p[len(prefix) :] if (p + ".").startswith(prefix) else p for p in group_paths]
+    gparts = [split_module(p) for p in gstripped]
+    gtemplates = [gp.template for gp in gparts]
+    granked = dense_rank_indices(gtemplates, [gp.indices for gp in gparts])
+    gtokens = [" ".join(gp.tokens) for gp in gparts]
+    # A key's name is its module's name plus its local name; its layer indices are the
+    # module's (dense-ranked per module template, so all tensors of a module agree).
+    local_words = {loc: " ".join(local_tokens(loc)) for loc in dict.fromkeys(locals_)}
+    tokens = [
+        (gtokens[g] + " " + local_words[loc]).strip()
+        for g, loc in zip(group_of, locals_, strict=True)
+    ]
+    ranked = [granked[g] for g in group_of]
+    gtypes = [inv.groups[p].module_type for p in group_paths]
+    gfam = [
+        type_family(t) or guess_family({k: v.shape for k, v in inv.groups[p].tensors.items()})
+        for t, p in zip(gtypes, group_paths, strict=True)
+    ]
+    n_g = len(group_paths)
+    gpos = np.arange(n_g, dtype=np.float64) / max(1, n_g - 1)
+    tied_to: dict[str, str] = {}
+    for tie in inv.tied:
+        for k in tie[1:]:
+            tied_to[k] = tie[0]
+    return Side(
+        inv=inv,
+        keys=keys,
+        index={k: i for i, k in enumerate(keys)},
+        stripped=stripped,
+        shape=shapes,
+        bucket=[_bucket(s) for s in shapes],
+        role=[local_role(loc) for loc in locals_],
+        stat_buffer=stat,
+        group=np.asarray(group_of, dtype=np.int64),
+        tokens=tokens,
+        norm_key=norm_keys(tokens, ranked),
+        ranked=ranked,
+        group_paths=group_paths,
+        group_keys=group_keys,
+        group_type=gtypes,
+        group_family=gfam,
+        group_tokens=gtokens,
+        group_template=gtemplates,
+        group_ranked=granked,
+        group_index_key=_index_keys(gtemplates, granked),
+        group_sibrank=_sibling_ranks(group_paths),
+        group_pos=gpos,
+        tied_to=tied_to,
+    )
+
+
+@functools.lru_cache(maxsize=65536)
+def _bucket(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape_bucket(shape)
+
+
+def _sibling_ranks(paths: list[str]) -> list[int]:
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        parent = p.rpartition(".")[0]
+        out.append(seen.get(parent, 0))
+        seen[parent] = out[-1] + 1
+    return out
+
+
+def _index_keys(
+    templates: list[str], ranked: list[tuple[int, ...]]
+) -> list[tuple[tuple[int, ...], int]]:
+    distinct: dict[str, list[set[int]]] = {}
+    for tpl, r in zip(templates, ranked, strict=True):
+        slots = distinct.setdefault(tpl, [set() for _ in r])
+        for pos, v in enumerate(r[: len(slots)]):
+            slots[pos].add(v)
+    primary_slot = {
+        tpl: max(range(len(slots)), key=lambda p: (len(slots[p]), -p)) if slots else -1
+        for tpl, slots in distinct.items()
+    }
+    out = []
+    for tpl, r in zip(templates, ranked, strict=True):
+        p = primary_slot[tpl]
+        out.append((r, r[p] if 0 <= p < len(r) else -1))
+    return out

@@ -1,0 +1,456 @@
+"""Rich views of a mapping: the mapping table, two module trees side by side, a score breakdown.
+
+Each view takes a WeightMapper, a MappingResult or a report dict (so a saved report
+renders the same way as a live mapper) and prints to a rich Console: pass your own
+(``Console(record=True)`` to capture it); the default prints to stdout and falls back to
+plain text when stdout is not a terminal. Every view returns the Console it printed to.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from weightmapper.errors import MappingError
+from weightmapper.report import (
+    REPORT_KIND,
+    build_report,
+    module_links,
+    natural_key,
+    score_band,
+    transform_badge,
+)
+from weightmapper.result import MappingResult
+
+BAND_STYLES: dict[str, str] = {"high": "green", "medium": "yellow", "low": "red"}
+"""Score band → rich colour: green > 0.8, yellow 0.6–0.8, red < 0.6."""
+
+_BAR_WIDTH = 24
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def as_report(obj: Any, result: MappingResult | None = None) -> dict[str, Any]:
+    """WeightMapper, MappingResult or report dict (+ optional result override) → report dict."""
+    if isinstance(obj, Mapping) and obj.get("kind") == REPORT_KIND:
+        if result is None:
+            return dict(obj)
+        report = dict(obj)
+        report["mapping"] = build_report(result, hash_inputs=False)["mapping"]
+        return report
+    if isinstance(obj, MappingResult):
+        return build_report(result or obj, hash_inputs=False)
+    return build_report(obj, hash_inputs=False, result=result)
+
+
+PIPE_WIDTH = 160
+"""Width of the plain text written when stdout is not a terminal (keys stay on one line)."""
+
+
+def default_console() -> Console:
+    """() → Console on stdout: the terminal's width, or 160 columns of plain text in a pipe."""
+    console = Console(soft_wrap=False, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, PIPE_WIDTH)
+    return console
+
+
+def _console(console: Console | None) -> Console:
+    return console if console is not None else default_console()
+
+
+def _shape(shape: Any) -> str:
+    dims = list(shape or [])
+    return "×".join(str(d) for d in dims) if dims else "scalar"
+
+
+def score_text(score: float) -> Text:
+    """Score → Text coloured by band (green > 0.8, yellow 0.6–0.8, red < 0.6)."""
+    return Text(f"{score:.3f}", style=BAND_STYLES[score_band(score)])
+
+
+# --- mapping table ---------------------------------------------------------------------------
+
+
+def visualize_mapping(
+    mapper: Any,
+    result: MappingResult | None = None,
+    show_unmatched: bool = True,
+    max_matches: int = 30,
+    max_unmatched: int = 15,
+    *,
+    console: Console | None = None,
+) -> Console:
+    """Mapper/result/report → printed summary panel, pair table and unmatched keys.
+
+    Scores are coloured by band; each row has a transform badge (✓ exact, 🔄 transpose,
+    📐 reshape, split, merge), a GROUP/INDIV badge and both shapes. ``max_matches`` and
+    ``max_unmatched`` cap the rows shown (the panel counts them all).
+    """
+    report = as_report(mapper, result)
+    con = _console(console)
+    con.print(summary_panel(report))
+    con.print(mapping_table(report, max_matches=max_matches))
+    if show_unmatched:
+        for side in ("source", "target"):
+            table = unmatched_table(report, side, max_unmatched=max_unmatched)
+            if table is not None:
+                con.print(table)
+    return con
+
+
+def summary_panel(report: Mapping[str, Any]) -> Panel:
+    """Report → Panel with names, coverage, counts and the settings that decided the pairs."""
+    mapping = report["mapping"]
+    cov = mapping["coverage"]
+    src, tgt = report["inputs"]["source"], report["inputs"]["target"]
+    settings = report.get("settings") or {}
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("source", f"{src['name']} ({src['tensor_count']} tensors)")
+    grid.add_row("target", f"{tgt['name']} ({tgt['tensor_count']} tensors)")
+    grid.add_row(
+        "coverage",
+        _coverage_text(cov["source_coverage"], "source")
+        + Text("  ")
+        + _coverage_text(cov["target_coverage"], "target"),
+    )
+    grid.add_row(
+        "pairs",
+        f"{cov['mapped_pairs']} one-to-one, {cov['multi_pairs']} split/merge; unmatched: "
+        f"{cov['source_unmatched']} source, {cov['target_unmatched']} target",
+    )
+    n_low = sum(1 for p in mapping["pairs"] if p.get("confidence") == "low")
+    if n_low:
+        grid.add_row("low confidence", Text(f"{n_low} pair(s): review them", style="yellow"))
+    shown = {
+        k: settings[k] for k in ("threshold", "strategy", "buffer_matching_mode") if k in settings
+    }
+    if shown:
+        grid.add_row("settings", ", ".join(f"{k}={v}" for k, v in shown.items()))
+    check = report.get("functional_check")
+    if check:
+        grid.add_row("outputs", check_text(check))
+    validation = report.get("validation")
+    if validation:
+        grid.add_row("loads", validation_text(validation))
+    return Panel(grid, title="weightmapper: mapping summary", box=box.ROUNDED, expand=False)
+
+
+def check_text(check: Mapping[str, Any]) -> Text:
+    """Functional-check dict → one coloured line (equal or not, the differences)."""
+    equal = bool(check.get("equal"))
+    text = Text("equal" if equal else "DIFFER", style="green" if equal else "bold red")
+    text.append(
+        f" (max abs diff {float(check.get('max_abs_diff', 0.0)):.3g}, "
+        f"max rel diff {float(check.get('max_rel_diff', 0.0)):.3g})"
+    )
+    if check.get("first_diverging"):
+        text.append(f"; first diverging module {check['first_diverging']}", style="red")
+    return text
+
+
+def validation_text(validation: Mapping[str, Any]) -> Text:
+    """Validation dict → one coloured line (loads strictly, or what is missing/unexpected)."""
+    if validation.get("ok"):
+        return Text("strictly, every target tensor present", style="green")
+    counts = ", ".join(
+        f"{len(validation.get(k) or [])} {k.replace('_', ' ')}"
+        for k in ("missing", "unexpected", "shape_mismatches")
+    )
+    return Text(f"NO: {counts}", style="bold red")
+
+
+def _coverage_text(fraction: float, label: str) -> Text:
+    style = "green" if fraction >= 0.999 else "yellow" if fraction >= 0.8 else "red"
+    return Text(f"{label} {fraction:.1%}", style=style)
+
+
+def mapping_table(report: Mapping[str, Any], *, max_matches: int | None = 30) -> Table:
+    """Report → Table of pairs (then splits/merges), capped at ``max_matches`` rows."""
+    mapping = report["mapping"]
+    table = Table(title="Mapping", box=box.SIMPLE_HEAD, show_lines=False)
+    table.add_column("source", no_wrap=True)
+    table.add_column("→ target", no_wrap=True)
+    table.add_column("score", justify="right")
+    table.add_column("transform")
+    table.add_column("match")
+    table.add_column("shapes", overflow="fold")
+    rows: list[tuple[Any, ...]] = []
+    for p in sorted(mapping["pairs"], key=lambda p: natural_key(p["source"])):
+        conf = " ?" if p.get("confidence") == "low" else ""
+        rows.append(
+            (
+                p["source"],
+                p["target"],
+                score_text(p["score"]) + Text(conf, style="yellow"),
+                transform_badge(p.get("transform")),
+                _match_badge(bool(p.get("group", True))),
+                f"{_shape(p.get('source_shape'))} → {_shape(p.get('target_shape'))}",
+            )
+        )
+    for m in mapping.get("multi", []):
+        rows.append(
+            (
+                "\n".join(m["sources"]),
+                "\n".join(m["targets"]),
+                score_text(m["score"]),
+                transform_badge({"name": m["kind"]}),
+                _match_badge(True),
+                m["transform"]["name"],
+            )
+        )
+    limit = len(rows) if max_matches is None else max_matches
+    for row in rows[:limit]:
+        table.add_row(*row)
+    if len(rows) > limit:
+        table.caption = f"… {len(rows) - limit} more rows not shown"
+    return table
+
+
+def _match_badge(group: bool) -> Text:
+    return Text("GROUP", style="cyan") if group else Text("INDIV", style="magenta")
+
+
+def unmatched_table(
+    report: Mapping[str, Any], side: str, *, max_unmatched: int | None = 15
+) -> Table | None:
+    """Report + side → Table of that side's unmatched keys with reasons; None when none."""
+    unmatched = report["mapping"]["unmatched"][side]
+    if not unmatched:
+        return None
+    table = Table(title=f"Unmatched {side} keys ({len(unmatched)})", box=box.SIMPLE_HEAD)
+    table.add_column("key", no_wrap=True)
+    table.add_column("shape")
+    table.add_column("reason", style="red")
+    table.add_column("detail", overflow="fold")
+    limit = len(unmatched) if max_unmatched is None else max_unmatched
+    for u in unmatched[:limit]:
+        table.add_row(u["name"], _shape(u.get("shape")), u["reason"], u.get("detail") or "")
+    if len(unmatched) > limit:
+        table.caption = f"… {len(unmatched) - limit} more"
+    return table
+
+
+# --- hierarchies -----------------------------------------------------------------------------
+
+
+def visualize_hierarchies(
+    mapper: Any,
+    show_matches: bool = False,
+    max_depth: int = 5,
+    *,
+    console: Console | None = None,
+) -> Console:
+    """Mapper/result/report → the two module trees printed side by side.
+
+    Each module with tensors shows W/B badges with shapes inline (other tensors by name,
+    buffers dimmed). With ``show_matches`` a matched module is marked ✓ with its partner,
+    a partly matched one ◐ and an unmatched one ✗. Modules deeper than ``max_depth`` are
+    folded into a count.
+    """
+    report = as_report(mapper)
+    con = _console(console)
+    links = module_links(report) if show_matches else None
+    src, tgt = report["inputs"]["source"], report["inputs"]["target"]
+    grid = Table.grid(padding=(0, 4), expand=False)
+    grid.add_column()
+    grid.add_column()
+    grid.add_row(
+        module_tree(report, "source", src["name"], max_depth, links),
+        module_tree(report, "target", tgt["name"], max_depth, links),
+    )
+    con.print(grid)
+    return con
+
+
+def _tensor_badges(group: Mapping[str, Any]) -> Text:
+    text = Text()
+    buffers = [t for t in group["tensors"] if t.get("buffer")]
+    for t in group["tensors"]:
+        if t.get("buffer"):
+            continue
+        label = {"weight": "W", "bias": "B"}.get(t["name"], t["name"])
+        text.append(" [")
+        text.append(label, style="bold blue" if label in ("W", "B") else "blue")
+        text.append(f" {_shape(t.get('shape'))}]")
+    if buffers:
+        # Buffers (running stats, counters) rarely decide a match: one dim note, not a badge each.
+        text.append(f" +{len(buffers)} buffer{'s' if len(buffers) > 1 else ''}", style="dim")
+    return text
+
+
+def module_tree(
+    report: Mapping[str, Any],
+    side: str,
+    title: str,
+    max_depth: int = 5,
+    links: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> Tree:
+    """Report + side → rich Tree of module paths with tensor badges (and match marks)."""
+    groups = {g["path"]: g for g in report["hierarchy"][side]}
+    root = Tree(Text(f"{side}: {title}", style="bold"))
+    nodes: dict[str, Tree] = {"": root}
+    folded: dict[str, int] = {}
+    side_links = (links or {}).get(side, {})
+    arrow = "→" if side == "source" else "←"
+    for path in _ordered_paths(groups):
+        parts = path.split(".") if path else []
+        if len(parts) > max_depth:
+            anchor = ".".join(parts[:max_depth])
+            folded[anchor] = folded.get(anchor, 0) + 1
+            parts = parts[:max_depth]
+            _ensure(nodes, parts, groups)
+            continue
+        node = _ensure(nodes, parts, groups)
+        group = groups.get(path)
+        if group is None:
+            continue
+        label = node.label if isinstance(node.label, Text) else Text(str(node.label))
+        label.append_text(_tensor_badges(group))
+        if links is not None:
+            label.append_text(_match_mark(side_links.get(path), arrow))
+        node.label = label
+    for anchor, n in folded.items():
+        nodes[anchor].add(Text(f"… {n} module(s) deeper than depth {max_depth}", style="dim"))
+    return root
+
+
+def _ordered_paths(groups: Mapping[str, Any]) -> list[str]:
+    # Keep the inventory's order (registration or execution) rather than sorting names.
+    return list(groups)
+
+
+def _ensure(nodes: dict[str, Tree], parts: list[str], groups: Mapping[str, Any]) -> Tree:
+    for i in range(1, len(parts) + 1):
+        path = ".".join(parts[:i])
+        if path not in nodes:
+            parent = nodes[".".join(parts[: i - 1])]
+            label = Text(parts[i - 1])
+            module_type = (groups.get(path) or {}).get("module_type")
+            if module_type:
+                label.append(f" ({module_type})", style="dim")
+            nodes[path] = parent.add(label)
+    return nodes[".".join(parts)]
+
+
+def _match_mark(entry: Mapping[str, Any] | None, arrow: str) -> Text:
+    if entry is None:
+        return Text()
+    partners = ", ".join(entry["partners"]) or "(root)"
+    if entry["matched"] == 0:
+        return Text("  ✗ unmatched", style="red")
+    if entry["matched"] < entry["total"]:
+        return Text(f"  ◐ {arrow} {partners} ({entry['matched']}/{entry['total']})", style="yellow")
+    return Text(f"  ✓ {arrow} {partners}", style="green")
+
+
+# --- score breakdown -------------------------------------------------------------------------
+
+
+def visualize_score_breakdown(
+    mapper: Any, param_name: str, *, console: Console | None = None
+) -> Console:
+    """Mapper/result/report + a source (or target) key → its per-signal scores as bars.
+
+    Shows each signal's sub-score, its weight and its contribution to the combined score
+    (weight × sub-score / Σ weights), each as a bar, when the mapping recorded its weights;
+    the weighted sum can differ from the combined score where the engine adjusts it
+    (a structural bonus, a penalty for an ambiguous square transpose).
+    """
+    report = as_report(mapper)
+    con = _console(console)
+    entry = find_pair(report, param_name)
+    breakdown: dict[str, float] = entry["breakdown"]
+    weights = _weights(report, breakdown)
+    total_w = sum(weights.values()) if weights else 0.0
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("signal")
+    table.add_column("sub-score", justify="right")
+    table.add_column("", no_wrap=True)
+    table.add_column("weight", justify="right")
+    table.add_column("contribution", justify="right")
+    table.add_column("", no_wrap=True)
+    total = 0.0
+    for signal in sorted(breakdown):
+        value = float(breakdown[signal])
+        w = weights.get(signal) if weights else None
+        part = w * value / total_w if w is not None and total_w else None
+        total += part or 0.0
+        table.add_row(
+            signal,
+            score_text(value),
+            _bar(value),
+            "—" if w is None else f"{w:.2f}",
+            "—" if part is None else f"{part:.3f}",
+            Text("") if part is None else _bar(part, style="cyan"),
+        )
+    if weights:
+        table.add_section()
+        table.add_row(
+            "weighted sum", "", "", f"{total_w:.2f}", f"{total:.3f}", _bar(total, style="cyan")
+        )
+    source = ", ".join(entry.get("sources") or [entry.get("source", "")])
+    target = ", ".join(entry.get("targets") or [entry.get("target", "")])
+    header = Text()
+    header.append(f"{source} → {target}\n", style="bold")
+    header.append("combined score ")
+    header.append_text(score_text(float(entry["score"])))
+    header.append(f"   transform {transform_badge(entry.get('transform'))}")
+    if "stage" in entry:
+        header.append(f"   stage {entry['stage'] or '—'}")
+    if entry.get("confidence") == "low":
+        header.append("   low confidence", style="yellow")
+    if not weights:
+        header.append(
+            "\nweights not recorded in this mapping; contributions not shown", style="dim"
+        )
+    con.print(Panel(Group(header, table), title="score breakdown", expand=False))
+    return con
+
+
+def find_pair(report: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Report + a source or target key → its pair (or split/merge) dict; MappingError if none."""
+    mapping = report["mapping"]
+    for p in mapping["pairs"]:
+        if name in (p["source"], p["target"]):
+            return p
+    for m in mapping.get("multi", []):
+        if name in m["sources"] or name in m["targets"]:
+            return m
+    for side in ("source", "target"):
+        for u in mapping["unmatched"][side]:
+            if u["name"] == name:
+                raise MappingError(
+                    f"{name!r} is an unmatched {side} key ({u['reason']}: "
+                    f"{u.get('detail') or 'no detail'}), so it has no score breakdown."
+                )
+    keys = [p["source"] for p in mapping["pairs"]] + [p["target"] for p in mapping["pairs"]]
+    close = difflib.get_close_matches(name, keys, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise MappingError(f"{name!r} is not a key of this mapping (source or target).{hint}")
+
+
+def _weights(report: Mapping[str, Any], breakdown: Mapping[str, float]) -> dict[str, float]:
+    settings = report.get("settings") or {}
+    weights = settings.get("weights") or report["mapping"].get("settings", {}).get("weights")
+    if not isinstance(weights, Mapping):
+        return {}
+    return {k: float(v) for k, v in weights.items() if k in breakdown}
+
+
+def _bar(value: float, style: str | None = None) -> Text:
+    filled = max(0, min(_BAR_WIDTH, round(value * _BAR_WIDTH)))
+    bar = Text("█" * filled, style=style or BAND_STYLES[score_band(value)])
+    bar.append("░" * (_BAR_WIDTH - filled), style="dim")
+    return bar

@@ -1,0 +1,423 @@
+"""Cases pairing HF transformers models (built from small configs) with hand-written twins.
+
+transformers is imported inside the builders only, so the zoo imports without it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightmapper.zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
+from weightmapper.zoo.nets_text import HandBert, HandGpt2, HandLlama, MetaLlama
+from weightmapper.zoo.nets_vit import HandVit
+
+VOCAB, POSITIONS, D, LAYERS, HEADS, KV_HEADS, HIDDEN = 100, 32, 32, 2, 4, 2, 64
+IMAGE, PATCH, CHANNELS = 16, 4, 3
+T = ("transpose", {"dim0": 0, "dim1": 1})
+
+
+def token_ids() -> torch.Tensor:
+    """() → a deterministic (2, 8) batch of token ids."""
+    return torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
+
+
+def pixels() -> torch.Tensor:
+    """() → a deterministic (2, 3, 16, 16) image batch."""
+    return torch.randn(2, CHANNELS, IMAGE, IMAGE, generator=torch.Generator().manual_seed(0))
+
+
+def _weight_bias(src: str, tgt: str, bias: bool = True) -> list[tuple[str, str]]:
+    out = [(f"{src}.weight", f"{tgt}.weight")]
+    if bias:
+        out.append((f"{src}.bias", f"{tgt}.bias"))
+    return out
+
+
+# --- GPT-2: HF Conv1D (weights stored (in, out)) against Linear ----------------------------
+
+
+def hf_gpt2() -> nn.Module:
+    """() → HF GPT2LMHeadModel from the small config."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        n_layer=LAYERS,
+        n_embd=D,
+        n_head=HEADS,
+        vocab_size=VOCAB,
+        n_positions=POSITIONS,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+def gpt2_truth(fused: bool) -> Truth:
+    """Fused qkv or separate → truth from HF GPT-2 to :class:`HandGpt2`."""
+    pairs = [
+        ("transformer.wte.weight", "tok_emb.weight"),
+        ("transformer.wpe.weight", "pos_emb.weight"),
+        ("lm_head.weight", "head.weight"),
+        *_weight_bias("transformer.ln_f", "norm_final"),
+    ]
+    transforms: dict[str, tuple[str, dict[str, Any]]] = {}
+    multi: list[tuple[ExpectedMulti, dict[str, Any]]] = []
+    for i in range(LAYERS):
+        s, t = f"transformer.h.{i}", f"blocks.{i}"
+        pairs += _weight_bias(f"{s}.ln_1", f"{t}.norm_attn")
+        pairs += _weight_bias(f"{s}.ln_2", f"{t}.norm_mlp")
+        for hf, mine in (
+            ("attn.c_proj", "attention.out"),
+            ("mlp.c_fc", "mlp.up"),
+            ("mlp.c_proj", "mlp.down"),
+        ):
+            pairs += _weight_bias(f"{s}.{hf}", f"{t}.{mine}")
+            transforms[f"{s}.{hf}.weight"] = T
+        if fused:
+            pairs += _weight_bias(f"{s}.attn.c_attn", f"{t}.attention.qkv")
+            transforms[f"{s}.attn.c_attn.weight"] = T
+        else:
+            for p, dim, tr in (("weight", 1, True), ("bias", 0, False)):
+                m = ExpectedMulti(
+                    (f"{s}.attn.c_attn.{p}",),
+                    tuple(f"{t}.attention.{n}.{p}" for n in ("query", "key", "value")),
+                    "split",
+                )
+                multi.append((m, {"dim": dim, "sizes": [D, D, D], "transpose": tr}))
+    return truth_from_pairs(pairs, transforms=transforms, multi=multi)
+
+
+register(
+    ZooCase(
+        name="gpt2_hf_to_linear_fused",
+        category="transform",
+        build_source=hf_gpt2,
+        build_target=lambda: HandGpt2(VOCAB, POSITIONS, D, LAYERS, HEADS, fused=True),
+        dummy_input=token_ids,
+        truth=lambda: gpt2_truth(fused=True),
+        same_function=True,
+        requires=("transformers",),
+        description="HF GPT-2 (Conv1D) → nanoGPT-like Linear with fused qkv: every matrix "
+        "transposed, c_proj square (a transpose shape cannot reveal).",
+        hard_cases=("conv1d_vs_linear", "square_transpose", "tied_weights"),
+    )
+)
+register(
+    ZooCase(
+        name="gpt2_hf_to_linear_split",
+        category="transform",
+        build_source=hf_gpt2,
+        build_target=lambda: HandGpt2(VOCAB, POSITIONS, D, LAYERS, HEADS, fused=False),
+        dummy_input=token_ids,
+        truth=lambda: gpt2_truth(fused=False),
+        same_function=True,
+        requires=("transformers",),
+        description="HF GPT-2 fused c_attn (Conv1D) → separate query/key/value Linears: a split "
+        "plus a transpose per block, other matrices transposed.",
+        hard_cases=("fused_vs_separate_attention", "conv1d_vs_linear", "tied_weights"),
+    )
+)
+
+
+# --- BERT: HF BertModel against fairseq-like names -----------------------------------------
+
+
+def _hf_bert() -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(
+        num_hidden_layers=LAYERS,
+        hidden_size=D,
+        num_attention_heads=HEADS,
+        intermediate_size=HIDDEN,
+        vocab_size=VOCAB,
+        max_position_embeddings=POSITIONS,
+    )
+    return BertModel(cfg)
+
+
+def _bert_truth() -> Truth:
+    pairs = [
+        ("embeddings.word_embeddings.weight", "embeddings.word.weight"),
+        ("embeddings.position_embeddings.weight", "embeddings.position.weight"),
+        ("embeddings.token_type_embeddings.weight", "embeddings.token_type.weight"),
+        *_weight_bias("embeddings.LayerNorm", "embeddings.norm"),
+        *_weight_bias("pooler.dense", "pooler.proj"),
+    ]
+    for i in range(LAYERS):
+        s, t = f"encoder.layer.{i}", f"encoder.layers.{i}"
+        for hf, mine in (
+            ("attention.self.query", "self_attn.q_proj"),
+            ("attention.self.key", "self_attn.k_proj"),
+            ("attention.self.value", "self_attn.v_proj"),
+            ("attention.output.dense", "self_attn.out_proj"),
+            ("attention.output.LayerNorm", "norm1"),
+            ("intermediate.dense", "ffn.fc1"),
+            ("output.dense", "ffn.fc2"),
+            ("output.LayerNorm", "norm2"),
+        ):
+            pairs += _weight_bias(f"{s}.{hf}", f"{t}.{mine}")
+    return truth_from_pairs(pairs)
+
+
+register(
+    ZooCase(
+        name="bert_hf_to_fairseq_names",
+        category="cross_library",
+        build_source=_hf_bert,
+        build_target=lambda: HandBert(VOCAB, POSITIONS, D, LAYERS, HEADS, HIDDEN),
+        dummy_input=token_ids,
+        truth=_bert_truth,
+        same_function=True,
+        requires=("transformers",),
+        description="HF BertModel → encoder.layers.{i}.self_attn.{k,v,q}_proj (registered k, v, "
+        "q), ffn.fc1/fc2, norm1/norm2: four same-shape matrices per layer.",
+        hard_cases=("same_shape_run", "registration_order_differs"),
+    )
+)
+
+
+# --- Llama: HF LlamaForCausalLM against litgpt-like names ----------------------------------
+
+
+def _llama_config(tied: bool) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        num_hidden_layers=LAYERS,
+        hidden_size=D,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        intermediate_size=HIDDEN,
+        vocab_size=VOCAB,
+        max_position_embeddings=POSITIONS,
+        tie_word_embeddings=tied,
+    )
+
+
+def _hf_llama(tied: bool) -> nn.Module:
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM(_llama_config(tied))
+
+
+def _hand_llama(tied: bool, fused: bool) -> nn.Module:
+    cfg = _llama_config(tied)
+    theta = float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
+    return HandLlama(
+        VOCAB, D, LAYERS, HEADS, KV_HEADS, HIDDEN, cfg.rms_norm_eps, theta, fused=fused, tied=tied
+    )
+
+
+def _llama_pairs(fused: bool) -> tuple[list[tuple[str, str]], list[tuple[ExpectedMulti, dict]]]:
+    pairs = [
+        ("model.embed_tokens.weight", "transformer.wte.weight"),
+        ("model.norm.weight", "transformer.ln_f.weight"),
+        ("lm_head.weight", "lm_head.weight"),
+    ]
+    multi: list[tuple[ExpectedMulti, dict[str, Any]]] = []
+    for i in range(LAYERS):
+        s, t = f"model.layers.{i}", f"transformer.h.{i}"
+        names = [
+            ("self_attn.o_proj", "attn.proj"),
+            ("mlp.gate_proj", "mlp.fc_1"),
+            ("mlp.up_proj", "mlp.fc_2"),
+            ("mlp.down_proj", "mlp.proj"),
+            ("input_layernorm", "norm_1"),
+            ("post_attention_layernorm", "norm_2"),
+        ]
+        if fused:
+            m = ExpectedMulti(
+                tuple(f"{s}.self_attn.{p}_proj.weight" for p in "qkv"),
+                (f"{t}.attn.qkv.weight",),
+                "merge",
+            )
+            multi.append((m, {"dim": 0}))
+        else:
+            names += [
+                ("self_attn.q_proj", "attn.query"),
+                ("self_attn.k_proj", "attn.key"),
+                ("self_attn.v_proj", "attn.value"),
+            ]
+        pairs += [(f"{s}.{hf}.weight", f"{t}.{mine}.weight") for hf, mine in names]
+    return pairs, multi
+
+
+def _llama_truth_hand_to_hf() -> Truth:
+    pairs, _ = _llama_pairs(fused=False)
+    return truth_from_pairs((t, s) for s, t in pairs)
+
+
+def _llama_truth_fused() -> Truth:
+    pairs, multi = _llama_pairs(fused=True)
+    return truth_from_pairs(pairs, multi=multi)
+
+
+register(
+    ZooCase(
+        name="llama_litgpt_names_to_hf",
+        category="cross_library",
+        build_source=lambda: _hand_llama(tied=True, fused=False),
+        build_target=lambda: _hf_llama(tied=True),
+        dummy_input=token_ids,
+        truth=_llama_truth_hand_to_hf,
+        same_function=True,
+        requires=("transformers",),
+        description="litgpt-like Llama (transformer.h.{i}.attn.query, mlp.fc_1/fc_2/proj, "
+        "norm_1/norm_2) → HF LlamaForCausalLM, grouped-query attention, tied embedding.",
+        hard_cases=("tied_weights", "same_shape_run", "gate_vs_up_same_shape"),
+    )
+)
+register(
+    ZooCase(
+        name="llama_hf_to_fused_qkv",
+        category="transform",
+        build_source=lambda: _hf_llama(tied=False),
+        build_target=lambda: _hand_llama(tied=False, fused=True),
+        dummy_input=token_ids,
+        truth=_llama_truth_fused,
+        same_function=True,
+        requires=("transformers",),
+        description="HF Llama q/k/v (grouped-query, unequal sizes) → one fused attn.qkv: a "
+        "merge along dim 0 per layer.",
+        hard_cases=("fused_vs_separate_attention",),
+    )
+)
+
+
+def _meta_llama() -> nn.Module:
+    cfg = _llama_config(tied=False)
+    theta = float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
+    return MetaLlama(VOCAB, D, LAYERS, HEADS, KV_HEADS, HIDDEN, cfg.rms_norm_eps, theta)
+
+
+def _llama_meta_truth() -> Truth:
+    pairs = [
+        ("model.embed_tokens.weight", "tok_embeddings.weight"),
+        ("model.norm.weight", "norm.weight"),
+        ("lm_head.weight", "output.weight"),
+    ]
+    for i in range(LAYERS):
+        s, t = f"model.layers.{i}", f"layers.{i}"
+        for hf, meta in (
+            ("self_attn.q_proj", "attention.wq"),
+            ("self_attn.k_proj", "attention.wk"),
+            ("self_attn.v_proj", "attention.wv"),
+            ("self_attn.o_proj", "attention.wo"),
+            ("mlp.gate_proj", "feed_forward.w1"),
+            ("mlp.up_proj", "feed_forward.w3"),
+            ("mlp.down_proj", "feed_forward.w2"),
+            ("input_layernorm", "attention_norm"),
+            ("post_attention_layernorm", "ffn_norm"),
+        ):
+            pairs.append((f"{s}.{hf}.weight", f"{t}.{meta}.weight"))
+    return truth_from_pairs(pairs)
+
+
+register(
+    ZooCase(
+        name="llama_hf_to_meta_names",
+        category="cross_library",
+        build_source=lambda: _hf_llama(tied=False),
+        build_target=_meta_llama,
+        dummy_input=token_ids,
+        truth=_llama_meta_truth,
+        same_function=True,
+        requires=("transformers",),
+        description="HF Llama → Meta's reference names (attention.wq/wk/wv/wo, feed_forward.w1/"
+        "w2/w3, norms registered after the layers they feed): gate_proj ↔ w1 and up_proj ↔ w3 "
+        "share a shape and no name token; w2 is the down projection.",
+        hard_cases=("gate_vs_up_same_shape", "registration_vs_execution_order"),
+    )
+)
+
+
+# --- ViT: HF ViTModel against timm-like names ----------------------------------------------
+
+
+def hf_vit() -> nn.Module:
+    """() → HF ViTModel (no pooler) from the small config."""
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(
+        num_hidden_layers=LAYERS,
+        hidden_size=D,
+        num_attention_heads=HEADS,
+        intermediate_size=HIDDEN,
+        image_size=IMAGE,
+        patch_size=PATCH,
+        num_channels=CHANNELS,
+    )
+    return ViTModel(cfg, add_pooling_layer=False)
+
+
+def vit_truth(fused: bool) -> Truth:
+    """Fused qkv or separate → truth from HF ViTModel to :class:`HandVit`."""
+    pairs = [
+        ("embeddings.cls_token", "cls_token"),
+        ("embeddings.position_embeddings", "pos_embed"),
+        *_weight_bias("embeddings.patch_embeddings.projection", "patch_embed.proj"),
+        *_weight_bias("layernorm", "norm"),
+    ]
+    multi: list[tuple[ExpectedMulti, dict[str, Any]]] = []
+    for i in range(LAYERS):
+        s, t = f"layers.{i}", f"blocks.{i}"
+        names = [
+            ("attention.o_proj", "attn.proj"),
+            ("layernorm_before", "norm1"),
+            ("layernorm_after", "norm2"),
+            ("mlp.fc1", "mlp.fc1"),
+            ("mlp.fc2", "mlp.fc2"),
+        ]
+        if fused:
+            for p in ("weight", "bias"):
+                m = ExpectedMulti(
+                    tuple(f"{s}.attention.{n}_proj.{p}" for n in "qkv"),
+                    (f"{t}.attn.qkv.{p}",),
+                    "merge",
+                )
+                multi.append((m, {"dim": 0}))
+        else:
+            names += [
+                ("attention.q_proj", "attn.query"),
+                ("attention.k_proj", "attn.key"),
+                ("attention.v_proj", "attn.value"),
+            ]
+        for hf, mine in names:
+            pairs += _weight_bias(f"{s}.{hf}", f"{t}.{mine}")
+    return truth_from_pairs(pairs, multi=multi)
+
+
+register(
+    ZooCase(
+        name="vit_hf_to_timm_names",
+        category="cross_library",
+        build_source=hf_vit,
+        build_target=lambda: HandVit(IMAGE, PATCH, CHANNELS, D, LAYERS, HEADS, HIDDEN),
+        dummy_input=pixels,
+        truth=lambda: vit_truth(fused=False),
+        same_function=True,
+        requires=("transformers",),
+        description="HF ViTModel (layernorm_before registered after attention) → timm-like "
+        "cls_token, pos_embed, blocks.{i}.norm1/attn/norm2/mlp with separate q/k/v.",
+        hard_cases=("registration_vs_execution_order", "same_shape_run"),
+    )
+)
+register(
+    ZooCase(
+        name="vit_hf_to_timm_fused_qkv",
+        category="transform",
+        build_source=hf_vit,
+        build_target=lambda: HandVit(IMAGE, PATCH, CHANNELS, D, LAYERS, HEADS, HIDDEN, fused=True),
+        dummy_input=pixels,
+        truth=lambda: vit_truth(fused=True),
+        same_function=True,
+        requires=("transformers",),
+        description="HF ViTModel separate q/k/v → timm-like fused attn.qkv (weight and bias "
+        "merges along dim 0).",
+        hard_cases=("fused_vs_separate_attention",),
+    )
+)

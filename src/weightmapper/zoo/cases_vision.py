@@ -1,0 +1,205 @@
+"""Vision cases across libraries: ResNet three ways, EfficientNet stage, Swin, ConvNeXt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from weightmapper.zoo.case import Truth, ZooCase, register, truth_from_pairs
+from weightmapper.zoo.nets_convnext import ConvMlpConvNeXt, OfficialConvNeXt
+from weightmapper.zoo.nets_effnet import TimmEffNet, TvEffNet
+from weightmapper.zoo.nets_resnet import D2ResNet, StagedResNet, TvResNet
+from weightmapper.zoo.nets_swin import SwinEndMerge, SwinStartMerge
+from weightmapper.zoo.resnet_truth import d2_name, resnet_layers, resnet_truth, staged_name, tv_name
+
+RESNET = (2, 2, 2, 2)
+
+
+def images(size: int = 16) -> torch.Tensor:
+    """Side → a deterministic (2, 3, side, side) image batch."""
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _wb(src: str, tgt: str) -> list[tuple[str, str]]:
+    return [(f"{src}.weight", f"{tgt}.weight"), (f"{src}.bias", f"{tgt}.bias")]
+
+
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _bn(src: str, tgt: str) -> list[tuple[str, str]]:
+    return [(f"{src}.{n}", f"{tgt}.{n}") for n in _BN]
+
+
+def _w(src: str, tgt: str) -> list[tuple[str, str]]:
+    return [(f"{src}.weight", f"{tgt}.weight")]
+
+
+# --- ResNet --------------------------------------------------------------------------------
+
+register(
+    ZooCase(
+        name="resnet_tv_to_timm_names",
+        category="cross_library",
+        build_source=lambda: TvResNet(RESNET),
+        build_target=lambda: StagedResNet(RESNET),
+        dummy_input=images,
+        truth=lambda: resnet_truth(
+            resnet_layers(RESNET), resnet_layers(RESNET), tv_name, staged_name
+        ),
+        same_function=True,
+        description="torchvision ResNet (downsample registered after the convs) → timm-like "
+        "stages.{i}.blocks.{j} with the shortcut registered before conv_a.",
+        hard_cases=("registration_order_differs", "same_shape_run"),
+    )
+)
+register(
+    ZooCase(
+        name="resnet_tv_to_d2_frozen_bn",
+        category="cross_library",
+        build_source=lambda: TvResNet(RESNET),
+        build_target=lambda: D2ResNet(RESNET, norm="frozen"),
+        dummy_input=images,
+        truth=lambda: resnet_truth(
+            resnet_layers(RESNET),
+            resnet_layers(RESNET),
+            tv_name,
+            d2_name,
+            src_norm="bn",
+            tgt_norm="frozen",
+        ),
+        same_function=True,
+        description="torchvision ResNet → detectron2-like res2..res5 with the norm inside the "
+        "conv (conv1.norm) and frozen BatchNorm buffers; num_batches_tracked has no partner.",
+        hard_cases=("frozen_batchnorm", "registration_order_differs", "same_shape_run"),
+    )
+)
+
+
+# --- EfficientNet stage --------------------------------------------------------------------
+
+EFF_DEPTH = 12
+
+
+def effnet_truth(depth: int = EFF_DEPTH, target_depth: int | None = None) -> Truth:
+    """Blocks in the timm-like source (and torchvision-like target) → truth; extra target
+    blocks (a deeper target) have no partner."""
+    pairs = _w("conv_stem", "features.0.0") + _bn("bn1", "features.0.1")
+    for i in range(depth):
+        s, t = f"blocks.{i}", f"features.1.{i}.block"
+        pairs += _w(f"{s}.conv_pw", f"{t}.0.0") + _bn(f"{s}.bn1", f"{t}.0.1")
+        pairs += _w(f"{s}.conv_dw", f"{t}.1.0") + _bn(f"{s}.bn2", f"{t}.1.1")
+        pairs += _wb(f"{s}.se.conv_reduce", f"{t}.2.fc1") + _wb(f"{s}.se.conv_expand", f"{t}.2.fc2")
+        pairs += _w(f"{s}.conv_pwl", f"{t}.3.0") + _bn(f"{s}.bn3", f"{t}.3.1")
+    pairs += _w("conv_head", "features.2.0") + _bn("bn2", "features.2.1")
+    pairs += _wb("classifier", "classifier.1")
+    lone = []
+    for i in range(depth, target_depth or depth):
+        t = f"features.1.{i}.block"
+        lone += [f"{t}.0.0.weight", f"{t}.1.0.weight", f"{t}.3.0.weight"]
+        lone += [f"{t}.{k}.1.{n}" for k in (0, 1, 3) for n in _BN]
+        lone += [f"{t}.2.fc{k}.{n}" for k in (1, 2) for n in ("weight", "bias")]
+    return truth_from_pairs(pairs, unmapped_target=lone)
+
+
+register(
+    ZooCase(
+        name="effnet_timm_to_torchvision",
+        category="cross_library",
+        build_source=lambda: TimmEffNet(EFF_DEPTH),
+        build_target=lambda: TvEffNet(EFF_DEPTH),
+        dummy_input=lambda: images(8),
+        truth=effnet_truth,
+        same_function=True,
+        description=f"{EFF_DEPTH} identical inverted-residual blocks, timm names "
+        "(blocks.3.conv_dw) "
+        "→ torchvision Sequential indices (features.1.3.block.1.0): only order lines them up.",
+        hard_cases=("same_shape_run", "sequential_indices"),
+    )
+)
+
+
+# --- Swin ----------------------------------------------------------------------------------
+
+SWIN_DEPTHS = (2, 2, 2)
+
+
+def _swin_truth() -> Truth:
+    pairs = _wb("patch_embed.proj", "patch_embed.proj") + _wb(
+        "patch_embed.norm", "patch_embed.norm"
+    )
+    lone = []
+    for i, depth in enumerate(SWIN_DEPTHS):
+        for j in range(depth):
+            s, t = f"layers.{i}.blocks.{j}", f"stages.{i}.blocks.{j}"
+            for n in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+                pairs += _wb(f"{s}.{n}", f"{t}.{n}")
+            pairs.append(
+                (f"{s}.attn.relative_position_bias_table", f"{t}.attn.relative_position_bias_table")
+            )
+            lone.append(f"{s}.attn.relative_position_index")
+        if i < len(SWIN_DEPTHS) - 1:
+            # merging at the end of stage i is the merging at the start of stage i + 1
+            s, t = f"layers.{i}.downsample", f"stages.{i + 1}.downsample"
+            pairs += _wb(f"{s}.norm", f"{t}.norm") + _w(f"{s}.reduction", f"{t}.reduction")
+    pairs += _wb("norm", "norm") + _wb("head", "head.fc")
+    return truth_from_pairs(pairs, unmapped_source=lone)
+
+
+register(
+    ZooCase(
+        name="swin_end_merge_to_start_merge",
+        category="cross_library",
+        build_source=lambda: SwinEndMerge(depths=SWIN_DEPTHS),
+        build_target=lambda: SwinStartMerge(depths=SWIN_DEPTHS),
+        dummy_input=images,
+        truth=_swin_truth,
+        same_function=True,
+        description="original Swin (patch merging at the end of stage i, persistent "
+        "relative_position_index) → timm layout (merging at the start of stage i+1, index not "
+        "stored): layers.0.downsample ↔ stages.1.downsample; the index must stay unmapped.",
+        hard_cases=("merge_end_vs_start", "index_buffer_without_partner"),
+    )
+)
+
+
+# --- ConvNeXt: Linear ↔ 1×1 conv and (C,) ↔ (C, 1, 1) layer scale -------------------------
+
+CNX_DEPTHS, CNX_DIMS = (2, 2), (8, 16)
+
+
+def _convnext_truth() -> Truth:
+    pairs = _wb("downsample_layers.0.0", "stem.0") + _wb("downsample_layers.0.1", "stem.1")
+    transforms: dict[str, tuple[str, dict[str, Any]]] = {}
+    for i, (depth, c) in enumerate(zip(CNX_DEPTHS, CNX_DIMS, strict=True)):
+        if i:
+            for k in ("0", "1"):
+                pairs += _wb(f"downsample_layers.{i}.{k}", f"stages.{i}.downsample.{k}")
+        for j in range(depth):
+            s, t = f"stages.{i}.{j}", f"stages.{i}.blocks.{j}"
+            pairs += _wb(f"{s}.dwconv", f"{t}.conv_dw") + _wb(f"{s}.norm", f"{t}.norm")
+            pairs += _wb(f"{s}.pwconv1", f"{t}.mlp.fc1") + _wb(f"{s}.pwconv2", f"{t}.mlp.fc2")
+            pairs.append((f"{s}.gamma", f"{t}.gamma"))
+            transforms[f"{s}.pwconv1.weight"] = ("reshape", {"shape": [4 * c, c, 1, 1]})
+            transforms[f"{s}.pwconv2.weight"] = ("reshape", {"shape": [c, 4 * c, 1, 1]})
+            transforms[f"{s}.gamma"] = ("reshape", {"shape": [c, 1, 1]})
+    pairs += _wb("norm", "head.norm") + _wb("head", "head.fc")
+    return truth_from_pairs(pairs, transforms=transforms)
+
+
+register(
+    ZooCase(
+        name="convnext_linear_to_conv_mlp",
+        category="transform",
+        build_source=lambda: OfficialConvNeXt(CNX_DEPTHS, CNX_DIMS),
+        build_target=lambda: ConvMlpConvNeXt(CNX_DEPTHS, CNX_DIMS),
+        dummy_input=images,
+        truth=_convnext_truth,
+        same_function=True,
+        description="official ConvNeXt (Linear point-wise layers, (C,) gamma, all downsamples "
+        "registered first) → 1×1-conv MLP, (C,1,1) gamma, downsample inside each stage: "
+        "reshapes.",
+        hard_cases=("layer_scale_c11", "linear_vs_1x1_conv", "registration_order_differs"),
+    )
+)

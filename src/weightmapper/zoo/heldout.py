@@ -1,0 +1,998 @@
+"""Held-out accuracy set: real architecture pairs outside the main zoo registry.
+
+:data:`HELDOUT_CASES` holds :class:`~weightmapper.zoo.case.ZooCase` objects that are *not*
+registered in :data:`weightmapper.zoo.CASES`, so the mapping engine can be measured on layouts
+it was not calibrated on: torchvision vs timm/Keras CNNs and ViTs, HF models vs
+re-implementations with other names (Qwen2, DistilBERT, Whisper), tensor transforms (reshape,
+fused and split q/k/v, transposed Flax kernels, stacked MoE experts) and traps (auxiliary head,
+resized last stage and classifier, BatchNorm → LayerNorm, MHA → GQA, a block inserted
+mid-stack). Every ground truth is proven by equal outputs in ``tests/unit/test_zoo_heldout.py``.
+
+Usage::
+
+    from weightmapper.zoo.heldout import HELDOUT_CASES
+    case = HELDOUT_CASES["heldout_regnety_tv_to_timm"]
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightmapper.errors import MappingError
+from weightmapper.zoo import heldout_cnn as cnn
+from weightmapper.zoo import heldout_text as text
+from weightmapper.zoo import heldout_vit as vit
+from weightmapper.zoo.case import ExpectedMulti, Truth, ZooCase, truth_from_pairs
+
+HELDOUT_CASES: dict[str, ZooCase] = {}
+
+Transform = tuple[str, dict[str, Any]]
+
+
+def _add(case: ZooCase) -> None:
+    if case.name in HELDOUT_CASES:
+        raise MappingError(f"held-out case {case.name!r} is defined twice")
+    HELDOUT_CASES[case.name] = case
+
+
+def _image(size: int) -> Callable[[], torch.Tensor]:
+    def make() -> torch.Tensor:
+        return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1234))
+
+    return make
+
+
+def _ids(vocab: int = 100, length: int = 8) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(1234))
+
+
+def _own_keys(model: nn.Module, module: str) -> list[str]:
+    """Model + module name → the full state-dict keys of that module (recursively)."""
+    sub = model.get_submodule(module)
+    return [f"{module}.{k}" if module else k for k in sub.state_dict()]
+
+
+def layer_truth(
+    src: nn.Module,
+    tgt: nn.Module,
+    layer_pairs: Iterable[tuple[str, str]],
+    *,
+    key_pairs: Iterable[tuple[str, str]] = (),
+    transforms: dict[str, Transform] | None = None,
+    multi: Sequence[tuple[ExpectedMulti, dict[str, Any]]] = (),
+    complete: bool,
+) -> Truth:
+    """Corresponding modules (and single keys) of two models → the Truth.
+
+    A module pair whose tensors all keep their shape pairs key by key (same suffix); one whose
+    shapes differ has no partner at all (every key of both stays unmapped). Keys covered by no
+    pair are partnerless; ``complete`` asserts there are none (a one-to-one case).
+    """
+    s_sd, t_sd = src.state_dict(), tgt.state_dict()
+    pairs: dict[str, str] = {}
+    for s_mod, t_mod in layer_pairs:
+        s_keys, t_keys = _own_keys(src, s_mod), _own_keys(tgt, t_mod)
+        suffix = [k[len(s_mod) + 1 :] for k in s_keys]
+        t_suffix = [k[len(t_mod) + 1 :] for k in t_keys]
+        if sorted(suffix) != sorted(t_suffix):
+            raise MappingError(f"{s_mod} and {t_mod} hold different tensors: {suffix} {t_suffix}")
+        same = all(
+            s_sd[s].shape == t_sd[f"{t_mod}.{x}"].shape for s, x in zip(s_keys, suffix, strict=True)
+        )
+        if same:
+            pairs.update({s: f"{t_mod}.{x}" for s, x in zip(s_keys, suffix, strict=True)})
+    pairs.update(dict(key_pairs))
+    multi_s = {s for m, _ in multi for s in m.sources}
+    multi_t = {t for m, _ in multi for t in m.targets}
+    lone_s = set(s_sd) - set(pairs) - multi_s
+    lone_t = set(t_sd) - set(pairs.values()) - multi_t
+    if complete and (lone_s or lone_t):
+        raise MappingError(f"one-to-one truth leaves {sorted(lone_s)} and {sorted(lone_t)}")
+    return truth_from_pairs(
+        pairs.items(),
+        transforms=transforms,
+        multi=multi,
+        unmapped_source=lone_s,
+        unmapped_target=lone_t,
+    )
+
+
+# --- probing single layers: proves layer pairs where the whole networks differ ------------------
+
+
+def _probe_input(module: nn.Module, g: torch.Generator) -> torch.Tensor:
+    if isinstance(module, nn.Conv2d):
+        return torch.randn(2, module.in_channels, 6, 6, generator=g)
+    if isinstance(module, nn.BatchNorm2d):
+        return torch.randn(2, module.num_features, 3, 3, generator=g)
+    if isinstance(module, cnn.LayerNorm2d):
+        return torch.randn(2, module.normalized_shape[0], 3, 3, generator=g)
+    if isinstance(module, nn.LayerNorm):
+        return torch.randn(2, 5, *module.normalized_shape, generator=g)
+    if isinstance(module, nn.Linear):
+        return torch.randn(2, module.in_features, generator=g)
+    if isinstance(module, text.RMSNorm) or type(module).__name__.endswith("RMSNorm"):
+        return torch.randn(2, 5, module.weight.shape[0], generator=g)
+    if isinstance(module, nn.Embedding):
+        return torch.randint(0, module.num_embeddings, (2, 5), generator=g)
+    if isinstance(module, (vit.TvEncoderBlock, vit.TimmBlock)):
+        return torch.randn(2, vit.VIT_TOKENS, vit.VIT_DIM, generator=g)
+    raise MappingError(f"no probe input for a {type(module).__name__}")
+
+
+def probe(model: nn.Module, modules: Sequence[str]) -> torch.Tensor:
+    """Model + module names → each module applied to a fixed random input, flattened and joined.
+
+    The i-th module gets the i-th draw of one seeded generator, so corresponding modules of two
+    models see the same input and agree exactly when their weights were moved correctly.
+    """
+    g = torch.Generator().manual_seed(99)
+    outs = []
+    for name in modules:
+        m = model.get_submodule(name)
+        outs.append(m(_probe_input(m, g)).flatten())
+    return torch.cat(outs)
+
+
+def _probe_pairs(
+    truth: Callable[[], Truth], layer_pairs: Callable[[], list[tuple[str, str]]]
+) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """Features comparing every mapped layer of the truth, probed one layer at a time."""
+
+    def mapped() -> list[tuple[str, str]]:
+        t = truth()
+        return [(s, m) for s, m in layer_pairs() if f"{s}.weight" in t.pairs]
+
+    return (
+        lambda model, _x: probe(model, [s for s, _ in mapped()]),
+        lambda model, _x: probe(model, [t for _, t in mapped()]),
+    )
+
+
+# --- CNNs: torchvision vs timm ------------------------------------------------------------------
+
+
+def _mbv2_truth() -> Truth:
+    src, tgt = cnn.TvMobileNetV2(), cnn.TimmMobileNetV2()
+    return layer_truth(src, tgt, cnn.mbv2_layer_pairs(cnn.MBV2_STAGES), complete=True)
+
+
+_add(
+    ZooCase(
+        name="heldout_mobilenetv2_tv_to_timm",
+        category="cross_library",
+        build_source=cnn.TvMobileNetV2,
+        build_target=cnn.TimmMobileNetV2,
+        dummy_input=_image(32),
+        truth=_mbv2_truth,
+        same_function=True,
+        description="torchvision MobileNetV2 (features.N.conv.0.0) → timm (blocks.S.B.conv_pw)",
+        hard_cases=("sequential indices vs names", "many same-shape BatchNorms", "depthwise"),
+    )
+)
+
+
+def _regnet_truth() -> Truth:
+    src, tgt = cnn.TvRegNet(), cnn.TimmRegNet()
+    return layer_truth(src, tgt, cnn.regnet_layer_pairs(), complete=True)
+
+
+_add(
+    ZooCase(
+        name="heldout_regnety_tv_to_timm",
+        category="cross_library",
+        build_source=cnn.TvRegNet,
+        build_target=cnn.TimmRegNet,
+        dummy_input=_image(32),
+        truth=_regnet_truth,
+        same_function=True,
+        description="torchvision RegNetY (trunk_output.block1.block1-0.f.a.0, proj first) → "
+        "timm (s1.b1.conv1.conv, downsample last)",
+        hard_cases=("shortcut registered first vs last", "1-based vs 0-based block index", "SE"),
+    )
+)
+
+
+def _convnext_truth() -> Truth:
+    src, tgt = cnn.TvConvNeXt(), cnn.TimmConvNeXt()
+    scales, transforms = [], {}
+    for s, depth in enumerate(cnn.CONVNEXT_DEPTHS):
+        for j in range(depth):
+            key = f"features.{2 * s + 1}.{j}.layer_scale"
+            scales.append((key, f"stages.{s}.blocks.{j}.gamma"))
+            transforms[key] = ("reshape", {"shape": [cnn.CONVNEXT_DIMS[s]]})
+    return layer_truth(
+        src,
+        tgt,
+        cnn.convnext_layer_pairs(),
+        key_pairs=scales,
+        transforms=transforms,
+        complete=True,
+    )
+
+
+_add(
+    ZooCase(
+        name="heldout_convnext_tv_to_timm",
+        category="transform",
+        build_source=cnn.TvConvNeXt,
+        build_target=cnn.TimmConvNeXt,
+        dummy_input=_image(32),
+        truth=_convnext_truth,
+        same_function=True,
+        description="torchvision ConvNeXt (layer_scale (C,1,1), downsample at the end of a "
+        "stage index) → timm (gamma (C,), stages.I.downsample at the start of the next stage)",
+        hard_cases=("reshape (C,1,1)→(C,)", "downsample moves across stage boundary"),
+    )
+)
+
+
+def _densenet_truth() -> Truth:
+    src, tgt = cnn.TvDenseNet(), cnn.KerasDenseNet()
+    return layer_truth(src, tgt, cnn.densenet_layer_pairs(), complete=True)
+
+
+_add(
+    ZooCase(
+        name="heldout_densenet_tv_to_keras_names",
+        category="cross_library",
+        build_source=cnn.TvDenseNet,
+        build_target=cnn.KerasDenseNet,
+        dummy_input=_image(32),
+        truth=_densenet_truth,
+        same_function=True,
+        description="torchvision DenseNet (features.denseblock1.denselayer1.norm1, nested) → "
+        "Keras DenseNet layer names as flat modules (conv2_block1_0_bn, pool2_conv, bn)",
+        hard_cases=("norm before conv", "growing concat widths", "flat vs nested names"),
+    )
+)
+
+
+# --- ViT: torchvision vs timm -------------------------------------------------------------------
+
+
+def _vit_truth(src_depth: int, tgt_index: Sequence[int], ratios: Sequence[int]) -> Truth:
+    pairs = vit.vit_outer_pairs()
+    for i, j in enumerate(tgt_index):
+        pairs += vit.vit_block_pairs(i, j)
+    return layer_truth(
+        vit.TvViT(src_depth), vit.TimmViT(ratios), [], key_pairs=pairs, complete=False
+    )
+
+
+def _vit_tv_truth() -> Truth:
+    t = _vit_truth(3, (0, 1, 2), (4, 4, 4))
+    if t.unmapped_source or t.unmapped_target:
+        raise MappingError("torchvision ViT → timm ViT truth is not one-to-one")
+    return t
+
+
+_add(
+    ZooCase(
+        name="heldout_vit_tv_to_timm",
+        category="cross_library",
+        build_source=lambda: vit.TvViT(3),
+        build_target=lambda: vit.TimmViT((4, 4, 4)),
+        dummy_input=_image(vit.VIT_IMAGE),
+        truth=_vit_tv_truth,
+        same_function=True,
+        description="torchvision ViT (encoder.layers.encoder_layer_0.self_attention."
+        "in_proj_weight, mlp.0/mlp.3) → timm ViT (blocks.0.attn.qkv, mlp.fc1/fc2)",
+        hard_cases=("fused in_proj vs qkv", "class token / position embedding parameters"),
+    )
+)
+
+VIT_INSERTED_RATIOS = (4, 4, 2, 4, 4)
+
+
+def _vit_inserted_truth() -> Truth:
+    return _vit_truth(4, (0, 1, 3, 4), VIT_INSERTED_RATIOS)
+
+
+def _vit_inserted_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Either ViT + image → embeddings, each mapped block on the same tokens, final norm, head."""
+    if isinstance(model, vit.TvViT):
+        tokens = model.embed(x) + model.encoder.pos_embedding
+        blocks = list(model.encoder.layers)
+        norm, head = model.encoder.ln, model.heads.head
+    else:
+        tokens = model.embed(x) + model.pos_embed
+        blocks = [model.blocks[i] for i in (0, 1, 3, 4)]
+        norm, head = model.norm, model.head
+    outs = [tokens] + [b(tokens) for b in blocks] + [norm(tokens), head(tokens[:, 0])]
+    return torch.cat([o.flatten() for o in outs])
+
+
+_add(
+    ZooCase(
+        name="heldout_trap_vit_block_inserted",
+        category="trap",
+        build_source=lambda: vit.TvViT(4),
+        build_target=lambda: vit.TimmViT(VIT_INSERTED_RATIOS),
+        dummy_input=_image(vit.VIT_IMAGE),
+        truth=_vit_inserted_truth,
+        same_function=False,
+        description="torchvision ViT, 4 layers → timm ViT with a new block (MLP ratio 2) "
+        "inserted at index 2; layers 2, 3 become blocks 3, 4; block 2 has no partner",
+        hard_cases=("block inserted mid-stack", "new block's norms/attention share shapes"),
+        shared_features=(_vit_inserted_features, _vit_inserted_features),
+    )
+)
+
+
+# --- Inception: torchvision (with aux head) vs TF-slim names (no aux, conv logits) -----------------
+
+
+def _inception_truth() -> Truth:
+    n = 10
+    return layer_truth(
+        cnn.TvInception(n),
+        cnn.SlimInception(n),
+        cnn.inception_layer_pairs(),
+        key_pairs=[
+            ("fc.weight", "Logits.Conv2d_1c_1x1.weight"),
+            ("fc.bias", "Logits.Conv2d_1c_1x1.bias"),
+        ],
+        transforms={"fc.weight": ("reshape", {"shape": [n, cnn.INC_OUT, 1, 1]})},
+        complete=False,
+    )
+
+
+_add(
+    ZooCase(
+        name="heldout_trap_inception_aux_to_slim",
+        category="trap",
+        build_source=cnn.TvInception,
+        build_target=cnn.SlimInception,
+        dummy_input=_image(24),
+        truth=_inception_truth,
+        same_function=True,
+        description="torchvision Inception (AuxLogits registered between Mixed blocks, fc) → "
+        "TF-slim scope names (Branch_0.Conv2d_0a_1x1), no aux head, 1x1-conv logits",
+        hard_cases=(
+            "auxiliary head only in the source",
+            "parallel branches with equal shapes",
+            "reshape Linear → 1x1 conv",
+        ),
+    )
+)
+
+
+# --- MobileNetV2 traps --------------------------------------------------------------------------
+
+MBV2_WIDE_STAGES = (*cnn.MBV2_STAGES[:-1], (6, 20, 2, 2))
+
+
+def _mbv2_wide_target() -> nn.Module:
+    return cnn.TimmMobileNetV2(MBV2_WIDE_STAGES, num_classes=7)
+
+
+@functools.cache
+def _mbv2_wide_truth() -> Truth:
+    return layer_truth(
+        cnn.TvMobileNetV2(),
+        _mbv2_wide_target(),
+        cnn.mbv2_layer_pairs(cnn.MBV2_STAGES),
+        complete=False,
+    )
+
+
+_add(
+    ZooCase(
+        name="heldout_trap_mbv2_classes_and_last_width",
+        category="trap",
+        build_source=cnn.TvMobileNetV2,
+        build_target=_mbv2_wide_target,
+        dummy_input=_image(32),
+        truth=_mbv2_wide_truth,
+        same_function=False,
+        description="torchvision MobileNetV2 (last stage 16 wide, 10 classes) → timm layout "
+        "with a 20-wide last stage and 7 classes; layers whose shapes changed have no partner",
+        hard_cases=("resized classifier", "resized last stage", "same-shape BN elsewhere"),
+        shared_features=_probe_pairs(
+            _mbv2_wide_truth, lambda: cnn.mbv2_layer_pairs(cnn.MBV2_STAGES)
+        ),
+    )
+)
+
+
+def _mbv2_ln_target() -> nn.Module:
+    return cnn.TimmMobileNetV2(norm=lambda c: cnn.LayerNorm2d(c, eps=1e-6))
+
+
+@functools.cache
+def _mbv2_split_pairs() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(conv/linear module pairs, norm module pairs) of the BatchNorm → LayerNorm case."""
+    tgt = _mbv2_ln_target()
+    convs, norms = [], []
+    for s, t in cnn.mbv2_layer_pairs(cnn.MBV2_STAGES):
+        is_norm = isinstance(tgt.get_submodule(t), cnn.LayerNorm2d)
+        (norms if is_norm else convs).append((s, t))
+    return convs, norms
+
+
+def _affine(model: nn.Module, modules: Sequence[str]) -> torch.Tensor:
+    """Model + norm module names → each norm's affine part (x·weight + bias) on a fixed input."""
+    g = torch.Generator().manual_seed(7)
+    outs = []
+    for name in modules:
+        m = model.get_submodule(name)
+        x = torch.randn(2, m.weight.shape[0], 3, 3, generator=g)
+        outs.append((x * m.weight[:, None, None] + m.bias[:, None, None]).flatten())
+    return torch.cat(outs)
+
+
+@functools.cache
+def _mbv2_ln_truth() -> Truth:
+    convs, norms = _mbv2_split_pairs()
+    affine = [(f"{s}.{p}", f"{t}.{p}") for s, t in norms for p in ("weight", "bias")]
+    return layer_truth(
+        cnn.TvMobileNetV2(), _mbv2_ln_target(), convs, key_pairs=affine, complete=False
+    )
+
+
+def _mbv2_ln_features(side: int) -> Callable[[nn.Module, Any], torch.Tensor]:
+    def features(model: nn.Module, _x: Any) -> torch.Tensor:
+        convs, norms = _mbv2_split_pairs()
+        return torch.cat(
+            [probe(model, [p[side] for p in convs]), _affine(model, [p[side] for p in norms])]
+        )
+
+    return features
+
+
+_add(
+    ZooCase(
+        name="heldout_trap_mbv2_bn_to_layernorm",
+        category="trap",
+        build_source=cnn.TvMobileNetV2,
+        build_target=_mbv2_ln_target,
+        dummy_input=_image(32),
+        truth=_mbv2_ln_truth,
+        same_function=False,
+        description="torchvision MobileNetV2 with BatchNorm → timm layout whose norms are "
+        "LayerNorm2d but keep timm's names (bn1, bn2, bn3): convs and the norms' affine "
+        "weight/bias line up; running statistics have no partner",
+        hard_cases=("BatchNorm → LayerNorm under the same name", "(C,) weights of equal shape"),
+        shared_features=(_mbv2_ln_features(0), _mbv2_ln_features(1)),
+    )
+)
+
+
+# --- HF models vs re-implementations ------------------------------------------------------------
+
+QWEN_LM = text.LMConfig(qkv_bias=True)
+
+
+def _qwen2() -> nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    c = QWEN_LM
+    cfg = Qwen2Config(
+        vocab_size=c.vocab,
+        hidden_size=c.dim,
+        intermediate_size=c.hidden,
+        num_hidden_layers=c.layers,
+        num_attention_heads=c.heads,
+        num_key_value_heads=c.kv_heads,
+        rms_norm_eps=c.eps,
+        tie_word_embeddings=False,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return Qwen2ForCausalLM(cfg)
+
+
+def _decoder_pairs(layers: int, *, bias: bool, moe: bool) -> list[tuple[str, str]]:
+    """HF Llama-family keys ↔ Meta-reference keys (HF first), one-to-one part."""
+    pairs = [("model.embed_tokens.weight", "tok_embeddings.weight")]
+    for i in range(layers):
+        hf, me = f"model.layers.{i}", f"layers.{i}"
+        for a, b in (("q", "wq"), ("k", "wk"), ("v", "wv")):
+            pairs.append((f"{hf}.self_attn.{a}_proj.weight", f"{me}.attention.{b}.weight"))
+            if bias:
+                pairs.append((f"{hf}.self_attn.{a}_proj.bias", f"{me}.attention.{b}.bias"))
+        pairs += [
+            (f"{hf}.self_attn.o_proj.weight", f"{me}.attention.wo.weight"),
+            (f"{hf}.input_layernorm.weight", f"{me}.attention_norm.weight"),
+            (f"{hf}.post_attention_layernorm.weight", f"{me}.ffn_norm.weight"),
+        ]
+        if moe:
+            pairs += [
+                (f"{hf}.mlp.gate.weight", f"{me}.feed_forward.gate.weight"),
+                (f"{hf}.mlp.experts.down_proj", f"{me}.feed_forward.experts.w2"),
+            ]
+        else:
+            pairs += [
+                (f"{hf}.mlp.gate_proj.weight", f"{me}.feed_forward.w1.weight"),
+                (f"{hf}.mlp.up_proj.weight", f"{me}.feed_forward.w3.weight"),
+                (f"{hf}.mlp.down_proj.weight", f"{me}.feed_forward.w2.weight"),
+            ]
+    pairs += [("model.norm.weight", "norm.weight"), ("lm_head.weight", "output.weight")]
+    return pairs
+
+
+def _qwen2_truth() -> Truth:
+    pairs = _decoder_pairs(QWEN_LM.layers, bias=True, moe=False)
+    return layer_truth(_qwen2(), text.MetaStyleLM(QWEN_LM), [], key_pairs=pairs, complete=True)
+
+
+_add(
+    ZooCase(
+        name="heldout_qwen2_hf_to_meta_names",
+        category="cross_library",
+        build_source=_qwen2,
+        build_target=lambda: text.MetaStyleLM(QWEN_LM),
+        dummy_input=lambda: _ids(QWEN_LM.vocab),
+        truth=_qwen2_truth,
+        same_function=True,
+        description="HF Qwen2 (GQA: k/v projections half the size of q, q/k/v biases) → "
+        "re-implementation with Meta names (attention.wq, feed_forward.w1/w3/w2)",
+        hard_cases=("grouped-query attention", "gate/up of equal shape (w1 vs w3)"),
+        requires=("transformers",),
+    )
+)
+
+MIXTRAL_LM = text.LMConfig(hidden=48, experts=4, top_k=2, eps=1e-5, rope_theta=1e6)
+
+
+def _mixtral() -> nn.Module:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    c = MIXTRAL_LM
+    cfg = MixtralConfig(
+        vocab_size=c.vocab,
+        hidden_size=c.dim,
+        intermediate_size=c.hidden,
+        num_hidden_layers=c.layers,
+        num_attention_heads=c.heads,
+        num_key_value_heads=c.kv_heads,
+        num_local_experts=c.experts,
+        num_experts_per_tok=c.top_k,
+        rms_norm_eps=c.eps,
+        tie_word_embeddings=False,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return MixtralForCausalLM(cfg)
+
+
+def _mixtral_truth() -> Truth:
+    pairs = [(b, a) for a, b in _decoder_pairs(MIXTRAL_LM.layers, bias=False, moe=True)]
+    multi = []
+    for i in range(MIXTRAL_LM.layers):
+        e = f"layers.{i}.feed_forward.experts"
+        m = ExpectedMulti(
+            (f"{e}.w1", f"{e}.w3"), (f"model.layers.{i}.mlp.experts.gate_up_proj",), "merge"
+        )
+        multi.append((m, {"dim": 1}))
+    return layer_truth(
+        text.MetaStyleLM(MIXTRAL_LM), _mixtral(), [], key_pairs=pairs, multi=multi, complete=True
+    )
+
+
+_add(
+    ZooCase(
+        name="heldout_mixtral_stacked_experts_to_hf",
+        category="transform",
+        build_source=lambda: text.MetaStyleLM(MIXTRAL_LM),
+        build_target=_mixtral,
+        dummy_input=lambda: _ids(MIXTRAL_LM.vocab),
+        truth=_mixtral_truth,
+        same_function=True,
+        description="MoE re-implementation with experts stacked as 3-d w1/w3/w2 → HF Mixtral "
+        "(transformers 5: experts.gate_up_proj (E, 2I, H) = w1 ‖ w3 along dim 1)",
+        hard_cases=("3-d expert tensors", "merge along dim 1", "router (E, H)"),
+        requires=("transformers",),
+    )
+)
+
+BERT = text.BertConfig()
+
+
+def _distilbert() -> nn.Module:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    cfg = DistilBertConfig(
+        vocab_size=BERT.vocab,
+        dim=BERT.dim,
+        n_layers=BERT.layers,
+        n_heads=BERT.heads,
+        hidden_dim=BERT.hidden,
+        max_position_embeddings=BERT.positions,
+        attn_implementation="eager",
+    )
+    return DistilBertModel(cfg)
+
+
+def _distilbert_truth() -> Truth:
+    pairs = [
+        ("embeddings.word_embeddings.weight", "embed.tokens.weight"),
+        ("embeddings.position_embeddings.weight", "embed.positions.weight"),
+    ]
+    layers = [("embeddings.LayerNorm", "embed.norm")]
+    for i in range(BERT.layers):
+        hf, me = f"transformer.layer.{i}", f"encoder.{i}"
+        layers += [
+            (f"{hf}.attention.q_lin", f"{me}.attn.query"),
+            (f"{hf}.attention.k_lin", f"{me}.attn.key"),
+            (f"{hf}.attention.v_lin", f"{me}.attn.value"),
+            (f"{hf}.attention.out_lin", f"{me}.attn.out"),
+            (f"{hf}.sa_layer_norm", f"{me}.norm_attn"),
+            (f"{hf}.ffn.lin1", f"{me}.ff.fc_in"),
+            (f"{hf}.ffn.lin2", f"{me}.ff.fc_out"),
+            (f"{hf}.output_layer_norm", f"{me}.norm_ff"),
+        ]
+    return layer_truth(_distilbert(), text.NanoBert(BERT), layers, key_pairs=pairs, complete=True)
+
+
+_add(
+    ZooCase(
+        name="heldout_distilbert_hf_to_nanobert",
+        category="cross_library",
+        build_source=_distilbert,
+        build_target=lambda: text.NanoBert(BERT),
+        dummy_input=lambda: _ids(BERT.vocab),
+        truth=_distilbert_truth,
+        same_function=True,
+        description="HF DistilBERT (q_lin/k_lin/v_lin/out_lin, sa_layer_norm, ffn.lin1) → "
+        "re-implementation (attn.query/key/value/out, norm_attn, ff.fc_in)",
+        hard_cases=("four (C, C) projections per layer", "post-norm"),
+        requires=("transformers",),
+    )
+)
+
+CLIP_DEPTH, CLIP_HIDDEN, CLIP_PROJ = 2, 64, 24
+
+
+def _clip_vision() -> nn.Module:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(
+        hidden_size=vit.VIT_DIM,
+        intermediate_size=CLIP_HIDDEN,
+        num_hidden_layers=CLIP_DEPTH,
+        num_attention_heads=vit.VIT_HEADS,
+        image_size=vit.VIT_IMAGE,
+        patch_size=vit.VIT_PATCH,
+        projection_dim=CLIP_PROJ,
+        attn_implementation="eager",
+    )
+    return CLIPVisionModelWithProjection(cfg)
+
+
+def _openclip_visual() -> nn.Module:
+    return vit.OpenClipVisual(CLIP_DEPTH, vit.VIT_DIM, vit.VIT_HEADS, CLIP_HIDDEN, CLIP_PROJ)
+
+
+def _clip_truth() -> Truth:
+    v = "vision_model"
+    pairs = [
+        (f"{v}.embeddings.class_embedding", "class_embedding"),
+        (f"{v}.embeddings.patch_embedding.weight", "conv1.weight"),
+        (f"{v}.embeddings.position_embedding.weight", "positional_embedding"),
+        ("visual_projection.weight", "proj"),
+    ]
+    layers = [(f"{v}.pre_layrnorm", "ln_pre"), (f"{v}.post_layernorm", "ln_post")]
+    multi = []
+    for i in range(CLIP_DEPTH):
+        hf, oc = f"{v}.encoder.layers.{i}", f"transformer.resblocks.{i}"
+        layers += [
+            (f"{hf}.self_attn.out_proj", f"{oc}.attn.out_proj"),
+            (f"{hf}.layer_norm1", f"{oc}.ln_1"),
+            (f"{hf}.mlp.fc1", f"{oc}.mlp.c_fc"),
+            (f"{hf}.mlp.fc2", f"{oc}.mlp.c_proj"),
+            (f"{hf}.layer_norm2", f"{oc}.ln_2"),
+        ]
+        for p, t in (("weight", "in_proj_weight"), ("bias", "in_proj_bias")):
+            srcs = tuple(f"{hf}.self_attn.{x}_proj.{p}" for x in "qkv")
+            multi.append((ExpectedMulti(srcs, (f"{oc}.attn.{t}",), "merge"), {"dim": 0}))
+    return layer_truth(
+        _clip_vision(),
+        _openclip_visual(),
+        layers,
+        key_pairs=pairs,
+        transforms={"visual_projection.weight": ("transpose", {})},
+        multi=multi,
+        complete=True,
+    )
+
+
+_add(
+    ZooCase(
+        name="heldout_clip_vision_hf_to_openclip",
+        category="transform",
+        build_source=_clip_vision,
+        build_target=_openclip_visual,
+        dummy_input=_image(vit.VIT_IMAGE),
+        truth=_clip_truth,
+        same_function=True,
+        description="HF CLIPVisionModelWithProjection (k/v/q_proj registered in that order, "
+        "visual_projection Linear) → OpenCLIP visual (attn.in_proj_weight = q‖k‖v, proj (C, D) "
+        "applied as x @ proj)",
+        hard_cases=("merge q,k,v weights and biases", "transpose of a bare projection matrix"),
+        requires=("transformers",),
+    )
+)
+
+WHISPER = text.WhisperConfig()
+
+
+def _whisper_hf() -> nn.Module:
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    c = WHISPER
+    cfg = WhisperConfig(
+        vocab_size=64,
+        num_mel_bins=c.mels,
+        d_model=c.dim,
+        encoder_layers=c.layers,
+        encoder_attention_heads=c.heads,
+        encoder_ffn_dim=4 * c.dim,
+        decoder_layers=1,
+        decoder_attention_heads=c.heads,
+        decoder_ffn_dim=4 * c.dim,
+        max_source_positions=c.ctx,
+        max_target_positions=c.ctx,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        attn_implementation="eager",
+    )
+    return WhisperEncoder(cfg)
+
+
+def _whisper_truth() -> Truth:
+    layers = [("conv1", "conv1"), ("conv2", "conv2"), ("layer_norm", "ln_post")]
+    for i in range(WHISPER.layers):
+        hf, oa = f"layers.{i}", f"blocks.{i}"
+        layers += [
+            (f"{hf}.self_attn.q_proj", f"{oa}.attn.query"),
+            (f"{hf}.self_attn.k_proj", f"{oa}.attn.key"),
+            (f"{hf}.self_attn.v_proj", f"{oa}.attn.value"),
+            (f"{hf}.self_attn.out_proj", f"{oa}.attn.out"),
+            (f"{hf}.self_attn_layer_norm", f"{oa}.attn_ln"),
+            (f"{hf}.fc1", f"{oa}.mlp.0"),
+            (f"{hf}.fc2", f"{oa}.mlp.2"),
+            (f"{hf}.final_layer_norm", f"{oa}.mlp_ln"),
+        ]
+    return layer_truth(
+        _whisper_hf(),
+        text.OpenAIWhisperEncoder(WHISPER),
+        layers,
+        key_pairs=[("embed_positions.weight", "positional_embedding")],
+        complete=True,
+    )
+
+
+def _mel() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(2, WHISPER.mels, 2 * WHISPER.ctx, generator=g)
+
+
+_add(
+    ZooCase(
+        name="heldout_whisper_encoder_hf_to_openai",
+        category="cross_library",
+        build_source=_whisper_hf,
+        build_target=lambda: text.OpenAIWhisperEncoder(WHISPER),
+        dummy_input=_mel,
+        truth=_whisper_truth,
+        same_function=True,
+        description="HF WhisperEncoder (k/v/q_proj, k without bias, embed_positions Embedding) "
+        "→ openai-whisper AudioEncoder (attn.query/key/value/out, positional_embedding buffer "
+        "registered before the convs)",
+        hard_cases=("Conv1d", "position table as a buffer", "four (C, C) projections"),
+        requires=("transformers",),
+    )
+)
+
+GQA_LM = text.LMConfig(kv_heads=2)
+
+
+def _llama_mha() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = GQA_LM
+    cfg = LlamaConfig(
+        vocab_size=c.vocab,
+        hidden_size=c.dim,
+        intermediate_size=c.hidden,
+        num_hidden_layers=c.layers,
+        num_attention_heads=c.heads,
+        num_key_value_heads=c.heads,
+        rms_norm_eps=c.eps,
+        tie_word_embeddings=False,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _gqa_layer_pairs() -> list[tuple[str, str]]:
+    pairs = _decoder_pairs(GQA_LM.layers, bias=False, moe=False)
+    return [(s.removesuffix(".weight"), t.removesuffix(".weight")) for s, t in pairs]
+
+
+@functools.cache
+def _gqa_truth() -> Truth:
+    return layer_truth(_llama_mha(), text.MetaStyleLM(GQA_LM), _gqa_layer_pairs(), complete=False)
+
+
+_add(
+    ZooCase(
+        name="heldout_trap_llama_mha_to_gqa",
+        category="trap",
+        build_source=_llama_mha,
+        build_target=lambda: text.MetaStyleLM(GQA_LM),
+        dummy_input=lambda: _ids(GQA_LM.vocab),
+        truth=_gqa_truth,
+        same_function=False,
+        description="HF Llama with full multi-head attention (k/v (C, C)) → Meta-names "
+        "re-implementation with grouped-query attention (wk/wv (C/2, C)): k and v have no "
+        "partner; the (C, C) k/v must not land on wq/wo",
+        hard_cases=("MHA → GQA", "source k/v share the shape of target wq/wo"),
+        requires=("transformers",),
+        shared_features=_probe_pairs(_gqa_truth, _gqa_layer_pairs),
+    )
+)
+
+T5 = text.T5Sizes()
+
+
+def _t5_hf() -> nn.Module:
+    from transformers import T5Config
+    from transformers.models.t5.modeling_t5 import T5Stack
+
+    c = T5
+    cfg = T5Config(
+        vocab_size=c.vocab,
+        d_model=c.dim,
+        d_kv=c.d_kv,
+        d_ff=c.ff,
+        num_layers=c.layers,
+        num_heads=c.heads,
+        relative_attention_num_buckets=c.buckets,
+        relative_attention_max_distance=c.max_distance,
+        layer_norm_epsilon=c.eps,
+        feed_forward_proj="gated-gelu",
+        is_decoder=False,
+        is_encoder_decoder=False,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return T5Stack(cfg)
+
+
+def _t5_truth() -> Truth:
+    pairs = [
+        ("token_embedder.embedding", "embed_tokens.weight"),
+        (
+            "encoder.relpos_bias.rel_embedding",
+            "block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        ),
+        ("encoder.encoder_norm.scale", "final_layer_norm.weight"),
+    ]
+    transposed = ["encoder.relpos_bias.rel_embedding"]
+    for i in range(T5.layers):
+        tx, hf = f"encoder.layers_{i}", f"block.{i}.layer"
+        pairs += [
+            (f"{tx}.pre_attention_layer_norm.scale", f"{hf}.0.layer_norm.weight"),
+            (f"{tx}.pre_mlp_layer_norm.scale", f"{hf}.1.layer_norm.weight"),
+        ]
+        dense = [
+            (f"attention.{a}", f"0.SelfAttention.{b}")
+            for a, b in zip(("query", "key", "value", "out"), "qkvo", strict=True)
+        ]
+        dense += [(f"mlp.{w}", f"1.DenseReluDense.{w}") for w in ("wi_0", "wi_1", "wo")]
+        for a, b in dense:
+            pairs.append((f"{tx}.{a}.kernel", f"{hf}.{b}.weight"))
+            transposed.append(f"{tx}.{a}.kernel")
+    return layer_truth(
+        text.T5XEncoder(T5),
+        _t5_hf(),
+        [],
+        key_pairs=pairs,
+        transforms={k: ("transpose", {}) for k in transposed},
+        complete=True,
+    )
+
+
+_add(
+    ZooCase(
+        name="heldout_t5x_encoder_to_hf",
+        category="transform",
+        build_source=lambda: text.T5XEncoder(T5),
+        build_target=_t5_hf,
+        dummy_input=lambda: _ids(T5.vocab),
+        truth=_t5_truth,
+        same_function=True,
+        description="T5X/Flax encoder tree (attention.query.kernel (in, out), relpos_bias "
+        "(heads, buckets) shared at encoder level) → HF T5 encoder stack (SelfAttention.q "
+        "(out, in), relative_attention_bias (buckets, heads) in block 0 only)",
+        hard_cases=(
+            "transpose of square (C, C) kernels",
+            "relative position bias moves from encoder level into block 0",
+            "wi_0/wi_1 of equal shape",
+        ),
+        requires=("transformers",),
+    )
+)
+
+PHI3_LM = text.LMConfig(hidden=48, eps=1e-5)
+
+
+def _phi3() -> nn.Module:
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    c = PHI3_LM
+    cfg = Phi3Config(
+        vocab_size=c.vocab,
+        hidden_size=c.dim,
+        intermediate_size=c.hidden,
+        num_hidden_layers=c.layers,
+        num_attention_heads=c.heads,
+        num_key_value_heads=c.kv_heads,
+        rms_norm_eps=c.eps,
+        tie_word_embeddings=False,
+        use_cache=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        attn_implementation="eager",
+    )
+    return Phi3ForCausalLM(cfg)
+
+
+def _phi3_truth() -> Truth:
+    c = PHI3_LM
+    fused = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    pairs = [
+        (s, t)
+        for s, t in _decoder_pairs(c.layers, bias=False, moe=False)
+        if not any(f".{f}." in s for f in fused)
+    ]
+    d = c.dim // c.heads
+    multi = []
+    for i in range(c.layers):
+        hf, me = f"model.layers.{i}", f"layers.{i}"
+        qkv = ExpectedMulti(
+            (f"{hf}.self_attn.qkv_proj.weight",),
+            tuple(f"{me}.attention.{w}.weight" for w in ("wq", "wk", "wv")),
+            "split",
+        )
+        multi.append((qkv, {"dim": 0, "sizes": [c.heads * d, c.kv_heads * d, c.kv_heads * d]}))
+        gate_up = ExpectedMulti(
+            (f"{hf}.mlp.gate_up_proj.weight",),
+            (f"{me}.feed_forward.w1.weight", f"{me}.feed_forward.w3.weight"),
+            "split",
+        )
+        multi.append((gate_up, {"dim": 0, "sizes": [c.hidden, c.hidden]}))
+    return layer_truth(
+        _phi3(), text.MetaStyleLM(PHI3_LM), [], key_pairs=pairs, multi=multi, complete=True
+    )
+
+
+_add(
+    ZooCase(
+        name="heldout_phi3_hf_to_meta_split",
+        category="transform",
+        build_source=_phi3,
+        build_target=lambda: text.MetaStyleLM(PHI3_LM),
+        dummy_input=lambda: _ids(PHI3_LM.vocab),
+        truth=_phi3_truth,
+        same_function=True,
+        description="HF Phi-3 (fused qkv_proj with GQA: q, k, v rows of unequal size 32/16/16; "
+        "fused gate_up_proj; o_proj registered before qkv_proj) → Meta-names re-implementation "
+        "with separate wq/wk/wv and w1/w3",
+        hard_cases=("split into unequal sizes", "gate/up split", "registration order"),
+        requires=("transformers",),
+    )
+)

@@ -1,0 +1,160 @@
+"""The HTML report in a real headless Chromium: loads cleanly, right row count, filtering works.
+
+The page runs its own self-check when its URL ends in ``#selftest&filter=…&band=…`` and
+writes what it saw (row count, rows left after filtering, sort order, errors caught by
+``window.onerror``/``console.error``) into ``#selftest-result``; Chromium's ``--dump-dom``
+gives us the DOM after that script ran. A screenshot is kept under ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from weightmapper.assign import map_inventories
+from weightmapper.examples.transformer import NewTransformer, OldTransformer
+from weightmapper.html_report import render_html, write_html
+from weightmapper.inventory import Inventory
+from weightmapper.report import build_report, score_band
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+
+
+def _report() -> dict:
+    # A 3-layer model mapped onto a 2-layer one: a real engine result with unmatched keys.
+    src = Inventory.from_module(
+        OldTransformer(vocab_size=64, d_model=32, n_layer=3, n_head=4, max_len=16)
+    )
+    tgt = Inventory.from_module(
+        NewTransformer(vocab_size=64, d_model=32, n_layer=2, n_head=4, max_len=16)
+    )
+    result = map_inventories(src, tgt)
+    mapper = type("Run", (), {"result": result, "source_inventory": src, "target_inventory": tgt})
+    return build_report(mapper)
+
+
+def _selftest(browser: str, page: Path, profile: Path, **params: str) -> dict:
+    fragment = "selftest" + "".join(f"&{k}={quote(v)}" for k, v in params.items())
+    proc = subprocess.run(
+        [
+            browser,
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            f"{page.as_uri()}#{fragment}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    found = re.search(r'<pre id="selftest-result"[^>]*>(.*?)</pre>', proc.stdout, re.S)
+    assert found, (
+        f"no self-check result in the dumped DOM (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    )
+    assert found.group(1), "the page's script did not run (empty self-check result)"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def _visible(report: dict, text: str = "", band: str = "") -> int:
+    rows = [([p["source"]], [p["target"]], p["score"]) for p in report["mapping"]["pairs"]]
+    rows += [(m["sources"], m["targets"], m["score"]) for m in report["mapping"]["multi"]]
+    return sum(
+        1
+        for s, t, score in rows
+        if text.lower() in " ".join(s + t).lower() and (not band or score_band(score) == band)
+    )
+
+
+def test_html_report_loads_counts_rows_and_filters_in_chromium(tmp_path: Path) -> None:
+    browser = _chromium()
+    report = _report()
+    page = write_html(report, tmp_path / "report.html")
+    text = page.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)  # nothing to fetch
+    n_rows = len(report["mapping"]["pairs"]) + len(report["mapping"]["multi"])
+    n_unmatched = sum(len(v) for v in report["mapping"]["unmatched"].values())
+    assert n_unmatched > 0
+
+    plain = _selftest(browser, page, tmp_path / "p0")
+    assert plain["errors"] == []
+    assert plain["rows"] == n_rows and plain["visible"] == n_rows
+    assert plain["count_text"] == f"{n_rows} of {n_rows} rows"
+    assert plain["sorted_desc"] is True
+    assert plain["tree_highlighted"] >= 2  # a module and its partner lit up
+    assert plain["unmatched_rows"] == n_unmatched
+    assert plain["histogram_bars"] == 10
+
+    term = report["mapping"]["pairs"][0]["source"].rsplit(".", 1)[0]
+    filtered = _selftest(browser, page, tmp_path / "p1", filter=term.upper())
+    assert filtered["errors"] == []
+    assert filtered["visible"] == _visible(report, term) < n_rows
+    band = score_band(report["mapping"]["pairs"][-1]["score"])
+    by_band = _selftest(browser, page, tmp_path / "p2", band=band)
+    assert by_band["visible"] == _visible(report, band=band) > 0
+    nothing = _selftest(browser, page, tmp_path / "p3", filter="no-such-key-anywhere")
+    assert nothing["visible"] == 0 and nothing["errors"] == []
+
+
+def test_html_report_screenshot_is_kept_as_an_artifact(tmp_path: Path) -> None:
+    browser = _chromium()
+    report = _report()
+    page = write_html(report, tmp_path / "report.html")
+    assert page.read_text() == render_html(json.loads(json.dumps(report)))
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run(
+        [
+            browser, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}", "--window-size=1280,900", page.as_uri(),
+        ],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_self_check_reports_script_errors_and_blocked_fetches(tmp_path: Path) -> None:
+    # The check must be able to fail: a broken script and a remote stylesheet are caught.
+    browser = _chromium()
+    good = render_html(_report())
+    broken = tmp_path / "broken.html"
+    broken.write_text(good.replace("</body>", "<script>undefinedFn();</script></body>"))
+    errors = _selftest(browser, broken, tmp_path / "q0")["errors"]
+    assert any("undefinedFn" in e for e in errors)
+    remote = tmp_path / "remote.html"
+    remote.write_text(
+        good.replace(
+            "</head>", '<link rel="stylesheet" href="https://example.invalid/x.css"></head>'
+        )
+    )
+    errors = _selftest(browser, remote, tmp_path / "q1")["errors"]
+    assert any("CSP blocked" in e for e in errors)
