@@ -34,5 +34,12 @@ format: $(STAMP)
 	$(BIN)/ruff format src flows tests bench
 	$(BIN)/ruff check --fix src flows tests bench
 
+# Benchmarks print tables; they never assert. The large ones (checkpoint_io, convert,
+# pipeline) write gigabytes to a temp dir: run them one by one with --help first.
+bench: $(STAMP)
+	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/accuracy.py --heldout
+	$(BIN)/python bench/speed.py --sizes 1k,10k
+
 clean:
 	rm -rf $(VENV) .weightmapper .demo .pytest_cache .ruff_cache

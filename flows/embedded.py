@@ -6,6 +6,7 @@ a SQLite database in ``PREFECT_HOME``.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,7 @@ def run_job(job: Any) -> Any:
             "--no-prefect to run the same stages without Prefect, or start a server "
             "(`prefect server start`) and export PREFECT_API_URL."
         ) from e
+    finally:
+        # The temporary server's database pool is torn down at interpreter exit and logs a
+        # cancelled rollback as an ERROR with a traceback; it is harmless, so keep it quiet.
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)

@@ -16,7 +16,7 @@ import math
 import os
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -209,24 +209,15 @@ class TensorTable(Mapping[str, TensorInfo]):
         return {n: out[n] for n in self._entries}
 
     def content_hash(self) -> str:
-        """() → sha256 hex over the bytes of every file (index included), in a stable order.
+        """() → the checkpoint's sha256 (see :func:`files_sha256`) over its data files.
 
         Memoised per process by each file's (path, size, mtime_ns, inode).
         """
-        files = ([self.index] if self.index else []) + list(self.files)
-        key = tuple(_file_identity(f) for f in files)
+        key = tuple(_file_identity(f) for f in self.files)
         cached = _HASH_CACHE.get(key)
-        if cached is not None:
-            return cached
-        h = hashlib.sha256()
-        for f in files:
-            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
-            with open(f, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    h.update(chunk)
-        digest = h.hexdigest()
-        _HASH_CACHE[key] = digest
-        return digest
+        if cached is None:
+            cached = _HASH_CACHE[key] = files_sha256(self.files)
+        return cached
 
     def unique_names(self) -> list[str]:
         """() → names in checkpoint order, each tied group represented by its first name."""
@@ -848,6 +839,30 @@ def _build_table(path: Path, raw: _RawCheckpoint, *, strip_prefixes: bool) -> Te
         tied=tied,
         index=raw.index,
     )
+
+
+def files_sha256(files: Sequence[str | os.PathLike[str]]) -> str:
+    """Checkpoint data files → one sha256 hex digest: the one definition of a checkpoint's hash.
+
+    A single file's hash is the plain sha256 of its bytes (what ``sha256sum`` prints), so a
+    renamed or copied checkpoint keeps it; shards hash as the sha256 of the canonical JSON
+    of their sorted (file name, sha256) pairs, named by file name (as the index names them),
+    never by directory.
+    """
+    paths = [Path(f) for f in files]
+    if len(paths) == 1:
+        return _sha256_file(paths[0])
+    parts = sorted([p.name, _sha256_file(p)] for p in paths)
+    text = json.dumps(parts, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _file_identity(f: Path) -> tuple[str, int, int, int]:

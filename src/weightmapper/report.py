@@ -26,7 +26,13 @@ from typing import Any
 
 from weightmapper._version import __version__
 from weightmapper.atomic import atomic_write_text
-from weightmapper.errors import CheckpointFormatError, CheckpointNotFoundError, MappingError
+from weightmapper.checkpoint import open_checkpoint
+from weightmapper.errors import (
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    MappingError,
+    WeightMapperError,
+)
 from weightmapper.result import MappingResult
 
 logger = logging.getLogger(__name__)
@@ -178,6 +184,11 @@ def file_sha256(path: str | Path) -> str | None:
     sharded checkpoint has one hash that changes when any shard changes.
     """
     p = Path(path)
+    try:
+        # The checkpoint's own hash, so reports, converted outputs and the pipeline agree.
+        return open_checkpoint(p).content_hash()
+    except WeightMapperError:
+        pass  # not a checkpoint we can read (or refused): hash the bytes as they are
     if p.is_file():
         return _sha256_files([(p.name, p)], with_names=False)
     if p.is_dir():

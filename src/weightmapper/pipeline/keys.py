@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from weightmapper._version import __version__
+from weightmapper.checkpoint import files_sha256
 
 # Bump when the on-disk layout of every artifact changes; each stage also has its own version.
 KEY_SCHEMA = 1
@@ -78,13 +79,9 @@ def digest_file(path: str | os.PathLike[str]) -> str:
 
 
 def digest_files(paths: list[Path]) -> str:
-    """Files (a checkpoint and its shards) → one sha256 over their names and digests.
+    """Files (a checkpoint and its shards) → the checkpoint's sha256.
 
-    A single file's key is the digest of its bytes alone, so a renamed or copied
-    checkpoint keeps its key; shards are named by file name (the index refers to them
-    by name), never by directory.
+    The same definition as ``TensorTable.content_hash`` and the ``source_sha256`` recorded
+    in converted outputs (:func:`weightmapper.checkpoint.files_sha256`).
     """
-    if len(paths) == 1:
-        return digest_file(paths[0])
-    parts = sorted((Path(p).name, digest_file(p)) for p in paths)
-    return digest_json(parts)
+    return files_sha256(paths)
