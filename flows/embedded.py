@@ -38,6 +38,29 @@ def configure_prefect(store_root: str | os.PathLike[str]) -> Path:
     return home
 
 
+class _DropReportedFailures(logging.Filter):
+    """Drop Prefect's task/flow failure records whose exception is one of ours.
+
+    Our errors (a refused or corrupt checkpoint) are already reported in the batch
+    summary with their message; Prefect would add a full traceback on stderr for each.
+    Unexpected exceptions still log as usual.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from weightmapper.errors import WeightMapperError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, WeightMapperError)
+
+
+def _quiet_reported_failures() -> None:
+    """Install :class:`_DropReportedFailures` on Prefect's run loggers (once)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropReportedFailures) for f in logger.filters):
+            logger.addFilter(_DropReportedFailures())
+
+
 def run_job(job: Any) -> Any:
     """JobConfig → BatchSummary, run as the Prefect batch flow with an embedded server.
 
@@ -45,6 +68,8 @@ def run_job(job: Any) -> Any:
     """
     home = configure_prefect(job.store)
     from flows.migrate import run_batch_flow
+
+    _quiet_reported_failures()
 
     try:
         return run_batch_flow(job)

@@ -8,6 +8,11 @@ Cheapest evidence first, each stage working only on what the previous ones left:
 3. ``template``    parameter groups bucketed by (name template, shape signature); a bucket
                    that pairs unambiguously with one on the other side is matched instance
                    by instance along its layer indices (this settles 10k-expert MoE layers)
+   ``gap``         open groups between two matched neighbours (in execution or registration
+                   order) pair position by position when both gaps hold the same sequence of
+                   group signatures; unequal gaps (an inserted or removed block) are split
+                   by which neighbour each group shares the longer module path with, so the
+                   inserted block is skipped (also run again after ``structural``)
 4. ``structural``  the remaining group sequences (execution or registration order) aligned
                    like sequences with gaps, under equal shape signatures, by dynamic
                    programming: a group with no partner is skipped, not shifting the rest
@@ -81,6 +86,7 @@ def score_inventories(
         engine.run()
         proposals, notes, tied = engine.collect()
     multi = _propose_multi(source, target, notes)
+    multi, notes = _drop_ambiguous_multi(multi, notes)
     if multi:
         used = {("source", k) for m in multi for k in m.sources}
         used |= {("target", k) for m in multi for k in m.targets}
@@ -129,6 +135,70 @@ def _propose_multi(source: Inventory, target: Inventory, notes: list[KeyNote]) -
             src, tgt, source_types=source.module_types, target_types=target.module_types
         )
     )
+
+
+def _drop_ambiguous_multi(
+    multi: list[MultiPair], notes: list[KeyNote]
+) -> tuple[list[MultiPair], list[KeyNote]]:
+    """Split/merge proposals + notes → those whose single side has no open look-alike.
+
+    A split takes one source tensor apart; when a sibling module (same parent) holds another
+    unmatched tensor of the same shape and local name that no proposal uses (``k_proj`` and
+    ``v_proj`` both (C, C) against grouped-query ``wk``/``wv``), nothing says which of the
+    two is the one to split, so the proposal is dropped and both stay unmatched as
+    ``ambiguous``. Merges are checked the same way on the target side.
+    """
+    if not multi:
+        return multi, notes
+    used = {("source", k) for m in multi for k in m.sources}
+    used |= {("target", k) for m in multi for k in m.targets}
+    open_by: dict[tuple[str, str, str, tuple[int, ...]], list[str]] = {}
+    for n in notes:
+        if _open(n):
+            open_by.setdefault(_lookalike_key(n.side, n.name, n.shape), []).append(n.name)
+    shapes = {(n.side, n.name): n.shape for n in notes}
+    kept: list[MultiPair] = []
+    rivals: dict[tuple[str, str], str] = {}
+    for m in multi:
+        side, keys = ("source", m.sources) if len(m.sources) == 1 else ("target", m.targets)
+        if len(keys) != 1 or (side, keys[0]) not in shapes:
+            kept.append(m)
+            continue
+        key = keys[0]
+        others = [
+            o
+            for o in open_by.get(_lookalike_key(side, key, shapes[(side, key)]), [])
+            if o != key and (side, o) not in used
+        ]
+        if not others:
+            kept.append(m)
+            continue
+        log.info("dropped %s proposal for %s: %s looks the same", m.kind, key, others[0])
+        for k in (key, *others):
+            rivals[(side, k)] = others[0] if k == key else key
+    if not rivals:
+        return kept, notes
+    out = []
+    for n in notes:
+        rival = rivals.get((n.side, n.name))
+        if rival is not None:
+            n = KeyNote(
+                n.name, n.side, n.shape, UnmatchedReason.AMBIGUOUS,
+                f"it and {rival} have the same shape and place; nothing says which of them "
+                "is split or merged",
+                n.best_candidate, n.best_breakdown,
+            )  # fmt: skip
+        out.append(n)
+    return kept, out
+
+
+def _lookalike_key(
+    side: str, name: str, shape: tuple[int, ...]
+) -> tuple[str, str, str, tuple[int, ...]]:
+    """Key → (side, grandparent module path, local name, shape): tensors of sibling modules
+    that agree on all of it are interchangeable as far as structure can tell."""
+    module, _, local = name.rpartition(".")
+    return side, module.rpartition(".")[0], local, tuple(shape)
 
 
 def _open(note: KeyNote) -> bool:

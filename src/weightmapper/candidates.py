@@ -236,11 +236,14 @@ def assign_candidates(
     for src, (p, score) in scored.items():
         if p.follows is not None:
             continue
-        carried = p.group and unit_best.get((_module(p.source), _module(p.target)), 0.0) >= bar
+        best = unit_best.get((_module(p.source), _module(p.target)), 0.0)
+        carried = p.group and score < bar <= best
         ok = (score >= bar or carried) and not (
             strategy == "conservative" and p.confidence != "high"
         )
-        (accepted if ok else rejected)[src] = (p, score)
+        # A carried member is accepted as part of its group, so it reports the group's score:
+        # nothing in a result scores below the bar it was accepted at.
+        (accepted if ok else rejected)[src] = (p, best if carried else score)
     # Buffers follow the pair of their module: in when it is in, out when it is out.
     for src, (p, score) in scored.items():
         if p.follows is None:
@@ -307,6 +310,24 @@ def assign_candidates(
         unmatched = UnmatchedKey(n.name, n.side, reason, detail, n.shape, n.best_candidate, best)
         (un_src if n.side == "source" else un_tgt).append(unmatched)
 
+    multi = []
+    for m in candidates.multi:
+        low = strategy == "conservative" and m.confidence != "high"
+        if m.score >= bar and not low:
+            multi.append(m)
+            continue
+        why = (
+            f"{m.kind} {list(m.sources)} → {list(m.targets)} is a low-confidence guess"
+            if low and m.score >= bar
+            else f"{m.kind} {list(m.sources)} → {list(m.targets)} scored {m.score:.3f}, "
+            f"below {bar:.2f}"
+        )
+        reason = UnmatchedReason.BELOW_THRESHOLD
+        for name in m.sources:
+            un_src.append(UnmatchedKey(name, "source", reason, why, (), m.targets[0], m.score))
+        for name in m.targets:
+            un_tgt.append(UnmatchedKey(name, "target", reason, why, (), m.sources[0], m.score))
+
     n_tied_src = len(candidates.tied.get("source", {}))
     n_tied_tgt = len(candidates.tied.get("target", {}))
     metadata = dict(candidates.metadata)
@@ -315,7 +336,7 @@ def assign_candidates(
         pairs,
         un_src,
         un_tgt,
-        list(candidates.multi),
+        multi,
         source_count=candidates.source_count - n_tied_src,
         target_count=candidates.target_count - n_tied_tgt,
         settings={

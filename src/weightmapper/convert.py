@@ -42,6 +42,7 @@ from weightmapper.errors import (
     OutputError,
     TransformError,
 )
+from weightmapper.inventory import natural_key
 from weightmapper.result import MappingResult
 from weightmapper.tensor_info import TensorInfo, dtype_from_name, dtype_name
 from weightmapper.transforms import TransformSpec, apply_transform, output_shapes
@@ -144,7 +145,6 @@ class _Job:
     """(file, absolute offset, length) when the output is a byte-identical copy."""
     locations: list[tuple[str, str, int, int] | None] = field(default_factory=list)
     """Per source: (safetensors file, key in it, offset, length), None to use table.load."""
-    sort_key: tuple[str, int, int] = ("", 0, 0)
 
 
 @dataclass(frozen=True)
@@ -437,7 +437,7 @@ class StateDictTable(Mapping[str, TensorInfo]):
 
 
 def _plan_jobs(table: Any, result: MappingResult, dtype: torch.dtype | None) -> list[_Job]:
-    """Mapping + table headers → jobs with output dtypes and shapes, sorted for sequential reads."""
+    """Mapping + table headers → jobs with output dtypes and shapes, in target-name order."""
     missing = [p.source for p in result.pairs if p.source not in table]
     missing += [s for m in result.multi for s in m.sources if s not in table]
     if missing:
@@ -457,7 +457,6 @@ def _plan_jobs(table: Any, result: MappingResult, dtype: torch.dtype | None) -> 
         )
     units = [((p.source,), (p.target,), p.transform) for p in result.pairs]
     units += [(m.sources, m.targets, m.transform) for m in result.multi]
-    order = {name: i for i, name in enumerate(table)}
     headers: dict[str, tuple[int, dict[str, Any]] | None] = {}
     jobs: list[_Job] = []
     for sources, targets, spec in units:
@@ -483,15 +482,13 @@ def _plan_jobs(table: Any, result: MappingResult, dtype: torch.dtype | None) -> 
         job = _Job(sources, targets, spec, [out_dtype] * len(targets), shapes)
         job.locations = [_locate(table, s, headers) for s in sources]
         first = job.locations[0]
-        if first is None:
-            job.sort_key = (infos[0].file or "", order.get(sources[0], 0), 0)
-        else:
-            job.sort_key = (first[0], first[2], 0)
-            if spec.is_identity and out_dtype == src_dtype and len(sources) == 1:
-                job.raw = (first[0], first[2], first[3])
+        if first is not None and spec.is_identity and out_dtype == src_dtype and len(sources) == 1:
+            job.raw = (first[0], first[2], first[3])
         jobs.append(job)
-    # Read each source file front to back; multi-source jobs follow their first source.
-    jobs.sort(key=lambda j: j.sort_key)
+    # The output layout depends on the target names alone (natural order, layers.2 before
+    # layers.10), never on the source's key order, so a shuffled source converts to the same
+    # bytes. Reads are positional (pread / copy_file_range), so their order costs little.
+    jobs.sort(key=lambda j: natural_key(j.targets[0]))
     return jobs
 
 

@@ -37,6 +37,7 @@ from weightmapper.scoring import (
     type_compat,
 )
 from weightmapper.side import Side, drop_tokens, side_specific_tokens
+from weightmapper.transforms import refine_by_param_names
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +244,18 @@ class Engine(GroupStages):
         t_by: dict[str, list[int]] = {}
         for j in t_open:
             t_by.setdefault(t_key[j], []).append(j)
+        # Dense-ranked layer indices are comparable only when both sides hold as many
+        # instances of the name: with a block inserted or removed, rank 2 is not block 2.
+        s_inst = _instance_counts(self.s.tokens, s_key)
+        t_inst = _instance_counts(self.t.tokens, t_key)
         rows, cols = [], []
         for i in s_open:
             k = s_key[i]
             js = t_by.get(k)
+            if self.s.ranked[i] and s_inst[self.s.tokens[i]] != t_inst.get(
+                self.t.tokens[js[0]] if js else "", -1
+            ):
+                continue
             if js is not None and len(js) == 1 and s_count[k] == 1:
                 rows.append(i)
                 cols.append(js[0])
@@ -489,15 +498,23 @@ class Engine(GroupStages):
             bd = breakdowns[n]
             bd["structure"] = structure
             bd["shape"] = rel.score
+            # Square matrices: parameter names (a Flax/Keras ``kernel`` is (in, out)) can
+            # settle a layout that shapes cannot.
+            transform, confidence = refine_by_param_names(
+                rel.transform, rel.confidence, self.s.keys[i], self.t.keys[j],
+                self.s.shape[i], self.t.shape[j],
+                source_type=self.s.group_type[self.s.group[i]],
+                target_type=self.t.group_type[self.t.group[j]],
+            )  # fmt: skip
             proposals.append(
                 Proposal(
                     source=self.s.keys[i],
                     target=self.t.keys[j],
                     breakdown=bd,
-                    transform=rel.transform,
+                    transform=transform,
                     stage=stage,
                     group=group,
-                    confidence=rel.confidence,
+                    confidence=confidence,
                     source_shape=self.s.shape[i],
                     target_shape=self.t.shape[j],
                     follows=self.s.keys[follows] if follows >= 0 else None,
@@ -645,6 +662,11 @@ class Engine(GroupStages):
 
 
 # --- helpers --------------------------------------------------------------------------------
+def _instance_counts(tokens: list[str], norm: list[str]) -> Counter:
+    """Keys' canonical tokens and normalized keys → tokens → number of distinct instances."""
+    return Counter(t for t, _ in dict.fromkeys(zip(tokens, norm, strict=True)))
+
+
 def _identity():  # type: ignore[no-untyped-def]
     from weightmapper.transforms import IDENTITY
 

@@ -7,8 +7,10 @@ the engine's matching state through ``self``.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import Counter
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +29,8 @@ STRUCTURE = {"exact": 1.0, "normalized": 1.0, "template_unique": 1.0, "template"
 STRUCTURE_DP = 0.85
 STRUCTURE_BY_ORDER = 0.75
 STRUCTURE_UNIQUE_SHAPE = 0.9
+UNTRACED_MIN_EVIDENCE = 0.3
+"""Least name/index evidence a structural pair needs when execution order was not traced."""
 
 
 class GroupStages:
@@ -281,7 +285,15 @@ class GroupStages:
             # may not be aligned: the order would then overrule what the names say.
             sub[evidence < evidence.max(axis=1, keepdims=True) - 0.2] = -np.inf
             sub[evidence < evidence.max(axis=0, keepdims=True) - 0.2] = -np.inf
+            # Registration order is each library's own choice (a shortcut registered first
+            # here, last there): untraced, order alone may not pick among look-alikes.
+            traced = self.s.inv.traced and self.t.inv.traced
+            rivals = np.isfinite(sub)
+            n_row, n_col = rivals.sum(axis=1), rivals.sum(axis=0)
             for r, c in align(sub.astype(np.float64)):
+                weak = evidence[r, c] < UNTRACED_MIN_EVIDENCE
+                if not traced and weak and (n_row[r] > 1 or n_col[c] > 1):
+                    continue
                 self.pair_groups(int(gs[r]), int(gt[c]), "structural", STRUCTURE_DP)
 
     def stage_gaps(self) -> None:
@@ -310,7 +322,7 @@ class GroupStages:
         t_open[self._open_groups(self.t, self.t_match, self.t_scorable)] = True
         s_has = np.bincount(self.s.group[self.s_scorable], minlength=n_s) > 0
         t_has = np.bincount(self.t.group[self.t_scorable], minlength=n_t) > 0
-        for (r0, c0), (r1, c1) in zip(anchors, anchors[1:], strict=False):
+        for (r0, c0), (r1, c1) in pairwise(anchors):
             gs = [int(g) for g in s_order[r0 + 1 : r1] if s_has[g]]
             gt = [int(g) for g in t_order[c0 + 1 : c1] if t_has[g]]
             if not gs or not gt:
@@ -412,8 +424,6 @@ def _kinship(
 
 def _increasing(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """(row, col) pairs sorted by row → the longest subsequence increasing in both."""
-    import bisect
-
     tails: list[int] = []
     tail_idx: list[int] = []
     prev = [-1] * len(pairs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,9 +203,10 @@ class Inventory:
     ) -> Inventory:
         groups = _build_groups(infos, {})
         keys = list(infos)
-        if len(keys) > 2 and keys == sorted(keys):
-            # Sorted keys (safetensors writes them so) carry no order of their own; a natural
-            # sort at least puts layer10 after layer9.
+        if len(keys) > 2 and (keys == sorted(keys) or not is_registration_order(keys)):
+            # Sorted keys (safetensors writes them so) carry no order of their own, and neither
+            # do shuffled ones (no module's keys are contiguous): a natural sort puts layer10
+            # after layer9 and makes every shuffle of one checkpoint map identically.
             groups = dict(sorted(groups.items(), key=lambda kv: natural_key(kv[0])))
         return cls(
             name=name,
@@ -275,6 +276,25 @@ class Inventory:
             "tied": len(self.tied),
             "traced": self.traced,
         }
+
+
+def is_registration_order(keys: Sequence[str]) -> bool:
+    """State-dict keys in file order → True when they could be a module's registration order.
+
+    ``state_dict()`` walks modules depth first, so the keys under every module path are
+    contiguous; a shuffled key order breaks that for some path.
+    """
+    first: dict[str, int] = {}
+    count: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        parts = key.split(".")
+        for depth in range(1, len(parts)):
+            prefix = ".".join(parts[:depth])
+            first.setdefault(prefix, i)
+            last[prefix] = i
+            count[prefix] = count.get(prefix, 0) + 1
+    return all(last[p] - first[p] + 1 == count[p] for p in first)
 
 
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:

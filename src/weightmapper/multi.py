@@ -6,8 +6,13 @@ Two families are recognised, in both directions:
   ↔ separate ``q``/``k``/``v`` projections sharing a parent module: ``split`` one way,
   ``merge`` the other, with a ``transpose`` chained in when the fused side stores the
   weight as ``(in, out)`` (``Conv1D``) and the other side as ``(out, in)`` (``Linear``);
+* fused gated-MLP projections (``gate_up_proj``) ↔ ``gate``/``up`` (Meta's ``w1``/``w3``)
+  siblings, including 3-d stacked-expert parameters (``experts.w1`` (E, I, H) ×2 ↔
+  ``experts.gate_up_proj`` (E, 2I, H)), split or merged along the one axis whose sizes add up;
 * per-expert tensors ``experts.{i}.w`` × E ↔ one stacked ``(E, ...)`` tensor: ``stack`` /
-  ``unstack``.
+  ``unstack``; when each slice concatenates several per-expert siblings
+  (``experts.{i}.w1`` and ``w3`` → ``gate_up_proj[i]``): ``merge`` per expert (``group``)
+  then ``stack``, and its inverse ``unstack`` then ``split`` each.
 
 A proposal is made only when shapes add up exactly. Where shapes cannot settle the layout
 (square chunks with an unknown module type, q/k/v order not given by names, head-interleaved
@@ -35,12 +40,20 @@ for _role, _names in {
     "q": ("q", "query", "q_proj", "to_q", "wq", "q_lin", "q_linear", "query_proj", "w_q"),
     "k": ("k", "key", "k_proj", "to_k", "wk", "k_lin", "k_linear", "key_proj", "w_k"),
     "v": ("v", "value", "v_proj", "to_v", "wv", "v_lin", "v_linear", "value_proj", "w_v"),
+    # Gated MLPs: gate_up_proj = cat(gate, up). Meta's Llama/Mixtral call them w1 and w3 (w2 is
+    # the down projection), T5 v1.1 wi_0 and wi_1; only a complete gate+up pair counts.
+    "gate": ("gate", "gate_proj", "w1", "wi_0"),
+    "up": ("up", "up_proj", "w3", "wi_1"),
 }.items():
     for _n in _names:
         _ROLE_TOKENS[_n] = _role
-_ROLE_ORDER = {"q": 0, "k": 1, "v": 2}
+_ROLE_ORDER = {"q": 0, "k": 1, "v": 2, "gate": 0, "up": 1}
+# Roles a 3-d stacked-expert parameter can carry as its own name (``experts.w1``).
+_PARAM_ROLES = frozenset({"gate", "up"})
 _PARAM_ROLE = re.compile(r"(q|k|v)_proj_(weight|bias)")
-_FUSED_HINT = re.compile(r"qkv|c_attn|in_proj|query_key_value|kv_proj|\bkv\b|wqkv|to_qkv")
+_FUSED_HINT = re.compile(
+    r"qkv|c_attn|in_proj|query_key_value|kv_proj|\bkv\b|wqkv|to_qkv|gate_up|w13|w12|wi\b"
+)
 # Libraries whose fused projection interleaves heads ([q0 k0 v0 q1 k1 v1 ...]) rather than
 # stacking [q; k; v]: a contiguous split would be wrong, so such proposals stay low confidence.
 _INTERLEAVED_HINT = re.compile(r"query_key_value")
@@ -104,23 +117,24 @@ def propose_multi(
     # per-expert ↔ stacked
     rest_src = {k: v for k, v in source.items() if k not in used_src}
     rest_tgt = {k: v for k, v in target.items() if k not in used_tgt}
-    for stacked, parts, score, breakdown in _stacks(rest_src, rest_tgt):
+    for stacked, parts, spec, score, breakdown, conf in _stacks(rest_src, rest_tgt):
         if stacked in used_tgt or used_src.intersection(parts):
             continue
         used_tgt.add(stacked)
         used_src.update(parts)
-        out.append(
-            MultiPair(parts, (stacked,), TransformSpec("stack", {"dim": 0}), score, breakdown)
-        )
+        out.append(MultiPair(parts, (stacked,), spec, score, breakdown, conf))
     rest_src = {k: v for k, v in source.items() if k not in used_src}
     rest_tgt = {k: v for k, v in target.items() if k not in used_tgt}
-    for stacked, parts, score, breakdown in _stacks(rest_tgt, rest_src):
+    for stacked, parts, spec, score, breakdown, conf in _stacks(rest_tgt, rest_src):
         if stacked in used_src or used_tgt.intersection(parts):
             continue
         used_src.add(stacked)
         used_tgt.update(parts)
-        spec = TransformSpec("unstack", {"dim": 0, "count": len(parts)})
-        out.append(MultiPair((stacked,), parts, spec, score, breakdown))
+        if spec.name == "stack":
+            spec = TransformSpec("unstack", {"dim": 0, "count": len(parts)})
+        else:
+            spec = invert(spec)
+        out.append(MultiPair((stacked,), parts, spec, score, breakdown, conf))
 
     log.info("proposed %d split/merge pair(s)", len(out))
     return sorted(out, key=lambda m: (m.sources[0], m.targets[0]))
@@ -139,6 +153,10 @@ def _role_of(key: str) -> tuple[str, str, str] | None:
         role = _ROLE_TOKENS.get(parts[-2].lower())
         if role:
             return ".".join(parts[:-2]), role, parts[-1]
+        role = _ROLE_TOKENS.get(parts[-1].lower())
+        if role in _PARAM_ROLES:
+            # a parameter named for its role, e.g. stacked experts' ``experts.w1`` (E, I, H)
+            return ".".join(parts[:-1]), role, "weight"
     return None
 
 
@@ -148,6 +166,9 @@ def _param_kind(key: str) -> str:
     for kind in ("weight", "bias"):
         if last.endswith(kind):
             return kind
+    if last.endswith("_proj") or _ROLE_TOKENS.get(last.lower()) in _PARAM_ROLES:
+        # stacked experts name the parameter itself: ``experts.gate_up_proj``, ``experts.w1``
+        return "weight"
     return last
 
 
@@ -170,7 +191,7 @@ def _separate_sets(side: Mapping[str, TensorInfo], order: Mapping[str, int]) -> 
             unnamed.setdefault((_module_of(module), _param_kind(key)), []).append(key)
     sets: list[_Separate] = []
     for (container, param), roles in named.items():
-        if len(roles) >= 2 and ("q" in roles or set(roles) == {"k", "v"}):
+        if len(roles) >= 2 and ("q" in roles or set(roles) in ({"k", "v"}, {"gate", "up"})):
             keys = tuple(roles[r] for r in sorted(roles, key=_ROLE_ORDER.__getitem__))
             sets.append(_Separate(keys, container, param, True))
     for (container, param), keys in unnamed.items():
@@ -203,7 +224,7 @@ def _fused_to_separate(
             by_shape.setdefault((shape, sep.param), []).append(sep)
     candidates = []
     for key, info in fused_side.items():
-        if len(info.shape) not in (1, 2):
+        if len(info.shape) not in (1, 2, 3):
             continue
         for sep in by_shape.get((tuple(info.shape), _param_kind(key)), []):
             if key in sep.keys:
@@ -239,6 +260,8 @@ def _fused_shapes(shapes: Sequence[tuple[int, ...]]) -> set[tuple[int, ...]]:
     """Shapes of separate tensors → every shape a fused tensor holding them could have."""
     if all(len(s) == 1 for s in shapes):
         return {(sum(s[0] for s in shapes),)}
+    if len({len(s) for s in shapes}) == 1 and len(shapes[0]) >= 3:
+        return {shape for shape, _ in _concat_fits(shapes)}
     if not all(len(s) == 2 for s in shapes):
         return set()
     out: set[tuple[int, ...]] = set()
@@ -248,6 +271,18 @@ def _fused_shapes(shapes: Sequence[tuple[int, ...]]) -> set[tuple[int, ...]]:
     if len({s[0] for s in shapes}) == 1:
         cols = (shapes[0][0], sum(s[1] for s in shapes))
         out |= {cols, cols[::-1]}
+    return out
+
+
+def _concat_fits(shapes: Sequence[tuple[int, ...]]) -> list[tuple[tuple[int, ...], int]]:
+    """Equal-rank shapes → every (concatenated shape, dim) where all other dims agree."""
+    out = []
+    for d in range(len(shapes[0])):
+        rest = {s[:d] + s[d + 1 :] for s in shapes}
+        if len(rest) == 1:
+            fused = list(shapes[0])
+            fused[d] = sum(s[d] for s in shapes)
+            out.append((tuple(fused), d))
     return out
 
 
@@ -268,6 +303,15 @@ def _split_fit(
         if sum(sizes) != info.shape[0]:
             return None
         return TransformSpec("split", {"dim": 0, "sizes": sizes}), True
+    if len(info.shape) >= 3:
+        # Stacked (E, ...) tensors: no transpose; the one dim the parts differ in (or whose
+        # sum gives the fused size) is the fused axis, and it must be the only one that fits.
+        dims = [d for shape, d in _concat_fits(shapes) if shape == tuple(info.shape)]
+        if not dims:
+            return None
+        d = dims[0]
+        spec = TransformSpec("split", {"dim": d, "sizes": [s[d] for s in shapes]})
+        return spec, len(dims) == 1
     # 2-D weights. The separate side's layout comes from its module type (Linear unless told).
     # q_proj.weight lives in module q_proj; q_proj_weight in the container itself.
     sep_layout_known = weight_layout(separate_types.get(_module_of(sep.keys[0])))
@@ -324,10 +368,18 @@ def _fused_breakdown(key: str, sep: _Separate) -> dict[str, float]:
 # --- per-expert ↔ stacked ----------------------------------------------------------------
 
 
+_StackCandidate = tuple[str, tuple[str, ...], TransformSpec, float, dict[str, float], str]
+
+
 def _stacks(
     per_expert_side: Mapping[str, TensorInfo], stacked_side: Mapping[str, TensorInfo]
-) -> list[tuple[str, tuple[str, ...], float, dict[str, float]]]:
-    """Per-expert keys × stacked keys → best-first (stacked, expert keys in order) proposals."""
+) -> list[_StackCandidate]:
+    """Per-expert keys × stacked keys → best-first (stacked, expert keys in order, spec) proposals.
+
+    Besides one per-expert tensor per slice (``stack``), a slice may concatenate several
+    per-expert siblings (``experts.{e}.w1`` and ``w3`` → ``gate_up_proj[e]``): ``merge`` each
+    expert's group, then ``stack``.
+    """
     groups: dict[str, dict[int, str]] = {}
     lifted_word: dict[str, str] = {}
     for key in per_expert_side:
@@ -340,7 +392,7 @@ def _stacks(
     by_shape: dict[tuple[int, ...], list[str]] = {}
     for key, info in stacked_side.items():
         by_shape.setdefault(tuple(info.shape), []).append(key)
-    candidates = []
+    complete: dict[str, tuple[str, ...]] = {}
     for template, members in groups.items():
         n = len(members)
         if n < 2 or sorted(members) != list(range(n)):
@@ -349,25 +401,99 @@ def _stacks(
         infos = [per_expert_side[k] for k in keys]
         if len({(tuple(i.shape), i.dtype) for i in infos}) != 1:
             continue
-        want = (n, *infos[0].shape)
-        for stacked in by_shape.get(want, []):
-            if stacked_side[stacked].dtype != infos[0].dtype:
-                continue
-            rest = template.replace(".{}", "")
-            index = 1.0 if _indices(rest) == _indices(stacked) else 0.0
-            name = fuzz.token_set_ratio(_words(rest), _words(stacked)) / 100.0
-            hint = 1.0 if "expert" in lifted_word[template].lower() else 0.0
-            score = 0.2 + 0.35 * index + 0.3 * name + 0.15 * hint
-            breakdown = {"shape": 1.0, "index": index, "name": name, "hint": hint}
-            candidates.append((round(score, 6), stacked, keys, breakdown))
-    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+        complete[template] = keys
+    candidates: list[_StackCandidate] = []
+    for template, keys in complete.items():
+        shape = tuple(per_expert_side[keys[0]].shape)
+        spec = TransformSpec("stack", {"dim": 0})
+        candidates += _stack_candidates(
+            per_expert_side, stacked_side, by_shape, [template], [keys], (shape,), spec, "high"
+        )
+    for templates, confidence in _sibling_templates(complete):
+        members = [complete[t] for t in templates]
+        shapes = tuple(tuple(per_expert_side[m[0]].shape) for m in members)
+        if len({per_expert_side[m[0]].dtype for m in members}) != 1:
+            continue
+        fits = [(fused, d) for fused, d in _concat_fits(shapes) if len(fused) == len(shapes[0])]
+        for fused, d in fits:
+            merge = TransformSpec(
+                "merge", {"dim": d, "sizes": [s[d] for s in shapes], "group": len(templates)}
+            )
+            spec = chain(merge, TransformSpec("stack", {"dim": 0}))
+            conf = confidence if len(fits) == 1 else "low"
+            candidates += _stack_candidates(
+                per_expert_side, stacked_side, by_shape, templates, members, (fused,), spec, conf
+            )
+    candidates.sort(key=lambda c: (-c[3], c[0], c[1]))
     chosen = []
     taken_stacked: set[str] = set()
     taken_keys: set[str] = set()
-    for score, stacked, keys, breakdown in candidates:
+    for cand in candidates:
+        stacked, keys = cand[0], cand[1]
         if stacked in taken_stacked or taken_keys.intersection(keys):
             continue
         taken_stacked.add(stacked)
         taken_keys.update(keys)
-        chosen.append((stacked, keys, score, breakdown))
+        chosen.append(cand)
     return chosen
+
+
+def _sibling_templates(complete: Mapping[str, tuple[str, ...]]) -> list[tuple[list[str], str]]:
+    """Complete per-expert templates → groups of siblings one stacked slice could concatenate.
+
+    Siblings share everything up to the expert index and the parameter kind (``experts.{}.w1
+    .weight`` and ``experts.{}.w3.weight``). A gate+up pair named as such is ordered by its
+    roles (high confidence); otherwise only a lone pair of siblings is tried, in name order,
+    at low confidence.
+    """
+    buckets: dict[tuple[str, int, str], list[str]] = {}
+    for template, keys in complete.items():
+        head, _, tail = template.partition("{}")
+        buckets.setdefault((head, len(keys), _param_kind(tail)), []).append(template)
+    out: list[tuple[list[str], str]] = []
+    for (head, _, _), templates in buckets.items():
+        if len(templates) < 2:
+            continue
+        roles: dict[str, str] = {}
+        for t in templates:
+            first = t[len(head) + 2 :].lstrip(".").split(".")[0]
+            role = _ROLE_TOKENS.get(first.lower())
+            if role in _PARAM_ROLES:
+                roles.setdefault(role, t)
+        if set(roles) == _PARAM_ROLES:
+            out.append(([roles["gate"], roles["up"]], "high"))
+        elif len(templates) == 2:
+            out.append((sorted(templates), "low"))
+    return out
+
+
+def _stack_candidates(
+    per_expert_side: Mapping[str, TensorInfo],
+    stacked_side: Mapping[str, TensorInfo],
+    by_shape: Mapping[tuple[int, ...], list[str]],
+    templates: Sequence[str],
+    members: Sequence[tuple[str, ...]],
+    slice_shape: tuple[tuple[int, ...], ...],
+    spec: TransformSpec,
+    confidence: str,
+) -> list[_StackCandidate]:
+    """Sibling templates (+ their expert keys) → candidates for each stacked tensor that fits."""
+    n = len(members[0])
+    # expert-major order: e0's tensors, then e1's, ... as ``merge(group=k)`` then ``stack`` read
+    keys = tuple(m[e] for e in range(n) for m in members)
+    dtype = per_expert_side[keys[0]].dtype
+    rest = templates[0].replace(".{}", "")
+    head = templates[0].partition("{}")[0].rstrip(".")
+    lifted = head.rsplit(".", 1)[-1]
+    out: list[_StackCandidate] = []
+    for stacked in by_shape.get((n, *slice_shape[0]), []):
+        if stacked_side[stacked].dtype != dtype:
+            continue
+        index = 1.0 if _indices(rest) == _indices(stacked) else 0.0
+        name = max(fuzz.token_set_ratio(_words(t.replace(".{}", "")), _words(stacked))
+                   for t in templates) / 100.0  # fmt: skip
+        hint = 1.0 if "expert" in lifted.lower() else 0.0
+        score = 0.2 + 0.35 * index + 0.3 * name + 0.15 * hint
+        breakdown = {"shape": 1.0, "index": index, "name": name, "hint": hint}
+        out.append((stacked, keys, spec, round(score, 6), breakdown, confidence))
+    return out

@@ -17,6 +17,7 @@ import pickle
 import pickletools
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +125,18 @@ def scan_file(path: Path) -> PickleScan:
                     scan_pickle_stream(f, into=found)  # type: ignore[arg-type]
     except CheckpointFormatError:
         raise
-    except (ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as e:
+    # zipfile raises RuntimeError (encrypted member), NotImplementedError (unknown
+    # compression, strong encryption) and zlib.error (bad deflate data) on corrupt archives.
+    except (
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        OSError,
+        RuntimeError,
+        NotImplementedError,
+        zlib.error,
+    ) as e:
         unsafe = _unsafe(found)
         if unsafe:  # what was readable already names code to run: say that first
             raise unsafe_error([PickleScan(path, kind, frozenset(found), unsafe)]) from e

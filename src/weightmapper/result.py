@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from weightmapper._version import __version__
-from weightmapper.errors import CheckpointFormatError, KeyCollisionError
+from weightmapper.errors import CheckpointFormatError, KeyCollisionError, MappingError
 from weightmapper.transforms import IDENTITY, TransformSpec, apply_one, apply_transform
 
 MAPPING_SCHEMA_VERSION = "1.0"
@@ -80,8 +80,8 @@ class MatchedPair:
     def from_dict(cls, d: dict[str, Any]) -> MatchedPair:
         """JSON dict → MatchedPair."""
         return cls(
-            source=d["source"],
-            target=d["target"],
+            source=_key_name(d, "source"),
+            target=_key_name(d, "target"),
             score=float(d.get("score", 1.0)),
             breakdown={k: float(v) for k, v in (d.get("breakdown") or {}).items()},
             source_shape=tuple(d.get("source_shape") or ()),
@@ -129,8 +129,8 @@ class MultiPair:
     def from_dict(cls, d: dict[str, Any]) -> MultiPair:
         """JSON dict → MultiPair."""
         return cls(
-            sources=tuple(d["sources"]),
-            targets=tuple(d["targets"]),
+            sources=_key_names(d, "sources"),
+            targets=_key_names(d, "targets"),
             transform=TransformSpec.from_dict(d.get("transform")),
             score=float(d.get("score", 1.0)),
             breakdown={k: float(v) for k, v in (d.get("breakdown") or {}).items()},
@@ -168,14 +168,33 @@ class UnmatchedKey:
     def from_dict(cls, d: dict[str, Any]) -> UnmatchedKey:
         """JSON dict → UnmatchedKey."""
         return cls(
-            name=d["name"],
-            side=d["side"],
+            name=_key_name(d, "name"),
+            side=str(d["side"]),
             reason=UnmatchedReason(d["reason"]),
             detail=d.get("detail", ""),
             shape=tuple(d.get("shape") or ()),
             best_candidate=d.get("best_candidate"),
             best_score=d.get("best_score"),
         )
+
+
+def _key_name(d: Mapping[str, Any], field_name: str) -> str:
+    """A JSON object + field → that field as a tensor key; MappingError unless a non-empty str."""
+    value = d[field_name]
+    if not isinstance(value, str) or not value:
+        raise MappingError(
+            f"mapping field {field_name!r} must be a tensor key (a non-empty string), found "
+            f"{value!r}; expected the JSON that `weightmapper map --out` writes"
+        )
+    return value
+
+
+def _key_names(d: Mapping[str, Any], field_name: str) -> tuple[str, ...]:
+    """A JSON object + list field → tuple of tensor keys; MappingError unless non-empty strs."""
+    values = d[field_name]
+    if not isinstance(values, list) or not values:
+        raise MappingError(f"mapping field {field_name!r} must be a non-empty list of keys")
+    return tuple(_key_name({field_name: v}, field_name) for v in values)
 
 
 class MappingResult(Mapping[str, str]):
@@ -374,6 +393,11 @@ class MappingResult(Mapping[str, str]):
             )
         cov = data.get("coverage") or {}
         um = data.get("unmatched") or {}
+        if not isinstance(data["pairs"], list) or not isinstance(um, dict):
+            raise MappingError(
+                "the mapping's 'pairs' must be a list and 'unmatched' an object; expected the "
+                "JSON that `weightmapper map --out` writes"
+            )
         return cls(
             [MatchedPair.from_dict(p) for p in data["pairs"]],
             [UnmatchedKey.from_dict(u) for u in um.get("source", [])],

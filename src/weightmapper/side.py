@@ -164,7 +164,7 @@ def prepare_side(inv: Inventory) -> Side:
     shapes = [tuple(i.shape) for i in infos]
     locals_ = [k.rpartition(".")[2] for k in keys]
     stat = [
-        tensor_is_buffer(info) and local not in LEARNED_NAMES
+        tensor_is_buffer(info) and local not in LEARNED_NAMES and not _table_buffer(info)
         for info, local in zip(infos, locals_, strict=True)
     ]
     gstripped = [p[len(prefix) :] if (p + ".").startswith(prefix) else p for p in group_paths]
@@ -215,6 +215,22 @@ def prepare_side(inv: Inventory) -> Side:
         group_sibrank=_sibling_ranks(group_paths),
         group_pos=gpos,
         tied_to=tied_to,
+    )
+
+
+def _table_buffer(info) -> bool:  # type: ignore[no-untyped-def]
+    """TensorInfo → True for a floating-point buffer that is a 2-D table (rows × features).
+
+    Such a buffer (a fixed positional-embedding table) holds values another library keeps
+    in a parameter (an ``Embedding`` weight), so it pairs like a learned tensor; running
+    statistics are 1-D and index or mask buffers are integer or boolean.
+    """
+    shape = tuple(info.shape)
+    return (
+        len(shape) == 2
+        and min(shape) > 1
+        and "float" in str(info.dtype)
+        and "int" not in str(info.dtype)
     )
 
 

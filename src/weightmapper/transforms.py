@@ -9,8 +9,10 @@ tensor and return one. Multi-tensor transforms take and return sequences: ``spli
 inverse ``merge``), ``merge`` (n → 1 by concatenation, inverse ``split``), ``stack`` (n → 1
 along a new dim, inverse ``unstack``) and ``unstack``. ``chain`` applies several specs in
 order (a one-to-one step applies to every tensor in flight), e.g. GPT-2's ``Conv1D`` fused
-``c_attn`` → ``transpose`` then ``split``. Every transform is invertible and round-trips
-bit-exactly.
+``c_attn`` → ``transpose`` then ``split``. ``merge`` with ``group=k`` concatenates each run of
+``k`` tensors (inverse: ``split`` with ``each=True``, which splits every tensor in flight), so
+Mixtral's per-expert ``w1``/``w3`` → stacked ``gate_up_proj`` is ``merge(group=2)`` then
+``stack``. Every transform is invertible and round-trips bit-exactly.
 """
 
 from __future__ import annotations
@@ -384,16 +386,24 @@ def infer_transform(
     source_type: str | None = None,
     target_type: str | None = None,
     param: str = "weight",
+    source_param: str | None = None,
+    target_param: str | None = None,
 ) -> tuple[TransformSpec, str] | None:
-    """Source and target shape (+ module class names) → (transform, confidence) or None.
+    """Source and target shape (+ module class names, parameter names) → (transform, confidence).
 
     Confidence is ``"high"`` when shapes or module types settle the layout and ``"low"``
     when they cannot: a square 2-D weight where one side is known to be ``Conv1D`` and the
     other side's type is unknown. None means no registered one-to-one transform fits.
+    ``source_param`` / ``target_param`` (default ``param``) name each side's parameter: a
+    2-D ``kernel`` (Flax, Keras ``Dense``) is stored (in, out) like ``Conv1D``.
     """
     src, tgt = tuple(int(d) for d in source_shape), tuple(int(d) for d in target_shape)
-    src_layout, tgt_layout = weight_layout(source_type), weight_layout(target_type)
-    is_matrix_weight = len(src) == 2 and param.endswith("weight")
+    src_param, tgt_param = source_param or param, target_param or param
+    src_layout = weight_layout(source_type) or _param_layout(src_param, len(src))
+    tgt_layout = weight_layout(target_type) or _param_layout(tgt_param, len(tgt))
+    is_matrix_weight = len(src) == 2 and all(
+        p.endswith(("weight", "kernel")) for p in (src_param, tgt_param)
+    )
     if is_matrix_weight and src_layout and tgt_layout and src_layout != tgt_layout:
         if src[::-1] == tgt:
             return TransformSpec("transpose", {"dim0": 0, "dim1": 1}), "high"
@@ -412,3 +422,44 @@ def infer_transform(
         # (C,1,1) ↔ (C,), (O,I,1,1) ↔ (O,I): the same elements in the same order.
         return TransformSpec("reshape", {"shape": list(tgt), "from_shape": list(src)}), "high"
     return None
+
+
+def _param_layout(param: str, ndim: int) -> str | None:
+    """Parameter name + rank → ``"in_out"`` for a 2-D ``kernel`` (Flax/Keras Dense), else None."""
+    if ndim == 2 and param.endswith("kernel"):
+        return "in_out"
+    return None
+
+
+def refine_by_param_names(
+    spec: TransformSpec,
+    confidence: str,
+    source_key: str,
+    target_key: str,
+    source_shape: Sequence[int],
+    target_shape: Sequence[int],
+    *,
+    source_type: str | None = None,
+    target_type: str | None = None,
+) -> tuple[TransformSpec, str]:
+    """A one-to-one pair's transform + keys, shapes, types → the transform parameter names imply.
+
+    Shapes alone cannot tell whether a square matrix is transposed. A 2-D Flax/Keras
+    ``kernel`` is stored (in, out) whatever its module's class is called, so a square
+    ``kernel`` ↔ ``Linear`` ``weight`` pair is transposed; against a side of unknown layout
+    it stays as it is but low confidence. Any other pair is returned unchanged.
+    """
+    src_param, tgt_param = source_key.rsplit(".", 1)[-1], target_key.rsplit(".", 1)[-1]
+    if len(source_shape) != 2 or spec.name not in ("identity", "transpose"):
+        return spec, confidence
+    if not (src_param.endswith("kernel") or tgt_param.endswith("kernel")):
+        return spec, confidence
+    inferred = infer_transform(
+        source_shape,
+        target_shape,
+        source_type=source_type,
+        target_type=target_type,
+        source_param=src_param,
+        target_param=tgt_param,
+    )
+    return inferred if inferred is not None else (spec, confidence)

@@ -180,3 +180,89 @@ def test_zoo_cross_library_pairs_convert_to_equal_outputs() -> None:
         tgt.load_state_dict(result.convert(src.state_dict()), strict=False)
         truth = case.ground_truth
         assert {s: t for s, t in result.items() if s in truth} == truth, name
+
+
+class _BlockA(nn.Module):
+    """One transformer block, library A's names (``ln_a``, ``attn.inp``, ``mlp.0``)."""
+
+    def __init__(self, c: int, hidden: int) -> None:
+        super().__init__()
+        self.ln_a = nn.LayerNorm(c)
+        self.attn = nn.ModuleDict({"inp": nn.Linear(c, 3 * c), "out": nn.Linear(c, c)})
+        self.ln_b = nn.LayerNorm(c)
+        self.mlp = nn.Sequential(nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, c))
+
+
+class _BlockB(nn.Module):
+    """The same block, library B's names (``norm1``, ``attn.qkv``, ``mlp.fc1``)."""
+
+    def __init__(self, c: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(c)
+        self.attn = nn.ModuleDict({"qkv": nn.Linear(c, 3 * c), "proj": nn.Linear(c, c)})
+        self.norm2 = nn.LayerNorm(c)
+        self.mlp = nn.ModuleDict({"fc1": nn.Linear(c, hidden), "fc2": nn.Linear(hidden, c)})
+
+
+def test_block_inserted_mid_stack_is_a_gap_not_a_shift() -> None:
+    c = 16
+    src = nn.Module()
+    src.encoder = nn.ModuleDict({f"layer_{i}": _BlockA(c, 4 * c) for i in range(4)})
+    tgt = nn.Module()
+    # Target block 2 is new (narrower MLP); source layers 2, 3 become blocks 3, 4.
+    tgt.blocks = nn.ModuleList([_BlockB(c, 2 * c if i == 2 else 4 * c) for i in range(5)])
+    result = WeightMapper(src, tgt).suggest_mapping()
+    got = dict(result)
+    assert got["encoder.layer_2.ln_a.weight"] == "blocks.3.norm1.weight"
+    assert got["encoder.layer_2.attn.out.weight"] == "blocks.3.attn.proj.weight"
+    assert got["encoder.layer_3.attn.inp.weight"] == "blocks.4.attn.qkv.weight"
+    assert got["encoder.layer_1.ln_b.bias"] == "blocks.1.norm2.bias"
+    assert not [t for t in got.values() if t.startswith("blocks.2.")]
+
+
+def test_positional_table_buffer_pairs_with_embedding_weight() -> None:
+    class Learned(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed_positions = nn.Embedding(12, 8)
+            self.proj = nn.Linear(8, 8)
+
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("positional_table", torch.zeros(12, 8))
+            self.out = nn.Linear(8, 8)
+
+    result = WeightMapper(Learned(), Fixed()).suggest_mapping()
+    got = dict(result)
+    assert got["embed_positions.weight"] == "positional_table"
+
+
+def test_split_with_a_same_shaped_sibling_is_left_ambiguous() -> None:
+    class Full(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.ModuleDict(
+                {n: nn.Linear(16, 16, bias=False) for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+            )
+
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.ModuleDict(
+                {
+                    "wq": nn.Linear(16, 16, bias=False),
+                    "wk": nn.Linear(16, 8, bias=False),
+                    "wv": nn.Linear(16, 8, bias=False),
+                    "wo": nn.Linear(16, 16, bias=False),
+                }
+            )
+
+    result = WeightMapper(Full(), Grouped()).suggest_mapping()
+    assert not [m for m in result.multi if set(m.targets) & {"attention.wk.weight"}]
+    mapped_targets = set(result.values())
+    assert "attention.wk.weight" not in mapped_targets
+    assert "attention.wv.weight" not in mapped_targets
+    reasons = {u.name: u.reason for u in result.unmatched_source}
+    assert reasons["attn.k_proj.weight"] is UnmatchedReason.AMBIGUOUS
+    assert reasons["attn.v_proj.weight"] is UnmatchedReason.AMBIGUOUS

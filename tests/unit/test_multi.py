@@ -215,3 +215,46 @@ def test_execution_order_orders_unnamed_projections() -> None:
     (m,) = propose_multi(_infos(src), _infos(tgt), target_order=ran)
     assert m.targets == ("attn.c.weight", "attn.a.weight", "attn.b.weight")
     assert m.confidence == "low"
+
+
+def test_fused_gate_up_splits_into_meta_w1_w3() -> None:
+    src = {"layers.0.mlp.gate_up_proj.weight": torch.randn(12, 4)}
+    tgt = {"layers.0.ff.w1.weight": torch.zeros(6, 4), "layers.0.ff.w3.weight": torch.zeros(6, 4)}
+    (m,) = propose_multi(_infos(src), _infos(tgt))
+    assert m.targets == ("layers.0.ff.w1.weight", "layers.0.ff.w3.weight")
+    assert m.confidence == "high"
+    out = MappingResult([], multi=[m]).convert(src)
+    assert torch.equal(out["layers.0.ff.w1.weight"], src["layers.0.mlp.gate_up_proj.weight"][:6])
+
+
+def test_stacked_w1_w3_merge_into_3d_gate_up() -> None:
+    src = {"l.0.experts.w3": torch.randn(4, 6, 8), "l.0.experts.w1": torch.randn(4, 6, 8)}
+    tgt = {"l.0.mlp.experts.gate_up_proj": torch.zeros(4, 12, 8)}
+    (m,) = propose_multi(_infos(src), _infos(tgt))
+    assert m.sources == ("l.0.experts.w1", "l.0.experts.w3")  # gate before up
+    out = MappingResult([], multi=[m]).convert(src)
+    want = torch.cat([src["l.0.experts.w1"], src["l.0.experts.w3"]], dim=1)
+    assert torch.equal(out["l.0.mlp.experts.gate_up_proj"], want)
+
+
+def test_per_expert_gate_and_up_concatenate_then_stack_both_ways() -> None:
+    experts = {}
+    for e in range(3):
+        for w, shape in (("w1", (6, 4)), ("w2", (4, 6)), ("w3", (6, 4))):
+            experts[f"moe.experts.{e}.{w}.weight"] = torch.randn(shape)
+    stacked = {"moe.gate_up_proj": torch.zeros(3, 12, 4), "moe.down_proj": torch.zeros(3, 4, 6)}
+    multi = propose_multi(_infos(experts), _infos(stacked))
+    out = MappingResult([], multi=multi).convert(experts)
+    gate_up = torch.cat([experts["moe.experts.1.w1.weight"], experts["moe.experts.1.w3.weight"]])
+    assert torch.equal(out["moe.gate_up_proj"][1], gate_up)
+    assert torch.equal(out["moe.down_proj"][2], experts["moe.experts.2.w2.weight"])
+    back = propose_multi(_infos(out), _infos(experts))
+    again = MappingResult([], multi=back).convert(out)
+    assert set(again) == set(experts)
+    assert all(torch.equal(again[k], experts[k]) for k in experts)
+
+
+def test_mismatched_gate_up_sizes_are_not_proposed() -> None:
+    src = {"layers.0.mlp.gate_up_proj.weight": torch.zeros(13, 4)}
+    tgt = {"layers.0.ff.w1.weight": torch.zeros(6, 4), "layers.0.ff.w3.weight": torch.zeros(6, 4)}
+    assert propose_multi(_infos(src), _infos(tgt)) == []

@@ -13,12 +13,14 @@ from weightmapper.errors import MappingError, TransformError
 from weightmapper.transforms import (
     IDENTITY,
     TransformSpec,
+    apply_one,
     apply_transform,
     available_transforms,
     chain,
     infer_transform,
     invert,
     output_shapes,
+    refine_by_param_names,
 )
 
 T = TransformSpec
@@ -53,6 +55,21 @@ CASES = [
         chain(T("transpose", {"dim0": 0, "dim1": 1}), T("split", {"dim": 0, "sizes": [4, 4, 4]})),
         [torch.randn(4, 12)],
     ),
+    (
+        "merge_group",
+        T("merge", {"dim": 0, "sizes": [3, 3], "group": 2}),
+        [torch.randn(3, 4) for _ in range(6)],
+    ),
+    (
+        "split_each",
+        T("split", {"dim": 1, "sizes": [1, 2], "each": True}),
+        [torch.randn(2, 3) for _ in range(3)],
+    ),
+    (
+        "chain_merge_group_stack",
+        chain(T("merge", {"dim": 0, "sizes": [3, 3], "group": 2}), T("stack", {"dim": 0})),
+        [torch.randn(3, 4) for _ in range(8)],
+    ),
 ]
 
 
@@ -63,7 +80,7 @@ def test_each_transform_round_trips_bit_exactly(name, spec, inputs) -> None:
 
 
 def test_every_registered_transform_is_covered() -> None:
-    assert {c[0] for c in CASES} == set(available_transforms())
+    assert set(available_transforms()) <= {c[0] for c in CASES}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int64, torch.bool])
@@ -119,6 +136,11 @@ def test_gpt2_conv1d_c_attn_chain_equals_manual_slicing() -> None:
         (T("unstack", {"dim": 0, "count": 3}), [torch.randn(2, 2)], "expects 3 entries"),
         (T("transpose", {}), [torch.randn(2, 2), torch.randn(2, 2)], "exactly one tensor"),
         (T("stack", {}), [torch.randn(2), torch.randn(3)], "cannot apply"),
+        (
+            T("merge", {"dim": 0, "sizes": [1, 1], "group": 2}),
+            [torch.randn(1), torch.randn(1), torch.randn(1)],
+            "multiple of 2",
+        ),
     ],
 )
 def test_bad_input_raises_transform_error(spec, inputs, match) -> None:
@@ -154,6 +176,13 @@ def test_chain_drops_identities_and_collapses_single_steps() -> None:
             {"source_type": "Conv1D", "target_type": "Linear", "param": "bias"},
             ("identity", "high"),
         ),
+        (  # Flax/Keras Dense kernel (in, out) → Linear weight (out, in), square
+            (8, 8),
+            (8, 8),
+            {"source_param": "kernel", "target_param": "weight", "target_type": "Linear"},
+            ("transpose", "high"),
+        ),
+        ((8, 8), (8, 8), {"source_param": "kernel"}, ("identity", "low")),  # other side unknown
     ],
 )
 def test_infer_transform(src, tgt, kw, expected) -> None:
@@ -165,3 +194,32 @@ def test_infer_transform(src, tgt, kw, expected) -> None:
 def test_infer_transform_gives_up_on_incompatible_shapes() -> None:
     assert infer_transform((8, 4), (8, 5)) is None
     assert infer_transform((4, 8), (4, 8), source_type="Conv1D", target_type="Linear") is None
+
+
+def test_gate_up_experts_chain_equals_manual_cat_then_stack() -> None:
+    w1 = [torch.randn(3, 4) for _ in range(4)]
+    w3 = [torch.randn(3, 4) for _ in range(4)]
+    inputs = [t for pair in zip(w1, w3, strict=True) for t in pair]
+    spec = chain(T("merge", {"dim": 0, "sizes": [3, 3], "group": 2}), T("stack", {"dim": 0}))
+    (out,) = _round_trip(spec, inputs)
+    want = torch.stack([torch.cat([a, b]) for a, b in zip(w1, w3, strict=True)])
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize(
+    ("keys", "types", "expected"),
+    [
+        (("attn.query.kernel", "attn.q.weight"), ("Dense", "Linear"), ("transpose", "high")),
+        (("attn.query.kernel", "attn.q.weight"), (None, None), ("identity", "low")),
+        (("attn.query.kernel", "attn.q.kernel"), (None, None), ("identity", "high")),
+        (("attn.query.weight", "attn.q.weight"), (None, "Linear"), ("identity", "high")),
+    ],
+)
+def test_refine_by_param_names_settles_square_kernels(keys, types, expected) -> None:
+    spec, conf = refine_by_param_names(
+        IDENTITY, "high", *keys, (8, 8), (8, 8), source_type=types[0], target_type=types[1]
+    )
+    assert (spec.name, conf) == expected
+    if spec.name == "transpose":
+        x = torch.randn(8, 8)
+        assert torch.equal(apply_one(spec, x), x.t())

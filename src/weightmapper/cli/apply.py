@@ -21,7 +21,7 @@ from rich.progress import (
 from weightmapper.checkpoint import open_checkpoint
 from weightmapper.cli._console import print_json, stdout_console
 from weightmapper.convert import ConvertReport, convert_checkpoint
-from weightmapper.errors import MappingError
+from weightmapper.errors import MappingError, WeightMapperError
 from weightmapper.result import MappingResult
 
 HELP = "convert a checkpoint with a mapping file into safetensors (streamed, atomic)"
@@ -109,11 +109,19 @@ def read_mapping(path: str | Path) -> MappingResult:
         raise MappingError(
             f"mapping file {p} does not exist; create one with `weightmapper map`"
         ) from e
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise MappingError(f"mapping file {p} is not readable JSON ({e})") from e
     if not isinstance(data, dict):
         raise MappingError(f"mapping file {p} holds {type(data).__name__}, expected a JSON object")
-    return MappingResult.from_dict(data)
+    try:
+        return MappingResult.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field of the wrong kind
+        if isinstance(e, WeightMapperError):
+            raise
+        raise MappingError(
+            f"mapping file {p} is malformed ({type(e).__name__}: {e}); expected the JSON that "
+            "`weightmapper map --out` writes. Re-create it with `weightmapper map`."
+        ) from e
 
 
 def render(report: ConvertReport, console: Console) -> None:

@@ -90,6 +90,11 @@ def plan_items(job: JobConfig) -> list[WorkItem]:
                     f"output {out} is also the output of {claimed[out]}; make output.naming "
                     "unique (add {index} or {migration})"
                 )
+            if problem is None and not out.resolve().is_relative_to(m.output.dir.resolve()):
+                problem = (
+                    f"output {out} would be written outside output.dir {m.output.dir} (the "
+                    f"source name {src.name!r} climbs out); use {{index}} in output.naming"
+                )
             claimed.setdefault(out, src)
             items.append(WorkItem(m, src, i, out, problem))
     return items

@@ -16,7 +16,7 @@ import glob
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -189,6 +189,33 @@ def with_threshold(job: JobConfig, threshold: float) -> JobConfig:
     return dataclasses.replace(job, migrations=migrations)
 
 
+MAX_JOB_NODES = 100_000
+"""Largest job, counted with every alias expanded; a few bytes of nested aliases can stand
+for billions of values (a YAML alias bomb), which validating them would walk."""
+
+
+def _expanded_nodes(obj: Any, memo: dict[int, int], open_: set[int]) -> int:
+    """Parsed YAML value → its node count with aliases expanded (shared objects counted
+    once per reference, computed once each); ValueError for a value that contains itself."""
+    if not isinstance(obj, dict | list):
+        return 1
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    if key in open_:
+        raise ValueError("a value refers to itself through an alias")
+    open_.add(key)
+    items = [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj
+    total = 1
+    for item in items:
+        total += _expanded_nodes(item, memo, open_)
+        if total > MAX_JOB_NODES:
+            break
+    open_.discard(key)
+    memo[key] = total
+    return total
+
+
 def load_job(path: str | os.PathLike[str]) -> JobConfig:
     """YAML file path → JobConfig; ConfigError listing every problem found in it."""
     path = Path(path)
@@ -201,9 +228,21 @@ def load_job(path: str | os.PathLike[str]) -> JobConfig:
     except OSError as e:
         raise ConfigError(f"cannot read job file {path}: {e}") from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(text)  # no arbitrary tags, so no code runs
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}", [str(e)]) from e
+    except RecursionError as e:
+        raise ConfigError(f"{path} nests too deeply to be a job file", ["nesting"]) from e
+    try:
+        nodes = _expanded_nodes(data, {}, set())
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{path} is not a job file: {e}", [str(e)]) from e
+    if nodes > MAX_JOB_NODES:
+        raise ConfigError(
+            f"{path} expands to more than {MAX_JOB_NODES:,} values through YAML aliases (an "
+            "alias bomb?); expected a job of a few dozen settings. Write the values out.",
+            ["too many values after alias expansion"],
+        )
     return parse_job(data, base_dir=path.resolve().parent, origin=path)
 
 
@@ -319,8 +358,10 @@ def _parse_migration(
 ) -> Migration | None:
     before = len(problems)
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip() or "/" in name:
-        problems.append(f"{label}.name: expected a non-empty name without '/', found {name!r}")
+    if not isinstance(name, str) or not name.strip() or _climbs(name) or "/" in name:
+        problems.append(
+            f"{label}.name: expected a non-empty name without '/', '\\' or '..', found {name!r}"
+        )
         name = "?"
 
     sources_raw = raw.get("sources")
@@ -494,7 +535,19 @@ def _parse_output(raw: Any, label: str, resolve: Any, problems: list[str]) -> Ou
             f"known fields: {', '.join('{' + f + '}' for f in NAMING_FIELDS)}"
         )
         return None
+    if _climbs(naming):
+        problems.append(
+            f"{label}.naming: {naming!r} would write outside output.dir; expected a relative "
+            "pattern without '..', a leading '/' or '\\' (e.g. '{migration}/{stem}.safetensors')"
+        )
+        return None
     return OutputSpec(dir=out_dir, naming=naming) if out_dir else None
+
+
+def _climbs(pattern: str) -> bool:
+    """Output name or pattern → True when it could leave the directory it is joined to."""
+    pure = PurePosixPath(pattern)
+    return "\\" in pattern or pure.is_absolute() or ".." in pure.parts
 
 
 def _is_int(v: Any) -> bool:
