@@ -266,3 +266,23 @@ def test_split_with_a_same_shaped_sibling_is_left_ambiguous() -> None:
     reasons = {u.name: u.reason for u in result.unmatched_source}
     assert reasons["attn.k_proj.weight"] is UnmatchedReason.AMBIGUOUS
     assert reasons["attn.v_proj.weight"] is UnmatchedReason.AMBIGUOUS
+
+
+def test_square_weights_of_a_bare_conv1d_checkpoint_follow_their_block() -> None:
+    """GPT-2 as a bare state dict (no module types) → Linear re-implementation: the square
+    c_proj weights take the transpose their non-square block neighbours needed, marked low
+    confidence, and the converted model computes the same function."""
+    pytest.importorskip("transformers")
+    from weightmapper.zoo import get_case
+    from weightmapper.zoo.check import convert_and_compare, source_with_weights
+
+    case = get_case("gpt2_hf_to_linear_split")
+    source = source_with_weights(case)
+    result = WeightMapper.from_state_dict(
+        source.state_dict(), case.build_target()
+    ).suggest_mapping()
+    square = [p for p in result.pairs if p.source.endswith("attn.c_proj.weight")]
+    assert len(square) == 2
+    assert all(p.transform.name == "transpose" and p.confidence == "low" for p in square)
+    check = convert_and_compare(case, result.convert)
+    assert check.loaded and check.equal, check
