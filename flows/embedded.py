@@ -61,6 +61,18 @@ def _quiet_reported_failures() -> None:
             logger.addFilter(_DropReportedFailures())
 
 
+def _silence(prefix: str) -> None:
+    """Logger name prefix → no record from those loggers reaches any root handler.
+
+    Levels alone are not enough: sqlalchemy sets levels on its per-instance pool loggers.
+    """
+    for name in list(logging.root.manager.loggerDict):
+        if name == prefix or name.startswith(prefix + "."):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not record.name.startswith(prefix))
+
+
 def run_job(job: Any) -> Any:
     """JobConfig → BatchSummary, run as the Prefect batch flow with an embedded server.
 
@@ -86,4 +98,4 @@ def run_job(job: Any) -> Any:
     finally:
         # The temporary server's database pool is torn down at interpreter exit and logs a
         # cancelled rollback as an ERROR with a traceback; it is harmless, so keep it quiet.
-        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
+        _silence("sqlalchemy.pool")
