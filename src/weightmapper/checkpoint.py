@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -321,6 +322,10 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, str]:
     return p, _sniff(p)
 
 
+_SHARD_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.[A-Za-z]+$")
+"""``model-00001-of-00003.safetensors``: the shard naming of HF and of our own output."""
+
+
 def _find_in_directory(d: Path) -> Path:
     for name in _DEFAULT_NAMES:
         if (d / name).is_file():
@@ -328,6 +333,16 @@ def _find_in_directory(d: Path) -> Path:
     for patterns in _CANDIDATE_GLOBS:
         found = sorted({f for pat in patterns for f in d.glob(pat) if f.is_file()})
         if len(found) == 1:
+            shard = _SHARD_NAME.search(found[0].name)
+            if shard and int(shard.group(2)) > 1:
+                # One shard of several and no index: an unfinished write (the index comes
+                # last), never a whole checkpoint.
+                raise CheckpointFormatError(
+                    f"{d} holds only {found[0].name}, shard {int(shard.group(1))} of "
+                    f"{int(shard.group(2))}, and no index: the checkpoint is incomplete (a "
+                    "conversion that did not finish?). Rerun the conversion, or pass the "
+                    "shard file itself to read just that shard."
+                )
             return found[0]
         if len(found) > 1:
             listed = ", ".join(f.name for f in found[:8])

@@ -268,3 +268,12 @@ def test_inconsistent_safetensors_header(
     (tmp_path / "x.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob + data)
     with pytest.raises(CheckpointFormatError, match=why):
         open_checkpoint(tmp_path / "x.safetensors")
+
+
+def test_a_lone_shard_of_several_is_an_incomplete_checkpoint(tmp_path: Path) -> None:
+    """A directory with shard 1 of 2 and no index (a write that did not finish) is refused."""
+    save_file({"w": torch.ones(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    with pytest.raises(CheckpointFormatError, match="incomplete"):
+        open_checkpoint(tmp_path)
+    # The shard itself, named explicitly, still reads.
+    assert list(open_checkpoint(tmp_path / "model-00001-of-00002.safetensors")) == ["w"]
