@@ -866,13 +866,14 @@ def files_sha256(files: Sequence[str | os.PathLike[str]]) -> str:
     """
     paths = [Path(f) for f in files]
     if len(paths) == 1:
-        return _sha256_file(paths[0])
-    parts = sorted([p.name, _sha256_file(p)] for p in paths)
+        return sha256_file(paths[0])
+    parts = sorted([p.name, sha256_file(p)] for p in paths)
     text = json.dumps(parts, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """File path → sha256 hex digest of its bytes, read in 4 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):

@@ -26,7 +26,7 @@ from typing import Any
 
 from weightmapper._version import __version__
 from weightmapper.atomic import atomic_write_text
-from weightmapper.checkpoint import open_checkpoint
+from weightmapper.checkpoint import files_sha256, open_checkpoint
 from weightmapper.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -41,8 +41,6 @@ REPORT_SCHEMA_VERSION = "1.0"
 """Version of the report layout; the major number changes when a reader must change."""
 
 REPORT_KIND = "weightmapper-report"
-
-_HASH_CHUNK = 1 << 20
 
 
 # --- building --------------------------------------------------------------------------------
@@ -178,34 +176,19 @@ def architecture_signature(infos: Iterable[Any]) -> str:
 
 
 def file_sha256(path: str | Path) -> str | None:
-    """Checkpoint file or directory of shards → sha256 of its bytes; None when it is absent.
+    """Checkpoint file or directory of shards → its sha256; None when it is absent.
 
-    A directory hashes each regular file's relative name and bytes in sorted order, so a
-    sharded checkpoint has one hash that changes when any shard changes.
+    The checkpoint's own hash (:func:`weightmapper.checkpoint.files_sha256`), so reports,
+    converted outputs and the pipeline agree; a file or directory that is not a readable
+    checkpoint is hashed by the same definition over its regular files.
     """
     p = Path(path)
     try:
-        # The checkpoint's own hash, so reports, converted outputs and the pipeline agree.
         return open_checkpoint(p).content_hash()
     except WeightMapperError:
         pass  # not a checkpoint we can read (or refused): hash the bytes as they are
-    if p.is_file():
-        return _sha256_files([(p.name, p)], with_names=False)
-    if p.is_dir():
-        files = sorted((f.relative_to(p).as_posix(), f) for f in p.rglob("*") if f.is_file())
-        return _sha256_files(files, with_names=True)
-    return None
-
-
-def _sha256_files(files: list[tuple[str, Path]], *, with_names: bool) -> str:
-    h = hashlib.sha256()
-    for rel, f in files:
-        if with_names:
-            h.update(rel.encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(_HASH_CHUNK):
-                h.update(chunk)
-    return h.hexdigest()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return files_sha256(files) if files else None
 
 
 def _hierarchy(inventory: Any, result: MappingResult, side: str) -> list[dict[str, Any]]:

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from weightmapper._version import __version__
-from weightmapper.checkpoint import files_sha256
+from weightmapper.checkpoint import files_sha256, sha256_file
 
 # Bump when the on-disk layout of every artifact changes; each stage also has its own version.
 KEY_SCHEMA = 1
-_CHUNK = 8 * 1024 * 1024
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -70,12 +69,8 @@ def digest_json(obj: Any) -> str:
 
 
 def digest_file(path: str | os.PathLike[str]) -> str:
-    """File path → sha256 hex digest of its bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """File path → sha256 hex digest of its bytes (the same hasher as checkpoints use)."""
+    return sha256_file(path)
 
 
 def digest_files(paths: list[Path]) -> str:
