@@ -1,22 +1,114 @@
-"""Atomic file output: write to a temporary file beside the destination, then os.replace.
+"""Atomic file output: write to temporary files beside the destinations, then os.replace.
 
-A crash, kill or full disk never leaves a partial file under the final name.
+A crash, kill or full disk never leaves a partial file under a final name. Temporary files
+are named ``.{dest name}.{pid}-{host}.{random}.tmp`` so that a later writer can tell the
+leftovers of a killed process on this host (:func:`sweep_stale_temps`) from a write still
+in progress.
+
+Durability: by default each file is fsynced before its rename and the directory after it,
+so the output survives a power cut as well as a kill. ``durable=False`` skips both: the
+rename still makes the output all-or-nothing for a killed process (what ``cp`` promises),
+and the page cache is flushed by the kernel in its own time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
+import hashlib
+import logging
 import os
+import re
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import TracebackType
 
 from weightmapper.errors import OutputError
 
+log = logging.getLogger(__name__)
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.[^.]+\.tmp$")
+
+
+class AtomicFiles:
+    """Destinations → temporary paths beside them, all renamed into place by :meth:`commit`.
+
+    Used as a context manager: leaving the block with an exception, or without commit,
+    removes every temporary file and leaves the destinations untouched. ``commit`` fsyncs
+    every file first (when durable), so no rename happens before all data is on disk, then
+    renames in the order the paths were requested, the last one last: callers request an
+    index after the files it names, so an index never names a file that is not there yet.
+    """
+
+    def __init__(self, *, durable: bool = True) -> None:
+        self.durable = durable
+        self._pairs: list[tuple[Path, Path]] = []
+        self._done = False
+
+    def path(self, dest: str | os.PathLike[str]) -> Path:
+        """Destination → a new, empty temporary file in its directory (created now)."""
+        dest = Path(dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent)
+            os.close(fd)
+        except OSError as e:
+            raise OutputError(f"cannot create a file in {dest.parent}: {e.strerror or e}") from e
+        tmp = Path(name)
+        self._pairs.append((tmp, dest))
+        return tmp
+
+    def commit(self, *, remove_first: Iterable[Path] = ()) -> None:
+        """Fsync all temp files, delete ``remove_first`` (stale files that must not outlive
+        the old output, e.g. an old index), then rename every temp file onto its destination.
+        """
+        try:
+            if self.durable:
+                for tmp, _ in self._pairs:
+                    _fsync_file(tmp)
+            for stale in remove_first:
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+            for tmp, dest in self._pairs:
+                os.replace(tmp, dest)
+            if self.durable:
+                for folder in dict.fromkeys(dest.parent for _, dest in self._pairs):
+                    _fsync_dir(folder)
+        except OSError as e:
+            raise _output_error(self._pairs[0][1] if self._pairs else Path("."), e) from e
+        self._done = True
+
+    def abort(self) -> None:
+        """Remove every temporary file not yet renamed."""
+        for tmp, _ in self._pairs:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self._pairs.clear()
+
+    def __enter__(self) -> AtomicFiles:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        dest = self._pairs[0][1] if self._pairs else Path(".")
+        if not self._done:
+            self.abort()
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise _output_error(dest, exc) from exc
+
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+def atomic_path(
+    dest: str | os.PathLike[str], *, overwrite: bool = True, durable: bool = True
+) -> Iterator[Path]:
     """Destination path → a temp path in the same directory; renamed onto dest on success.
 
     On any exception the temp file is removed and dest is untouched. Disk-full and
@@ -28,31 +120,10 @@ def atomic_path(dest: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
             f"{dest} already exists; refusing to overwrite it. Pass overwrite=True "
             "(or --force on the CLI) or choose another output path."
         )
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        os.close(fd)
-    except OSError as e:
-        raise OutputError(f"cannot create a file in {dest.parent}: {e.strerror or e}") from e
-    tmp = Path(tmp_name)
-    try:
+    with AtomicFiles(durable=durable) as files:
+        tmp = files.path(dest)
         yield tmp
-        _fsync(tmp)
-        os.replace(tmp, dest)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and not isinstance(e, OutputError):
-            hint = (
-                "the disk is full; free space or write elsewhere"
-                if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-                else "check the path and permissions"
-            )
-            raise OutputError(
-                f"writing {dest} failed ({e.strerror or e}); nothing was written under that "
-                f"name: {hint}."
-            ) from e
-        raise
+        files.commit()
 
 
 def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> Path:
@@ -67,6 +138,74 @@ def atomic_write_text(dest: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(dest, text.encode("utf-8"))
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+def sweep_stale_temps(dest: str | os.PathLike[str]) -> list[Path]:
+    """Destination → the temp files of earlier writes to it by dead processes, removed.
+
+    Only files this module named for ``dest`` on this host are considered, and only those
+    whose writing process no longer exists; a write in progress (its process is alive) or
+    one from another host sharing the directory is left alone.
+    """
+    dest = Path(dest)
+    removed: list[Path] = []
+    try:
+        candidates = list(dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        m = _TEMP_RE.match(tmp.name)
+        if not m or m["name"] != dest.name or m["host"] != _HOST or _alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted write", len(removed))
+    return removed
+
+
+def _temp_prefix(dest: Path) -> str:
+    return f".{dest.name}.{os.getpid()}-{_HOST}."
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _output_error(dest: Path, e: OSError) -> OutputError:
+    hint = (
+        "the disk is full; free space or write elsewhere"
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        else "check the path and permissions"
+    )
+    return OutputError(
+        f"writing {dest} failed ({e.strerror or e}); nothing was written under that name: {hint}."
+    )
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Directory → its entries made durable (the renames into it); no-op where unsupported."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)

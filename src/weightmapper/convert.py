@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import torch
 
 from weightmapper._version import __version__
-from weightmapper.atomic import atomic_path
+from weightmapper.atomic import AtomicFiles, sweep_stale_temps
 from weightmapper.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -267,6 +267,7 @@ def convert_checkpoint(
     dtype: torch.dtype | None = None,
     progress: Callable[[int, int], None] | None = None,
     source_sha256: str | None = None,
+    durable: bool = True,
 ) -> ConvertReport:
     """Source checkpoint (path, TensorTable or state dict) + mapping → safetensors at ``out``.
 
@@ -276,6 +277,10 @@ def convert_checkpoint(
     floating-point tensors. ``progress(done_bytes, total_bytes)`` is called after each tensor.
     ``source_sha256`` is the source's ``content_hash()`` when the caller already has it (an
     earlier pipeline stage computed it); otherwise it is computed here, beside the copy.
+    ``durable=False`` skips the fsyncs (the output is still all-or-nothing for a killed
+    process, as with ``cp``, but may be lost in a power cut before the kernel flushes it).
+    With ``overwrite``, files of an earlier conversion to ``out`` that the new layout does
+    not reuse (shards of another count, an index beside a now single file) are removed.
     """
     result = _as_result(mapping)
     table = _as_table(source)
@@ -284,7 +289,8 @@ def convert_checkpoint(
     entries, aliases = _plan_entries(table, jobs)
     shards = _pack(entries, limit)
     paths, index_path = _output_paths(Path(out), len(shards))
-    _check_outputs(paths + ([index_path] if index_path else []), table, overwrite)
+    previous = _previous_outputs(Path(out))
+    _check_outputs([*paths, *([index_path] if index_path else []), *previous], table, overwrite)
 
     map_hash = mapping_sha256(result)
     base_meta = {
@@ -306,28 +312,40 @@ def convert_checkpoint(
     # Hashing the source reads every byte once more; doing it beside the copy hides most of
     # that time. The hash goes into each header at the end, over a fixed-width placeholder.
     hashing = _Background(_source_hash, table, source_sha256)
-    with contextlib.ExitStack() as stack:
-        stack.callback(writer.close)
-        # Entered first so it is renamed last: an index never names a missing shard.
-        index_tmp = stack.enter_context(atomic_path(index_path)) if index_path else None
-        tmps: list[tuple[Path, int]] = []
-        weight_map: dict[str, str] = {}
-        for path, shard in zip(paths, shards, strict=True):
-            tmp = stack.enter_context(atomic_path(path))
-            here = {e.name for e in shard}
-            shard_aliases = {a: c for a, c in aliases.items() if c in here}
-            writer.write_shard(tmp, shard, _shard_metadata(base_meta, shard_aliases))
-            tmps.append((tmp, writer.placeholder_offset))
-            weight_map.update({n: path.name for n in [*here, *shard_aliases]})
+    for p in [*paths, *([index_path] if index_path else [])]:
+        sweep_stale_temps(p)
+    with AtomicFiles(durable=durable) as files:
+        try:
+            tmps: list[tuple[Path, int]] = []
+            weight_map: dict[str, str] = {}
+            for path, shard in zip(paths, shards, strict=True):
+                tmp = files.path(path)
+                here = {e.name for e in shard}
+                shard_aliases = {a: c for a, c in aliases.items() if c in here}
+                writer.write_shard(tmp, shard, _shard_metadata(base_meta, shard_aliases))
+                tmps.append((tmp, writer.placeholder_offset))
+                weight_map.update({n: path.name for n in [*here, *shard_aliases]})
+        finally:
+            writer.close()
         src_hash = hashing.result()
         for tmp, offset in tmps:
             _patch_placeholder(tmp, offset, src_hash)
-        if index_tmp is not None:
+        if index_path is not None:
+            # Requested last, so renamed last: an index never names a missing shard.
             meta = {**base_meta, "source_sha256": src_hash, "total_size": total}
             if aliases:
                 meta[ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
             index = {"metadata": meta, "weight_map": dict(sorted(weight_map.items()))}
-            index_tmp.write_text(json.dumps(index, indent=2), encoding="utf-8")
+            files.path(index_path).write_text(json.dumps(index, indent=2), encoding="utf-8")
+        # An earlier output's index goes before any new shard lands: while the renames run,
+        # the folder must never hold an old index beside new shards of the same names.
+        files.commit(remove_first=[p for p in previous if p.name.endswith(INDEX_SUFFIX)])
+    new_names = {*paths, *([index_path] if index_path else [])}
+    for stale in previous:
+        if stale not in new_names:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                log.info("removed %s, part of the output this conversion replaced", stale)
 
     used = {s for j in jobs for s in j.sources}
     dropped = tuple(sorted(k for k in table if k not in used))
@@ -580,6 +598,27 @@ def _output_paths(out: Path, n: int) -> tuple[list[Path], Path | None]:
         return [single], None
     paths = [folder / f"{stem}-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
     return paths, folder / f"{single.name}{INDEX_SUFFIX}"
+
+
+def _previous_outputs(out: Path) -> list[Path]:
+    """Output argument → files an earlier conversion to it left: the single file, the index
+    and the shards that index names under this tool's shard naming."""
+    (single,), _ = _output_paths(out, 1)
+    _, index = _output_paths(out, 2)
+    assert index is not None
+    found = [p for p in (single, index) if p.is_file()]
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            names = set()
+        shard = re.compile(rf"^{re.escape(single.stem)}-\d{{5}}-of-\d{{5}}\.safetensors$")
+        found += sorted(
+            index.parent / n
+            for n in names
+            if isinstance(n, str) and shard.match(n) and (index.parent / n).is_file()
+        )
+    return found
 
 
 def _check_outputs(paths: list[Path], table: Any, overwrite: bool) -> None:

@@ -248,6 +248,12 @@ def test_kill_mid_write_leaves_no_output_under_the_final_name(tmp_path) -> None:
     assert left, "expected temporary files from the interrupted write"
     assert all(name.startswith(".") and name.endswith(".tmp") for name in left), left
     assert not (out / "model.safetensors.index.json").exists()
+    # The rerun removes what the killed process left and writes the whole output.
+    src = {f"t{i}": torch.randn(64, 64) for i in range(50)}
+    report = convert_checkpoint(src, {k: "n" + k for k in src}, out, shard_size="40KB")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(os.path.basename(f) for f in report.files), "model.safetensors.index.json"]
+    )
 
 
 def test_tied_tensors_in_sharded_output(tmp_path) -> None:

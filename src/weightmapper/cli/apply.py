@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -52,7 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shard-size", default="2GB", help="largest shard, e.g. 500MB, 5GB (default: 2GB)"
     )
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing output (shards of an earlier layout there are removed)",
+    )
+    parser.add_argument(
+        "--no-fsync",
+        dest="durable",
+        action="store_false",
+        help="skip fsync: faster on slow disks, still all-or-nothing if killed, but a power "
+        "cut soon after may lose the output (as with cp)",
+    )
     parser.add_argument(
         "--dtype", choices=sorted(_DTYPES), help="cast floating-point tensors to this dtype"
     )
@@ -69,11 +81,18 @@ def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (0 when the output was written)."""
     mapping = read_mapping(args.mapping)
     table = open_checkpoint(args.source, trusted=args.trust_pickle)
-    dtype = _DTYPES[args.dtype] if args.dtype else None
+    convert = functools.partial(
+        convert_checkpoint,
+        table,
+        mapping,
+        args.out,
+        shard_size=args.shard_size,
+        overwrite=args.force,
+        dtype=_DTYPES[args.dtype] if args.dtype else None,
+        durable=args.durable,
+    )
     if args.quiet:
-        report = convert_checkpoint(
-            table, mapping, args.out, shard_size=args.shard_size, overwrite=args.force, dtype=dtype
-        )
+        report = convert()
     else:
         columns = (
             TextColumn("converting"),
@@ -84,14 +103,8 @@ def run(args: argparse.Namespace) -> int:
         )
         with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
             task = bar.add_task("convert", total=None)
-            report = convert_checkpoint(
-                table,
-                mapping,
-                args.out,
-                shard_size=args.shard_size,
-                overwrite=args.force,
-                dtype=dtype,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            report = convert(
+                progress=lambda done, total: bar.update(task, completed=done, total=total)
             )
     if args.json:
         print_json(report.to_dict())

@@ -1,0 +1,133 @@
+"""What a conversion leaves in its output folder: replaced layouts, old temp files, fsyncs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from weightmapper import atomic
+from weightmapper.checkpoint import open_checkpoint
+from weightmapper.convert import convert_checkpoint, load_converted, output_files
+from weightmapper.errors import OutputError
+
+# 16 tensors of 1 KiB: shard sizes below pick how many files the output has.
+_SOURCE = {f"layer{i}.weight": torch.full((16, 16), float(i)) for i in range(16)}
+_MAPPING = {k: "new." + k for k in _SOURCE}
+
+
+def _convert(out: Path, shard_size: str, **kwargs) -> list[str]:
+    report = convert_checkpoint(_SOURCE, _MAPPING, out, shard_size=shard_size, **kwargs)
+    return [Path(f).name for f in report.files]
+
+
+def _assert_loads_whole(out: Path) -> None:
+    loaded = load_converted(out)
+    assert sorted(loaded) == sorted(_MAPPING.values())
+    for k, v in _SOURCE.items():
+        assert torch.equal(loaded[_MAPPING[k]], v)
+    assert sorted(open_checkpoint(out)) == sorted(_MAPPING.values())
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_force_with_fewer_shards_removes_the_old_extra_shards(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert len(_convert(out, "4KiB")) == 4
+    (out / "config.json").write_text("{}")  # a user's file beside the weights
+    new = _convert(out, "8KiB", overwrite=True)
+    assert len(new) == 2
+    assert _names(out) == sorted([*new, "config.json", "model.safetensors.index.json"])
+    _assert_loads_whole(out)
+
+
+def test_sharded_to_single_file_needs_force_then_drops_the_index(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    old = _convert(out, "4KiB")
+    before = {n: (out / n).read_bytes() for n in _names(out)}
+    # model.safetensors itself is new, but the old index would shadow it: refused.
+    with pytest.raises(OutputError, match="already exists"):
+        _convert(out, "1GB")
+    assert {n: (out / n).read_bytes() for n in _names(out)} == before
+    assert _convert(out, "1GB", overwrite=True) == ["model.safetensors"]
+    assert _names(out) == ["model.safetensors"]
+    assert [p.name for p in output_files(out)] == ["model.safetensors"]
+    assert not set(old) & set(_names(out))
+    _assert_loads_whole(out)
+
+
+def test_single_file_to_shards_removes_the_single_file(tmp_path: Path) -> None:
+    out = tmp_path / "weights.safetensors"
+    _convert(out, "1GB")
+    new = _convert(out, "4KiB", overwrite=True)
+    assert _names(tmp_path) == sorted([*new, "weights.safetensors.index.json"])
+    _assert_loads_whole(tmp_path / "weights.safetensors.index.json")
+
+
+def test_files_the_old_index_names_outside_our_naming_are_kept(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _convert(out, "4KiB")
+    index = out / "model.safetensors.index.json"
+    text = index.read_text().replace("model-00004-of-00004", "custom-part")
+    (out / "model-00004-of-00004.safetensors").rename(out / "custom-part.safetensors")
+    index.write_text(text)
+    _convert(out, "1GB", overwrite=True)
+    assert _names(out) == ["custom-part.safetensors", "model.safetensors"]
+
+
+def test_temp_files_of_dead_writers_are_swept_live_ones_kept(tmp_path: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(dead.stdout)
+    host = atomic._HOST
+    leftover = tmp_path / f".model.safetensors.{dead_pid}-{host}.abc123.tmp"
+    live = tmp_path / f".model.safetensors.{os.getpid()}-{host}.def456.tmp"
+    foreign = "000000" if host != "000000" else "111111"
+    other_host = tmp_path / f".model.safetensors.{dead_pid}-{foreign}.x.tmp"
+    other_file = tmp_path / f".other.safetensors.{dead_pid}-{host}.abc123.tmp"
+    for p in (leftover, live, other_host, other_file):
+        p.write_bytes(b"partial")
+    _convert(out, "1GB")
+    assert not leftover.exists()
+    assert live.exists() and other_host.exists() and other_file.exists()
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_fsync_only_when_durable_and_same_bytes_either_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    files = _convert(tmp_path / "a", "4KiB", durable=durable)
+    if durable:
+        assert len(synced) == len(files) + 1 + 1  # every shard, the index, the folder
+    else:
+        assert synced == []
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    _convert(tmp_path / "b", "4KiB", durable=not durable)
+    for name in _names(tmp_path / "a"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_failed_write_removes_every_temp_file(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    def fail(done: int, total: int) -> None:
+        if done > total // 2:
+            raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        convert_checkpoint(_SOURCE, _MAPPING, out, shard_size="4KiB", progress=fail)
+    assert _names(out) == []
