@@ -9,7 +9,6 @@ loading and refused when they would import code (see ``weightmapper.pickle_safet
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -17,7 +16,7 @@ import os
 import re
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from weightmapper.errors import CheckpointFormatError, CheckpointNotFoundError
+from weightmapper.hashing import checkpoint_sha256
 from weightmapper.pickle_safety import PickleScan, load_torch_file, scan_file, unsafe_error
 from weightmapper.tensor_info import TensorInfo, dtype_name
 
@@ -103,8 +103,6 @@ _SAFETENSORS_BITS: dict[str, int] = {
 }
 """Bits per element of every safetensors dtype code (torch cannot load the F6 ones)."""
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
-
-_HASH_CACHE: dict[tuple[tuple[str, int, int, int], ...], str] = {}
 
 
 @dataclass(frozen=True)
@@ -210,15 +208,9 @@ class TensorTable(Mapping[str, TensorInfo]):
         return {n: out[n] for n in self._entries}
 
     def content_hash(self) -> str:
-        """() → the checkpoint's sha256 (see :func:`files_sha256`) over its data files.
-
-        Memoised per process by each file's (path, size, mtime_ns, inode).
-        """
-        key = tuple(_file_identity(f) for f in self.files)
-        cached = _HASH_CACHE.get(key)
-        if cached is None:
-            cached = _HASH_CACHE[key] = files_sha256(self.files)
-        return cached
+        """() → the checkpoint's sha256 (see :func:`weightmapper.hashing.files_sha256`) over
+        its data files, each file's digest kept in the hash cache."""
+        return checkpoint_sha256(self.files)
 
     def unique_names(self) -> list[str]:
         """() → names in checkpoint order, each tied group represented by its first name."""
@@ -854,33 +846,3 @@ def _build_table(path: Path, raw: _RawCheckpoint, *, strip_prefixes: bool) -> Te
         tied=tied,
         index=raw.index,
     )
-
-
-def files_sha256(files: Sequence[str | os.PathLike[str]]) -> str:
-    """Checkpoint data files → one sha256 hex digest: the one definition of a checkpoint's hash.
-
-    A single file's hash is the plain sha256 of its bytes (what ``sha256sum`` prints), so a
-    renamed or copied checkpoint keeps it; shards hash as the sha256 of the canonical JSON
-    of their sorted (file name, sha256) pairs, named by file name (as the index names them),
-    never by directory.
-    """
-    paths = [Path(f) for f in files]
-    if len(paths) == 1:
-        return sha256_file(paths[0])
-    parts = sorted([p.name, sha256_file(p)] for p in paths)
-    text = json.dumps(parts, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """File path → sha256 hex digest of its bytes, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _file_identity(f: Path) -> tuple[str, int, int, int]:
-    st = f.stat()
-    return (str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)

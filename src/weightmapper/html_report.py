@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from weightmapper.atomic import atomic_write_text
-from weightmapper.report import check_headline, module_links, natural_key, score_band
+from weightmapper.inventory import natural_key
+from weightmapper.report import check_headline, module_links, score_band
 
 _CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "

@@ -55,6 +55,14 @@ def guess_is_buffer(local_name: str) -> bool:
     return local_name in BUFFER_NAMES
 
 
+def tensors_signature(tensors: Mapping[str, TensorInfo]) -> str:
+    """Name → TensorInfo mapping → sha256 hex over (name, shape, dtype) of each, in key order."""
+    h = hashlib.sha256()
+    for key, info in tensors.items():
+        h.update(f"{key}\t{','.join(map(str, info.shape))}\t{info.dtype}\n".encode())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class ParameterGroup:
     """The tensors of one module (``weight``, ``bias``, buffers...), matched as a unit."""
@@ -255,14 +263,11 @@ class Inventory:
         )
 
     def signature(self) -> str:
-        """Inventory → sha256 hex over (name, shape, dtype) of every tensor, in key order.
+        """Inventory → :func:`tensors_signature` of its tensors (an architecture's id).
 
         Two inventories with the same signature map identically; use it as a cache key.
         """
-        h = hashlib.sha256()
-        for key, info in self.tensors.items():
-            h.update(f"{key}\t{','.join(map(str, info.shape))}\t{info.dtype}\n".encode())
-        return h.hexdigest()
+        return tensors_signature(self.tensors)
 
     def summary(self) -> dict[str, Any]:
         """Inventory → counts for logs and reports."""

@@ -13,7 +13,6 @@ The schema lives in ``report_schema.json`` next to this module and is documented
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -26,13 +25,15 @@ from typing import Any
 
 from weightmapper._version import __version__
 from weightmapper.atomic import atomic_write_text
-from weightmapper.checkpoint import files_sha256, open_checkpoint
+from weightmapper.checkpoint import open_checkpoint
 from weightmapper.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
     MappingError,
     WeightMapperError,
 )
+from weightmapper.hashing import files_sha256
+from weightmapper.inventory import natural_key, tensors_signature
 from weightmapper.result import MappingResult
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,11 @@ def write_report(mapper_or_result: Any, path: str | Path, **kw: Any) -> Path:
     return out
 
 
+def write_markdown(report: Mapping[str, Any], path: str | Path) -> Path:
+    """Report dict → its Markdown rendering (:func:`render_markdown`) at path, atomically."""
+    return atomic_write_text(path, render_markdown(report))
+
+
 def _result_of(obj: Any) -> MappingResult:
     if isinstance(obj, MappingResult):
         return obj
@@ -156,29 +162,21 @@ def _input_section(
     if inventory is not None and callable(getattr(inventory, "signature", None)):
         signature = str(inventory.signature())
     elif inventory is not None and getattr(inventory, "tensors", None):
-        signature = architecture_signature(inventory.tensors.values())
+        signature = tensors_signature(inventory.tensors)
     tensors = getattr(inventory, "tensors", None)
     return {
         "name": str(getattr(inventory, "name", None) or name),
         "path": None if path is None else str(path),
-        "sha256": file_sha256(path) if path is not None and hash_inputs else None,
+        "sha256": input_sha256(path) if path is not None and hash_inputs else None,
         "signature": signature,
         "tensor_count": len(tensors) if tensors is not None else int(count),
     }
 
 
-def architecture_signature(infos: Iterable[Any]) -> str:
-    """TensorInfos → sha256 of their sorted names, shapes and dtypes (an architecture's id)."""
-    h = hashlib.sha256()
-    for info in sorted(infos, key=lambda i: i.name):
-        h.update(f"{info.name}|{tuple(info.shape)}|{info.dtype}\n".encode())
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str | None:
+def input_sha256(path: str | Path) -> str | None:
     """Checkpoint file or directory of shards → its sha256; None when it is absent.
 
-    The checkpoint's own hash (:func:`weightmapper.checkpoint.files_sha256`), so reports,
+    The checkpoint's own hash (:func:`weightmapper.hashing.files_sha256`), so reports,
     converted outputs and the pipeline agree; a file or directory that is not a readable
     checkpoint is hashed by the same definition over its regular files.
     """
@@ -243,11 +241,6 @@ def _hierarchy_from_keys(keys: dict[str, list[int]]) -> list[dict[str, Any]]:
             {"name": local, "shape": keys[key], "dtype": None, "buffer": None}
         )
     return [{"path": p, "module_type": None, "tensors": t} for p, t in groups.items()]
-
-
-def natural_key(text: str) -> tuple[Any, ...]:
-    """Dotted key → sort key that orders ``layers.2`` before ``layers.10``."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
 
 
 def _as_dict(obj: Any) -> dict[str, Any] | None:

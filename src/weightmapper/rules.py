@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from weightmapper.errors import MappingError
-from weightmapper.report import natural_key
+from weightmapper.inventory import natural_key
 from weightmapper.result import MappingResult
 
 logger = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from weightmapper import hashing
 from weightmapper.pipeline.keys import digest_file, digest_files, stage_key
 from weightmapper.pipeline.store import ArtifactStore
 
@@ -131,12 +132,15 @@ def test_concurrent_producers_of_one_key_compute_once(tmp_path: Path) -> None:
     assert len({r.digest for r in refs}) == 1
 
 
-def test_file_digest_memo_survives_a_new_store_and_notices_edits(tmp_path: Path) -> None:
+def test_file_digest_memo_survives_a_new_store_and_notices_edits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashing, "RACY_SECONDS", 0.0)  # remember files written just now
     f = tmp_path / "ckpt.bin"
     f.write_bytes(b"one")
     d1 = ArtifactStore(tmp_path / "s").file_digest([f])
-    memo = json.loads((tmp_path / "s" / "memo" / "files.json").read_text())
-    assert d1 in memo.values()
+    memo = json.loads((tmp_path / "s" / "memo" / "hashes.json").read_text())
+    assert d1 in [e["sha256"] for e in memo.values()]
     assert ArtifactStore(tmp_path / "s").file_digest([f]) == d1
     f.write_bytes(b"two!")
     assert ArtifactStore(tmp_path / "s").file_digest([f]) == digest_file(f) != d1

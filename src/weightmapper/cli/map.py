@@ -18,7 +18,7 @@ from weightmapper.engine import BUFFER_MODES
 from weightmapper.errors import ConfigError, OutputError
 from weightmapper.html_report import write_html
 from weightmapper.mapper import WeightMapper
-from weightmapper.report import build_report, dumps_report, render_markdown, write_report
+from weightmapper.report import build_report, dumps_report, write_markdown, write_report
 from weightmapper.targets import build_module, is_module_spec
 from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
 
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         if args.html:
             write_html(report, args.html)
         if args.markdown:
-            atomic_write_text(args.markdown, render_markdown(report))
+            write_markdown(report, args.markdown)
     if args.json:
         sys.stdout.write(dumps_report(report))
     elif not args.quiet:

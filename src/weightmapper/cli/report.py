@@ -6,10 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from weightmapper.atomic import atomic_write_text
 from weightmapper.errors import OutputError
 from weightmapper.html_report import write_html
-from weightmapper.report import dumps_report, load_report, render_markdown
+from weightmapper.report import dumps_report, load_report, write_markdown
 from weightmapper.visualize import (
     default_console,
     visualize_hierarchies,
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         write_html(report, args.html)
     if args.markdown:
-        atomic_write_text(args.markdown, render_markdown(report))
+        write_markdown(report, args.markdown)
     if args.json:
         sys.stdout.write(dumps_report(report))
         return 0

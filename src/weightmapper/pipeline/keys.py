@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from weightmapper._version import __version__
-from weightmapper.checkpoint import files_sha256, sha256_file
+from weightmapper.hashing import files_sha256, sha256_file
 
 # Bump when the on-disk layout of every artifact changes; each stage also has its own version.
 KEY_SCHEMA = 1
@@ -77,6 +77,6 @@ def digest_files(paths: list[Path]) -> str:
     """Files (a checkpoint and its shards) → the checkpoint's sha256.
 
     The same definition as ``TensorTable.content_hash`` and the ``source_sha256`` recorded
-    in converted outputs (:func:`weightmapper.checkpoint.files_sha256`).
+    in converted outputs (:func:`weightmapper.hashing.files_sha256`).
     """
     return files_sha256(paths)

@@ -5,7 +5,7 @@ Layout under the store root::
     artifacts/<stage>/<key>.<ext>        the artifact (JSON, or safetensors for tensors)
     artifacts/<stage>/<key>.meta.json    commit record: size, sha256 digest, small info dict
     locks/<stage>/<key>.lock             fcntl lock held while one process computes the key
-    memo/files.json                      file digests memoised by (path, size, mtime_ns, inode)
+    memo/hashes.json                     file digests by file identity (weightmapper.hashing)
 
 The meta record is written last, so an artifact without one was never committed. A read
 verifies the record parses, the size matches and the file opens (JSON parses, safetensors
@@ -19,14 +19,14 @@ import fcntl
 import json
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from weightmapper.atomic import atomic_path, atomic_write_text
-from weightmapper.pipeline.keys import digest_file, digest_files
+from weightmapper.hashing import HashCache, checkpoint_sha256
+from weightmapper.pipeline.keys import digest_file
 
 log = logging.getLogger(__name__)
 _UMASK = os.umask(0)
@@ -58,8 +58,7 @@ class ArtifactStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().resolve()
-        self._memo_lock = threading.Lock()
-        self._memo: dict[str, str] | None = None
+        self._hashes = HashCache(self.root / "memo" / "hashes.json")
 
     def __repr__(self) -> str:
         return f"ArtifactStore({str(self.root)!r})"
@@ -195,48 +194,13 @@ class ArtifactStore:
 
     # --- file digests ----------------------------------------------------------------------
     def file_digest(self, paths: list[Path]) -> str:
-        """Checkpoint files → their content digest, memoised by (path, size, mtime_ns, inode).
+        """Checkpoint files → their content digest (:func:`weightmapper.hashing.files_sha256`).
 
-        The memo only saves rereading unchanged bytes on a rerun; the digest itself (and so
-        every key built on it) is computed from the bytes alone.
+        Each file's digest is remembered in the store (``memo/hashes.json``) by the file's
+        identity (path, inode, size, mtime, ctime), so a rerun does not reread unchanged
+        bytes; the digest itself, and every key built on it, comes from the bytes alone.
         """
-        stats = []
-        for p in paths:
-            st = os.stat(p)
-            stats.append(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}")
-        memo_key = "\n".join(sorted(stats))
-        memo = self._load_memo()
-        with self._memo_lock:
-            hit = memo.get(memo_key)
-        if hit:
-            return hit
-        digest = digest_files(list(paths))
-        with self._memo_lock:
-            memo[memo_key] = digest
-            self._save_memo(memo)
-        return digest
-
-    def _load_memo(self) -> dict[str, str]:
-        with self._memo_lock:
-            if self._memo is None:
-                try:
-                    self._memo = dict(json.loads((self.root / "memo" / "files.json").read_text()))
-                except (OSError, ValueError, TypeError):
-                    self._memo = {}
-            return self._memo
-
-    def _save_memo(self, memo: dict[str, str]) -> None:
-        # Merge with what another process may have written meanwhile; the memo is a cache,
-        # so a lost entry only costs one rehash.
-        path = self.root / "memo" / "files.json"
-        with self.lock("memo", "files"):
-            try:
-                on_disk = dict(json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                on_disk = {}
-            on_disk.update(memo)
-            memo.update(on_disk)
-            atomic_write_text(path, json.dumps(on_disk, sort_keys=True))
+        return checkpoint_sha256(paths, cache=self._hashes)
 
 
 def _check_file(path: Path, size: int) -> str | None:
