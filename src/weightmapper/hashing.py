@@ -13,8 +13,10 @@ and would then change without changing its identity (git's "racily clean" proble
 
 The cache lives at ``$WEIGHTMAPPER_CACHE_DIR/hashes.json``, else
 ``$XDG_CACHE_HOME/weightmapper/hashes.json``, else ``~/.cache/weightmapper/hashes.json``;
-``WEIGHTMAPPER_HASH_CACHE=0`` turns it off (digests are then remembered only within the
-process). It holds digests only, never tensor data, and at most :data:`MAX_ENTRIES` of them.
+``WEIGHTMAPPER_HASH_CACHE=0`` (or ``off``) turns it off (digests are then remembered only
+within the process). It holds digests only, never tensor data, and at most
+:data:`MAX_ENTRIES` of them; when it grows past that, entries of files that no longer
+exist go first, then the oldest.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from weightmapper.atomic import atomic_path
+from weightmapper.atomic import atomic_path, sweep_stale_temps
+from weightmapper.errors import CheckpointNotFoundError, WeightMapperError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,12 @@ def files_sha256(files: Sequence[str | os.PathLike[str]]) -> str:
 
 
 class HashCache:
-    """A JSON file of {file identity: sha256}; a miss hashes the file and remembers it."""
+    """A JSON file of {file identity: sha256}; a miss hashes the file and remembers it.
+
+    ``path=None`` keeps the entries in this process only. Safe to share between threads;
+    processes sharing one file merge their entries under a lock file, and a cache file that
+    cannot be read or written is ignored (hashing never fails because of it).
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = None if path is None else Path(path)
@@ -74,7 +82,7 @@ class HashCache:
     def digests(self, files: Sequence[str | os.PathLike[str]]) -> list[str]:
         """Files → their sha256 digests, hashing (in parallel) only those not remembered."""
         paths = [Path(f) for f in files]
-        ids = [_identity(p) for p in paths]
+        ids = [_identity_or_raise(p) for p in paths]
         entries = self._load()
         out: list[str | None] = []
         with self._lock:
@@ -86,12 +94,15 @@ class HashCache:
             return [str(d) for d in out]
         started = time.time()
         workers = min(len(missing), os.cpu_count() or 1, 4)
-        if workers > 1:
-            # hashlib releases the GIL on large buffers: files hash on several cores at once
-            with ThreadPoolExecutor(workers) as pool:
-                computed = list(pool.map(sha256_file, [paths[k] for k in missing]))
-        else:
-            computed = [sha256_file(paths[k]) for k in missing]
+        try:
+            if workers > 1:
+                # hashlib releases the GIL on large buffers: files hash on several cores at once
+                with ThreadPoolExecutor(workers) as pool:
+                    computed = list(pool.map(sha256_file, [paths[k] for k in missing]))
+            else:
+                computed = [sha256_file(paths[k]) for k in missing]
+        except OSError as e:
+            raise _unreadable(Path(e.filename or paths[missing[0]]), e) from e
         fresh: dict[str, dict[str, float | str]] = {}
         for k, digest in zip(missing, computed, strict=True):
             out[k] = digest
@@ -116,43 +127,69 @@ class HashCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with _flock(self.path.with_name(self.path.name + ".lock")):
+                sweep_stale_temps(self.path)  # left by a writer killed mid-write
                 on_disk = _read_entries(self.path)
                 on_disk.update(fresh)
-                if len(on_disk) > MAX_ENTRIES:
-                    newest = sorted(on_disk.items(), key=lambda kv: -float(kv[1]["t"]))
-                    on_disk = dict(newest[:MAX_ENTRIES])
+                on_disk = _bounded(on_disk)
                 # A cache: fsync would cost more than the rehash it might save.
                 with atomic_path(self.path, durable=False) as tmp:
                     tmp.write_text(json.dumps(on_disk, sort_keys=True), encoding="utf-8")
-        except OSError as e:  # read-only home, full disk: hashing still works
+        except (OSError, WeightMapperError) as e:  # read-only home, full disk: still hashes
             log.debug("hash cache %s not written: %s", self.path, e)
+            return
+        with self._lock:  # what other processes remembered is now known here too
+            known = self._entries if self._entries is not None else {}
+            for k, v in on_disk.items():
+                known.setdefault(k, v)
 
 
 _DEFAULT: dict[str, HashCache] = {}
 _DEFAULT_LOCK = threading.Lock()
+_IN_PROCESS = HashCache(None)
+"""Used when the persistent cache is switched off: digests remembered within the process."""
 
 
-def default_cache() -> HashCache:
-    """→ the cache the environment names (see the module docs); an in-process one when off."""
+def default_cache() -> HashCache | None:
+    """Environment → the persistent cache it names (see the module docs); None when off.
+
+    One HashCache per location per process, so its entries are read from disk once.
+    """
     path = _default_path()
-    key = str(path)
+    if path is None:
+        return None
     with _DEFAULT_LOCK:
-        if key not in _DEFAULT:
-            _DEFAULT[key] = HashCache(path)
-        return _DEFAULT[key]
+        if str(path) not in _DEFAULT:
+            _DEFAULT[str(path)] = HashCache(path)
+        return _DEFAULT[str(path)]
 
 
 def file_sha256(path: str | os.PathLike[str], *, cache: HashCache | None = None) -> str:
-    """File path → sha256 hex digest of its bytes, from the cache when this version is known."""
-    return (cache or default_cache()).digests([path])[0]
+    """File path → sha256 hex digest of its bytes, from the cache when this version is known.
+
+    ``cache=None`` uses :func:`default_cache` (or an in-process memo when that is off).
+    Raises CheckpointNotFoundError when the file is missing or unreadable.
+    """
+    return _cache(cache).digests([path])[0]
 
 
 def checkpoint_sha256(
     files: Sequence[str | os.PathLike[str]], *, cache: HashCache | None = None
 ) -> str:
-    """Checkpoint data files → :func:`files_sha256` of them, each file's digest cached."""
+    """Checkpoint data files → :func:`files_sha256` of them, each file's digest cached.
+
+    ``cache`` as in :func:`file_sha256`; files not remembered are hashed in parallel.
+    """
     paths = [Path(f) for f in files]
-    return _combine(paths, (cache or default_cache()).digests(paths))
+    if not paths:
+        raise CheckpointNotFoundError(
+            "no files to hash: a checkpoint needs at least one data file. Pass the files "
+            "that hold its tensors (TensorTable.files)."
+        )
+    return _combine(paths, _cache(cache).digests(paths))
+
+
+def _cache(cache: HashCache | None) -> HashCache:
+    return cache or default_cache() or _IN_PROCESS
 
 
 def _combine(paths: list[Path], digests: list[str]) -> str:
@@ -170,6 +207,29 @@ def _default_path() -> Path | None:
         return Path(os.environ[CACHE_DIR_ENV]) / "hashes.json"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "weightmapper" / "hashes.json"
+
+
+def _identity_or_raise(path: Path) -> str:
+    try:
+        return _identity(path)
+    except OSError as e:
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, e: OSError) -> CheckpointNotFoundError:
+    return CheckpointNotFoundError(
+        f"cannot hash {path}: {e.strerror or e}. Expected a readable checkpoint file; check "
+        "that it exists (a shard named by an index may be missing) and its permissions."
+    )
+
+
+def _bounded(entries: dict[str, dict[str, float | str]]) -> dict[str, dict[str, float | str]]:
+    """Entries → at most MAX_ENTRIES of them: those of vanished files first, then the oldest."""
+    if len(entries) <= MAX_ENTRIES:
+        return entries
+    alive = {k: v for k, v in entries.items() if os.path.exists(k.rsplit("|", 5)[0])}
+    newest = sorted(alive.items(), key=lambda kv: -float(kv[1]["t"]))
+    return dict(newest[:MAX_ENTRIES])
 
 
 def _identity(path: Path) -> str:

@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from weightmapper import hashing
+from weightmapper import checkpoint, hashing
+from weightmapper.errors import CheckpointNotFoundError
 from weightmapper.hashing import HashCache, checkpoint_sha256, file_sha256, files_sha256
 
 
@@ -133,14 +136,59 @@ def test_processes_sharing_the_cache_keep_each_others_entries(
     assert stored == {hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
-def test_switched_off_by_environment(
-    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("switch", ["0", "off"])
+def test_switched_off_by_environment_keeps_an_in_process_memo(
+    tmp_path: Path,
+    cache_dir: Path,
+    reads: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    switch: str,
 ) -> None:
-    monkeypatch.setenv("WEIGHTMAPPER_HASH_CACHE", "off")
+    monkeypatch.setenv("WEIGHTMAPPER_HASH_CACHE", switch)
+    assert hashing.default_cache() is None
     f = tmp_path / "w.bin"
     f.write_bytes(b"x")
-    assert file_sha256(f) == hashlib.sha256(b"x").hexdigest()
+    assert file_sha256(f) == file_sha256(f) == hashlib.sha256(b"x").hexdigest()
+    assert reads == [f]
     assert not cache_dir.exists()
+
+
+def test_default_location_follows_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WEIGHTMAPPER_HASH_CACHE", raising=False)
+    monkeypatch.setenv("WEIGHTMAPPER_CACHE_DIR", str(tmp_path / "mine"))
+    cache = hashing.default_cache()
+    assert cache is not None and cache.path == tmp_path / "mine" / "hashes.json"
+    monkeypatch.delenv("WEIGHTMAPPER_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cache = hashing.default_cache()
+    assert cache is not None and cache.path == tmp_path / "xdg" / "weightmapper" / "hashes.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cache = hashing.default_cache()
+    expected = tmp_path / "home" / ".cache" / "weightmapper" / "hashes.json"
+    assert cache is not None and cache.path == expected
+
+
+def test_missing_file_raises_our_error(tmp_path: Path, cache_dir: Path) -> None:
+    with pytest.raises(CheckpointNotFoundError, match=r"cannot hash .*gone\.bin"):
+        file_sha256(tmp_path / "gone.bin")
+    (tmp_path / "here.bin").write_bytes(b"x")
+    with pytest.raises(CheckpointNotFoundError, match="gone"):
+        checkpoint_sha256([tmp_path / "here.bin", tmp_path / "gone.bin"])
+
+
+def test_table_content_hash_is_the_cached_file_hash(
+    tmp_path: Path, cache_dir: Path, reads: list[Path]
+) -> None:
+    f = tmp_path / "model.safetensors"
+    save_file({"w": torch.arange(6.0).reshape(2, 3)}, str(f))
+    table = checkpoint.open_checkpoint(f)
+    assert (
+        table.content_hash() == table.content_hash() == hashlib.sha256(f.read_bytes()).hexdigest()
+    )
+    assert reads == [f]
 
 
 def test_unwritable_cache_location_still_hashes(
@@ -166,3 +214,19 @@ def test_cache_keeps_the_newest_entries_only(
         time.sleep(0.01)
     stored = {e["sha256"] for e in _entries(cache_dir).values()}
     assert stored == {hashlib.sha256(bytes([i])).hexdigest() for i in (2, 3, 4)}
+
+
+def test_entries_of_deleted_files_go_first_when_the_cache_is_full(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashing, "MAX_ENTRIES", 2)
+    kept, gone, new = (tmp_path / f"{n}.bin" for n in ("kept", "gone", "new"))
+    for f in (kept, gone):
+        f.write_bytes(f.name.encode())
+        file_sha256(f)
+        time.sleep(0.01)
+    gone.unlink()
+    new.write_bytes(b"new")
+    file_sha256(new)
+    stored = {e["sha256"] for e in _entries(cache_dir).values()}
+    assert stored == {hashlib.sha256(f.read_bytes()).hexdigest() for f in (kept, new)}
