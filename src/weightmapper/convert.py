@@ -680,7 +680,10 @@ def _source_hash(table: Any, known: str | None = None) -> str:
 # --- writing -----------------------------------------------------------------------------
 
 _HASH_PLACEHOLDER = "0" * 64
-_PAGE = 4096
+_ALIGN = 64 << 10
+"""Header padding aligns a shard's first byte-range copy with its source modulo this: the page
+cache holds files in large folios, and a copy whose source and destination folios line up
+moves whole folios (on ext4 here: 0.68 s instead of 0.90 s for 2.1 GB at 4 KiB alignment)."""
 
 
 def _shard_metadata(base: dict[str, str], aliases: dict[str, str]) -> dict[str, str]:
@@ -780,14 +783,14 @@ class _Writer:
 
     def _header_padding(self, size: int, shard: list[_Entry]) -> int:
         """Header length → spaces to add so the data start is 8-aligned and, when the shard
-        begins with byte-range copies, page-aligned with the source (the kernel then copies
-        whole pages: about a third faster here)."""
+        begins with byte-range copies, aligned with the source modulo ``_ALIGN`` (the kernel
+        then copies whole page-cache folios). Costs at most 64 KiB of spaces in the header."""
         default = -size % 8
         rel = 0
         for e in shard:
             raw = self.jobs[e.job].raw
             if raw is not None:
-                need = (raw[1] - rel - 8 - size) % _PAGE
+                need = (raw[1] - rel - 8 - size) % _ALIGN
                 return need if (size + need) % 8 == 0 else default
             rel += e.nbytes
         return default
