@@ -62,6 +62,13 @@ class AtomicFiles:
         self._pairs.append((tmp, dest))
         return tmp
 
+    def sync_now(self) -> None:
+        """Fsync every temp file now, when durable: the disk then works while the caller
+        waits on something else, and :meth:`commit` only flushes what changed since."""
+        if self.durable:
+            for tmp, _ in self._pairs:
+                _fsync_file(tmp)
+
     def commit(self, *, remove_first: Iterable[Path] = ()) -> None:
         """Fsync all temp files, delete ``remove_first`` (stale files that must not outlive
         the old output, e.g. an old index), then rename every temp file onto its destination.

@@ -327,6 +327,8 @@ def convert_checkpoint(
                 weight_map.update({n: path.name for n in [*here, *shard_aliases]})
         finally:
             writer.close()
+        # The data goes to disk while the source hash, if still running, finishes.
+        files.sync_now()
         src_hash = hashing.result()
         for tmp, offset in tmps:
             _patch_placeholder(tmp, offset, src_hash)

@@ -107,14 +107,20 @@ def test_temp_files_of_dead_writers_are_swept_live_ones_kept(tmp_path: Path) -> 
 def test_fsync_only_when_durable_and_same_bytes_either_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
 ) -> None:
-    synced: list[int] = []
+    synced: set[str] = set()
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    def recording_fsync(fd: int) -> None:
+        name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        synced.add(name.split(f".{os.getpid()}-")[0].lstrip(".") if name.endswith(".tmp") else name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     files = _convert(tmp_path / "a", "4KiB", durable=durable)
-    if durable:
-        assert len(synced) == len(files) + 1 + 1  # every shard, the index, the folder
+    if durable:  # every shard and the index before their renames, then the folder
+        assert synced == {*files, "model.safetensors.index.json", "a"}
     else:
-        assert synced == []
+        assert synced == set()
     monkeypatch.setattr(os, "fsync", real_fsync)
     _convert(tmp_path / "b", "4KiB", durable=not durable)
     for name in _names(tmp_path / "a"):
