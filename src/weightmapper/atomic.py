@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import glob
 import hashlib
 import logging
@@ -31,6 +32,8 @@ from weightmapper.errors import OutputError
 log = logging.getLogger(__name__)
 
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+_UMASK_AT_IMPORT = os.umask(0o022)
+os.umask(_UMASK_AT_IMPORT)
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.[^.]+\.tmp$")
 
 
@@ -56,6 +59,8 @@ class AtomicFiles:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent)
             os.close(fd)
+            # mkstemp creates 0600 files; an output is as shareable as any file made here.
+            os.chmod(name, 0o666 & ~_umask())
         except OSError as e:
             raise OutputError(f"cannot create a file in {dest.parent}: {e.strerror or e}") from e
         tmp = Path(name)
@@ -145,6 +150,21 @@ def atomic_write_text(dest: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(dest, text.encode("utf-8"))
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Lock file path → an exclusive lock across threads and processes, held in the block.
+
+    ``flock`` locks belong to an open file description, so two threads that each open the
+    lock file exclude each other just as two processes do. The file is created if needed.
+    """
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def sweep_stale_temps(dest: str | os.PathLike[str]) -> list[Path]:
     """Destination → the temp files of earlier writes to it by dead processes, removed.
 
@@ -168,6 +188,17 @@ def sweep_stale_temps(dest: str | os.PathLike[str]) -> list[Path]:
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted write", len(removed))
     return removed
+
+
+def _umask() -> int:
+    """→ this process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
 
 
 def _temp_prefix(dest: Path) -> str:

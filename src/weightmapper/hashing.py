@@ -21,19 +21,17 @@ exist go first, then the oldest.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from weightmapper.atomic import atomic_path, sweep_stale_temps
+from weightmapper.atomic import atomic_path, file_lock, sweep_stale_temps
 from weightmapper.errors import CheckpointNotFoundError, WeightMapperError
 
 log = logging.getLogger(__name__)
@@ -126,7 +124,7 @@ class HashCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with _flock(self.path.with_name(self.path.name + ".lock")):
+            with file_lock(self.path.with_name(self.path.name + ".lock")):
                 sweep_stale_temps(self.path)  # left by a writer killed mid-write
                 on_disk = _read_entries(self.path)
                 on_disk.update(fresh)
@@ -269,13 +267,3 @@ def _read_entries(path: Path | None) -> dict[str, dict[str, float | str]]:
         and len(v["sha256"]) == 64
         and isinstance(v.get("t"), (int, float))
     }
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -137,3 +137,14 @@ def test_failed_write_removes_every_temp_file(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="stop here"):
         convert_checkpoint(_SOURCE, _MAPPING, out, shard_size="4KiB", progress=fail)
     assert _names(out) == []
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_outputs_follow_the_umask_like_any_new_file(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        files = _convert(tmp_path / "out", "4KiB")
+    finally:
+        os.umask(old)
+    for name in [*files, "model.safetensors.index.json"]:
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == mode, name

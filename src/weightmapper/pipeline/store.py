@@ -15,7 +15,6 @@ header reads); anything else is a miss and the stage recomputes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -24,13 +23,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from weightmapper.atomic import atomic_path, atomic_write_text
+from weightmapper.atomic import atomic_path, atomic_write_text, file_lock
 from weightmapper.hashing import HashCache, checkpoint_sha256
 from weightmapper.pipeline.keys import digest_file
 
 log = logging.getLogger(__name__)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -129,8 +126,6 @@ class ArtifactStore:
             path = self.artifact_path(stage, key, ext)
             with atomic_path(path) as tmp:
                 info = write(tmp) or {}
-                # mkstemp creates 0600 files; artifacts are as shareable as any output.
-                os.chmod(tmp, 0o666 & ~_UMASK)
                 digest = digest_file(tmp)
                 size = tmp.stat().st_size
             meta = {
@@ -178,19 +173,11 @@ class ArtifactStore:
     # --- locking ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:
-        """Stage + key → an exclusive lock across threads and processes, held in the block.
-
-        ``flock`` locks belong to an open file description, so two threads that each open
-        the lock file exclude each other just as two processes do.
-        """
+        """Stage + key → an exclusive lock across threads and processes, held in the block."""
         path = self.root / "locks" / stage / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        with file_lock(path):
+            yield
 
     # --- file digests ----------------------------------------------------------------------
     def file_digest(self, paths: list[Path]) -> str:
