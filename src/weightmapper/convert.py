@@ -7,8 +7,11 @@ shard being built, so peak memory stays near the largest tensor group rather tha
 checkpoint. A tensor that is only renamed, with its dtype unchanged, is copied as a byte range
 from a safetensors source by the kernel (``copy_file_range``) without entering Python.
 
-Every shard is written under a temporary name, fsynced, and renamed only when all shards are
-complete; the index (for sharded output) is renamed last. The metadata records
+Every shard is written under a temporary name, fsynced (unless ``durable=False``), and renamed
+only when all shards are complete; the index (for sharded output) is renamed last, and an
+earlier output's index is deleted before the first new shard lands, so a folder never pairs an
+old index with new shards. A shard's header is padded so that its first byte-range copy lines
+up with the source modulo 64 KiB, letting the kernel move whole page-cache folios. The metadata records
 ``weightmapper_version``, ``source_sha256`` (the source's ``content_hash()``, computed in a
 thread beside the copy) and ``mapping_sha256``. Tied tensors are written once; the other
 names are recorded both in a ``weightmapper_aliases`` JSON entry and as plain
