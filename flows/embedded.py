@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,31 @@ def _silence(prefix: str) -> None:
         handler.addFilter(lambda record: not record.name.startswith(prefix))
 
 
+_TEARDOWN_PACKAGES = ("aiosqlite", "sqlalchemy", "prefect")
+
+
+def _drop_teardown_unraisables() -> None:
+    """Exceptions raised while the embedded server's objects are garbage-collected (after
+    the batch has finished and been reported) → dropped; any other goes to the usual hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_weightmapper_teardown", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+        where = [f.filename for f in frames] + [repr(unraisable.object)]
+        if any(
+            f"{os.sep}{pkg}{os.sep}" in w or f"{pkg}." in w
+            for w in where
+            for pkg in _TEARDOWN_PACKAGES
+        ):
+            return
+        previous(unraisable)
+
+    hook._weightmapper_teardown = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def run_job(job: Any) -> Any:
     """JobConfig → BatchSummary, run as the Prefect batch flow with an embedded server.
 
@@ -98,4 +125,8 @@ def run_job(job: Any) -> Any:
     finally:
         # The temporary server's database pool is torn down at interpreter exit and logs a
         # cancelled rollback as an ERROR with a traceback; it is harmless, so keep it quiet.
+        # Its aiosqlite connections may also be collected mid-close ("Task was destroyed but
+        # it is pending", an ignored exception in Connection.close): the same teardown.
         _silence("sqlalchemy.pool")
+        _silence("asyncio")
+        _drop_teardown_unraisables()
