@@ -148,3 +148,33 @@ def test_outputs_follow_the_umask_like_any_new_file(tmp_path: Path, umask: int, 
         os.umask(old)
     for name in [*files, "model.safetensors.index.json"]:
         assert (tmp_path / "out" / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_reused_buffers_never_leak_one_tensor_into_the_next(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from weightmapper.result import MappingResult, MatchedPair, MultiPair
+    from weightmapper.transforms import TransformSpec
+
+    gen = torch.Generator().manual_seed(0)
+    # Sizes go up and down, so the read buffer is reused for smaller tensors and regrown
+    # for bigger ones; a split in between keeps its outputs pending across other tensors.
+    shapes = [(64, 32), (8, 4), (128, 96), (16, 16), (96, 128), (3, 5)]
+    src = {f"t{i}": torch.randn(*s, generator=gen) for i, s in enumerate(shapes)}
+    src["fused"] = torch.randn(192, 64, generator=gen)  # bigger than the tensors after it
+    src["half"] = torch.randn(40, 24, generator=gen).to(torch.bfloat16)
+    save_file(src, tmp_path / "src.safetensors")
+    transpose = TransformSpec("transpose", {"dim0": 0, "dim1": 1})
+    pairs = [MatchedPair(f"t{i}", f"out.t{i}", 1.0, transform=transpose) for i in range(6)]
+    pairs.append(MatchedPair("half", "out.half", 1.0, transform=transpose))
+    split = TransformSpec("split", {"dim": 0, "sizes": [64, 64, 64]})
+    targets = ("out.q", "out.k", "out.v")
+    mapping = MappingResult(pairs, multi=[MultiPair(("fused",), targets, split, 1.0)])
+    out = tmp_path / "out"
+    convert_checkpoint(tmp_path / "src.safetensors", mapping, out, shard_size="20KB")
+    loaded = load_converted(out)
+    for i in range(6):
+        assert torch.equal(loaded[f"out.t{i}"], src[f"t{i}"].t().contiguous()), i
+    assert torch.equal(loaded["out.half"], src["half"].t().contiguous())
+    for name, part in zip(targets, src["fused"].split(64), strict=True):
+        assert torch.equal(loaded[name], part)
