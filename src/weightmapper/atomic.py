@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
 _UMASK_AT_IMPORT = os.umask(0o022)
 os.umask(_UMASK_AT_IMPORT)
+_WORKDIR_RE = re.compile(r"^\.(?P<label>[^.]+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.[^.]+\.work$")
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.[^.]+\.tmp$")
 
 
@@ -188,6 +190,20 @@ def sweep_stale_temps(dest: str | os.PathLike[str]) -> list[Path]:
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted write", len(removed))
     return removed
+
+
+def private_workdir(parent: str | os.PathLike[str], label: str) -> Path:
+    """Folder + label → a new private working directory in it, after removing the ones of
+    that label left by dead processes on this host (a kill skips every ``finally``)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob(f".{glob.escape(label)}.*.work"):
+        m = _WORKDIR_RE.match(old.name)
+        if m and m["label"] == label and m["host"] == _HOST and not _alive(int(m["pid"])):
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("removed %s, left by an interrupted run", old)
+    prefix = f".{label}.{os.getpid()}-{_HOST}."
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=".work", dir=parent))
 
 
 def _umask() -> int:

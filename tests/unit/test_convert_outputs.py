@@ -178,3 +178,23 @@ def test_reused_buffers_never_leak_one_tensor_into_the_next(tmp_path: Path) -> N
     assert torch.equal(loaded["out.half"], src["half"].t().contiguous())
     for name, part in zip(targets, src["fused"].split(64), strict=True):
         assert torch.equal(loaded[name], part)
+
+
+def test_work_folders_of_dead_runs_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    host = atomic._HOST
+    stale = tmp_path / f".convert.{int(dead.stdout)}-{host}.abc.work"
+    live = tmp_path / f".convert.{os.getpid()}-{host}.def.work"
+    other_label = tmp_path / f".report.{int(dead.stdout)}-{host}.ghi.work"
+    for d in (stale, live, other_label):
+        d.mkdir()
+        (d / "converted.safetensors").write_bytes(b"partial")
+    work = atomic.private_workdir(tmp_path, "convert")
+    assert work.is_dir() and work.parent == tmp_path and work not in (stale, live)
+    assert not stale.exists()
+    assert live.exists() and other_label.exists()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weightmapper.atomic import private_workdir
 from weightmapper.inventory import Inventory
 from weightmapper.pipeline.codec import info_from_json
 from weightmapper.result import MappingResult
@@ -108,12 +108,18 @@ def convert_to_file(
     from weightmapper.convert import convert_checkpoint
 
     # convert_checkpoint names its output by suffix, so write under a proper name in a
-    # private directory beside dest (same file system), then move it onto dest.
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+    # private directory beside dest (same file system), then move it onto dest. No fsync
+    # here: the store fsyncs dest before committing it.
+    work = private_workdir(dest.parent, "convert")
     try:
         out = work / "converted.safetensors"
         rep = convert_checkpoint(
-            open_table(path, trusted=trusted), mapping, out, shard_size=_NO_SHARDING, overwrite=True
+            open_table(path, trusted=trusted),
+            mapping,
+            out,
+            shard_size=_NO_SHARDING,
+            overwrite=True,
+            durable=False,
         )
         out.replace(dest)
     finally:
