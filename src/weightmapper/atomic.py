@@ -33,8 +33,6 @@ from weightmapper.errors import OutputError
 log = logging.getLogger(__name__)
 
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
-_UMASK_AT_IMPORT = os.umask(0o022)
-os.umask(_UMASK_AT_IMPORT)
 _WORKDIR_RE = re.compile(r"^\.(?P<label>[^.]+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.[^.]+\.work$")
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.[^.]+\.tmp$")
 
@@ -93,7 +91,7 @@ class AtomicFiles:
                 for folder in dict.fromkeys(dest.parent for _, dest in self._pairs):
                     _fsync_dir(folder)
         except OSError as e:
-            raise _output_error(self._pairs[0][1] if self._pairs else Path("."), e) from e
+            raise _output_error(self._first_dest(), e) from e
         self._done = True
 
     def abort(self) -> None:
@@ -102,6 +100,10 @@ class AtomicFiles:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         self._pairs.clear()
+
+    def _first_dest(self) -> Path:
+        """→ the destination error messages name (the first requested)."""
+        return self._pairs[0][1] if self._pairs else Path(".")
 
     def __enter__(self) -> AtomicFiles:
         return self
@@ -112,7 +114,7 @@ class AtomicFiles:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        dest = self._pairs[0][1] if self._pairs else Path(".")
+        dest = self._first_dest()
         if not self._done:
             self.abort()
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
@@ -182,7 +184,7 @@ def sweep_stale_temps(dest: str | os.PathLike[str]) -> list[Path]:
         return removed
     for tmp in candidates:
         m = _TEMP_RE.match(tmp.name)
-        if not m or m["name"] != dest.name or m["host"] != _HOST or _alive(int(m["pid"])):
+        if not m or m["name"] != dest.name or not _orphaned(m):
             continue
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -199,7 +201,7 @@ def private_workdir(parent: str | os.PathLike[str], label: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     for old in parent.glob(f".{glob.escape(label)}.*.work"):
         m = _WORKDIR_RE.match(old.name)
-        if m and m["label"] == label and m["host"] == _HOST and not _alive(int(m["pid"])):
+        if m and m["label"] == label and _orphaned(m):
             shutil.rmtree(old, ignore_errors=True)
             log.info("removed %s, left by an interrupted run", old)
     prefix = f".{label}.{os.getpid()}-{_HOST}."
@@ -214,11 +216,18 @@ def _umask() -> int:
                 return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return _UMASK_AT_IMPORT
+    current = os.umask(0o022)  # no /proc: the only other way to read it is to set it
+    os.umask(current)
+    return current
 
 
 def _temp_prefix(dest: Path) -> str:
     return f".{dest.name}.{os.getpid()}-{_HOST}."
+
+
+def _orphaned(m: re.Match[str]) -> bool:
+    """Parsed temp or work name → True when its process was on this host and is gone."""
+    return m["host"] == _HOST and not _alive(int(m["pid"]))
 
 
 def _alive(pid: int) -> bool:

@@ -10,13 +10,13 @@ from a safetensors source by the kernel (``copy_file_range``) without entering P
 Every shard is written under a temporary name, fsynced (unless ``durable=False``), and renamed
 only when all shards are complete; the index (for sharded output) is renamed last, and an
 earlier output's index is deleted before the first new shard lands, so a folder never pairs an
-old index with new shards. A shard's header is padded so that its first byte-range copy lines
-up with the source modulo 64 KiB, letting the kernel move whole page-cache folios. The metadata records
-``weightmapper_version``, ``source_sha256`` (the source's ``content_hash()``, computed in a
-thread beside the copy) and ``mapping_sha256``. Tied tensors are written once; the other
-names are recorded both in a ``weightmapper_aliases`` JSON entry and as plain
-``{alias: stored}`` entries (the ``safetensors.torch.save_model`` convention), which
-:func:`load_converted`, ``open_checkpoint`` and ``validate_state_dict`` honour.
+old index with new shards. A shard's header is padded so that its first byte-range copy
+lines up with the source modulo 64 KiB, letting the kernel move whole page-cache folios.
+The metadata records ``weightmapper_version``, ``source_sha256`` (the source's
+``content_hash()``, computed in a thread beside the copy) and ``mapping_sha256``. Tied tensors
+are written once; the other names are recorded both in a ``weightmapper_aliases`` JSON entry
+and as plain ``{alias: stored}`` entries (the ``safetensors.torch.save_model`` convention),
+which :func:`load_converted`, ``open_checkpoint`` and ``validate_state_dict`` honour.
 """
 
 from __future__ import annotations
@@ -292,8 +292,9 @@ def convert_checkpoint(
     entries, aliases = _plan_entries(table, jobs)
     shards = _pack(entries, limit)
     paths, index_path = _output_paths(Path(out), len(shards))
+    outputs = [*paths, *([index_path] if index_path else [])]
     previous = _previous_outputs(Path(out))
-    _check_outputs([*paths, *([index_path] if index_path else []), *previous], table, overwrite)
+    _check_outputs([*outputs, *previous], table, overwrite)
 
     map_hash = mapping_sha256(result)
     base_meta = {
@@ -315,7 +316,7 @@ def convert_checkpoint(
     # Hashing the source reads every byte once more; doing it beside the copy hides most of
     # that time. The hash goes into each header at the end, over a fixed-width placeholder.
     hashing = _Background(_source_hash, table, source_sha256)
-    for p in [*paths, *([index_path] if index_path else [])]:
+    for p in outputs:
         sweep_stale_temps(p)
     with AtomicFiles(durable=durable) as files:
         try:
@@ -345,9 +346,8 @@ def convert_checkpoint(
         # An earlier output's index goes before any new shard lands: while the renames run,
         # the folder must never hold an old index beside new shards of the same names.
         files.commit(remove_first=[p for p in previous if p.name.endswith(INDEX_SUFFIX)])
-    new_names = {*paths, *([index_path] if index_path else [])}
     for stale in previous:
-        if stale not in new_names:
+        if stale not in outputs:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
                 log.info("removed %s, part of the output this conversion replaced", stale)

@@ -230,8 +230,8 @@ def _bounded(entries: dict[str, dict[str, float | str]]) -> dict[str, dict[str, 
     return dict(newest[:MAX_ENTRIES])
 
 
-def _identity(path: Path) -> str:
-    st = path.stat()
+def _identity(path: Path, st: os.stat_result | None = None) -> str:
+    st = st or path.stat()
     return (
         f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     )
@@ -241,10 +241,11 @@ def _settled(path: Path, identity: str, started: float) -> bool:
     """True when the file did not change while hashed and was last written well before."""
     try:
         st = path.stat()
-        same = _identity(path) == identity
     except OSError:
         return False
-    return same and max(st.st_mtime, st.st_ctime) < started - RACY_SECONDS
+    return (
+        _identity(path, st) == identity and max(st.st_mtime, st.st_ctime) < started - RACY_SECONDS
+    )
 
 
 def _read_entries(path: Path | None) -> dict[str, dict[str, float | str]]:

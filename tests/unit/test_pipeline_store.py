@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from weightmapper import hashing
-from weightmapper.pipeline.keys import digest_file, digest_files, stage_key
+from weightmapper.hashing import files_sha256
+from weightmapper.pipeline.keys import digest_file, stage_key
 from weightmapper.pipeline.store import ArtifactStore
 
 
@@ -34,7 +35,7 @@ def test_file_digest_ignores_the_file_name(tmp_path: Path) -> None:
     a, b = tmp_path / "a.bin", tmp_path / "renamed.bin"
     a.write_bytes(b"weights")
     b.write_bytes(b"weights")
-    assert digest_files([a]) == digest_files([b]) == digest_file(a)
+    assert files_sha256([a]) == files_sha256([b]) == digest_file(a)
 
 
 def test_produce_computes_once_then_reuses(tmp_path: Path) -> None:

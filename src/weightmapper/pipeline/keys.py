@@ -11,11 +11,10 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from weightmapper._version import __version__
-from weightmapper.hashing import files_sha256, sha256_file
+from weightmapper.hashing import sha256_file
 
 # Bump when the on-disk layout of every artifact changes; each stage also has its own version.
 KEY_SCHEMA = 1
@@ -71,12 +70,3 @@ def digest_json(obj: Any) -> str:
 def digest_file(path: str | os.PathLike[str]) -> str:
     """File path → sha256 hex digest of its bytes (the same hasher as checkpoints use)."""
     return sha256_file(path)
-
-
-def digest_files(paths: list[Path]) -> str:
-    """Files (a checkpoint and its shards) → the checkpoint's sha256.
-
-    The same definition as ``TensorTable.content_hash`` and the ``source_sha256`` recorded
-    in converted outputs (:func:`weightmapper.hashing.files_sha256`).
-    """
-    return files_sha256(paths)
