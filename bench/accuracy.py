@@ -1,6 +1,6 @@
 """Mapping accuracy on the reference zoo: precision, recall, traps, calibration, equal outputs.
 
-Every zoo case (``weightmapper.zoo``) is mapped by ``WeightMapper(src, tgt, dummy_input=...)
+Every zoo case (``zoo``) is mapped by ``WeightMapper(src, tgt, dummy_input=...)
 .suggest_mapping()`` twice, with and without the dummy input (execution order traced or not);
 ``--mode all`` adds a third run whose source is a bare state dict (``WeightMapper.from_state_dict``,
 no module types), as when mapping a checkpoint file. ``--heldout`` runs the held-out cases.
@@ -38,8 +38,9 @@ from typing import Any
 
 import torch
 
-from weightmapper.zoo import CATEGORIES, ZooCase, cases, convert_and_compare, get_case
-from weightmapper.zoo.check import source_with_weights
+import zoo_path  # noqa: F401  (the reference zoo lives in tests/)
+from zoo import CATEGORIES, ZooCase, cases, convert_and_compare, get_case
+from zoo.check import source_with_weights
 
 MODES = ("dummy", "no_dummy")
 EXTRA_MODES = ("checkpoint",)
@@ -571,7 +572,7 @@ def _select(name: str | None, category: str | None, *, heldout: bool) -> list[Zo
     """Case name / category / held-out flag → the cases to run."""
     if not heldout:
         return [get_case(name)] if name else cases(category)
-    from weightmapper.zoo.heldout import HELDOUT_CASES
+    from zoo.heldout import HELDOUT_CASES
 
     pool = list(HELDOUT_CASES.values())
     if name:
@@ -600,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--heldout",
         action="store_true",
-        help="run the held-out cases (weightmapper.zoo.heldout) instead of the tuning zoo",
+        help="run the held-out cases (zoo.heldout) instead of the tuning zoo",
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)

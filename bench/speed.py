@@ -122,7 +122,8 @@ def build_pair(family: str, n: int) -> tuple[Any, Any, dict[str, str]]:
     """Family + size → (source, renamed shuffled target, true key map), all on meta."""
     import torch
 
-    from weightmapper.zoo.relocate import Relocated
+    import zoo_path  # noqa: F401  (the reference zoo lives in tests/)
+    from zoo.relocate import Relocated
 
     build = build_synthetic if family == "synthetic" else build_moe
     with torch.device("meta"):

@@ -14,7 +14,7 @@ import torch
 
 from weightmapper.mapper import WeightMapper
 from weightmapper.result import MappingResult
-from weightmapper.zoo import ZooCase, cases, convert_and_compare, source_with_weights
+from zoo import ZooCase, cases, convert_and_compare, source_with_weights
 
 pytestmark = pytest.mark.integration
 

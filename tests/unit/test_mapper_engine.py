@@ -170,8 +170,8 @@ def test_same_mapping_for_every_hash_seed() -> None:
 
 @pytest.mark.integration
 def test_zoo_cross_library_pairs_convert_to_equal_outputs() -> None:
-    from weightmapper.zoo import get_case
-    from weightmapper.zoo.check import randomize_
+    from zoo import get_case
+    from zoo.check import randomize_
 
     for name in ("resnet_tv_to_timm_names", "bert_hf_to_fairseq_names"):
         case = get_case(name)
@@ -273,8 +273,8 @@ def test_square_weights_of_a_bare_conv1d_checkpoint_follow_their_block() -> None
     c_proj weights take the transpose their non-square block neighbours needed, marked low
     confidence, and the converted model computes the same function."""
     pytest.importorskip("transformers")
-    from weightmapper.zoo import get_case
-    from weightmapper.zoo.check import convert_and_compare, source_with_weights
+    from zoo import get_case
+    from zoo.check import convert_and_compare, source_with_weights
 
     case = get_case("gpt2_hf_to_linear_split")
     source = source_with_weights(case)

@@ -17,7 +17,7 @@ from torch import nn
 from weightmapper.errors import MappingError
 from weightmapper.result import MappingResult, MatchedPair
 from weightmapper.transforms import IDENTITY, TransformSpec
-from weightmapper.zoo import (
+from zoo import (
     CATEGORIES,
     ExpectedMulti,
     Truth,
@@ -30,7 +30,10 @@ from weightmapper.zoo import (
     randomize_,
     source_with_weights,
 )
-from weightmapper.zoo.relocate import Relocated, Wrapped, rename_leaf_tensors
+from zoo.relocate import Relocated, Wrapped, rename_leaf_tensors
+
+TESTS = Path(__file__).resolve().parents[1]
+"""Holds the reference zoo package, imported as ``zoo``."""
 
 
 def _params(selected: list[ZooCase]) -> list[Any]:
@@ -58,11 +61,13 @@ def _one_thread() -> Iterator[None]:
 
 def test_zoo_imports_without_transformers() -> None:
     code = (
-        "import sys; import weightmapper.zoo as z; "
+        "import sys; import zoo as z; "
         "assert 'transformers' not in sys.modules, 'zoo imported transformers'; "
         "print(len(z.CASES))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=TESTS
+    )
     assert int(out.stdout) == len(cases())
 
 
@@ -236,6 +241,8 @@ def test_model_output_flattens_tuples() -> None:
 
 def _accuracy_bench() -> ModuleType:
     path = Path(__file__).resolve().parents[2] / "bench" / "accuracy.py"
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))  # as when the script runs: its siblings import
     spec = importlib.util.spec_from_file_location("zoo_accuracy_bench", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from weightmapper.zoo import CASES, model_output, randomize_
-from weightmapper.zoo.case import ZooCase
-from weightmapper.zoo.heldout import HELDOUT_CASES
+from zoo import CASES, model_output, randomize_
+from zoo.case import ZooCase
+from zoo.heldout import HELDOUT_CASES
 
 ALL = [
     pytest.param(
@@ -21,6 +22,9 @@ ALL = [
     )
     for c in HELDOUT_CASES.values()
 ]
+
+TESTS = Path(__file__).resolve().parents[1]
+"""Holds the reference zoo package, imported as ``zoo``."""
 
 
 def _converted_target(case: ZooCase, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -40,11 +44,13 @@ def _converted_target(case: ZooCase, seed: int = 0) -> tuple[torch.nn.Module, to
 
 def test_heldout_imports_without_transformers() -> None:
     code = (
-        "import sys; from weightmapper.zoo.heldout import HELDOUT_CASES; "
+        "import sys; from zoo.heldout import HELDOUT_CASES; "
         "assert 'transformers' not in sys.modules, 'held-out zoo imported transformers'; "
         "print(len(HELDOUT_CASES))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=TESTS
+    )
     assert int(out.stdout) == len(HELDOUT_CASES)
 
 

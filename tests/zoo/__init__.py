@@ -13,7 +13,7 @@ transforms, splits/merges and the keys that have no partner. Categories:
 
 Usage::
 
-    from weightmapper.zoo import cases, get_case
+    from zoo import cases, get_case
     case = get_case("resnet_tv_to_timm_names")
     src, tgt = case.build_source(), case.build_target()
     tgt.load_state_dict(case.convert_with_ground_truth(src.state_dict()))
@@ -21,14 +21,14 @@ Usage::
 
 from __future__ import annotations
 
-from weightmapper.zoo import (  # noqa: F401  (importing registers the cases)
+from zoo import (  # noqa: F401  (importing registers the cases)
     cases_hf,
     cases_ports,
     cases_refactor,
     cases_traps,
     cases_vision,
 )
-from weightmapper.zoo.case import (
+from zoo.case import (
     CASES,
     CATEGORIES,
     ExpectedMulti,
@@ -39,7 +39,7 @@ from weightmapper.zoo.case import (
     cases,
     get_case,
 )
-from weightmapper.zoo.check import (
+from zoo.check import (
     OutputCheck,
     convert_and_compare,
     model_output,

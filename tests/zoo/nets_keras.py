@@ -1,4 +1,4 @@
-"""The VGG-like net of :mod:`weightmapper.zoo.nets_vgg` as a Keras port stores it.
+"""The VGG-like net of :mod:`zoo.nets_vgg` as a Keras port stores it.
 
 Keras layer names (``block1_conv1``, ``block1_bn1``, ``fc1``, ``predictions``) and Keras
 layouts: convolution kernels ``(kh, kw, in, out)``, dense kernels ``(in, out)``, BatchNorm

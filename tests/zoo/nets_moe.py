@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weightmapper.zoo.nets_text import LlamaAttention, RMSNorm
+from zoo.nets_text import LlamaAttention, RMSNorm
 
 
 class Expert(nn.Module):

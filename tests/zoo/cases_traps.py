@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from weightmapper.zoo.case import Truth, ZooCase, register
-from weightmapper.zoo.cases_hf import (
+from zoo.case import Truth, ZooCase, register
+from zoo.cases_hf import (
     CHANNELS,
     HEADS,
     HIDDEN,
@@ -20,13 +20,13 @@ from weightmapper.zoo.cases_hf import (
     token_ids,
     vit_truth,
 )
-from weightmapper.zoo.cases_vision import EFF_DEPTH, RESNET, effnet_truth, images
-from weightmapper.zoo.check import model_output
-from weightmapper.zoo.nets_effnet import TimmEffNet, TvEffNet
-from weightmapper.zoo.nets_resnet import D2ResNet, Detector, StagedResNet, TvResNet
-from weightmapper.zoo.nets_text import HandGpt2
-from weightmapper.zoo.nets_vit import HandVit
-from weightmapper.zoo.resnet_truth import (
+from zoo.cases_vision import EFF_DEPTH, RESNET, effnet_truth, images
+from zoo.check import model_output
+from zoo.nets_effnet import TimmEffNet, TvEffNet
+from zoo.nets_resnet import D2ResNet, Detector, StagedResNet, TvResNet
+from zoo.nets_text import HandGpt2
+from zoo.nets_vit import HandVit
+from zoo.resnet_truth import (
     d2_name,
     resnet_layers,
     resnet_truth,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from weightmapper.zoo.case import ModelInput, ZooCase
+from zoo.case import ModelInput, ZooCase
 
 _VARIANCE_SUFFIXES = ("running_var", "moving_variance")
 _BIAS_SUFFIXES = ("bias", "beta", "running_mean", "moving_mean")

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from weightmapper.zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
-from weightmapper.zoo.nets_text import HandBert, HandGpt2, HandLlama, MetaLlama
-from weightmapper.zoo.nets_vit import HandVit
+from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
+from zoo.nets_text import HandBert, HandGpt2, HandLlama, MetaLlama
+from zoo.nets_vit import HandVit
 
 VOCAB, POSITIONS, D, LAYERS, HEADS, KV_HEADS, HIDDEN = 100, 32, 32, 2, 4, 2, 64
 IMAGE, PATCH, CHANNELS = 16, 4, 3

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from weightmapper.zoo.case import ModelInput, Truth, ZooCase, register, truth_from_pairs
-from weightmapper.zoo.cases_hf import (
+from zoo.case import ModelInput, Truth, ZooCase, register, truth_from_pairs
+from zoo.cases_hf import (
     HEADS,
     HIDDEN,
     KV_HEADS,
@@ -22,12 +22,12 @@ from weightmapper.zoo.cases_hf import (
     D,
     token_ids,
 )
-from weightmapper.zoo.cases_vision import EFF_DEPTH, RESNET, images
-from weightmapper.zoo.nets_effnet import TimmEffNet
-from weightmapper.zoo.nets_resnet import TvResNet
-from weightmapper.zoo.nets_text import HandBert, HandLlama
-from weightmapper.zoo.nets_vgg import VggLike
-from weightmapper.zoo.relocate import Relocated, Wrapped, rename_leaf_tensors
+from zoo.cases_vision import EFF_DEPTH, RESNET, images
+from zoo.nets_effnet import TimmEffNet
+from zoo.nets_resnet import TvResNet
+from zoo.nets_text import HandBert, HandLlama
+from zoo.nets_vgg import VggLike
+from zoo.relocate import Relocated, Wrapped, rename_leaf_tensors
 
 
 def _llama() -> nn.Module:

@@ -6,12 +6,12 @@ from typing import Any
 
 import torch
 
-from weightmapper.zoo.case import Truth, ZooCase, register, truth_from_pairs
-from weightmapper.zoo.nets_convnext import ConvMlpConvNeXt, OfficialConvNeXt
-from weightmapper.zoo.nets_effnet import TimmEffNet, TvEffNet
-from weightmapper.zoo.nets_resnet import D2ResNet, StagedResNet, TvResNet
-from weightmapper.zoo.nets_swin import SwinEndMerge, SwinStartMerge
-from weightmapper.zoo.resnet_truth import d2_name, resnet_layers, resnet_truth, staged_name, tv_name
+from zoo.case import Truth, ZooCase, register, truth_from_pairs
+from zoo.nets_convnext import ConvMlpConvNeXt, OfficialConvNeXt
+from zoo.nets_effnet import TimmEffNet, TvEffNet
+from zoo.nets_resnet import D2ResNet, StagedResNet, TvResNet
+from zoo.nets_swin import SwinEndMerge, SwinStartMerge
+from zoo.resnet_truth import d2_name, resnet_layers, resnet_truth, staged_name, tv_name
 
 RESNET = (2, 2, 2, 2)
 

@@ -1,7 +1,7 @@
 """Held-out accuracy set: real architecture pairs outside the main zoo registry.
 
-:data:`HELDOUT_CASES` holds :class:`~weightmapper.zoo.case.ZooCase` objects that are *not*
-registered in :data:`weightmapper.zoo.CASES`, so the mapping engine can be measured on layouts
+:data:`HELDOUT_CASES` holds :class:`~zoo.case.ZooCase` objects that are *not*
+registered in :data:`zoo.CASES`, so the mapping engine can be measured on layouts
 it was not calibrated on: torchvision vs timm/Keras CNNs and ViTs, HF models vs
 re-implementations with other names (Qwen2, DistilBERT, Whisper), tensor transforms (reshape,
 fused and split q/k/v, transposed Flax kernels, stacked MoE experts) and traps (auxiliary head,
@@ -10,7 +10,7 @@ mid-stack). Every ground truth is proven by equal outputs in ``tests/unit/test_z
 
 Usage::
 
-    from weightmapper.zoo.heldout import HELDOUT_CASES
+    from zoo.heldout import HELDOUT_CASES
     case = HELDOUT_CASES["heldout_regnety_tv_to_timm"]
 """
 
@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from weightmapper.errors import MappingError
-from weightmapper.zoo import heldout_cnn as cnn
-from weightmapper.zoo import heldout_text as text
-from weightmapper.zoo import heldout_vit as vit
-from weightmapper.zoo.case import ExpectedMulti, Truth, ZooCase, truth_from_pairs
+from zoo import heldout_cnn as cnn
+from zoo import heldout_text as text
+from zoo import heldout_vit as vit
+from zoo.case import ExpectedMulti, Truth, ZooCase, truth_from_pairs
 
 HELDOUT_CASES: dict[str, ZooCase] = {}
 

@@ -6,13 +6,13 @@ from typing import Any
 
 from torch import nn
 
-from weightmapper.zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
-from weightmapper.zoo.cases_hf import HEADS, HIDDEN, KV_HEADS, LAYERS, VOCAB, D, token_ids
-from weightmapper.zoo.cases_vision import images
-from weightmapper.zoo.nets_keras import CONVS, KERAS_BN_EPS, KerasVgg
-from weightmapper.zoo.nets_moe import MixtralV4
-from weightmapper.zoo.nets_text import SeparateEncoder, TorchEncoder
-from weightmapper.zoo.nets_vgg import VggLike
+from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
+from zoo.cases_hf import HEADS, HIDDEN, KV_HEADS, LAYERS, VOCAB, D, token_ids
+from zoo.cases_vision import images
+from zoo.nets_keras import CONVS, KERAS_BN_EPS, KerasVgg
+from zoo.nets_moe import MixtralV4
+from zoo.nets_text import SeparateEncoder, TorchEncoder
+from zoo.nets_vgg import VggLike
 
 # --- Keras → PyTorch -----------------------------------------------------------------------
 

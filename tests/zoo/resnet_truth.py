@@ -1,4 +1,4 @@
-"""Ground truth between the ResNet layouts of :mod:`weightmapper.zoo.nets_resnet`.
+"""Ground truth between the ResNet layouts of :mod:`zoo.nets_resnet`.
 
 Every layout names the same canonical layers (stem conv/norm, per-block conv_a/norm_a/conv_b/
 norm_b and shortcut conv/norm, the classifier); a truth is the layer-by-layer product of two
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from weightmapper.zoo.case import Truth, truth_from_pairs
+from zoo.case import Truth, truth_from_pairs
 
 Layer = tuple[str, int, int, str]
 """(kind, stage, block, role); kind is conv, norm or linear; stage/block −1 outside stages."""
