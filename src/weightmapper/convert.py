@@ -46,6 +46,7 @@ from weightmapper.errors import (
     TransformError,
 )
 from weightmapper.inventory import natural_key
+from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.result import MappingResult
 from weightmapper.tensor_info import TensorInfo, dtype_from_name, dtype_name
 from weightmapper.transforms import TransformSpec, apply_transform, output_shapes
@@ -271,6 +272,7 @@ def convert_checkpoint(
     progress: Callable[[int, int], None] | None = None,
     source_sha256: str | None = None,
     durable: bool = True,
+    protect: Iterable[str | os.PathLike[str]] = (),
 ) -> ConvertReport:
     """Source checkpoint (path, TensorTable or state dict) + mapping → safetensors at ``out``.
 
@@ -284,6 +286,8 @@ def convert_checkpoint(
     process, as with ``cp``, but may be lost in a power cut before the kernel flushes it).
     With ``overwrite``, files of an earlier conversion to ``out`` that the new layout does
     not reuse (shards of another count, an index beside a now single file) are removed.
+    No output may be one of the source's files (see :mod:`weightmapper.io_safety`) nor of
+    ``protect`` (other inputs of the caller, e.g. the mapping file): OutputError.
     """
     result = _as_result(mapping)
     table = _as_table(source)
@@ -294,7 +298,7 @@ def convert_checkpoint(
     paths, index_path = _output_paths(Path(out), len(shards))
     outputs = [*paths, *([index_path] if index_path else [])]
     previous = _previous_outputs(Path(out))
-    _check_outputs([*outputs, *previous], table, overwrite)
+    _check_outputs([*outputs, *previous], table, overwrite, protect)
 
     map_hash = mapping_sha256(result)
     base_meta = {
@@ -626,18 +630,19 @@ def _previous_outputs(out: Path) -> list[Path]:
     return found
 
 
-def _check_outputs(paths: list[Path], table: Any, overwrite: bool) -> None:
+def _check_outputs(
+    paths: list[Path], table: Any, overwrite: bool, protect: Iterable[str | os.PathLike[str]] = ()
+) -> None:
     """Refuse outputs that are inputs (always) or that exist (unless overwrite)."""
     named = [*(getattr(table, "files", None) or []), getattr(table, "index", None)]
     named.append(getattr(table, "path", None))  # the file or index the user named
-    inputs = {str(Path(f).resolve()) for f in named if f}
-    inputs |= {str(Path(table[k].file).resolve()) for k in table if table[k].file}
-    for p in paths:
-        if str(p.resolve()) in inputs:
-            raise OutputError(
-                f"output {p} is one of the source checkpoint's files; refusing to write over an "
-                "input. Choose another output path."
-            )
+    named += [table[k].file for k in table if table[k].file]
+    inputs: set[Path] = set()
+    for f in dict.fromkeys(str(f) for f in named if f):
+        inputs |= input_files(f)
+    for f in protect:
+        inputs |= input_files(f)
+    ensure_outputs_safe(paths, inputs)
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         raise OutputError(

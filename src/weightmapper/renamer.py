@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from weightmapper.atomic import atomic_path
 from weightmapper.checkpoint import open_checkpoint
 from weightmapper.errors import CheckpointFormatError, KeyCollisionError, MappingError, OutputError
+from weightmapper.io_safety import ensure_outputs_safe, input_files
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class WeightRenamer:
         else:
             table = open_checkpoint(source, trusted=trusted, strip_prefixes=strip_prefixes)
             self._tensors = table.to_state_dict()
-            self.input_files = [*table.files, *([table.index] if table.index else [])]
+            self.input_files = sorted(input_files(table.index or table.path).union(table.files))
 
     def __len__(self) -> int:
         return len(self._tensors)
@@ -149,11 +150,11 @@ class WeightRenamer:
         """
         dest = Path(path)
         fmt = _output_format(dest, format)
-        if not overwrite_input and any(_same_file(dest, f) for f in self.input_files):
-            raise OutputError(
-                f"{dest} is the checkpoint this renamer was read from; refusing to overwrite "
-                "it. Save elsewhere, or pass overwrite_input=True to replace it."
-            )
+        if not overwrite_input:
+            try:
+                ensure_outputs_safe([dest], self.input_files)
+            except OutputError as e:
+                raise OutputError(f"{e} (or pass overwrite_input=True to replace it)") from e
         with atomic_path(dest) as tmp:
             if fmt == "safetensors":
                 tensors, aliases = dedupe_shared_tensors(self._tensors)
@@ -236,13 +237,6 @@ def _output_format(dest: Path, requested: str | None) -> str:
             )
         return fmt
     return "pt" if dest.suffix.lower() in TORCH_SUFFIXES else "safetensors"
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

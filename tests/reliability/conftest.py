@@ -7,8 +7,10 @@ always show how much the suite exercised.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,13 @@ class Tally(defaultdict):
 
     def __repr__(self) -> str:
         return f"Tally({len(self)} sections)"
+
+    @contextlib.contextmanager
+    def attack(self, kind: str) -> Iterator[None]:
+        """Count one attack of ``kind`` as tried, and as held when the block (its checks) passes."""
+        self["attacks tried"][kind] += 1
+        yield
+        self["attacks held"][kind] += 1
 
 
 _TALLY = pytest.StashKey[Tally]()
@@ -51,6 +60,10 @@ def pytest_terminal_summary(
     if not tally:
         return
     terminalreporter.section("reliability counts")
+    if "attacks tried" in tally:
+        tried = sum(tally["attacks tried"].values())
+        held = sum(tally.get("attacks held", {}).values())
+        terminalreporter.write_line(f"attacks: {tried} tried, {held} held, {tried - held} not held")
     for section in sorted(tally):
         items = tally[section]
         total = sum(items.values())

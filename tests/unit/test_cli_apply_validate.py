@@ -59,7 +59,7 @@ def test_apply_bad_input_exits_2_with_one_line(tmp_path, capsys) -> None:
     assert "already exists" in capsys.readouterr().err
     assert main(["apply", source, mapping, "--out", str(out), "--quiet", "--force"]) == 0
     assert main(["apply", source, mapping, "--out", source, "--quiet", "--force"]) == 2
-    assert "refusing to write over an input" in capsys.readouterr().err
+    assert "would destroy an input" in capsys.readouterr().err
 
 
 def test_validate_against_a_module_spec(tmp_path, capsys) -> None:

@@ -93,7 +93,7 @@ def test_map_refuses_to_overwrite_its_input_and_bad_input_exits_2(
 ) -> None:
     before = ckpt.read_bytes()
     assert _map(ckpt, tmp_path, "--out", str(ckpt)) == 2
-    assert "never overwrites an input" in capsys.readouterr().err
+    assert "would destroy an input" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
     assert main(["map", str(tmp_path / "missing.pt"), "--target", TARGET]) == 2
     assert main(["map", str(ckpt), "--target", "no.such.module:Thing"]) == 2

@@ -164,7 +164,7 @@ def test_refuses_to_overwrite_source_or_existing_output(tmp_path) -> None:
     src = tmp_path / "src.safetensors"
     save_file({"a": torch.randn(3)}, src)
     before = src.read_bytes()
-    with pytest.raises(OutputError, match="source checkpoint"):
+    with pytest.raises(OutputError, match="input file"):
         convert_checkpoint(src, {"a": "b"}, src, overwrite=True)
     assert src.read_bytes() == before
     out = tmp_path / "out.safetensors"
@@ -283,7 +283,7 @@ def test_refuses_to_write_an_index_over_the_source_index(tmp_path) -> None:
     src = {f"w{i}": torch.randn(16, 16) for i in range(4)}
     first = convert_checkpoint(src, {k: k for k in src}, tmp_path / "ckpt", shard_size="2KiB")
     index_before = (tmp_path / "ckpt" / "model.safetensors.index.json").read_bytes()
-    with pytest.raises(OutputError, match="source checkpoint"):
+    with pytest.raises(OutputError, match="input file"):
         convert_checkpoint(
             first.index_path,
             {f"w{i}": f"v{i}" for i in range(3)},  # 3 new shard names; only the index collides

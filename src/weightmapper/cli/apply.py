@@ -23,6 +23,7 @@ from weightmapper.checkpoint import open_checkpoint
 from weightmapper.cli._console import print_json, stdout_console
 from weightmapper.convert import ConvertReport, convert_checkpoint
 from weightmapper.errors import MappingError, WeightMapperError
+from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.result import MappingResult
 
 HELP = "convert a checkpoint with a mapping file into safetensors (streamed, atomic)"
@@ -80,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (0 when the output was written)."""
     mapping = read_mapping(args.mapping)
+    # the output file itself first, before the source is read (the conversion checks every
+    # file it will write against the source and the mapping once it has planned them)
+    ensure_outputs_safe({"--out": args.out}, input_files(args.source) | input_files(args.mapping))
     table = open_checkpoint(args.source, trusted=args.trust_pickle)
     convert = functools.partial(
         convert_checkpoint,
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.force,
         dtype=_DTYPES[args.dtype] if args.dtype else None,
         durable=args.durable,
+        protect=[args.mapping],
     )
     if args.quiet:
         report = convert()

@@ -15,8 +15,9 @@ from rich.console import Console
 from weightmapper.atomic import atomic_write_text
 from weightmapper.candidates import STRATEGIES
 from weightmapper.engine import BUFFER_MODES
-from weightmapper.errors import ConfigError, OutputError
+from weightmapper.errors import ConfigError
 from weightmapper.html_report import write_html
+from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.mapper import WeightMapper
 from weightmapper.report import build_report, dumps_report, write_markdown, write_report
 from weightmapper.targets import build_module, is_module_spec
@@ -147,14 +148,12 @@ def _side(spec: str, kwargs: str | None, label: str, flag: str) -> Any:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    inputs = {Path(p).resolve() for p in (args.source, args.target) if not is_module_spec(p)}
-    for flag in ("out", "report", "html", "markdown"):
-        path = getattr(args, flag)
-        if path is not None and path.resolve() in inputs:
-            raise OutputError(
-                f"--{flag} {path} is one of the inputs; weightmapper never overwrites an input. "
-                "Choose another output path."
-            )
+    inputs: frozenset[Path] = frozenset()
+    for p in (args.source, args.target):
+        if not is_module_spec(p):
+            inputs |= input_files(p)
+    flags = ("out", "report", "html", "markdown")
+    ensure_outputs_safe({f"--{f}": getattr(args, f) for f in flags}, inputs)
 
 
 @contextlib.contextmanager

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from weightmapper.errors import OutputError
 from weightmapper.html_report import write_html
+from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.report import dumps_report, load_report, write_markdown
 from weightmapper.visualize import (
     default_console,
@@ -59,12 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (0 once every requested rendering is written)."""
-    for flag in ("html", "markdown"):
-        out = getattr(args, flag)
-        if out is not None and out.resolve() == args.report.resolve():
-            raise OutputError(
-                f"--{flag} {out} is the report itself; weightmapper never overwrites an input."
-            )
+    ensure_outputs_safe(
+        {"--html": args.html, "--markdown": args.markdown}, input_files(args.report)
+    )
     report = load_report(args.report)
     if args.html:
         write_html(report, args.html)

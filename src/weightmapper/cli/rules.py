@@ -8,7 +8,7 @@ from pathlib import Path
 
 from weightmapper.atomic import atomic_write_text
 from weightmapper.cli._console import print_json
-from weightmapper.errors import OutputError
+from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.report import load_report, result_from_report
 from weightmapper.rules import FORMATS, compress_mapping, format_rules
 
@@ -52,8 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (1 when the rules do not reproduce the mapping)."""
-    if args.out is not None and args.out.resolve() == args.mapping.resolve():
-        raise OutputError(f"--out {args.out} is the input mapping; choose another path.")
+    ensure_outputs_safe({"--out": args.out}, input_files(args.mapping))
     result = result_from_report(load_report(args.mapping))
     rules = compress_mapping(result, split_by_transform=not args.mix_transforms)
     text = format_rules(rules, args.format)
