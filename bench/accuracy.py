@@ -570,16 +570,13 @@ def to_json(scores: list[tuple[ZooCase, dict[str, ModeScore]]]) -> dict[str, Any
 
 def _select(name: str | None, category: str | None, *, heldout: bool) -> list[ZooCase]:
     """Case name / category / held-out flag → the cases to run."""
-    if not heldout:
-        return [get_case(name)] if name else cases(category)
-    from zoo.heldout import HELDOUT_CASES
-
-    pool = list(HELDOUT_CASES.values())
+    split = "heldout" if heldout else "tune"
     if name:
-        pool = [c for c in pool if c.name == name]
-        if not pool:
-            raise KeyError(f"no held-out case {name!r}; known: {', '.join(HELDOUT_CASES)}")
-    return [c for c in pool if category is None or c.category == category]
+        case = get_case(name)
+        if case.split != split:
+            raise KeyError(f"case {name!r} belongs to the {case.split} split, not {split}")
+        return [case]
+    return cases(category, split)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,12 +63,12 @@ def test_zoo_imports_without_transformers() -> None:
     code = (
         "import sys; import zoo as z; "
         "assert 'transformers' not in sys.modules, 'zoo imported transformers'; "
-        "print(len(z.CASES))"
+        "print(len(z.cases(split=None)))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=TESTS
     )
-    assert int(out.stdout) == len(cases())
+    assert int(out.stdout) == len(cases(split=None))
 
 
 def test_registry_lookup_and_categories() -> None:

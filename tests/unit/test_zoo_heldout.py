@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from zoo import CASES, model_output, randomize_
+from zoo import cases, model_output, randomize_
 from zoo.case import ZooCase
-from zoo.heldout import HELDOUT_CASES
+
+HELDOUT = cases(split="heldout")
 
 ALL = [
     pytest.param(
@@ -20,11 +18,8 @@ ALL = [
         id=c.name,
         marks=pytest.mark.skipif(not c.available(), reason=f"needs {', '.join(c.requires)}"),
     )
-    for c in HELDOUT_CASES.values()
+    for c in HELDOUT
 ]
-
-TESTS = Path(__file__).resolve().parents[1]
-"""Holds the reference zoo package, imported as ``zoo``."""
 
 
 def _converted_target(case: ZooCase, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -42,22 +37,11 @@ def _converted_target(case: ZooCase, seed: int = 0) -> tuple[torch.nn.Module, to
     return source, target
 
 
-def test_heldout_imports_without_transformers() -> None:
-    code = (
-        "import sys; from zoo.heldout import HELDOUT_CASES; "
-        "assert 'transformers' not in sys.modules, 'held-out zoo imported transformers'; "
-        "print(len(HELDOUT_CASES))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=TESTS
-    )
-    assert int(out.stdout) == len(HELDOUT_CASES)
-
-
-def test_heldout_cases_stay_out_of_the_main_registry() -> None:
-    assert len(HELDOUT_CASES) >= 8
-    assert not set(HELDOUT_CASES) & set(CASES)
-    assert {c.category for c in HELDOUT_CASES.values()} == {"cross_library", "transform", "trap"}
+def test_heldout_cases_stay_out_of_the_tuning_split() -> None:
+    assert len(HELDOUT) >= 8
+    assert not {c.name for c in HELDOUT} & {c.name for c in cases()}
+    assert len(cases(split=None)) == len(cases()) + len(HELDOUT)
+    assert {c.category for c in HELDOUT} == {"cross_library", "transform", "trap"}
 
 
 @pytest.mark.parametrize("case", ALL)
@@ -116,5 +100,5 @@ def test_ground_truth_gives_equal_outputs(case: ZooCase) -> None:
 
 
 def test_dummy_inputs_are_deterministic() -> None:
-    for case in HELDOUT_CASES.values():
+    for case in HELDOUT:
         assert torch.equal(case.dummy_input(), case.dummy_input()), case.name

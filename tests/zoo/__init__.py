@@ -11,6 +11,9 @@ transforms, splits/merges and the keys that have no partner. Categories:
 - ``transform``: pairs that need tensor transforms (transposes, reshapes, fused/split qkv).
 - ``trap``: resized head, BatchNorm → GroupNorm, deeper/shallower, backbone in a detector.
 
+One registry holds every case; each belongs to a split (``tune`` or ``heldout``, see
+:mod:`zoo.heldout`), and :func:`cases` returns the tuning split unless asked otherwise.
+
 Usage::
 
     from zoo import cases, get_case
@@ -27,10 +30,12 @@ from zoo import (  # noqa: F401  (importing registers the cases)
     cases_refactor,
     cases_traps,
     cases_vision,
+    heldout,
 )
 from zoo.case import (
     CASES,
     CATEGORIES,
+    SPLITS,
     ExpectedMulti,
     Truth,
     ZooCase,
@@ -50,6 +55,7 @@ from zoo.check import (
 __all__ = [
     "CASES",
     "CATEGORIES",
+    "SPLITS",
     "ExpectedMulti",
     "OutputCheck",
     "Truth",

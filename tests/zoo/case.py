@@ -19,6 +19,9 @@ from torch import nn
 from weightmapper.errors import MappingError, TransformError
 
 CATEGORIES: tuple[str, ...] = ("refactor", "cross_library", "transform", "trap")
+SPLITS: tuple[str, ...] = ("tune", "heldout")
+"""``tune``: the cases the engine is developed against; ``heldout``: layouts it was not tuned
+on, measured separately (``bench/accuracy.py --heldout``)."""
 
 ModelInput = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -84,12 +87,19 @@ class ZooCase:
     shared_features: tuple[Callable[..., Any], Callable[..., Any]] | None = None
     """For pairs that differ only in a head: (source, input) → tensor and (target, input) →
     tensor computing the part both share, compared after a ground-truth conversion."""
+    split: str = "tune"
+    """One of :data:`SPLITS`."""
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
             raise MappingError(
                 f"zoo case {self.name!r} has category {self.category!r}; expected one of "
                 f"{', '.join(CATEGORIES)}"
+            )
+        if self.split not in SPLITS:
+            raise MappingError(
+                f"zoo case {self.name!r} has split {self.split!r}; expected one of "
+                f"{', '.join(SPLITS)}"
             )
 
     # --- ground truth views ------------------------------------------------------------------
@@ -232,11 +242,17 @@ def get_case(name: str) -> ZooCase:
         ) from None
 
 
-def cases(category: str | None = None) -> list[ZooCase]:
-    """Category (or None for all) → its cases, in registration order."""
+def cases(category: str | None = None, split: str | None = "tune") -> list[ZooCase]:
+    """Category and split (None for all) → their cases, in registration order."""
     if category is not None and category not in CATEGORIES:
         raise MappingError(f"unknown zoo category {category!r}; expected one of {CATEGORIES}")
-    return [c for c in CASES.values() if category is None or c.category == category]
+    if split is not None and split not in SPLITS:
+        raise MappingError(f"unknown zoo split {split!r}; expected one of {SPLITS}")
+    return [
+        c
+        for c in CASES.values()
+        if (category is None or c.category == category) and (split is None or c.split == split)
+    ]
 
 
 def truth_from_pairs(

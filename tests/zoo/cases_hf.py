@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
+from zoo.hf import hf_class, hf_model
 from zoo.nets_text import HandBert, HandGpt2, HandLlama, MetaLlama
 from zoo.nets_vit import HandVit
 
@@ -41,9 +42,9 @@ def _weight_bias(src: str, tgt: str, bias: bool = True) -> list[tuple[str, str]]
 
 def hf_gpt2() -> nn.Module:
     """() → HF GPT2LMHeadModel from the small config."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
+    return hf_model(
+        "GPT2LMHeadModel",
+        "GPT2Config",
         n_layer=LAYERS,
         n_embd=D,
         n_head=HEADS,
@@ -52,7 +53,6 @@ def hf_gpt2() -> nn.Module:
         bos_token_id=0,
         eos_token_id=0,
     )
-    return GPT2LMHeadModel(cfg)
 
 
 def gpt2_truth(fused: bool) -> Truth:
@@ -126,9 +126,9 @@ register(
 
 
 def _hf_bert() -> nn.Module:
-    from transformers import BertConfig, BertModel
-
-    cfg = BertConfig(
+    return hf_model(
+        "BertModel",
+        "BertConfig",
         num_hidden_layers=LAYERS,
         hidden_size=D,
         num_attention_heads=HEADS,
@@ -136,7 +136,6 @@ def _hf_bert() -> nn.Module:
         vocab_size=VOCAB,
         max_position_embeddings=POSITIONS,
     )
-    return BertModel(cfg)
 
 
 def _bert_truth() -> Truth:
@@ -184,9 +183,7 @@ register(
 
 
 def _llama_config(tied: bool) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
+    return hf_class("LlamaConfig")(
         num_hidden_layers=LAYERS,
         hidden_size=D,
         num_attention_heads=HEADS,
@@ -199,9 +196,7 @@ def _llama_config(tied: bool) -> Any:
 
 
 def _hf_llama(tied: bool) -> nn.Module:
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM(_llama_config(tied))
+    return hf_class("LlamaForCausalLM")(_llama_config(tied))
 
 
 def _hand_llama(tied: bool, fused: bool) -> nn.Module:
@@ -340,9 +335,7 @@ register(
 
 def hf_vit() -> nn.Module:
     """() → HF ViTModel (no pooler) from the small config."""
-    from transformers import ViTConfig, ViTModel
-
-    cfg = ViTConfig(
+    cfg = hf_class("ViTConfig")(
         num_hidden_layers=LAYERS,
         hidden_size=D,
         num_attention_heads=HEADS,
@@ -351,7 +344,7 @@ def hf_vit() -> nn.Module:
         patch_size=PATCH,
         num_channels=CHANNELS,
     )
-    return ViTModel(cfg, add_pooling_layer=False)
+    return hf_class("ViTModel")(cfg, add_pooling_layer=False)
 
 
 def vit_truth(fused: bool) -> Truth:

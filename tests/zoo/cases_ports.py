@@ -9,6 +9,7 @@ from torch import nn
 from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
 from zoo.cases_hf import HEADS, HIDDEN, KV_HEADS, LAYERS, VOCAB, D, token_ids
 from zoo.cases_vision import images
+from zoo.hf import hf_class
 from zoo.nets_keras import CONVS, KERAS_BN_EPS, KerasVgg
 from zoo.nets_moe import MixtralV4
 from zoo.nets_text import SeparateEncoder, TorchEncoder
@@ -73,9 +74,7 @@ MOE_LAYERS, EXPERTS, TOP_K, MOE_HIDDEN = 2, 4, 2, 48
 
 
 def _mixtral_config() -> Any:
-    from transformers import MixtralConfig
-
-    return MixtralConfig(
+    return hf_class("MixtralConfig")(
         num_hidden_layers=MOE_LAYERS,
         hidden_size=D,
         num_attention_heads=HEADS,
@@ -89,9 +88,7 @@ def _mixtral_config() -> Any:
 
 
 def _hf_mixtral() -> nn.Module:
-    from transformers import MixtralForCausalLM
-
-    return MixtralForCausalLM(_mixtral_config())
+    return hf_class("MixtralForCausalLM")(_mixtral_config())
 
 
 def _v4_mixtral() -> nn.Module:

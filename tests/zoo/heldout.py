@@ -1,8 +1,7 @@
-"""Held-out accuracy set: real architecture pairs outside the main zoo registry.
+"""Held-out accuracy set: real architecture pairs registered with ``split="heldout"``.
 
-:data:`HELDOUT_CASES` holds :class:`~zoo.case.ZooCase` objects that are *not*
-registered in :data:`zoo.CASES`, so the mapping engine can be measured on layouts
-it was not calibrated on: torchvision vs timm/Keras CNNs and ViTs, HF models vs
+The mapping engine is measured on them apart from the tuning cases, on layouts it was not
+calibrated on: torchvision vs timm/Keras CNNs and ViTs, HF models vs
 re-implementations with other names (Qwen2, DistilBERT, Whisper), tensor transforms (reshape,
 fused and split q/k/v, transposed Flax kernels, stacked MoE experts) and traps (auxiliary head,
 resized last stage and classifier, BatchNorm → LayerNorm, MHA → GQA, a block inserted
@@ -10,8 +9,9 @@ mid-stack). Every ground truth is proven by equal outputs in ``tests/unit/test_z
 
 Usage::
 
-    from zoo.heldout import HELDOUT_CASES
-    case = HELDOUT_CASES["heldout_regnety_tv_to_timm"]
+    from zoo import cases, get_case
+    heldout = cases(split="heldout")
+    case = get_case("heldout_regnety_tv_to_timm")
 """
 
 from __future__ import annotations
@@ -27,17 +27,10 @@ from weightmapper.errors import MappingError
 from zoo import heldout_cnn as cnn
 from zoo import heldout_text as text
 from zoo import heldout_vit as vit
-from zoo.case import ExpectedMulti, Truth, ZooCase, truth_from_pairs
-
-HELDOUT_CASES: dict[str, ZooCase] = {}
+from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
+from zoo.hf import hf_model, lm_fields
 
 Transform = tuple[str, dict[str, Any]]
-
-
-def _add(case: ZooCase) -> None:
-    if case.name in HELDOUT_CASES:
-        raise MappingError(f"held-out case {case.name!r} is defined twice")
-    HELDOUT_CASES[case.name] = case
 
 
 def _image(size: int) -> Callable[[], torch.Tensor]:
@@ -162,9 +155,10 @@ def _mbv2_truth() -> Truth:
     return layer_truth(src, tgt, cnn.mbv2_layer_pairs(cnn.MBV2_STAGES), complete=True)
 
 
-_add(
+register(
     ZooCase(
         name="heldout_mobilenetv2_tv_to_timm",
+        split="heldout",
         category="cross_library",
         build_source=cnn.TvMobileNetV2,
         build_target=cnn.TimmMobileNetV2,
@@ -182,9 +176,10 @@ def _regnet_truth() -> Truth:
     return layer_truth(src, tgt, cnn.regnet_layer_pairs(), complete=True)
 
 
-_add(
+register(
     ZooCase(
         name="heldout_regnety_tv_to_timm",
+        split="heldout",
         category="cross_library",
         build_source=cnn.TvRegNet,
         build_target=cnn.TimmRegNet,
@@ -216,9 +211,10 @@ def _convnext_truth() -> Truth:
     )
 
 
-_add(
+register(
     ZooCase(
         name="heldout_convnext_tv_to_timm",
+        split="heldout",
         category="transform",
         build_source=cnn.TvConvNeXt,
         build_target=cnn.TimmConvNeXt,
@@ -237,9 +233,10 @@ def _densenet_truth() -> Truth:
     return layer_truth(src, tgt, cnn.densenet_layer_pairs(), complete=True)
 
 
-_add(
+register(
     ZooCase(
         name="heldout_densenet_tv_to_keras_names",
+        split="heldout",
         category="cross_library",
         build_source=cnn.TvDenseNet,
         build_target=cnn.KerasDenseNet,
@@ -272,9 +269,10 @@ def _vit_tv_truth() -> Truth:
     return t
 
 
-_add(
+register(
     ZooCase(
         name="heldout_vit_tv_to_timm",
+        split="heldout",
         category="cross_library",
         build_source=lambda: vit.TvViT(3),
         build_target=lambda: vit.TimmViT((4, 4, 4)),
@@ -308,9 +306,10 @@ def _vit_inserted_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([o.flatten() for o in outs])
 
 
-_add(
+register(
     ZooCase(
         name="heldout_trap_vit_block_inserted",
+        split="heldout",
         category="trap",
         build_source=lambda: vit.TvViT(4),
         build_target=lambda: vit.TimmViT(VIT_INSERTED_RATIOS),
@@ -343,9 +342,10 @@ def _inception_truth() -> Truth:
     )
 
 
-_add(
+register(
     ZooCase(
         name="heldout_trap_inception_aux_to_slim",
+        split="heldout",
         category="trap",
         build_source=cnn.TvInception,
         build_target=cnn.SlimInception,
@@ -382,9 +382,10 @@ def _mbv2_wide_truth() -> Truth:
     )
 
 
-_add(
+register(
     ZooCase(
         name="heldout_trap_mbv2_classes_and_last_width",
+        split="heldout",
         category="trap",
         build_source=cnn.TvMobileNetV2,
         build_target=_mbv2_wide_target,
@@ -446,9 +447,10 @@ def _mbv2_ln_features(side: int) -> Callable[[nn.Module, Any], torch.Tensor]:
     return features
 
 
-_add(
+register(
     ZooCase(
         name="heldout_trap_mbv2_bn_to_layernorm",
+        split="heldout",
         category="trap",
         build_source=cnn.TvMobileNetV2,
         build_target=_mbv2_ln_target,
@@ -470,22 +472,7 @@ QWEN_LM = text.LMConfig(qkv_bias=True)
 
 
 def _qwen2() -> nn.Module:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    c = QWEN_LM
-    cfg = Qwen2Config(
-        vocab_size=c.vocab,
-        hidden_size=c.dim,
-        intermediate_size=c.hidden,
-        num_hidden_layers=c.layers,
-        num_attention_heads=c.heads,
-        num_key_value_heads=c.kv_heads,
-        rms_norm_eps=c.eps,
-        tie_word_embeddings=False,
-        use_cache=False,
-        attn_implementation="eager",
-    )
-    return Qwen2ForCausalLM(cfg)
+    return hf_model("Qwen2ForCausalLM", "Qwen2Config", **lm_fields(QWEN_LM))
 
 
 def _decoder_pairs(layers: int, *, bias: bool, moe: bool) -> list[tuple[str, str]]:
@@ -522,9 +509,10 @@ def _qwen2_truth() -> Truth:
     return layer_truth(_qwen2(), text.MetaStyleLM(QWEN_LM), [], key_pairs=pairs, complete=True)
 
 
-_add(
+register(
     ZooCase(
         name="heldout_qwen2_hf_to_meta_names",
+        split="heldout",
         category="cross_library",
         build_source=_qwen2,
         build_target=lambda: text.MetaStyleLM(QWEN_LM),
@@ -542,24 +530,9 @@ MIXTRAL_LM = text.LMConfig(hidden=48, experts=4, top_k=2, eps=1e-5, rope_theta=1
 
 
 def _mixtral() -> nn.Module:
-    from transformers import MixtralConfig, MixtralForCausalLM
-
     c = MIXTRAL_LM
-    cfg = MixtralConfig(
-        vocab_size=c.vocab,
-        hidden_size=c.dim,
-        intermediate_size=c.hidden,
-        num_hidden_layers=c.layers,
-        num_attention_heads=c.heads,
-        num_key_value_heads=c.kv_heads,
-        num_local_experts=c.experts,
-        num_experts_per_tok=c.top_k,
-        rms_norm_eps=c.eps,
-        tie_word_embeddings=False,
-        use_cache=False,
-        attn_implementation="eager",
-    )
-    return MixtralForCausalLM(cfg)
+    fields = lm_fields(c, num_local_experts=c.experts, num_experts_per_tok=c.top_k)
+    return hf_model("MixtralForCausalLM", "MixtralConfig", **fields)
 
 
 def _mixtral_truth() -> Truth:
@@ -576,9 +549,10 @@ def _mixtral_truth() -> Truth:
     )
 
 
-_add(
+register(
     ZooCase(
         name="heldout_mixtral_stacked_experts_to_hf",
+        split="heldout",
         category="transform",
         build_source=lambda: text.MetaStyleLM(MIXTRAL_LM),
         build_target=_mixtral,
@@ -596,9 +570,9 @@ BERT = text.BertConfig()
 
 
 def _distilbert() -> nn.Module:
-    from transformers import DistilBertConfig, DistilBertModel
-
-    cfg = DistilBertConfig(
+    return hf_model(
+        "DistilBertModel",
+        "DistilBertConfig",
         vocab_size=BERT.vocab,
         dim=BERT.dim,
         n_layers=BERT.layers,
@@ -607,7 +581,6 @@ def _distilbert() -> nn.Module:
         max_position_embeddings=BERT.positions,
         attn_implementation="eager",
     )
-    return DistilBertModel(cfg)
 
 
 def _distilbert_truth() -> Truth:
@@ -631,9 +604,10 @@ def _distilbert_truth() -> Truth:
     return layer_truth(_distilbert(), text.NanoBert(BERT), layers, key_pairs=pairs, complete=True)
 
 
-_add(
+register(
     ZooCase(
         name="heldout_distilbert_hf_to_nanobert",
+        split="heldout",
         category="cross_library",
         build_source=_distilbert,
         build_target=lambda: text.NanoBert(BERT),
@@ -651,9 +625,9 @@ CLIP_DEPTH, CLIP_HIDDEN, CLIP_PROJ = 2, 64, 24
 
 
 def _clip_vision() -> nn.Module:
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    cfg = CLIPVisionConfig(
+    return hf_model(
+        "CLIPVisionModelWithProjection",
+        "CLIPVisionConfig",
         hidden_size=vit.VIT_DIM,
         intermediate_size=CLIP_HIDDEN,
         num_hidden_layers=CLIP_DEPTH,
@@ -663,7 +637,6 @@ def _clip_vision() -> nn.Module:
         projection_dim=CLIP_PROJ,
         attn_implementation="eager",
     )
-    return CLIPVisionModelWithProjection(cfg)
 
 
 def _openclip_visual() -> nn.Module:
@@ -703,9 +676,10 @@ def _clip_truth() -> Truth:
     )
 
 
-_add(
+register(
     ZooCase(
         name="heldout_clip_vision_hf_to_openclip",
+        split="heldout",
         category="transform",
         build_source=_clip_vision,
         build_target=_openclip_visual,
@@ -724,11 +698,10 @@ WHISPER = text.WhisperConfig()
 
 
 def _whisper_hf() -> nn.Module:
-    from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
     c = WHISPER
-    cfg = WhisperConfig(
+    return hf_model(
+        "transformers.models.whisper.modeling_whisper:WhisperEncoder",
+        "WhisperConfig",
         vocab_size=64,
         num_mel_bins=c.mels,
         d_model=c.dim,
@@ -746,7 +719,6 @@ def _whisper_hf() -> nn.Module:
         decoder_start_token_id=1,
         attn_implementation="eager",
     )
-    return WhisperEncoder(cfg)
 
 
 def _whisper_truth() -> Truth:
@@ -777,9 +749,10 @@ def _mel() -> torch.Tensor:
     return torch.randn(2, WHISPER.mels, 2 * WHISPER.ctx, generator=g)
 
 
-_add(
+register(
     ZooCase(
         name="heldout_whisper_encoder_hf_to_openai",
+        split="heldout",
         category="cross_library",
         build_source=_whisper_hf,
         build_target=lambda: text.OpenAIWhisperEncoder(WHISPER),
@@ -798,22 +771,8 @@ GQA_LM = text.LMConfig(kv_heads=2)
 
 
 def _llama_mha() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    c = GQA_LM
-    cfg = LlamaConfig(
-        vocab_size=c.vocab,
-        hidden_size=c.dim,
-        intermediate_size=c.hidden,
-        num_hidden_layers=c.layers,
-        num_attention_heads=c.heads,
-        num_key_value_heads=c.heads,
-        rms_norm_eps=c.eps,
-        tie_word_embeddings=False,
-        use_cache=False,
-        attn_implementation="eager",
-    )
-    return LlamaForCausalLM(cfg)
+    fields = lm_fields(GQA_LM, num_key_value_heads=GQA_LM.heads)
+    return hf_model("LlamaForCausalLM", "LlamaConfig", **fields)
 
 
 def _gqa_layer_pairs() -> list[tuple[str, str]]:
@@ -826,9 +785,10 @@ def _gqa_truth() -> Truth:
     return layer_truth(_llama_mha(), text.MetaStyleLM(GQA_LM), _gqa_layer_pairs(), complete=False)
 
 
-_add(
+register(
     ZooCase(
         name="heldout_trap_llama_mha_to_gqa",
+        split="heldout",
         category="trap",
         build_source=_llama_mha,
         build_target=lambda: text.MetaStyleLM(GQA_LM),
@@ -848,11 +808,10 @@ T5 = text.T5Sizes()
 
 
 def _t5_hf() -> nn.Module:
-    from transformers import T5Config
-    from transformers.models.t5.modeling_t5 import T5Stack
-
     c = T5
-    cfg = T5Config(
+    return hf_model(
+        "transformers.models.t5.modeling_t5:T5Stack",
+        "T5Config",
         vocab_size=c.vocab,
         d_model=c.dim,
         d_kv=c.d_kv,
@@ -868,7 +827,6 @@ def _t5_hf() -> nn.Module:
         use_cache=False,
         attn_implementation="eager",
     )
-    return T5Stack(cfg)
 
 
 def _t5_truth() -> Truth:
@@ -905,9 +863,10 @@ def _t5_truth() -> Truth:
     )
 
 
-_add(
+register(
     ZooCase(
         name="heldout_t5x_encoder_to_hf",
+        split="heldout",
         category="transform",
         build_source=lambda: text.T5XEncoder(T5),
         build_target=_t5_hf,
@@ -930,25 +889,8 @@ PHI3_LM = text.LMConfig(hidden=48, eps=1e-5)
 
 
 def _phi3() -> nn.Module:
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    c = PHI3_LM
-    cfg = Phi3Config(
-        vocab_size=c.vocab,
-        hidden_size=c.dim,
-        intermediate_size=c.hidden,
-        num_hidden_layers=c.layers,
-        num_attention_heads=c.heads,
-        num_key_value_heads=c.kv_heads,
-        rms_norm_eps=c.eps,
-        tie_word_embeddings=False,
-        use_cache=False,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        attn_implementation="eager",
-    )
-    return Phi3ForCausalLM(cfg)
+    fields = lm_fields(PHI3_LM, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return hf_model("Phi3ForCausalLM", "Phi3Config", **fields)
 
 
 def _phi3_truth() -> Truth:
@@ -980,9 +922,10 @@ def _phi3_truth() -> Truth:
     )
 
 
-_add(
+register(
     ZooCase(
         name="heldout_phi3_hf_to_meta_split",
+        split="heldout",
         category="transform",
         build_source=_phi3,
         build_target=lambda: text.MetaStyleLM(PHI3_LM),
