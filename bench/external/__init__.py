@@ -1,0 +1,1 @@
+"""External-truth cases: ground truth from converters that other projects ship."""
