@@ -21,6 +21,12 @@ scored ≥ 0.9 correct ≥ 99.5% of the time.
 
 Run:  python bench/accuracy.py [--case NAME] [--category CAT] [--json] [--no-compare] [--heldout]
 ``--case`` prints every wrong and missed unit with its score, breakdown and the engine's reason.
+
+``--external`` runs the external-truth set instead (``bench/external/``, see ``docs/bench.md``):
+ground truth read back from converters that other projects ship (torchtune, litgpt,
+transformers), each case mapped with the source read from a ``.safetensors`` file and as a
+module. Its libraries live in their own environment: ``bash bench/external/setup_env.sh``, then
+``.bench-venv/bin/python bench/accuracy.py --external [--case NAME] [--json]``.
 The script always exits 0: a benchmark reports, it does not assert.
 """
 
@@ -34,6 +40,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -579,6 +586,16 @@ def _select(name: str | None, category: str | None, *, heldout: bool) -> list[Zo
     return cases(category, split)
 
 
+def _run_external(case: str | None, *, as_json: bool, console: Any) -> int:
+    """Case name (or None) + output form → the external-truth set's tables; exit code 0."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)  # bench.external is imported as a package of the repository
+    from bench.external.run import main as external_main
+
+    return external_main(case, as_json=as_json, console=console)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line → exit code 0 (always; failures are reported, not raised)."""
     ap = argparse.ArgumentParser(
@@ -600,6 +617,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the held-out cases (zoo.heldout) instead of the tuning zoo",
     )
+    ap.add_argument(
+        "--external",
+        action="store_true",
+        help="run the external-truth set (bench/external: truth from other projects' converters)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(1)
@@ -610,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:
         # piped: no terminal width to respect, and truncated cells would hide the numbers
         console = Console(stderr=args.json, width=200)
+    if args.external:
+        return _run_external(args.case, as_json=args.json, console=console)
     try:
         selected = _select(args.case, args.category, heldout=args.heldout)
     except Exception as e:
