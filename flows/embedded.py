@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -103,15 +104,22 @@ def _drop_teardown_unraisables() -> None:
 def run_job(job: Any) -> Any:
     """JobConfig → BatchSummary, run as the Prefect batch flow with an embedded server.
 
-    Sets up the project-local Prefect environment first, then imports Prefect.
+    Sets up the project-local Prefect environment first, then imports Prefect. The
+    summary's time is the wall time of all of it, Prefect's import and start-up included.
     """
+    t0 = time.perf_counter()
+    from weightmapper.pipeline.store import ArtifactStore
+
+    ArtifactStore(job.store).ensure_writable()  # before Prefect makes its home inside it
     home = configure_prefect(job.store)
     from flows.migrate import run_batch_flow
 
     _quiet_reported_failures()
 
     try:
-        return run_batch_flow(job)
+        summary = run_batch_flow(job)
+        summary.seconds = time.perf_counter() - t0
+        return summary
     except RuntimeError as e:
         if "Prefect" not in str(e):
             raise

@@ -1,9 +1,9 @@
 """Prefect flows: one checkpoint's migration, and a batch that fans out over checkpoints.
 
-The flows only order tasks; every behaviour lives in ``weightmapper.pipeline`` and runs
-without Prefect too (``weightmapper migrate --no-prefect``). Call
-:func:`flows.embedded.configure_prefect` before importing this module (``run_job`` in
-``flows/embedded.py`` does both).
+The flows only walk the stage graph (:mod:`weightmapper.pipeline.graph`) and submit one
+task per node; every behaviour lives in ``weightmapper.pipeline`` and runs without Prefect
+too (``weightmapper migrate --no-prefect``). Call :func:`flows.embedded.configure_prefect`
+before importing this module (``run_job`` in ``flows/embedded.py`` does both).
 """
 
 from __future__ import annotations
@@ -16,22 +16,25 @@ from typing import Any
 from prefect import flow
 from prefect.futures import PrefectFuture, wait
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.tasks import make_tasks
-from weightmapper.pipeline.batch import (
-    WorkItem,
+from weightmapper.pipeline import graph
+from weightmapper.pipeline.batch import plan_items, prepare_examples
+from weightmapper.pipeline.config import JobConfig, Migration, RunnerSpec
+from weightmapper.pipeline.graph import CHECKPOINT, MIGRATION, WorkItem
+from weightmapper.pipeline.store import ArtifactStore
+from weightmapper.pipeline.summary import (
+    BatchSummary,
+    CheckpointSummary,
+    StageRecord,
     failed_item,
     finish,
-    functional_enabled,
+    not_prepared,
     note_stage,
-    plan_items,
-    prepare_examples,
     record_failure,
 )
-from weightmapper.pipeline.config import JobConfig, Migration, RunnerSpec, TargetSpec
-from weightmapper.pipeline.store import ArtifactRef, ArtifactStore
-from weightmapper.pipeline.summary import BatchSummary, CheckpointSummary, StageRecord
 
 Futures = dict[str, PrefectFuture[Any]]
 # Task-pool threads per checkpoint in flight: a submitted task waits in its thread for
@@ -51,75 +54,23 @@ def task_runner_for(spec: RunnerSpec) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=at_once * _THREADS_PER_CHECKPOINT)
 
 
-def submit_prepare(tasks: Mapping[str, Any], store: ArtifactStore, m: Migration) -> Futures:
-    """Migration → futures of its once-per-batch stages (architectures and traces)."""
-    f: Futures = {"target": tasks["architecture"].submit(store=store, target=m.target)}
-    if m.dummy_input is not None and m.target.module is not None:
-        f["trace_target"] = tasks["trace"].submit(
-            store=store, arch_ref=f["target"], spec=m.target.module, dummy=m.dummy_input
-        )
-    if m.source_module is not None:
-        f["source_arch"] = tasks["architecture"].submit(
-            store=store, target=TargetSpec(module=m.source_module)
-        )
-        if m.dummy_input is not None:
-            f["trace_source"] = tasks["trace"].submit(
-                store=store, arch_ref=f["source_arch"], spec=m.source_module, dummy=m.dummy_input
-            )
-    return f
-
-
-def submit_item(
-    tasks: Mapping[str, Any], store: ArtifactStore, item: WorkItem, prep: Futures
+def submit_nodes(
+    tasks: Mapping[str, Any],
+    store: ArtifactStore,
+    m: Migration,
+    item: WorkItem | None,
+    known: Mapping[str, Any],
 ) -> Futures:
-    """One checkpoint → futures of its stages, each depending on the ones it reads."""
-    m, path = item.migration, str(item.source)
-    f: Futures = {}
-    f["load"] = tasks["load"].submit(store=store, path=path, trusted=m.trusted)
-    f["inventory"] = tasks["inventory"].submit(store=store, load_ref=f["load"])
-    f["score"] = tasks["score"].submit(
-        store=store,
-        source_inv=f["inventory"],
-        target_inv=prep["target"],
-        source_trace=prep.get("trace_source"),
-        target_trace=prep.get("trace_target"),
-        settings=m.mapper,
-    )
-    f["assign"] = tasks["assign"].submit(store=store, score_ref=f["score"], settings=m.mapper)
-    f["convert"] = tasks["convert"].submit(
-        store=store, path=path, load_ref=f["load"], assign_ref=f["assign"]
-    )
-    if m.validate:
-        f["validate"] = tasks["validate"].submit(
-            store=store, convert_ref=f["convert"], target=m.target, arch_ref=prep["target"]
+    """The graph's nodes of one scope (migration when ``item`` is None) → their futures."""
+    scope = MIGRATION if item is None else CHECKPOINT
+    results: dict[str, Any] = dict(known)
+    futures: Futures = {}
+    for node in graph.nodes(m, scope):
+        reads = {n: results[n] for n in node.inputs if n in results}
+        futures[node.name] = results[node.name] = tasks[node.name].submit(
+            store=store, node=node.name, migration=m, item=item, results=reads
         )
-    if functional_enabled(m):
-        f["verify"] = tasks["verify"].submit(
-            store=store,
-            path=path,
-            load_ref=f["load"],
-            convert_ref=f["convert"],
-            assign_ref=f["assign"],
-            source=m.source_module,
-            target=m.target.module,
-            source_arch=prep["source_arch"],
-            target_arch=prep["target"],
-            dummy=m.dummy_input,
-            trusted=m.trusted,
-        )
-    f["report"] = tasks["report"].submit(
-        store=store,
-        load_ref=f["load"],
-        source_inv=f["inventory"],
-        target_arch=prep["target"],
-        assign_ref=f["assign"],
-        validate_ref=f.get("validate"),
-        verify_ref=f.get("verify"),
-    )
-    f["export"] = tasks["export"].submit(
-        store=store, convert_ref=f["convert"], report_ref=f["report"], output=str(item.output)
-    )
-    return f
+    return futures
 
 
 def _record(name: str, fut: PrefectFuture[Any]) -> tuple[StageRecord | None, Any, Any]:
@@ -127,24 +78,24 @@ def _record(name: str, fut: PrefectFuture[Any]) -> tuple[StageRecord | None, Any
     state = fut.state
     if state.is_completed():
         value = state.result()
-        ref = value if isinstance(value, ArtifactRef) else None
-        cached = state.name == "Cached" or (ref.cached if ref else bool(value[2]))
         # Durations live in Prefect's UI; the summary keeps the cache facts.
-        return StageRecord(name, cached, 0.0, ref.key if ref else "", state.name), value, None
+        return graph.record(name, value, state=state.name), value, None
     if state.is_failed() or state.is_crashed():
         return None, None, state.result(raise_on_failure=False)
     return None, None, None  # never ran: an upstream stage failed
 
 
-def collect_prepare(futs: Futures) -> tuple[list[StageRecord], str | None]:
-    """Once-per-batch futures → their records, and the error message if one failed."""
+def collect_migration(futs: Futures) -> tuple[dict[str, Any], list[StageRecord], str | None]:
+    """Once-per-migration futures → (results, records, the error message if one failed)."""
+    results: dict[str, Any] = {}
     records: list[StageRecord] = []
     for name, fut in futs.items():
-        rec, _, err = _record(name, fut)
+        rec, value, err = _record(name, fut)
         if rec is None:
-            return records, f"preparing the target failed at {name}: {err}"
+            return results, records, f"preparing the target failed at {name}: {err}"
+        results[name] = value
         records.append(rec)
-    return records, None
+    return results, records, None
 
 
 def collect_item(item: WorkItem, futs: Futures) -> CheckpointSummary:
@@ -161,53 +112,82 @@ def collect_item(item: WorkItem, futs: Futures) -> CheckpointSummary:
     return summary
 
 
+def _final(batch: BatchSummary) -> State:
+    """BatchSummary → the flow run's final state: Failed unless every checkpoint is ok."""
+    if batch.ok:
+        return Completed(data=batch)
+    counts = batch.counts()
+    return Failed(
+        message=f"{counts['total'] - counts['ok']} of {counts['total']} checkpoint(s) did not "
+        "pass (failed, or failed a check)",
+        data=batch,
+    )
+
+
 @flow(name="weightmapper-migrate-checkpoint", validate_parameters=False, persist_result=False)
 def migrate_checkpoint_flow(
     migration: Migration, source: str, output: str, store_root: str
-) -> CheckpointSummary:
+) -> State:
     """One checkpoint of one migration → its CheckpointSummary (each stage a cached task)."""
     store = ArtifactStore(store_root)
     tasks = make_tasks(store)
-    prep = submit_prepare(tasks, store, migration)
     item = WorkItem(migration, Path(source), 0, Path(output))
-    futs = submit_item(tasks, store, item, prep)
-    wait([*prep.values(), *futs.values()])
-    _, error = collect_prepare(prep)
+    prep = submit_nodes(tasks, store, migration, None, {})
+    wait(list(prep.values()))
+    results, _, error = collect_migration(prep)
     if error:
-        return failed_item(item, "target", error)
-    return collect_item(item, futs)
+        summary = failed_item(migration.name, source, "target", error)
+    else:
+        futs = submit_nodes(tasks, store, migration, item, results)
+        wait(list(futs.values()))
+        summary = collect_item(item, futs)
+    ok = summary.status == "ok"
+    return Completed(data=summary) if ok else Failed(message=summary.status, data=summary)
 
 
 @flow(name="weightmapper-migrate-batch", validate_parameters=False, persist_result=False)
-def migrate_batch_flow(job: JobConfig) -> BatchSummary:
-    """Job → BatchSummary: targets prepared once, then every checkpoint's stages fanned out."""
+def migrate_batch_flow(job: JobConfig) -> State:
+    """Job → BatchSummary: targets prepared once, then every checkpoint's stages fanned out.
+
+    The run ends ``Failed`` when a checkpoint failed or failed a check; the summary is the
+    state's data either way (:func:`summary_of`).
+    """
     t0 = time.perf_counter()
     store = ArtifactStore(job.store)
+    store.ensure_writable()
     tasks = make_tasks(store)
     prepare_examples(job)
-    prep = {m.name: submit_prepare(tasks, store, m) for m in job.migrations}
     items = plan_items(job)
-    submitted = [
-        (item, None if item.problem else submit_item(tasks, store, item, prep[item.migration.name]))
-        for item in items
-    ]
-    wait(
-        [f for p in prep.values() for f in p.values()]
-        + [f for _, futs in submitted if futs for f in futs.values()]
-    )
     batch = BatchSummary(job=job.name, runner=job.runner.kind)
-    errors: dict[str, str | None] = {}
+    prep = {m.name: submit_nodes(tasks, store, m, None, {}) for m in job.migrations}
+    wait([f for futs in prep.values() for f in futs.values()])
+    prepared: dict[str, dict[str, Any]] = {}
     for name, futs in prep.items():
-        batch.batch_stages[name], errors[name] = collect_prepare(futs)
-    for item, futs in submitted:
-        if futs is None:
-            batch.items.append(failed_item(item, "plan", item.problem or ""))
-        elif errors[item.migration.name]:
-            batch.items.append(failed_item(item, "target", errors[item.migration.name] or ""))
+        prepared[name], batch.batch_stages[name], error = collect_migration(futs)
+        if error:
+            batch.errors[name] = error
+    submitted = [
+        (item, submit_nodes(tasks, store, item.migration, item, prepared[item.migration.name]))
+        for item in items
+        if item.problem is None and item.migration.name not in batch.errors
+    ]
+    wait([f for _, futs in submitted for f in futs.values()])
+    done = {id(item): collect_item(item, futs) for item, futs in submitted}
+    for item in items:
+        name, source = item.migration.name, str(item.source)
+        if item.problem:
+            batch.items.append(failed_item(name, source, "plan", item.problem))
+        elif name in batch.errors:
+            batch.items.append(not_prepared(name, source))
         else:
-            batch.items.append(collect_item(item, futs))
+            batch.items.append(done[id(item)])
     batch.seconds = time.perf_counter() - t0
-    return batch
+    return _final(batch)
+
+
+def summary_of(state: State) -> Any:
+    """Final state of a migrate flow run → the summary it carries (Completed or Failed)."""
+    return state.result(raise_on_failure=False)
 
 
 def run_batch_flow(job: JobConfig) -> BatchSummary:
@@ -218,20 +198,24 @@ def run_batch_flow(job: JobConfig) -> BatchSummary:
     """
     flow_fn = migrate_batch_flow.with_options(task_runner=task_runner_for(job.runner))
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return flow_fn(job)
+        return summary_of(flow_fn(job, return_state=True))
 
 
 @flow(name="weightmapper-migrate-job", validate_parameters=True, persist_result=False)
-def migrate_job_file(job_path: str, threshold: float | None = None) -> dict[str, Any]:
+def migrate_job_file(job_path: str, threshold: float | None = None) -> State:
     """YAML job path (+ optional threshold override) → the batch summary as JSON-ready dict.
 
     The entry point for deployments and schedules (``migrate_job_file.serve(cron=...)``):
-    its parameters are plain JSON.
+    its parameters are plain JSON. Ends ``Failed`` when a checkpoint did not pass.
     """
     from weightmapper.pipeline.config import load_job, with_threshold
 
     job = load_job(job_path)
     if threshold is not None:
         job = with_threshold(job, threshold)
-    batch = migrate_batch_flow.with_options(task_runner=task_runner_for(job.runner))
-    return batch(job).to_dict()
+    batch_flow = migrate_batch_flow.with_options(task_runner=task_runner_for(job.runner))
+    batch: BatchSummary = summary_of(batch_flow(job, return_state=True))
+    summary = batch.to_dict()
+    if batch.ok:
+        return Completed(data=summary)
+    return Failed(message=f"job {job.name!r}: not every checkpoint passed", data=summary)

@@ -1,4 +1,4 @@
-"""One Prefect task per pipeline stage: thin wrappers whose cache key is the stage's key.
+"""One Prefect task per node of the stage graph: thin wrappers whose cache key is the stage's.
 
 The stage functions cache by content in the ArtifactStore; Prefect's cache here only
 skips the call (and shows ``Cached`` in the UI). The cache policy derives Prefect's key
@@ -25,31 +25,40 @@ from prefect.context import TaskRunContext
 from prefect.locking.filesystem import FileSystemLockManager
 
 from weightmapper.atomic import atomic_write_text
-from weightmapper.pipeline import stages
+from weightmapper.pipeline import graph
+from weightmapper.pipeline.config import Migration
+from weightmapper.pipeline.graph import WorkItem
+from weightmapper.pipeline.stages import Stage
 from weightmapper.pipeline.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
-STAGE_FUNCTIONS = {
-    "architecture": stages.architecture,
-    "trace": stages.trace,
-    "load": stages.load,
-    "inventory": stages.inventory,
-    "score": stages.score,
-    "assign": stages.assign,
-    "convert": stages.convert,
-    "validate": stages.validate,
-    "verify": stages.verify,
-    "report": stages.report,
-    "export": stages.export,
-}
+
+def stage_of(inputs: dict[str, Any]) -> Stage:
+    """A task's inputs (node name, migration, item, earlier results) → the stage input."""
+    node = graph.NODES[inputs["node"]]
+    return node.build(inputs["migration"], inputs["item"], inputs["results"])
+
+
+def run_node(
+    store: ArtifactStore,
+    node: str,
+    migration: Migration,
+    item: WorkItem | None,
+    results: dict[str, Any],
+) -> Any:
+    """Store + a graph node and what it reads → the stage's result; the body of every task.
+
+    Earlier results arrive as a plain dict (of futures when submitted): every task runner,
+    Dask's included, resolves futures inside dicts.
+    """
+    stage = stage_of({"node": node, "migration": migration, "item": item, "results": results})
+    return graph.run(store, stage)
 
 
 @dataclass
 class StageCachePolicy(CachePolicy):
-    """Cache policy of one stage: the stage's content key while its artifact exists."""
-
-    stage: str = ""
+    """Cache policy of the stage tasks: the stage's content key while its result exists."""
 
     def compute_key(
         self,
@@ -61,16 +70,13 @@ class StageCachePolicy(CachePolicy):
         """Task inputs → ``<stage>-<sha256>``: a key with a record while the artifact lives."""
         store: ArtifactStore = inputs["store"]
         try:
-            if self.stage == "export":
-                args = _without_store(inputs)
-                key, present = stages.key_export(**args), stages.export_is_current(**args)
-            else:
-                key = stages.KEY_FUNCTIONS[self.stage](**inputs)
-                present = store.lookup(self.stage, key) is not None
+            stage = stage_of(inputs)
+            key = stage.key(store)
+            present = stage.present(store, key)
         except Exception as e:  # the task itself will raise the real error with context
-            log.debug("no cache key for %s: %s", self.stage, e)
+            log.debug("no cache key for %s: %s", inputs.get("node"), e)
             return None
-        return prefect_key(store, self.stage, key, present)
+        return prefect_key(store, stage.name, key, present)
 
 
 def prefect_key(store: ArtifactStore, stage: str, key: str, present: bool) -> str:
@@ -93,10 +99,6 @@ def prefect_key(store: ArtifactStore, stage: str, key: str, present: bool) -> st
     return f"{stage}-{scoped}"
 
 
-def _without_store(inputs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in inputs.items() if k != "store"}
-
-
 class SafeFileSystemLockManager(FileSystemLockManager):
     """Prefect's file lock manager, tolerant of a lock file that is not written yet.
 
@@ -115,18 +117,17 @@ class SafeFileSystemLockManager(FileSystemLockManager):
 
 
 def make_tasks(store: ArtifactStore) -> dict[str, Task]:
-    """Store → stage name → Prefect task, with results persisted and keys locked in the store."""
+    """Store → graph node name → Prefect task (``run_node`` named after the node), with
+    results persisted and keys locked in the store."""
     locks = SafeFileSystemLockManager(store.root / "locks" / "prefect")
-    out: dict[str, Task] = {}
-    for name, fn in STAGE_FUNCTIONS.items():
-        policy = StageCachePolicy(stage=name).configure(
-            isolation_level="SERIALIZABLE", lock_manager=locks
-        )
-        out[name] = task(
-            fn,
-            name=name,
+    policy = StageCachePolicy().configure(isolation_level="SERIALIZABLE", lock_manager=locks)
+    return {
+        node.name: task(
+            run_node,
+            name=node.name,
             cache_policy=policy,
             persist_result=True,
-            task_run_name=f"{name}",
+            task_run_name=node.name,
         )
-    return out
+        for node in graph.GRAPH
+    }

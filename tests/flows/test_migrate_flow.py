@@ -37,9 +37,10 @@ def cnn_job(root: Path, **mapper: Any) -> JobConfig:
 
 
 def run_flow(job: JobConfig) -> BatchSummary:
-    from flows.migrate import migrate_batch_flow, task_runner_for
+    from flows.migrate import migrate_batch_flow, summary_of, task_runner_for
 
-    return migrate_batch_flow.with_options(task_runner=task_runner_for(job.runner))(job)
+    flow_fn = migrate_batch_flow.with_options(task_runner=task_runner_for(job.runner))
+    return summary_of(flow_fn(job, return_state=True))
 
 
 def states(summary: BatchSummary) -> dict[str, set[str | None]]:
@@ -136,14 +137,16 @@ def test_dask_runner_on_a_local_cluster(tmp_path: Path) -> None:
 
 
 def test_single_checkpoint_flow_reuses_the_batch_artifacts(tmp_path: Path) -> None:
-    from flows.migrate import migrate_checkpoint_flow
+    from flows.migrate import migrate_checkpoint_flow, summary_of
 
     job = cnn_job(tmp_path)
     batch = run_batch(job)  # the plain runner fills the store; the flow must reuse it
     item = batch.items[0]
-    summary = migrate_checkpoint_flow(
-        job.migrations[0], item.source, item.output or "", str(job.store)
+    state = migrate_checkpoint_flow(
+        job.migrations[0], item.source, item.output or "", str(job.store), return_state=True
     )
+    assert state.is_completed()
+    summary = summary_of(state)
     assert summary.status == "ok"
     assert all(s.cached for s in summary.stages), [s.to_dict() for s in summary.stages]
     assert summary.output == item.output
@@ -167,3 +170,78 @@ def test_lock_manager_waits_for_a_lock_file_still_being_written(tmp_path: Path) 
     assert locks.is_locked("k")
     assert not locks.is_lock_holder("k", "me")
     writer.join()
+
+
+def test_the_flow_run_fails_when_a_checkpoint_fails(tmp_path: Path) -> None:
+    from flows.migrate import migrate_batch_flow, summary_of, task_runner_for
+
+    job = cnn_job(tmp_path)
+    prepare_examples(job)
+    (tmp_path / "ckpts" / "cnn" / "zz_corrupt.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    flow_fn = migrate_batch_flow.with_options(task_runner=task_runner_for(job.runner))
+    state = flow_fn(job, return_state=True)
+    assert state.is_failed() and "1 of 4 checkpoint(s)" in (state.message or "")
+    summary = summary_of(state)
+    assert summary.counts()["failed"] == 1 and summary.counts()["ok"] == 3
+
+
+def test_a_failing_threshold_keeps_the_good_outputs_under_prefect(tmp_path: Path) -> None:
+    first = run_flow(cnn_job(tmp_path))
+    assert first.ok
+    good = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    failing = run_flow(cnn_job(tmp_path, threshold=0.8))
+    assert {(i.status, i.export) for i in failing.items} == {("check_failed", "kept")}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == good
+
+
+def test_an_unimportable_target_is_reported_once_under_prefect(tmp_path: Path) -> None:
+    data = {
+        "store": "store",
+        "examples": "ckpts",
+        "sources": ["ckpts/cnn/*.pt"],
+        "target": {"module": "no_such_package.models:Net"},
+        "output": "out",
+    }
+    summary = run_flow(parse_job(data, base_dir=tmp_path))
+    (error,) = summary.errors.values()
+    assert "no_such_package" in error
+    assert {(i.status, i.failed_stage) for i in summary.items} == {("failed", "target")}
+    assert all("no_such_package" not in (i.error or "") for i in summary.items)
+
+
+def test_cli_exits_1_when_a_check_fails_under_prefect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import yaml
+
+    from weightmapper.cli.main import main
+
+    job = {
+        "store": "store",
+        "examples": "ckpts",
+        "sources": ["ckpts/cnn/*.pt"],
+        "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
+        "mapper": {"threshold": 0.95},
+        "output": "out",
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["migrate", str(path), "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] is False and summary["counts"]["check_failed"] == 3
+    assert {i["export"] for i in summary["checkpoints"]} == {"withheld"}
+
+
+def test_the_summary_time_includes_prefect_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.migrate
+    from flows.embedded import run_job
+
+    # A flow that reports no time of its own: what run_job reports is its own wall time.
+    monkeypatch.setattr(
+        flows.migrate, "run_batch_flow", lambda job: BatchSummary(job="j", runner="threads")
+    )
+    assert run_job(cnn_job(tmp_path)).seconds > 0.0

@@ -22,10 +22,10 @@ def test_a_copied_checkpoint_hits_the_same_artifacts(tmp_path: Path) -> None:
     b.parent.mkdir()
     shutil.copy(a, b)
     store = ArtifactStore(tmp_path / "store")
-    first = stages.load(store, str(a))
-    second = stages.load(store, str(b))
+    first = stages.LoadStage(str(a)).run(store)
+    second = stages.LoadStage(str(b)).run(store)
     assert (first.cached, second.cached) == (False, True)
-    assert first.key == second.key == stages.key_load(store, str(b))
+    assert first.key == second.key == stages.LoadStage(str(b)).key(store)
     assert first.info["checkpoint_sha256"] == second.info["checkpoint_sha256"]
 
 
@@ -33,12 +33,12 @@ def test_an_edited_checkpoint_misses(tmp_path: Path) -> None:
     path = tmp_path / "c.safetensors"
     save_file({"w": torch.zeros(3)}, str(path))
     store = ArtifactStore(tmp_path / "store")
-    before = stages.load(store, str(path))
+    before = stages.LoadStage(str(path)).run(store)
     save_file({"w": torch.ones(3)}, str(path))
-    after = stages.load(store, str(path))
+    after = stages.LoadStage(str(path)).run(store)
     assert not after.cached and after.key != before.key
     # Same names, shapes and dtypes: the header-keyed inventory is shared.
-    assert stages.key_inventory(store, before) == stages.key_inventory(store, after)
+    assert stages.InventoryStage(before).key(store) == stages.InventoryStage(after).key(store)
 
 
 def test_dummy_inputs_are_deterministic() -> None:

@@ -8,8 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from weightmapper.cli._console import print_json, stdout_console
-from weightmapper.pipeline.config import load_job, with_threshold
+from weightmapper.errors import ConfigError, OutputError
+from weightmapper.pipeline.config import JobConfig, load_job, with_threshold
 from weightmapper.pipeline.summary import BatchSummary
 
 HELP = "run a YAML batch job: many checkpoints → one target, cached stages, a summary"
@@ -44,14 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-workers", type=int, default=None, help="checkpoints processed at once (threads)"
     )
+    parser.add_argument(
+        "--verify-store",
+        action="store_true",
+        help="reread every artifact of the job's store and check its recorded sha256; "
+        "remove the bad ones (the next run recomputes them) and exit without running",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code: 0 all checkpoints ok, 1 one failed or failed a check."""
     job = load_job(args.job)
+    if args.verify_store:
+        return verify_store(job, as_json=args.json)
     if args.threshold is not None:
         job = with_threshold(job, args.threshold)
     if args.max_workers is not None:
+        if args.max_workers < 1:
+            raise ConfigError(f"--max-workers must be a positive integer, found {args.max_workers}")
         runner = dataclasses.replace(job.runner, max_workers=args.max_workers)
         job = dataclasses.replace(job, runner=runner)
     if args.no_prefect:
@@ -70,6 +83,27 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def verify_store(job: JobConfig, *, as_json: bool) -> int:
+    """Job → exit code: 0 when every artifact of its store matches its record, 1 otherwise."""
+    from weightmapper.pipeline.store import ArtifactStore
+
+    store = ArtifactStore(job.store)
+    if not store.root.is_dir():
+        raise OutputError(f"store {store.root} does not exist; run the job first")
+    checked, bad = store.verify_all()
+    if as_json:
+        print_json({"store": str(store.root), "checked": checked, "bad": bad})
+    else:
+        console = stdout_console()
+        for line in bad:
+            console.print(f"[red]bad[/red] {escape(line)}", highlight=False)
+        console.print(
+            f"{checked} artifact(s) checked in {store.root}, {len(bad)} bad"
+            + ("; removed, the next run recomputes them" if bad else "")
+        )
+    return 1 if bad else 0
+
+
 def _rel(path: str | None) -> str:
     if not path:
         return "-"
@@ -82,6 +116,8 @@ def _rel(path: str | None) -> str:
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
 
+
+_EXPORT_MARK = {"kept": "\n[yellow](previous kept)[/]", "withheld": "\n[yellow](not placed)[/]"}
 
 _STYLE = {"passed": "green", "ok": "green", "failed": "red", "check_failed": "red"}
 
@@ -102,30 +138,36 @@ def render_summary(summary: BatchSummary) -> None:
     table.add_column("equal\noutputs")
     table.add_column("output", overflow="fold")
     table.add_column("stages cached", overflow="fold")
-    failures = []
+    failures = [f"migration {name}: {error}" for name, error in summary.errors.items()]
+    notes = []
     for item in summary.items:
         n = len(item.stages)
         cached = item.cached_stages
         if item.status == "failed":
             stages = f"[red]failed at {item.failed_stage}[/red]"
-            failures.append(f"{Path(item.source).name}: {item.error}")
+            if item.migration not in summary.errors:  # said once above
+                failures.append(f"{Path(item.source).name}: {item.error}")
         elif len(cached) == n:
             stages = f"[green]all {n}[/green]"
         else:
             stages = f"{len(cached)}/{n} (ran {', '.join(item.computed_stages)})"
         table.add_row(
-            item.migration,
-            Path(item.source).name,
+            escape(item.migration),
+            escape(Path(item.source).name),
             f"[{_STYLE.get(item.status, 'white')}]{item.status}[/]",
             f"{_pct(item.coverage.get('source'))} / {_pct(item.coverage.get('target'))}",
             f"[{_STYLE.get(item.validation, 'white')}]{item.validation}[/]",
             f"[{_STYLE.get(item.functional, 'white')}]{item.functional}[/]",
-            _rel(item.output),
+            escape(_rel(item.output)) + _EXPORT_MARK.get(item.export or "", ""),
             stages,
         )
+        if item.export_note:
+            notes.append(f"{Path(item.source).name}: {item.export_note}")
     console.print(table)
     for line in failures:
-        console.print(f"[red]failed[/red] {line}", markup=True, highlight=False)
+        console.print(f"[red]failed[/red] {escape(line)}", highlight=False)
+    for line in notes:
+        console.print(f"[yellow]not placed[/yellow] {escape(line)}", highlight=False)
     counts = summary.counts()
     recomputed = sum(summary.recomputed().values())
     console.print(

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -22,6 +24,7 @@ from typing import Any
 import yaml
 
 from weightmapper.errors import ConfigError
+from weightmapper.pipeline import policy
 
 RUNNER_KINDS = ("threads", "dask", "sequential")
 INPUT_KINDS = ("randn", "randint")
@@ -135,6 +138,8 @@ class Migration:
     mapper: dict[str, Any] = field(default_factory=dict)
     validate: bool = True
     functional: bool = True
+    require: str = "loads"
+    """``checks.require``: what an output must pass to be placed (see ``pipeline.policy``)."""
     trusted: bool = False
 
     def expand_sources(self) -> tuple[list[Path], list[str]]:
@@ -143,8 +148,7 @@ class Migration:
         empty: list[str] = []
         for pattern in self.sources:
             if glob.has_magic(pattern):
-                hits = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-                hits = [h for h in hits if h.is_file() or h.is_dir()]
+                hits = [h for h in expand_glob(pattern) if h.is_file() or h.is_dir()]
             else:
                 hits = [Path(pattern)] if Path(pattern).exists() else []
             if not hits:
@@ -159,6 +163,26 @@ class Migration:
             stem=stem, name=source.name, migration=self.name, index=index
         )
         return self.output.dir / rel
+
+
+def expand_glob(pattern: str) -> list[Path]:
+    """Absolute glob pattern (``**`` for any depth) → sorted matches, hidden names excluded.
+
+    ``**`` does not descend into symlinked folders (``pathlib``'s rule), so links that loop
+    back (two links to ``.``) cannot make the expansion endless; a symlink matched by the
+    pattern itself is still found.
+    """
+    parts = Path(pattern).parts
+    split = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root, rest = Path(*parts[:split]), Path(*parts[split:])
+    if not root.is_dir():
+        return []
+    hits = (
+        h
+        for h in root.glob(str(rest))
+        if not any(part.startswith(".") for part in h.relative_to(root).parts)
+    )
+    return sorted(hits)
 
 
 @dataclass(frozen=True)
@@ -408,15 +432,20 @@ def _parse_migration(
 
     output = _parse_output(raw.get("output"), f"{label}.output", resolve, problems)
     checks = raw.get("checks") or {}
-    if not isinstance(checks, Mapping) or set(checks) - {"validate", "functional"}:
+    if not isinstance(checks, Mapping) or set(checks) - {"validate", "functional", "require"}:
         problems.append(
-            f"{label}.checks: expected a mapping with 'validate' and/or 'functional' booleans, "
-            f"found {checks!r}"
+            f"{label}.checks: expected a mapping with 'validate' and/or 'functional' booleans "
+            f"and 'require' ({' | '.join(policy.REQUIRED)}), found {checks!r}"
         )
         checks = {}
     for k, v in checks.items():
-        if not isinstance(v, bool):
+        if k != "require" and not isinstance(v, bool):
             problems.append(f"{label}.checks.{k}: expected true or false, found {v!r}")
+    require = checks.get("require", policy.DEFAULT_REQUIRE)
+    problems += [
+        f"{label}.checks.{p}"
+        for p in policy.problems(require, {k: v for k, v in checks.items() if k != "require"})
+    ]
     trusted = raw.get("trusted", False)
     if not isinstance(trusted, bool):
         problems.append(f"{label}.trusted: expected true or false, found {trusted!r}")
@@ -432,6 +461,7 @@ def _parse_migration(
         mapper=dict(mapper),
         validate=bool(checks.get("validate", True)),
         functional=bool(checks.get("functional", True)),
+        require=str(require),
         trusted=bool(trusted),
     )
 
@@ -527,13 +557,9 @@ def _parse_output(raw: Any, label: str, resolve: Any, problems: list[str]) -> Ou
             f"{label}.naming: expected a pattern ending in '.safetensors', found {naming!r}"
         )
         return None
-    try:
-        naming.format(**dict.fromkeys(NAMING_FIELDS, "x"))
-    except (KeyError, IndexError, ValueError) as e:
-        problems.append(
-            f"{label}.naming: {naming!r} uses an unknown field ({e}); "
-            f"known fields: {', '.join('{' + f + '}' for f in NAMING_FIELDS)}"
-        )
+    bad = _naming_problem(naming)
+    if bad:
+        problems.append(f"{label}.naming: {naming!r} {bad}")
         return None
     if _climbs(naming):
         problems.append(
@@ -542,6 +568,41 @@ def _parse_output(raw: Any, label: str, resolve: Any, problems: list[str]) -> Ou
         )
         return None
     return OutputSpec(dir=out_dir, naming=naming) if out_dir else None
+
+
+MAX_FORMAT_WIDTH = 255
+"""Largest width or precision in an ``output.naming`` field: a file name holds 255 bytes."""
+
+
+def _naming_problem(naming: str) -> str | None:
+    """Output naming pattern → None when it formats a file name, else what is wrong with it.
+
+    Checked without formatting first: a format spec such as ``{stem:>999999999}`` would
+    allocate gigabytes.
+    """
+    known = ", ".join("{" + f + "}" for f in NAMING_FIELDS)
+    try:
+        fields = list(string.Formatter().parse(naming))
+    except ValueError as e:
+        return f"is not a valid pattern ({e}); write fields as {known}"
+    for _, name, spec, _ in fields:
+        if name is None:
+            continue
+        if name not in NAMING_FIELDS:
+            return f"uses an unknown field {{{name}}}; known fields: {known}"
+        if "{" in (spec or ""):
+            return f"nests a field inside the format of {{{name}}}; expected a plain format"
+        widths = [int(n) for n in re.findall(r"\d+", spec or "")]
+        if any(w > MAX_FORMAT_WIDTH for w in widths):
+            return (
+                f"asks for a width of {max(widths):,} in {{{name}:{spec}}}; expected at most "
+                f"{MAX_FORMAT_WIDTH} (a file name's length)"
+            )
+    try:
+        naming.format(stem="x", name="x.pt", migration="x", index=0)
+    except (KeyError, IndexError, ValueError) as e:
+        return f"does not format ({e}); known fields: {known}"
+    return None
 
 
 def _climbs(pattern: str) -> bool:

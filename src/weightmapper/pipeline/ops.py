@@ -144,6 +144,23 @@ def validate_against_table(path: str, target: Inventory) -> dict[str, Any]:
     return validate_file(path, dict(target.tensors))
 
 
+def source_state(path: str, module: nn.Module, *, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """Source checkpoint + the module it was trained as → its tensors named as the module names them.
+
+    Wrapper prefixes are already stripped by the reader; a prefix every key shares
+    (Lightning's ``model.``, :func:`weightmapper.checkpoint.suggest_prefix`) is removed too
+    when the module's own names do not carry it.
+    """
+    from weightmapper.checkpoint import open_checkpoint
+
+    table = open_checkpoint(path, trusted=trusted)
+    state = table.to_state_dict()
+    prefix = table.suggested_prefix
+    if prefix and not any(k.startswith(prefix) for k in module.state_dict()):
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
 def functional_check(
     source_path: str,
     converted_path: str,
@@ -161,11 +178,10 @@ def functional_check(
     they differ, the check is repeated through the mapping with forward hooks to name the
     first target module whose output diverges.
     """
-    from weightmapper.checkpoint import load_checkpoint_as_dict
     from weightmapper.convert import load_converted
     from weightmapper.verify import check_outputs
 
-    source.load_state_dict(load_checkpoint_as_dict(source_path, trusted=trusted), strict=True)
+    source.load_state_dict(source_state(source_path, source, trusted=trusted), strict=True)
     fresh_target = copy.deepcopy(target)
     try:
         target.load_state_dict(load_converted(converted_path), strict=True)

@@ -1,14 +1,11 @@
-"""Pipeline stages: cached library functions, each inputs → one artifact in an ArtifactStore.
+"""Pipeline stages: each a small frozen input whose ``key`` and ``run`` read the same fields.
 
-Every stage has a key function (``key_<stage>``) and a stage function taking the same
-arguments. The key is a sha256 over the stage name and version, the library version, the
-digests of the input artifacts and the stage's own settings, never a path or an object id.
-A stage returns an :class:`ArtifactRef`; ``ref.cached`` says whether it was reused.
-
-Per checkpoint: load → inventory → score → assign → convert → validate → verify →
-report → export. Per migration (once for the whole batch): the target's architecture
-inventory and its execution-order trace, and the same for the source architecture when
-one is given (it enables the functional check).
+A stage's input object holds everything the stage reads (paths, settings, the
+:class:`ArtifactRef` of each earlier artifact). ``key(store)`` is a sha256 over the stage
+name and version, the library version, the digests of the input artifacts and the stage's
+own settings, never a path or an object id; ``run(store)`` returns the artifact's
+:class:`ArtifactRef` (``ref.cached`` says whether it was reused). The order in which a
+batch runs them lives in :mod:`weightmapper.pipeline.graph`.
 
 Identical architectures share artifacts: the inventory, score and assign stages key on
 the checkpoint's header (names, shapes, dtypes), so twenty checkpoints of one sweep are
@@ -17,13 +14,11 @@ scored once; convert and the checks key on the checkpoint's bytes.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,25 +35,13 @@ from weightmapper.targets import build_module
 
 log = logging.getLogger(__name__)
 
-# A stage's version changes when its output for the same inputs changes.
-STAGE_VERSIONS: dict[str, int] = {
-    "load": 1,
-    "inventory": 1,
-    "architecture": 1,
-    "trace": 1,
-    "score": 1,
-    "assign": 1,
-    "convert": 1,
-    "validate": 1,
-    "verify": 1,
-    "report": 1,
-}
 
-
-def _key(stage: str, inputs: dict[str, str | None], settings: dict[str, Any] | None = None) -> str:
+def _key(
+    stage: str, version: int, inputs: dict[str, str | None], settings: dict[str, Any] | None = None
+) -> str:
     return stage_key(
         stage,
-        STAGE_VERSIONS[stage],
+        version,
         inputs={k: v for k, v in inputs.items() if v is not None},
         settings=settings,
     )
@@ -68,26 +51,62 @@ def _digest(ref: ArtifactRef | None) -> str | None:
     return None if ref is None else ref.digest
 
 
+class Stage:
+    """Base of every stage input: ``key(store)`` and ``run(store)`` over the same fields.
+
+    Subclasses are frozen dataclasses whose fields are the stage's inputs; ``name`` is the
+    artifact folder in the store, ``version`` changes when the output for the same inputs
+    changes (it is part of the key).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    def key(self, store: ArtifactStore) -> str:
+        """Store → this stage's content key for these inputs."""
+        raise NotImplementedError
+
+    def present(self, store: ArtifactStore, key: str) -> bool:
+        """Store + this stage's key → True when its (verified) result is already there."""
+        return store.lookup(self.name, key) is not None
+
+    def run(self, store: ArtifactStore) -> Any:
+        """Store → this stage's result (an ArtifactRef), computed or reused."""
+        raise NotImplementedError
+
+
 # --- inputs --------------------------------------------------------------------------------
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Suffixes of files that may hold a checkpoint's tensors when it is given as a folder."""
 
 
 def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
-    """Checkpoint path (file, shard index or directory of shards) → the files holding it."""
+    """Checkpoint path (file, shard index or folder) → the files holding its tensors.
+
+    A checkpoint's identity (its hash, hence every key) is its weight files only: the file
+    the readers pick in a folder, or an index and the shards it names. READMEs, configs and
+    logs beside it are not part of it, so editing or growing them changes nothing.
+    """
+    from weightmapper.checkpoint import resolve_checkpoint
+
     p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-        if files:
-            return files
-    elif p.is_file():
-        if p.name.endswith(".index.json"):
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                shards = set(json.loads(p.read_text()).get("weight_map", {}).values())
-                return [p, *sorted(p.parent / s for s in shards)]
-        return [p]
-    raise CheckpointNotFoundError(
-        f"checkpoint {p} does not exist (or is an empty directory); check the job's "
-        "'sources' paths and patterns."
-    )
+    if not p.exists():
+        raise CheckpointNotFoundError(
+            f"checkpoint {p} does not exist; check the job's 'sources' paths and patterns."
+        )
+    resolved, _ = resolve_checkpoint(p)
+    if resolved.name.endswith(".json"):
+        return [resolved, *_shards(resolved)]
+    return [resolved]
+
+
+def _shards(index: Path) -> list[Path]:
+    """Shard index → the shard files it names (its reader checks them before reading)."""
+    from weightmapper.checkpoint import read_shard_index
+
+    weight_map, _ = read_shard_index(index)
+    return [index.parent / s for s in sorted(set(weight_map.values()))]
 
 
 def make_dummy_input(spec: InputSpec) -> torch.Tensor:
@@ -112,134 +131,164 @@ def build_architecture(spec: ModuleSpec, *, meta: bool = False) -> nn.Module:
 # --- load ------------------------------------------------------------------------------------
 
 
-def key_load(store: ArtifactStore, path: str, trusted: bool = False) -> str:
-    """Checkpoint bytes + loading settings → the load stage's key."""
-    digest = store.file_digest(checkpoint_files(path))
-    return _key("load", {"checkpoint": digest}, {"trusted": bool(trusted)})
-
-
-def load(store: ArtifactStore, path: str, trusted: bool = False) -> ArtifactRef:
+@dataclass(frozen=True)
+class LoadStage(Stage):
     """Checkpoint path → JSON artifact of its normalized tensor table (names, shapes, dtypes).
 
-    ``info["checkpoint_sha256"]`` carries the checkpoint's content digest to the stages
-    that read its tensor data.
+    Keyed on the checkpoint's bytes; ``info["checkpoint_sha256"]`` carries that digest to
+    the stages that read its tensor data.
     """
-    digest = store.file_digest(checkpoint_files(path))
-    key = _key("load", {"checkpoint": digest}, {"trusted": bool(trusted)})
 
-    def compute() -> dict[str, Any]:
-        table = ops.open_table(path, trusted=trusted)
-        return table_to_json(table)
+    name: ClassVar[str] = "load"
+    path: str
+    trusted: bool = False
 
-    return store.produce_json(
-        "load",
-        key,
-        compute,
-        lambda d: {
-            "checkpoint_sha256": digest,
-            "tensors": len(d["tensors"]),
-            "trusted": bool(trusted),
-        },
-    )
+    def key(self, store: ArtifactStore) -> str:
+        """Checkpoint bytes + loading settings → the load stage's key."""
+        return self._key(store.file_digest(checkpoint_files(self.path)))
+
+    def _key(self, digest: str) -> str:
+        return _key(self.name, self.version, {"checkpoint": digest}, {"trusted": self.trusted})
+
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the load artifact."""
+        digest = store.file_digest(checkpoint_files(self.path))
+
+        def compute() -> dict[str, Any]:
+            return table_to_json(ops.open_table(self.path, trusted=self.trusted))
+
+        def info(d: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "checkpoint_sha256": digest,
+                "tensors": len(d["tensors"]),
+                "trusted": self.trusted,
+            }
+
+        return store.produce_json(self.name, self._key(digest), compute, info)
+
+
+def check_unchanged(store: ArtifactStore, path: str, load: ArtifactRef) -> None:
+    """Checkpoint path + its load artifact → None, or CheckpointFormatError if it changed since."""
+    now = store.file_digest(checkpoint_files(path))
+    if now != load.info.get("checkpoint_sha256"):
+        raise CheckpointFormatError(
+            f"checkpoint {path} changed while the batch was running (its sha256 is now "
+            f"{now[:12]}, it was {str(load.info.get('checkpoint_sha256'))[:12]}); "
+            "rerun the batch once writing has finished."
+        )
 
 
 # --- inventory -------------------------------------------------------------------------------
 
 
-def key_inventory(store: ArtifactStore, load_ref: ArtifactRef) -> str:
-    """Load artifact → the inventory stage's key (the header only, not the tensor data)."""
-    return _key("inventory", {"table": load_ref.digest})
+@dataclass(frozen=True)
+class InventoryStage(Stage):
+    """Load artifact → JSON artifact of the checkpoint's Inventory (groups, buffers, ties).
 
+    Keyed on the table (names, shapes, dtypes), not the tensor data.
+    """
 
-def inventory(store: ArtifactStore, load_ref: ArtifactRef) -> ArtifactRef:
-    """Load artifact → JSON artifact of the checkpoint's Inventory (groups, buffers, ties)."""
+    name: ClassVar[str] = "inventory"
+    load: ArtifactRef
 
-    def compute() -> dict[str, Any]:
-        table = store.read_json(load_ref)
-        inv = ops.inventory_from_table_json(table)
-        return inventory_to_json(inv)
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the inventory stage's key."""
+        return _key(self.name, self.version, {"table": self.load.digest})
 
-    return store.produce_json(
-        "inventory",
-        key_inventory(store, load_ref),
-        compute,
-        lambda d: {"tensors": len(d["tensors"])},
-    )
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the inventory artifact."""
 
+        def compute() -> dict[str, Any]:
+            inv = ops.inventory_from_table_json(store.read_json(self.load))
+            return inventory_to_json(inv)
 
-# --- architecture (once per batch) ----------------------------------------------------------
-
-
-def _architecture_inventory(store: ArtifactStore, target: TargetSpec) -> tuple[Inventory, str]:
-    if target.module is not None:
-        inv = Inventory.from_module(build_architecture(target.module, meta=True))
-        # The signature covers names, shapes and dtypes; module types and registration
-        # order also steer the mapper, so they are part of the identity too.
-        ident = digest_json(
-            {
-                "signature": inv.signature(),
-                "types": inv.module_types,
-                "order": inv.order,
-                "spec": target.module.to_dict(),
-            }
+        return store.produce_json(
+            self.name, self.key(store), compute, lambda d: {"tensors": len(d["tensors"])}
         )
-        return inv, ident
-    assert target.checkpoint is not None
-    digest = store.file_digest(checkpoint_files(target.checkpoint))
-    table = ops.open_table(str(target.checkpoint), trusted=False)
-    return Inventory.from_table(table), digest
 
 
-def key_architecture(store: ArtifactStore, target: TargetSpec) -> str:
-    """Target spec → the architecture stage's key (its architecture signature)."""
-    _, ident = _architecture_inventory(store, target)
-    return _key("architecture", {"architecture": ident})
+# --- architecture and trace (once per migration) --------------------------------------------
 
 
-def architecture(store: ArtifactStore, target: TargetSpec) -> ArtifactRef:
+@dataclass(frozen=True)
+class ArchitectureStage(Stage):
     """Target (module spec, or target checkpoint) → JSON artifact of its Inventory.
 
-    The module is built on the meta device: no memory, no weights.
+    Keyed on the architecture signature. The module is built on the meta device: no
+    memory, no weights.
     """
-    inv, ident = _architecture_inventory(store, target)
-    return store.produce_json(
-        "architecture",
-        _key("architecture", {"architecture": ident}),
-        lambda: inventory_to_json(inv),
-        lambda d: {"tensors": len(d["tensors"]), "signature": inv.signature()},
-    )
+
+    name: ClassVar[str] = "architecture"
+    target: TargetSpec
+
+    def _inventory(self, store: ArtifactStore) -> tuple[Inventory, str]:
+        target = self.target
+        if target.module is not None:
+            inv = Inventory.from_module(build_architecture(target.module, meta=True))
+            # The signature covers names, shapes and dtypes; module types and registration
+            # order also steer the mapper, so they are part of the identity too.
+            ident = digest_json(
+                {
+                    "signature": inv.signature(),
+                    "types": inv.module_types,
+                    "order": inv.order,
+                    "spec": target.module.to_dict(),
+                }
+            )
+            return inv, ident
+        if target.checkpoint is None:  # TargetSpec refuses this; kept for type checkers
+            raise CheckpointNotFoundError("a target needs a module or a checkpoint")
+        digest = store.file_digest(checkpoint_files(target.checkpoint))
+        table = ops.open_table(str(target.checkpoint), trusted=False)
+        return Inventory.from_table(table), digest
+
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the architecture stage's key."""
+        return _key(self.name, self.version, {"architecture": self._inventory(store)[1]})
+
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the architecture artifact."""
+        inv, ident = self._inventory(store)
+        return store.produce_json(
+            self.name,
+            _key(self.name, self.version, {"architecture": ident}),
+            lambda: inventory_to_json(inv),
+            lambda d: {"tensors": len(d["tensors"]), "signature": inv.signature()},
+        )
 
 
-# --- trace (once per batch) -----------------------------------------------------------------
-
-
-def key_trace(
-    store: ArtifactStore, arch_ref: ArtifactRef, spec: ModuleSpec, dummy: InputSpec
-) -> str:
-    """Architecture artifact + dummy input → the trace stage's key."""
-    return _key("trace", {"architecture": arch_ref.digest}, {"input": dummy.to_dict()})
-
-
-def trace(
-    store: ArtifactStore, arch_ref: ArtifactRef, spec: ModuleSpec, dummy: InputSpec
-) -> ArtifactRef:
+@dataclass(frozen=True)
+class TraceStage(Stage):
     """Architecture + dummy input → JSON artifact ``{"order": {module path: rank} | null}``.
 
     Runs one forward pass of a freshly built module; a failing forward gives ``null`` and
     the mapper falls back to registration order.
     """
 
-    def compute() -> dict[str, Any]:
-        module = build_architecture(spec)
-        order = ops.trace_order(module, make_dummy_input(dummy))
-        return {"order": order}
+    name: ClassVar[str] = "trace"
+    architecture: ArtifactRef
+    module: ModuleSpec
+    dummy: InputSpec
 
-    return store.produce_json(
-        "trace",
-        key_trace(store, arch_ref, spec, dummy),
-        compute,
-        lambda d: {"traced": d["order"] is not None},
-    )
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the trace stage's key."""
+        return _key(
+            self.name,
+            self.version,
+            {"architecture": self.architecture.digest},
+            {"input": self.dummy.to_dict()},
+        )
+
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the trace artifact."""
+
+        def compute() -> dict[str, Any]:
+            module = build_architecture(self.module)
+            return {"order": ops.trace_order(module, make_dummy_input(self.dummy))}
+
+        return store.produce_json(
+            self.name, self.key(store), compute, lambda d: {"traced": d["order"] is not None}
+        )
 
 
 # --- score and assign -----------------------------------------------------------------------
@@ -256,75 +305,78 @@ def _ordered(
     return inv
 
 
-def key_score(
-    store: ArtifactStore,
-    source_inv: ArtifactRef,
-    target_inv: ArtifactRef,
-    source_trace: ArtifactRef | None = None,
-    target_trace: ArtifactRef | None = None,
-    settings: dict[str, Any] | None = None,
-) -> str:
-    """Both inventories, both traces and the scoring settings → the score stage's key."""
-    return _key(
-        "score",
-        {
-            "source": source_inv.digest,
-            "target": target_inv.digest,
-            "source_trace": _digest(source_trace),
-            "target_trace": _digest(target_trace),
-        },
-        ops.scoring_settings(settings or {}),
-    )
-
-
-def score(
-    store: ArtifactStore,
-    source_inv: ArtifactRef,
-    target_inv: ArtifactRef,
-    source_trace: ArtifactRef | None = None,
-    target_trace: ArtifactRef | None = None,
-    settings: dict[str, Any] | None = None,
-) -> ArtifactRef:
+@dataclass(frozen=True)
+class ScoreStage(Stage):
     """Inventories (+ traces) + scoring settings → JSON artifact of the scored candidates.
 
     Independent of the threshold and strategy: changing those reruns ``assign`` only.
     """
 
-    def compute() -> dict[str, Any]:
-        src = _ordered(store, source_inv, source_trace)
-        tgt = _ordered(store, target_inv, target_trace)
-        return ops.score_candidates(src, tgt, settings or {})
+    name: ClassVar[str] = "score"
+    source: ArtifactRef
+    target: ArtifactRef
+    source_trace: ArtifactRef | None = None
+    target_trace: ArtifactRef | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
-    key = key_score(store, source_inv, target_inv, source_trace, target_trace, settings)
-    return store.produce_json("score", key, compute, ops.score_info)
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the score stage's key."""
+        return _key(
+            self.name,
+            self.version,
+            {
+                "source": self.source.digest,
+                "target": self.target.digest,
+                "source_trace": _digest(self.source_trace),
+                "target_trace": _digest(self.target_trace),
+            },
+            ops.scoring_settings(self.settings),
+        )
+
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the score artifact."""
+
+        def compute() -> dict[str, Any]:
+            src = _ordered(store, self.source, self.source_trace)
+            tgt = _ordered(store, self.target, self.target_trace)
+            return ops.score_candidates(src, tgt, self.settings)
+
+        return store.produce_json(self.name, self.key(store), compute, ops.score_info)
 
 
-def key_assign(
-    store: ArtifactStore, score_ref: ArtifactRef, settings: dict[str, Any] | None = None
-) -> str:
-    """Score artifact + assignment settings (threshold, strategy) → the assign stage's key."""
-    return _key("assign", {"score": score_ref.digest}, ops.assignment_settings(settings or {}))
-
-
-def assign(
-    store: ArtifactStore, score_ref: ArtifactRef, settings: dict[str, Any] | None = None
-) -> ArtifactRef:
+@dataclass(frozen=True)
+class AssignStage(Stage):
     """Score artifact + threshold/strategy → JSON artifact of the MappingResult."""
 
-    def compute() -> dict[str, Any]:
-        result = ops.assign_candidates(store.read_json(score_ref), settings or {})
-        return result.to_dict()
+    name: ClassVar[str] = "assign"
+    score: ArtifactRef
+    settings: dict[str, Any] = field(default_factory=dict)
 
-    def info(d: dict[str, Any]) -> dict[str, Any]:
-        cov = d.get("coverage") or {}
-        return {
-            "pairs": len(d.get("pairs") or []),
-            "mapping_sha256": ops.mapping_digest(d),
-            "source_coverage": cov.get("source_coverage"),
-            "target_coverage": cov.get("target_coverage"),
-        }
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the assign stage's key."""
+        return _key(
+            self.name,
+            self.version,
+            {"score": self.score.digest},
+            ops.assignment_settings(self.settings),
+        )
 
-    return store.produce_json("assign", key_assign(store, score_ref, settings), compute, info)
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the assign artifact (``info``: pairs, coverage, mapping digest)."""
+
+        def compute() -> dict[str, Any]:
+            return ops.assign_candidates(store.read_json(self.score), self.settings).to_dict()
+
+        def info(d: dict[str, Any]) -> dict[str, Any]:
+            cov = d.get("coverage") or {}
+            return {
+                "pairs": len(d.get("pairs") or []),
+                "mapping_sha256": ops.mapping_digest(d),
+                "source_coverage": cov.get("source_coverage"),
+                "target_coverage": cov.get("target_coverage"),
+            }
+
+        return store.produce_json(self.name, self.key(store), compute, info)
 
 
 def read_mapping(store: ArtifactStore, assign_ref: ArtifactRef) -> MappingResult:
@@ -335,208 +387,180 @@ def read_mapping(store: ArtifactStore, assign_ref: ArtifactRef) -> MappingResult
 # --- convert ---------------------------------------------------------------------------------
 
 
-def key_convert(
-    store: ArtifactStore, path: str, load_ref: ArtifactRef, assign_ref: ArtifactRef
-) -> str:
-    """Checkpoint bytes + what the mapping does → the convert stage's key.
+@dataclass(frozen=True)
+class ConvertStage(Stage):
+    """Checkpoint + mapping → safetensors artifact of the target-named state dict.
 
-    Only the pairs and their transforms count, not scores or settings: a new threshold
-    that leaves the pairs unchanged reuses the converted checkpoint.
+    Keyed on the checkpoint's bytes and what the mapping does (pairs and transforms), not
+    scores or settings: a new threshold that leaves the pairs unchanged reuses it.
     """
-    return _key(
-        "convert",
-        {
-            "checkpoint": load_ref.info["checkpoint_sha256"],
-            "mapping": assign_ref.info["mapping_sha256"],
-        },
-    )
 
+    name: ClassVar[str] = "convert"
+    path: str
+    load: ArtifactRef
+    assign: ArtifactRef
 
-def convert(
-    store: ArtifactStore, path: str, load_ref: ArtifactRef, assign_ref: ArtifactRef
-) -> ArtifactRef:
-    """Checkpoint + mapping → safetensors artifact of the target-named state dict."""
-    _check_unchanged(store, path, load_ref)
-
-    def write(tmp: Path) -> dict[str, Any]:
-        mapping = read_mapping(store, assign_ref)
-        return ops.convert_to_file(path, mapping, tmp, trusted=bool(load_ref.info.get("trusted")))
-
-    key = key_convert(store, path, load_ref, assign_ref)
-    return store.produce("convert", key, "safetensors", write)
-
-
-def _check_unchanged(store: ArtifactStore, path: str, load_ref: ArtifactRef) -> None:
-    now = store.file_digest(checkpoint_files(path))
-    if now != load_ref.info.get("checkpoint_sha256"):
-        raise CheckpointFormatError(
-            f"checkpoint {path} changed while the batch was running (its sha256 is now "
-            f"{now[:12]}, it was {str(load_ref.info.get('checkpoint_sha256'))[:12]}); "
-            "rerun the batch once writing has finished."
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the convert stage's key."""
+        return _key(
+            self.name,
+            self.version,
+            {
+                "checkpoint": self.load.info["checkpoint_sha256"],
+                "mapping": self.assign.info["mapping_sha256"],
+            },
         )
+
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the converted safetensors artifact."""
+        check_unchanged(store, self.path, self.load)
+
+        def write(tmp: Path) -> dict[str, Any]:
+            mapping = read_mapping(store, self.assign)
+            trusted = bool(self.load.info.get("trusted"))
+            return ops.convert_to_file(self.path, mapping, tmp, trusted=trusted)
+
+        return store.produce(self.name, self.key(store), "safetensors", write)
 
 
 # --- validate and verify --------------------------------------------------------------------
 
 
-def key_validate(
-    store: ArtifactStore, convert_ref: ArtifactRef, target: TargetSpec, arch_ref: ArtifactRef
-) -> str:
-    """Converted checkpoint + target architecture → the validate stage's key."""
-    return _key("validate", {"converted": convert_ref.digest, "architecture": arch_ref.digest})
-
-
-def validate(
-    store: ArtifactStore, convert_ref: ArtifactRef, target: TargetSpec, arch_ref: ArtifactRef
-) -> ArtifactRef:
+@dataclass(frozen=True)
+class ValidateStage(Stage):
     """Converted checkpoint + target → JSON artifact of the strict load-into-target check."""
 
-    def compute() -> dict[str, Any]:
-        if target.module is None:
-            return ops.validate_against_table(
-                convert_ref.path, inventory_from_json(store.read_json(arch_ref))
-            )
-        return ops.validate_file(convert_ref.path, build_architecture(target.module))
+    name: ClassVar[str] = "validate"
+    convert: ArtifactRef
+    target: TargetSpec
+    architecture: ArtifactRef
 
-    return store.produce_json(
-        "validate",
-        key_validate(store, convert_ref, target, arch_ref),
-        compute,
-        lambda d: {"ok": bool(d.get("ok"))},
-    )
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the validate stage's key (converted bytes, target architecture)."""
+        return _key(
+            self.name,
+            self.version,
+            {"converted": self.convert.digest, "architecture": self.architecture.digest},
+        )
 
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the validate artifact (``info["ok"]``)."""
 
-def key_verify(
-    store: ArtifactStore,
-    path: str,
-    load_ref: ArtifactRef,
-    convert_ref: ArtifactRef,
-    assign_ref: ArtifactRef,
-    source: ModuleSpec,
-    target: ModuleSpec,
-    source_arch: ArtifactRef,
-    target_arch: ArtifactRef,
-    dummy: InputSpec,
-    trusted: bool = False,
-) -> str:
-    """Source bytes, converted bytes, both architectures, the input → the verify stage's key."""
-    return _key(
-        "verify",
-        {
-            "checkpoint": load_ref.info["checkpoint_sha256"],
-            "converted": convert_ref.digest,
-            "mapping": assign_ref.info["mapping_sha256"],
-            "source_architecture": source_arch.digest,
-            "target_architecture": target_arch.digest,
-        },
-        {"input": dummy.to_dict()},
-    )
+        def compute() -> dict[str, Any]:
+            if self.target.module is None:
+                inv = inventory_from_json(store.read_json(self.architecture))
+                return ops.validate_against_table(self.convert.path, inv)
+            return ops.validate_file(self.convert.path, build_architecture(self.target.module))
+
+        return store.produce_json(
+            self.name, self.key(store), compute, lambda d: {"ok": bool(d.get("ok"))}
+        )
 
 
-def verify(
-    store: ArtifactStore,
-    path: str,
-    load_ref: ArtifactRef,
-    convert_ref: ArtifactRef,
-    assign_ref: ArtifactRef,
-    source: ModuleSpec,
-    target: ModuleSpec,
-    source_arch: ArtifactRef,
-    target_arch: ArtifactRef,
-    dummy: InputSpec,
-    trusted: bool = False,
-) -> ArtifactRef:
+@dataclass(frozen=True)
+class VerifyStage(Stage):
     """Source and converted checkpoints in their architectures → JSON functional check.
 
     Both run on the dummy input; when the outputs differ, the mapping locates the first
     target module whose output diverges.
     """
-    _check_unchanged(store, path, load_ref)
 
-    def compute() -> dict[str, Any]:
-        return ops.functional_check(
-            path,
-            convert_ref.path,
-            build_architecture(source),
-            build_architecture(target),
-            make_dummy_input(dummy),
-            read_mapping(store, assign_ref),
-            trusted=trusted,
+    name: ClassVar[str] = "verify"
+    path: str
+    load: ArtifactRef
+    convert: ArtifactRef
+    assign: ArtifactRef
+    source_architecture: ArtifactRef
+    target_architecture: ArtifactRef
+    source: ModuleSpec
+    target: ModuleSpec
+    dummy: InputSpec
+    trusted: bool = False
+
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the verify stage's key (source and converted bytes, architectures, input)."""
+        return _key(
+            self.name,
+            self.version,
+            {
+                "checkpoint": self.load.info["checkpoint_sha256"],
+                "converted": self.convert.digest,
+                "mapping": self.assign.info["mapping_sha256"],
+                "source_architecture": self.source_architecture.digest,
+                "target_architecture": self.target_architecture.digest,
+            },
+            {"input": self.dummy.to_dict()},
         )
 
-    key = key_verify(
-        store,
-        path,
-        load_ref,
-        convert_ref,
-        assign_ref,
-        source,
-        target,
-        source_arch,
-        target_arch,
-        dummy,
-        trusted,
-    )
-    return store.produce_json("verify", key, compute, _check_info)
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the verify artifact (``info``: ok, max_abs_diff)."""
+        check_unchanged(store, self.path, self.load)
+
+        def compute() -> dict[str, Any]:
+            return ops.functional_check(
+                self.path,
+                self.convert.path,
+                build_architecture(self.source),
+                build_architecture(self.target),
+                make_dummy_input(self.dummy),
+                read_mapping(store, self.assign),
+                trusted=self.trusted,
+            )
+
+        def info(d: dict[str, Any]) -> dict[str, Any]:
+            return {"ok": bool(d.get("ok")), "max_abs_diff": d.get("max_abs_diff")}
+
+        return store.produce_json(self.name, self.key(store), compute, info)
 
 
-def _check_info(d: dict[str, Any]) -> dict[str, Any]:
-    return {"ok": bool(d.get("ok")), "max_abs_diff": d.get("max_abs_diff")}
+# --- report ----------------------------------------------------------------------------------
 
 
-# --- report and export ----------------------------------------------------------------------
-
-
-def key_report(
-    store: ArtifactStore,
-    load_ref: ArtifactRef,
-    source_inv: ArtifactRef,
-    target_arch: ArtifactRef,
-    assign_ref: ArtifactRef,
-    validate_ref: ArtifactRef | None = None,
-    verify_ref: ArtifactRef | None = None,
-) -> str:
-    """Every input of the report → the report stage's key."""
-    return _key(
-        "report",
-        {
-            "checkpoint": load_ref.info["checkpoint_sha256"],
-            "source": source_inv.digest,
-            "target": target_arch.digest,
-            "mapping": assign_ref.digest,
-            "validation": _digest(validate_ref),
-            "functional": _digest(verify_ref),
-        },
-    )
-
-
-def report(
-    store: ArtifactStore,
-    load_ref: ArtifactRef,
-    source_inv: ArtifactRef,
-    target_arch: ArtifactRef,
-    assign_ref: ArtifactRef,
-    validate_ref: ArtifactRef | None = None,
-    verify_ref: ArtifactRef | None = None,
-) -> ArtifactRef:
+@dataclass(frozen=True)
+class ReportStage(Stage):
     """Mapping, inventories and check results → JSON artifact of the weightmapper report."""
 
-    def compute() -> dict[str, Any]:
-        from weightmapper.report import build_report
+    name: ClassVar[str] = "report"
+    load: ArtifactRef
+    source: ArtifactRef
+    target: ArtifactRef
+    assign: ArtifactRef
+    validate: ArtifactRef | None = None
+    verify: ArtifactRef | None = None
 
-        return build_report(
-            _ReportInputs(
-                read_mapping(store, assign_ref),
-                inventory_from_json(store.read_json(source_inv)),
-                inventory_from_json(store.read_json(target_arch)),
-            ),
-            validation=store.read_json(validate_ref) if validate_ref else None,
-            functional_check=store.read_json(verify_ref) if verify_ref else None,
-            hash_inputs=False,
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the report stage's key (every input of the report)."""
+        return _key(
+            self.name,
+            self.version,
+            {
+                "checkpoint": self.load.info["checkpoint_sha256"],
+                "source": self.source.digest,
+                "target": self.target.digest,
+                "mapping": self.assign.digest,
+                "validation": _digest(self.validate),
+                "functional": _digest(self.verify),
+            },
         )
 
-    key = key_report(store, load_ref, source_inv, target_arch, assign_ref, validate_ref, verify_ref)
-    return store.produce_json("report", key, compute)
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the report artifact."""
+
+        def compute() -> dict[str, Any]:
+            from weightmapper.report import build_report
+
+            return build_report(
+                _ReportInputs(
+                    read_mapping(store, self.assign),
+                    inventory_from_json(store.read_json(self.source)),
+                    inventory_from_json(store.read_json(self.target)),
+                ),
+                validation=store.read_json(self.validate) if self.validate else None,
+                functional_check=store.read_json(self.verify) if self.verify else None,
+                hash_inputs=False,
+            )
+
+        return store.produce_json(self.name, self.key(store), compute)
 
 
 class _ReportInputs:
@@ -546,92 +570,3 @@ class _ReportInputs:
         self.result = result
         self.source_inventory = source
         self.target_inventory = target
-
-
-def report_path_for(output: Path) -> Path:
-    """Converted checkpoint path → the path of its JSON report beside it."""
-    return output.with_name(output.name.removesuffix(".safetensors") + ".report.json")
-
-
-def key_export(convert_ref: ArtifactRef, report_ref: ArtifactRef, output: str) -> str:
-    """Converted and report artifacts + output path → the export step's key.
-
-    Export places files at a path, so unlike every other key this one names the path.
-    """
-    return stage_key(
-        "export",
-        1,
-        inputs={"converted": convert_ref.digest, "report": report_ref.digest},
-        settings={"output": str(output)},
-    )
-
-
-def export_is_current(convert_ref: ArtifactRef, report_ref: ArtifactRef, output: str) -> bool:
-    """True when the output and its report already hold the artifacts' bytes."""
-    out = Path(output)
-    return _same_content(out, convert_ref) and _same_content(report_path_for(out), report_ref)
-
-
-def export(
-    store: ArtifactStore, convert_ref: ArtifactRef, report_ref: ArtifactRef, output: str
-) -> tuple[str, str, bool]:
-    """Converted and report artifacts + output path → (output, report path, already there).
-
-    The converted checkpoint is hard-linked from the store when both live on one file
-    system (no copy, no extra space) and copied otherwise; either way the output appears
-    atomically. An output that already holds the artifact's bytes is left alone.
-    """
-    out = Path(output)
-    rep = report_path_for(out)
-    same = export_is_current(convert_ref, report_ref, output)
-    if not same:
-        _place(Path(convert_ref.path), out)
-        _place(Path(report_ref.path), rep)
-    return str(out), str(rep), same
-
-
-def _same_content(dest: Path, ref: ArtifactRef) -> bool:
-    try:
-        a, b = dest.stat(), Path(ref.path).stat()
-    except FileNotFoundError:
-        return False
-    return (a.st_ino == b.st_ino and a.st_dev == b.st_dev) or (
-        a.st_size == b.st_size and _sha256(dest) == ref.digest
-    )
-
-
-def _sha256(path: Path) -> str:
-    from weightmapper.pipeline.keys import digest_file
-
-    return digest_file(path)
-
-
-def _place(src: Path, dest: Path) -> None:
-    import shutil
-
-    from weightmapper.atomic import atomic_path
-
-    if dest.resolve() == src.resolve():
-        return
-    with atomic_path(dest) as tmp:
-        try:
-            tmp.unlink()
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-
-
-# Key functions by stage name, for orchestrators (the Prefect tasks) that need a stage's
-# key before deciding whether to run it.
-KEY_FUNCTIONS: dict[str, Callable[..., str]] = {
-    "load": key_load,
-    "inventory": key_inventory,
-    "architecture": key_architecture,
-    "trace": key_trace,
-    "score": key_score,
-    "assign": key_assign,
-    "convert": key_convert,
-    "validate": key_validate,
-    "verify": key_verify,
-    "report": key_report,
-}

@@ -8,8 +8,12 @@ Layout under the store root::
     memo/hashes.json                     file digests by file identity (weightmapper.hashing)
 
 The meta record is written last, so an artifact without one was never committed. A read
-verifies the record parses, the size matches and the file opens (JSON parses, safetensors
-header reads); anything else is a miss and the stage recomputes.
+verifies the record parses, the size matches, the file opens (JSON parses, safetensors
+header reads) and its sha256 is the one recorded at write; anything else is a miss: the
+artifact is removed and the stage recomputes. Digests of large artifacts are remembered by
+file identity (path, inode, size, mtime, ctime; ``memo/hashes.json``), so an unchanged
+artifact is not reread and any write to it is noticed; :meth:`ArtifactStore.verify_all`
+rereads every byte.
 """
 
 from __future__ import annotations
@@ -18,16 +22,25 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from weightmapper.atomic import atomic_path, atomic_write_text, file_lock
+from weightmapper.errors import OutputError, WeightMapperError
 from weightmapper.hashing import HashCache, checkpoint_sha256
 from weightmapper.pipeline.keys import digest_file
 
 log = logging.getLogger(__name__)
+
+_MEMO_MIN_BYTES = 1 << 20
+"""Artifacts at least this large have their digest remembered; smaller ones are rehashed."""
+
+
+class CorruptArtifactError(WeightMapperError):
+    """A store artifact's bytes no longer match the digest recorded when it was written."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,23 @@ class ArtifactStore:
     def __repr__(self) -> str:
         return f"ArtifactStore({str(self.root)!r})"
 
+    def ensure_writable(self) -> None:
+        """None when the store's folder exists (or can be made) and takes files, else OutputError."""
+        if self.root.exists() and not self.root.is_dir():
+            raise OutputError(
+                f"store {self.root} is a file; expected a folder for the artifact store. "
+                "Point 'store:' in the job at a folder (it is created when missing)."
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe."):
+                pass
+        except OSError as e:
+            raise OutputError(
+                f"store {self.root} is not writable ({e.strerror or e}); expected a folder "
+                "this user can write. Fix its permissions or point 'store:' elsewhere."
+            ) from e
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Travels to other processes (Dask workers) as its root; locks and memo are local.
         return (ArtifactStore, (str(self.root),))
@@ -90,12 +120,58 @@ class ArtifactStore:
             log.warning("artifact record %s is unreadable (%s); recomputing", meta_path, e)
             self._discard(meta_path)
             return None
-        problem = _check_file(path, size)
+        problem = _check_file(path, size) or self._digest_problem(path, meta.get("digest"))
         if problem:
             log.warning("artifact %s is %s; recomputing", path, problem)
             self._discard(meta_path, path)
             return None
         return ArtifactRef(stage, key, str(path), meta["digest"], meta.get("info") or {})
+
+    def _digest_problem(self, path: Path, recorded: Any, *, memo: bool = True) -> str | None:
+        """Artifact file + the digest recorded at write → None when they agree, else why not."""
+        try:
+            if memo and path.stat().st_size >= _MEMO_MIN_BYTES:
+                actual = self._hashes.digests([path])[0]
+            else:
+                actual = digest_file(path)
+        except (OSError, WeightMapperError) as e:
+            return f"unreadable ({e})"
+        if actual != recorded:
+            return f"altered since it was written (sha256 {actual[:12]}, recorded {str(recorded)[:12]})"
+        return None
+
+    def verify(self, ref: ArtifactRef) -> None:
+        """Artifact reference → None when its file still has the recorded digest.
+
+        Otherwise the artifact is removed (the next run recomputes it) and
+        CorruptArtifactError is raised: its bytes must not be used or delivered.
+        """
+        problem = self._digest_problem(Path(ref.path), ref.digest)
+        if problem:
+            self._discard(self._meta_path(ref.stage, ref.key), Path(ref.path))
+            raise CorruptArtifactError(
+                f"artifact {ref.path} is {problem}; it was removed. Rerun the job to "
+                "recompute it (nothing was delivered from it)."
+            )
+
+    def verify_all(self) -> tuple[int, list[str]]:
+        """Store → (artifacts checked, problems found); every byte reread, bad ones removed."""
+        checked, bad = 0, []
+        for meta_path in sorted((self.root / "artifacts").glob("*/*.meta.json")):
+            checked += 1
+            try:
+                meta = json.loads(meta_path.read_text())
+                path = self.artifact_path(meta_path.parent.name, meta["key"], meta["ext"])
+                problem = _check_file(path, int(meta["size"])) or self._digest_problem(
+                    path, meta["digest"], memo=False
+                )
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                path, problem = meta_path, f"an unreadable record ({e})"
+            if problem:
+                bad.append(f"{path}: {problem}")
+                key = meta_path.name.removesuffix(".meta.json")
+                self._discard(*meta_path.parent.glob(f"{key}.*"))
+        return checked, bad
 
     def read_json(self, ref: ArtifactRef) -> Any:
         """Reference to a JSON artifact → its parsed content."""

@@ -6,8 +6,13 @@ schedulers and scripts read one shape (``weightmapper migrate --json``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from weightmapper.errors import WeightMapperError
+
+log = logging.getLogger(__name__)
 
 # Stages each checkpoint goes through, in order; batch-level stages run once per target.
 CHECKPOINT_STAGES: tuple[str, ...] = (
@@ -65,7 +70,13 @@ class CheckpointSummary:
     """``passed``, ``failed`` or ``skipped`` (no source architecture given)."""
     max_abs_diff: float | None = None
     output: str | None = None
+    """The file at the output path: placed now, already there, or kept (see ``export``)."""
     report: str | None = None
+    export: str | None = None
+    """``placed``, ``current``, ``kept`` (checks failed: the previous output stays),
+    ``withheld`` (checks failed, nothing placed) or None (export did not run)."""
+    export_note: str | None = None
+    """Why the output was not placed."""
     stages: list[StageRecord] = field(default_factory=list)
 
     @property
@@ -92,6 +103,8 @@ class CheckpointSummary:
             "max_abs_diff": self.max_abs_diff,
             "output": self.output,
             "report": self.report,
+            "export": self.export,
+            "export_note": self.export_note,
             "stages": [s.to_dict() for s in self.stages],
         }
 
@@ -105,7 +118,11 @@ class BatchSummary:
     items: list[CheckpointSummary] = field(default_factory=list)
     batch_stages: dict[str, list[StageRecord]] = field(default_factory=dict)
     """Migration name → the stages run once for it (target inventory, traces)."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Migration name → why its once-per-migration stages failed (its checkpoints then
+    fail at stage ``target`` without repeating the message)."""
     seconds: float = 0.0
+    """Wall time of the whole batch, orchestrator start-up included."""
 
     @property
     def ok(self) -> bool:
@@ -141,5 +158,59 @@ class BatchSummary:
             "batch_stages": {
                 m: [s.to_dict() for s in recs] for m, recs in self.batch_stages.items()
             },
+            "errors": dict(self.errors),
             "checkpoints": [i.to_dict() for i in self.items],
         }
+
+
+def note_stage(summary: CheckpointSummary, stage: str, value: Any) -> None:
+    """A stage's result → the summary fields it settles (coverage, checks, output)."""
+    if stage == "assign":
+        summary.coverage = {
+            "source": value.info.get("source_coverage"),
+            "target": value.info.get("target_coverage"),
+        }
+    elif stage == "validate":
+        summary.validation = "passed" if value.info.get("ok") else "failed"
+    elif stage == "verify":
+        summary.functional = "passed" if value.info.get("ok") else "failed"
+        summary.max_abs_diff = value.info.get("max_abs_diff")
+    elif stage == "export":
+        summary.output, summary.report = value.output, value.report
+        summary.export, summary.export_note = value.state, value.note
+
+
+def finish(summary: CheckpointSummary) -> None:
+    """Summary of a checkpoint that ran every stage → status ``ok`` or ``check_failed``."""
+    if summary.status != "failed" and "failed" in (summary.validation, summary.functional):
+        summary.status = "check_failed"
+
+
+def record_failure(summary: CheckpointSummary, stage: str, error: BaseException) -> None:
+    """Summary + failing stage + exception → the summary marked failed with a short reason."""
+    summary.status = "failed"
+    summary.failed_stage = stage
+    summary.error = (
+        str(error) if isinstance(error, WeightMapperError) else (f"{type(error).__name__}: {error}")
+    )
+    log.warning("%s failed at stage %s: %s", summary.source, stage, summary.error)
+    if not isinstance(error, WeightMapperError):
+        log.debug("traceback", exc_info=error)
+
+
+def failed_item(migration: str, source: str, stage: str, message: str) -> CheckpointSummary:
+    """A checkpoint that could not run → its failed summary."""
+    return CheckpointSummary(
+        migration=migration, source=source, status="failed", failed_stage=stage, error=message
+    )
+
+
+def not_prepared(migration: str, source: str) -> CheckpointSummary:
+    """A checkpoint of a migration whose target failed → failed at ``target``, pointing at
+    the one message in ``BatchSummary.errors``."""
+    return failed_item(
+        migration,
+        source,
+        "target",
+        f"not run: migration {migration!r} could not prepare its target",
+    )
