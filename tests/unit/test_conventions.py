@@ -26,7 +26,12 @@ _LM = {
 # transformers class, config class, config fields, the convention that must be recognised
 HF_MODELS: list[tuple[str, str, dict[str, Any], str]] = [
     ("LlamaForCausalLM", "LlamaConfig", {**_LM, "num_key_value_heads": 1}, "hf-llama"),
-    ("GemmaForCausalLM", "GemmaConfig", {**_LM, "head_dim": 8}, "hf-gemma"),
+    (
+        "GemmaForCausalLM",
+        "GemmaConfig",
+        {**_LM, "head_dim": 8, "num_key_value_heads": 1},
+        "hf-gemma",
+    ),
     ("MistralForCausalLM", "MistralConfig", _LM, "hf-llama"),
     ("Qwen2ForCausalLM", "Qwen2Config", _LM, "hf-llama"),
     ("Phi3ForCausalLM", "Phi3Config", {**_LM, "pad_token_id": 0}, "hf-phi3"),

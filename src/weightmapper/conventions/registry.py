@@ -63,7 +63,7 @@ ROLES: frozenset[str] = frozenset(
         "stem.conv", "stem.norm",
         "block.conv1", "block.conv2", "block.conv3", "block.norm1", "block.norm2", "block.norm3",
         "block.shortcut.conv", "block.shortcut.norm", "block.se.reduce", "block.se.expand",
-        "block.scale", "downsample.conv", "downsample.norm",
+        "block.scale", "downsample.conv", "downsample.norm", "head.conv", "head.norm",
     }
 )  # fmt: skip
 """The role vocabulary shared by every convention; a user file may add roles named ``x.*``."""
