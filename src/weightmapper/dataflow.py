@@ -73,6 +73,9 @@ class FlowRole:
     stack: str = "main"
     evidence: str = ""
     """Why, in a few words (``feeds the key operand of softmax(q @ k)``)."""
+    head_dim: int | None = None
+    """For attention projections: the size of one head, read at the attention itself (what
+    RoPE and per-head row orders need, and what shapes alone cannot tell)."""
 
 
 @dataclass
@@ -95,6 +98,8 @@ class _Graph:
     consumers: dict[int, list[int]] = field(default_factory=dict)
     param_of: dict[int, tuple[str, ...]] = field(default_factory=dict)
     inputs: set[int] = field(default_factory=set)
+    live: set[int] = field(default_factory=set)
+    """Tensors computed from the model's inputs (not from constants such as RoPE's tables)."""
     outputs: set[int] = field(default_factory=set)
     param_ops: dict[int, set[str]] = field(default_factory=dict)
     """For tensors computed from parameters alone: the functions that computed them."""
@@ -149,6 +154,8 @@ class _Recorder(TorchFunctionMode):
         call = _Call(name, [id(t) for t in flat_in], [id(t) for t in flat_out], params, module)
         call.index = len(g.calls)
         g.calls.append(call)
+        if any(t in g.live for t in call.inputs):
+            g.live.update(call.outputs)
         for t in call.inputs:
             g.consumers.setdefault(t, []).append(call.index)
         for t in call.outputs:
@@ -193,6 +200,7 @@ def _record(module: nn.Module, example: Any) -> _Graph:
         else ((example,), {})
     )
     g.inputs = {id(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+    g.live = set(g.inputs)
 
     def enter(path: str) -> Any:
         return lambda *_: g.modules.append(path)
@@ -232,6 +240,7 @@ class _Flow:
         self.g = g
         self.role: dict[int, tuple[str, str]] = {}  # call index → (role, evidence)
         self.stack: dict[int, str] = {}
+        self.head_dim: dict[int, int] = {}
 
     # -- graph walking ----------------------------------------------------------------------
     def param_use(self, c: _Call) -> bool:
@@ -255,11 +264,12 @@ class _Flow:
                 continue
             c = self.g.calls[ci]
             if c.params and stop_at_params:
-                found.add(ci)
+                if any(u in self.g.live for u in self.data_inputs(c)):
+                    found.add(ci)  # a projection of the data, not of a constant table
                 continue
             if c.name in _SOFTMAX or c.name in _SDPA:
                 continue  # another attention's output: not this projection's input
-            todo += self.data_inputs(c)
+            todo += [u for u in self.data_inputs(c) if u in self.g.live]
         return found
 
     def forward(self, tensor: int, limit: int = 400) -> list[int]:
@@ -292,15 +302,18 @@ def _operand_of_matmul(flow: _Flow, mm: _Call, position: int) -> set[int]:
     return flow.back(ins[position]) if len(ins) > position else set()
 
 
-def _attentions(flow: _Flow) -> list[tuple[set[int], set[int], set[int], int]]:
-    """→ [(query uses, key uses, value uses, index of the call whose output is the result)]."""
+def _attentions(flow: _Flow) -> list[tuple[set[int], set[int], set[int], int, int]]:
+    """→ [(query uses, key uses, value uses, index of the result's call, head size)]."""
     g = flow.g
     found = []
     for c in g.calls:
         if c.name in _SDPA:
             ins = flow.data_inputs(c)
             if len(ins) >= 3:
-                found.append((flow.back(ins[0]), flow.back(ins[1]), flow.back(ins[2]), c.index))
+                head = int(g.tensors[ins[0]].shape[-1])
+                found.append(
+                    (flow.back(ins[0]), flow.back(ins[1]), flow.back(ins[2]), c.index, head)
+                )
         elif c.name in _SOFTMAX:
             # scores = q @ k^T (scaled, masked) → softmax → @ v
             scores = _nearest(flow, flow.data_inputs(c)[0], _MATMUL)
@@ -311,7 +324,8 @@ def _attentions(flow: _Flow) -> list[tuple[set[int], set[int], set[int], int]]:
             q, k = _operand_of_matmul(flow, qk, 0), _operand_of_matmul(flow, qk, 1)
             v = _operand_of_matmul(flow, after[0], 1)
             if q and k:
-                found.append((q, k, v, after[0].index))
+                head = int(g.tensors[flow.data_inputs(qk)[0]].shape[-1])
+                found.append((q, k, v, after[0].index, head))
     return found
 
 
@@ -337,7 +351,9 @@ def _nearest(flow: _Flow, tensor: int, names: frozenset[str], limit: int = 50) -
 
 def _label_attention(flow: _Flow) -> None:
     g = flow.g
-    for q, k, v, result in _attentions(flow):
+    for q, k, v, result, head in _attentions(flow):
+        for ci in q | k | v:
+            flow.head_dim.setdefault(ci, head)
         fused = q & k
         q_in = {t for ci in q for t in flow.data_inputs(g.calls[ci])}
         k_in = {t for ci in k for t in flow.data_inputs(g.calls[ci])}
@@ -843,7 +859,9 @@ def dataflow_roles(module: nn.Module, example: Any) -> dict[str, FlowRole]:
     out: dict[str, FlowRole] = {}
     for ci, (role, why) in sorted(flow.role.items()):
         for name in _names_of_call(flow, graph.calls[ci]):
-            out.setdefault(name, FlowRole(_moe(flow, graph.calls[ci], role), "main", why))
+            role = _moe(flow, graph.calls[ci], role)
+            head = flow.head_dim.get(ci) if role.startswith(("attn.", "xattn.")) else None
+            out.setdefault(name, FlowRole(role, "main", why, head))
     return out
 
 
