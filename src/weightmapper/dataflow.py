@@ -76,6 +76,9 @@ class FlowRole:
     head_dim: int | None = None
     """For attention projections: the size of one head, read at the attention itself (what
     RoPE and per-head row orders need, and what shapes alone cannot tell)."""
+    rope: str | None = None
+    """For query and key projections: ``rotate_half`` (halves swapped and negated),
+    ``interleaved`` (pairs of neighbouring rows, Meta's complex multiply) or ``none``."""
 
 
 @dataclass
@@ -241,6 +244,7 @@ class _Flow:
         self.role: dict[int, tuple[str, str]] = {}  # call index → (role, evidence)
         self.stack: dict[int, str] = {}
         self.head_dim: dict[int, int] = {}
+        self.rope: dict[int, str] = {}
 
     # -- graph walking ----------------------------------------------------------------------
     def param_use(self, c: _Call) -> bool:
@@ -329,6 +333,36 @@ def _attentions(flow: _Flow) -> list[tuple[set[int], set[int], set[int], int, in
     return found
 
 
+def _rope_style(flow: _Flow, ci: int) -> str:
+    """A query/key projection → how RoPE rotates its rows on the way to the attention.
+
+    Rotate-half negates one half and concatenates (``cat(-x2, x1)``); the interleaved form
+    pairs neighbouring rows (a last axis of 2, or a complex view, as Meta's code does).
+    """
+    g = flow.g
+    names: set[str] = set()
+    pairs = False
+    todo, seen = list(g.calls[ci].outputs), set()
+    while todo and len(seen) < 200:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for nxt in g.consumers.get(t, ()):
+            c = g.calls[nxt]
+            if c.params or c.name in _MATMUL | _SDPA | _SOFTMAX:
+                continue
+            names.add(c.name)
+            shape = g.tensors[c.outputs[0]].shape
+            pairs |= c.name in _VIEWS and len(shape) >= 2 and shape[-1] == 2
+            todo += c.outputs
+    if pairs or "view_as_complex" in names:
+        return "interleaved"
+    if "neg" in names or "__neg__" in names:
+        return "rotate_half"
+    return "none"
+
+
 def _nearest(flow: _Flow, tensor: int, names: frozenset[str], limit: int = 50) -> int | None:
     """Tensor → index of the nearest producing call named in ``names`` (through any op)."""
     todo, seen = [tensor], set()
@@ -354,6 +388,8 @@ def _label_attention(flow: _Flow) -> None:
     for q, k, v, result, head in _attentions(flow):
         for ci in q | k | v:
             flow.head_dim.setdefault(ci, head)
+        for ci in q | k:
+            flow.rope.setdefault(ci, _rope_style(flow, ci))
         fused = q & k
         q_in = {t for ci in q for t in flow.data_inputs(g.calls[ci])}
         k_in = {t for ci in k for t in flow.data_inputs(g.calls[ci])}
@@ -861,7 +897,7 @@ def dataflow_roles(module: nn.Module, example: Any) -> dict[str, FlowRole]:
         for name in _names_of_call(flow, graph.calls[ci]):
             role = _moe(flow, graph.calls[ci], role)
             head = flow.head_dim.get(ci) if role.startswith(("attn.", "xattn.")) else None
-            out.setdefault(name, FlowRole(role, "main", why, head))
+            out.setdefault(name, FlowRole(role, "main", why, head, flow.rope.get(ci)))
     return out
 
 
