@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from weightmapper.dataflow import FlowRole
 from weightmapper.errors import MappingError
 from weightmapper.tensor_info import TensorInfo, dtype_name
 
@@ -118,6 +119,10 @@ class Inventory:
     """Groups of keys that share one tensor (tied embedding and LM head)."""
     traced: bool = False
     """True when ``order`` comes from a forward pass rather than registration/key order."""
+    roles: dict[str, FlowRole] = field(default_factory=dict)
+    """Key → the role its tensor plays, read from a forward pass
+    (:func:`weightmapper.dataflow.dataflow_roles`); empty when no pass was made, and the
+    engine falls back on naming conventions."""
 
     # --- constructors -----------------------------------------------------------------------
     @classmethod
@@ -252,15 +257,19 @@ class Inventory:
             self.groups,
             key=lambda p: (_rank_for(p, order, base), self.order.get(p, 0)),
         )
-        return Inventory(
-            name=self.name,
-            tensors=self.tensors,
+        return replace(
+            self,
             groups={p: self.groups[p] for p in ranked},
-            module_types=self.module_types,
             order={p: i for i, p in enumerate(ranked)},
-            tied=self.tied,
             traced=traced,
         )
+
+    def with_roles(self, roles: Mapping[str, FlowRole]) -> Inventory:
+        """Key → role (from :func:`weightmapper.dataflow.dataflow_roles`) → a copy that has them.
+
+        Roles of keys this inventory does not hold (non-persistent buffers) are dropped.
+        """
+        return replace(self, roles={k: r for k, r in roles.items() if k in self.tensors})
 
     def signature(self) -> str:
         """Inventory → :func:`tensors_signature` of its tensors (an architecture's id).

@@ -7,8 +7,10 @@ checkpoint produce byte-identical artifacts.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
+from weightmapper.dataflow import FlowRole
 from weightmapper.inventory import Inventory, ParameterGroup, split_key
 from weightmapper.tensor_info import TensorInfo
 
@@ -54,7 +56,18 @@ def inventory_to_json(inv: Inventory) -> dict[str, Any]:
         "order": dict(inv.order),
         "tied": [list(t) for t in inv.tied],
         "traced": inv.traced,
+        "roles": roles_to_json(inv.roles),
     }
+
+
+def roles_to_json(roles: Mapping[str, FlowRole]) -> dict[str, dict[str, Any]]:
+    """Key → FlowRole → JSON-ready dict (the pipeline's trace and inventory artifacts)."""
+    return {k: asdict(r) for k, r in roles.items()}
+
+
+def roles_from_json(d: Mapping[str, Mapping[str, Any]] | None) -> dict[str, FlowRole]:
+    """JSON dict → key → FlowRole."""
+    return {k: FlowRole(**v) for k, v in (d or {}).items()}
 
 
 def inventory_from_json(d: Mapping[str, Any]) -> Inventory:
@@ -73,4 +86,5 @@ def inventory_from_json(d: Mapping[str, Any]) -> Inventory:
         order={k: int(v) for k, v in (d.get("order") or {}).items()},
         tied=[tuple(t) for t in d.get("tied") or []],
         traced=bool(d.get("traced", False)),
+        roles=roles_from_json(d.get("roles")),
     )

@@ -23,10 +23,17 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from weightmapper.dataflow import dataflow_roles
 from weightmapper.errors import CheckpointFormatError, CheckpointNotFoundError
 from weightmapper.inventory import Inventory
 from weightmapper.pipeline import ops
-from weightmapper.pipeline.codec import inventory_from_json, inventory_to_json, table_to_json
+from weightmapper.pipeline.codec import (
+    inventory_from_json,
+    inventory_to_json,
+    roles_from_json,
+    roles_to_json,
+    table_to_json,
+)
 from weightmapper.pipeline.config import InputSpec, ModuleSpec, TargetSpec
 from weightmapper.pipeline.keys import digest_json, stage_key
 from weightmapper.pipeline.store import ArtifactRef, ArtifactStore
@@ -259,13 +266,15 @@ class ArchitectureStage(Stage):
 
 @dataclass(frozen=True)
 class TraceStage(Stage):
-    """Architecture + dummy input → JSON artifact ``{"order": {module path: rank} | null}``.
+    """Architecture + dummy input → JSON artifact ``{"order": {path: rank} | null, "roles": …}``.
 
-    Runs one forward pass of a freshly built module; a failing forward gives ``null`` and
-    the mapper falls back to registration order.
+    Runs a freshly built module forward: once for the order of its modules, once recording
+    the dataflow the roles of its tensors are read from. A failing forward gives ``null``
+    and no roles; the mapper falls back to registration order and naming conventions.
     """
 
     name: ClassVar[str] = "trace"
+    version: ClassVar[int] = 2
     architecture: ArtifactRef
     module: ModuleSpec
     dummy: InputSpec
@@ -284,7 +293,11 @@ class TraceStage(Stage):
 
         def compute() -> dict[str, Any]:
             module = build_architecture(self.module)
-            return {"order": ops.trace_order(module, make_dummy_input(self.dummy))}
+            dummy = make_dummy_input(self.dummy)
+            return {
+                "order": ops.trace_order(module, dummy),
+                "roles": roles_to_json(dataflow_roles(module, dummy)),
+            }
 
         return store.produce_json(
             self.name, self.key(store), compute, lambda d: {"traced": d["order"] is not None}
@@ -299,9 +312,11 @@ def _ordered(
 ) -> Inventory:
     inv = inventory_from_json(store.read_json(inv_ref))
     if trace_ref is not None:
-        order = store.read_json(trace_ref).get("order")
-        if order:
-            inv = inv.with_order(order, traced=True)
+        trace = store.read_json(trace_ref)
+        if trace.get("order"):
+            inv = inv.with_order(trace["order"], traced=True)
+        if trace.get("roles"):
+            inv = inv.with_roles(roles_from_json(trace["roles"]))
     return inv
 
 

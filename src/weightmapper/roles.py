@@ -1,0 +1,164 @@
+"""Roles of one side's tensors, from dataflow where a forward pass was made, else from names.
+
+The engine asks two questions of roles: may these two tensors pair at all (a query
+projection is never a key projection, a decoder tensor never an encoder one), and is their
+layout the same (RoPE's row order, a fused q/k/v's rows). :func:`side_roles` answers for one
+side; :func:`roles_conflict` and :func:`layout_transform` compare two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from weightmapper.conventions import ConventionSet, Layout, load_conventions
+from weightmapper.dataflow import FlowRole
+from weightmapper.transforms import TransformSpec
+
+EQUIVALENT: tuple[frozenset[str], ...] = (
+    frozenset({"head.lm", "head.bias"}),  # an MLM decoder's bias is often tied to a lone bias
+    frozenset({"head.cls", "head.proj"}),  # a final projection, named either way
+    frozenset({"norm.pre", "embed.norm"}),  # the norm right after the embeddings
+)
+"""Role pairs that are one role written two ways (beside ``mlp.X`` ↔ ``moe.X``)."""
+
+
+@dataclass(frozen=True)
+class SideRoles:
+    """What is known of one side's roles and layouts."""
+
+    roles: dict[str, str] = field(default_factory=dict)
+    """Key → role."""
+    stacks: dict[str, str] = field(default_factory=dict)
+    """Key → stack (``encoder``, ``decoder``, …), where a convention says so."""
+    head_dim: dict[str, int] = field(default_factory=dict)
+    """Attention projection key → size of one head (dataflow only)."""
+    rope: dict[str, str] = field(default_factory=dict)
+    """Query/key projection key → ``rotate_half``, ``interleaved`` or ``none``."""
+    rope_proven: bool = False
+    """True when the RoPE layout was read from a forward pass, not assumed from a name."""
+    layout: Layout | None = None
+    """The convention's layout when one convention (or several that agree) fits."""
+    source: str = ""
+    """``dataflow``, ``convention <name>`` or ``conventions <a>|<b>`` (a tie) or empty."""
+
+
+def side_roles(
+    keys: Iterable[str],
+    flow: Mapping[str, FlowRole] | None = None,
+    conventions: ConventionSet | None = None,
+) -> SideRoles:
+    """Keys (+ dataflow roles, if a forward pass was made) → the side's roles and layouts.
+
+    Dataflow wins where it speaks; a naming convention fills the rest and says the layout
+    the library stores (RoPE, fused rows) when no forward pass showed it.
+    """
+    keys = list(keys)
+    conventions = conventions or load_conventions()
+    named, best = conventions.roles(keys)
+    roles = {k: r.role for k, r in named.items()}
+    stacks = {k: r.stack for k, r in named.items() if r.stack not in ("main",)}
+    layout = _agreed_layout([b.convention.layout for b in best])
+    source = (
+        ("convention " if len(best) == 1 else "conventions ")
+        + "|".join(b.convention.name for b in best)
+        if best
+        else ""
+    )
+    rope = {
+        k: layout.rope for k, r in roles.items() if layout and r in ("attn.q", "attn.k", "attn.qkv")
+    }
+    head_dim: dict[str, int] = {}
+    flow = flow or {}
+    if flow:
+        source = "dataflow" + (f" + {source}" if source else "")
+        for k, f in flow.items():
+            roles[k] = f.role
+            if f.head_dim:
+                head_dim[k] = f.head_dim
+            if f.rope:
+                rope[k] = f.rope
+    return SideRoles(
+        roles=roles,
+        stacks=stacks,
+        head_dim=head_dim,
+        rope=rope,
+        rope_proven=any(f.rope for f in flow.values()),
+        layout=layout,
+        source=source,
+    )
+
+
+def _agreed_layout(layouts: list[Layout]) -> Layout | None:
+    """Tied conventions → their layout if they all agree on RoPE and q/k/v rows, else None."""
+    if not layouts:
+        return None
+    first = layouts[0]
+    if all((x.rope, x.qkv, x.gate_up) == (first.rope, first.qkv, first.gate_up) for x in layouts):
+        return first
+    return None
+
+
+def family(role: str) -> str:
+    """``moe.gate`` → ``mlp.gate``: experts play the MLP's roles."""
+    return "mlp." + role[4:] if role.startswith("moe.") else role
+
+
+def roles_conflict(a: str | None, b: str | None) -> bool:
+    """Two roles (None: unknown) → True when the tensors cannot be the same tensor."""
+    if not a or not b:
+        return False
+    fa, fb = family(a), family(b)
+    if fa == fb:
+        return False
+    return not any(fa in e and fb in e for e in EQUIVALENT) and not _fused_part(fa, fb)
+
+
+def _fused_part(a: str, b: str) -> bool:
+    """``attn.qkv`` ↔ ``attn.q`` (a split or merge), ``mlp.gate_up`` ↔ ``mlp.up``."""
+    for whole, parts in (
+        ("attn.qkv", {"attn.q", "attn.k", "attn.v", "attn.kv"}),
+        ("attn.kv", {"attn.k", "attn.v"}),
+        ("xattn.kv", {"xattn.k", "xattn.v"}),
+        ("mlp.gate_up", {"mlp.gate", "mlp.up"}),
+    ):
+        if (a == whole and b in parts) or (b == whole and a in parts):
+            return True
+    return False
+
+
+def stacks_conflict(a: str | None, b: str | None) -> bool:
+    """Two stacks (None: unknown) → True for an encoder tensor against a decoder one."""
+    return bool(a and b and a != b and {a, b} <= {"encoder", "decoder", "vision", "text"})
+
+
+def layout_transform(
+    role: str,
+    src_key: str,
+    tgt_key: str,
+    src: SideRoles,
+    tgt: SideRoles,
+) -> tuple[TransformSpec | None, str]:
+    """A one-to-one pair of query/key projections → (the row permutation its layouts need, note).
+
+    The note is empty when both layouts are known and equal; it says what was assumed when
+    one side's layout comes from a name only, and why nothing could be done when the head
+    size is unknown.
+    """
+    if role not in ("attn.q", "attn.k"):
+        return None, ""
+    a, b = src.rope.get(src_key), tgt.rope.get(tgt_key)
+    if not a or not b or a == b or "none" in (a, b):
+        if a and b and a != b and "none" in (a, b):
+            return None, f"RoPE layouts differ ({a} → {b}); the rows are kept as they are"
+        return None, ""
+    head = tgt.head_dim.get(tgt_key) or src.head_dim.get(src_key)
+    assumed = "" if (src.rope_proven and tgt.rope_proven) else (
+        f"layout assumed from names: RoPE {a} → {b}; give the source module to prove it"
+    )  # fmt: skip
+    if not head:
+        return None, (
+            f"RoPE layouts differ ({a} → {b}) but the head size is unknown; give the target "
+            "as a module with an input so it can be read"
+        )
+    return TransformSpec("rope_permute", {"head_dim": int(head), "to": b}), assumed

@@ -1,0 +1,82 @@
+"""Roles of a side: dataflow first, names second; conflicts and layouts between two sides."""
+
+from __future__ import annotations
+
+import pytest
+
+from weightmapper.dataflow import FlowRole
+from weightmapper.roles import layout_transform, roles_conflict, side_roles, stacks_conflict
+
+HF = [f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkvo"] + [
+    "model.layers.0.mlp.gate_proj.weight",
+    "model.embed_tokens.weight",
+    "lm_head.weight",
+]
+META = [f"layers.0.attention.w{p}.weight" for p in "qkvo"] + [
+    "tok_embeddings.weight",
+    "output.weight",
+]
+
+
+def test_names_give_roles_and_the_layout_their_library_stores() -> None:
+    hf, meta = side_roles(HF), side_roles(META)
+    assert hf.roles["model.layers.0.self_attn.k_proj.weight"] == "attn.k"
+    assert meta.roles["layers.0.attention.wk.weight"] == "attn.k"
+    assert hf.rope["model.layers.0.self_attn.q_proj.weight"] == "rotate_half"
+    assert meta.rope["layers.0.attention.wq.weight"] == "interleaved"
+    assert not hf.rope_proven and meta.source == "convention meta-llama"
+    # HF Llama and Gemma tie on names; their RoPE and q/k/v layouts agree, so it is known
+    assert hf.source.startswith("conventions ") and hf.layout is not None
+
+
+def test_dataflow_wins_over_names() -> None:
+    flow = {"layers.0.attention.wq.weight": FlowRole("attn.q", head_dim=8, rope="rotate_half")}
+    meta = side_roles(META, flow)
+    assert meta.rope["layers.0.attention.wq.weight"] == "rotate_half"
+    assert meta.head_dim == {"layers.0.attention.wq.weight": 8}
+    assert meta.rope_proven and meta.source.startswith("dataflow")
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "conflict"),
+    [
+        ("attn.q", "attn.k", True),
+        ("mlp.gate", "mlp.up", True),
+        ("norm.attn", "norm.mlp", True),
+        ("head.transform", "head.pooler", True),
+        ("mlp.gate", "moe.gate", False),
+        ("attn.qkv", "attn.q", False),  # a split or merge
+        ("mlp.gate_up", "mlp.down", True),
+        ("head.lm", "head.bias", False),
+        (None, "attn.q", False),
+    ],
+)
+def test_which_roles_exclude_each_other(a: str | None, b: str | None, conflict: bool) -> None:
+    assert roles_conflict(a, b) is conflict
+    assert roles_conflict(b, a) is conflict
+
+
+def test_encoder_and_decoder_never_exchange_tensors() -> None:
+    assert stacks_conflict("encoder", "decoder")
+    assert not stacks_conflict("encoder", None)
+    assert not stacks_conflict("decoder", "decoder")
+
+
+def test_rope_layouts_that_differ_get_the_row_permutation_and_say_what_was_assumed() -> None:
+    src = side_roles(META)  # interleaved, from names only
+    tgt = side_roles(HF, {"model.layers.0.self_attn.q_proj.weight": FlowRole("attn.q", head_dim=8,
+                                                                              rope="rotate_half")})  # fmt: skip
+    spec, note = layout_transform(
+        "attn.q", "layers.0.attention.wq.weight", "model.layers.0.self_attn.q_proj.weight", src, tgt
+    )
+    assert spec is not None and spec.name == "rope_permute"
+    assert spec.params == {"head_dim": 8, "to": "rotate_half"}
+    assert "assumed" in note and "source module" in note
+    # no head size anywhere: nothing is done, and the note says why
+    spec, note = layout_transform(
+        "attn.q", "layers.0.attention.wq.weight", "model.layers.0.self_attn.q_proj.weight",
+        src, side_roles(HF),
+    )  # fmt: skip
+    assert spec is None and "head size is unknown" in note
+    # equal layouts, or a value projection: nothing to do, nothing to say
+    assert layout_transform("attn.v", "a", "b", src, tgt) == (None, "")
