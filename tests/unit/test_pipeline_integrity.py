@@ -128,6 +128,24 @@ def test_a_corrupted_artifact_is_recomputed_and_never_delivered(tmp_path: Path) 
     assert load_file(str(artifact)).keys() == load_file(again.output or "").keys()
 
 
+def test_a_warm_rerun_rereads_no_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import weightmapper.pipeline.store as store_module
+
+    job = cnn_job(tmp_path)
+    assert run_batch(job).ok  # outputs are hard links: placing them changed the ctimes
+    reread: list[Path] = []
+    real = store_module.digest_file
+
+    def counting(path: Any) -> str:
+        reread.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(store_module, "digest_file", counting)
+    again = run_batch(job)
+    assert again.ok and sum(again.recomputed().values()) == 0
+    assert reread == []
+
+
 def test_export_refuses_an_artifact_altered_after_it_was_read(tmp_path: Path) -> None:
     from weightmapper.pipeline.export import ExportStage
     from weightmapper.pipeline.store import CorruptArtifactError

@@ -116,8 +116,9 @@ class ExportStage(Stage):
         rep = report_path_for(out)
         if self._current(store):
             return Exported(CURRENT, str(out), str(rep))
-        _place(Path(self.convert.path), out)
-        _place(Path(self.report.path), rep)
+        for ref, dest in ((self.convert, out), (self.report, rep)):
+            if _place(Path(ref.path), dest):
+                store.linked(ref)
         return Exported(PLACED, str(out), str(rep))
 
 
@@ -134,18 +135,21 @@ def _holds(dest: Path, ref: ArtifactRef) -> bool:
     return a.st_size == b.st_size and digest_file(dest) == ref.digest
 
 
-def _place(src: Path, dest: Path) -> None:
-    """Artifact file → at dest atomically: a hard link when possible, else a copy."""
+def _place(src: Path, dest: Path) -> bool:
+    """Artifact file → at dest atomically: a hard link when possible (True), else a copy."""
     with contextlib.suppress(OSError):
         if os.path.samefile(src, dest):
             # Renaming a hard link onto another link of the same inode does nothing and
             # would leave the temporary name behind.
-            return
+            return True
+    linked = True
     with atomic_path(dest) as tmp:
         try:
             tmp.unlink()
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
+            linked = False
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()  # still there only if dest became a link of src meanwhile
+    return linked

@@ -10,10 +10,10 @@ Layout under the store root::
 The meta record is written last, so an artifact without one was never committed. A read
 verifies the record parses, the size matches, the file opens (JSON parses, safetensors
 header reads) and its sha256 is the one recorded at write; anything else is a miss: the
-artifact is removed and the stage recomputes. Digests of large artifacts are remembered by
-file identity (path, inode, size, mtime, ctime; ``memo/hashes.json``), so an unchanged
-artifact is not reread and any write to it is noticed; :meth:`ArtifactStore.verify_all`
-rereads every byte.
+artifact is removed and the stage recomputes. The record also keeps the file's identity
+(device, inode, size, mtime, ctime) when its digest was last checked, so an artifact
+nothing wrote to is not reread and any write to it (through an output hard link too) is
+noticed; :meth:`ArtifactStore.verify_all` rereads every byte.
 """
 
 from __future__ import annotations
@@ -34,9 +34,6 @@ from weightmapper.hashing import HashCache, checkpoint_sha256
 from weightmapper.pipeline.keys import digest_file
 
 log = logging.getLogger(__name__)
-
-_MEMO_MIN_BYTES = 1 << 20
-"""Artifacts at least this large have their digest remembered; smaller ones are rehashed."""
 
 
 class CorruptArtifactError(WeightMapperError):
@@ -120,25 +117,52 @@ class ArtifactStore:
             log.warning("artifact record %s is unreadable (%s); recomputing", meta_path, e)
             self._discard(meta_path)
             return None
-        problem = _check_file(path, size) or self._digest_problem(path, meta.get("digest"))
+        problem = _check_file(path, size) or self._digest_problem(path, meta, meta_path)
         if problem:
             log.warning("artifact %s is %s; recomputing", path, problem)
             self._discard(meta_path, path)
             return None
         return ArtifactRef(stage, key, str(path), meta["digest"], meta.get("info") or {})
 
-    def _digest_problem(self, path: Path, recorded: Any, *, memo: bool = True) -> str | None:
-        """Artifact file + the digest recorded at write → None when they agree, else why not."""
+    def _digest_problem(
+        self, path: Path, meta: dict[str, Any], meta_path: Path, *, reread: bool = False
+    ) -> str | None:
+        """Artifact file + its commit record → None when its bytes have the recorded digest.
+
+        The record keeps the file's identity (device, inode, size, mtime, ctime) as of the
+        last time its digest was checked; while the file still has it, nothing wrote to it
+        and it is not reread (``reread`` forces it). A file that was touched is rehashed, and
+        its new identity recorded when the digest still matches.
+        """
         try:
-            if memo and path.stat().st_size >= _MEMO_MIN_BYTES:
-                actual = self._hashes.digests([path])[0]
-            else:
-                actual = digest_file(path)
-        except (OSError, WeightMapperError) as e:
+            now = _identity(path)
+            if not reread and meta.get("identity") == now:
+                return None
+            actual = digest_file(path)
+        except OSError as e:
             return f"unreadable ({e})"
-        if actual != recorded:
-            return f"altered since it was written (sha256 {actual[:12]}, recorded {str(recorded)[:12]})"
+        if actual != meta.get("digest"):
+            return (
+                f"altered since it was written (sha256 {actual[:12]}, recorded "
+                f"{str(meta.get('digest'))[:12]})"
+            )
+        if meta.get("identity") != now:
+            self._write_meta(meta_path, {**meta, "identity": now})
         return None
+
+    def _write_meta(self, meta_path: Path, meta: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError, WeightMapperError):  # only a cache of a check
+            atomic_write_text(meta_path, json.dumps(meta, sort_keys=True))
+
+    def _meta(self, ref: ArtifactRef) -> tuple[dict[str, Any], Path]:
+        meta_path = self._meta_path(ref.stage, ref.key)
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if not isinstance(meta, dict) or meta.get("digest") != ref.digest:
+            meta = {"digest": ref.digest}  # a record replaced since: check the bytes alone
+        return meta, meta_path
 
     def verify(self, ref: ArtifactRef) -> None:
         """Artifact reference → None when its file still has the recorded digest.
@@ -146,13 +170,22 @@ class ArtifactStore:
         Otherwise the artifact is removed (the next run recomputes it) and
         CorruptArtifactError is raised: its bytes must not be used or delivered.
         """
-        problem = self._digest_problem(Path(ref.path), ref.digest)
+        meta, meta_path = self._meta(ref)
+        problem = self._digest_problem(Path(ref.path), meta, meta_path)
         if problem:
-            self._discard(self._meta_path(ref.stage, ref.key), Path(ref.path))
+            self._discard(meta_path, Path(ref.path))
             raise CorruptArtifactError(
                 f"artifact {ref.path} is {problem}; it was removed. Rerun the job to "
                 "recompute it (nothing was delivered from it)."
             )
+
+    def linked(self, ref: ArtifactRef) -> None:
+        """Artifact reference whose file was just verified and then linked → its record
+        updated to the file's new identity (a new link changes the ctime, not the bytes)."""
+        meta, meta_path = self._meta(ref)
+        if "stage" in meta:
+            with contextlib.suppress(OSError):
+                self._write_meta(meta_path, {**meta, "identity": _identity(Path(ref.path))})
 
     def verify_all(self) -> tuple[int, list[str]]:
         """Store → (artifacts checked, problems found); every byte reread, bad ones removed."""
@@ -163,7 +196,7 @@ class ArtifactStore:
                 meta = json.loads(meta_path.read_text())
                 path = self.artifact_path(meta_path.parent.name, meta["key"], meta["ext"])
                 problem = _check_file(path, int(meta["size"])) or self._digest_problem(
-                    path, meta["digest"], memo=False
+                    path, meta, meta_path, reread=True
                 )
             except (OSError, ValueError, KeyError, TypeError) as e:
                 path, problem = meta_path, f"an unreadable record ({e})"
@@ -212,6 +245,7 @@ class ArtifactStore:
                 "size": size,
                 "digest": digest,
                 "info": info,
+                "identity": _identity(path),
             }
             atomic_write_text(self._meta_path(stage, key), json.dumps(meta, sort_keys=True))
             log.debug("stored %s/%s (%d bytes)", stage, key[:12], size)
@@ -264,6 +298,12 @@ class ArtifactStore:
         bytes; the digest itself, and every key built on it, comes from the bytes alone.
         """
         return checkpoint_sha256(paths, cache=self._hashes)
+
+
+def _identity(path: Path) -> list[int]:
+    """File → [device, inode, size, mtime ns, ctime ns]: changes whenever anything writes it."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _check_file(path: Path, size: int) -> str | None:
