@@ -2,7 +2,10 @@
 
 - :mod:`~weightmapper.pipeline.store`: ``ArtifactStore`` (atomic, verified, locked artifacts)
 - :mod:`~weightmapper.pipeline.keys`: content-derived cache keys
-- :mod:`~weightmapper.pipeline.stages`: one cached function per stage
+- :mod:`~weightmapper.pipeline.stages`: one frozen input per stage, with ``key`` and ``run``
+- :mod:`~weightmapper.pipeline.export`: the export stage (only checked outputs are placed)
+- :mod:`~weightmapper.pipeline.policy`: ``checks.require``, what an output must pass
+- :mod:`~weightmapper.pipeline.graph`: every stage declared once, in order; both runners walk it
 - :mod:`~weightmapper.pipeline.config`: YAML jobs → ``JobConfig``
 - :mod:`~weightmapper.pipeline.batch`: the plain-Python batch runner
 - :mod:`~weightmapper.pipeline.summary`: per-checkpoint and per-batch summaries
