@@ -16,17 +16,18 @@ from weightmapper.atomic import atomic_write_text
 from weightmapper.candidates import STRATEGIES
 from weightmapper.engine import BUFFER_MODES
 from weightmapper.errors import ConfigError
+from weightmapper.hf import is_hf_folder
 from weightmapper.html_report import write_html
 from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.mapper import WeightMapper
 from weightmapper.report import build_report, dumps_report, write_markdown, write_report
-from weightmapper.targets import build_module, is_module_spec
+from weightmapper.targets import SPEC_FORMS, is_module_spec, resolve_side
 from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
 
 HELP = "suggest a source → target key mapping, explain it, and write it out"
 DESCRIPTION = """\
-Map the tensors of SOURCE (a checkpoint, or a pkg.module:callable building a module) onto
-a TARGET (pkg.module:callable, or a checkpoint of the target architecture). Prints a
+Map the tensors of SOURCE (a checkpoint, a Hugging Face folder's weights, or a spec building
+a module) onto a TARGET (a spec, or a checkpoint of the target architecture). Prints a
 summary and the mapping table (scores coloured green > 0.8, yellow 0.6-0.8, red < 0.6,
 transform and GROUP/INDIV badges) and the unmatched keys with their reasons.
 
@@ -37,6 +38,12 @@ transform and GROUP/INDIV badges) and the unmatched keys with their reasons.
 modules; --verify then also loads the mapped weights into the target and compares both
 models' outputs (recorded in the report). --json prints the report; --quiet prints nothing.
 
+A spec (--target, or SOURCE) is one of:
+{forms}
+A transformers class takes its config from --target-config / --source-config (a config.json
+or the folder holding it) and is built on the meta device: nothing is downloaded, no memory
+is used for its weights (it is built for real when --dummy-input or --verify runs it).
+
 Exit codes: 0 ok, 1 target coverage below --min-coverage or outputs differ, 2 bad input.
 
 examples:
@@ -45,7 +52,9 @@ examples:
   weightmapper map weightmapper.examples.cnn:OldCNN --target weightmapper.examples.cnn:RefactoredCNN \\
       --dummy-input 1,3,32,32 --verify --report report.json
   weightmapper map old.pt --target new.safetensors --threshold 0.7 --json > report.json
-"""
+  weightmapper map ./llama-hf/ --target mymodels/llama.py:Llama --target-kwargs '{"dim": 64}'
+  weightmapper map old.safetensors --target transformers:LlamaForCausalLM --target-config cfg.json
+""".replace("{forms}", "\n".join(f"  {f}" for f in SPEC_FORMS))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--source-kwargs", help="JSON keyword arguments for a callable SOURCE")
     parser.add_argument("--target-kwargs", help="JSON keyword arguments for a callable target")
+    parser.add_argument(
+        "--source-config",
+        metavar="CONFIG",
+        help="config.json (or its folder) building a transformers SOURCE class",
+    )
+    parser.add_argument(
+        "--target-config",
+        metavar="CONFIG",
+        help="config.json (or its folder) building a transformers target class",
+    )
     parser.add_argument(
         "--dummy-input",
         type=parse_shape,
@@ -136,22 +155,36 @@ def dummy_tensor(spec: tuple[tuple[int, ...], str]) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype)
 
 
-def _side(spec: str, kwargs: str | None, label: str, flag: str) -> Any:
-    if is_module_spec(spec):
-        return build_module(spec, kwargs)
-    if kwargs:
-        raise ConfigError(
-            f"{flag} applies to a pkg.module:callable {label}, but {spec!r} is a checkpoint "
-            f"path; drop {flag} or name a callable"
-        )
-    return Path(spec)
+def _is_module(args: argparse.Namespace, which: str) -> bool:
+    spec, config = getattr(args, which), getattr(args, f"{which}_config")
+    # A Hugging Face folder as SOURCE is its weights; as target, its architecture.
+    if which == "source" and config is None and is_hf_folder(spec):
+        return False
+    return is_module_spec(spec, config)
+
+
+def _side(args: argparse.Namespace, which: str, meta: bool) -> Any:
+    spec, kwargs = getattr(args, which), getattr(args, f"{which}_kwargs")
+    config = getattr(args, f"{which}_config")
+    what, flag = ("SOURCE", "--source") if which == "source" else ("target", "--target")
+    if not _is_module(args, which):
+        if kwargs or config:
+            given = f"{flag}-kwargs" if kwargs else f"{flag}-config"
+            raise ConfigError(
+                f"{given} applies to a {what} built from a spec, but {spec!r} is a checkpoint "
+                f"path; drop {given} or name a spec"
+            )
+        if not Path(spec).exists():
+            resolve_side(spec, what=what, flag=flag)  # raises, listing the forms
+        return Path(spec)
+    return resolve_side(spec, kwargs=kwargs, config=config, meta=meta, what=what, flag=flag)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
     inputs: frozenset[Path] = frozenset()
     for p in (args.source, args.target):
-        if not is_module_spec(p):
-            inputs |= input_files(p)
+        # Every existing path is read (a Hugging Face folder target for its config too).
+        inputs |= input_files(p)
     flags = ("out", "report", "html", "markdown")
     ensure_outputs_safe({f"--{f}": getattr(args, f) for f in flags}, inputs)
 
@@ -170,18 +203,20 @@ def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (1: coverage below --min-coverage, or outputs differ)."""
     _check_outputs(args)
     if args.verify and not (
-        args.dummy_input and is_module_spec(args.source) and is_module_spec(args.target)
+        args.dummy_input and _is_module(args, "source") and _is_module(args, "target")
     ):
         raise ConfigError(
             "--verify runs both models on the dummy input: give --dummy-input and name both "
-            "SOURCE and --target as pkg.module:callable (for a checkpoint, convert it with "
+            "SOURCE and --target as specs that build modules (for a checkpoint, convert it with "
             "`weightmapper apply` and check it with `weightmapper validate`)."
         )
     err = Console(file=sys.stderr)
     live = err if err.is_terminal and not (args.quiet or args.json) else None
     with _status(live, "reading source and target…"):
-        source = _side(args.source, args.source_kwargs, "SOURCE", "--source-kwargs")
-        target = _side(args.target, args.target_kwargs, "target", "--target-kwargs")
+        # Mapping needs names and shapes only: built on the meta device unless run.
+        meta = not (args.dummy_input or args.verify)
+        source = _side(args, "source", meta)
+        target = _side(args, "target", meta)
         mapper = WeightMapper(
             source,
             target,
@@ -200,8 +235,8 @@ def run(args: argparse.Namespace) -> int:
     with _status(live, "writing outputs…"):
         report = build_report(
             mapper,
-            source_path=None if is_module_spec(args.source) else args.source,
-            target_path=None if is_module_spec(args.target) else args.target,
+            source_path=None if _is_module(args, "source") else args.source,
+            target_path=None if _is_module(args, "target") else args.target,
         )
         if args.out:
             atomic_write_text(args.out, result.to_json() + "\n")

@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from torch import nn
+
 from weightmapper.checkpoint import open_checkpoint
 from weightmapper.cli._console import print_json, stdout_console
-from weightmapper.errors import ConfigError
-from weightmapper.targets import build_module, is_module_spec
+from weightmapper.targets import resolve_side
 from weightmapper.validate import validate_state_dict
 
 HELP = "check that a checkpoint loads into a target with strict=True semantics"
 DESCRIPTION = """\
 Compare CKPT with a target and list missing and unexpected keys, shape mismatches and dtype
-changes, as load_state_dict(strict=True) would see them, without raising. With a
-pkg.module:callable target the weights are also loaded into a fresh copy of the module.
-A checkpoint path as target checks names, shapes and dtypes only.
+changes, as load_state_dict(strict=True) would see them, without raising. With a target
+spec (pkg.module:callable, path/to/file.py:callable, transformers:Class with
+--target-config, a Hugging Face folder, timm:NAME, torchvision:NAME; see `map --help`) the
+weights are also loaded into a fresh copy of the module. A checkpoint path as target checks
+names, shapes and dtypes only.
 
 Exit codes: 0 it loads, 1 it does not, 2 bad input.
 
@@ -24,6 +27,7 @@ examples:
   weightmapper validate converted.safetensors --target weightmapper.examples.cnn:RefactoredCNN
   weightmapper validate out/ --target mypkg.models:build --target-kwargs '{"depth": 18}'
   weightmapper validate new.safetensors --target reference.safetensors --json
+  weightmapper validate out/ --target transformers:LlamaForCausalLM --target-config out/
 """
 
 
@@ -34,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target", required=True, help="pkg.module:callable building the target, or a checkpoint"
     )
     parser.add_argument("--target-kwargs", help="JSON object of keyword arguments for the target")
+    parser.add_argument(
+        "--target-config",
+        metavar="CONFIG",
+        help="config.json (or its folder) building a transformers target class",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--max-items", type=int, default=10, help="longest list printed per category (default 10)"
@@ -47,16 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (1 when the checkpoint would not load strictly)."""
-    target: Any
-    if is_module_spec(args.target):
-        target = build_module(args.target, args.target_kwargs)
-    elif args.target_kwargs:
-        raise ConfigError(
-            f"--target-kwargs applies to a pkg.module:callable target, but {args.target!r} is a "
-            "checkpoint path; drop --target-kwargs or name a callable"
-        )
-    else:
-        target = open_checkpoint(args.target, trusted=args.trust_pickle)
+    target: Any = resolve_side(args.target, kwargs=args.target_kwargs, config=args.target_config)
+    if not isinstance(target, nn.Module):
+        target = open_checkpoint(target, trusted=args.trust_pickle)
     checkpoint = open_checkpoint(args.checkpoint, trusted=args.trust_pickle)
     result = validate_state_dict(checkpoint, target)
     if args.json:

@@ -53,14 +53,21 @@ _MIGRATION_KEYS = {
 
 @dataclass(frozen=True)
 class ModuleSpec:
-    """A module built from user code: ``pkg.module:callable`` and its keyword arguments."""
+    """A module built from a spec (see ``weightmapper.targets``), its kwargs and config."""
 
     spec: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    config: Path | None = None
+    """Hugging Face config.json (or its folder) for a transformers class spec."""
 
     def to_dict(self) -> dict[str, Any]:
-        """ModuleSpec → JSON-ready dict."""
-        return {"spec": self.spec, "kwargs": dict(self.kwargs)}
+        """ModuleSpec → JSON-ready dict (a config by its content, never by its path)."""
+        out: dict[str, Any] = {"spec": self.spec, "kwargs": dict(self.kwargs)}
+        if self.config is not None:
+            from weightmapper.hf import read_config_dict
+
+            out["config"] = read_config_dict(self.config)
+        return out
 
 
 @dataclass(frozen=True)
@@ -403,7 +410,9 @@ def _parse_migration(
     target = _parse_target(raw.get("target"), f"{label}.target", resolve, problems)
     source_module = None
     if raw.get("source_module") is not None:
-        source_module = _parse_module(raw["source_module"], f"{label}.source_module", problems)
+        source_module = _parse_module(
+            raw["source_module"], f"{label}.source_module", problems, resolve
+        )
     dummy = None
     if raw.get("dummy_input") is not None:
         dummy = _parse_input(raw["dummy_input"], f"{label}.dummy_input", problems)
@@ -466,27 +475,34 @@ def _parse_migration(
     )
 
 
-def _parse_module(raw: Any, label: str, problems: list[str]) -> ModuleSpec | None:
+def _parse_module(raw: Any, label: str, problems: list[str], resolve: Any) -> ModuleSpec | None:
+    from weightmapper.targets import spec_path, spec_problem
+
     if isinstance(raw, str):
         raw = {"spec": raw}
     if not isinstance(raw, Mapping):
         problems.append(f"{label}: expected 'pkg.module:callable' or a mapping with 'spec'")
         return None
-    problems += [f"{label}: unknown key {k!r}" for k in sorted(set(raw) - {"spec", "kwargs"})]
+    problems += [
+        f"{label}: unknown key {k!r}" for k in sorted(set(raw) - {"spec", "kwargs", "config"})
+    ]
     spec = raw.get("spec")
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        problems.append(
-            f"{label}.spec: expected 'pkg.module:callable' "
-            f"(e.g. 'weightmapper.examples.cnn:RefactoredCNN'), found {spec!r}"
-        )
+    problem = spec_problem(spec)
+    if problem is not None:
+        problems.append(f"{label}.spec: {problem}")
         return None
+    path = spec_path(spec)
+    if path is not None:  # a file or folder in the spec is relative to the job file
+        resolved = resolve(path, f"{label}.spec")
+        spec = spec.replace(path, str(resolved), 1) if resolved else spec
+    config = resolve(raw["config"], f"{label}.config") if raw.get("config") else None
     kwargs = raw.get("kwargs") or {}
     if not isinstance(kwargs, Mapping):
         problems.append(
             f"{label}.kwargs: expected a mapping of keyword arguments, found {kwargs!r}"
         )
         return None
-    return ModuleSpec(spec=spec, kwargs=dict(kwargs))
+    return ModuleSpec(spec=spec, kwargs=dict(kwargs), config=config)
 
 
 def _parse_target(raw: Any, label: str, resolve: Any, problems: list[str]) -> TargetSpec | None:
@@ -501,7 +517,8 @@ def _parse_target(raw: Any, label: str, resolve: Any, problems: list[str]) -> Ta
         problems.append(f"{label}: expected a mapping with 'module' or 'checkpoint'")
         return None
     problems += [
-        f"{label}: unknown key {k!r}" for k in sorted(set(raw) - {"module", "kwargs", "checkpoint"})
+        f"{label}: unknown key {k!r}"
+        for k in sorted(set(raw) - {"module", "kwargs", "config", "checkpoint"})
     ]
     has_module, has_ckpt = raw.get("module") is not None, raw.get("checkpoint") is not None
     if has_module == has_ckpt:
@@ -510,7 +527,8 @@ def _parse_target(raw: Any, label: str, resolve: Any, problems: list[str]) -> Ta
     if has_ckpt:
         ckpt = resolve(raw["checkpoint"], f"{label}.checkpoint")
         return TargetSpec(checkpoint=ckpt) if ckpt else None
-    mod = _parse_module({"spec": raw["module"], "kwargs": raw.get("kwargs")}, label, problems)
+    fields = {"spec": raw["module"], "kwargs": raw.get("kwargs"), "config": raw.get("config")}
+    mod = _parse_module(fields, label, problems, resolve)
     return TargetSpec(module=mod) if mod else None
 
 

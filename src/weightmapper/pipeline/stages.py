@@ -127,12 +127,7 @@ def make_dummy_input(spec: InputSpec) -> torch.Tensor:
 
 def build_architecture(spec: ModuleSpec, *, meta: bool = False) -> nn.Module:
     """ModuleSpec → a fresh module in eval mode (on the meta device when ``meta``)."""
-    if meta:
-        with torch.device("meta"):
-            module = build_module(spec.spec, spec.kwargs)
-    else:
-        module = build_module(spec.spec, spec.kwargs)
-    return module.eval()
+    return build_module(spec.spec, spec.kwargs, config=spec.config, meta=meta).eval()
 
 
 # --- load ------------------------------------------------------------------------------------
