@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 ALIASES_KEY = "weightmapper_aliases"
 """safetensors metadata entry: JSON {alias name: name of the tensor actually stored}."""
 INDEX_SUFFIX = ".index.json"
+TORCH_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin")
+"""An output named with one of these is one torch.save file rather than safetensors."""
 
 _ST_DTYPES: dict[str, str] = {
     "float64": "F64",
@@ -273,12 +275,18 @@ def convert_checkpoint(
     source_sha256: str | None = None,
     durable: bool = True,
     protect: Iterable[str | os.PathLike[str]] = (),
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> ConvertReport:
     """Source checkpoint (path, TensorTable or state dict) + mapping → safetensors at ``out``.
 
     ``out`` ending in ``.safetensors`` names the file (shards go beside it as
-    ``{stem}-00001-of-0000N.safetensors`` with ``{out}.index.json``); any other ``out`` is a
-    directory receiving ``model.safetensors`` or HF-style shards and index. ``dtype`` casts
+    ``{stem}-00001-of-0000N.safetensors`` with ``{out}.index.json``); ending in ``.pt``,
+    ``.pth`` or ``.bin`` it names one ``torch.save`` file (a state dict, tied tensors sharing
+    storage; built in memory, as ``torch.load`` will read it); any other ``out`` is a
+    directory receiving ``model.safetensors`` or HF-style shards and index, the names
+    ``from_pretrained`` reads. ``extra_files`` ({name: bytes}, e.g. the target's
+    ``config.json``) are written into the output's folder in the same all-or-nothing commit,
+    before the weights. ``dtype`` casts
     floating-point tensors. ``progress(done_bytes, total_bytes)`` is called after each tensor.
     ``source_sha256`` is the source's ``content_hash()`` when the caller already has it (an
     earlier pipeline stage computed it); otherwise it is computed here, beside the copy.
@@ -294,11 +302,31 @@ def convert_checkpoint(
     limit = parse_size(shard_size)
     jobs = _plan_jobs(table, result, dtype)
     entries, aliases = _plan_entries(table, jobs)
+    if Path(out).suffix in TORCH_SUFFIXES:
+        if extra_files:
+            raise OutputError(
+                f"{out} names one torch file, but files to write beside the weights were given "
+                f"({', '.join(sorted(extra_files))}); give a folder as the output instead"
+            )
+        return _convert_to_torch_file(
+            table,
+            result,
+            jobs,
+            entries,
+            aliases,
+            Path(out),
+            overwrite,
+            durable,
+            source_sha256,
+            protect,
+        )
     shards = _pack(entries, limit)
     paths, index_path = _output_paths(Path(out), len(shards))
+    folder = Path(out).parent if Path(out).suffix == ".safetensors" else Path(out)
+    extras = {folder / name: data for name, data in (extra_files or {}).items()}
     outputs = [*paths, *([index_path] if index_path else [])]
     previous = _previous_outputs(Path(out))
-    _check_outputs([*outputs, *previous], table, overwrite, protect)
+    _check_outputs([*extras, *outputs, *previous], table, overwrite, protect)
 
     map_hash = mapping_sha256(result)
     base_meta = {
@@ -323,6 +351,9 @@ def convert_checkpoint(
     for p in outputs:
         sweep_stale_temps(p)
     with AtomicFiles(durable=durable) as files:
+        # Requested first, so renamed first: weights never stand without their config.
+        for dest, data in extras.items():
+            files.path(dest).write_bytes(data)
         try:
             tmps: list[tuple[Path, int]] = []
             weight_map: dict[str, str] = {}
@@ -356,10 +387,6 @@ def convert_checkpoint(
                 stale.unlink()
                 log.info("removed %s, part of the output this conversion replaced", stale)
 
-    used = {s for j in jobs for s in j.sources}
-    dropped = tuple(sorted(k for k in table if k not in used))
-    if dropped:
-        log.info("%d source key(s) not in the mapping were dropped", len(dropped))
     return ConvertReport(
         files=tuple(str(p) for p in paths),
         index_path=str(index_path) if index_path else None,
@@ -367,9 +394,66 @@ def convert_checkpoint(
         bytes_written=total,
         source_sha256=src_hash,
         mapping_sha256=map_hash,
-        dropped_source_keys=dropped,
+        dropped_source_keys=_dropped(table, jobs),
         aliases=aliases,
         raw_copied=writer.raw_copied,
+    )
+
+
+def _dropped(table: Any, jobs: list[_Job]) -> tuple[str, ...]:
+    """Source table + jobs → source keys no job reads, sorted (logged when any)."""
+    used = {s for j in jobs for s in j.sources}
+    dropped = tuple(sorted(k for k in table if k not in used))
+    if dropped:
+        log.info("%d source key(s) not in the mapping were dropped", len(dropped))
+    return dropped
+
+
+def _convert_to_torch_file(
+    table: Any,
+    result: MappingResult,
+    jobs: list[_Job],
+    entries: list[_Entry],
+    aliases: dict[str, str],
+    out: Path,
+    overwrite: bool,
+    durable: bool,
+    source_sha256: str | None,
+    protect: Iterable[str | os.PathLike[str]],
+) -> ConvertReport:
+    """Planned conversion → one ``torch.save`` state dict at ``out``, renamed into place whole.
+
+    A pickle is written from memory in one piece, so the converted tensors are held at once
+    (safetensors output streams instead); tied names share one tensor, as torch.save keeps.
+    """
+    _check_outputs([out], table, overwrite, protect)
+    writer = _Writer(table, jobs, 0, None)
+    state: dict[str, torch.Tensor] = {}
+    try:
+        for e in entries:
+            # A one-to-one job's tensor may live in the reused read buffer: keep a copy.
+            state[e.name] = writer._produce(e).clone()
+    finally:
+        writer.close()
+    for alias, stored in aliases.items():
+        state[alias] = state[stored]
+    state = dict(sorted(state.items(), key=lambda kv: natural_key(kv[0])))
+    src_hash = _source_hash(table, source_sha256)
+    sweep_stale_temps(out)
+    with AtomicFiles(durable=durable) as files:
+        with files.path(out).open("wb") as f:
+            # A file object, not a path: torch.save would name the archive after the temp name.
+            torch.save(state, f)
+        files.commit()
+    return ConvertReport(
+        files=(str(out),),
+        index_path=None,
+        tensor_count=len(state),
+        bytes_written=sum(e.nbytes for e in entries),
+        source_sha256=src_hash,
+        mapping_sha256=mapping_sha256(result),
+        dropped_source_keys=_dropped(table, jobs),
+        aliases=aliases,
     )
 
 

@@ -23,6 +23,7 @@ from weightmapper.checkpoint import open_checkpoint
 from weightmapper.cli._console import print_json, stdout_console
 from weightmapper.convert import ConvertReport, convert_checkpoint
 from weightmapper.errors import MappingError, WeightMapperError
+from weightmapper.hf import carried_files
 from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.result import MappingResult
 
@@ -30,10 +31,14 @@ HELP = "convert a checkpoint with a mapping file into safetensors (streamed, ato
 DESCRIPTION = """\
 Rename and transform the tensors of SOURCE as MAPPING.json says and write safetensors to
 OUT, one tensor at a time (memory stays near the largest tensor, not the checkpoint).
-OUT ending in .safetensors names the file; any other OUT is a directory. Output larger than
---shard-size is sharded HF-style with a model.safetensors.index.json. Nothing appears under
-the final name until the whole output is complete. The metadata records the source and
-mapping hashes and the tool version.
+OUT ending in .safetensors names the file; OUT ending in .pt, .pth or .bin names one
+torch.save file (a state dict, built in memory); any other OUT is a directory receiving
+model.safetensors, or, when larger than --shard-size, model-00001-of-0000N.safetensors
+shards with a model.safetensors.index.json (the names transformers reads). --target-config
+(a Hugging Face config.json or the target's folder) writes config.json, and
+generation_config.json when there is one beside it, into the folder, so
+from_pretrained(OUT) loads it. Nothing appears under the final name until the whole output
+is complete. The metadata records the source and mapping hashes and the tool version.
 
 Exit codes: 0 ok, 2 bad input (unreadable source or mapping, output exists, ...).
 
@@ -41,6 +46,8 @@ examples:
   weightmapper apply old.safetensors mapping.json --out new.safetensors
   weightmapper apply ./llama-shards/ report.json --out ./converted --shard-size 5GB
   weightmapper apply model.pt mapping.json --out model.safetensors --dtype bfloat16 --force
+  weightmapper apply old.safetensors mapping.json --out new.pt
+  weightmapper apply ./bert/ mapping.json --out ./bert-fused/ --target-config ./target-cfg/
 """
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -50,7 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Parser → parser with apply's arguments added."""
     parser.add_argument("source", help="checkpoint file, shard index JSON, or directory")
     parser.add_argument("mapping", help="mapping or report JSON written by `weightmapper map`")
-    parser.add_argument("--out", required=True, help="output .safetensors file or directory")
+    parser.add_argument(
+        "--out", required=True, help="output directory, or a .safetensors / .pt / .bin file"
+    )
+    parser.add_argument(
+        "--target-config",
+        metavar="CONFIG",
+        help="Hugging Face config.json (or its folder) of the target: written into OUT",
+    )
     parser.add_argument(
         "--shard-size", default="2GB", help="largest shard, e.g. 500MB, 5GB (default: 2GB)"
     )
@@ -94,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.force,
         dtype=_DTYPES[args.dtype] if args.dtype else None,
         durable=args.durable,
-        protect=[args.mapping],
+        protect=[args.mapping, *([args.target_config] if args.target_config else [])],
+        extra_files=carried_files(args.target_config) if args.target_config else None,
     )
     if args.quiet:
         report = convert()
