@@ -149,16 +149,20 @@ def source_state(path: str, module: nn.Module, *, trusted: bool = False) -> dict
 
     Wrapper prefixes are already stripped by the reader; a prefix every key shares
     (Lightning's ``model.``, :func:`weightmapper.checkpoint.suggest_prefix`) is removed too
-    when the module's own names do not carry it.
+    when the module's own names do not carry it. Buffers the module computes itself
+    (non-persistent, e.g. BERT's ``position_ids`` in transformers 5, which older versions
+    saved) are left out: they are not weights and a strict load would refuse them.
     """
     from weightmapper.checkpoint import open_checkpoint
 
     table = open_checkpoint(path, trusted=trusted)
     state = table.to_state_dict()
+    own = module.state_dict()
     prefix = table.suggested_prefix
-    if prefix and not any(k.startswith(prefix) for k in module.state_dict()):
+    if prefix and not any(k.startswith(prefix) for k in own):
         state = {k.removeprefix(prefix): v for k, v in state.items()}
-    return state
+    computed = {n for n, _ in module.named_buffers()} - set(own)
+    return {k: v for k, v in state.items() if k not in computed}
 
 
 def functional_check(
