@@ -74,6 +74,10 @@ def test_training_checkpoint_to_a_folder_from_pretrained_loads(tmp_path) -> None
         (tmp_path / "hf" / "config.json").read_text()
     )
     torch.testing.assert_close(_logits(_load(out)), _logits(reference), rtol=0, atol=0)
+    # The output folder is a target spec too: its config builds the architecture.
+    assert main(["validate", str(out), "--target", str(out)]) == 0
+    save_file({"lm_head.weight": torch.zeros(64, 16)}, tmp_path / "partial.safetensors")
+    assert main(["validate", str(tmp_path / "partial.safetensors"), "--target", str(out)]) == 1
 
 
 def test_hf_folder_to_sharded_folder_named_as_transformers_names_it(tmp_path) -> None:
