@@ -41,6 +41,14 @@ class MappingError(WeightMapperError, ValueError):
     """Bad mapping input or settings: unknown strategy, weight key, transform or buffer mode."""
 
 
+class SettingsError(MappingError):
+    """Mapper settings are invalid; ``problems`` lists every problem found at once."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
 class TransformError(WeightMapperError, ValueError):
     """A tensor transform cannot be applied to the tensor it was given."""
 

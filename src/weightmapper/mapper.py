@@ -7,7 +7,7 @@ with forward hooks when ``dummy_input`` is given and both sides are modules.
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -17,13 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from weightmapper.assign import paused_gc, score_inventories
-from weightmapper.candidates import Candidates, assign_candidates, check_strategy, check_threshold
-from weightmapper.engine import BUFFER_MODES
+from weightmapper.engine import Candidates, assign, paused_gc, score_inventories
 from weightmapper.errors import MappingError
 from weightmapper.inventory import Inventory
 from weightmapper.result import MappingResult
-from weightmapper.scoring import parse_incompatible_pairs, validate_weights
+from weightmapper.settings import MIN_PROPOSAL, AssignSettings, ScoreSettings
 from weightmapper.tensor_info import TensorInfo
 from weightmapper.trace import trace_execution_order
 
@@ -49,26 +47,16 @@ class WeightMapper:
         incompatible_pairs: Sequence[Sequence[str]] | None = None,
         buffer_matching_mode: str = "exclude",
         *,
+        min_proposal: float = MIN_PROPOSAL,
         trusted: bool = False,
     ) -> None:
-        if buffer_matching_mode not in BUFFER_MODES:
-            raise MappingError(
-                f"unknown buffer_matching_mode {buffer_matching_mode!r}; choose one of "
-                f"{list(BUFFER_MODES)}"
-            )
-        try:
-            self.shape_tolerance = float(shape_tolerance)
-        except (TypeError, ValueError):
-            raise MappingError(
-                f"shape_tolerance must be a number ≥ 0, got {shape_tolerance!r}"
-            ) from None
-        if not self.shape_tolerance >= 0:
-            raise MappingError(f"shape_tolerance must be a number ≥ 0, got {shape_tolerance!r}")
-        parse_incompatible_pairs(incompatible_pairs)  # fail now, not at suggest time
-        self.incompatible_pairs = (
-            [tuple(p) for p in incompatible_pairs] if incompatible_pairs is not None else None
+        # Every scoring setting is checked now (all problems in one error), not at suggest time.
+        self.score_settings = ScoreSettings(
+            shape_tolerance=shape_tolerance,
+            incompatible_pairs=incompatible_pairs if incompatible_pairs is not None else (),
+            buffer_matching_mode=buffer_matching_mode,
+            min_proposal=min_proposal,
         )
-        self.buffer_matching_mode = buffer_matching_mode
         self.dummy_input = dummy_input
         self.trusted = trusted
         self.source_path: Path | None = None
@@ -152,16 +140,11 @@ class WeightMapper:
     # --- mapping ----------------------------------------------------------------------------
     def candidates(self, weights: Mapping[str, float] | None = None) -> Candidates:
         """Scoring weights → Candidates (cached per weights; threshold-free)."""
-        w = validate_weights(weights)
-        key = tuple(sorted(w.items()))
+        settings = dataclasses.replace(self.score_settings, weights=weights)
+        key = tuple(sorted((settings.weights or {}).items()))
         if key not in self._candidates:
             self._candidates[key] = score_inventories(
-                self.source_inventory,
-                self.target_inventory,
-                weights=w,
-                shape_tolerance=self.shape_tolerance,
-                incompatible_pairs=self.incompatible_pairs,
-                buffer_matching_mode=self.buffer_matching_mode,
+                self.source_inventory, self.target_inventory, settings
             )
         return self._candidates[key]
 
@@ -180,11 +163,10 @@ class WeightMapper:
         ``verify=True`` also compares outputs on ``dummy_input`` when both sides are modules
         and stores the check in ``result.metadata["functional_check"]``.
         """
-        check_strategy(strategy)
-        check_threshold(threshold)
+        settings = AssignSettings(threshold=threshold, strategy=strategy)
         cands = self.candidates(weights)
         with paused_gc():
-            result = assign_candidates(cands, threshold=threshold, strategy=strategy)
+            result = assign(cands, settings)
         if verify:
             self._verify(result)
         self.result = result
@@ -194,34 +176,22 @@ class WeightMapper:
         if self.dummy_input is None or self.source_module is None or self.target_module is None:
             log.warning("verify=True needs dummy_input and two modules; functional check skipped")
             return
-        try:
-            verify_mod = importlib.import_module("weightmapper.verify")
-        except ModuleNotFoundError:
-            log.warning("weightmapper.verify is not available; functional check skipped")
-            return
-        check = verify_mod.check_outputs(
-            self.source_module, self.target_module, result, self.dummy_input
-        )
-        result.metadata["functional_check"] = (
-            check.to_dict() if hasattr(check, "to_dict") else check
-        )
+        from weightmapper.verify import check_outputs  # torch-heavy: only when asked for
+
+        check = check_outputs(self.source_module, self.target_module, result, self.dummy_input)
+        result.metadata["functional_check"] = check.to_dict()
 
     def _ensure_result(self) -> MappingResult:
-        if self.result is None:
-            self.suggest_mapping()
-        assert self.result is not None  # for type checkers: suggest_mapping sets it
-        return self.result
+        """() → the last suggestion, made with the default settings when there is none."""
+        return self.result if self.result is not None else self.suggest_mapping()
 
     def get_mapping_dict(self) -> dict[str, str]:
         """() → {source key: target key} of the last suggestion (made with defaults if none)."""
         return dict(self._ensure_result())
 
-    def get_mapping_with_scores(self) -> list[tuple[str, str, float]]:
-        """() → [(source, target, score)], highest score first, then by source key."""
-        pairs = self._ensure_result().pairs
-        return [
-            (p.source, p.target, p.score) for p in sorted(pairs, key=lambda p: (-p.score, p.source))
-        ]
+    def get_mapping_with_scores(self) -> dict[str, tuple[str, float]]:
+        """() → {source: (target, score)} of the last suggestion, highest score first."""
+        return self._ensure_result().get_mapping_with_scores()
 
     def get_unmatched(self) -> dict[str, list[str]]:
         """() → {"source": [...], "target": [...]} keys left without a partner."""
@@ -299,24 +269,10 @@ class WeightMapper:
 
     def export_mapping_report(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON report (model names, counts, every pair, unmatched + reasons) atomically."""
+        from weightmapper.report import write_report
+
         self._ensure_result()
-        try:
-            report = importlib.import_module("weightmapper.report")
-        except ModuleNotFoundError:
-            report = None
-        if report is not None and hasattr(report, "write_report"):
-            return Path(report.write_report(self, path))
-        import json
-
-        from weightmapper.atomic import atomic_write_text
-
-        assert self.result is not None
-        data = {
-            "source_model": self.source_name,
-            "target_model": self.target_name,
-            "mapping": self.result.to_dict(),
-        }
-        return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
+        return Path(write_report(self, path))
 
     def visualize_mapping(self, **kw: Any) -> Any:
         """Render the mapping table (``weightmapper.visualize.visualize_mapping``)."""

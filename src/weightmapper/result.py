@@ -302,8 +302,13 @@ class MappingResult(Mapping[str, str]):
         return {m.targets[0]: list(m.sources) for m in self.multi if m.kind == "merge"}
 
     def get_mapping_with_scores(self) -> dict[str, tuple[str, float]]:
-        """MappingResult → {source: (target, score)}."""
-        return {s: (p.target, p.score) for s, p in self._pairs.items()}
+        """MappingResult → {source: (target, score)}, highest score first, then by source key.
+
+        A dict for lookups (``scores["fc.weight"]``) whose order ranks the pairs
+        (``list(scores.items())[:3]`` are the three best).
+        """
+        ranked = sorted(self._pairs.values(), key=lambda p: (-p.score, p.source))
+        return {p.source: (p.target, p.score) for p in ranked}
 
     def get_unmatched(self) -> dict[str, list[str]]:
         """MappingResult → {"source": [...], "target": [...]} unmatched key names, sorted."""
@@ -341,26 +346,28 @@ class MappingResult(Mapping[str, str]):
         }
 
     # --- conversion ------------------------------------------------------------------------
-    def convert(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Source state dict → target-named state dict, transforms applied.
+    def convert(self, state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Source state dict or checkpoint as loaded → target-named state dict, transforms applied.
 
-        Source keys the mapping does not mention are dropped; a mapped source key missing
-        from ``state_dict`` raises CheckpointFormatError naming it.
+        Takes what ``torch.load`` returned: a state dict, also with wrapper prefixes
+        (``module.``, ``_orig_mod.``) or under a prefix the mapping lacks (Lightning's
+        ``model.``), or a checkpoint dict holding one (Lightning's ``state_dict``, a usual
+        nesting key). Source keys the mapping does not mention are dropped; when mapped
+        source keys are missing whatever the cleaning, CheckpointFormatError lists the
+        missing and the unexpected keys.
         """
+        tensors = _source_tensors(state_dict, self._source_keys())
         out: dict[str, torch.Tensor] = {}
-        missing = [s for s in self._pairs if s not in state_dict]
-        missing += [s for m in self.multi for s in m.sources if s not in state_dict]
-        if missing:
-            raise CheckpointFormatError(
-                f"{len(missing)} mapped source key(s) are not in the state dict, e.g. "
-                f"{missing[:5]}. Was the mapping made for another checkpoint?"
-            )
         for s, p in self._pairs.items():
-            out[p.target] = apply_one(p.transform, state_dict[s])
+            out[p.target] = apply_one(p.transform, tensors[s])
         for m in self.multi:
-            produced = apply_transform(m.transform, [state_dict[s] for s in m.sources])
+            produced = apply_transform(m.transform, [tensors[s] for s in m.sources])
             out.update(zip(m.targets, produced, strict=True))
         return out
+
+    def _source_keys(self) -> list[str]:
+        """MappingResult → every source key a conversion reads (pairs, then splits/merges)."""
+        return [*self._pairs, *(s for m in self.multi for s in m.sources)]
 
     # --- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -419,3 +426,52 @@ class MappingResult(Mapping[str, str]):
     def from_simple(cls, mapping: Mapping[str, str]) -> MappingResult:
         """Plain {source: target} dict → MappingResult with identity transforms, score 1."""
         return cls([MatchedPair(s, t, 1.0, stage="user") for s, t in mapping.items()])
+
+
+def _source_tensors(obj: Mapping[str, Any], needed: list[str]) -> Mapping[str, torch.Tensor]:
+    """Checkpoint as loaded + the source keys a mapping reads → a dict holding all of them.
+
+    Cleaned the way :mod:`weightmapper.checkpoint` cleans a checkpoint file: the state dict
+    is taken out of a checkpoint dict, wrapper prefixes are stripped, then a prefix shared
+    by every key is dropped, or the one shared by the mapping's keys added. The first form
+    that holds every needed key wins; CheckpointFormatError when none does.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointFormatError(
+            f"convert expects a state dict (a mapping of names to tensors), got "
+            f"{type(obj).__name__}; pass model.state_dict() or what torch.load returned"
+        )
+    if all(k in obj for k in needed):
+        return obj
+    from weightmapper.checkpoint import extract_state_dict, strip_wrapper_prefixes, suggest_prefix
+
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        flat: dict[str, torch.Tensor] = {str(k): v for k, v in obj.items()}
+        how = []
+    else:
+        flat, _fmt, meta = extract_state_dict(obj, source="the checkpoint given to convert")
+        how = [f"took the state dict under {meta['nested_key']!r}"] if "nested_key" in meta else []
+    names, stripped = strip_wrapper_prefixes(flat)
+    if stripped:
+        how.append(f"stripped {' and '.join(repr(p) for p in stripped)}")
+    cleaned = dict(zip(names, flat.values(), strict=True))
+    tries = [cleaned]
+    shared = suggest_prefix(cleaned)
+    if shared is not None:  # Lightning's ``model.``: the mapping was made on the bare model
+        tries.append({k[len(shared) :]: v for k, v in cleaned.items()})
+    wanted = suggest_prefix(needed)
+    if wanted is not None:  # the other way round: the mapping kept a prefix this dict lacks
+        tries.append({wanted + k: v for k, v in cleaned.items()})
+    for candidate in tries:
+        if all(k in candidate for k in needed):
+            return candidate
+    want = set(needed)
+    missing = [k for k in needed if k not in cleaned]
+    unexpected = sorted(k for k in cleaned if k not in want)
+    tried = f" (after cleaning: {', '.join(how)})" if how else ""
+    raise CheckpointFormatError(
+        f"the state dict does not hold what the mapping reads{tried}: "
+        f"{len(missing)} mapped source key(s) missing, e.g. {missing[:5]}; "
+        f"{len(unexpected)} key(s) the mapping does not know, e.g. {unexpected[:5]}. "
+        "Pass the checkpoint the mapping was made for, or re-run `weightmapper map` on this one."
+    )

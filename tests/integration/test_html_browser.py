@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from weightmapper.assign import map_inventories
+from weightmapper.engine import map_inventories
 from weightmapper.examples.transformer import NewTransformer, OldTransformer
 from weightmapper.html_report import render_html, write_html
 from weightmapper.inventory import Inventory

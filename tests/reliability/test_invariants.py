@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from weightmapper.candidates import CONSERVATIVE_FLOOR
 from weightmapper.mapper import WeightMapper
 from weightmapper.result import MappingResult, UnmatchedReason
+from weightmapper.settings import CONSERVATIVE_FLOOR
 from weightmapper.transforms import output_shapes
 
 pytestmark = pytest.mark.reliability

@@ -9,6 +9,7 @@ import yaml
 
 from weightmapper.errors import ConfigError
 from weightmapper.pipeline.config import load_job, parse_job
+from weightmapper.settings import AssignSettings, MapperSettings
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -49,7 +50,7 @@ def test_paths_are_relative_to_the_yaml_file(tmp_path: Path) -> None:
 
 def test_migrations_inherit_top_level_settings(tmp_path: Path) -> None:
     data = {
-        "mapper": {"threshold": 0.4, "strategy": "auto"},
+        "mapper": {"threshold": 0.4, "strategy": "conservative"},
         "output": {"dir": "out"},
         "target": {"module": "a.b:C"},
         "migrations": [
@@ -59,8 +60,8 @@ def test_migrations_inherit_top_level_settings(tmp_path: Path) -> None:
     }
     job = parse_job(data, base_dir=tmp_path)
     one, two = job.migrations
-    assert one.mapper == {"threshold": 0.4, "strategy": "auto"}
-    assert two.mapper == {"threshold": 0.7, "strategy": "auto"}
+    assert one.mapper == MapperSettings(assign=AssignSettings(0.4, "conservative"))
+    assert two.mapper == MapperSettings(assign=AssignSettings(0.7, "conservative"))
     assert one.target.module and one.target.module.spec == "a.b:C"
 
 
@@ -74,7 +75,7 @@ def test_a_bad_config_reports_every_problem_at_once(tmp_path: Path) -> None:
                 "sources": [],
                 "target": {"module": "not-a-spec"},
                 "dummy_input": {"shape": [1, -3]},
-                "mapper": {"threshold": 2, "temperature": 1},
+                "mapper": {"threshold": 2, "temperature": 1, "strategy": "auto"},
                 "output": {"dir": "out", "naming": "{stem}.pt"},
             }
         ],
@@ -93,6 +94,7 @@ def test_a_bad_config_reports_every_problem_at_once(tmp_path: Path) -> None:
         "dummy_input.shape",
         "threshold",
         "'temperature'",
+        "unknown strategy 'auto'",
         "naming",
     ):
         assert expected in text, f"{expected!r} missing from {problems}"

@@ -82,3 +82,48 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path) -> None:
         atomic_path(dest, overwrite=False),
     ):
         pass
+
+
+def test_convert_takes_the_checkpoint_as_it_was_loaded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from torch import nn
+
+    from weightmapper.errors import CheckpointFormatError
+    from weightmapper.mapper import WeightMapper
+
+    class Old(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    class New(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    old = Old()
+    clean = old.state_dict()
+    path = tmp_path / "old_ddp.pt"
+    torch.save({"module." + k: v for k, v in clean.items()}, path)
+    # The mapping is made from the file, whose reader strips `module.`; the user then
+    # converts what torch.load gives back, prefix and all.
+    result = WeightMapper.from_checkpoint(path, New()).suggest_mapping()
+    expected = result.convert(clean)
+    lightning = {
+        "state_dict": {"model." + k: v for k, v in clean.items()},
+        "epoch": 3,
+        "pytorch-lightning_version": "2.4.0",
+    }
+    compiled = {"_orig_mod." + k: v for k, v in clean.items()}
+    for loaded in (torch.load(path), lightning, compiled, {"model": clean}):
+        out = result.convert(loaded)
+        assert out.keys() == expected.keys()
+        assert all(torch.equal(out[k], expected[k]) for k in out)
+    New().load_state_dict(result.convert(torch.load(path)), strict=True)
+    # Another checkpoint: the error says exactly which keys differ, after cleaning.
+    other = {"module.l1.weight": clean["l1.weight"], "module.head.weight": torch.zeros(2)}
+    with pytest.raises(CheckpointFormatError) as info:
+        result.convert(other)
+    text = str(info.value)
+    assert "stripped 'module.'" in text
+    assert "3 mapped source key(s) missing" in text and "'l2.weight'" in text
+    assert "1 key(s) the mapping does not know" in text and "'head.weight'" in text

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from weightmapper.assign import map_inventories, score_inventories
-from weightmapper.candidates import Candidates, assign_candidates
+from weightmapper.engine import Candidates, assign, map_inventories, score_inventories
 from weightmapper.errors import MappingError
 from weightmapper.inventory import Inventory
 from weightmapper.mapper import WeightMapper
 from weightmapper.result import MappingResult, UnmatchedReason
+from weightmapper.settings import AssignSettings
 
 
 class OldNet(nn.Module):
@@ -106,7 +106,9 @@ def test_mapping_protocol_scores_and_reasons() -> None:
     # A module settled at group level carries the group flag (conv2 vs conv3 is decided by
     # registration order only, so it is left to the key-level assignment).
     assert result.pair("conv1.weight").group
-    listed = mapper.get_mapping_with_scores()
+    ranked = mapper.get_mapping_with_scores()
+    assert ranked == scores  # one method name, one return type: the mapper asks its result
+    listed = [(s, t, score) for s, (t, score) in ranked.items()]
     assert listed == sorted(listed, key=lambda t: (-t[2], t[0]))
     assert mapper.get_mapping_dict() == dict(result)
     with pytest.raises(TypeError):
@@ -246,11 +248,11 @@ def test_score_then_assign_and_candidates_round_trip() -> None:
     tgt = Inventory.from_module(NewNet())
     cands = score_inventories(src, tgt)
     again = Candidates.from_dict(json.loads(json.dumps(cands.to_dict())))
-    a = assign_candidates(cands, threshold=0.6)
-    b = assign_candidates(again, threshold=0.6)
+    a = assign(cands, AssignSettings(threshold=0.6))
+    b = assign(again, AssignSettings(threshold=0.6))
     assert a.to_dict()["pairs"] == b.to_dict()["pairs"]
     assert dict(map_inventories(src, tgt)) == dict(a)
-    stricter = assign_candidates(cands, threshold=0.95)
+    stricter = assign(cands, AssignSettings(threshold=0.95))
     assert len(stricter) <= len(a)
     for u in stricter.unmatched_source:
         assert u.reason is not None and u.detail

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from weightmapper.multi import propose_multi
+from weightmapper.engine import propose_multi
 from weightmapper.result import MappingResult, MatchedPair
 from weightmapper.tensor_info import TensorInfo
 from weightmapper.verify import check_outputs

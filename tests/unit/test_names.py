@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from weightmapper.names import (
+from weightmapper.engine.names import (
     TokenSpace,
     common_prefix,
     dense_rank_indices,

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import jsonschema
 import pytest
 
-from weightmapper.assign import map_inventories
+from weightmapper.engine import map_inventories
 from weightmapper.errors import CheckpointFormatError, CheckpointNotFoundError, MappingError
 from weightmapper.examples.cnn import OldCNN, RefactoredCNN
 from weightmapper.inventory import Inventory

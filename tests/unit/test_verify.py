@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weightmapper.engine import propose_multi
 from weightmapper.errors import MappingError
-from weightmapper.multi import propose_multi
 from weightmapper.result import MappingResult, MatchedPair
 from weightmapper.tensor_info import TensorInfo
 from weightmapper.transforms import IDENTITY, TransformSpec, chain, infer_transform

@@ -13,14 +13,13 @@ import torch
 from rich.console import Console
 
 from weightmapper.atomic import atomic_write_text
-from weightmapper.candidates import STRATEGIES
-from weightmapper.engine import BUFFER_MODES
 from weightmapper.errors import ConfigError
 from weightmapper.hf import is_hf_folder
 from weightmapper.html_report import write_html
 from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.mapper import WeightMapper
 from weightmapper.report import build_report, dumps_report, write_markdown, write_report
+from weightmapper.settings import BUFFER_MODES, STRATEGIES, MapperSettings
 from weightmapper.targets import SPEC_FORMS, is_module_spec, resolve_side
 from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
 
@@ -210,6 +209,15 @@ def run(args: argparse.Namespace) -> int:
             "SOURCE and --target as specs that build modules (for a checkpoint, convert it with "
             "`weightmapper apply` and check it with `weightmapper validate`)."
         )
+    # Every setting is checked (all problems at once) before any model is read.
+    settings = MapperSettings.from_flat(
+        {
+            "threshold": args.threshold,
+            "strategy": args.strategy,
+            "buffer_matching_mode": args.buffer_mode,
+            "shape_tolerance": args.shape_tolerance,
+        }
+    )
     err = Console(file=sys.stderr)
     live = err if err.is_terminal and not (args.quiet or args.json) else None
     with _status(live, "reading source and target…"):
@@ -220,14 +228,16 @@ def run(args: argparse.Namespace) -> int:
         mapper = WeightMapper(
             source,
             target,
-            shape_tolerance=args.shape_tolerance,
+            shape_tolerance=settings.score.shape_tolerance,
             dummy_input=dummy_tensor(args.dummy_input) if args.dummy_input else None,
-            buffer_matching_mode=args.buffer_mode,
+            buffer_matching_mode=settings.score.buffer_matching_mode,
             trusted=args.trust_pickle,
         )
     with _status(live, "scoring and assigning…"):
         result = mapper.suggest_mapping(
-            threshold=args.threshold, strategy=args.strategy, verify=args.verify
+            threshold=settings.assign.threshold,
+            strategy=settings.assign.strategy,
+            verify=args.verify,
         )
     if args.dummy_input:
         shape, dtype = args.dummy_input

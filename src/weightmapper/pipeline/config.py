@@ -23,20 +23,13 @@ from typing import Any
 
 import yaml
 
-from weightmapper.errors import ConfigError
+from weightmapper.errors import ConfigError, SettingsError
 from weightmapper.pipeline import policy
+from weightmapper.settings import MapperSettings
 
 RUNNER_KINDS = ("threads", "dask", "sequential")
 INPUT_KINDS = ("randn", "randint")
 NAMING_FIELDS = ("stem", "name", "migration", "index")
-MAPPER_KEYS = (
-    "threshold",
-    "strategy",
-    "weights",
-    "shape_tolerance",
-    "incompatible_pairs",
-    "buffer_matching_mode",
-)
 _TOP_KEYS = {"name", "store", "examples", "runner", "migrations", "description"}
 _MIGRATION_KEYS = {
     "name",
@@ -142,7 +135,8 @@ class Migration:
     source_module: ModuleSpec | None = None
     """The architecture the sources were trained with; enables the functional check."""
     dummy_input: InputSpec | None = None
-    mapper: dict[str, Any] = field(default_factory=dict)
+    mapper: MapperSettings = field(default_factory=MapperSettings)
+    """Scoring and assignment settings (the job's flat ``mapper:`` section, validated)."""
     validate: bool = True
     functional: bool = True
     require: str = "loads"
@@ -211,12 +205,13 @@ def with_threshold(job: JobConfig, threshold: float) -> JobConfig:
     """Job + threshold → the same job with that threshold in every migration."""
     import dataclasses
 
-    if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
-        raise ConfigError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    migrations = tuple(
-        dataclasses.replace(m, mapper={**m.mapper, "threshold": float(threshold)})
-        for m in job.migrations
-    )
+    try:
+        migrations = tuple(
+            dataclasses.replace(m, mapper=m.mapper.with_threshold(threshold))
+            for m in job.migrations
+        )
+    except SettingsError as e:
+        raise ConfigError(str(e), e.problems) from e
     return dataclasses.replace(job, migrations=migrations)
 
 
@@ -417,27 +412,7 @@ def _parse_migration(
     if raw.get("dummy_input") is not None:
         dummy = _parse_input(raw["dummy_input"], f"{label}.dummy_input", problems)
 
-    mapper = raw.get("mapper") or {}
-    if not isinstance(mapper, Mapping):
-        problems.append(f"{label}.mapper: expected a mapping of settings, found {mapper!r}")
-        mapper = {}
-    problems += [
-        f"{label}.mapper: unknown setting {k!r} (known: {', '.join(MAPPER_KEYS)})"
-        for k in sorted(set(mapper) - set(MAPPER_KEYS))
-    ]
-    t = mapper.get("threshold")
-    if t is not None and (
-        not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 1
-    ):
-        problems.append(f"{label}.mapper.threshold: expected a number in [0, 1], found {t!r}")
-    w = mapper.get("weights")
-    if w is not None and (
-        not isinstance(w, Mapping)
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in w.values())
-    ):
-        problems.append(
-            f"{label}.mapper.weights: expected a mapping of signal → number, found {w!r}"
-        )
+    mapper = _parse_mapper(raw.get("mapper"), label, problems)
 
     output = _parse_output(raw.get("output"), f"{label}.output", resolve, problems)
     checks = raw.get("checks") or {}
@@ -467,12 +442,26 @@ def _parse_migration(
         output=output,
         source_module=source_module,
         dummy_input=dummy,
-        mapper=dict(mapper),
+        mapper=mapper or MapperSettings(),
         validate=bool(checks.get("validate", True)),
         functional=bool(checks.get("functional", True)),
         require=str(require),
         trusted=bool(trusted),
     )
+
+
+def _parse_mapper(raw: Any, label: str, problems: list[str]) -> MapperSettings | None:
+    """A job's ``mapper:`` section → MapperSettings; its problems added to ``problems``."""
+    if raw is None:
+        return MapperSettings()
+    if not isinstance(raw, Mapping):
+        problems.append(f"{label}.mapper: expected a mapping of settings, found {raw!r}")
+        return None
+    try:
+        return MapperSettings.from_flat(raw)
+    except SettingsError as e:
+        problems += [f"{label}.mapper: {p}" for p in e.problems]
+        return None
 
 
 def _parse_module(raw: Any, label: str, problems: list[str], resolve: Any) -> ModuleSpec | None:

@@ -20,16 +20,8 @@ from weightmapper.atomic import private_workdir
 from weightmapper.inventory import Inventory
 from weightmapper.pipeline.codec import info_from_json
 from weightmapper.result import MappingResult
+from weightmapper.settings import MapperSettings, changed_fields
 from weightmapper.tensor_info import TensorInfo
-
-SCORING_KEYS: tuple[str, ...] = (
-    "weights",
-    "shape_tolerance",
-    "incompatible_pairs",
-    "buffer_matching_mode",
-)
-"""Mapper settings that change scores; every other setting only changes the assignment."""
-ASSIGNMENT_KEYS: tuple[str, ...] = ("threshold", "strategy")
 
 # One output file whatever the checkpoint size: the store holds one artifact per key.
 _NO_SHARDING = 1 << 62
@@ -62,23 +54,23 @@ def trace_order(module: nn.Module, dummy: Any) -> dict[str, int] | None:
     return trace_execution_order(module, dummy)
 
 
-def scoring_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Mapper settings → the part that the score stage depends on."""
-    return {k: settings[k] for k in SCORING_KEYS if settings.get(k) is not None}
+def score_key_settings(settings: MapperSettings | None) -> dict[str, Any]:
+    """Mapper settings → what enters the score stage's key (ScoreSettings fields not at default)."""
+    return changed_fields((settings or MapperSettings()).score)
 
 
-def assignment_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Mapper settings → the part that only the assign stage depends on."""
-    return {k: settings[k] for k in ASSIGNMENT_KEYS if settings.get(k) is not None}
+def assign_key_settings(settings: MapperSettings | None) -> dict[str, Any]:
+    """Mapper settings → what enters the assign stage's key (AssignSettings fields not at default)."""
+    return changed_fields((settings or MapperSettings()).assign)
 
 
 def score_candidates(
-    source: Inventory, target: Inventory, settings: Mapping[str, Any]
+    source: Inventory, target: Inventory, settings: MapperSettings | None
 ) -> dict[str, Any]:
-    """Both inventories + scoring settings → JSON form of the engine's Candidates."""
-    from weightmapper.assign import score_inventories
+    """Both inventories + mapper settings → JSON form of the engine's Candidates."""
+    from weightmapper.engine import score_inventories
 
-    return score_inventories(source, target, **scoring_settings(settings)).to_dict()
+    return score_inventories(source, target, (settings or MapperSettings()).score).to_dict()
 
 
 def score_info(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,12 +78,11 @@ def score_info(data: Mapping[str, Any]) -> dict[str, Any]:
     return {"proposals": len(data.get("proposals") or [])}
 
 
-def assign_candidates(data: Mapping[str, Any], settings: Mapping[str, Any]) -> MappingResult:
-    """JSON Candidates + threshold/strategy → MappingResult."""
-    from weightmapper.candidates import Candidates
-    from weightmapper.candidates import assign_candidates as assign
+def assign_from_json(data: Mapping[str, Any], settings: MapperSettings | None) -> MappingResult:
+    """JSON Candidates + mapper settings (threshold, strategy) → MappingResult."""
+    from weightmapper.engine import Candidates, assign
 
-    return assign(Candidates.from_dict(dict(data)), **assignment_settings(settings))
+    return assign(Candidates.from_dict(dict(data)), (settings or MapperSettings()).assign)
 
 
 def mapping_digest(data: Mapping[str, Any]) -> str:

@@ -38,6 +38,7 @@ from weightmapper.pipeline.config import InputSpec, ModuleSpec, TargetSpec
 from weightmapper.pipeline.keys import digest_json, stage_key
 from weightmapper.pipeline.store import ArtifactRef, ArtifactStore
 from weightmapper.result import MappingResult
+from weightmapper.settings import MapperSettings
 from weightmapper.targets import build_module
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ class ScoreStage(Stage):
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
     target_trace: ArtifactRef | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: MapperSettings = field(default_factory=MapperSettings)
 
     def key(self, store: ArtifactStore) -> str:
         """Store → the score stage's key."""
@@ -340,7 +341,7 @@ class ScoreStage(Stage):
                 "source_trace": _digest(self.source_trace),
                 "target_trace": _digest(self.target_trace),
             },
-            ops.scoring_settings(self.settings),
+            ops.score_key_settings(self.settings),
         )
 
     def run(self, store: ArtifactStore) -> ArtifactRef:
@@ -360,7 +361,7 @@ class AssignStage(Stage):
 
     name: ClassVar[str] = "assign"
     score: ArtifactRef
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: MapperSettings = field(default_factory=MapperSettings)
 
     def key(self, store: ArtifactStore) -> str:
         """Store → the assign stage's key."""
@@ -368,14 +369,14 @@ class AssignStage(Stage):
             self.name,
             self.version,
             {"score": self.score.digest},
-            ops.assignment_settings(self.settings),
+            ops.assign_key_settings(self.settings),
         )
 
     def run(self, store: ArtifactStore) -> ArtifactRef:
         """Store → the assign artifact (``info``: pairs, coverage, mapping digest)."""
 
         def compute() -> dict[str, Any]:
-            return ops.assign_candidates(store.read_json(self.score), self.settings).to_dict()
+            return ops.assign_from_json(store.read_json(self.score), self.settings).to_dict()
 
         def info(d: dict[str, Any]) -> dict[str, Any]:
             cov = d.get("coverage") or {}

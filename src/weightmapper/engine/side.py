@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from weightmapper.inventory import LEARNED_NAMES, Inventory, tensor_is_buffer
-from weightmapper.names import (
+from weightmapper.engine.families import guess_family, type_family
+from weightmapper.engine.names import (
     common_prefix,
     dense_rank_indices,
     local_role,
     local_tokens,
     split_module,
 )
-from weightmapper.scoring import guess_family, shape_bucket, type_family
+from weightmapper.engine.shapes import shape_bucket
+from weightmapper.inventory import LEARNED_NAMES, Inventory, tensor_is_buffer
 
 
 @dataclass
@@ -108,19 +109,24 @@ def side_specific_tokens(a: Side, b: Side, share: float = 0.5) -> tuple[set[str]
     return drop(a, fa, fb), drop(b, fb, fa)
 
 
-def drop_tokens(side: Side, drop: set[str]) -> None:
-    """Remove tokens from every name string of a Side, in place (indices are kept)."""
+def drop_tokens(side: Side, drop: set[str]) -> Side:
+    """Side + tokens → a copy of the Side with those tokens removed from every name string
+    (indices are kept); the Side itself is unchanged."""
     if not drop:
-        return
+        return side
 
     def clean(text: str) -> str:
         return " ".join(t for t in text.split() if t not in drop)
 
     cache: dict[str, str] = {}
-    side.tokens = [cache[t] if t in cache else cache.setdefault(t, clean(t)) for t in side.tokens]
-    side.group_tokens = [clean(t) for t in side.group_tokens]
-    side.group_template = [clean(t) for t in side.group_template]
-    side.norm_key = norm_keys(side.tokens, side.ranked)
+    tokens = [cache[t] if t in cache else cache.setdefault(t, clean(t)) for t in side.tokens]
+    return replace(
+        side,
+        tokens=tokens,
+        group_tokens=[clean(t) for t in side.group_tokens],
+        group_template=[clean(t) for t in side.group_template],
+        norm_key=norm_keys(tokens, side.ranked),
+    )
 
 
 def norm_key(tokens: str, ranked: tuple[int, ...]) -> str:

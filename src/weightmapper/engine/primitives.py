@@ -1,25 +1,30 @@
-"""Matching primitives: monotone alignment with gaps, mutual-best pairing, layer-index
-similarity and the splitting of huge shape buckets. Plain functions over numpy arrays, used
-by the cascade in :mod:`weightmapper.engine`.
+"""Matching primitives: monotone alignment with gaps, mutual-best pairing, the longest
+increasing run, layer-index similarity and the splitting of huge shape buckets. Plain
+functions over numpy arrays and lists, used by the stages of :mod:`weightmapper.engine`.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections import Counter
+
 import numpy as np
 
-from weightmapper.side import Side
+from weightmapper.engine.side import Side
 
 LSA_MAX_CELLS = 1_000_000
 """Largest shape bucket solved in one optimal assignment; larger ones are split by index."""
 
 
 def codes(items: list) -> tuple[np.ndarray, list]:
+    """Items → (code per item, distinct items in first-seen order)."""
     uni: dict = {}
     codes = np.array([uni.setdefault(x, len(uni)) for x in items], dtype=np.int64)
     return codes, list(uni)
 
 
 def by_bucket(buckets: list[tuple[int, ...]], keys) -> dict[tuple[int, ...], list[int]]:  # type: ignore[no-untyped-def]
+    """Bucket per key + key numbers → bucket → its keys, in the given order."""
     out: dict[tuple[int, ...], list[int]] = {}
     for k in keys:
         out.setdefault(buckets[k], []).append(k)
@@ -71,6 +76,8 @@ def split_large(
 
 
 def nearest(me: Side, other: Side, rows: np.ndarray, cands: np.ndarray, cap: int) -> np.ndarray:
+    """Keys of one side + candidates on the other → at most ``cap`` candidates, those
+    closest in position to the keys' mean position (kept in their order)."""
     if len(cands) <= cap:
         return cands
     center = float(np.mean(me.group_pos[me.group[rows]]))
@@ -97,7 +104,7 @@ def index_sim_one(a: IndexKey, b: IndexKey) -> float:
 
 
 def index_sim(a: list[IndexKey], b: list[IndexKey]) -> np.ndarray:
-    """Index keys × index keys → similarity matrix (see :func:`_index_sim_one`)."""
+    """Index keys × index keys → similarity matrix (see :func:`index_sim_one`)."""
     ca, ua = codes(a)
     cb, ub = codes(b)
     table = np.array([[index_sim_one(x, y) for y in ub] for x in ua], dtype=np.float32)
@@ -160,3 +167,49 @@ def align(score: np.ndarray) -> list[tuple[int, int]]:
             j -= 1
     pairs.reverse()
     return pairs
+
+
+def signatures_fit(a: tuple, b: tuple) -> bool:
+    """Two group signatures → True when their shapes agree and their roles do where both
+    sides name a strict role (``*`` stands for a role the naming does not reveal)."""
+    if len(a) != len(b) or sorted(x[1] for x in a) != sorted(x[1] for x in b):
+        return False
+    if a == b:
+        return True
+    a_strict = sorted(x for x in a if x[0] != "*")
+    b_strict = sorted(x for x in b if x[0] != "*")
+    if len(a_strict) == len(a) and len(b_strict) == len(b):
+        return False  # both fully named, and the names differ
+    # Each strictly named (role, shape) of one side must find room on the other.
+    for mine, other in ((a_strict, b), (b_strict, a)):
+        pool = Counter(other)
+        for role, shape in mine:
+            if pool[(role, shape)] > 0:
+                pool[(role, shape)] -= 1
+            elif pool[("*", shape)] > 0:
+                pool[("*", shape)] -= 1
+            else:
+                return False
+    return True
+
+
+def increasing(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(row, col) pairs sorted by row → the longest subsequence increasing in both."""
+    tails: list[int] = []
+    tail_idx: list[int] = []
+    prev = [-1] * len(pairs)
+    for n, (_r, c) in enumerate(pairs):
+        k = bisect.bisect_left(tails, c)
+        if k == len(tails):
+            tails.append(c)
+            tail_idx.append(n)
+        else:
+            tails[k] = c
+            tail_idx[k] = n
+        prev[n] = tail_idx[k - 1] if k > 0 else -1
+    out = []
+    n = tail_idx[-1] if tail_idx else -1
+    while n >= 0:
+        out.append(pairs[n])
+        n = prev[n]
+    return out[::-1]

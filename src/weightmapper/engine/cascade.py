@@ -1,0 +1,166 @@
+"""The matching cascade: two Inventories + ScoreSettings → Candidates; the stage order lives here.
+
+Cheapest evidence first, each stage working only on what the previous ones left:
+
+1. ``exact``       identical keys (after a shared wrapper prefix is dropped), compatible
+                   shapes (:mod:`.exact`)
+2. ``normalized``  identical canonical names (synonyms folded, layer indices dense-ranked),
+                   unique on both sides (:mod:`.normalized`)
+3. ``template``    parameter groups bucketed by (name template, shape signature); a bucket
+                   that pairs unambiguously with one on the other side is matched instance
+                   by instance along its layer indices (this settles 10k-expert MoE layers)
+                   (:mod:`.template`)
+4. ``gap``         open groups between two matched neighbours (in execution or registration
+                   order) pair position by position when both gaps hold the same sequence of
+                   group signatures; unequal gaps (an inserted or removed block) are split
+                   by which neighbour each group shares the longer module path with, so the
+                   inserted block is skipped (:mod:`.gaps`; run again after ``structural``)
+5. ``structural``  the remaining group sequences (execution or registration order) aligned
+                   like sequences with gaps, under equal shape signatures, by dynamic
+                   programming: a group with no partner is skipped, not shifting the rest
+                   (:mod:`.structural`)
+6. ``assignment``  leftovers, per shape bucket: fuzzy score matrices and an optimal
+                   one-to-one assignment, weights first, then everything else
+                   (:mod:`.optimal`); the order and hierarchy evidence is refreshed first
+
+After every stage the rest of each matched group follows (``group``), and buffers follow
+their module when the partner has the same buffer with the same shape (``buffer``), see
+:mod:`.groups`. Then :mod:`.collect` reads the proposals and a note for every leftover key
+out, :mod:`.layouts` settles square weights of a bare checkpoint, and :mod:`.splits` proposes
+splits and merges among what is left. Every pair is scored with the signals of
+:mod:`.signals`, whichever stage made it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import logging
+from collections.abc import Callable, Iterator
+
+from weightmapper.engine.assign import assign
+from weightmapper.engine.candidates import Candidates
+from weightmapper.engine.collect import collect
+from weightmapper.engine.exact import stage_exact
+from weightmapper.engine.gaps import stage_gaps
+from weightmapper.engine.groups import fill_groups
+from weightmapper.engine.layouts import settle_square_layouts
+from weightmapper.engine.normalized import stage_normalized
+from weightmapper.engine.optimal import stage_assignment
+from weightmapper.engine.side import prepare_side
+from weightmapper.engine.signals import update_anchors, update_coherence
+from weightmapper.engine.splits import drop_ambiguous, propose_leftovers
+from weightmapper.engine.state import MatchState
+from weightmapper.engine.structural import stage_structural
+from weightmapper.engine.template import stage_template
+from weightmapper.inventory import Inventory
+from weightmapper.result import MappingResult
+from weightmapper.settings import MapperSettings, ScoreSettings
+
+log = logging.getLogger(__name__)
+
+
+def _assignment_with_fresh_evidence(st: MatchState) -> None:
+    """The first assignment run, after the order and hierarchy evidence is brought up to date."""
+    update_anchors(st)
+    update_coherence(st)
+    stage_assignment(st, weights_first=True)
+
+
+CASCADE: tuple[tuple[str, Callable[[MatchState], None]], ...] = (
+    ("exact", stage_exact),
+    ("normalized", stage_normalized),
+    ("template", stage_template),
+    ("gap", stage_gaps),
+    ("structural", stage_structural),
+    ("gap", stage_gaps),
+    ("assignment (weights)", _assignment_with_fresh_evidence),
+    ("assignment (rest)", functools.partial(stage_assignment, weights_first=False)),
+)
+"""The stages in the order they run; after each one, matched groups are completed."""
+
+
+def run_cascade(st: MatchState) -> None:
+    """MatchState → the same state with every stage of :data:`CASCADE` run in order."""
+    for _name, stage in CASCADE:
+        stage(st)
+        fill_groups(st)
+
+
+def score_inventories(
+    source: Inventory, target: Inventory, settings: ScoreSettings | None = None
+) -> Candidates:
+    """Source and target Inventory + ScoreSettings → Candidates (proposals and notes, no threshold).
+
+    Deterministic: the same inventories and settings give the same Candidates on every run.
+    Neither inventory is changed.
+    """
+    settings = settings if settings is not None else ScoreSettings()
+    with paused_gc():
+        st = MatchState(prepare_side(source), prepare_side(target), settings)
+        run_cascade(st)
+        proposals, notes, tied = collect(st)
+    proposals = settle_square_layouts(proposals, source, target)
+    multi = propose_leftovers(source, target, notes)
+    multi, notes = drop_ambiguous(multi, notes)
+    if multi:
+        used = {("source", k) for m in multi for k in m.sources}
+        used |= {("target", k) for m in multi for k in m.targets}
+        notes = [n for n in notes if (n.side, n.name) not in used]
+    pairs = settings.incompatible_pairs
+    recorded = {
+        "shape_tolerance": settings.shape_tolerance,
+        "buffer_matching_mode": settings.buffer_matching_mode,
+        "incompatible_pairs": [list(p) for p in pairs] if pairs else None,
+        "source_traced": source.traced,
+        "target_traced": target.traced,
+    }
+    log.info(
+        "scored %s (%d tensors) against %s (%d tensors): %d proposals, stages %s",
+        source.name, len(source), target.name, len(target), len(proposals), st.stage_counts(),
+    )  # fmt: skip
+    return Candidates(
+        source_name=source.name,
+        target_name=target.name,
+        proposals=proposals,
+        notes=notes,
+        weights=dict(settings.weights or {}),
+        settings=recorded,
+        source_count=len(source),
+        target_count=len(target),
+        tied=tied,
+        multi=multi,
+        metadata={"stages": st.stage_counts()},
+    )
+
+
+def map_inventories(
+    source: Inventory, target: Inventory, settings: MapperSettings | None = None
+) -> MappingResult:
+    """Source and target Inventory + MapperSettings → MappingResult (score, then assign)."""
+    settings = settings if settings is not None else MapperSettings()
+    candidates = score_inventories(source, target, settings.score)
+    with paused_gc():
+        return assign(candidates, settings.assign)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a block that allocates many small objects.
+
+    The matching stages create no reference cycles; collections triggered by their
+    allocations would rescan every live object (a large model's modules included) again
+    and again.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    # Objects that exist now (the user's models) are set aside, so a collection that our
+    # allocations trigger later does not rescan them.
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()

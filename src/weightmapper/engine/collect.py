@@ -1,0 +1,166 @@
+"""Reading a finished MatchState out: proposals with their breakdowns, a note (best
+alternative and reason) for every key left over, and the tied duplicates."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from weightmapper.engine.candidates import KeyNote, Proposal
+from weightmapper.engine.primitives import by_bucket, nearest
+from weightmapper.engine.side import Side
+from weightmapper.engine.signals import (
+    pair_signals,
+    score_matrix,
+    signal_matrices,
+    update_anchors,
+    update_coherence,
+)
+from weightmapper.engine.state import MatchState
+from weightmapper.result import UnmatchedReason
+from weightmapper.transforms import refine_by_param_names
+
+NOTE_MAX_CANDIDATES = 4096
+"""Most candidates scored for one leftover key's note (the nearest in position)."""
+_NOTE_CHUNK = 256
+
+
+def collect(st: MatchState) -> tuple[list[Proposal], list[KeyNote], dict[str, dict[str, str]]]:
+    """MatchState → (proposals with breakdowns, notes for unmatched keys, tied keys)."""
+    update_anchors(st)
+    update_coherence(st)
+    src_idx = np.array(sorted(st.rec), dtype=np.int64)
+    tgt_idx = st.s_match[src_idx] if len(src_idx) else np.zeros(0, np.int64)
+    breakdowns = pair_signals(st, src_idx, tgt_idx)
+    proposals = []
+    for n, i in enumerate(src_idx):
+        i = int(i)
+        j = int(tgt_idx[n])
+        rel, stage, group, structure, follows = st.rec[i]
+        bd = breakdowns[n]
+        bd["structure"] = structure
+        bd["shape"] = rel.score
+        # Square matrices: parameter names (a Flax/Keras ``kernel`` is (in, out)) can
+        # settle a layout that shapes cannot.
+        transform, confidence = refine_by_param_names(
+            rel.transform, rel.confidence, st.s.keys[i], st.t.keys[j],
+            st.s.shape[i], st.t.shape[j],
+            source_type=st.s.group_type[st.s.group[i]],
+            target_type=st.t.group_type[st.t.group[j]],
+        )  # fmt: skip
+        proposals.append(
+            Proposal(
+                source=st.s.keys[i],
+                target=st.t.keys[j],
+                breakdown=bd,
+                transform=transform,
+                stage=stage,
+                group=group,
+                confidence=confidence,
+                source_shape=st.s.shape[i],
+                target_shape=st.t.shape[j],
+                follows=st.s.keys[follows] if follows >= 0 else None,
+            )
+        )
+    tied = {"source": _tied(st.s, st.s_match), "target": _tied(st.t, st.t_match)}
+    notes = _notes(st, "source", tied["source"]) + _notes(st, "target", tied["target"])
+    return proposals, notes, tied
+
+
+def _tied(side: Side, match: np.ndarray) -> dict[str, str]:
+    """Side + its matches → unmatched tied duplicate → the member of its tie that stands for it."""
+    out: dict[str, str] = {}
+    for tie in side.inv.tied:
+        members = [k for k in tie if k in side.index]
+        matched = [k for k in members if match[side.index[k]] >= 0]
+        primary = matched[0] if matched else (members[0] if members else None)
+        for k in members:
+            if k != primary and match[side.index[k]] < 0:
+                out[k] = primary
+    return out
+
+
+def _notes(st: MatchState, which: str, tied: dict[str, str]) -> list[KeyNote]:
+    """``source``/``target`` → a KeyNote for each of its unmatched keys (tied ones aside)."""
+    me, my_match, my_scorable = st.side(which)
+    other, other_match, _ = st.side(_flip(which))
+    open_keys = [k for k in range(len(me)) if my_match[k] < 0 and me.keys[k] not in tied]
+    notes: list[KeyNote] = []
+    other_by = by_bucket(other.bucket, range(len(other)))
+    pending: dict[tuple, list[int]] = {}
+    for k in open_keys:
+        name, shape = me.keys[k], me.shape[k]
+        if not my_scorable[k]:
+            notes.append(
+                KeyNote(name, which, shape, UnmatchedReason.BUFFER_EXCLUDED,
+                        "buffer without a same-named, same-shaped buffer in a matched "
+                        "module (buffer_matching_mode='exclude')")
+            )  # fmt: skip
+        elif not len(other):
+            notes.append(
+                KeyNote(name, which, shape, UnmatchedReason.NO_CANDIDATES,
+                        f"the {_flip(which)} has no tensors")
+            )  # fmt: skip
+        elif me.bucket[k] not in other_by:
+            notes.append(
+                KeyNote(name, which, shape, UnmatchedReason.NO_SHAPE_PARTNER,
+                        f"no {_flip(which)} tensor has shape {list(shape)} or a transposed "
+                        "or reshaped form of it")
+            )  # fmt: skip
+        else:
+            pending.setdefault(me.bucket[k], []).append(k)
+    for bucket, keys in pending.items():
+        cands = np.array(other_by[bucket])
+        for start in range(0, len(keys), _NOTE_CHUNK):
+            rows = np.array(keys[start : start + _NOTE_CHUNK])
+            cols = nearest(me, other, rows, cands, NOTE_MAX_CANDIDATES)
+            # Signals are always source × target: a target key's note reads them transposed.
+            if which == "source":
+                sig, blocked = signal_matrices(st, rows, cols)
+            else:
+                sig_t, blocked_t = signal_matrices(st, cols, rows)
+                sig = {k: v.T for k, v in sig_t.items()}
+                blocked = blocked_t.T
+            M = score_matrix(st, sig)
+            for r, k in enumerate(rows):
+                notes.append(_note_for(st, which, int(k), cols, sig, blocked, M, r, other_match))
+    return notes
+
+
+def _note_for(
+    st: MatchState, which: str, k: int, cols: np.ndarray, sig: dict[str, np.ndarray],
+    blocked: np.ndarray, M: np.ndarray, r: int, other_match: np.ndarray,
+) -> KeyNote:  # fmt: skip
+    """One leftover key + its candidates' signals → its KeyNote (best candidate and reason)."""
+    me, other = (st.s, st.t) if which == "source" else (st.t, st.s)
+    name, shape = me.keys[k], me.shape[k]
+    allowed = ~blocked[r]
+    if not allowed.any():
+        best = int(np.argmax(sig["name"][r]))
+        return KeyNote(
+            name, which, shape, UnmatchedReason.INCOMPATIBLE,
+            f"every same-shaped {_flip(which)} tensor is of an incompatible kind (module "
+            f"type, role or incompatible_pairs), e.g. {other.keys[cols[best]]}",
+            other.keys[cols[best]],
+        )  # fmt: skip
+    scores = np.where(allowed, M[r], -np.inf)
+    c = int(np.argmax(scores))
+    partner = int(cols[c])
+    bd = {key: round(float(v[r, c]), 6) for key, v in sig.items()}
+    bd["structure"] = 0.0
+    taken = int(other_match[partner])
+    if taken >= 0:
+        taker = me.keys[taken]
+        return KeyNote(
+            name, which, shape, UnmatchedReason.LOST_TO_BETTER,
+            f"its best candidate {other.keys[partner]} went to {taker}",
+            other.keys[partner], bd, taker,
+        )  # fmt: skip
+    return KeyNote(
+        name, which, shape, UnmatchedReason.BELOW_THRESHOLD,
+        f"best candidate {other.keys[partner]} scored too low to propose",
+        other.keys[partner], bd,
+    )  # fmt: skip
+
+
+def _flip(which: str) -> str:
+    return "target" if which == "source" else "source"

@@ -1,0 +1,27 @@
+"""Stage ``exact``: identical keys (raw, or without the wrapper prefix all keys share)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from weightmapper.engine.state import MatchState
+
+STRUCTURE_EXACT = 1.0
+
+
+def stage_exact(st: MatchState) -> None:
+    """MatchState → identical keys with compatible shapes paired."""
+    t_raw = {k: j for j, k in enumerate(st.t.keys)}
+    t_strip = {k: j for j, k in enumerate(st.t.stripped)}
+    rows, cols = [], []
+    for i, key in enumerate(st.s.keys):
+        j = t_raw.get(key)
+        if j is None:
+            j = t_strip.get(st.s.stripped[i])
+        if j is not None:
+            rows.append(i)
+            cols.append(j)
+    rels = st.compat_many(np.array(rows, np.int64), np.array(cols, np.int64))
+    for i, j, rel in zip(rows, cols, rels, strict=True):
+        if rel is not None and st.t_match[j] < 0:
+            st.pair(i, j, rel, "exact", False, STRUCTURE_EXACT)

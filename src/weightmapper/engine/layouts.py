@@ -1,0 +1,67 @@
+"""Square linear weights of a bare checkpoint: their layout follows the evidence of the
+non-square ones (run after the cascade, on its proposals)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from weightmapper.engine.candidates import Proposal
+from weightmapper.inventory import Inventory, split_key
+from weightmapper.transforms import TransformSpec
+
+_LINEAR_TYPES = frozenset({"Linear", "Conv1D", "NonDynamicallyQuantizableLinear", "LazyLinear"})
+_TRANSPOSE = TransformSpec("transpose", {"dim0": 0, "dim1": 1})
+
+
+def settle_square_layouts(
+    proposals: list[Proposal], source: Inventory, target: Inventory
+) -> list[Proposal]:
+    """Proposals + both inventories → proposals whose square linear weights follow the evidence.
+
+    When one side is a bare checkpoint (no module types), a square weight's layout, (out, in)
+    or (in, out), cannot be read from its shape. Its non-square linear weights can: when
+    every one of them needed a transpose (GPT-2's Conv1D checkpoint against ``nn.Linear``),
+    the square ones get it too; when they disagree, the square ones stay as they are. Either
+    way the square pairs are marked low confidence, never guessed silently; when none needed
+    a transpose, the layouts agree and nothing changes.
+    """
+    if bool(source.module_types) == bool(target.module_types):
+        return proposals  # both known (types decide) or both unknown (no evidence either way)
+    known, side = (target, "target") if target.module_types else (source, "source")
+
+    def linear_weight(p: Proposal) -> bool:
+        key = p.target if side == "target" else p.source
+        path, local = split_key(key)
+        return (
+            local == "weight"
+            and len(p.source_shape) == 2
+            and known.module_type(path) in _LINEAR_TYPES
+        )
+
+    # Evidence is taken per block (the key up to its first layer index), where a library's
+    # convention is uniform, falling back to the whole model: a genuine nn.Linear head next
+    # to Conv1D blocks must not veto the blocks' own evidence.
+    evidence: dict[str, list[bool]] = {}
+    for p in proposals:
+        if linear_weight(p) and p.source_shape[0] != p.source_shape[1]:
+            transposed = p.transform.name == "transpose"
+            evidence.setdefault(_block_scope(p.source), []).append(transposed)
+            evidence.setdefault("", []).append(transposed)
+    if not any(evidence.get("", [])):
+        return proposals  # no weight needed a transpose: one consistent (out, in) layout
+    out = []
+    for p in proposals:
+        if linear_weight(p) and p.source_shape[0] == p.source_shape[1] and p.transform.is_identity:
+            seen = evidence.get(_block_scope(p.source)) or evidence[""]
+            p = replace(p, transform=_TRANSPOSE if all(seen) else p.transform, confidence="low")
+        out.append(p)
+    return out
+
+
+def _block_scope(key: str) -> str:
+    """Key → its prefix up to and including the first numeric component (``h.0``), or ``""``."""
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ""

@@ -1,0 +1,235 @@
+"""Signals: the per-pair evidence every final pair is scored with, each defined once.
+
+Every pair is scored with the same signals whatever cascade stage found it, so a score
+means the same thing everywhere:
+
+``shape``      1 for equal shapes; less for a transpose or reshape the types do not explain
+               (:func:`weightmapper.engine.shapes.shape_relation`)
+``name``       token similarity of the canonical names plus agreement of layer indices
+``hierarchy``  similarity of the parent module paths, of the module types, and whether the
+               siblings went the same way
+``order``      agreement of the pair's positions in execution/registration order,
+               measured against the anchors the cascade already trusts
+``structure``  how unambiguous the choice was (a unique shape, a whole group aligned, or
+               the margin over the runner-up); set by the stage that made the pair
+
+The combined score is the weighted mean of the signals (weights in
+:class:`weightmapper.settings.ScoreSettings`).
+
+Each signal has two forms side by side in one function: a *matrix* (source keys × target
+keys, for the assignment stage and the notes) and *pairwise* (equal-length lists of pairs,
+for the breakdown of the pairs made). Both share one formula; only how the inputs are
+looked up differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from rapidfuzz import fuzz, process
+
+from weightmapper.engine.names import similarity_matrix
+from weightmapper.engine.primitives import codes, index_sim, index_sim_one
+from weightmapper.engine.shapes import shape_relation
+from weightmapper.engine.state import MatchState
+
+NAME_MIX = (0.6, 0.15, 0.25)
+"""Weights of IDF token cosine, character similarity and layer-index agreement in ``name``."""
+HIER_MIX = (0.3, 0.4, 0.3)
+"""Weights of parent-path similarity, module-type compatibility and sibling coherence."""
+ORDER_SPREAD = 4.0
+"""``order`` falls from 1 to 0 as the distance to the predicted position grows to 1/4."""
+ANCHOR_MIN_NAME = 0.5
+"""Least ``name`` signal a matched pair needs to serve as an anchor of the ``order`` signal."""
+
+
+# --- the signals ----------------------------------------------------------------------------
+def name_signal(
+    st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray, *, matrix: bool
+) -> np.ndarray:
+    """Source keys, target keys → ``name``: a matrix (rows × cols) or one value per pair."""
+    s, t = st.s, st.t
+    s_tokens = [s.tokens[i] for i in rows_s]
+    t_tokens = [t.tokens[j] for j in cols_t]
+    s_ik = [s.group_index_key[g] for g in s.group[rows_s]]
+    t_ik = [t.group_index_key[g] for g in t.group[cols_t]]
+    if matrix:
+        cos = st.key_space.matrix(rows_s, cols_t)
+        fz = similarity_matrix(s_tokens, t_tokens)
+        idx = index_sim(s_ik, t_ik)
+    else:
+        cos = st.key_space.pairwise(rows_s, cols_t)
+        fz = np.asarray(process.cpdist(s_tokens, t_tokens, scorer=fuzz.ratio), np.float64) / 100.0
+        idx = np.array([index_sim_one(a, b) for a, b in zip(s_ik, t_ik, strict=True)])
+    return NAME_MIX[0] * cos + NAME_MIX[1] * fz + NAME_MIX[2] * idx
+
+
+def hierarchy_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool) -> np.ndarray:
+    """Source groups, target groups → ``hierarchy``: a matrix or one value per pair."""
+    if matrix:
+        parent = st.parent_space.matrix(gs, gt)
+        gs, gt = gs[:, None], gt[None, :]
+    else:
+        parent = st.parent_space.pairwise(gs, gt)
+    parent[st.s_parent_empty[gs] & st.t_parent_empty[gt]] = 1.0  # two roots
+    fam = st.fam_table[st.s_fam[gs], st.t_fam[gt]]
+    coherent = coherence(st, gs, gt)
+    return HIER_MIX[0] * parent + HIER_MIX[1] * fam + HIER_MIX[2] * coherent
+
+
+def order_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool) -> np.ndarray:
+    """Source groups, target groups → ``order``: a matrix or one value per pair."""
+    if matrix:
+        gs, gt = gs[:, None], gt[None, :]
+    pred = predict_position(st, st.s.group_pos[gs])
+    return 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - st.t.group_pos[gt]))
+
+
+def shape_signal(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
+    """Source keys × target keys → ``shape`` matrix, -1 where the shapes cannot relate.
+
+    The pairwise form is the score of each pair's recorded ShapeRelation
+    (:meth:`MatchState.compat`), which the same :func:`shape_relation` computes.
+    """
+    s, t = st.s, st.t
+    gs, gt = s.group[rows_s], t.group[cols_t]
+    # Shape relations depend only on (shape, type) pairs: compute each distinct one once.
+    s_codes, s_uni = codes([(s.shape[i], s.group_type[g]) for i, g in zip(rows_s, gs, strict=True)])
+    t_codes, t_uni = codes([(t.shape[j], t.group_type[g]) for j, g in zip(cols_t, gt, strict=True)])
+    rel_score = np.zeros((len(s_uni), len(t_uni)), dtype=np.float32)
+    for a, (sh_a, ty_a) in enumerate(s_uni):
+        for b, (sh_b, ty_b) in enumerate(t_uni):
+            rel = shape_relation(sh_a, sh_b, ty_a, ty_b, st.tol)
+            rel_score[a, b] = rel.score if rel is not None else -1.0
+    return rel_score[s_codes[:, None], t_codes[None, :]]
+
+
+# --- all signals at once --------------------------------------------------------------------
+def signal_matrices(
+    st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Source keys rows_s × target keys cols_t → (signal matrices, blocked mask)."""
+    gs, gt = st.s.group[rows_s], st.t.group[cols_t]
+    shape = shape_signal(st, rows_s, cols_t)
+    blocked = st.fam_table[st.s_fam[gs][:, None], st.t_fam[gt][None, :]] <= 0
+    blocked |= shape < 0
+    blocked |= st.s_stat[rows_s][:, None] != st.t_stat[cols_t][None, :]
+    both_strict = st.s_strict_role[rows_s][:, None] & st.t_strict_role[cols_t][None, :]
+    blocked |= both_strict & (st.s_role[rows_s][:, None] != st.t_role[cols_t][None, :])
+    if st.has_incompatible:
+        blocked |= st.blocked_by_user(rows_s, cols_t)
+    sig = {
+        "shape": np.maximum(shape, 0.0),
+        "name": name_signal(st, rows_s, cols_t, matrix=True),
+        "hierarchy": hierarchy_signal(st, gs, gt, matrix=True),
+        "order": order_signal(st, gs, gt, matrix=True),
+    }
+    return sig, blocked
+
+
+def pair_signals(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> list[dict[str, float]]:
+    """Equal-length source and target key numbers → each pair's name, hierarchy and order."""
+    if not len(rows_s):
+        return []
+    gs, gt = st.s.group[rows_s], st.t.group[cols_t]
+    name = name_signal(st, rows_s, cols_t, matrix=False)
+    hierarchy = hierarchy_signal(st, gs, gt, matrix=False)
+    order = order_signal(st, gs, gt, matrix=False)
+    return [
+        {"name": float(a), "hierarchy": float(b), "order": float(c)}
+        for a, b, c in zip(name, hierarchy, order, strict=True)
+    ]
+
+
+def score_matrix(st: MatchState, sig: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Signal matrices → combined score matrix without ``structure`` (no stage has set it yet)."""
+    w = {k: v for k, v in st.weights.items() if k != "structure"}
+    if sum(w.values()) <= 0:
+        w = {"shape": 1.0}
+    return combine_matrix(sig, w)
+
+
+def combine(breakdown: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """Per-signal scores + weights → weighted mean in [0, 1]."""
+    total = sum(weights.values())
+    s = sum(weights[k] * float(breakdown.get(k, 0.0)) for k in weights)
+    return float(min(1.0, max(0.0, s / total))) if total > 0 else 0.0
+
+
+def combine_matrix(signals: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """Per-signal score matrices + weights → weighted-mean matrix."""
+    total = sum(weights.values())
+    out: np.ndarray | None = None
+    for k, w in weights.items():
+        if w == 0 or k not in signals:
+            continue
+        term = w * signals[k]
+        out = term if out is None else out + term
+    if out is None:
+        shape = next(iter(signals.values())).shape
+        return np.zeros(shape, dtype=np.float32)
+    return (out / total).astype(np.float32)
+
+
+# --- evidence the order and hierarchy signals read ------------------------------------------
+def update_anchors(st: MatchState) -> None:
+    """Matched groups → a monotone map from source position to expected target position.
+
+    Only pairs whose names agree serve as anchors (when there are enough of them), so a
+    pair matched on shape alone never vouches for its own position.
+    """
+    rows = np.nonzero(st.s_match >= 0)[0]
+    if not len(rows):
+        return
+    cols = st.s_match[rows]
+    trusted = name_signal(st, rows, cols, matrix=False) >= ANCHOR_MIN_NAME
+    if trusted.sum() >= 2:
+        rows, cols = rows[trusted], cols[trusted]
+    x = st.s.group_pos[st.s.group[rows]]
+    y = st.t.group_pos[st.t.group[cols]]
+    ux, inv = np.unique(x, return_inverse=True)
+    uy = np.bincount(inv, weights=y) / np.bincount(inv)
+    uy = np.maximum.accumulate(uy)  # execution order is monotone: keep the map so
+    st.anchor_x, st.anchor_y = ux, uy
+
+
+def predict_position(st: MatchState, pos: np.ndarray) -> np.ndarray:
+    """Source positions → expected target positions, interpolated between anchors.
+
+    Beyond the first and last anchor the map continues with slope 1 (what lies past the
+    last shared module keeps its distance to it) rather than collapsing onto it.
+    """
+    x, y = st.anchor_x, st.anchor_y
+    pred = np.interp(pos, x, y)
+    pred = np.where(pos < x[0], y[0] + (pos - x[0]), pred)
+    pred = np.where(pos > x[-1], y[-1] + (pos - x[-1]), pred)
+    return np.clip(pred, 0.0, 1.0)
+
+
+def update_coherence(st: MatchState) -> None:
+    """Matched groups → how many go from each source parent module to each target parent."""
+    partner = st.group_partners()
+    st.partner = partner
+    matched = np.nonzero(partner >= 0)[0]
+    if not len(matched):
+        st.coh_keys = np.zeros(0, dtype=np.int64)
+        st.coh_vals = np.zeros(0, dtype=np.int64)
+        return
+    m = int(st.t_parent_id.max()) + 1
+    keys = st.s_parent_id[matched] * m + st.t_parent_id[partner[matched]]
+    st.coh_keys, st.coh_vals = np.unique(keys, return_counts=True)
+
+
+def coherence(st: MatchState, gs: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Source × target groups (broadcastable) → 1 where other children of the source's
+    parent went to children of the target's parent (siblings stay siblings), else 0."""
+    gs_b, gt_b = np.broadcast_arrays(gs, gt)
+    if not len(st.coh_keys):
+        return np.zeros(gs_b.shape, dtype=np.float32)
+    m = int(st.t_parent_id.max()) + 1
+    q = st.s_parent_id[gs_b] * m + st.t_parent_id[gt_b]
+    pos = np.clip(np.searchsorted(st.coh_keys, q), 0, len(st.coh_keys) - 1)
+    n = np.where(st.coh_keys[pos] == q, st.coh_vals[pos], 0)
+    n = n - (st.partner[gs_b] == gt_b)  # the pair itself does not vouch for itself
+    return (n > 0).astype(np.float32)

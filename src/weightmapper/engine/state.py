@@ -1,0 +1,203 @@
+"""MatchState: the state of one matching run, passed explicitly to every stage of the cascade.
+
+It holds the two prepared Sides (never changed once built), the per-key and per-group
+arrays the stages look up, and what the stages have decided so far (who is matched to
+whom, by which stage, with what structure score). Stages read it and record pairs with
+:meth:`MatchState.pair`; nothing else writes it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+
+from weightmapper.engine.families import (
+    STRICT_ROLES,
+    allowed_pairs,
+    blocked_by_user,
+    incompatible_masks,
+    incompatible_token_pairs,
+    type_compat,
+)
+from weightmapper.engine.names import TokenSpace
+from weightmapper.engine.shapes import ShapeRelation, cached_relation, shape_bucket
+from weightmapper.engine.side import Side, drop_tokens, side_specific_tokens
+from weightmapper.settings import ScoreSettings
+from weightmapper.transforms import IDENTITY
+
+Record = tuple[ShapeRelation, str, bool, float, int]
+"""What is recorded for a matched source key: (relation, stage, group flag, structure,
+follows-source-key or -1)."""
+
+
+class MatchState:
+    """Two Sides + settings → matching state; the stages of :mod:`.cascade` fill it."""
+
+    def __init__(self, src: Side, tgt: Side, settings: ScoreSettings) -> None:
+        self.settings = settings
+        self.weights = dict(settings.weights or {})
+        self.tol = settings.shape_tolerance
+        self.mode = settings.buffer_matching_mode
+        if self.tol > 0:
+            src = replace(src, bucket=[shape_bucket(s, self.tol) for s in src.shape])
+            tgt = replace(tgt, bucket=[shape_bucket(s, self.tol) for s in tgt.shape])
+        # --- per key and per group, fixed for the run ----------------------------------------
+        self.s_scorable = np.array([self.mode != "exclude" or not b for b in src.stat_buffer], bool)
+        self.t_scorable = np.array([self.mode != "exclude" or not b for b in tgt.stat_buffer], bool)
+        fams = sorted({f or "" for f in src.group_family + tgt.group_family})
+        fam_code = {f: i for i, f in enumerate(fams)}
+        self.fam_table = np.array(
+            [[type_compat(a or None, b or None) for b in fams] for a in fams], dtype=np.float32
+        )
+        """Family code × family code → compatibility (0: may never pair)."""
+        self.s_fam = np.array([fam_code[f or ""] for f in src.group_family], np.int64)
+        self.t_fam = np.array([fam_code[f or ""] for f in tgt.group_family], np.int64)
+        roles = sorted(set(src.role) | set(tgt.role))
+        rcode = {r: i for i, r in enumerate(roles)}
+        self.s_role = np.array([rcode[r] for r in src.role], np.int64)
+        self.t_role = np.array([rcode[r] for r in tgt.role], np.int64)
+        self.s_strict_role = np.array([r in STRICT_ROLES for r in src.role], bool)
+        self.t_strict_role = np.array([r in STRICT_ROLES for r in tgt.role], bool)
+        self.s_stat = np.array(src.stat_buffer, bool)
+        self.t_stat = np.array(tgt.stat_buffer, bool)
+        # Parents and component families are judged on the full names, before wrapper
+        # tokens are dropped.
+        s_parent = [_parent_tokens(g, src) for g in range(len(src.group_paths))]
+        t_parent = [_parent_tokens(g, tgt) for g in range(len(tgt.group_paths))]
+        pairs = incompatible_token_pairs(settings.incompatible_pairs)
+        self.has_incompatible = bool(pairs)
+        self.inc_s = incompatible_masks(src, pairs)
+        self.inc_t = incompatible_masks(tgt, pairs)
+        drop_s, drop_t = side_specific_tokens(src, tgt)
+        self.s: Side = drop_tokens(src, drop_s)
+        self.t: Side = drop_tokens(tgt, drop_t)
+        self.key_space = TokenSpace(self.s.tokens, self.t.tokens)
+        self.group_space = TokenSpace(self.s.group_tokens, self.t.group_tokens)
+        self.parent_space = TokenSpace(s_parent, t_parent)
+        self.s_parent_empty = np.array([not p for p in s_parent], bool)
+        self.t_parent_empty = np.array([not p for p in t_parent], bool)
+        self.s_parent_id = _parent_ids(src.group_paths)
+        self.t_parent_id = _parent_ids(tgt.group_paths)
+        self.bucket_counts = (Counter(self.s.bucket), Counter(self.t.bucket))
+        # --- decided so far ------------------------------------------------------------------
+        self.s_match = np.full(len(src), -1, dtype=np.int64)
+        self.t_match = np.full(len(tgt), -1, dtype=np.int64)
+        self.rec: dict[int, Record] = {}
+        """Matched source key → its Record."""
+        # Evidence the order and hierarchy signals read, refreshed from the matches so far
+        # (see signals.update_anchors and signals.update_coherence).
+        self.anchor_x = np.array([0.0, 1.0])
+        self.anchor_y = np.array([0.0, 1.0])
+        self.partner = np.full(len(src.group_paths), -1, dtype=np.int64)
+        self.coh_keys = np.zeros(0, dtype=np.int64)
+        self.coh_vals = np.zeros(0, dtype=np.int64)
+
+    # --- recording ---------------------------------------------------------------------------
+    def pair(
+        self, i: int, j: int, rel: ShapeRelation, stage: str, group: bool, structure: float,
+        follows: int = -1,
+    ) -> None:  # fmt: skip
+        """Record source key i ↔ target key j."""
+        self.s_match[i] = j
+        self.t_match[j] = i
+        self.rec[i] = (rel, stage, group, structure, follows)
+
+    def stage_counts(self) -> dict[str, int]:
+        """Stage name → number of pairs it settled."""
+        return dict(sorted(Counter(r[1] for r in self.rec.values()).items()))
+
+    # --- may these pair? ---------------------------------------------------------------------
+    def compat(self, i: int, j: int, *, exact_shape: bool = False) -> ShapeRelation | None:
+        """Source key i, target key j → their ShapeRelation, or None when they may not pair."""
+        s, t = self.s, self.t
+        if self.s_stat[i] != self.t_stat[j]:
+            return None
+        if self.s_strict_role[i] and self.t_strict_role[j] and self.s_role[i] != self.t_role[j]:
+            return None
+        gs, gt = s.group[i], t.group[j]
+        if self.fam_table[self.s_fam[gs], self.t_fam[gt]] <= 0:
+            return None
+        if self.has_incompatible and self.blocked_by_user(np.array([i]), np.array([j]))[0, 0]:
+            return None
+        if exact_shape:
+            return ShapeRelation(IDENTITY, 1.0) if s.shape[i] == t.shape[j] else None
+        return cached_relation(s.shape[i], t.shape[j], s.group_type[gs], t.group_type[gt], self.tol)
+
+    def compat_many(self, rows_s: np.ndarray, cols_t: np.ndarray) -> list[ShapeRelation | None]:
+        """Equal-length source and target key numbers → ShapeRelation (or None) of each pair."""
+        s, t = self.s, self.t
+        gs, gt = s.group[rows_s], t.group[cols_t]
+        ok = self.s_stat[rows_s] == self.t_stat[cols_t]
+        both = self.s_strict_role[rows_s] & self.t_strict_role[cols_t]
+        ok &= ~both | (self.s_role[rows_s] == self.t_role[cols_t])
+        ok &= self.fam_table[self.s_fam[gs], self.t_fam[gt]] > 0
+        ok &= allowed_pairs(self.inc_s, self.inc_t, rows_s, cols_t)
+        out: list[ShapeRelation | None] = []
+        for k, (i, j) in enumerate(zip(rows_s.tolist(), cols_t.tolist(), strict=True)):
+            if not ok[k]:
+                out.append(None)
+                continue
+            out.append(
+                cached_relation(
+                    s.shape[i], t.shape[j], s.group_type[gs[k]], t.group_type[gt[k]], self.tol
+                )
+            )
+        return out
+
+    def blocked_by_user(self, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
+        """Source keys × target keys → bool matrix, True where ``incompatible_pairs`` forbid."""
+        return blocked_by_user(self.inc_s, self.inc_t, rows_s, cols_t)
+
+    # --- groups ------------------------------------------------------------------------------
+    def open_groups(self, which: str) -> list[int]:
+        """``source``/``target`` → its groups with no matched key and a scorable key, in order."""
+        side, match, scorable = self.side(which)
+        n_g = len(side.group_paths)
+        has_match = np.bincount(side.group[match >= 0], minlength=n_g) > 0
+        has_scorable = np.bincount(side.group[scorable], minlength=n_g) > 0
+        return np.nonzero(~has_match & has_scorable)[0].tolist()
+
+    def signature(self, which: str, g: int) -> tuple:
+        """``source``/``target`` + group → sorted (role or ``*``, shape bucket) of its scorable keys."""
+        side, _match, scorable = self.side(which)
+        strict = self.s_strict_role if which == "source" else self.t_strict_role
+        items = []
+        for k in side.group_keys[g]:
+            if not scorable[k]:
+                continue
+            role = side.role[k] if strict[k] else "*"
+            items.append((role, side.bucket[k]))
+        return tuple(sorted(items))
+
+    def side(self, which: str) -> tuple[Side, np.ndarray, np.ndarray]:
+        """``source``/``target`` → (its Side, its match array, its scorable mask)."""
+        if which == "source":
+            return self.s, self.s_match, self.s_scorable
+        return self.t, self.t_match, self.t_scorable
+
+    def families_fit(self, gs: int, gt: int) -> bool:
+        """Source group, target group → True when their module families may exchange tensors."""
+        return bool(self.fam_table[self.s_fam[gs], self.t_fam[gt]] > 0)
+
+    def group_partners(self) -> np.ndarray:
+        """Source group → the target group of its first matched key, or -1."""
+        partner = np.full(len(self.s.group_paths), -1, dtype=np.int64)
+        rows = np.nonzero(self.s_match >= 0)[0]
+        if len(rows):
+            gs_all = self.s.group[rows]
+            gt_all = self.t.group[self.s_match[rows]]
+            first = np.unique(gs_all, return_index=True)[1]
+            partner[gs_all[first]] = gt_all[first]
+        return partner
+
+
+def _parent_ids(paths: list[str]) -> np.ndarray:
+    codes: dict[str, int] = {}
+    return np.array([codes.setdefault(p.rpartition(".")[0], len(codes)) for p in paths], np.int64)
+
+
+def _parent_tokens(g: int, side: Side) -> str:
+    toks = side.group_tokens[g].split()
+    return " ".join(toks[:-1])
