@@ -13,8 +13,10 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import logging
+import math
 import pickle
 import pickletools
+import re
 import warnings
 import zipfile
 import zlib
@@ -66,6 +68,11 @@ class PickleScan:
     """Every ``module.name`` the pickle refers to."""
     unsafe: tuple[str, ...] = ()
     """The globals outside torch's weights_only allow list, sorted."""
+    members: tuple[str, ...] = ()
+    """Zip archives: the members whose pickles name an unsafe global, as stored."""
+    bombs: tuple[str, ...] = ()
+    """Allocations the pickle would make beyond its budget (see ``MAX_CALL_ALLOCATION``);
+    a file with any is never loaded, trusted or not."""
 
     @property
     def is_safe(self) -> bool:
@@ -108,21 +115,28 @@ def sniff_pickle_kind(path: Path) -> str:
 def scan_file(path: Path) -> PickleScan:
     """Checkpoint file → PickleScan listing the globals its pickle(s) name; imports nothing.
 
-    Raises CheckpointFormatError when the file is truncated or not a torch checkpoint.
+    Zip members are matched as torch matches them (case-insensitively), every pickle
+    member is scanned, and what the pickles would allocate is bounded (allocating calls,
+    storage sizes against their records or the file, inflation of compressed members).
+    Raises CheckpointFormatError when the file is truncated, not a torch checkpoint, or
+    would allocate beyond its budget (unless it also names unsafe globals: then the scan
+    is returned and refused as unsafe).
     """
     kind = sniff_pickle_kind(path)
     found: set[str] = set()  # filled as the scan goes, so a broken tail keeps what was seen
+    size = path.stat().st_size
+    budget = _Budget(file_bytes=size)
+    members: list[str] = []
     try:
         if kind == "zip":
-            kind = _scan_zip(path, found)
+            kind = _scan_zip(path, found, budget, members)
         else:
-            size = path.stat().st_size
             with open(path, "rb") as raw:
                 f = _BoundedReader(raw, size)
                 for _ in range(_LEGACY_PICKLES):
                     if f.tell() >= size:  # a plain pickle: fewer pickles than torch writes
                         break
-                    scan_pickle_stream(f, into=found)  # type: ignore[arg-type]
+                    scan_pickle_stream(f, into=found, budget=budget)  # type: ignore[arg-type]
     except CheckpointFormatError:
         raise
     # zipfile raises RuntimeError (encrypted member), NotImplementedError (unknown
@@ -139,12 +153,33 @@ def scan_file(path: Path) -> PickleScan:
     ) as e:
         unsafe = _unsafe(found)
         if unsafe:  # what was readable already names code to run: say that first
-            raise unsafe_error([PickleScan(path, kind, frozenset(found), unsafe)]) from e
+            scan = PickleScan(path, kind, frozenset(found), unsafe, tuple(members))
+            raise unsafe_error([scan]) from e
         raise CheckpointFormatError(
             f"{path} is truncated or corrupt: its pickle could not be read ({e}). Expected a "
             "complete torch checkpoint; re-download or re-save the file."
         ) from e
-    return PickleScan(path=path, kind=kind, globals=frozenset(found), unsafe=_unsafe(found))
+    scan = PickleScan(
+        path=path,
+        kind=kind,
+        globals=frozenset(found),
+        unsafe=_unsafe(found),
+        members=tuple(members),
+        bombs=tuple(budget.problems[:10]),
+    )
+    if scan.bombs and not scan.unsafe:
+        raise bomb_error(scan)
+    return scan
+
+
+def bomb_error(scan: PickleScan) -> CheckpointFormatError:
+    """A scan with allocations beyond its budget → the error refusing to load it."""
+    return CheckpointFormatError(
+        f"{scan.path} would make torch allocate far more memory than the file holds: "
+        f"{'; '.join(scan.bombs[:3])}. Expected storages no larger than their data in the file "
+        "and no allocating calls with sizes; the file is corrupt or hostile and is not loaded "
+        "(not even with --trust-pickle). Re-save the weights from a trusted copy."
+    )
 
 
 def _unsafe(found: set[str]) -> tuple[str, ...]:
@@ -152,47 +187,214 @@ def _unsafe(found: set[str]) -> tuple[str, ...]:
     return tuple(sorted(g for g in found if g not in allowed))
 
 
-def scan_pickle_stream(stream: BinaryIO | bytes, *, into: set[str] | None = None) -> set[str]:
+@dataclass(frozen=True)
+class _Global:
+    """A global pushed on the modelled stack (``module.name``)."""
+
+    name: str
+
+
+_MARK = object()  # MARK on the modelled stack
+_UNKNOWN = None  # any value the model does not track
+_MAX_STACK = 100_000  # deeper stacks keep their top only: that is where calls happen
+_BYTE_ALLOCATORS = frozenset({"builtins.bytearray", "builtins.bytes"})
+_LEGACY_TENSOR = re.compile(r"^torch\.(?:cuda\.|sparse\.|cuda\.sparse\.)?[A-Za-z0-9]+Tensor$")
+_STORAGE = re.compile(r"^torch\.(?:cuda\.|storage\.)?([A-Za-z0-9]*)Storage$")
+
+
+@dataclass
+class _Budget:
+    """What one file's pickles may allocate: calls to allocators, storages by size."""
+
+    file_bytes: int
+    """Bytes of the file (legacy storages are read from it, so they cannot exceed it)."""
+    records: dict[str, int] | None = None
+    """Zip format: storage key → bytes of its ``data/KEY`` record."""
+    storage_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def call_limit(self) -> int:
+        """Largest allocation a call in the pickle may ask for (bytes)."""
+        return min(max(self.file_bytes, 1 << 20), MAX_CALL_ALLOCATION)
+
+
+MAX_CALL_ALLOCATION = 256 << 20
+"""Bytes one allocating call in a pickle (``bytearray(n)``, ``torch.FloatStorage(n)``, a
+legacy ``torch.FloatTensor(n, m)``) may request, and never more than the file's own size
+(at least 1 MiB): torch's own files never make such calls with a size, they read storages."""
+MAX_INFLATION = 64
+"""A compressed zip member may inflate to at most this many times its stored size (+1 MiB):
+torch writes members uncompressed, so more is a decompression bomb."""
+
+
+def scan_pickle_stream(
+    stream: BinaryIO | bytes, *, into: set[str] | None = None, budget: _Budget | None = None
+) -> set[str]:
     """One pickle (bytes or a file positioned at its start) → the globals it names.
 
     Handles GLOBAL, INST and STACK_GLOBAL. A STACK_GLOBAL whose operands are not string
     constants is reported as ``UNRESOLVED`` so that it is refused rather than missed.
     Stops after the pickle's STOP opcode, leaving a file positioned just past it. With
     ``into``, globals are added to that set as they are met (kept if the stream breaks).
+    With ``budget``, what the pickle would allocate when loaded (allocating calls with
+    constant sizes, storages by their element count) is checked against it and every excess
+    is added to ``budget.problems``. Nothing is built and nothing is imported: the stack is
+    modelled with constants, tuples of them and globals; every other value is unknown.
     """
     if isinstance(stream, bytes | bytearray):
         stream = io.BytesIO(stream)
     found: set[str] = set() if into is None else into
-    pushed: list[str | None] = []  # last values pushed; strings kept, anything else None
-    memo: dict[int, str | None] = {}
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
     for op, arg, _pos in pickletools.genops(stream):
         name = op.name
         if name in ("GLOBAL", "INST"):
             module, _, attr = str(arg).partition(" ")
-            found.add(_qualified(module, attr))
-            pushed.append(None)
+            g = _Global(_qualified(module, attr))
+            found.add(g.name)
+            if name == "INST":
+                _call(g, tuple(_pop_mark(stack)), budget)
+            stack.append(g)
         elif name == "STACK_GLOBAL":
-            if len(pushed) >= 2 and isinstance(pushed[-2], str) and isinstance(pushed[-1], str):
-                found.add(_qualified(pushed[-2], pushed[-1]))
+            attr_, module_ = (stack.pop() if stack else None), (stack.pop() if stack else None)
+            if isinstance(module_, str) and isinstance(attr_, str):
+                g = _Global(_qualified(module_, attr_))
             else:
-                found.add(UNRESOLVED)
-            del pushed[-2:]
-            pushed.append(None)
-        elif name in _STRING_OPS:
-            pushed.append(arg if isinstance(arg, str) else None)
+                g = _Global(UNRESOLVED)
+            found.add(g.name)
+            stack.append(g)
+        elif name in _STRING_OPS or name in _INT_OPS:
+            stack.append(arg if isinstance(arg, str | int) else _UNKNOWN)
+        elif name == "MARK":
+            stack.append(_MARK)
+        elif name == "TUPLE":
+            stack.append(tuple(_pop_mark(stack)))
+        elif name in _TUPLE_N:
+            n = _TUPLE_N[name]
+            items = stack[len(stack) - n :] if n else []
+            del stack[len(stack) - n :]
+            stack.append(tuple(items))
+        elif name in ("REDUCE", "NEWOBJ"):
+            args = stack.pop() if stack else None
+            fn = stack.pop() if stack else None
+            _call(fn, args, budget)
+            stack.append(_UNKNOWN)
+        elif name == "OBJ":
+            items = _pop_mark(stack)
+            _call(items[0] if items else None, tuple(items[1:]), budget)
+            stack.append(_UNKNOWN)
+        elif name == "BINPERSID":
+            pid = stack.pop() if stack else None
+            if budget is not None:
+                _persistent(pid, budget)
+            stack.append(_UNKNOWN)
         elif name in _PUT_OPS:
-            memo[int(arg)] = pushed[-1] if pushed else None
+            _memo_put(memo, int(arg), stack[-1] if stack else None)
         elif name == "MEMOIZE":
-            memo[len(memo)] = pushed[-1] if pushed else None
+            _memo_put(memo, len(memo), stack[-1] if stack else None)
         elif name in _GET_OPS:
-            pushed.append(memo.get(int(arg)))
-        elif name == "POP" and pushed:
-            pushed.pop()
+            stack.append(memo.get(int(arg)))
+        elif name == "DUP":
+            stack.append(stack[-1] if stack else None)
+        elif name == "STOP":
+            break
         elif name not in _NEUTRAL_OPS:
-            pushed.append(None)
-        if len(pushed) > 64:  # only the top of the stack matters
-            del pushed[:-8]
+            _generic(op, stack)
+        if len(stack) > _MAX_STACK:
+            del stack[: _MAX_STACK // 2]
     return found
+
+
+_INT_OPS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"})
+_TUPLE_N = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+_MAX_MEMO = 1_000_000
+
+
+def _memo_put(memo: dict[int, Any], key: int, value: Any) -> None:
+    # a memo index is any integer the file chooses: keep the model's memo bounded
+    if key in memo or len(memo) < _MAX_MEMO:
+        memo[key] = value
+
+
+def _pop_mark(stack: list[Any]) -> list[Any]:
+    """Modelled stack → the items above its last MARK (MARK removed); all of it if none."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is _MARK:
+            items = stack[i + 1 :]
+            del stack[i:]
+            return items
+    items = stack[:]
+    stack.clear()
+    return items
+
+
+def _generic(op: pickletools.OpcodeInfo, stack: list[Any]) -> None:
+    """Any other opcode: pop what it consumes, push unknowns for what it produces."""
+    before = [s.name for s in op.stack_before]
+    if "mark" in before:
+        _pop_mark(stack)
+        n = before.index("mark")
+    else:
+        n = len(before)
+    if n:
+        del stack[max(0, len(stack) - n) :]
+    stack.extend([_UNKNOWN] * len(op.stack_after))
+
+
+def _call(fn: Any, args: Any, budget: _Budget | None) -> None:
+    """A modelled call → its allocation checked against the budget (when it is an allocator)."""
+    if budget is None or not isinstance(fn, _Global) or not isinstance(args, tuple):
+        return
+    ints = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+    size: int | None = None
+    if fn.name in _BYTE_ALLOCATORS and ints:
+        size = ints[0]
+    elif (m := _STORAGE.match(fn.name)) and ints:
+        size = ints[0] * _element_bytes(m.group(1))
+    elif _LEGACY_TENSOR.match(fn.name) and ints:
+        size = math.prod(abs(i) for i in ints) * 8
+    if size is not None and size > budget.call_limit:
+        budget.problems.append(
+            f"{fn.name}({', '.join(str(i) for i in ints[:4])}) would allocate {size:,} bytes "
+            f"(at most {budget.call_limit:,} allowed for a {budget.file_bytes:,}-byte file)"
+        )
+
+
+def _persistent(pid: Any, budget: _Budget) -> None:
+    """torch's ``('storage', type, key, location, numel)`` → its bytes checked against the file."""
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+        return
+    storage_type, key, numel = pid[1], pid[2], pid[4]
+    if not isinstance(numel, int):
+        return
+    m = _STORAGE.match(storage_type.name) if isinstance(storage_type, _Global) else None
+    nbytes = numel * _element_bytes(m.group(1) if m else "")
+    if budget.records is not None:
+        have = budget.records.get(str(key))
+        if have is not None and nbytes > have:
+            budget.problems.append(
+                f"storage {key!r} claims {numel:,} elements ({nbytes:,} bytes) but its record "
+                f"holds {have:,} bytes"
+            )
+        return
+    budget.storage_bytes += max(nbytes, 0)
+    if budget.storage_bytes > budget.file_bytes:
+        budget.problems.append(
+            f"storages claim {budget.storage_bytes:,} bytes (storage {key!r}: {numel:,} "
+            f"elements) in a {budget.file_bytes:,}-byte file"
+        )
+
+
+_ELEMENT_BYTES = {
+    "Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2,
+    "Char": 1, "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "Untyped": 1,
+    "Typed": 1, "QInt8": 1, "QUInt8": 1, "QInt32": 4, "QUInt4x2": 1, "QUInt2x4": 1,
+}  # fmt: skip
+
+
+def _element_bytes(kind: str) -> int:
+    return _ELEMENT_BYTES.get(kind, 1)
 
 
 def load_torch_file(
@@ -212,6 +414,8 @@ def load_torch_file(
         return _load_torchscript(path, scan, trusted=trusted), scan
     if scan.unsafe and not trusted:
         raise unsafe_error([scan])
+    if scan.bombs:
+        raise bomb_error(scan)
     if scan.unsafe:
         logger.warning("%s: loading with trusted=True despite globals %s", path, list(scan.unsafe))
     try:
@@ -254,7 +458,10 @@ def unsafe_error(scans: Iterable[PickleScan]) -> UnsafeCheckpointError:
     """Scans with unsafe globals → one UnsafeCheckpointError naming every global and file."""
     scans = [s for s in scans if s.unsafe]
     names = sorted({g for s in scans for g in s.unsafe})
-    files = ", ".join(str(s.path) for s in scans[:5]) + (" ..." if len(scans) > 5 else "")
+    files = ", ".join(
+        str(s.path) + (f" (member {', '.join(s.members[:3])})" if s.members else "")
+        for s in scans[:5]
+    ) + (" ..." if len(scans) > 5 else "")
     return UnsafeCheckpointError(
         f"refusing to load {files}: its pickle refers to globals outside torch's weights_only "
         f"safe list ({', '.join(names)}); loading it could run arbitrary code. Expected only "
@@ -288,7 +495,8 @@ class _BoundedReader:
         return self._f.tell()
 
 
-def _scan_zip(path: Path, found: set[str]) -> str:
+def _scan_zip(path: Path, found: set[str], budget: _Budget, unsafe_members: list[str]) -> str:
+    allowed = allowed_globals()
     with zipfile.ZipFile(path) as zf:
         members = zf.infolist()
         names = [m.filename for m in members]
@@ -298,18 +506,44 @@ def _scan_zip(path: Path, found: set[str]) -> str:
                 "Expected a file written by torch.save."
             )
         kind = "torchscript" if any(_is_pickle_member(n, "constants.pkl") for n in names) else "zip"
-        # every member is read by its own entry, so a duplicated name cannot hide one copy
+        for m in members:
+            if m.compress_type != zipfile.ZIP_STORED and m.file_size > (
+                MAX_INFLATION * m.compress_size + (1 << 20)
+            ):
+                budget.problems.append(
+                    f"member {m.filename} inflates from {m.compress_size:,} to {m.file_size:,} "
+                    "bytes (a decompression bomb)"
+                )
+        if budget.problems:
+            return kind
+        budget.records = {}
+        for m in members:
+            parts = m.filename.replace("\\", "/").split("/")
+            if len(parts) >= 2 and parts[-2].lower() == "data":
+                budget.records[parts[-1]] = m.file_size
+        # Every member whose name ends in .pkl in any letter case is scanned, each by its own
+        # entry: torch finds records case-insensitively, and a duplicated name cannot hide a
+        # copy. A pickle is read as a stream up to its STOP; padding after it is never read.
         for member in members:
-            if any(_is_pickle_member(member.filename, p) for p in _PICKLE_MEMBERS[kind]):
+            if not member.filename.lower().endswith(".pkl"):
+                continue
+            seen: set[str] = set()
+            try:
                 with zf.open(member) as f:
-                    scan_pickle_stream(f.read(), into=found)
+                    scan_pickle_stream(
+                        _BoundedReader(f, member.file_size),  # type: ignore[arg-type]
+                        into=seen,
+                        budget=budget,
+                    )
+            finally:
+                found |= seen
+                if seen - allowed:
+                    unsafe_members.append(member.filename)
     return kind
 
 
-_PICKLE_MEMBERS = {"zip": ("data.pkl",), "torchscript": ("data.pkl", "constants.pkl")}
-
-
 def _is_pickle_member(name: str, base: str) -> bool:
+    name = name.lower()
     return name == base or name.endswith("/" + base)
 
 
