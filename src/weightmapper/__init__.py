@@ -59,7 +59,7 @@ _LAZY: dict[str, str] = {
     "propose_multi": "weightmapper.engine",
     "convert_checkpoint": "weightmapper.convert",
     "ConvertReport": "weightmapper.convert",
-    "load_converted": "weightmapper.convert",
+    "load_converted": "weightmapper.safetensors_io",
     # proof
     "validate_state_dict": "weightmapper.validate",
     "ValidationResult": "weightmapper.validate",

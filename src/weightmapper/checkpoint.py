@@ -9,14 +9,13 @@ loading and refused when they would import code (see ``weightmapper.pickle_safet
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
+import stat
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -24,9 +23,11 @@ from typing import Any, Protocol
 import torch
 from safetensors import safe_open
 
+from weightmapper.bounded_json import loads_bounded
 from weightmapper.errors import CheckpointFormatError, CheckpointNotFoundError
 from weightmapper.hashing import checkpoint_sha256
 from weightmapper.pickle_safety import PickleScan, load_torch_file, scan_file, unsafe_error
+from weightmapper.safetensors_io import MAX_HEADER_BYTES, read_header
 from weightmapper.tensor_info import TensorInfo, dtype_name
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ EMA_KEYS: tuple[str, ...] = (
     "ema_model",
 )
 """Keys an EMA copy is commonly nested under; reported, used only when asked for."""
+MAX_INDEX_BYTES = 64 << 20
+"""Largest shard index read (a 100k-tensor index is a few MB)."""
+MAX_NAME_CHARS = 1024
+"""Longest tensor name accepted (real ones stay under 300 characters)."""
+MAX_NAME_PARTS = 64
+"""Most dotted parts in a tensor name (module nesting; real ones stay under 20)."""
 LIGHTNING_MARKERS: tuple[str, ...] = ("pytorch-lightning_version", "lightning_version")
 
 _DEFAULT_NAMES: tuple[str, ...] = (
@@ -69,40 +76,6 @@ _CANDIDATE_GLOBS: tuple[tuple[str, ...], ...] = (
     ("*.safetensors",),
     ("*.bin", "*.pt", "*.pth", "*.ckpt"),
 )
-_SAFETENSORS_DTYPES: dict[str, str] = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U64": "uint64",
-    "U32": "uint32",
-    "U16": "uint16",
-    "U8": "uint8",
-    "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "F8_E4M3FNUZ": "float8_e4m3fnuz",
-    "F8_E5M2FNUZ": "float8_e5m2fnuz",
-    "F8_E8M0": "float8_e8m0fnu",
-    "F4": "float4_e2m1fn_x2",
-    "C64": "complex64",
-}
-_SAFETENSORS_BITS: dict[str, int] = {
-    **{c: 64 for c in ("F64", "I64", "U64", "C64")},
-    **{c: 32 for c in ("F32", "I32", "U32")},
-    **{c: 16 for c in ("F16", "BF16", "I16", "U16")},
-    **{c: 8 for c in ("I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ")},
-    "F8_E8M0": 8,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-    "F4": 4,
-}
-"""Bits per element of every safetensors dtype code (torch cannot load the F6 ones)."""
-_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
 @dataclass(frozen=True)
@@ -211,6 +184,19 @@ class TensorTable(Mapping[str, TensorInfo]):
         """() → the checkpoint's sha256 (see :func:`weightmapper.hashing.files_sha256`) over
         its data files, each file's digest kept in the hash cache."""
         return checkpoint_sha256(self.files)
+
+    def conversion_problems(
+        self, names: Iterable[str], *, allow_expanded: bool = False
+    ) -> list[str]:
+        """Normalized names → ``"name: why"`` for each that cannot be written as dense data
+        (meta, sparse, quantized; expanded unless ``allow_expanded``), see ``tensor_problem``."""
+        found = self.metadata.get("unconvertible") or {}
+        out = []
+        for n in names:
+            why = found.get(self.original_name(n)) if n in self._entries else None
+            if why and not (allow_expanded and why.startswith("expanded")):
+                out.append(f"{n}: {why}")
+        return out
 
     def unique_names(self) -> list[str]:
         """() → names in checkpoint order, each tied group represented by its first name."""
@@ -349,6 +335,7 @@ def _find_in_directory(d: Path) -> Path:
 
 
 def _sniff(p: Path) -> str:
+    _require_regular(p, "the checkpoint")
     try:
         size = p.stat().st_size
         with open(p, "rb") as f:
@@ -364,7 +351,7 @@ def _sniff(p: Path) -> str:
     # safetensors first: its 8-byte header length may itself start with 0x80.
     if len(head) >= 9 and head[8:9] == b"{" and head[:4] != b"PK\x03\x04":
         (n,) = struct.unpack("<Q", head[:8])
-        if n <= min(size - 8, _MAX_HEADER):
+        if n <= min(size - 8, MAX_HEADER_BYTES):
             return "safetensors"
         raise CheckpointFormatError(
             f"{p} looks like safetensors but its header claims {n} bytes in a {size}-byte file: "
@@ -430,14 +417,12 @@ class _RawCheckpoint:
 
 
 def _read_safetensors_file(path: Path) -> _RawCheckpoint:
-    header, user_meta = _safetensors_header(path)
+    header = read_header(path)
     infos: dict[str, tuple[TensorInfo, str, Path]] = {}
-    file = str(path)
-    for key, spec in header:  # already in file order
-        infos[key] = (_safetensors_info(file, key, spec), key, path)
-    aliases = _aliases_from_metadata(user_meta, infos)
+    for key in header.entries:  # already in file order
+        infos[key] = (header.tensor_info(key), key, path)
     groups: dict[str, list[str]] = {}
-    for alias, kept in aliases.items():
+    for alias, kept in header.aliases().items():
         info = infos[kept][0]
         infos[alias] = (_renamed(info, alias), kept, path)
         groups.setdefault(kept, [kept]).append(alias)
@@ -446,96 +431,9 @@ def _read_safetensors_file(path: Path) -> _RawCheckpoint:
         files=[path],
         infos=infos,
         readers={path: _SafetensorsReader(path)},
-        metadata={"safetensors": dict(user_meta)} if user_meta else {},
+        metadata={"safetensors": dict(header.metadata)} if header.metadata else {},
         tied=[tuple(g) for g in groups.values()],
     )
-
-
-def _safetensors_header(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, str]]:
-    """Safetensors file → ([(name, entry)] in file order, __metadata__); header only.
-
-    Checks what safetensors checks (offsets cover the data exactly, sizes match shapes
-    and dtypes) in one pass, which is much faster than ``safe_open`` on 100k tensors.
-    """
-
-    def bad(why: str) -> CheckpointFormatError:
-        return CheckpointFormatError(
-            f"{path} is not a valid safetensors file: {why}. It may be truncated or corrupt; "
-            "expected a complete safetensors file: re-download or re-save it."
-        )
-
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            if n > min(_MAX_HEADER, size - 8):
-                raise bad(f"its header claims {n} bytes in a {size}-byte file")
-            # A name listed twice loses one entry here; its bytes then leave a gap that the
-            # coverage check below reports.
-            header = json.loads(fh.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        if isinstance(e, CheckpointFormatError):
-            raise
-        raise bad(f"its header cannot be read ({e})") from e
-    if not isinstance(header, dict):
-        raise bad("its header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise bad("__metadata__ is not a string → string map")
-    entries = []
-    for key, spec in header.items():
-        entries.append((key, spec, _checked_offsets(key, spec, bad)))
-    entries.sort(key=lambda e: e[2])
-    expected_start = 0
-    for key, _spec, (start, end) in entries:
-        if start != expected_start:
-            raise bad(f"tensor {key!r} starts at byte {start}, expected {expected_start}")
-        expected_start = end
-    if expected_start != size - 8 - n:
-        raise bad(f"tensor data covers {expected_start} bytes but the file holds {size - 8 - n}")
-    return [(k, spec) for k, spec, _ in entries], meta
-
-
-def _checked_offsets(
-    key: str, spec: Any, bad: Callable[[str], CheckpointFormatError]
-) -> tuple[int, int]:
-    try:
-        start, end = (int(x) for x in spec["data_offsets"])
-        shape = [int(d) for d in spec["shape"]]
-        bits = _SAFETENSORS_BITS[spec["dtype"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise bad(f"the entry for {key!r} is malformed ({str(spec)[:200]})") from e
-    if any(d < 0 for d in shape) or not 0 <= start <= end:
-        raise bad(f"the entry for {key!r} has a negative size or offset")
-    total_bits = math.prod(shape) * bits
-    if total_bits % 8 or end - start != total_bits // 8:
-        raise bad(
-            f"{key!r} is {spec['dtype']} {shape} ({total_bits / 8:g} bytes) but its offsets span "
-            f"{end - start} bytes"
-        )
-    return start, end
-
-
-def _safetensors_info(file: str, key: str, spec: dict[str, Any]) -> TensorInfo:
-    """A validated header entry → TensorInfo with torch's dtype name and shape."""
-    start, end = spec["data_offsets"]
-    shape = tuple(int(d) for d in spec["shape"])
-    code = spec["dtype"]
-    if code == "F4" and shape:
-        # two 4-bit values per byte: torch's float4_e2m1fn_x2 halves the last dimension
-        shape = (*shape[:-1], shape[-1] // 2)
-    return TensorInfo(
-        name=key,
-        shape=shape,
-        dtype=_SAFETENSORS_DTYPES.get(code, str(code).lower()),
-        nbytes=int(end) - int(start),
-        file=file,
-    )
-
-
-def _aliases_from_metadata(meta: Mapping[str, str], infos: Mapping[str, Any]) -> dict[str, str]:
-    """safetensors ``save_model`` convention: metadata {dropped name: kept name} marks a tie."""
-    return {k: v for k, v in meta.items() if k not in infos and v in infos}
 
 
 def _read_pickle_file(
@@ -544,6 +442,9 @@ def _read_pickle_file(
     obj, scan = load_torch_file(path, trusted=trusted, scan=scan)
     state, fmt, metadata = extract_state_dict(obj, nested_key=nested_key, source=path)
     _note_scan(metadata, [scan])
+    problems = {k: why for k, t in state.items() if (why := tensor_problem(t))}
+    if problems:
+        metadata["unconvertible"] = problems
     infos = {k: (_info_from_tensor(k, t, path), k, path) for k, t in state.items()}
     return _RawCheckpoint(
         format=fmt,
@@ -563,15 +464,7 @@ def _read_sharded(index: Path, *, trusted: bool, nested_key: str | None) -> _Raw
             "empty or was not written completely."
         )
     shards = sorted(set(weight_map.values()))
-    files = [index.parent / s for s in shards]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        counts = Counter(weight_map.values())
-        listed = ", ".join(f"{f.name} ({counts[f.name]} tensors)" for f in missing[:10])
-        raise CheckpointNotFoundError(
-            f"{index} names shard(s) that do not exist: {listed}. Expected every shard next to "
-            "the index; download the missing files or fix the index."
-        )
+    files = _checked_shards(index, weight_map)
     kinds = {f: _sniff(f) for f in files}
     if set(kinds.values()) == {"safetensors"}:
         raws = [_read_safetensors_file(f) for f in files]
@@ -617,7 +510,10 @@ def _read_sharded(index: Path, *, trusted: bool, nested_key: str | None) -> _Raw
         metadata["not_in_index"] = extra
     for raw in raws:
         for k, v in raw.metadata.items():
-            metadata.setdefault(k, v)
+            if k == "unconvertible":
+                metadata.setdefault(k, {}).update(v)
+            else:
+                metadata.setdefault(k, v)
     readers = {f: r for raw in raws for f, r in raw.readers.items()}
     return _RawCheckpoint(
         format=fmt,
@@ -644,7 +540,12 @@ def read_shard_index(index: Path) -> tuple[dict[str, str], dict[str, Any]]:
         return dict(pairs)
 
     try:
-        data = json.loads(index.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise CheckpointFormatError(
+                f"{index} is {index.stat().st_size:,} bytes, more than the {MAX_INDEX_BYTES:,} a "
+                "shard index may take; expected a small JSON listing tensors and shards."
+            )
+        data = loads_bounded(index.read_bytes(), object_pairs_hook=no_duplicates)
     except (ValueError, OSError) as e:
         if isinstance(e, CheckpointFormatError):
             raise
@@ -663,6 +564,54 @@ def read_shard_index(index: Path) -> tuple[dict[str, str], dict[str, Any]]:
         _check_shard_path(index, shard)
     meta = data.get("metadata")
     return weight_map, meta if isinstance(meta, dict) else {}
+
+
+def shard_files(index: str | os.PathLike[str]) -> list[Path]:
+    """Shard index JSON → its shard files in name order, each checked to be a regular file
+    inside the index's folder (symlinks to regular files allowed) before anything reads or
+    hashes it. Raises CheckpointNotFoundError or CheckpointFormatError."""
+    index = Path(index)
+    weight_map, _meta = read_shard_index(index)
+    return _checked_shards(index, weight_map)
+
+
+def _checked_shards(index: Path, weight_map: Mapping[str, str]) -> list[Path]:
+    files = [index.parent / s for s in sorted(set(weight_map.values()))]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        counts = Counter(weight_map.values())
+        listed = ", ".join(f"{f.name} ({counts[f.name]} tensors)" for f in missing[:10])
+        raise CheckpointNotFoundError(
+            f"{index} names shard(s) that do not exist: {listed}. Expected every shard next to "
+            "the index; download the missing files or fix the index."
+        )
+    for f in files:
+        _require_regular(f, f"shard {f.name} named by {index}")
+    return files
+
+
+def _require_regular(p: Path, what: str) -> None:
+    """Path → None when it is (a symlink to) a regular file; else CheckpointFormatError.
+
+    Devices, FIFOs and sockets are refused before they are opened: reading ``/dev/zero``
+    never ends and opening a FIFO blocks.
+    """
+    try:
+        mode = p.stat().st_mode
+    except OSError as e:
+        raise CheckpointNotFoundError(f"cannot read {what} ({p}): {e.strerror or e}") from e
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder" if stat.S_ISDIR(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )  # fmt: skip
+        raise CheckpointFormatError(
+            f"{what} is {kind} ({p}); expected a regular checkpoint file. Pass the checkpoint "
+            "file itself, or fix the index."
+        )
 
 
 def _check_shard_path(index: Path, shard: str) -> None:
@@ -774,6 +723,34 @@ def summarize(value: Any, depth: int = 0) -> Any:
     return repr(value)[:200]
 
 
+EXPANSION_ALLOWANCE = 16 << 20
+"""Bytes a stored tensor's logical size may exceed its storage by (a broadcast position-id
+buffer) before converting it needs ``allow_expanded``."""
+
+
+def tensor_problem(t: torch.Tensor) -> str | None:
+    """Unpickled tensor → why it cannot be converted as stored data, or None.
+
+    Meta tensors hold no data; sparse, nested and quantized tensors have no dense bytes to
+    write; an expanded tensor (stride 0, a view wider than its storage) would be written at
+    its logical size, many times what the file holds: that is allowed only when asked for.
+    """
+    if t.device.type == "meta":
+        return "on the meta device: it holds no data"
+    if t.layout != torch.strided:
+        return f"{str(t.layout).removeprefix('torch.')} (not a dense tensor)"
+    if t.is_quantized:
+        return "quantized (no plain dense bytes)"
+    logical = t.numel() * t.element_size()
+    try:
+        stored = t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):
+        return None
+    if logical > stored + EXPANSION_ALLOWANCE:
+        return f"expanded: {logical:,} bytes of data from {stored:,} stored (a stride-0 view)"
+    return None
+
+
 def _info_from_tensor(key: str, t: torch.Tensor, file: Path) -> TensorInfo:
     return TensorInfo(
         name=key,
@@ -818,8 +795,21 @@ def _renamed(info: TensorInfo, name: str) -> TensorInfo:
     )
 
 
+def _check_names(path: Path, names: Iterable[str]) -> None:
+    """Tensor names → None, or CheckpointFormatError for one too long or too deeply dotted."""
+    for name in names:
+        if len(name) > MAX_NAME_CHARS or name.count(".") >= MAX_NAME_PARTS:
+            raise CheckpointFormatError(
+                f"{path} holds a tensor name of {len(name):,} characters and "
+                f"{name.count('.') + 1:,} dotted parts ({name[:60]!r}…); expected at most "
+                f"{MAX_NAME_CHARS} characters and {MAX_NAME_PARTS} parts (module nesting). The "
+                "file is corrupt or hostile; re-save the checkpoint from its model."
+            )
+
+
 def _build_table(path: Path, raw: _RawCheckpoint, *, strip_prefixes: bool) -> TensorTable:
     originals = list(raw.infos)
+    _check_names(path, originals)
     if strip_prefixes:
         names, stripped = strip_wrapper_prefixes(originals)
     else:

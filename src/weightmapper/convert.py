@@ -38,9 +38,9 @@ import torch
 
 from weightmapper._version import __version__
 from weightmapper.atomic import AtomicFiles, sweep_stale_temps
+from weightmapper.bounded_json import loads_bounded
 from weightmapper.errors import (
     CheckpointFormatError,
-    CheckpointNotFoundError,
     MappingError,
     OutputError,
     TransformError,
@@ -48,36 +48,33 @@ from weightmapper.errors import (
 from weightmapper.inventory import natural_key
 from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.result import MappingResult
+from weightmapper.safetensors_io import (
+    ALIASES_KEY,
+    INDEX_SUFFIX,
+    WRITABLE_CODES,
+    SafetensorsHeader,
+    read_header,
+)
+from weightmapper.safetensors_io import (  # readers of converted outputs, kept importable here
+    load_converted as load_converted,
+)
+from weightmapper.safetensors_io import (
+    output_files as output_files,
+)
+from weightmapper.safetensors_io import (
+    read_aliases as read_aliases,
+)
+from weightmapper.safetensors_io import (
+    read_metadata as read_metadata,
+)
 from weightmapper.tensor_info import TensorInfo, dtype_from_name, dtype_name
 from weightmapper.transforms import TransformSpec, apply_transform, output_shapes
 
 log = logging.getLogger(__name__)
 
-ALIASES_KEY = "weightmapper_aliases"
-"""safetensors metadata entry: JSON {alias name: name of the tensor actually stored}."""
-INDEX_SUFFIX = ".index.json"
 TORCH_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin")
 """An output named with one of these is one torch.save file rather than safetensors."""
 
-_ST_DTYPES: dict[str, str] = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint64": "U64",
-    "uint32": "U32",
-    "uint16": "U16",
-    "uint8": "U8",
-    "bool": "BOOL",
-    "complex64": "C64",
-}
-_ST_TO_TORCH = {v: k for k, v in _ST_DTYPES.items()}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "b": 1,
@@ -199,67 +196,6 @@ def mapping_sha256(mapping: MappingResult | Mapping[str, str]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def output_files(path: str | os.PathLike[str]) -> list[Path]:
-    """Converted output (file, index JSON or directory) → its safetensors file(s)."""
-    p = Path(path)
-    if p.is_dir():
-        idx = p / f"model.safetensors{INDEX_SUFFIX}"
-        if idx.exists():
-            return output_files(idx)
-        files = sorted(p.glob("*.safetensors"))
-        if not files:
-            raise CheckpointNotFoundError(f"{p} holds no .safetensors file or index")
-        return files
-    if not p.exists():
-        raise CheckpointNotFoundError(
-            f"{p} does not exist; pass the output of `weightmapper apply`"
-        )
-    if p.name.endswith(".json"):
-        try:
-            weight_map = json.loads(p.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointFormatError(
-                f"{p} is not a safetensors index (expected a 'weight_map' object): {e}"
-            ) from e
-        return [p.parent / f for f in dict.fromkeys(weight_map.values())]
-    return [p]
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """safetensors file → its ``__metadata__`` dict (empty when absent); reads the header only."""
-    header = _read_header(Path(path))[1]
-    return dict(header.get("__metadata__") or {})
-
-
-def read_aliases(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Converted output (file, index or directory) → {alias: stored name} of tied tensors."""
-    p = Path(path)
-    aliases: dict[str, str] = {}
-    for f in output_files(p):
-        if f.suffix == ".safetensors":
-            raw = read_metadata(f).get(ALIASES_KEY)
-            if raw:
-                aliases.update(json.loads(raw))
-    return aliases
-
-
-def load_converted(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Converted output (file, index or directory) → state dict with tied tensors restored."""
-    from safetensors.torch import load_file
-
-    out: dict[str, torch.Tensor] = {}
-    for f in output_files(path):
-        out.update(load_file(str(f)))
-    for alias, name in read_aliases(path).items():
-        if name not in out:
-            raise CheckpointFormatError(
-                f"{path}: alias {alias!r} points at {name!r}, which is not stored; the "
-                "output is incomplete, convert it again"
-            )
-        out[alias] = out[name]
-    return out
-
-
 # --- the conversion ----------------------------------------------------------------------
 
 
@@ -276,6 +212,7 @@ def convert_checkpoint(
     durable: bool = True,
     protect: Iterable[str | os.PathLike[str]] = (),
     extra_files: Mapping[str, bytes] | None = None,
+    allow_expanded: bool = False,
 ) -> ConvertReport:
     """Source checkpoint (path, TensorTable or state dict) + mapping → safetensors at ``out``.
 
@@ -296,10 +233,14 @@ def convert_checkpoint(
     not reuse (shards of another count, an index beside a now single file) are removed.
     No output may be one of the source's files (see :mod:`weightmapper.io_safety`) nor of
     ``protect`` (other inputs of the caller, e.g. the mapping file): OutputError.
+    A source tensor without dense data (meta, sparse, quantized) is refused, and so is an
+    expanded one (a stride-0 view written at many times its stored size) unless
+    ``allow_expanded``: CheckpointFormatError before anything is written.
     """
     result = _as_result(mapping)
     table = _as_table(source)
     limit = parse_size(shard_size)
+    _check_sources(table, result, allow_expanded)
     jobs = _plan_jobs(table, result, dtype)
     entries, aliases = _plan_entries(table, jobs)
     if Path(out).suffix in TORCH_SUFFIXES:
@@ -501,6 +442,13 @@ class StateDictTable(Mapping[str, TensorInfo]):
                 f"state dict entries {meta[:5]} are on the meta device and hold no data; "
                 "load real weights before converting"
             )
+        odd = [f"{k} ({v.layout})" for k, v in state_dict.items() if v.layout != torch.strided]
+        odd += [k for k, v in state_dict.items() if v.is_quantized]
+        if odd:
+            raise CheckpointFormatError(
+                f"state dict entries {odd[:5]} are not dense tensors (sparse, nested or "
+                "quantized); convert them with .to_dense() or .dequantize() first"
+            )
         self._sd = dict(state_dict)
         self._infos = {k: TensorInfo.from_tensor(k, v) for k, v in self._sd.items()}
         self.files: list[str] = []
@@ -547,6 +495,27 @@ class StateDictTable(Mapping[str, TensorInfo]):
         return h.hexdigest()
 
 
+def _check_sources(table: Any, result: MappingResult, allow_expanded: bool) -> None:
+    """Refuse mapped source tensors that have no dense data to write (see ``tensor_problem``)."""
+    check = getattr(table, "conversion_problems", None)
+    if not callable(check):
+        return
+    names = [p.source for p in result.pairs if p.source in table]
+    names += [s for m in result.multi for s in m.sources if s in table]
+    problems = check(names, allow_expanded=allow_expanded)
+    if problems:
+        expanded = any(": expanded" in p for p in problems)
+        hint = (
+            "Re-save them as dense tensors (.contiguous(), .to_dense(), .dequantize())"
+            + (", or pass allow_expanded=True (--allow-expanded) to write expanded tensors "
+               "at their full size" if expanded else "")
+        )  # fmt: skip
+        raise CheckpointFormatError(
+            f"{len(problems)} mapped source tensor(s) cannot be converted as stored: "
+            f"{'; '.join(problems[:5])}. Expected dense tensors holding their data. {hint}."
+        )
+
+
 def _plan_jobs(table: Any, result: MappingResult, dtype: torch.dtype | None) -> list[_Job]:
     """Mapping + table headers → jobs with output dtypes and shapes, in target-name order."""
     missing = [p.source for p in result.pairs if p.source not in table]
@@ -568,7 +537,7 @@ def _plan_jobs(table: Any, result: MappingResult, dtype: torch.dtype | None) -> 
         )
     units = [((p.source,), (p.target,), p.transform) for p in result.pairs]
     units += [(m.sources, m.targets, m.transform) for m in result.multi]
-    headers: dict[str, tuple[int, dict[str, Any]] | None] = {}
+    headers: dict[str, SafetensorsHeader | None] = {}
     jobs: list[_Job] = []
     for sources, targets, spec in units:
         infos = [table[s] for s in sources]
@@ -604,7 +573,7 @@ def _plan_jobs(table: Any, result: MappingResult, dtype: torch.dtype | None) -> 
 
 
 def _locate(
-    table: Any, name: str, headers: dict[str, tuple[int, dict[str, Any]] | None]
+    table: Any, name: str, headers: dict[str, SafetensorsHeader | None]
 ) -> tuple[str, str, int, int] | None:
     """Source name → (safetensors file, key in that file, absolute data offset, length) or None.
 
@@ -617,23 +586,19 @@ def _locate(
         return None
     if file not in headers:
         try:
-            headers[file] = _read_header(Path(file))
+            headers[file] = read_header(file)
         except (OSError, CheckpointFormatError):
             headers[file] = None
-    parsed = headers[file]
-    if parsed is None:
+    header = headers[file]
+    if header is None:
         return None
-    data_start, header = parsed
     original_name = getattr(table, "original_name", None)
     key = original_name(name) if callable(original_name) else name
-    entry = header.get(key)
-    if not isinstance(entry, dict):
+    entry = header.entries.get(key)
+    if entry is None:
         return None
-    begin, end = entry["data_offsets"]
-    same = _ST_TO_TORCH.get(entry.get("dtype")) == info.dtype and tuple(
-        entry.get("shape", ())
-    ) == tuple(info.shape)
-    return (file, key, data_start + begin, end - begin) if same else None
+    same = entry.torch_dtype == info.dtype and entry.shape == tuple(info.shape)
+    return (file, key, header.data_start + entry.start, entry.end - entry.start) if same else None
 
 
 def _plan_entries(table: Any, jobs: list[_Job]) -> tuple[list[_Entry], dict[str, str]]:
@@ -658,7 +623,7 @@ def _plan_entries(table: Any, jobs: list[_Job]) -> tuple[list[_Entry], dict[str,
                 continue
             canonical[sig] = job.targets[0]
         for name, dt, shape in zip(job.targets, job.out_dtypes, job.out_shapes, strict=True):
-            if dt not in _ST_DTYPES:
+            if dt not in WRITABLE_CODES:
                 raise CheckpointFormatError(
                     f"tensor {name} has dtype {dt}, which safetensors cannot store; convert it "
                     "with dtype=torch.float32 or drop it from the mapping"
@@ -702,7 +667,7 @@ def _previous_outputs(out: Path) -> list[Path]:
     found = [p for p in (single, index) if p.is_file()]
     if index.is_file():
         try:
-            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            names = set(loads_bounded(index.read_bytes())["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             names = set()
         shard = re.compile(rf"^{re.escape(single.stem)}-\d{{5}}-of-\d{{5}}\.safetensors$")
@@ -841,7 +806,7 @@ class _Writer:
         offset = 0
         for e in shard:
             header[e.name] = {
-                "dtype": _ST_DTYPES[e.dtype],
+                "dtype": WRITABLE_CODES[e.dtype],
                 "shape": list(e.shape),
                 "data_offsets": [offset, offset + e.nbytes],
             }
@@ -999,26 +964,6 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
             n = len(chunk)
         offset += n
         length -= n
-
-
-def _read_header(path: Path) -> tuple[int, dict[str, Any]]:
-    """safetensors file → (absolute offset of the data section, header dict)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointFormatError(f"{path} is too short to be a safetensors file")
-            (n,) = struct.unpack("<Q", head)
-            if n > 100 * 2**20:
-                raise CheckpointFormatError(f"{path}: header length {n} is implausible")
-            header = json.loads(f.read(n))
-    except FileNotFoundError as e:
-        raise CheckpointNotFoundError(f"{path} does not exist") from e
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointFormatError(f"{path} has no valid safetensors header: {e}") from e
-    if not isinstance(header, dict):
-        raise CheckpointFormatError(f"{path}: safetensors header is not a JSON object")
-    return 8 + n, header
 
 
 def _numel(shape: Iterable[int]) -> int:

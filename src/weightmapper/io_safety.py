@@ -11,11 +11,11 @@ resolved path, so a file not yet written is compared by where it would land.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
+from weightmapper.bounded_json import loads_bounded
 from weightmapper.errors import OutputError
 
 PathArg = str | os.PathLike[str]
@@ -100,8 +100,8 @@ def _shards_of(index: Path) -> set[Path]:
     try:
         if index.stat().st_size > _MAX_INDEX_BYTES:
             return set()
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = loads_bounded(index.read_bytes())
+    except (OSError, ValueError):
         return set()
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):

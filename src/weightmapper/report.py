@@ -25,6 +25,7 @@ from typing import Any
 
 from weightmapper._version import __version__
 from weightmapper.atomic import atomic_write_text
+from weightmapper.bounded_json import loads_bounded
 from weightmapper.checkpoint import open_checkpoint
 from weightmapper.errors import (
     CheckpointFormatError,
@@ -303,8 +304,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
             "SPEC --report report.json`."
         )
     try:
-        data = json.loads(p.read_text("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = loads_bounded(p.read_bytes())
+    except (OSError, ValueError) as e:
         raise CheckpointFormatError(
             f"{p} is not JSON ({e}); expected a weightmapper report or mapping file."
         ) from e

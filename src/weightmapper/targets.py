@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from weightmapper import hf
+from weightmapper.bounded_json import loads_bounded
 from weightmapper.errors import ConfigError
 
 SPEC_FORMS: tuple[str, ...] = (
@@ -205,8 +206,8 @@ def parse_kwargs(kwargs: dict[str, Any] | str | None, flag: str = "--target") ->
     """Keyword arguments as a dict or JSON text → a dict; ConfigError when malformed."""
     if isinstance(kwargs, str):
         try:
-            kwargs = json.loads(kwargs) if kwargs.strip() else {}
-        except json.JSONDecodeError as e:
+            kwargs = loads_bounded(kwargs) if kwargs.strip() else {}
+        except ValueError as e:
             raise ConfigError(
                 f"{flag}-kwargs is not valid JSON ({e}): {kwargs!r}; expected an object such "
                 "as '{\"num_classes\": 10}'"
@@ -281,6 +282,12 @@ def _build(spec: str, kw: dict[str, Any], config: str | os.PathLike[str] | None,
         raise ConfigError(
             f"calling {spec} with {kw} failed: {e}. Pass its arguments as a JSON object with "
             f"{flag}-kwargs, e.g. {flag}-kwargs '{example}' (in a job file: kwargs:)"
+        ) from e
+    except Exception as e:  # user code: any other failure of the constructor is a bad spec
+        raise ConfigError(
+            f"building {spec} with {str(kw)[:200]} failed: {type(e).__name__}: "
+            f"{str(e)[:300]}. Expected arguments the callable accepts; check {flag}-kwargs "
+            "(in a job file: kwargs:) against its signature."
         ) from e
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from weightmapper.bounded_json import loads_bounded
 from weightmapper.checkpoint import open_checkpoint
 from weightmapper.cli._console import print_json, stdout_console
 from weightmapper.convert import ConvertReport, convert_checkpoint
@@ -83,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=sorted(_DTYPES), help="cast floating-point tensors to this dtype"
     )
+    parser.add_argument(
+        "--allow-expanded",
+        action="store_true",
+        help="write expanded (stride-0) source tensors at their full size, many times what "
+        "the source file stores",
+    )
     parser.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         durable=args.durable,
         protect=[args.mapping, *([args.target_config] if args.target_config else [])],
         extra_files=carried_files(args.target_config) if args.target_config else None,
+        allow_expanded=args.allow_expanded,
     )
     if args.quiet:
         report = convert()
@@ -137,7 +144,7 @@ def read_mapping(path: str | Path) -> MappingResult:
     """Mapping or report JSON file → MappingResult; MappingError when unreadable."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = loads_bounded(p.read_bytes())
     except FileNotFoundError as e:
         raise MappingError(
             f"mapping file {p} does not exist; create one with `weightmapper map`"
