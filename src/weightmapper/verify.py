@@ -122,8 +122,10 @@ def check_outputs(
             handles.append(_hook(source.get_submodule(s_path), s_path, src_rec, None))
             handles.append(_hook(target.get_submodule(t_path), t_path, tgt_rec, order))
         with torch.no_grad():
-            reference = source(*args, **kwargs) if source is not None else reference_output
-            got = target(*args, **kwargs)
+            reference = (
+                _run("source", source, args, kwargs) if source is not None else reference_output
+            )
+            got = _run("target", target, args, kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -328,6 +330,19 @@ def _target_rank(target: nn.Module, inputs: Any) -> dict[str, int]:
 
 
 # --- loading ------------------------------------------------------------------------------
+
+
+def _run(side: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One forward pass; a model that rejects the input is a bad input, reported as ours."""
+    try:
+        return module(*args, **kwargs)
+    except Exception as e:  # user model code: any failure means the input does not fit it
+        raise MappingError(
+            f"the {side} model {type(module).__name__} rejected the dummy input "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}). Expected an "
+            "input its forward accepts: check the --dummy-input shape and dtype (e.g. "
+            "1,3,224,224 for images, 1,16:int64 for token ids)."
+        ) from e
 
 
 def _load_converted(target: nn.Module, converted: dict[str, torch.Tensor]) -> list[str]:

@@ -40,7 +40,8 @@ generation_config.json when there is one beside it, into the folder, so
 from_pretrained(OUT) loads it. Nothing appears under the final name until the whole output
 is complete. The metadata records the source and mapping hashes and the tool version.
 
-Exit codes: 0 ok, 2 bad input (unreadable source or mapping, output exists, ...).
+Exit codes: 0 ok, 1 the mapping maps no tensors (nothing is written), 2 bad input
+(unreadable source or mapping, output exists, ...).
 
 examples:
   weightmapper apply old.safetensors mapping.json --out new.safetensors
@@ -101,6 +102,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (0 when the output was written)."""
     mapping = read_mapping(args.mapping)
+    if not mapping.pairs and not mapping.multi:
+        print(
+            f"error: mapping {args.mapping} maps no tensors, so the output would be empty; "
+            "nothing was written. Expected a mapping with at least one pair: check `weightmapper "
+            "map`'s coverage (was the target the right model?).",
+            file=sys.stderr,
+        )
+        return 1
     # the output file itself first, before the source is read (the conversion checks every
     # file it will write against the source and the mapping once it has planned them)
     ensure_outputs_safe({"--out": args.out}, input_files(args.source) | input_files(args.mapping))

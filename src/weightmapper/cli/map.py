@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,8 @@ A transformers class takes its config from --target-config / --source-config (a 
 or the folder holding it) and is built on the meta device: nothing is downloaded, no memory
 is used for its weights (it is built for real when --dummy-input or --verify runs it).
 
-Exit codes: 0 ok, 1 target coverage below --min-coverage or outputs differ, 2 bad input.
+Exit codes: 0 ok, 1 target coverage below --min-coverage (default 0.1: less means the two
+models are unrelated) or outputs differ, 2 bad input.
 
 examples:
   weightmapper map old.safetensors --target weightmapper.examples.cnn:RefactoredCNN \\
@@ -103,9 +105,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
     parser.add_argument(
         "--min-coverage",
-        type=float,
+        type=fraction,
+        default=DEFAULT_MIN_COVERAGE,
         metavar="FRACTION",
-        help="exit 1 when target coverage is below this fraction (e.g. 1.0)",
+        help="exit 1 when target coverage is below this fraction, 0 to 1 (default "
+        f"{DEFAULT_MIN_COVERAGE}: less means the models are unrelated; 1.0 demands everything)",
     )
     parser.add_argument(
         "--max-rows", type=int, default=30, help="pairs shown in the table (default 30)"
@@ -125,6 +129,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+MAX_DUMMY_ELEMENTS = 1 << 26
+"""Largest dummy input accepted (64 Mi elements): a trace needs one small batch."""
+DEFAULT_MIN_COVERAGE = 0.1
+"""Target coverage below which `map` exits 1 unless --min-coverage says otherwise: under a
+tenth of the target mapped, the two models are almost certainly unrelated."""
+
+
+def fraction(text: str) -> float:
+    """``0.95`` → 0.95; ArgumentTypeError unless a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction from 0 to 1 (e.g. 0.95 for 95%), got {text!r}"
+        )
+    return value
+
+
 def parse_shape(text: str) -> tuple[tuple[int, ...], str]:
     """``1,3,224,224`` or ``1,16:int64`` → (shape, dtype name); ArgumentTypeError if malformed."""
     dims, _, dtype = text.partition(":")
@@ -137,6 +161,12 @@ def parse_shape(text: str) -> tuple[tuple[int, ...], str]:
         raise argparse.ArgumentTypeError(
             f"expected a shape like 1,3,224,224 (positive integers, comma-separated), got {text!r}"
         )
+    if len(shape) > 8 or math.prod(shape) > MAX_DUMMY_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has {math.prod(shape):,} elements in {len(shape)} dimensions; a dummy "
+            f"input needs at most {MAX_DUMMY_ELEMENTS:,} elements and 8 dimensions (batch 1 and "
+            "a small image or sequence, e.g. 1,3,224,224, is enough to trace and verify)"
+        )
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise argparse.ArgumentTypeError(
             f"unknown dtype {dtype!r} in {text!r}; use e.g. float32 or int64"
@@ -148,10 +178,16 @@ def dummy_tensor(spec: tuple[tuple[int, ...], str]) -> torch.Tensor:
     """(shape, dtype) → a deterministic input tensor (random floats, zeros for integer ids)."""
     shape, dtype_name = spec
     dtype = getattr(torch, dtype_name)
-    if dtype.is_floating_point:
-        gen = torch.Generator().manual_seed(0)
-        return torch.randn(shape, generator=gen).to(dtype)
-    return torch.zeros(shape, dtype=dtype)
+    try:
+        if dtype.is_floating_point:
+            gen = torch.Generator().manual_seed(0)
+            return torch.randn(shape, generator=gen).to(dtype)
+        return torch.zeros(shape, dtype=dtype)
+    except (RuntimeError, MemoryError) as e:
+        raise ConfigError(
+            f"cannot build a dummy input of shape {list(shape)} ({dtype_name}): "
+            f"{str(e).splitlines()[0][:200]}. Expected a small input; pass a smaller --dummy-input."
+        ) from e
 
 
 def _is_module(args: argparse.Namespace, which: str) -> bool:
@@ -273,9 +309,13 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     coverage = result.coverage()["target_coverage"]
-    if args.min_coverage is not None and coverage < args.min_coverage:
+    written = any(getattr(args, flag) for flag in ("out", "report", "html", "markdown"))
+    if coverage < args.min_coverage:
         print(
-            f"target coverage {coverage:.1%} is below --min-coverage {args.min_coverage:.1%}",
+            f"target coverage {coverage:.1%} is below --min-coverage {args.min_coverage:.1%}"
+            + (" (nothing was mapped: is the target the right model?)" if coverage == 0 else "")
+            + ("; the outputs were written for inspection" if written else "")
+            + ". Pass --min-coverage 0 to accept it.",
             file=sys.stderr,
         )
         return 1
