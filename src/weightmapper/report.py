@@ -36,6 +36,7 @@ from weightmapper.errors import (
 from weightmapper.hashing import files_sha256
 from weightmapper.inventory import natural_key, tensors_signature
 from weightmapper.result import MappingResult
+from weightmapper.sanitize import md_code, md_text
 
 logger = logging.getLogger(__name__)
 
@@ -455,10 +456,6 @@ def score_band(score: float) -> str:
     return "low"
 
 
-def _md_cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _shape(shape: Iterable[int] | None) -> str:
     dims = list(shape or [])
     return "×".join(str(d) for d in dims) if dims else "scalar"
@@ -473,7 +470,7 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
     cov = mapping.get("coverage", {})
     src, tgt = report["inputs"]["source"], report["inputs"]["target"]
     lines = [
-        f"# Weight mapping: {_md_cell(src['name'])} → {_md_cell(tgt['name'])}",
+        f"# Weight mapping: {md_text(src['name'])} → {md_text(tgt['name'])}",
         "",
         f"weightmapper {report.get('tool_version', '?')}, report schema "
         f"{report.get('schema_version', '?')}",
@@ -496,14 +493,17 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
     ]
     for side, inp in (("source", src), ("target", tgt)):
         lines.append(
-            f"| {side} | {_md_cell(inp['name'])} | {_md_cell(inp.get('path') or '—')} | "
+            f"| {side} | {md_text(inp['name'])} | {md_text(inp.get('path') or '—')} | "
             f"{_short(inp.get('sha256'))} | {_short(inp.get('signature'))} | "
             f"{inp.get('tensor_count', 0)} |"
         )
     settings = report.get("settings") or {}
     if settings:
         lines += ["", "## Settings", ""]
-        lines += [f"- `{k}`: `{json.dumps(settings[k], sort_keys=True)}`" for k in sorted(settings)]
+        lines += [
+            f"- {md_code(k)}: {md_code(json.dumps(settings[k], sort_keys=True))}"
+            for k in sorted(settings)
+        ]
     pairs = sorted(mapping.get("pairs", []), key=lambda p: natural_key(p["source"]))
     shown = pairs if max_rows is None else pairs[:max_rows]
     lines += [
@@ -515,8 +515,8 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
     ]
     for p in shown:
         lines.append(
-            f"| `{_md_cell(p['source'])}` | `{_md_cell(p['target'])}` | "
-            f"{p['score']:.3f} ({score_band(p['score'])}) | {transform_badge(p.get('transform'))} | "
+            f"| {md_code(p['source'])} | {md_code(p['target'])} | "
+            f"{p['score']:.3f} ({score_band(p['score'])}) | {md_text(transform_badge(p.get('transform')))} | "
             f"{'GROUP' if p.get('group', True) else 'INDIV'} | "
             f"{_shape(p.get('source_shape'))} → {_shape(p.get('target_shape'))} |"
         )
@@ -533,8 +533,8 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
         lines.append("|---|---|---|---|---:|")
         for m in multi:
             lines.append(
-                f"| {m['kind']} | {_md_cell(', '.join(m['sources']))} | "
-                f"{_md_cell(', '.join(m['targets']))} | {transform_badge(m.get('transform'))} | "
+                f"| {md_text(m['kind'])} | {md_text(', '.join(m['sources']))} | "
+                f"{md_text(', '.join(m['targets']))} | {md_text(transform_badge(m.get('transform')))} | "
                 f"{m['score']:.3f} |"
             )
     for side in ("source", "target"):
@@ -546,14 +546,21 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
         lines += ["| key | shape | reason | detail |", "|---|---|---|---|"]
         for u in unmatched:
             lines.append(
-                f"| `{_md_cell(u['name'])}` | {_shape(u.get('shape'))} | {u['reason']} | "
-                f"{_md_cell(u.get('detail') or '')} |"
+                f"| {md_code(u['name'])} | {_shape(u.get('shape'))} | {md_text(u['reason'])} | "
+                f"{md_text(u.get('detail') or '')} |"
             )
     for title, key in (("Validation", "validation"), ("Functional check", "functional_check")):
         section = report.get(key)
         if section:
             ok, headline = check_headline(key, section)
-            lines += ["", f"## {title}", "", f"{'✓' if ok else '✗'} {headline}", "", "```json"]
+            lines += [
+                "",
+                f"## {title}",
+                "",
+                f"{'✓' if ok else '✗'} {md_text(headline)}",
+                "",
+                "```json",
+            ]
             lines += json.dumps(section, indent=2, sort_keys=True).splitlines()
             lines.append("```")
     return "\n".join(lines) + "\n"
@@ -582,4 +589,4 @@ def check_headline(key: str, section: Mapping[str, Any]) -> tuple[bool, str]:
 
 
 def _short(digest: str | None) -> str:
-    return f"`{digest[:12]}`" if digest else "—"
+    return md_code(str(digest)[:12]) if digest else "—"

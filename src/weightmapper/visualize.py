@@ -9,12 +9,13 @@ plain text when stdout is not a terminal. Every view returns the Console it prin
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -29,6 +30,7 @@ from weightmapper.report import (
     transform_badge,
 )
 from weightmapper.result import MappingResult
+from weightmapper.sanitize import visible
 
 BAND_STYLES: dict[str, str] = {"high": "green", "medium": "yellow", "low": "red"}
 """Score band → rich colour: green > 0.8, yellow 0.6–0.8, red < 0.6."""
@@ -56,9 +58,35 @@ PIPE_WIDTH = 160
 """Width of the plain text written when stdout is not a terminal (keys stay on one line)."""
 
 
+def safe_text(value: Any, style: str = "") -> Text:
+    """Any value from a file (a name, a path, a reason) → rich Text showing it verbatim.
+
+    Text is never parsed as markup (a name ``[/]`` or ``[link=…]`` stays literal) and
+    control and bidi characters become visible escapes (see ``weightmapper.sanitize``).
+    """
+    return Text(visible(value), style=style)
+
+
+class SafeConsole(Console):
+    """A rich Console that never lets text write control sequences to the terminal.
+
+    Whatever reaches it (a name that slipped past ``safe_text``, an error message quoting
+    one), the text of every segment has its control characters shown as escapes; the
+    styles and cursor controls rich itself emits are untouched.
+    """
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            Segment(visible(text, keep_newlines=True), style, control)
+            if not control and text
+            else Segment(text, style, control)
+            for text, style, control in buffer
+        )
+
+
 def default_console() -> Console:
     """() → Console on stdout: the terminal's width, or 160 columns of plain text in a pipe."""
-    console = Console(soft_wrap=False, highlight=False)
+    console = SafeConsole(soft_wrap=False, highlight=False)
     if not console.is_terminal:
         console.width = max(console.width, PIPE_WIDTH)
     return console
@@ -117,8 +145,8 @@ def summary_panel(report: Mapping[str, Any]) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("source", f"{src['name']} ({src['tensor_count']} tensors)")
-    grid.add_row("target", f"{tgt['name']} ({tgt['tensor_count']} tensors)")
+    grid.add_row("source", safe_text(f"{src['name']} ({src['tensor_count']} tensors)"))
+    grid.add_row("target", safe_text(f"{tgt['name']} ({tgt['tensor_count']} tensors)"))
     grid.add_row(
         "coverage",
         _coverage_text(cov["source_coverage"], "source")
@@ -137,7 +165,7 @@ def summary_panel(report: Mapping[str, Any]) -> Panel:
         k: settings[k] for k in ("threshold", "strategy", "buffer_matching_mode") if k in settings
     }
     if shown:
-        grid.add_row("settings", ", ".join(f"{k}={v}" for k, v in shown.items()))
+        grid.add_row("settings", safe_text(", ".join(f"{k}={v}" for k, v in shown.items())))
     check = report.get("functional_check")
     if check:
         grid.add_row("outputs", check_text(check))
@@ -191,10 +219,10 @@ def mapping_table(report: Mapping[str, Any], *, max_matches: int | None = 30) ->
         conf = " ?" if p.get("confidence") == "low" else ""
         rows.append(
             (
-                p["source"],
-                p["target"],
+                safe_text(p["source"]),
+                safe_text(p["target"]),
                 score_text(p["score"]) + Text(conf, style="yellow"),
-                transform_badge(p.get("transform")),
+                safe_text(transform_badge(p.get("transform"))),
                 _match_badge(bool(p.get("group", True))),
                 f"{_shape(p.get('source_shape'))} → {_shape(p.get('target_shape'))}",
             )
@@ -202,12 +230,12 @@ def mapping_table(report: Mapping[str, Any], *, max_matches: int | None = 30) ->
     for m in mapping.get("multi", []):
         rows.append(
             (
-                "\n".join(m["sources"]),
-                "\n".join(m["targets"]),
+                Text("\n".join(visible(n) for n in m["sources"])),
+                Text("\n".join(visible(n) for n in m["targets"])),
                 score_text(m["score"]),
-                transform_badge({"name": m["kind"]}),
+                safe_text(transform_badge({"name": m["kind"]})),
                 _match_badge(True),
-                m["transform"]["name"],
+                safe_text(m["transform"]["name"]),
             )
         )
     limit = len(rows) if max_matches is None else max_matches
@@ -236,7 +264,12 @@ def unmatched_table(
     table.add_column("detail", overflow="fold")
     limit = len(unmatched) if max_unmatched is None else max_unmatched
     for u in unmatched[:limit]:
-        table.add_row(u["name"], _shape(u.get("shape")), u["reason"], u.get("detail") or "")
+        table.add_row(
+            safe_text(u["name"]),
+            _shape(u.get("shape")),
+            safe_text(u["reason"]),
+            safe_text(u.get("detail") or ""),
+        )
     if len(unmatched) > limit:
         table.caption = f"… {len(unmatched) - limit} more"
     return table
@@ -280,7 +313,7 @@ def _tensor_badges(group: Mapping[str, Any]) -> Text:
     for t in group["tensors"]:
         if t.get("buffer"):
             continue
-        label = {"weight": "W", "bias": "B"}.get(t["name"], t["name"])
+        label = {"weight": "W", "bias": "B"}.get(t["name"], visible(t["name"]))
         text.append(" [")
         text.append(label, style="bold blue" if label in ("W", "B") else "blue")
         text.append(f" {_shape(t.get('shape'))}]")
@@ -299,7 +332,7 @@ def module_tree(
 ) -> Tree:
     """Report + side → rich Tree of module paths with tensor badges (and match marks)."""
     groups = {g["path"]: g for g in report["hierarchy"][side]}
-    root = Tree(Text(f"{side}: {title}", style="bold"))
+    root = Tree(safe_text(f"{side}: {title}", style="bold"))
     nodes: dict[str, Tree] = {"": root}
     folded: dict[str, int] = {}
     side_links = (links or {}).get(side, {})
@@ -336,10 +369,10 @@ def _ensure(nodes: dict[str, Tree], parts: list[str], groups: Mapping[str, Any])
         path = ".".join(parts[:i])
         if path not in nodes:
             parent = nodes[".".join(parts[: i - 1])]
-            label = Text(parts[i - 1])
+            label = safe_text(parts[i - 1])
             module_type = (groups.get(path) or {}).get("module_type")
             if module_type:
-                label.append(f" ({module_type})", style="dim")
+                label.append(f" ({visible(module_type)})", style="dim")
             nodes[path] = parent.add(label)
     return nodes[".".join(parts)]
 
@@ -347,7 +380,7 @@ def _ensure(nodes: dict[str, Tree], parts: list[str], groups: Mapping[str, Any])
 def _match_mark(entry: Mapping[str, Any] | None, arrow: str) -> Text:
     if entry is None:
         return Text()
-    partners = ", ".join(entry["partners"]) or "(root)"
+    partners = ", ".join(visible(p) for p in entry["partners"]) or "(root)"
     if entry["matched"] == 0:
         return Text("  ✗ unmatched", style="red")
     if entry["matched"] < entry["total"]:
@@ -388,7 +421,7 @@ def visualize_score_breakdown(
         part = w * value / total_w if w is not None and total_w else None
         total += part or 0.0
         table.add_row(
-            signal,
+            safe_text(signal),
             score_text(value),
             _bar(value),
             "—" if w is None else f"{w:.2f}",
@@ -403,7 +436,7 @@ def visualize_score_breakdown(
     source = ", ".join(entry.get("sources") or [entry.get("source", "")])
     target = ", ".join(entry.get("targets") or [entry.get("target", "")])
     header = Text()
-    header.append(f"{source} → {target}\n", style="bold")
+    header.append(visible(f"{source} → {target}") + "\n", style="bold")
     header.append("combined score ")
     header.append_text(score_text(float(entry["score"])))
     header.append(f"   transform {transform_badge(entry.get('transform'))}")

@@ -8,10 +8,13 @@ from typing import Any
 
 from rich.console import Console
 
+from weightmapper.visualize import SafeConsole
+
 
 def stdout_console() -> Console:
-    """() → a rich Console on stdout; plain text when stdout is not a terminal."""
-    return Console(file=sys.stdout, soft_wrap=False, highlight=False)
+    """() → a rich Console on stdout; plain text when stdout is not a terminal. Text from
+    files never writes control sequences through it (see ``visualize.SafeConsole``)."""
+    return SafeConsole(file=sys.stdout, soft_wrap=False, highlight=False)
 
 
 def print_json(data: Any) -> None:

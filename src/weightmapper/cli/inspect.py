@@ -7,10 +7,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from weightmapper.cli._console import print_json, stdout_console
 from weightmapper.doctor import inspect_checkpoint
+from weightmapper.visualize import safe_text
 
 HELP = "describe a checkpoint: format, shards, tensors, dtypes, prefixes, tied and unsafe content"
 DESCRIPTION = """\
@@ -55,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
 def render(report: dict[str, Any], console: Console, *, depth: int = 3) -> None:
     """Doctor report → rich tables and a module tree on the console."""
-    summary = Table(title=f"checkpoint {report['path']}", show_header=False, title_justify="left")
+    summary = Table(
+        title=safe_text(f"checkpoint {report['path']}"), show_header=False, title_justify="left"
+    )
     summary.add_column(style="bold")
     summary.add_column()
     summary.add_row("format", str(report["format"] or "unknown (not loaded)"))
@@ -65,21 +69,25 @@ def render(report: dict[str, Any], console: Console, *, depth: int = 3) -> None:
         summary.add_row("parameters", f"{report['parameter_count']:,}")
         summary.add_row("tensor bytes", _bytes(report["total_bytes"]))
         summary.add_row("dtypes", ", ".join(f"{k} ×{v}" for k, v in report["dtypes"].items()))
-        summary.add_row("wrapper prefixes stripped", ", ".join(report["stripped_prefixes"]) or "-")
-        summary.add_row("shared prefix (not stripped)", report["suggested_prefix"] or "-")
+        summary.add_row(
+            "wrapper prefixes stripped", safe_text(", ".join(report["stripped_prefixes"]) or "-")
+        )
+        summary.add_row(
+            "shared prefix (not stripped)", safe_text(report["suggested_prefix"] or "-")
+        )
         summary.add_row("tied groups", str(len(report["tied"])))
         nested = report["metadata"].get("nested_key")
         if nested:
-            summary.add_row("state dict found under", nested)
+            summary.add_row("state dict found under", safe_text(nested))
         if report["metadata"].get("ema_keys"):
-            summary.add_row("EMA copies", ", ".join(report["metadata"]["ema_keys"]))
+            summary.add_row("EMA copies", safe_text(", ".join(report["metadata"]["ema_keys"])))
     console.print(summary)
 
     if report["unsafe_globals"]:
         unsafe = Table(title="unsafe pickle globals", title_style="bold red")
         unsafe.add_column("global", style="red")
         for g in report["unsafe_globals"]:
-            unsafe.add_row(g)
+            unsafe.add_row(safe_text(g))
         console.print(unsafe)
         if not report["safe"]:
             console.print(
@@ -94,7 +102,7 @@ def render(report: dict[str, Any], console: Console, *, depth: int = 3) -> None:
         files.add_column("tensors" if report["safe"] else "unsafe globals", justify="right")
         for f in report["files"][:30]:
             extra = str(f["tensors"]) if report["safe"] else ", ".join(f["unsafe_globals"]) or "-"
-            files.add_row(f["name"], _bytes(f["bytes"]), extra)
+            files.add_row(safe_text(f["name"]), _bytes(f["bytes"]), safe_text(extra))
         if len(report["files"]) > 30:
             files.add_row(f"… {len(report['files']) - 30} more", "", "")
         console.print(files)
@@ -103,12 +111,12 @@ def render(report: dict[str, Any], console: Console, *, depth: int = 3) -> None:
         tied = Table(title="tied tensors (one storage, several names)")
         tied.add_column("names")
         for group in report["tied"][:20]:
-            tied.add_row(", ".join(group))
+            tied.add_row(safe_text(", ".join(group)))
         console.print(tied)
 
     if report["tree"] is not None and depth > 0:
         root = report["tree"]
-        tree = Tree(f"[bold]model[/bold] {_counts(root)}")
+        tree = Tree(Text("model", style="bold") + Text(" ") + _counts(root))
         _add_children(tree, root["children"])
         console.print(tree)
 
@@ -122,16 +130,16 @@ def _add_children(parent: Tree, children: list[dict[str, Any]]) -> None:
     for child in children:
         if id(child) in hidden:
             if not shown_gap:
-                parent.add(f"[dim]… {len(hidden)} more numbered children[/dim]")
+                parent.add(Text(f"… {len(hidden)} more numbered children", style="dim"))
                 shown_gap = True
             continue
-        branch = parent.add(f"{child['name']} {_counts(child)}")
+        branch = parent.add(safe_text(child["name"]) + Text(" ") + _counts(child))
         _add_children(branch, child["children"])
 
 
-def _counts(node: dict[str, Any]) -> str:
+def _counts(node: dict[str, Any]) -> Text:
     n = node["tensors"]
-    return f"[dim]({n:,} tensor{'' if n == 1 else 's'}, {_params(node['params'])} params)[/dim]"
+    return Text(f"({n:,} tensor{'' if n == 1 else 's'}, {_params(node['params'])} params)", "dim")
 
 
 def _params(n: int) -> str:
