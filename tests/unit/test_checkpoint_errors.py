@@ -255,7 +255,11 @@ def test_protocol_4_pickle_cannot_be_loaded_safely(tmp_path: Path) -> None:
         ('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}', bytes(4), "span"),
         ('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', bytes(12), "covers"),
         ('{"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}', bytes(4), "malformed"),
-        ('{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}', bytes(4), "none negative"),
+        (
+            '{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}',
+            bytes(4),
+            "none negative",
+        ),
         ('{"__metadata__": {"k": 3}}', b"", "__metadata__"),
     ],
 )
