@@ -356,7 +356,7 @@ def _call(fn: Any, args: Any, budget: _Budget | None) -> None:
         size = math.prod(abs(i) for i in ints) * 8
     if size is not None and size > budget.call_limit:
         budget.problems.append(
-            f"{fn.name}({', '.join(str(i) for i in ints[:4])}) would allocate {size:,} bytes "
+            f"{fn.name}({', '.join(_num(i) for i in ints[:4])}) would allocate {_num(size)} bytes "
             f"(at most {budget.call_limit:,} allowed for a {budget.file_bytes:,}-byte file)"
         )
 
@@ -366,23 +366,23 @@ def _persistent(pid: Any, budget: _Budget) -> None:
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
         return
     storage_type, key, numel = pid[1], pid[2], pid[4]
-    if not isinstance(numel, int):
+    if not isinstance(numel, int) or not isinstance(key, str):
         return
     m = _STORAGE.match(storage_type.name) if isinstance(storage_type, _Global) else None
     nbytes = numel * _element_bytes(m.group(1) if m else "")
     if budget.records is not None:
-        have = budget.records.get(str(key))
+        have = budget.records.get(key)
         if have is not None and nbytes > have:
             budget.problems.append(
-                f"storage {key!r} claims {numel:,} elements ({nbytes:,} bytes) but its record "
-                f"holds {have:,} bytes"
+                f"storage {key[:40]!r} claims {_num(numel)} elements ({_num(nbytes)} bytes) "
+                f"but its record holds {have:,} bytes"
             )
         return
     budget.storage_bytes += max(nbytes, 0)
     if budget.storage_bytes > budget.file_bytes:
         budget.problems.append(
-            f"storages claim {budget.storage_bytes:,} bytes (storage {key!r}: {numel:,} "
-            f"elements) in a {budget.file_bytes:,}-byte file"
+            f"storages claim {_num(budget.storage_bytes)} bytes (storage {key[:40]!r}: "
+            f"{_num(numel)} elements) in a {budget.file_bytes:,}-byte file"
         )
 
 
@@ -391,6 +391,11 @@ _ELEMENT_BYTES = {
     "Char": 1, "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "Untyped": 1,
     "Typed": 1, "QInt8": 1, "QUInt8": 1, "QInt32": 4, "QUInt4x2": 1, "QUInt2x4": 1,
 }  # fmt: skip
+
+
+def _num(n: int) -> str:
+    """An integer from a file → text; a huge one by its size (str() refuses > 4300 digits)."""
+    return f"{n:,}" if abs(n) < 10**30 else f"~2**{abs(n).bit_length()}"
 
 
 def _element_bytes(kind: str) -> int:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +67,32 @@ def memory_cap(headroom: int = 512 << 20) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+class Hang(BaseException):
+    """Raised by the alarm of :func:`bounded`; a BaseException so no ``except Exception`` eats it."""
+
+
+@contextlib.contextmanager
+def bounded(seconds: float = 10.0, headroom: int = 512 << 20) -> Iterator[None]:
+    """Run the block under a wall-clock alarm (Hang) and an address-space cap (MemoryError).
+
+    Any timer already armed (pytest-timeout's) is put back afterwards, less the time spent.
+    """
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        raise Hang(f"the input took longer than {seconds} s")
+
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    previous_timer, _interval = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        with memory_cap(headroom):
+            yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_timer:
+            left = previous_timer - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))

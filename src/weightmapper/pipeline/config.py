@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from weightmapper.bounded_json import MAX_DEPTH, nesting_depth
 from weightmapper.errors import ConfigError, SettingsError
 from weightmapper.pipeline import policy
 from weightmapper.settings import MapperSettings
@@ -253,6 +254,14 @@ def load_job(path: str | os.PathLike[str]) -> JobConfig:
         ) from None
     except OSError as e:
         raise ConfigError(f"cannot read job file {path}: {e}") from e
+    depth = nesting_depth(text.encode("utf-8", "surrogatepass"))
+    if depth > MAX_DEPTH:
+        # PyYAML's scanner slows quadratically with flow nesting: refuse before parsing
+        raise ConfigError(
+            f"{path} nests brackets {depth} levels deep; a job nests a handful. Expected a "
+            "YAML job like those in configs/; write the values out.",
+            ["nesting"],
+        )
     try:
         data = yaml.safe_load(text)  # no arbitrary tags, so no code runs
     except yaml.YAMLError as e:
