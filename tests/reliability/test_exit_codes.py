@@ -55,7 +55,7 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ["map", S, "--source-kwargs", K, "--target", T, "--target-kwargs", K,
          "--dummy-input", "100000,3,1000,1000"], ("at most",)),
     "--min-coverage 2": (["map", S, "--target", T, "--min-coverage", "2"], ("from 0 to 1",)),
-    "--max-workers -1": (["migrate", "job.yaml", "--max-workers", "-1"], ("at least 1",)),
+    "--max-workers -1": (["migrate", "job.yaml", "--max-workers", "-1"], ("positive integer",)),
 }  # fmt: skip
 
 
