@@ -546,7 +546,7 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
         lines += ["| key | shape | reason | detail |", "|---|---|---|---|"]
         for u in unmatched:
             lines.append(
-                f"| {md_code(u['name'])} | {_shape(u.get('shape'))} | {md_text(u['reason'])} | "
+                f"| {md_code(u['name'])} | {_shape(u.get('shape'))} | {md_code(u['reason'])} | "
                 f"{md_text(u.get('detail') or '')} |"
             )
     for title, key in (("Validation", "validation"), ("Functional check", "functional_check")):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from capped import memory_cap
+from capped import memory_cap, run_capped
 from safetensors.torch import save_file
 
 from weightmapper.checkpoint import open_checkpoint
@@ -218,3 +218,20 @@ def test_allow_expanded_lets_a_small_expanded_tensor_through(tmp_path: Path) -> 
         convert_checkpoint(src, {"w": "w"}, tmp_path / "refused.safetensors")
     report = convert_checkpoint(src, {"w": "w"}, tmp_path / "o.safetensors", allow_expanded=True)
     assert report.bytes_written == 20 << 20
+
+
+def test_migrate_fails_fast_on_an_index_naming_a_device(tmp_path: Path, tally) -> None:
+    """The pipeline hashes a checkpoint's files for its keys: never a device."""
+    with tally.attack(KIND):
+        folder = tmp_path / "ck"
+        folder.mkdir()
+        _shard_to("/dev/zero")(folder)
+        job = tmp_path / "job.yaml"
+        job.write_text(
+            "name: z\nstore: store\nrunner: {kind: sequential}\noutput: {dir: out}\n"
+            "migrations:\n  - name: m\n    sources: [ck]\n"
+            "    target: {module: 'torch.nn:Linear', kwargs: {in_features: 2, out_features: 2}}\n"
+        )
+        proc = run_capped(["migrate", str(job), "--no-prefect", "--json"], cpu_seconds=60)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert "a device" in proc.stdout and "Traceback" not in proc.stderr
