@@ -47,7 +47,7 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ("must be a JSON object",)),
     "a target constructor that raises": (
         ["map", S, "--source-kwargs", K, "--target", T, "--target-kwargs", '{"num_classes": -5}'],
-        ("building the target", "failed")),
+        ("building weightmapper.examples.cnn:RefactoredCNN", "failed", "--target-kwargs")),
     "a dummy input the forward rejects": (
         ["map", S, "--source-kwargs", K, "--target", T, "--target-kwargs", K,
          "--dummy-input", "1,5,7", "--verify"], ("rejected the dummy input", "--dummy-input")),
