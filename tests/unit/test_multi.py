@@ -258,3 +258,31 @@ def test_mismatched_gate_up_sizes_are_not_proposed() -> None:
     src = {"layers.0.mlp.gate_up_proj.weight": torch.zeros(13, 4)}
     tgt = {"layers.0.ff.w1.weight": torch.zeros(6, 4), "layers.0.ff.w3.weight": torch.zeros(6, 4)}
     assert propose_multi(_infos(src), _infos(tgt)) == []
+
+
+def _info(name: str, shape: tuple[int, ...]) -> TensorInfo:
+    return TensorInfo(name, shape, "float32")
+
+
+def test_deep_stack_pairs_each_fused_tensor_with_its_own_layer() -> None:
+    # Every layer's q/k/v set fits every layer's fused tensor by shape; the layer index
+    # must decide, including for a layer whose own fused tensor is missing.
+    layers = 12
+    src = {
+        f"layers.{i}.attn.{p}.weight": _info(f"layers.{i}.attn.{p}.weight", (D, D))
+        for i in range(layers)
+        for p in ("q_proj", "k_proj", "v_proj")
+    }
+    tgt = {
+        f"layers.{i}.attn.qkv_proj.weight": _info(f"layers.{i}.attn.qkv_proj.weight", (3 * D, D))
+        for i in range(layers)
+        if i != 5
+    }
+    multi = propose_multi(src, tgt)
+    merged = {m.targets[0]: m.sources for m in multi}
+    for i in range(layers):
+        if i == 5:
+            continue
+        want = tuple(f"layers.{i}.attn.{p}.weight" for p in ("q_proj", "k_proj", "v_proj"))
+        assert merged[f"layers.{i}.attn.qkv_proj.weight"] == want
+    assert len(multi) == layers - 1

@@ -211,49 +211,100 @@ def _fused_to_separate(
     fused_types: Mapping[str, str],
     separate_types: Mapping[str, str],
     separate_order: Mapping[str, int],
-) -> list[tuple[str, tuple[str, ...], TransformSpec, float, dict[str, float], str]]:
+) -> list[_Proposal]:
     """Fused candidates × separate sets → best-first, non-overlapping (fused → parts) proposals."""
     sets = _separate_sets(separate_side, separate_order)
     if not sets:
         return []
     # Index the sets by every fused shape they could come from, so each fused candidate
-    # looks at a handful of sets instead of all of them (MoE models leave thousands).
+    # looks at a handful of sets instead of all of them (MoE models leave thousands), and
+    # within a shape by layer indices: a deep stack of identical layers puts every layer's
+    # set under one shape.
     by_shape: dict[tuple[tuple[int, ...], str], list[_Separate]] = {}
+    by_index: dict[tuple[tuple[int, ...], str, tuple[str, ...]], list[_Separate]] = {}
     for sep in sets:
+        idx = _indices(sep.container)
         for shape in _fused_shapes([tuple(separate_side[k].shape) for k in sep.keys]):
             by_shape.setdefault((shape, sep.param), []).append(sep)
-    candidates = []
-    for key, info in fused_side.items():
-        if len(info.shape) not in (1, 2, 3):
-            continue
-        for sep in by_shape.get((tuple(info.shape), _param_kind(key)), []):
-            if key in sep.keys:
-                continue
-            infos = [separate_side[k] for k in sep.keys]
-            fit = _split_fit(key, info, infos, fused_types, separate_types, sep)
-            if fit is None:
-                continue
-            spec, layout_settled = fit
-            breakdown = _fused_breakdown(key, sep)
-            score = (
-                0.2 + 0.35 * breakdown["index"] + 0.3 * breakdown["name"] + 0.15 * breakdown["hint"]
-            )
-            interleave_risk = bool(_INTERLEAVED_HINT.search(key))
-            breakdown["layout_settled"] = 1.0 if layout_settled else 0.0
-            breakdown["order_settled"] = 1.0 if sep.names_settle_order else 0.0
-            low = not layout_settled or not sep.names_settle_order or interleave_risk
-            candidates.append((score, key, sep.keys, spec, breakdown, "low" if low else "high"))
-    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
-    chosen = []
+            by_index.setdefault((shape, sep.param, idx), []).append(sep)
+    fused = [
+        (key, info, (tuple(info.shape), _param_kind(key)))
+        for key, info in fused_side.items()
+        if len(info.shape) in (1, 2, 3)
+    ]
+    # Greedy choice, best score first. A pair whose layer indices differ scores at most
+    # _CROSS_INDEX_MAX, so every same-index pair scoring above it is chosen before any of
+    # those are even looked at: choose those first, then score all pairs among what is left.
+    chosen: list[_Proposal] = []
     taken_fused: set[str] = set()
     taken_parts: set[str] = set()
+    first = []
+    for key, info, bucket in fused:
+        for sep in by_index.get((*bucket, _indices(_module_of(key))), []):
+            cand = _fused_candidate(key, info, sep, separate_side, fused_types, separate_types)
+            if cand is not None and cand[0] > _CROSS_INDEX_MAX:
+                first.append(cand)
+    _choose(first, chosen, taken_fused, taken_parts)
+    rest = []
+    for key, info, bucket in fused:
+        if key in taken_fused:
+            continue
+        for sep in by_shape.get(bucket, []):
+            if taken_parts.intersection(sep.keys):
+                continue
+            cand = _fused_candidate(key, info, sep, separate_side, fused_types, separate_types)
+            if cand is not None:
+                rest.append(cand)
+    _choose(rest, chosen, taken_fused, taken_parts)
+    return chosen
+
+
+_Proposal = tuple[str, tuple[str, ...], TransformSpec, float, dict[str, float], str]
+_Candidate = tuple[float, str, tuple[str, ...], TransformSpec, dict[str, float], str]
+# The best score of a fused/separate pair whose layer indices differ (index signal 0, name
+# and hint signals 1); the weights are those of _fused_candidate.
+_CROSS_INDEX_MAX = 0.2 + 0.35 * 0.0 + 0.3 * 1.0 + 0.15 * 1.0
+
+
+def _fused_candidate(
+    key: str,
+    info: TensorInfo,
+    sep: _Separate,
+    separate_side: Mapping[str, TensorInfo],
+    fused_types: Mapping[str, str],
+    separate_types: Mapping[str, str],
+) -> _Candidate | None:
+    """Fused key + one separate set → (score, key, parts, spec, breakdown, confidence) or None."""
+    if key in sep.keys:
+        return None
+    infos = [separate_side[k] for k in sep.keys]
+    fit = _split_fit(key, info, infos, fused_types, separate_types, sep)
+    if fit is None:
+        return None
+    spec, layout_settled = fit
+    breakdown = _fused_breakdown(key, sep)
+    score = 0.2 + 0.35 * breakdown["index"] + 0.3 * breakdown["name"] + 0.15 * breakdown["hint"]
+    interleave_risk = bool(_INTERLEAVED_HINT.search(key))
+    breakdown["layout_settled"] = 1.0 if layout_settled else 0.0
+    breakdown["order_settled"] = 1.0 if sep.names_settle_order else 0.0
+    low = not layout_settled or not sep.names_settle_order or interleave_risk
+    return score, key, sep.keys, spec, breakdown, "low" if low else "high"
+
+
+def _choose(
+    candidates: list[_Candidate],
+    chosen: list[_Proposal],
+    taken_fused: set[str],
+    taken_parts: set[str],
+) -> None:
+    """Candidates → appended to ``chosen`` best-first, skipping any key already taken."""
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
     for score, key, parts, spec, breakdown, conf in candidates:
         if key in taken_fused or taken_parts.intersection(parts):
             continue
         taken_fused.add(key)
         taken_parts.update(parts)
         chosen.append((key, parts, spec, round(score, 6), breakdown, conf))
-    return chosen
 
 
 def _fused_shapes(shapes: Sequence[tuple[int, ...]]) -> set[tuple[int, ...]]:

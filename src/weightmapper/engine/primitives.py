@@ -105,26 +105,55 @@ def index_sim_one(a: IndexKey, b: IndexKey) -> float:
 
 def index_sim(a: list[IndexKey], b: list[IndexKey]) -> np.ndarray:
     """Index keys × index keys → similarity matrix (see :func:`index_sim_one`)."""
-    ca, ua = codes(a)
-    cb, ub = codes(b)
-    table = np.array([[index_sim_one(x, y) for y in ub] for x in ua], dtype=np.float32)
-    return table[ca[:, None], cb[None, :]]
+    return _index_table(a, b, partial=True)
 
 
 def index_eq(a: list[IndexKey], b: list[IndexKey]) -> np.ndarray:
     """Index keys × index keys → 1 equal, 0.8 equal primary index under other nesting, else 0."""
+    return _index_table(a, b, partial=False)
+
+
+def _index_table(a: list[IndexKey], b: list[IndexKey], *, partial: bool) -> np.ndarray:
+    """Index keys × index keys → :func:`index_sim` (``partial``) or :func:`index_eq` matrix.
+
+    Computed on the distinct keys with array operations, one block per pair of nesting
+    depths: a deep stack has one distinct key per layer, so a Python loop over all pairs
+    of them would be quadratic in the layer count.
+    """
     ca, ua = codes(a)
     cb, ub = codes(b)
-
-    def eq(x: IndexKey, y: IndexKey) -> float:
-        if x[0] == y[0]:
-            return 1.0
-        if len(x[0]) != len(y[0]) and x[0] and y[0] and x[1] == y[1]:
-            return 0.8
-        return 0.0
-
-    table = np.array([[eq(x, y) for y in ub] for x in ua], dtype=np.float32)
+    table = np.zeros((len(ua), len(ub)), dtype=np.float32)
+    rows_by_len = _by_depth(ua)
+    cols_by_len = _by_depth(ub)
+    prim_a = np.array([k[1] for k in ua], dtype=np.int64)
+    prim_b = np.array([k[1] for k in ub], dtype=np.int64)
+    for la, (ia, ra) in rows_by_len.items():
+        for lb, (ib, rb) in cols_by_len.items():
+            if la == lb:
+                eq = np.zeros((len(ia), len(ib)), dtype=np.int64)
+                for slot in range(la):
+                    eq += ra[:, slot][:, None] == rb[:, slot][None, :]
+                same = eq == la
+                block = np.where(same, 1.0, 0.5 * eq / la if partial and la else 0.0)
+            elif la == 0 or lb == 0:
+                block = np.full((len(ia), len(ib)), 0.5 if partial else 0.0)
+            else:
+                prim_eq = prim_a[ia][:, None] == prim_b[ib][None, :]
+                block = np.where(prim_eq, 0.8, 0.2 if partial else 0.0)
+            table[np.ix_(ia, ib)] = block
     return table[ca[:, None], cb[None, :]]
+
+
+def _by_depth(keys: list[IndexKey]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Distinct index keys → nesting depth → (their positions, their ranks as a 2-d array)."""
+    pos: dict[int, list[int]] = {}
+    for i, (ranks, _) in enumerate(keys):
+        pos.setdefault(len(ranks), []).append(i)
+    out = {}
+    for depth, idx in pos.items():
+        ranks = np.array([keys[i][0] for i in idx], dtype=np.int64).reshape(len(idx), depth)
+        out[depth] = (np.array(idx, dtype=np.int64), ranks)
+    return out
 
 
 def mutual_best(sim: np.ndarray, *, margin: float, floor: float) -> list[tuple[int, int]]:
