@@ -15,7 +15,14 @@ between consecutive sizes (1.0 = linear).
 
 Goals: 10k tensors ≤ 1 s, 100k ≤ 15 s on 2 cores, accuracy unchanged.
 
-Run:  python bench/speed.py [--sizes 1k,10k,100k] [--models synthetic,moe] [--repeat 3] [--json]
+A second table gives two ratios in CPU time (see ``bench/speed_ratios.py``): a 100k-tensor
+safetensors file mapped onto an identically named one against parsing its header (goal
+≤ 5×), and a 400-layer against a 100-layer Llama mapped onto fused q/k/v and gate/up
+projections (goal ≤ 4.5×).
+
+Run:  python bench/speed.py [--sizes 1k,10k,100k] [--models synthetic,moe] [--repeat 3]
+                            [--ratios checkpoint,fused] [--json]
+      (``--sizes none`` or ``--ratios none`` skips a table)
 """
 
 from __future__ import annotations
@@ -241,18 +248,39 @@ def add_exponents(rows: list[dict[str, Any]]) -> None:
         prev = r
 
 
-def render(rows: list[dict[str, Any]]) -> None:
-    """Measurement rows → a rich table (plain boxes when piped)."""
+def run_ratio(case: str, repeat: int, timeout: float) -> dict[str, Any]:
+    """Ratio case name → its measurements (speed_ratios), from a fresh interpreter."""
+    cmd = [sys.executable, __file__, "--_ratio", case, "--repeat", str(repeat)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"case": case, "error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
+        return {"case": case, "error": " | ".join(tail)[:300]}
+    return json.loads(lines[-1])
+
+
+def render(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> None:
+    """Measurement rows + ratio rows → rich tables (plain boxes when piped)."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
+    import speed_ratios
+
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
+    boxed = box.SIMPLE_HEAVY if console.is_terminal else box.ASCII
+    if ratios:
+        speed_ratios.render(ratios, console, boxed)
+    if not rows:
+        return
     t = Table(
         title=f"suggest_mapping speed on the meta device ({os.cpu_count()} CPUs visible)",
-        box=box.SIMPLE_HEAVY if console.is_terminal else box.ASCII,
+        box=boxed,
     )
     cols = ("family", "size", "tensors", "runs", "inventory s", "suggest s", "total s")
     cols += ("growth exp.", "peak MB", "precision %", "recall %", "goal")
@@ -294,20 +322,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="synthetic,moe", help="comma list of synthetic, moe")
     ap.add_argument("--repeat", type=int, default=3, help="runs per size up to 10k (median)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement")
+    ap.add_argument(
+        "--ratios", default="checkpoint,fused", help="comma list of checkpoint, fused (or none)"
+    )
     ap.add_argument("--json", action="store_true", help="print machine-readable JSON")
     ap.add_argument("--_worker", nargs=2, metavar=("FAMILY", "SIZE"), help=argparse.SUPPRESS)
+    ap.add_argument("--_ratio", metavar="CASE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
         print(json.dumps(worker(*args._worker, args.repeat)))
         return 0
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    if args._ratio:
+        import speed_ratios
+
+        print(json.dumps(speed_ratios.MEASURES[args._ratio](args.repeat)))
+        return 0
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip() and s.strip() != "none"]
     families = [m.strip() for m in args.models.split(",") if m.strip()]
+    cases = [c.strip() for c in args.ratios.split(",") if c.strip() and c.strip() != "none"]
     bad = [s for s in sizes if s not in SIZES] + [
         m for m in families if m not in ("synthetic", "moe")
     ]
+    bad += [c for c in cases if c not in ("checkpoint", "fused")]
     if bad:
-        print(f"unknown size or model {bad}; sizes: {list(SIZES)}, models: synthetic, moe")
+        print(
+            f"unknown size, model or ratio {bad}; sizes: {list(SIZES)}, models: synthetic, moe; "
+            "ratios: checkpoint, fused"
+        )
         return 0
+    ratios = []
+    for case in cases:
+        if not args.json:
+            print(f"  ratio {case} ...", file=sys.stderr, flush=True)
+        ratios.append(run_ratio(case, args.repeat, args.timeout))
     sizes.sort(key=SIZES.__getitem__)
     rows: list[dict[str, Any]] = []
     for fam in families:
@@ -319,9 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         add_exponents(fam_rows)
         rows += fam_rows
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"scaling": rows, "ratios": ratios}, indent=2))
     else:
-        render(rows)
+        render(rows, ratios)
     return 0
 
 
