@@ -97,7 +97,7 @@ def measure_checkpoint(repeat: int) -> dict[str, Any]:
         path = Path(tmp) / "model.safetensors"
         save_file({k: torch.zeros(v.shape) for k, v in model.state_dict().items()}, str(path))
         del model
-        tensors = len(parse_header(path)) - 1  # minus __metadata__
+        tensors = len([k for k in parse_header(path) if k != "__metadata__"])
         base = _cpu(lambda: parse_header(path), repeat)
         result: list[Any] = []
         mapped = _cpu(
