@@ -9,13 +9,23 @@ Prints a table. Nothing is asserted: this is a measurement.
     python bench/pipeline.py                      # 20 checkpoints of ~100 MB
     python bench/pipeline.py --n 4 --size-mb 10   # a quick look
     python bench/pipeline.py --prefect            # through the Prefect batch flow
+    python bench/pipeline.py --warm-table --n 10 --size-mb 5
+        # whole `weightmapper migrate` processes, all cached: plain Python vs Prefect
+
+The warm-rerun table times what a user waits for: a fresh ``weightmapper migrate``
+process (interpreter start, imports, the temporary Prefect server, the run, shutdown) on a
+job whose every stage is cached, with and without Prefect, alternating, median of
+``--repeat`` runs each.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +79,44 @@ def timed(run: Callable[[JobConfig], BatchSummary], job: JobConfig) -> tuple[flo
     return time.perf_counter() - t0, summary
 
 
+def cli_wall(job: Path, *extra: str) -> float:
+    """Job file + CLI flags → wall seconds of one ``weightmapper migrate`` process (must exit 0)."""
+    cmd = [sys.executable, "-m", "weightmapper", "migrate", str(job), "--json", *extra]
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    return secs
+
+
+def warm_table(root: Path, width: int, n: int, workers: int, repeat: int) -> None:
+    """Print wall times of whole CLI processes rerunning a cached job, plain vs Prefect."""
+    job = write_job(root, width, 0.5, workers)
+    cold_plain = cli_wall(job, "--no-prefect")
+    cold_prefect = cli_wall(job)  # creates the Prefect database; every stage is cached
+    plain: list[float] = []
+    flow: list[float] = []
+    for _ in range(repeat):  # alternate, so both see the same machine load
+        plain.append(cli_wall(job, "--no-prefect"))
+        flow.append(cli_wall(job))
+    p, f = statistics.median(plain), statistics.median(flow)
+    print(
+        f"\nwarm rerun of `weightmapper migrate` ({n} checkpoints, all cached), wall time of "
+        f"the whole process, median of {repeat}; first runs: plain {cold_plain:.1f} s "
+        f"(cold), Prefect {cold_prefect:.1f} s (new database)\n"
+    )
+    print(f"| {'runner':<28} | {'median s':>8} | {'runs (s)':<30} |")
+    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 32}|")
+    for label, xs in (("plain Python (--no-prefect)", plain), ("Prefect (temporary server)", flow)):
+        runs = ", ".join(f"{x:.1f}" for x in xs)
+        print(f"| {label:<28} | {statistics.median(xs):8.2f} | {runs:<30} |")
+    budget = 2 * p + 3
+    verdict = "within" if f <= budget else "OVER"
+    print(f"\nPrefect / plain: {f / p:.2f}×; budget 2 × plain + 3 s = {budget:.1f} s: {verdict}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=20, help="checkpoints in the batch (default 20)")
@@ -81,7 +129,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="checkpoints at once (default 2)")
     p.add_argument("--prefect", action="store_true", help="run through the Prefect batch flow")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument(
+        "--warm-table",
+        action="store_true",
+        help="time whole CLI processes rerunning a cached job: plain Python vs Prefect",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="runs per side for --warm-table")
     args = p.parse_args(argv)
+
+    if args.warm_table:
+        root = Path(tempfile.mkdtemp(prefix="wm-bench-warm-"))
+        try:
+            width = 64 if args.size_mb is None else width_for_size(args.size_mb)
+            write_resnet_checkpoints(root / "ckpts", args.n, width=width)
+            warm_table(root, width, args.n, args.workers, args.repeat)
+        finally:
+            if args.keep:
+                print(f"kept {root}")
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+        return 0
 
     root = Path(tempfile.mkdtemp(prefix="wm-bench-pipeline-"))
     if args.prefect and not args.keep:

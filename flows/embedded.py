@@ -1,16 +1,18 @@
 """Embedded Prefect: a project-local, quiet Prefect home set up before Prefect is imported.
 
-No server needs starting: without ``PREFECT_API_URL`` Prefect runs a temporary server on
-a SQLite database in ``PREFECT_HOME``.
+No server needs starting: without ``PREFECT_API_URL`` a run starts a temporary server on a
+SQLite database in ``PREFECT_HOME``, bound to its own life (``flows.local_server``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,23 +103,58 @@ def _drop_teardown_unraisables() -> None:
     sys.unraisablehook = hook
 
 
-def run_job(job: Any) -> Any:
-    """JobConfig → BatchSummary, run as the Prefect batch flow with an embedded server.
+@contextlib.contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """Prefect home → the API URL of a server that answers, for the duration of the block.
 
-    Sets up the project-local Prefect environment first, then imports Prefect. The
-    summary's time is the wall time of all of it, Prefect's import and start-up included.
+    With ``PREFECT_API_URL`` in the environment that server is used, and a server that
+    does not answer within 3 s is an error saying how to start one. Otherwise a temporary
+    server is started on loopback for this run (its output in ``<home>/server.log``),
+    bound to this process's life, and stopped when the block ends. Its URL is exported
+    so that worker processes (Dask) use it instead of starting servers of their own.
+    Prefect is imported inside the block, while the server starts.
+    """
+    from flows import local_server
+
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        local_server.require_server(configured)
+        yield configured
+        return
+    timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+    server = local_server.start(log_path=home / "server.log")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        import prefect  # noqa: F401  (imported while the server starts)
+
+        server.wait_ready(timeout)
+        yield server.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def run_job(job: Any) -> Any:
+    """JobConfig → BatchSummary, run as the Prefect batch flow against a server that answers.
+
+    Sets up the project-local Prefect environment first, then starts a temporary server
+    (or checks the configured one) while Prefect is imported. The summary's time is the
+    wall time of all of it, Prefect's import and the server's start-up included.
     """
     t0 = time.perf_counter()
     from weightmapper.pipeline.store import ArtifactStore
 
     ArtifactStore(job.store).ensure_writable()  # before Prefect makes its home inside it
     home = configure_prefect(job.store)
-    from flows.migrate import run_batch_flow
-
-    _quiet_reported_failures()
-
     try:
-        summary = run_batch_flow(job)
+        with prefect_server(home) as api_url:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            from flows.migrate import run_batch_flow
+
+            _quiet_reported_failures()
+            with temporary_settings({PREFECT_API_URL: api_url}):
+                summary = run_batch_flow(job)
         summary.seconds = time.perf_counter() - t0
         return summary
     except RuntimeError as e:
@@ -131,7 +168,7 @@ def run_job(job: Any) -> Any:
             "(`prefect server start`) and export PREFECT_API_URL."
         ) from e
     finally:
-        # The temporary server's database pool is torn down at interpreter exit and logs a
+        # The client's database pool may be torn down at interpreter exit and log a
         # cancelled rollback as an ERROR with a traceback; it is harmless, so keep it quiet.
         # Its aiosqlite connections may also be collected mid-close ("Task was destroyed but
         # it is pending", an ignored exception in Connection.close): the same teardown.

@@ -17,8 +17,9 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner
 
+from flows.runner import LocalStateThreadPoolTaskRunner
 from flows.tasks import make_tasks
 from weightmapper.pipeline import graph
 from weightmapper.pipeline.batch import plan_items, prepare_examples
@@ -51,7 +52,7 @@ def task_runner_for(spec: RunnerSpec) -> TaskRunner:
             return DaskTaskRunner(address=spec.address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": spec.n_workers, "threads_per_worker": 2})
     at_once = 1 if spec.kind == "sequential" else (spec.max_workers or 4)
-    return ThreadPoolTaskRunner(max_workers=at_once * _THREADS_PER_CHECKPOINT)
+    return LocalStateThreadPoolTaskRunner(max_workers=at_once * _THREADS_PER_CHECKPOINT)
 
 
 def submit_nodes(
