@@ -118,7 +118,11 @@ def prefect_server(home: Path) -> Iterator[str]:
 
     configured = os.environ.get("PREFECT_API_URL")
     if configured:
-        local_server.require_server(configured)
+        local_server.require_server(
+            configured,
+            ", or unset PREFECT_API_URL to let weightmapper start a temporary server for "
+            "the run, or pass --no-prefect to run without Prefect",
+        )
         yield configured
         return
     timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))

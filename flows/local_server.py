@@ -60,10 +60,11 @@ def health(api_url: str, timeout: float = 2.0) -> str | None:
         return str(getattr(e, "reason", None) or e)
 
 
-def require_server(api_url: str, deadline: float = 3.0) -> None:
+def require_server(api_url: str, alternatives: str = "", deadline: float = 3.0) -> None:
     """Configured API URL → returns once its server answers; raises after ``deadline`` seconds.
 
-    Raises WeightMapperError saying which URL did not answer and how to start a server.
+    Raises WeightMapperError saying which URL did not answer and how to start a server
+    (then ``alternatives``, a sentence tail such as ", or pass --no-prefect").
     """
     t_end = time.monotonic() + deadline
     problem = health(api_url, timeout=min(2.0, deadline))
@@ -73,8 +74,7 @@ def require_server(api_url: str, deadline: float = 3.0) -> None:
     if problem is not None:
         raise WeightMapperError(
             f"no Prefect server answers at PREFECT_API_URL={api_url} ({problem}). "
-            f"{START_HINT}, or unset PREFECT_API_URL to let weightmapper start a temporary "
-            "server for the run, or pass --no-prefect to run without Prefect."
+            f"{START_HINT}{alternatives}."
         )
 
 

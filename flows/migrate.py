@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner
 
+from flows.artifacts import publish_batch, publish_checkpoint
 from flows.runner import LocalStateThreadPoolTaskRunner
 from flows.tasks import make_tasks
 from weightmapper.pipeline import graph
@@ -142,6 +143,7 @@ def migrate_checkpoint_flow(
         futs = submit_nodes(tasks, store, migration, item, results)
         wait(list(futs.values()))
         summary = collect_item(item, futs)
+    publish_checkpoint(migration.name, summary)
     ok = summary.status == "ok"
     return Completed(data=summary) if ok else Failed(message=summary.status, data=summary)
 
@@ -182,6 +184,7 @@ def migrate_batch_flow(job: JobConfig) -> State:
             batch.items.append(not_prepared(name, source))
         else:
             batch.items.append(done[id(item)])
+    publish_batch(batch)
     batch.seconds = time.perf_counter() - t0
     return _final(batch)
 

@@ -17,7 +17,16 @@ from weightmapper._version import __version__
 from weightmapper.errors import WeightMapperError
 
 # Order shown in --help; the module for each is imported only to build its parser.
-COMMANDS: tuple[str, ...] = ("inspect", "map", "apply", "validate", "report", "rules", "migrate")
+COMMANDS: tuple[str, ...] = (
+    "inspect",
+    "map",
+    "apply",
+    "validate",
+    "report",
+    "rules",
+    "migrate",
+    "serve",
+)
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
