@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
@@ -100,11 +104,16 @@ def prefect_key(store: ArtifactStore, stage: str, key: str, present: bool) -> st
 
 
 class SafeFileSystemLockManager(FileSystemLockManager):
-    """Prefect's file lock manager, tolerant of a lock file that is not written yet.
+    """Prefect's file lock manager, tolerant of a lock file not written yet or left by the dead.
 
     Prefect 3.8 creates a lock file empty and writes its holder afterwards; another thread
     or process reading it in between fails with "EOF while parsing" (seen in our concurrent
     flow test). Such a file means "locked, holder unknown yet": read it again shortly.
+
+    A run killed inside a task (SIGKILL, OOM) never releases its lock, and Prefect's locks
+    here have no expiry: the next run would wait for that key forever. Each lock therefore
+    also records the process and host holding it; a lock whose process is gone from this
+    host is removed as stale.
     """
 
     def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
@@ -114,6 +123,49 @@ class SafeFileSystemLockManager(FileSystemLockManager):
             except ValueError:
                 time.sleep(0.01)
         return super()._get_lock_info(key, use_cache)
+
+    def acquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        if not super().acquire_lock(key, holder, acquire_timeout, hold_timeout):
+            return False
+        path = Path(self._lock_path_for_key(key))
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(path.read_text())
+            record.update(pid=os.getpid(), host=_HOST)
+            # In place, as Prefect writes it: readers retry a file caught mid-write.
+            path.write_text(json.dumps(record))
+        return True
+
+    def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        info = self._get_lock_info(key, use_cache=use_cache)
+        if info and info.get("host") == _HOST and not _alive(info.get("pid")):
+            log.info("removing the lock of %s left by process %s, which is gone", key, info["pid"])
+            with contextlib.suppress(OSError):
+                Path(info["path"]).unlink()
+            self._locks.pop(key, None)
+            return False
+        return bool(super().is_locked(key, use_cache))
+
+
+_HOST = socket.gethostname()
+
+
+def _alive(pid: Any) -> bool:
+    """A pid recorded in a lock → whether that process still exists (unknown: assume so)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def make_tasks(store: ArtifactStore) -> dict[str, Task]:
