@@ -60,17 +60,28 @@ def write_job(root: Path, width: int, threshold: float, workers: int) -> Path:
 
 
 def runner(use_prefect: bool, store_root: Path) -> Callable[[JobConfig], BatchSummary]:
-    """Which batch runner to time: the plain-Python one or the Prefect flow."""
+    """Which batch runner to time: the plain-Python one or the Prefect flow.
+
+    The Prefect one runs against a temporary server started here, as ``migrate`` does,
+    kept for the whole benchmark (stopped at exit).
+    """
     if not use_prefect:
         from weightmapper.pipeline.batch import run_batch
 
         return run_batch
-    from flows.embedded import configure_prefect
+    from flows.embedded import configure_prefect, prefect_server
 
-    configure_prefect(store_root)
+    server = prefect_server(configure_prefect(store_root))
+    api_url = server.__enter__()
+    atexit.register(server.__exit__, None, None, None)
     from flows.migrate import run_batch_flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    return run_batch_flow
+    def run(job: JobConfig) -> BatchSummary:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            return run_batch_flow(job)
+
+    return run
 
 
 def timed(run: Callable[[JobConfig], BatchSummary], job: JobConfig) -> tuple[float, BatchSummary]:
