@@ -17,10 +17,9 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import TaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.artifacts import publish_batch, publish_checkpoint
-from flows.runner import LocalStateThreadPoolTaskRunner
 from flows.tasks import make_tasks
 from weightmapper.pipeline import graph
 from weightmapper.pipeline.batch import plan_items, prepare_examples
@@ -53,7 +52,7 @@ def task_runner_for(spec: RunnerSpec) -> TaskRunner:
             return DaskTaskRunner(address=spec.address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": spec.n_workers, "threads_per_worker": 2})
     at_once = 1 if spec.kind == "sequential" else (spec.max_workers or 4)
-    return LocalStateThreadPoolTaskRunner(max_workers=at_once * _THREADS_PER_CHECKPOINT)
+    return ThreadPoolTaskRunner(max_workers=at_once * _THREADS_PER_CHECKPOINT)
 
 
 def submit_nodes(
@@ -158,6 +157,7 @@ def migrate_batch_flow(job: JobConfig) -> State:
     t0 = time.perf_counter()
     store = ArtifactStore(job.store)
     store.ensure_writable()
+    store.sweep_orphans()  # what killed runs left under keys never written again
     tasks = make_tasks(store)
     prepare_examples(job)
     items = plan_items(job)

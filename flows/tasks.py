@@ -151,6 +151,20 @@ class SafeFileSystemLockManager(FileSystemLockManager):
             return False
         return bool(super().is_locked(key, use_cache))
 
+    def remove_stale(self) -> int:
+        """Remove every lock whose process is gone from this host → how many were removed.
+
+        A killed run's lock on a key no later run uses would otherwise stay forever.
+        """
+        removed = 0
+        for path in Path(self.lock_files_directory).glob("*.lock"):
+            with contextlib.suppress(OSError, ValueError):
+                info = json.loads(path.read_text())
+                if info.get("host") == _HOST and not _alive(info.get("pid")):
+                    path.unlink()
+                    removed += 1
+        return removed
+
 
 _HOST = socket.gethostname()
 
@@ -172,6 +186,7 @@ def make_tasks(store: ArtifactStore) -> dict[str, Task]:
     """Store → graph node name → Prefect task (``run_node`` named after the node), with
     results persisted and keys locked in the store."""
     locks = SafeFileSystemLockManager(store.root / "locks" / "prefect")
+    locks.remove_stale()
     policy = StageCachePolicy().configure(isolation_level="SERIALIZABLE", lock_manager=locks)
     return {
         node.name: task(

@@ -194,6 +194,33 @@ def sweep_stale_temps(dest: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def sweep_orphans(root: str | os.PathLike[str]) -> list[Path]:
+    """Folder → the temp files and work folders under it left by dead processes, removed.
+
+    :func:`sweep_stale_temps` cleans up before a destination is written again; a write
+    killed for a key that is never written again would stay forever. A batch calls this on
+    its store when it starts. Only names this module gave, on this host, whose process is
+    gone, are removed.
+    """
+    removed: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            m = _TEMP_RE.match(name)
+            if m and _orphaned(m):
+                with contextlib.suppress(OSError):
+                    (Path(dirpath) / name).unlink()
+                    removed.append(Path(dirpath) / name)
+        for name in list(dirnames):
+            m = _WORKDIR_RE.match(name)
+            if m and _orphaned(m):
+                shutil.rmtree(Path(dirpath) / name, ignore_errors=True)
+                removed.append(Path(dirpath) / name)
+                dirnames.remove(name)
+    if removed:
+        log.info("removed %d temporary file(s) or folder(s) left by interrupted runs", len(removed))
+    return removed
+
+
 def private_workdir(parent: str | os.PathLike[str], label: str) -> Path:
     """Folder + label → a new private working directory in it, after removing the ones of
     that label left by dead processes on this host (a kill skips every ``finally``)."""

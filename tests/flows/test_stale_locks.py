@@ -45,3 +45,12 @@ def test_a_lock_without_a_process_record_is_left_to_prefect(tmp_path: Path) -> N
     locks = SafeFileSystemLockManager(tmp_path)
     assert locks.is_locked("k")
     assert (tmp_path / "k.lock").exists()
+
+
+def test_stale_locks_of_keys_no_run_uses_again_are_swept(tmp_path: Path) -> None:
+    locks = SafeFileSystemLockManager(tmp_path)
+    assert locks.acquire_lock("live", holder="me")
+    record = json.loads((tmp_path / "live.lock").read_text())
+    (tmp_path / "dead.lock").write_text(json.dumps({**record, "pid": _dead_pid()}))
+    assert locks.remove_stale() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.lock"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -145,3 +148,21 @@ def test_file_digest_memo_survives_a_new_store_and_notices_edits(
     assert ArtifactStore(tmp_path / "s").file_digest([f]) == d1
     f.write_bytes(b"two!")
     assert ArtifactStore(tmp_path / "s").file_digest([f]) == digest_file(f) != d1
+
+
+def test_sweep_orphans_removes_what_dead_writers_left_and_keeps_live_ones(tmp_path: Path) -> None:
+    from weightmapper.atomic import _HOST, sweep_orphans
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stage = tmp_path / "artifacts" / "verify"
+    stage.mkdir(parents=True)
+    orphan = stage / f".k.json.{dead.pid}-{_HOST}.abc123.tmp"
+    live = stage / f".j.json.{os.getpid()}-{_HOST}.abc123.tmp"
+    work = stage / f".convert.{dead.pid}-{_HOST}.xyz.work"
+    foreign = stage / f".k.json.{dead.pid}-ffffff.abc123.tmp"  # another host's
+    for p in (orphan, live, foreign):
+        p.write_text("partial")
+    (work / "inner").mkdir(parents=True)
+    assert sorted(sweep_orphans(tmp_path)) == sorted([orphan, work])
+    assert live.exists() and foreign.exists() and not work.exists()

@@ -152,6 +152,7 @@ def run_batch(
     t0 = time.perf_counter()
     store = store or ArtifactStore(job.store)
     store.ensure_writable()
+    store.sweep_orphans()  # what killed runs left under keys never written again
     prepare_examples(job)
     items = plan_items(job)
     if not items:

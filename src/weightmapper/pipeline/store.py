@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from weightmapper.atomic import atomic_path, atomic_write_text, file_lock
+from weightmapper.atomic import atomic_path, atomic_write_text, file_lock, sweep_orphans
 from weightmapper.errors import OutputError, WeightMapperError
 from weightmapper.hashing import HashCache, checkpoint_sha256
 from weightmapper.pipeline.keys import digest_file
@@ -86,6 +86,10 @@ class ArtifactStore:
                 f"store {self.root} is not writable ({e.strerror or e}); expected a folder "
                 "this user can write. Fix its permissions or point 'store:' elsewhere."
             ) from e
+
+    def sweep_orphans(self) -> list[Path]:
+        """Remove the temp files and work folders that killed runs left in the store."""
+        return sweep_orphans(self.root / "artifacts")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Travels to other processes (Dask workers) as its root; locks and memo are local.
