@@ -90,12 +90,13 @@ def _drop_teardown_unraisables() -> None:
 
     def hook(unraisable: Any) -> None:
         frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
-        where = [f.filename for f in frames] + [repr(unraisable.object)]
+        files = [f.filename for f in frames]
+        what = repr(unraisable.object)
+        # Installed packages only ("site-packages/prefect/..."): a project checked out in a
+        # folder named like one of them must still see its own exceptions.
         if any(
-            f"{os.sep}{pkg}{os.sep}" in w or f"{pkg}." in w
-            for w in where
-            for pkg in _TEARDOWN_PACKAGES
-        ):
+            f"packages{os.sep}{pkg}{os.sep}" in f for f in files for pkg in _TEARDOWN_PACKAGES
+        ) or any(f"{pkg}." in what for pkg in _TEARDOWN_PACKAGES):
             return
         previous(unraisable)
 
