@@ -14,7 +14,8 @@ import torch
 
 from weightmapper.mapper import WeightMapper
 from weightmapper.result import MappingResult
-from zoo import ZooCase, cases, convert_and_compare, source_with_weights
+from zoo import ZooCase, cases, convert_and_compare, get_case, source_with_weights
+from zoo.check import randomize_
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +95,13 @@ def test_transforms_produce_the_true_tensors(case: ZooCase) -> None:
         t = case.ground_truth[s]
         assert t in converted, f"{s} → {t} not mapped"
         assert torch.equal(converted[t], expected[t]), f"{s} → {t}: wrong tensor"
+
+
+def test_zoo_cross_library_pairs_convert_to_equal_outputs() -> None:
+    for name in ("resnet_tv_to_timm_names", "bert_hf_to_fairseq_names"):
+        case = get_case(name)
+        src, tgt = randomize_(case.build_source()).eval(), case.build_target().eval()
+        result = WeightMapper(src, tgt, dummy_input=case.dummy_input()).suggest_mapping()
+        tgt.load_state_dict(result.convert(src.state_dict()), strict=False)
+        truth = case.ground_truth
+        assert {s: t for s, t in result.items() if s in truth} == truth, name

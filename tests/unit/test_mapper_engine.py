@@ -168,20 +168,6 @@ def test_same_mapping_for_every_hash_seed() -> None:
     assert {p["source"]: p["target"] for p in pairs}["layer3.0.weight"] == "block_3.0.weight"
 
 
-@pytest.mark.integration
-def test_zoo_cross_library_pairs_convert_to_equal_outputs() -> None:
-    from zoo import get_case
-    from zoo.check import randomize_
-
-    for name in ("resnet_tv_to_timm_names", "bert_hf_to_fairseq_names"):
-        case = get_case(name)
-        src, tgt = randomize_(case.build_source()).eval(), case.build_target().eval()
-        result = WeightMapper(src, tgt, dummy_input=case.dummy_input()).suggest_mapping()
-        tgt.load_state_dict(result.convert(src.state_dict()), strict=False)
-        truth = case.ground_truth
-        assert {s: t for s, t in result.items() if s in truth} == truth, name
-
-
 class _BlockA(nn.Module):
     """One transformer block, library A's names (``ln_a``, ``attn.inp``, ``mlp.0``)."""
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from weightmapper.engine import propose_multi
@@ -17,90 +14,9 @@ from weightmapper.result import MappingResult, MatchedPair
 from weightmapper.tensor_info import TensorInfo
 from weightmapper.transforms import IDENTITY, TransformSpec, chain, infer_transform
 from weightmapper.verify import FunctionalCheck, check_outputs, settle_ambiguous
+from zoo.nets_linear_gpt import LAYERS, VOCAB, LinearGPT, gpt2
 
-transformers = pytest.importorskip("transformers")
-
-D, HEADS, LAYERS, VOCAB, POS = 32, 4, 2, 50, 16
-
-
-class Attention(nn.Module):
-    """Causal self-attention with separate q/k/v/o Linear projections."""
-
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d) for _ in range(3))
-        self.o_proj = nn.Linear(d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        hd = d // self.heads
-
-        def heads(y: torch.Tensor) -> torch.Tensor:
-            return y.view(b, t, self.heads, hd).transpose(1, 2)
-
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        mask = torch.ones(t, t, dtype=torch.bool).tril()
-        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
-        return self.o_proj((att @ v).transpose(1, 2).reshape(b, t, d))
-
-
-class MLP(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(d, 4 * d)
-        self.proj = nn.Linear(4 * d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
-
-
-class Block(nn.Module):
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(d)
-        self.attn = Attention(d, heads)
-        self.ln_2 = nn.LayerNorm(d)
-        self.mlp = MLP(d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class LinearGPT(nn.Module):
-    """GPT-2 rewritten with nn.Linear and separate q/k/v: the same function, other layout."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tok = nn.Embedding(VOCAB, D)
-        self.pos = nn.Embedding(POS, D)
-        self.layers = nn.ModuleList(Block(D, HEADS) for _ in range(LAYERS))
-        self.norm = nn.LayerNorm(D)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[1]))
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x)
-
-
-def gpt2() -> nn.Module:
-    cfg = transformers.GPT2Config(
-        n_layer=LAYERS,
-        n_embd=D,
-        n_head=HEADS,
-        n_positions=POS,
-        vocab_size=VOCAB,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return transformers.GPT2Model(cfg).eval()
-
+pytest.importorskip("transformers")
 
 _RENAMES = {
     "wte": "tok",
@@ -255,33 +171,6 @@ def test_functional_check_settles_ambiguous_layouts() -> None:
     assert all(m.confidence == "high" for m in settled.multi)
     again = check_outputs(src, tgt, settled, ids)
     assert again.equal
-
-
-@pytest.mark.integration
-def test_end_to_end_map_apply_validate_prove(tmp_path) -> None:
-    from safetensors.torch import save_file
-
-    from weightmapper.convert import convert_checkpoint, load_converted
-    from weightmapper.mapper import WeightMapper
-    from weightmapper.validate import validate_state_dict
-
-    src, tgt = gpt2(), LinearGPT()
-    ids = torch.randint(0, VOCAB, (1, 8))
-    mapping = WeightMapper(src, tgt, dummy_input=ids).suggest_mapping(verify=True)
-    assert mapping.metadata["functional_check"]["equal"] is True
-    save_file(
-        {k: v.contiguous() for k, v in src.state_dict().items()}, tmp_path / "gpt2.safetensors"
-    )
-    (tmp_path / "mapping.json").write_text(mapping.to_json())
-    again = MappingResult.from_dict(json.loads((tmp_path / "mapping.json").read_text()))
-    report = convert_checkpoint(tmp_path / "gpt2.safetensors", again, tmp_path / "out")
-    assert validate_state_dict(tmp_path / "out", LinearGPT()).ok
-    proven = LinearGPT()
-    proven.load_state_dict(load_converted(tmp_path / "out"), strict=True)
-    reference = src(ids).last_hidden_state
-    check = check_outputs(None, proven, {}, ids, reference_output=reference)
-    assert check.equal, check.summary()
-    assert report.dropped_source_keys == ()
 
 
 class ConvScaleBlock(nn.Module):
