@@ -8,27 +8,20 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from pipeline_jobs import cnn_job_data, write_job_file
 from weightmapper.examples.generate import ensure_example_checkpoints
-
-CNN = {"num_classes": 10, "width": 8}
 
 
 def _job(root: Path) -> Path:
     ensure_example_checkpoints(root / "ckpts", per_family=3)
-    job = {
-        "store": "store",
-        "sources": ["ckpts/cnn/*.pt"],
-        "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
-        "source_module": {"spec": "weightmapper.examples.cnn:OldCNN", "kwargs": CNN},
-        "dummy_input": {"shape": [1, 3, 16, 16]},
-        "mapper": {"threshold": 0.5},
-        "output": {"dir": "out", "naming": "{name}.safetensors"},
-    }
-    path = root / "job.yaml"
-    path.write_text("# run: weightmapper migrate job.yaml --no-prefect\n" + yaml.safe_dump(job))
-    return path
+    job = cnn_job_data(
+        dummy_input={"shape": [1, 3, 16, 16]},
+        mapper={"threshold": 0.5},
+        output={"dir": "out", "naming": "{name}.safetensors"},
+    )
+    del job["examples"]  # generated above, once, before the two processes race for it
+    return write_job_file(root, job, run=" --no-prefect")
 
 
 def _migrate(job: Path) -> subprocess.Popen[str]:

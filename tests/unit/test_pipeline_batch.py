@@ -10,28 +10,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline_jobs import CNN, cnn_job_data
 from weightmapper.pipeline.batch import run_batch
 from weightmapper.pipeline.config import JobConfig, parse_job
 from weightmapper.pipeline.store import ArtifactStore
 from weightmapper.pipeline.summary import CHECKPOINT_STAGES
 
-CNN = {"num_classes": 10, "width": 8}
-
 
 def cnn_job(tmp_path: Path, **mapper: Any) -> JobConfig:
     """A job over the example CNN checkpoints generated into tmp_path."""
-    data = {
-        "name": "t",
-        "store": "store",
-        "examples": "ckpts",
-        "runner": {"kind": "threads", "max_workers": 2},
-        "sources": ["ckpts/cnn/*.pt"],
-        "source_module": {"spec": "weightmapper.examples.cnn:OldCNN", "kwargs": CNN},
-        "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
-        "dummy_input": {"shape": [2, 3, 16, 16]},
-        "mapper": {"threshold": 0.5, **mapper},
-        "output": {"dir": "out", "naming": "{stem}.safetensors"},
-    }
+    data = cnn_job_data(
+        name="t",
+        runner={"kind": "threads", "max_workers": 2},
+        mapper={"threshold": 0.5, **mapper},
+    )
     return parse_job(data, base_dir=tmp_path)
 
 

@@ -6,28 +6,19 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
+from pipeline_jobs import cnn_job_data, write_job_file
 from weightmapper.cli.main import main
-
-CNN = {"num_classes": 10, "width": 8}
 
 
 def write_job(tmp_path: Path, **extra: object) -> Path:
-    job = {
-        "store": "store",
-        "examples": "ckpts",
-        "sources": ["ckpts/cnn/*.pt"],
-        "source_module": {"spec": "weightmapper.examples.cnn:OldCNN", "kwargs": CNN},
-        "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
-        "dummy_input": {"shape": [1, 3, 16, 16]},
-        "mapper": {"threshold": 0.5},
-        "output": {"dir": "out"},
+    job = cnn_job_data(
+        dummy_input={"shape": [1, 3, 16, 16]},
+        mapper={"threshold": 0.5},
+        output={"dir": "out"},
         **extra,
-    }
-    path = tmp_path / "job.yaml"
-    path.write_text("# run: weightmapper migrate job.yaml\n" + yaml.safe_dump(job))
-    return path
+    )
+    return write_job_file(tmp_path, job)
 
 
 def test_migrate_json_reports_each_stage_cached_flag(

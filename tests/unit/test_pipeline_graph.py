@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline_jobs import cnn_job_data
 from weightmapper.pipeline import graph
 from weightmapper.pipeline.batch import run_batch
 from weightmapper.pipeline.config import parse_job
-
-CNN = {"num_classes": 10, "width": 8}
 
 
 def test_every_node_reads_only_nodes_declared_before_it() -> None:
@@ -26,18 +25,10 @@ def test_migration_nodes_come_before_checkpoint_nodes() -> None:
 
 
 def test_the_plain_runner_walks_the_graph_in_its_order(tmp_path: Path) -> None:
-    job = parse_job(
-        {
-            "store": "store",
-            "examples": "ckpts",
-            "sources": ["ckpts/cnn/old_cnn_seed0.pt"],
-            "source_module": {"spec": "weightmapper.examples.cnn:OldCNN", "kwargs": CNN},
-            "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
-            "dummy_input": {"shape": [1, 3, 16, 16]},
-            "output": "out",
-        },
-        base_dir=tmp_path,
+    data = cnn_job_data(
+        sources=["ckpts/cnn/old_cnn_seed0.pt"], dummy_input={"shape": [1, 3, 16, 16]}, output="out"
     )
+    job = parse_job(data, base_dir=tmp_path)
     summary = run_batch(job)
     (item,) = summary.items
     m = job.migrations[0]

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
+from pipeline_jobs import CNN, cnn_job_data, write_job_file
 from weightmapper.cli.main import main
 from weightmapper.errors import ConfigError, OutputError
 from weightmapper.examples.cnn import OldCNN
@@ -20,22 +20,9 @@ from weightmapper.pipeline.batch import run_batch
 from weightmapper.pipeline.config import JobConfig, load_job, parse_job, with_threshold
 from weightmapper.pipeline.store import ArtifactStore
 
-CNN = {"num_classes": 10, "width": 8}
-
 
 def job_data(**extra: Any) -> dict[str, Any]:
-    return {
-        "name": "t",
-        "store": "store",
-        "examples": "ckpts",
-        "sources": ["ckpts/cnn/*.pt"],
-        "source_module": {"spec": "weightmapper.examples.cnn:OldCNN", "kwargs": CNN},
-        "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
-        "dummy_input": {"shape": [2, 3, 16, 16]},
-        "mapper": {"threshold": 0.5},
-        "output": {"dir": "out", "naming": "{stem}.safetensors"},
-        **extra,
-    }
+    return cnn_job_data(**{"name": "t", "mapper": {"threshold": 0.5}, **extra})
 
 
 def cnn_job(root: Path, **extra: Any) -> JobConfig:
@@ -43,10 +30,7 @@ def cnn_job(root: Path, **extra: Any) -> JobConfig:
 
 
 def write_job(root: Path, **extra: Any) -> Path:
-    path = root / "job.yaml"
-    root.mkdir(parents=True, exist_ok=True)
-    path.write_text("# run: weightmapper migrate job.yaml\n" + yaml.safe_dump(job_data(**extra)))
-    return path
+    return write_job_file(root, job_data(**extra))
 
 
 def outputs(root: Path) -> dict[str, bytes]:
