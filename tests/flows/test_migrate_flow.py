@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline_jobs import CNN, cnn_job_data
 from weightmapper.pipeline.batch import prepare_examples, run_batch
 from weightmapper.pipeline.config import JobConfig, RunnerSpec, parse_job
 from weightmapper.pipeline.store import ArtifactStore
@@ -18,21 +19,9 @@ from weightmapper.pipeline.summary import BatchSummary
 
 pytestmark = [pytest.mark.flows, pytest.mark.usefixtures("prefect_server")]
 
-CNN = {"num_classes": 10, "width": 8}
-
 
 def cnn_job(root: Path, **mapper: Any) -> JobConfig:
-    data = {
-        "name": "flowtest",
-        "store": "store",
-        "examples": "ckpts",
-        "sources": ["ckpts/cnn/*.pt"],
-        "source_module": {"spec": "weightmapper.examples.cnn:OldCNN", "kwargs": CNN},
-        "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
-        "dummy_input": {"shape": [2, 3, 16, 16]},
-        "mapper": {"threshold": 0.5, **mapper},
-        "output": {"dir": "out", "naming": "{stem}.safetensors"},
-    }
+    data = cnn_job_data(name="flowtest", mapper={"threshold": 0.5, **mapper})
     return parse_job(data, base_dir=root)
 
 
