@@ -16,8 +16,15 @@ from torch import nn
 # --- GPT-2 (nanoGPT-like, Linear layers instead of HF's transposed Conv1D) -----------------
 
 
-class GptAttention(nn.Module):
-    """Causal self-attention: fused ``qkv`` or ``query``/``key``/``value``, then ``out``."""
+class SdpaAttention(nn.Module):
+    """Self-attention: fused ``qkv`` or ``query``/``key``/``value``, then ``out_name``.
+
+    Subclasses name the output projection and say whether the attention is causal; the rest
+    (registration order, head split, scaled dot product) is the same for GPT-2 and ViT.
+    """
+
+    out_name = "out"
+    causal = False
 
     def __init__(self, d: int, heads: int, fused: bool) -> None:
         super().__init__()
@@ -28,7 +35,7 @@ class GptAttention(nn.Module):
             self.query = nn.Linear(d, d)
             self.key = nn.Linear(d, d)
             self.value = nn.Linear(d, d)
-        self.out = nn.Linear(d, d)
+        self.add_module(self.out_name, nn.Linear(d, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) → (B, T, D)."""
@@ -38,8 +45,15 @@ class GptAttention(nn.Module):
         else:
             q, k, v = self.query(x), self.key(x), self.value(x)
         q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return getattr(self, self.out_name)(y.transpose(1, 2).reshape(b, t, d))
+
+
+class GptAttention(SdpaAttention):
+    """Causal self-attention: fused ``qkv`` or ``query``/``key``/``value``, then ``out``."""
+
+    out_name = "out"
+    causal = True
 
 
 class GptMlp(nn.Module):

@@ -10,31 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.nets_text import SdpaAttention
 
-class VitAttention(nn.Module):
+
+class VitAttention(SdpaAttention):
     """qkv or query/key/value, then proj."""
 
-    def __init__(self, d: int, heads: int, fused: bool) -> None:
-        super().__init__()
-        self.heads, self.fused = heads, fused
-        if fused:
-            self.qkv = nn.Linear(d, 3 * d)
-        else:
-            self.query = nn.Linear(d, d)
-            self.key = nn.Linear(d, d)
-            self.value = nn.Linear(d, d)
-        self.proj = nn.Linear(d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) → (B, N, D)."""
-        b, n, d = x.shape
-        if self.fused:
-            q, k, v = self.qkv(x).split(d, dim=-1)
-        else:
-            q, k, v = self.query(x), self.key(x), self.value(x)
-        q, k, v = (z.reshape(b, n, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+    out_name = "proj"
 
 
 class VitMlp(nn.Module):
