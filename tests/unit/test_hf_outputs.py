@@ -14,22 +14,14 @@ from weightmapper.convert import convert_checkpoint
 from weightmapper.errors import OutputError
 from weightmapper.result import MappingResult, MatchedPair
 from weightmapper.transforms import TransformSpec
+from zoo.hf import TINY_LLAMA
 
 transformers = pytest.importorskip("transformers")
 
 
 def _tiny_llama_folder(folder: Path) -> torch.nn.Module:
     """Folder → a tiny tied-embedding Llama saved there (config, generation config, weights)."""
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,
-    )
+    cfg = transformers.LlamaConfig(**TINY_LLAMA, tie_word_embeddings=True)
     torch.manual_seed(1)
     model = transformers.LlamaForCausalLM(cfg).eval()
     model.generation_config.max_new_tokens = 7

@@ -20,6 +20,7 @@ from weightmapper.targets import (
     resolve_side,
     spec_problem,
 )
+from zoo.hf import TINY_LLAMA
 
 NET_PY = """
 from torch import nn
@@ -35,16 +36,7 @@ class Net(nn.Module):
 def _llama_config(folder: Path, **extra: object) -> Path:
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        **extra,
-    )
+    cfg = LlamaConfig(**TINY_LLAMA, **extra)
     folder.mkdir(parents=True, exist_ok=True)
     cfg.save_pretrained(folder)
     return folder / "config.json"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
-from zoo.hf import hf_class, hf_model
+from zoo.hf import gpt2_fields, hf_class, hf_model
 from zoo.nets_text import HandBert, HandGpt2, HandLlama, MetaLlama
 from zoo.nets_vit import HandVit
 
@@ -42,17 +42,8 @@ def _weight_bias(src: str, tgt: str, bias: bool = True) -> list[tuple[str, str]]
 
 def hf_gpt2() -> nn.Module:
     """() → HF GPT2LMHeadModel from the small config."""
-    return hf_model(
-        "GPT2LMHeadModel",
-        "GPT2Config",
-        n_layer=LAYERS,
-        n_embd=D,
-        n_head=HEADS,
-        vocab_size=VOCAB,
-        n_positions=POSITIONS,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    fields = gpt2_fields(layers=LAYERS, d=D, heads=HEADS, vocab=VOCAB, positions=POSITIONS)
+    return hf_model("GPT2LMHeadModel", "GPT2Config", **fields)
 
 
 def gpt2_truth(fused: bool) -> Truth:

@@ -42,3 +42,31 @@ def lm_fields(c: LMConfig, /, **extra: Any) -> dict[str, Any]:
         "attn_implementation": "eager",
         **extra,
     }
+
+
+def gpt2_fields(
+    *, layers: int, d: int, heads: int, vocab: int, positions: int, **extra: Any
+) -> dict[str, Any]:
+    """Sizes of a GPT-2 → its config fields, token 0 as begin and end (``extra`` wins)."""
+    return {
+        "n_layer": layers,
+        "n_embd": d,
+        "n_head": heads,
+        "vocab_size": vocab,
+        "n_positions": positions,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        **extra,
+    }
+
+
+TINY_LLAMA = {
+    "vocab_size": 64,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32,
+}
+"""Config fields of the smallest Llama the file-format tests save (2 key/value heads)."""

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.hf import hf_model
+from zoo.hf import gpt2_fields, hf_model
 
 D, HEADS, LAYERS, VOCAB, POS = 32, 4, 2, 50, 16
 
@@ -86,17 +86,14 @@ class LinearGPT(nn.Module):
 
 def gpt2() -> nn.Module:
     """A small randomly initialised HF ``GPT2Model`` (Conv1D, fused qkv) in eval mode."""
-    return hf_model(
-        "GPT2Model",
-        "GPT2Config",
-        n_layer=LAYERS,
-        n_embd=D,
-        n_head=HEADS,
-        n_positions=POS,
-        vocab_size=VOCAB,
+    fields = gpt2_fields(
+        layers=LAYERS,
+        d=D,
+        heads=HEADS,
+        vocab=VOCAB,
+        positions=POS,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    ).eval()
+    )
+    return hf_model("GPT2Model", "GPT2Config", **fields).eval()

@@ -7,10 +7,9 @@ attention is fused (``attn.qkv``, a merge of HF's q/k/v) or separate (``attn.que
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from zoo.nets_text import SdpaAttention
+from zoo.nets_text import BertFfn, SdpaAttention
 
 
 class VitAttention(SdpaAttention):
@@ -19,17 +18,8 @@ class VitAttention(SdpaAttention):
     out_name = "proj"
 
 
-class VitMlp(nn.Module):
-    """fc1, GELU, fc2."""
-
-    def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(d, hidden)
-        self.fc2 = nn.Linear(hidden, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens → tokens."""
-        return self.fc2(F.gelu(self.fc1(x)))
+class VitMlp(BertFfn):
+    """fc1, GELU, fc2 (the same computation as BERT's feed-forward)."""
 
 
 class LayerScale(nn.Module):
