@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 import zoo_path  # noqa: F401  (the reference zoo lives in tests/)
+from rates import PrecisionRecall
 from zoo import CATEGORIES, ZooCase, cases, convert_and_compare, get_case
 from zoo.check import source_with_weights
 
@@ -82,7 +83,7 @@ class Unit:
 
 
 @dataclass
-class ModeScore:
+class ModeScore(PrecisionRecall):
     """One case mapped in one mode (with or without dummy input)."""
 
     mode: str
@@ -99,20 +100,6 @@ class ModeScore:
     output: dict[str, Any] | None = None
     seconds: float = 0.0
     error: str = ""
-
-    @property
-    def precision(self) -> float:
-        """Correct / predicted (1.0 when nothing was predicted; 0.0 when the run failed)."""
-        if self.error:
-            return 0.0
-        return self.correct / self.predicted if self.predicted else 1.0
-
-    @property
-    def recall(self) -> float:
-        """Correct / true units (1.0 when there is nothing to find; 0.0 when the run failed)."""
-        if self.error:
-            return 0.0
-        return self.correct / self.truth_units if self.truth_units else 1.0
 
 
 # --- scoring one case ----------------------------------------------------------------------

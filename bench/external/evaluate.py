@@ -21,6 +21,7 @@ from torch import nn
 
 from bench.external.case import Built, ExternalCase
 from bench.external.truth import Truth, derive
+from bench.rates import PrecisionRecall
 
 MODES = ("file", "module")
 
@@ -49,7 +50,7 @@ class Unit:
 
 
 @dataclass
-class ModeRun:
+class ModeRun(PrecisionRecall):
     """One case mapped in one mode."""
 
     mode: str
@@ -73,18 +74,6 @@ class ModeRun:
     @property
     def correct(self) -> int:
         return sum(u.correct for u in self.units)
-
-    @property
-    def precision(self) -> float:
-        if self.error:
-            return 0.0
-        return self.correct / self.predicted if self.predicted else 1.0
-
-    @property
-    def recall(self) -> float:
-        if self.error:
-            return 0.0
-        return self.correct / self.truth_units if self.truth_units else 1.0
 
     @property
     def high(self) -> list[Unit]:
