@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,18 +83,13 @@ def test_payload_would_really_run(tmp_path: Path) -> None:
     assert marker.exists()
 
 
-def test_open_checkpoint_refuses(hostile: tuple[Path, Path, set[str]]) -> None:
+@pytest.mark.parametrize("load", [open_checkpoint, load_checkpoint_as_dict])
+def test_checkpoint_readers_refuse(
+    hostile: tuple[Path, Path, set[str]], load: Callable[[Path], object]
+) -> None:
     path, marker, names = hostile
     with pytest.raises(UnsafeCheckpointError) as info:
-        open_checkpoint(path)
-    _check_refused(info.value, names)
-    assert not marker.exists()
-
-
-def test_load_as_dict_refuses(hostile: tuple[Path, Path, set[str]]) -> None:
-    path, marker, names = hostile
-    with pytest.raises(UnsafeCheckpointError) as info:
-        load_checkpoint_as_dict(path)
+        load(path)
     _check_refused(info.value, names)
     assert not marker.exists()
 
