@@ -14,7 +14,7 @@ can be compared after a conversion.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,26 @@ def _conv1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 # --- torchvision layout --------------------------------------------------------------------
 
 
+def stage_blocks(
+    block: Callable[[int, int, int, Norm], nn.Module],
+    layers: tuple[int, ...],
+    widths: tuple[int, ...],
+    norm: Norm,
+) -> Iterator[list[nn.Module]]:
+    """Block class, blocks and width per stage, norm → each stage's blocks, built in order.
+
+    A block takes (in channels, out channels, stride, norm); the first block of every stage
+    after the first halves the resolution. Lazy: a stage's blocks are built (and draw their
+    initial weights) only when the caller reaches it.
+    """
+    cin = widths[0]
+    for i, (depth, w) in enumerate(zip(layers, widths, strict=True)):
+        yield [
+            block(cin if j == 0 else w, w, 2 if (i and j == 0) else 1, norm) for j in range(depth)
+        ]
+        cin = w
+
+
 class TvBlock(nn.Module):
     """torchvision BasicBlock: conv1, bn1, conv2, bn2, then downsample (conv, bn)."""
 
@@ -101,16 +121,10 @@ class TvResNet(nn.Module):
         self.conv1 = _conv3(3, widths[0])
         self.bn1 = n(widths[0])
         self.relu = nn.ReLU()
-        cin = widths[0]
-        for i, (depth, w) in enumerate(zip(layers, widths, strict=True)):
-            blocks = [
-                TvBlock(cin if j == 0 else w, w, 2 if (i and j == 0) else 1, n)
-                for j in range(depth)
-            ]
+        for i, blocks in enumerate(stage_blocks(TvBlock, layers, widths, n)):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            cin = w
         self.num_stages = len(layers)
-        self.fc = nn.Linear(cin, num_classes) if num_classes else None
+        self.fc = nn.Linear(widths[-1], num_classes) if num_classes else None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch → last stage's feature map."""
@@ -200,16 +214,10 @@ class StagedResNet(nn.Module):
         super().__init__()
         n = make_norm(norm)
         self.stem = ConvNorm(_conv3(3, widths[0]), n(widths[0]))
-        stages, cin = [], widths[0]
-        for i, (depth, w) in enumerate(zip(layers, widths, strict=True)):
-            blocks = [
-                StagedBlock(cin if j == 0 else w, w, 2 if (i and j == 0) else 1, n)
-                for j in range(depth)
-            ]
-            stages.append(Stage(blocks))
-            cin = w
-        self.stages = nn.ModuleList(stages)
-        self.head = Head(cin, num_classes)
+        self.stages = nn.ModuleList(
+            Stage(blocks) for blocks in stage_blocks(StagedBlock, layers, widths, n)
+        )
+        self.head = Head(widths[-1], num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch → last stage's feature map."""
@@ -280,17 +288,11 @@ class D2ResNet(nn.Module):
         super().__init__()
         n = make_norm(norm)
         self.stem = D2Stem(widths[0], n)
-        cin = widths[0]
         self.stage_names = []
-        for i, (depth, w) in enumerate(zip(layers, widths, strict=True)):
-            blocks = [
-                D2Block(cin if j == 0 else w, w, 2 if (i and j == 0) else 1, n)
-                for j in range(depth)
-            ]
+        for i, blocks in enumerate(stage_blocks(D2Block, layers, widths, n)):
             self.add_module(f"res{i + 2}", nn.Sequential(*blocks))
             self.stage_names.append(f"res{i + 2}")
-            cin = w
-        self.linear = nn.Linear(cin, num_classes) if num_classes else None
+        self.linear = nn.Linear(widths[-1], num_classes) if num_classes else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch → logits."""
