@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from pipeline_jobs import CNN, cnn_job_data
+from pipeline_jobs import (
+    CNN,
+    assert_each_stage_computed_once,
+    assert_same_outputs,
+    cnn_job_data,
+    run_concurrently,
+)
 from weightmapper.pipeline.batch import prepare_examples, run_batch
 from weightmapper.pipeline.config import JobConfig, RunnerSpec, parse_job
 from weightmapper.pipeline.store import ArtifactStore
@@ -94,24 +98,10 @@ def test_a_corrupt_checkpoint_fails_alone(tmp_path: Path) -> None:
 def test_two_concurrent_flow_runs_compute_each_stage_once(tmp_path: Path) -> None:
     job = cnn_job(tmp_path)
     prepare_examples(job)
-    results: list[BatchSummary] = []
-    threads = [threading.Thread(target=lambda: results.append(run_flow(job))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    a, b = results
+    a, b = run_concurrently(lambda: run_flow(job))
     assert a.ok and b.ok
-    for x, y in zip(a.items, b.items, strict=True):
-        for sx, sy in zip(x.stages, y.stages, strict=True):
-            if sx.name != "export":
-                assert sx.cached or sy.cached, (x.source, sx.name)
-    reference = run_batch(cnn_job(tmp_path / "plain"))
-    for x, y in zip(a.items, reference.items, strict=True):
-        got, want = load_file(x.output or ""), load_file(y.output or "")
-        assert got.keys() == want.keys()
-        for k in got:
-            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    assert_each_stage_computed_once(a, b)
+    assert_same_outputs(a, run_batch(cnn_job(tmp_path / "plain")))
 
 
 def test_dask_runner_on_a_local_cluster(tmp_path: Path) -> None:

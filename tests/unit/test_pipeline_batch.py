@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from pipeline_jobs import CNN, cnn_job_data
+from pipeline_jobs import (
+    CNN,
+    assert_each_stage_computed_once,
+    assert_same_outputs,
+    cnn_job_data,
+    run_concurrently,
+)
 from weightmapper.pipeline.batch import run_batch
 from weightmapper.pipeline.config import JobConfig, parse_job
 from weightmapper.pipeline.store import ArtifactStore
@@ -148,31 +152,11 @@ def test_two_concurrent_runs_give_identical_outputs(tmp_path: Path) -> None:
     from weightmapper.pipeline.batch import prepare_examples
 
     prepare_examples(job)
-    results = []
-
-    def worker() -> None:
-        # Separate store objects, as two processes would have; they share the files.
-        results.append(run_batch(job, store=ArtifactStore(job.store)))
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    a, b = results
+    # Separate store objects, as two processes would have; they share the files.
+    a, b = run_concurrently(lambda: run_batch(job, store=ArtifactStore(job.store)))
     assert a.ok and b.ok
-    # Every stage of every checkpoint was computed by exactly one of the two runs.
-    for x, y in zip(a.items, b.items, strict=True):
-        for sx, sy in zip(x.stages, y.stages, strict=True):
-            if sx.name != "export":
-                assert not (not sx.cached and not sy.cached), (x.source, sx.name)
-    single = run_batch(cnn_job(tmp_path / "single"))
-    for x, y in zip(a.items, single.items, strict=True):
-        got, want = load_file(x.output or ""), load_file(y.output or "")
-        assert got.keys() == want.keys()
-        for k in got:
-            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
-        assert Path(x.report or "").read_bytes() == Path(y.report or "").read_bytes()
+    assert_each_stage_computed_once(a, b)
+    assert_same_outputs(a, run_batch(cnn_job(tmp_path / "single")), reports=True)
 
 
 def test_outputs_do_not_depend_on_where_the_store_is(tmp_path: Path) -> None:
