@@ -182,6 +182,18 @@ class _Recorder(TorchFunctionMode):
             functional.has_torch_function = check  # type: ignore[assignment]
 
 
+def _persistent_buffers(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Module → its buffers that a state dict holds (a RoPE cache or ``inv_freq`` is not
+    one: such constant tables are inputs of the computation, not weights with a role)."""
+    out = []
+    for path, sub in module.named_modules(remove_duplicate=False):
+        skip = getattr(sub, "_non_persistent_buffers_set", set())
+        for local, buf in sub.named_buffers(recurse=False):
+            if local not in skip and buf is not None:
+                out.append((f"{path}.{local}" if path else local, buf))
+    return out
+
+
 def _is_index(t: torch.Tensor) -> bool:
     """Several integer ids (a lookup), as opposed to one expert number or a boolean mask."""
     return not t.is_floating_point() and t.dtype is not torch.bool and t.numel() > 1
@@ -189,8 +201,8 @@ def _is_index(t: torch.Tensor) -> bool:
 
 def _record(module: nn.Module, example: Any) -> _Graph:
     g = _Graph()
-    for name, p in list(module.named_parameters(remove_duplicate=False)) + list(
-        module.named_buffers(remove_duplicate=False)
+    for name, p in list(module.named_parameters(remove_duplicate=False)) + _persistent_buffers(
+        module
     ):
         g.param_of[id(p)] = (*g.param_of.get(id(p), ()), name)
         g.param_dim[name] = p.dim()

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weightmapper.dataflow import dataflow_roles
 from weightmapper.engine import Candidates, assign, paused_gc, score_inventories
 from weightmapper.errors import MappingError
 from weightmapper.inventory import Inventory
@@ -73,6 +74,7 @@ class WeightMapper:
         self.target_name = self.target_inventory.name
         if dummy_input is not None:
             self._trace()
+            self._read_roles()
         self.result: MappingResult | None = None
         self._candidates: dict[tuple, Candidates] = {}
 
@@ -136,6 +138,18 @@ class WeightMapper:
             return  # trace_execution_order already warned
         self.source_inventory = self.source_inventory.with_order(s_order)
         self.target_inventory = self.target_inventory.with_order(t_order)
+
+    def _read_roles(self) -> None:
+        """Each side that is a module → its inventory with roles read from a forward pass.
+
+        A checkpoint side keeps none: the engine reads its roles from naming conventions.
+        """
+        if self.source_module is not None:
+            roles = dataflow_roles(self.source_module, self.dummy_input)
+            self.source_inventory = self.source_inventory.with_roles(roles)
+        if self.target_module is not None:
+            roles = dataflow_roles(self.target_module, self.dummy_input)
+            self.target_inventory = self.target_inventory.with_roles(roles)
 
     # --- mapping ----------------------------------------------------------------------------
     def candidates(self, weights: Mapping[str, float] | None = None) -> Candidates:

@@ -60,6 +60,8 @@ class MatchedPair:
     """Cascade stage that settled it: ``exact``, ``normalized``, ``structural``, ``assignment``."""
     confidence: str = "high"
     """``high`` or ``low``; low marks a guess the evidence could not settle (square transposes)."""
+    note: str = ""
+    """What the pair rests on beyond its scores (``layout assumed from names: …``), if anything."""
 
     def to_dict(self) -> dict[str, Any]:
         """MatchedPair → JSON-ready dict."""
@@ -74,6 +76,7 @@ class MatchedPair:
             "group": self.group,
             "stage": self.stage,
             "confidence": self.confidence,
+            **({"note": self.note} if self.note else {}),
         }
 
     @classmethod
@@ -90,6 +93,7 @@ class MatchedPair:
             group=bool(d.get("group", True)),
             stage=str(d.get("stage", "")),
             confidence=str(d.get("confidence", "high")),
+            note=str(d.get("note", "")),
         )
 
 

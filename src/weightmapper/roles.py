@@ -104,13 +104,24 @@ def family(role: str) -> str:
     return "mlp." + role[4:] if role.startswith("moe.") else role
 
 
+_CONV_ROLES = ("stem.", "block.", "downsample.", "head.conv", "head.norm", "embed.patch")
+
+
 def roles_conflict(a: str | None, b: str | None) -> bool:
-    """Two roles (None: unknown) → True when the tensors cannot be the same tensor."""
+    """Two roles (None: unknown) → True when the tensors cannot be the same tensor.
+
+    Convolutional networks differ in where a block begins (a downsample at the end of one
+    stage or the start of the next), so their conv and norm roles exclude each other only
+    where no library differs: a shortcut projection is never a main-branch layer.
+    """
     if not a or not b:
         return False
     fa, fb = family(a), family(b)
     if fa == fb:
         return False
+    if fa.startswith(_CONV_ROLES) or fb.startswith(_CONV_ROLES):
+        both_blocks = fa.startswith("block.") and fb.startswith("block.")
+        return both_blocks and ("shortcut" in fa) != ("shortcut" in fb)
     return not any(fa in e and fb in e for e in EQUIVALENT) and not _fused_part(fa, fb)
 
 

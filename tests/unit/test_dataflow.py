@@ -12,6 +12,7 @@ from torch import nn
 from weightmapper.conventions import load_conventions
 from weightmapper.dataflow import dataflow_roles
 from zoo import get_case
+from zoo.nets_rope import RopeAttention
 
 _LM = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
        "num_attention_heads": 2, "vocab_size": 32}  # fmt: skip
@@ -120,40 +121,11 @@ def test_tied_weights_take_the_role_of_the_module_that_uses_them() -> None:
     assert roles["norm.weight"].role == "norm.final"
 
 
-class _RopeAttention(nn.Module):
-    """One attention with RoPE written either way: rotate-half, or on interleaved pairs."""
-
-    def __init__(self, interleaved: bool, dim: int = 16, heads: int = 2) -> None:
-        super().__init__()
-        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
-        self.o = nn.Linear(dim, dim)
-        self.heads, self.interleaved = heads, interleaved
-
-    def rope(self, x: torch.Tensor) -> torch.Tensor:
-        n, d = x.shape[-2], x.shape[-1]
-        angle = torch.arange(n)[:, None] * torch.arange(d // 2)[None, :] * 0.1
-        cos, sin = angle.cos(), angle.sin()
-        if self.interleaved:
-            pairs = x.reshape(*x.shape[:-1], d // 2, 2)
-            a, b = pairs[..., 0], pairs[..., 1]
-            return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
-        a, b = x[..., : d // 2], x[..., d // 2 :]
-        cos, sin = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
-        return x * cos + torch.cat([-b, a], dim=-1) * sin
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        split = lambda t: t.view(b, n, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        att = torch.softmax(self.rope(q) @ self.rope(k).transpose(-1, -2), dim=-1)
-        return self.o((att @ v).transpose(1, 2).reshape(b, n, d))
-
-
 @pytest.mark.parametrize(("interleaved", "style"), [(False, "rotate_half"), (True, "interleaved")])
 def test_rope_layout_and_head_size_are_read_where_the_attention_happens(
     interleaved: bool, style: str
 ) -> None:
-    roles = dataflow_roles(_RopeAttention(interleaved), torch.randn(1, 5, 16))
+    roles = dataflow_roles(RopeAttention(interleaved), torch.randn(1, 5, 16))
     assert (roles["q.weight"].role, roles["q.weight"].rope) == ("attn.q", style)
     assert (roles["k.weight"].role, roles["k.weight"].rope) == ("attn.k", style)
     assert roles["v.weight"].rope is None

@@ -52,6 +52,7 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
             group=p.group,
             stage=p.stage,
             confidence=p.confidence,
+            note=p.note,
         )
         for p, score in accepted.values()
     ]

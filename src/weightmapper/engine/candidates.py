@@ -31,6 +31,8 @@ class Proposal:
     target_shape: tuple[int, ...]
     follows: str | None = None
     """For a buffer that follows its module's match: the source key whose pair it follows."""
+    note: str = ""
+    """What the pair rests on beyond its scores (a layout assumed from names), if anything."""
 
     def to_dict(self) -> dict[str, Any]:
         """Proposal → JSON-ready dict."""
@@ -45,6 +47,7 @@ class Proposal:
             "source_shape": list(self.source_shape),
             "target_shape": list(self.target_shape),
             "follows": self.follows,
+            "note": self.note,
         }
 
     @classmethod
@@ -61,6 +64,7 @@ class Proposal:
             tuple(d["source_shape"]),
             tuple(d["target_shape"]),
             d.get("follows"),
+            str(d.get("note", "")),
         )
 
 

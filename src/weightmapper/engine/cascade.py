@@ -45,7 +45,7 @@ from weightmapper.engine.collect import collect
 from weightmapper.engine.exact import stage_exact
 from weightmapper.engine.gaps import stage_gaps
 from weightmapper.engine.groups import fill_groups
-from weightmapper.engine.layouts import settle_square_layouts
+from weightmapper.engine.layouts import settle_role_layouts, settle_square_layouts
 from weightmapper.engine.normalized import stage_normalized
 from weightmapper.engine.optimal import stage_assignment
 from weightmapper.engine.side import prepare_side
@@ -56,6 +56,7 @@ from weightmapper.engine.structural import stage_structural
 from weightmapper.engine.template import stage_template
 from weightmapper.inventory import Inventory
 from weightmapper.result import MappingResult
+from weightmapper.roles import side_roles
 from weightmapper.settings import MapperSettings, ScoreSettings
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,13 @@ def score_inventories(
     Neither inventory is changed.
     """
     settings = settings if settings is not None else ScoreSettings()
+    roles = (side_roles(source.tensors, source.roles), side_roles(target.tensors, target.roles))
     with paused_gc():
-        st = MatchState(prepare_side(source), prepare_side(target), settings)
+        st = MatchState(prepare_side(source), prepare_side(target), settings, roles)
         run_cascade(st)
         proposals, notes, tied = collect(st)
     proposals = settle_square_layouts(proposals, source, target)
+    proposals = settle_role_layouts(proposals, roles)
     multi = propose_leftovers(source, target, notes)
     multi, notes = drop_ambiguous(multi, notes)
     if multi:
@@ -115,6 +118,8 @@ def score_inventories(
         "incompatible_pairs": [list(p) for p in pairs] if pairs else None,
         "source_traced": source.traced,
         "target_traced": target.traced,
+        "source_roles": roles[0].source,
+        "target_roles": roles[1].source,
     }
     log.info(
         "scored %s (%d tensors) against %s (%d tensors): %d proposals, stages %s",

@@ -1,5 +1,9 @@
-"""Square linear weights of a bare checkpoint: their layout follows the evidence of the
-non-square ones (run after the cascade, on its proposals)."""
+"""Layouts the cascade's proposals need beyond their shapes (run after the cascade):
+
+- square linear weights of a bare checkpoint follow the evidence of the non-square ones;
+- query and key projections whose two libraries order RoPE's rows differently get the row
+  permutation (:func:`weightmapper.roles.layout_transform`), and the pair says what was
+  assumed when a layout comes from names only."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from dataclasses import replace
 
 from weightmapper.engine.candidates import Proposal
 from weightmapper.inventory import Inventory, split_key
-from weightmapper.transforms import TransformSpec
+from weightmapper.roles import SideRoles, layout_transform
+from weightmapper.transforms import TransformSpec, chain
 
 _LINEAR_TYPES = frozenset({"Linear", "Conv1D", "NonDynamicallyQuantizableLinear", "LazyLinear"})
 _TRANSPOSE = TransformSpec("transpose", {"dim0": 0, "dim1": 1})
@@ -65,3 +70,26 @@ def _block_scope(key: str) -> str:
         if part.isdigit():
             return ".".join(parts[: i + 1])
     return ""
+
+
+def settle_role_layouts(
+    proposals: list[Proposal], roles: tuple[SideRoles, SideRoles]
+) -> list[Proposal]:
+    """Proposals + both sides' roles → proposals whose q/k rows follow the target's RoPE layout.
+
+    A pair gets the permutation only when both sides give it one role; what was assumed
+    (a layout read from names, not from a forward pass) is written on the pair.
+    """
+    src, tgt = roles
+    out = []
+    for p in proposals:
+        role = src.roles.get(p.source)
+        if role and role == tgt.roles.get(p.target):
+            spec, note = layout_transform(role, p.source, p.target, src, tgt)
+            if spec is not None:
+                transform = spec if p.transform.is_identity else chain(p.transform, spec)
+                p = replace(p, transform=transform, note=note)
+            elif note:
+                p = replace(p, note=note, confidence="low")
+        out.append(p)
+    return out

@@ -117,6 +117,7 @@ def signal_matrices(
     blocked |= st.s_stat[rows_s][:, None] != st.t_stat[cols_t][None, :]
     both_strict = st.s_strict_role[rows_s][:, None] & st.t_strict_role[cols_t][None, :]
     blocked |= both_strict & (st.s_role[rows_s][:, None] != st.t_role[cols_t][None, :])
+    blocked |= st.roles_block(rows_s[:, None], cols_t[None, :])
     if st.has_incompatible:
         blocked |= st.blocked_by_user(rows_s, cols_t)
     sig = {

@@ -9,6 +9,7 @@ whom, by which stage, with what structure score). Stages read it and record pair
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -24,6 +25,7 @@ from weightmapper.engine.families import (
 from weightmapper.engine.names import TokenSpace
 from weightmapper.engine.shapes import ShapeRelation, cached_relation, shape_bucket
 from weightmapper.engine.side import Side, drop_tokens, side_specific_tokens
+from weightmapper.roles import SideRoles, roles_conflict, stacks_conflict
 from weightmapper.settings import ScoreSettings
 from weightmapper.transforms import IDENTITY
 
@@ -35,7 +37,13 @@ follows-source-key or -1)."""
 class MatchState:
     """Two Sides + settings → matching state; the stages of :mod:`.cascade` fill it."""
 
-    def __init__(self, src: Side, tgt: Side, settings: ScoreSettings) -> None:
+    def __init__(
+        self,
+        src: Side,
+        tgt: Side,
+        settings: ScoreSettings,
+        func_roles: tuple[SideRoles, SideRoles] | None = None,
+    ) -> None:
         self.settings = settings
         self.weights = dict(settings.weights or {})
         self.tol = settings.shape_tolerance
@@ -62,6 +70,17 @@ class MatchState:
         self.t_strict_role = np.array([r in STRICT_ROLES for r in tgt.role], bool)
         self.s_stat = np.array(src.stat_buffer, bool)
         self.t_stat = np.array(tgt.stat_buffer, bool)
+        # What each tensor does (roles.py): keys whose roles exclude each other never pair.
+        s_roles, t_roles = func_roles or (SideRoles(), SideRoles())
+        self.roles = (s_roles, t_roles)
+        self.s_func, self.t_func, self.func_conflict = _codes(
+            src.keys, tgt.keys, s_roles.roles, t_roles.roles, roles_conflict
+        )
+        self.s_stack, self.t_stack, self.stack_conflict = _codes(
+            src.keys, tgt.keys, s_roles.stacks, t_roles.stacks, stacks_conflict
+        )
+        self.s_gfunc = _group_codes(src, self.s_func)
+        self.t_gfunc = _group_codes(tgt, self.t_func)
         # Parents and component families are judged on the full names, before wrapper
         # tokens are dropped.
         s_parent = [_parent_tokens(g, src) for g in range(len(src.group_paths))]
@@ -116,6 +135,10 @@ class MatchState:
             return None
         if self.s_strict_role[i] and self.t_strict_role[j] and self.s_role[i] != self.t_role[j]:
             return None
+        if self.func_conflict[self.s_func[i], self.t_func[j]]:
+            return None
+        if self.stack_conflict[self.s_stack[i], self.t_stack[j]]:
+            return None
         gs, gt = s.group[i], t.group[j]
         if self.fam_table[self.s_fam[gs], self.t_fam[gt]] <= 0:
             return None
@@ -132,6 +155,7 @@ class MatchState:
         ok = self.s_stat[rows_s] == self.t_stat[cols_t]
         both = self.s_strict_role[rows_s] & self.t_strict_role[cols_t]
         ok &= ~both | (self.s_role[rows_s] == self.t_role[cols_t])
+        ok &= ~self.roles_block(rows_s, cols_t)
         ok &= self.fam_table[self.s_fam[gs], self.t_fam[gt]] > 0
         ok &= allowed_pairs(self.inc_s, self.inc_t, rows_s, cols_t)
         out: list[ShapeRelation | None] = []
@@ -145,6 +169,13 @@ class MatchState:
                 )
             )
         return out
+
+    def roles_block(self, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
+        """Source keys, target keys (broadcastable) → True where roles or stacks exclude."""
+        return (
+            self.func_conflict[self.s_func[rows_s], self.t_func[cols_t]]
+            | self.stack_conflict[self.s_stack[rows_s], self.t_stack[cols_t]]
+        )
 
     def blocked_by_user(self, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
         """Source keys × target keys → bool matrix, True where ``incompatible_pairs`` forbid."""
@@ -178,7 +209,10 @@ class MatchState:
         return self.t, self.t_match, self.t_scorable
 
     def families_fit(self, gs: int, gt: int) -> bool:
-        """Source group, target group → True when their module families may exchange tensors."""
+        """Source group, target group → True when their module families may exchange tensors
+        and their roles (what the modules do) do not exclude each other."""
+        if self.func_conflict[self.s_gfunc[gs], self.t_gfunc[gt]]:
+            return False
         return bool(self.fam_table[self.s_fam[gs], self.t_fam[gt]] > 0)
 
     def group_partners(self) -> np.ndarray:
@@ -191,6 +225,34 @@ class MatchState:
             first = np.unique(gs_all, return_index=True)[1]
             partner[gs_all[first]] = gt_all[first]
         return partner
+
+
+def _codes(
+    s_keys: list[str],
+    t_keys: list[str],
+    s_map: dict[str, str],
+    t_map: dict[str, str],
+    conflict: Callable[[str | None, str | None], bool],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keys of both sides + key → label maps → (source codes, target codes, conflict table).
+
+    Code 0 is "unknown"; the table is indexed by two codes and never blocks code 0.
+    """
+    labels = [None, *sorted(set(s_map.values()) | set(t_map.values()))]
+    code = {lab: i for i, lab in enumerate(labels)}
+    s_codes = np.array([code[s_map.get(k)] for k in s_keys], np.int64)
+    t_codes = np.array([code[t_map.get(k)] for k in t_keys], np.int64)
+    table = np.array([[conflict(a, b) for b in labels] for a in labels], bool)
+    return s_codes, t_codes, table
+
+
+def _group_codes(side: Side, codes: np.ndarray) -> np.ndarray:
+    """Key codes → one per group: the code of its first key that has a role (0 if none)."""
+    out = np.zeros(len(side.group_paths), np.int64)
+    for g, keys in enumerate(side.group_keys):
+        known = [codes[k] for k in keys if codes[k]]
+        out[g] = known[0] if known else 0
+    return out
 
 
 def _parent_ids(paths: list[str]) -> np.ndarray:
