@@ -149,13 +149,18 @@ def layout_transform(
     tgt_key: str,
     src: SideRoles,
     tgt: SideRoles,
+    rows: int = 0,
 ) -> tuple[TransformSpec | None, str]:
-    """A one-to-one pair of query/key projections → (the row permutation its layouts need, note).
+    """A one-to-one pair (its role, keys, both sides, the tensor's rows) → (the row permutation
+    its two layouts need, a note). Query/key projections follow RoPE's layout; a fused q/k/v
+    follows the row order of its parts (:data:`weightmapper.conventions.LAYOUT_CHOICES`).
 
     The note is empty when both layouts are known and equal; it says what was assumed when
     one side's layout comes from a name only, and why nothing could be done when the head
     size is unknown.
     """
+    if role == "attn.qkv":
+        return _qkv_rows(src_key, tgt_key, src, tgt, rows)
     if role not in ("attn.q", "attn.k"):
         return None, ""
     a, b = src.rope.get(src_key), tgt.rope.get(tgt_key)
@@ -173,3 +178,24 @@ def layout_transform(
             "as a module with an input so it can be read"
         )
     return TransformSpec("rope_permute", {"head_dim": int(head), "to": b}), assumed
+
+
+def _qkv_rows(
+    src_key: str, tgt_key: str, src: SideRoles, tgt: SideRoles, rows: int
+) -> tuple[TransformSpec | None, str]:
+    """A fused q/k/v pair → the permutation between its row orders (per head ↔ [q; k; v])."""
+    a = src.layout.qkv if src.layout else None
+    b = tgt.layout.qkv if tgt.layout else None
+    if not a or not b or a == b or "separate" in (a, b):
+        return None, ""
+    head = tgt.head_dim.get(tgt_key) or src.head_dim.get(src_key)
+    if {a, b} == {"per_head", "concat"} and head and rows and rows % (3 * head) == 0:
+        to = "concat" if b == "concat" else "interleaved"
+        spec = TransformSpec(
+            "interleave_heads", {"heads": rows // (3 * head), "parts": 3, "to": to}
+        )
+        return spec, f"fused q/k/v rows {a} → {b}, from the libraries' naming conventions"
+    return None, (
+        f"fused q/k/v rows are {a} in the source and {b} in the target; the head sizes are "
+        "not known, so the rows are kept as they are: give both modules and an input to prove it"
+    )

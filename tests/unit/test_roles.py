@@ -80,3 +80,17 @@ def test_rope_layouts_that_differ_get_the_row_permutation_and_say_what_was_assum
     assert spec is None and "head size is unknown" in note
     # equal layouts, or a value projection: nothing to do, nothing to say
     assert layout_transform("attn.v", "a", "b", src, tgt) == (None, "")
+
+
+def test_fused_qkv_rows_per_head_become_concatenated_when_the_head_size_is_known() -> None:
+    neox = ["gpt_neox.layers.0.attention.query_key_value.weight", "gpt_neox.embed_in.weight"]
+    lit = ["transformer.h.0.attn.qkv.weight", "transformer.wte.weight"]
+    lit_flow = {"transformer.h.0.attn.qkv.weight": FlowRole("attn.qkv", head_dim=4)}
+    src, tgt = side_roles(neox), side_roles(lit, lit_flow)
+    assert (src.layout.qkv, tgt.layout.qkv) == ("per_head", "concat")
+    spec, note = layout_transform("attn.qkv", neox[0], lit[0], src, tgt, rows=24)
+    assert spec is not None and spec.name == "interleave_heads"
+    assert spec.params == {"heads": 2, "parts": 3, "to": "concat"}
+    assert "per_head → concat" in note
+    spec, note = layout_transform("attn.qkv", neox[0], lit[0], src, side_roles(lit), rows=24)
+    assert spec is None and "not known" in note

@@ -85,7 +85,8 @@ def settle_role_layouts(
     for p in proposals:
         role = src.roles.get(p.source)
         if role and role == tgt.roles.get(p.target):
-            spec, note = layout_transform(role, p.source, p.target, src, tgt)
+            rows = p.source_shape[0] if p.source_shape else 0
+            spec, note = layout_transform(role, p.source, p.target, src, tgt, rows)
             if spec is not None:
                 transform = spec if p.transform.is_identity else chain(p.transform, spec)
                 p = replace(p, transform=transform, note=note)
