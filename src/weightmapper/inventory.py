@@ -119,6 +119,9 @@ class Inventory:
     """Groups of keys that share one tensor (tied embedding and LM head)."""
     traced: bool = False
     """True when ``order`` comes from a forward pass rather than registration/key order."""
+    head_dims: dict[str, int] = field(default_factory=dict)
+    """Key → the head size of the attention module it belongs to, as the module states it
+    (``head_dim`` and kin), read without running anything; empty for a checkpoint."""
     roles: dict[str, FlowRole] = field(default_factory=dict)
     """Key → the role its tensor plays, read from a forward pass
     (:func:`weightmapper.dataflow.dataflow_roles`); empty when no pass was made, and the
@@ -163,6 +166,7 @@ class Inventory:
             module_types=module_types,
             order={p: order.get(p, len(order) + i) for i, p in enumerate(groups)},
             tied=tied,
+            head_dims=_head_dims(modules, infos),
         )
 
     @classmethod
@@ -414,3 +418,28 @@ def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
     if ptr == 0:
         return ("id", id(t))
     return ("ptr", ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+_HEAD_ATTRS = ("head_dim", "head_size", "attention_head_size", "d_head")
+
+
+def _head_dims(modules: Mapping[str, nn.Module], infos: Mapping[str, TensorInfo]) -> dict[str, int]:
+    """Modules by path + the state's keys → key → the head size its attention module states."""
+    sizes: dict[str, int] = {}
+    for path, sub in modules.items():
+        for attr in _HEAD_ATTRS:
+            value = getattr(sub, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                sizes[path] = value
+                break
+    if not sizes:
+        return {}
+    out: dict[str, int] = {}
+    for key in infos:
+        parts = key.split(".")
+        for cut in range(len(parts) - 1, -1, -1):
+            size = sizes.get(".".join(parts[:cut]))
+            if size is not None:
+                out[key] = size
+                break
+    return out

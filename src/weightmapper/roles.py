@@ -47,8 +47,10 @@ def side_roles(
     keys: Iterable[str],
     flow: Mapping[str, FlowRole] | None = None,
     conventions: ConventionSet | None = None,
+    head_dims: Mapping[str, int] | None = None,
 ) -> SideRoles:
-    """Keys (+ dataflow roles, if a forward pass was made) → the side's roles and layouts.
+    """Keys (+ dataflow roles, if a forward pass was made, + head sizes a module states)
+    → the side's roles and layouts.
 
     Dataflow wins where it speaks; a naming convention fills the rest and says the layout
     the library stores (RoPE, fused rows) when no forward pass showed it.
@@ -68,7 +70,7 @@ def side_roles(
     rope = {
         k: layout.rope for k, r in roles.items() if layout and r in ("attn.q", "attn.k", "attn.qkv")
     }
-    head_dim: dict[str, int] = {}
+    head_dim: dict[str, int] = dict(head_dims or {})
     flow = flow or {}
     if flow:
         source = "dataflow" + (f" + {source}" if source else "")

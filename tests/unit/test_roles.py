@@ -94,3 +94,26 @@ def test_fused_qkv_rows_per_head_become_concatenated_when_the_head_size_is_known
     assert "per_head → concat" in note
     spec, note = layout_transform("attn.qkv", neox[0], lit[0], src, side_roles(lit), rows=24)
     assert spec is None and "not known" in note
+
+
+def test_a_module_states_its_head_size_without_running() -> None:
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from weightmapper.inventory import Inventory
+
+    cfg = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=32,
+    )  # fmt: skip
+    with torch.device("meta"):
+        inv = Inventory.from_module(transformers.LlamaForCausalLM(cfg))
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert inv.head_dims[q] == 8
+    assert "model.layers.0.mlp.up_proj.weight" not in inv.head_dims
+    tgt = side_roles(inv.tensors, head_dims=inv.head_dims)
+    spec, note = layout_transform(
+        "attn.q", "layers.0.attention.wq.weight", q, side_roles(META), tgt
+    )
+    assert spec is not None and spec.params == {"head_dim": 8, "to": "rotate_half"}
+    assert "assumed" in note

@@ -98,7 +98,10 @@ def score_inventories(
     Neither inventory is changed.
     """
     settings = settings if settings is not None else ScoreSettings()
-    roles = (side_roles(source.tensors, source.roles), side_roles(target.tensors, target.roles))
+    roles = (
+        side_roles(source.tensors, source.roles, head_dims=source.head_dims),
+        side_roles(target.tensors, target.roles, head_dims=target.head_dims),
+    )
     with paused_gc():
         st = MatchState(prepare_side(source), prepare_side(target), settings, roles)
         run_cascade(st)

@@ -57,6 +57,7 @@ def inventory_to_json(inv: Inventory) -> dict[str, Any]:
         "tied": [list(t) for t in inv.tied],
         "traced": inv.traced,
         "roles": roles_to_json(inv.roles),
+        "head_dims": dict(inv.head_dims),
     }
 
 
@@ -87,4 +88,5 @@ def inventory_from_json(d: Mapping[str, Any]) -> Inventory:
         tied=[tuple(t) for t in d.get("tied") or []],
         traced=bool(d.get("traced", False)),
         roles=roles_from_json(d.get("roles")),
+        head_dims={k: int(v) for k, v in (d.get("head_dims") or {}).items()},
     )
