@@ -138,7 +138,7 @@ class _Recorder(TorchFunctionMode):
         params = sorted({p for t in flat_in for p in g.param_of.get(id(t), ())})
         if name in _LOOKUPS and params and id(flat_in[0]) in g.param_of:
             # W[ids] with a tensor of several integer ids is an embedding lookup, not a view
-            ids = [t for t in flat_in[1:] if _is_index(t) and id(t) not in g.param_of]
+            ids = [t for t in flat_in[1:] if _is_index(t)]  # an index buffer is still an index
             if ids:
                 name, flat_in = "embedding", [*ids, flat_in[0]]
         # a view of a parameter is the parameter (W.T, W.t() inside F.linear, one expert), and
@@ -636,7 +636,7 @@ def _label_embeddings(flow: _Flow) -> None:
     tokens_found = False
     for c in uses:
         index = g.tensors[c.inputs[0]]
-        if _reaches_call(flow, c.outputs[0], _SOFTMAX | _SDPA, limit=40):
+        if _feeds_scores(flow, c.outputs[0]):
             flow.label(c.index, "attn.relbias", "added to the attention scores")
         elif _derives_from(flow, c.inputs[0], g.inputs) and not tokens_found:
             tokens_found = True
@@ -652,10 +652,31 @@ def _label_embeddings(flow: _Flow) -> None:
         if c.name in _CAT:
             flow.label(c.index, "embed.cls", "a learned token put before the sequence")
         elif c.name in _ADD and all(_ndim(flow, c, p) >= 2 for p in c.params):
-            flow.label(c.index, "embed.positions", "a learned table added to the tokens")
+            if _feeds_scores(flow, c.outputs[0]):
+                flow.label(c.index, "attn.relbias", "added to the attention scores")
+            else:
+                flow.label(c.index, "embed.positions", "a learned table added to the tokens")
         elif c.name in _CONV and any(t in g.inputs for t in flow.data_inputs(c)):
             role = "embed.patch" if attention else "stem.conv"
             flow.label(c.index, role, "the first layer applied to the input image")
+
+
+def _feeds_scores(flow: _Flow, tensor: int, limit: int = 40) -> bool:
+    """Tensor → whether it reaches a softmax (or an attention's mask) before any matmul:
+    a bias on the attention scores, not something added to the tokens."""
+    todo, seen = [tensor], set()
+    while todo and len(seen) < limit:
+        t = todo.pop(0)
+        if t in seen:
+            continue
+        seen.add(t)
+        for ci in flow.g.consumers.get(t, ()):
+            c = flow.g.calls[ci]
+            if c.name in _SOFTMAX | _SDPA:
+                return True
+            if not c.params and c.name not in _MATMUL:
+                todo += c.outputs
+    return False
 
 
 def _counts_up(index: torch.Tensor) -> bool:
