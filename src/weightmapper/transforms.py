@@ -12,7 +12,11 @@ order (a one-to-one step applies to every tensor in flight), e.g. GPT-2's ``Conv
 ``c_attn`` → ``transpose`` then ``split``. ``merge`` with ``group=k`` concatenates each run of
 ``k`` tensors (inverse: ``split`` with ``each=True``, which splits every tensor in flight), so
 Mixtral's per-expert ``w1``/``w3`` → stacked ``gate_up_proj`` is ``merge(group=2)`` then
-``stack``. Every transform is invertible and round-trips bit-exactly.
+``stack``. Layout transforms reorder the rows of attention weights: ``rope_permute`` (q/k rows
+per head, interleaved pairs ↔ rotate-half), ``interleave_heads`` (fused rows per head ↔
+concatenated q, k, v) and ``interleave_kv_groups`` (fused rows per key/value group, unequal
+sizes, ↔ concatenated); ``offset`` adds a constant (norm weights stored as ``w`` vs ``1 + w``).
+Every transform is invertible; all but ``offset`` round-trip bit-exactly.
 """
 
 from __future__ import annotations
@@ -359,6 +363,140 @@ register_transform(
     )
 )
 register_transform(FunctionTransform("chain", "any", _chain, _chain_inverse))
+
+
+# --- layout transforms: row orders of attention weights -----------------------------------
+#
+# Libraries agree on what q, k and v compute but not on how their rows are laid out. These
+# transforms reorder rows (dim 0) only, so every trailing dim (a weight's inputs, nothing for a
+# bias) follows along and each round trip is a permutation: bit-exact.
+
+ROPE_LAYOUTS = ("rotate_half", "interleaved")
+ROW_ORDERS = ("concat", "interleaved")
+
+
+def _rows(t: torch.Tensor, block: int, name: str) -> None:
+    if t.dim() == 0 or t.shape[0] % block:
+        raise TransformError(
+            f"{name} needs dim 0 to be a multiple of {block}, got a tensor of shape "
+            f"{tuple(t.shape)}; check head_dim / heads / sizes"
+        )
+
+
+def _choice(value: str, allowed: Sequence[str], name: str) -> str:
+    if value not in allowed:
+        raise TransformError(f"{name}: 'to' must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _rope_permute(ts: list[torch.Tensor], head_dim: int, to: str) -> list[torch.Tensor]:
+    """q or k rows per head: interleaved pairs (x0 y0 x1 y1 …) ↔ rotate-half (x0 x1 … y0 y1 …)."""
+    t = _single(ts, "rope_permute")
+    d = int(head_dim)
+    if d < 2 or d % 2:
+        raise TransformError(f"rope_permute needs an even head_dim >= 2, got {head_dim}")
+    _rows(t, d, "rope_permute")
+    rest = tuple(t.shape[1:])
+    heads = t.shape[0] // d
+    if _choice(to, ROPE_LAYOUTS, "rope_permute") == "rotate_half":
+        # Meta's interleaved pairs → HF's halves (the permute of HF's llama conversion script)
+        out = t.reshape(heads, d // 2, 2, *rest).transpose(1, 2)
+    else:
+        out = t.reshape(heads, 2, d // 2, *rest).transpose(1, 2)
+    return [out.reshape(t.shape).contiguous()]
+
+
+def _group_rows(
+    ts: list[torch.Tensor], groups: int, sizes: Sequence[int], to: str, name: str
+) -> list[torch.Tensor]:
+    """Rows [A; B; C] (each ``groups`` blocks) ↔ per group [A_0 B_0 C_0 A_1 B_1 C_1 …]."""
+    t = _single(ts, name)
+    g, sizes = int(groups), [int(s) for s in sizes]
+    if g < 1 or not sizes or min(sizes) < 1:
+        raise TransformError(f"{name} needs groups >= 1 and positive sizes, got {g}, {sizes}")
+    if t.dim() == 0 or t.shape[0] != g * sum(sizes):
+        raise TransformError(
+            f"{name}: {g} groups of sizes {sizes} make {g * sum(sizes)} rows, tensor of shape "
+            f"{tuple(t.shape)} has {t.shape[0] if t.dim() else 0}"
+        )
+    rest = tuple(t.shape[1:])
+    if _choice(to, ROW_ORDERS, name) == "concat":
+        per_group = t.reshape(g, sum(sizes), *rest).split(sizes, dim=1)
+        out = torch.cat([p.reshape(g * s, *rest) for p, s in zip(per_group, sizes, strict=True)])
+    else:
+        parts = t.split([g * s for s in sizes], dim=0)
+        blocks = [p.reshape(g, s, *rest) for p, s in zip(parts, sizes, strict=True)]
+        out = torch.cat(blocks, dim=1).reshape(t.shape)
+    return [out.contiguous()]
+
+
+def _interleave_kv_groups(
+    ts: list[torch.Tensor], groups: int, sizes: Sequence[int], to: str
+) -> list[torch.Tensor]:
+    """Fused q/k/v rows per key/value group (GPT-NeoX/GQA style) ↔ concatenated [q; k; v]."""
+    return _group_rows(ts, groups, sizes, to, "interleave_kv_groups")
+
+
+def _interleave_heads(
+    ts: list[torch.Tensor], heads: int, parts: int, to: str
+) -> list[torch.Tensor]:
+    """Fused rows per head [q_0 k_0 v_0 q_1 …] ↔ concatenated [q; k; v] (equal-sized parts)."""
+    t = _single(ts, "interleave_heads")
+    h, n = int(heads), int(parts)
+    if h < 1 or n < 1:
+        raise TransformError(f"interleave_heads needs heads >= 1 and parts >= 1, got {h}, {n}")
+    _rows(t, h * n, "interleave_heads")
+    size = t.shape[0] // (h * n)
+    return _group_rows([t], h, [size] * n, to, "interleave_heads")
+
+
+def _flip_to(params: dict[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
+    other = allowed[1] if params["to"] == allowed[0] else allowed[0]
+    return {**params, "to": other}
+
+
+def _offset(ts: list[torch.Tensor], value: float) -> list[torch.Tensor]:
+    """Norm weight stored as an offset: ``w + value`` (``1 + w`` layouts use value 1 / -1)."""
+    return [_single(ts, "offset") + float(value)]
+
+
+register_transform(
+    FunctionTransform(
+        "rope_permute",
+        "one",
+        _rope_permute,
+        lambda head_dim, to: TransformSpec(
+            "rope_permute", _flip_to({"head_dim": head_dim, "to": to}, ROPE_LAYOUTS)
+        ),
+    )
+)
+register_transform(
+    FunctionTransform(
+        "interleave_heads",
+        "one",
+        _interleave_heads,
+        lambda heads, parts, to: TransformSpec(
+            "interleave_heads", _flip_to({"heads": heads, "parts": parts, "to": to}, ROW_ORDERS)
+        ),
+    )
+)
+register_transform(
+    FunctionTransform(
+        "interleave_kv_groups",
+        "one",
+        _interleave_kv_groups,
+        lambda groups, sizes, to: TransformSpec(
+            "interleave_kv_groups",
+            _flip_to({"groups": groups, "sizes": list(sizes), "to": to}, ROW_ORDERS),
+        ),
+    )
+)
+# Adding and subtracting a float is not always bit-exact (rounding), unlike the permutations.
+register_transform(
+    FunctionTransform(
+        "offset", "one", _offset, lambda value: TransformSpec("offset", {"value": -float(value)})
+    )
+)
 
 
 # --- proposing a one-to-one transform ----------------------------------------------------

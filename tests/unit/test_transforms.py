@@ -70,6 +70,24 @@ CASES = [
         chain(T("merge", {"dim": 0, "sizes": [3, 3], "group": 2}), T("stack", {"dim": 0})),
         [torch.randn(3, 4) for _ in range(8)],
     ),
+    ("rope_permute", T("rope_permute", {"head_dim": 4, "to": "rotate_half"}), [torch.randn(8, 3)]),
+    (
+        "rope_permute_back",
+        T("rope_permute", {"head_dim": 6, "to": "interleaved"}),
+        [torch.randn(12)],
+    ),
+    (
+        "interleave_heads",
+        T("interleave_heads", {"heads": 2, "parts": 3, "to": "concat"}),
+        [torch.randn(12, 5)],
+    ),
+    (
+        "interleave_kv_groups",
+        T("interleave_kv_groups", {"groups": 2, "sizes": [4, 2, 2], "to": "interleaved"}),
+        [torch.randn(16, 3)],
+    ),
+    # values on a coarse grid, where adding and subtracting 1 is exact
+    ("offset", T("offset", {"value": 1.0}), [torch.arange(-8, 8, dtype=torch.float32) / 4]),
 ]
 
 
@@ -223,3 +241,43 @@ def test_refine_by_param_names_settles_square_kernels(keys, types, expected) -> 
     if spec.name == "transpose":
         x = torch.randn(8, 8)
         assert torch.equal(apply_one(spec, x), x.t())
+
+
+def test_rope_permute_matches_hf_llama_conversion() -> None:
+    # HF's convert_llama_weights_to_hf: w.view(h, d // 2, 2, n).transpose(1, 2).reshape(h * d, n)
+    heads, d, n = 2, 6, 5
+    w = torch.randn(heads * d, n)
+    expected = w.view(heads, d // 2, 2, n).transpose(1, 2).reshape(heads * d, n)
+    got = apply_one(T("rope_permute", {"head_dim": d, "to": "rotate_half"}), w)
+    assert torch.equal(got, expected)
+    # rows of one head: x0 y0 x1 y1 x2 y2 → x0 x1 x2 y0 y1 y2
+    rows = apply_one(T("rope_permute", {"head_dim": 6, "to": "rotate_half"}), torch.arange(6.0))
+    assert rows.tolist() == [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
+
+
+def test_interleave_heads_and_groups_orders() -> None:
+    # per head: q0 k0 v0 q1 k1 v1 (blocks of one row) → q0 q1 k0 k1 v0 v1
+    per_head = apply_one(
+        T("interleave_heads", {"heads": 2, "parts": 3, "to": "concat"}), torch.arange(6.0)
+    )
+    assert per_head.tolist() == [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+    # per key/value group with two query rows per group: q q k v | q q k v → q q q q k k v v
+    grouped = apply_one(
+        T("interleave_kv_groups", {"groups": 2, "sizes": [2, 1, 1], "to": "concat"}),
+        torch.arange(8.0),
+    )
+    assert grouped.tolist() == [0.0, 1.0, 4.0, 5.0, 2.0, 6.0, 3.0, 7.0]
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "match"),
+    [
+        (T("rope_permute", {"head_dim": 3, "to": "rotate_half"}), (6, 2), "even head_dim"),
+        (T("rope_permute", {"head_dim": 4, "to": "sideways"}), (8, 2), "'to' must be"),
+        (T("interleave_heads", {"heads": 4, "parts": 3, "to": "concat"}), (10, 2), "multiple"),
+        (T("interleave_kv_groups", {"groups": 2, "sizes": [2, 1], "to": "concat"}), (7,), "rows"),
+    ],
+)
+def test_layout_transforms_reject_shapes_that_do_not_fit(spec, shape, match) -> None:
+    with pytest.raises(TransformError, match=match):
+        apply_one(spec, torch.randn(*shape))
