@@ -427,9 +427,18 @@ def _head_dims(modules: Mapping[str, nn.Module], infos: Mapping[str, TensorInfo]
     """Modules by path + the state's keys → key → the head size its attention module states."""
     sizes: dict[str, int] = {}
     for path, sub in modules.items():
-        for attr in _HEAD_ATTRS:
-            value = getattr(sub, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        # on the module itself, or on the config it keeps (litgpt's attention: config.head_size)
+        owners = (sub, getattr(sub, "config", None)) if path else (sub,)  # not the model's
+        for owner in owners:
+            value = next(
+                (
+                    v
+                    for v in (getattr(owner, a, None) for a in _HEAD_ATTRS)
+                    if isinstance(v, int) and not isinstance(v, bool) and v > 0
+                ),
+                None,
+            )
+            if value is not None:
                 sizes[path] = value
                 break
     if not sizes:

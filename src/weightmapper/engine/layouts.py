@@ -89,7 +89,10 @@ def settle_role_layouts(
             spec, note = layout_transform(role, p.source, p.target, src, tgt, rows)
             if spec is not None:
                 transform = spec if p.transform.is_identity else chain(p.transform, spec)
-                p = replace(p, transform=transform, note=note)
+                # a layout read from names only is an assumption: never a confident pair
+                p = replace(
+                    p, transform=transform, note=note, confidence="low" if note else p.confidence
+                )
             elif note:
                 p = replace(p, note=note, confidence="low")
         out.append(p)
