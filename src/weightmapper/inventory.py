@@ -423,12 +423,23 @@ def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
 _HEAD_ATTRS = ("head_dim", "head_size", "attention_head_size", "d_head")
 
 
+_QUERY_NAMES = frozenset({"q", "qkv", "query", "q_proj", "in_proj_weight", "c_attn", "attn", "wq"})
+
+
+def _attention_like(module: nn.Module) -> bool:
+    """A module with a query-like projection of its own (so a config it keeps is its own)."""
+    names = {n for n, _ in module.named_children()} | {
+        n for n, _ in module.named_parameters(recurse=False)
+    }
+    return bool(names & _QUERY_NAMES)
+
+
 def _head_dims(modules: Mapping[str, nn.Module], infos: Mapping[str, TensorInfo]) -> dict[str, int]:
     """Modules by path + the state's keys → key → the head size its attention module states."""
     sizes: dict[str, int] = {}
     for path, sub in modules.items():
         # on the module itself, or on the config it keeps (litgpt's attention: config.head_size)
-        owners = (sub, getattr(sub, "config", None)) if path else (sub,)  # not the model's
+        owners = (sub, getattr(sub, "config", None)) if _attention_like(sub) else (sub,)
         for owner in owners:
             value = next(
                 (
