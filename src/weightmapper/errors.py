@@ -67,3 +67,11 @@ class OutputError(WeightMapperError, OSError):
 
 class ValidationFailed(WeightMapperError):
     """A converted checkpoint failed a check the user asked to be enforced."""
+
+
+class ForwardError(WeightMapperError, RuntimeError):
+    """A network's forward pass failed on the input it was given (``side`` says which)."""
+
+    def __init__(self, message: str, side: str = "") -> None:
+        super().__init__(message)
+        self.side = side

@@ -35,12 +35,12 @@ from weightmapper.errors import (
 )
 from weightmapper.hashing import files_sha256
 from weightmapper.inventory import natural_key, tensors_signature
-from weightmapper.result import MappingResult
+from weightmapper.result import MappingResult, MappingStatus, status_of
 from weightmapper.sanitize import md_code, md_text
 
 logger = logging.getLogger(__name__)
 
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"
 """Version of the report layout; the major number changes when a reader must change."""
 
 REPORT_KIND = "weightmapper-report"
@@ -58,6 +58,7 @@ def build_report(
     functional_check: Any = None,
     hash_inputs: bool = True,
     result: MappingResult | None = None,
+    proof: Any = None,
 ) -> dict[str, Any]:
     """WeightMapper or MappingResult (+ optional paths and checks) → the report as a dict.
 
@@ -66,8 +67,14 @@ def build_report(
     ``functional_check`` take a result object with ``to_dict()`` or a plain dict; the
     functional check defaults to ``result.metadata["functional_check"]``. ``hash_inputs=False``
     skips hashing the checkpoint files (views that only display a mapping); ``result``
-    replaces the mapper's own result (a mapping made with other settings).
+    replaces the mapper's own result (a mapping made with other settings). ``proof`` (a
+    :class:`~weightmapper.proof.Proof`) records a search: its mapping, check and status win.
+    ``status`` (top level and in ``mapping``) says what is known: proven equal, loads but
+    not proven, differs at a module, or does not load.
     """
+    if proof is not None:
+        result = proof.mapping
+        functional_check = proof.check
     if result is None:
         result = _result_of(mapper_or_result)
     src_inv = getattr(mapper_or_result, "source_inventory", None)
@@ -81,8 +88,13 @@ def build_report(
     if validation is None:
         validation = result.metadata.get("validation")
 
+    status = mapping_status(result, validation, functional_check).to_dict()
+    mapping_section = _mapping_dict(result)
+    mapping_section["status"] = status
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
+        "status": status,
+        "proof": _as_dict(proof),
         "kind": REPORT_KIND,
         "tool_version": __version__,
         "inputs": {
@@ -94,7 +106,7 @@ def build_report(
             ),
         },
         "settings": _jsonable(result.settings),
-        "mapping": _mapping_dict(result),
+        "mapping": mapping_section,
         "hierarchy": {
             "source": _hierarchy(src_inv, result, "source"),
             "target": _hierarchy(tgt_inv, result, "target"),
@@ -105,6 +117,25 @@ def build_report(
     # One trip through JSON makes tuples lists and floats canonical, so the in-memory
     # report equals the file read back (renderers then give identical output either way).
     return json.loads(json.dumps(report, sort_keys=True, ensure_ascii=False))
+
+
+def mapping_status(
+    result: MappingResult, validation: Any = None, functional_check: Any = None
+) -> MappingStatus:
+    """Mapping + its load and output checks (objects, dicts or None) → its one status.
+
+    An output comparison decides (a search's own status is kept, it says more); without
+    one, a status the mapping already carries stands, else the load check's.
+    """
+    own = result.status
+    if functional_check is not None:
+        derived = status_of(validation, functional_check)
+        if own is not None and own.state == derived.state:
+            return own
+        return derived
+    if own is not None and own.state != "loads_not_proven":
+        return own
+    return status_of(validation, None)
 
 
 def dumps_report(report: Mapping[str, Any]) -> str:
@@ -475,6 +506,13 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
         f"weightmapper {report.get('tool_version', '?')}, report schema "
         f"{report.get('schema_version', '?')}",
         "",
+        f"**Status: {md_text(status_label(report))}**"
+        + (
+            f" — {md_text(report_status(report).get('detail'))}"
+            if report_status(report).get("detail")
+            else ""
+        ),
+        "",
         "## Summary",
         "",
         "| | source | target |",
@@ -549,6 +587,20 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
                 f"| {md_code(u['name'])} | {_shape(u.get('shape'))} | {md_code(u['reason'])} | "
                 f"{md_text(u.get('detail') or '')} |"
             )
+    proof = report.get("proof")
+    if proof:
+        lines += ["", "## Proof", ""]
+        lines.append(
+            f"{proof.get('alternatives_tried', 0)} alternative(s) tried in "
+            f"{proof.get('forward_passes', 0)} forward pass(es) (budget "
+            f"{proof.get('budget', 0)}); input: {md_text(proof.get('source_input', ''))}"
+        )
+        lines += [f"- fixed: {md_text(f)}" for f in proof.get("fixes") or []]
+        if proof.get("module") is not None:
+            lines += [
+                f"- pair feeding `{proof['module']}`: {md_text(p)}" for p in proof["pairs_at"]
+            ]
+            lines += [f"- tried there: {md_text(t)}" for t in proof.get("tried_at") or []]
     for title, key in (("Validation", "validation"), ("Functional check", "functional_check")):
         section = report.get(key)
         if section:
@@ -564,6 +616,20 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
             lines += json.dumps(section, indent=2, sort_keys=True).splitlines()
             lines.append("```")
     return "\n".join(lines) + "\n"
+
+
+def report_status(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Report dict (any 1.x) → its status dict; reports before 1.1 get one from their checks."""
+    status = report.get("status")
+    if isinstance(status, Mapping) and status.get("state"):
+        return dict(status)
+    return status_of(report.get("validation"), report.get("functional_check")).to_dict()
+
+
+def status_label(report: Mapping[str, Any]) -> str:
+    """Report dict → ``proven equal``, ``loads, not proven``, ``differs at X`` …"""
+    status = report_status(report)
+    return str(status.get("label") or status.get("state"))
 
 
 def check_headline(key: str, section: Mapping[str, Any]) -> tuple[bool, str]:

@@ -41,6 +41,94 @@ class UnmatchedReason(str, Enum):
     """The other side has no keys left at all."""
 
 
+STATUS_STATES = ("proven_equal", "loads_not_proven", "differs", "does_not_load")
+_STATUS_LABELS = {
+    "proven_equal": "proven equal",
+    "loads_not_proven": "loads, not proven",
+    "differs": "differs",
+    "does_not_load": "does not load",
+}
+
+
+@dataclass(frozen=True)
+class MappingStatus:
+    """What is known of a mapping: outputs proven equal, only loads, differs, or does not load."""
+
+    state: str = "loads_not_proven"
+    """One of :data:`STATUS_STATES`."""
+    detail: str = ""
+    """The evidence: differences and input for a proof, the module and what was tried."""
+    module: str | None = None
+    """For ``differs``: the target module where the outputs first differ."""
+
+    def __post_init__(self) -> None:
+        if self.state not in STATUS_STATES:
+            raise MappingError(
+                f"unknown mapping status {self.state!r}; expected one of {list(STATUS_STATES)}"
+            )
+
+    def label(self) -> str:
+        """MappingStatus → ``proven equal``, ``loads, not proven``, ``differs at X`` …"""
+        if self.state == "differs" and self.module is not None:
+            return f"differs at {self.module or '(the whole network)'}"
+        return _STATUS_LABELS[self.state]
+
+    def to_dict(self) -> dict[str, Any]:
+        """MappingStatus → ``{"state", "label", "detail", "module"}``."""
+        return {
+            "state": self.state,
+            "label": self.label(),
+            "detail": self.detail,
+            "module": self.module,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> MappingStatus | None:
+        """JSON dict (or None) → MappingStatus (or None)."""
+        if not d:
+            return None
+        return cls(
+            str(d.get("state", "loads_not_proven")), str(d.get("detail", "")), d.get("module")
+        )
+
+
+def status_of(validation: Any = None, functional_check: Any = None) -> MappingStatus:
+    """A load check and an output check (objects or dicts, either may be None) → MappingStatus."""
+
+    def as_dict(obj: Any) -> Mapping[str, Any] | None:
+        return obj.to_dict() if hasattr(obj, "to_dict") else obj
+
+    check, valid = as_dict(functional_check), as_dict(validation)
+    if check:
+        diffs = (
+            f"max abs diff {_number(check.get('max_abs_diff'))}, max rel diff "
+            f"{_number(check.get('max_rel_diff'))}"
+        )
+        if check.get("equal"):
+            return MappingStatus("proven_equal", diffs)
+        where = check.get("first_diverging_target")
+        return MappingStatus(
+            "differs",
+            f"outputs differ: {diffs}"
+            + (f"; first differs at {check.get('first_diverging')}" if where is not None else ""),
+            module=where,
+        )
+    if valid and not valid.get("ok", True):
+        return MappingStatus("does_not_load", "the converted checkpoint does not load strictly")
+    if valid:
+        return MappingStatus(
+            "loads_not_proven",
+            "loads strictly; outputs not compared (give the source module to prove it)",
+        )
+    return MappingStatus(
+        "loads_not_proven", "outputs not compared (give the source module to prove it)"
+    )
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else "not measured"
+
+
 @dataclass(frozen=True)
 class MatchedPair:
     """One source tensor mapped onto one target tensor."""
@@ -221,6 +309,7 @@ class MappingResult(Mapping[str, str]):
         source_name: str = "source",
         target_name: str = "target",
         metadata: dict[str, Any] | None = None,
+        status: MappingStatus | None = None,
     ) -> None:
         self._pairs: dict[str, MatchedPair] = {}
         seen_targets: dict[str, list[str]] = {}
@@ -262,6 +351,8 @@ class MappingResult(Mapping[str, str]):
         self.source_name = source_name
         self.target_name = target_name
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.status: MappingStatus | None = status
+        """What is known of this mapping; None until a load or output check sets it."""
 
     # --- Mapping protocol ------------------------------------------------------------------
     def __getitem__(self, key: str) -> str:
@@ -390,6 +481,7 @@ class MappingResult(Mapping[str, str]):
                 "target": [u.to_dict() for u in self.unmatched_target],
             },
             "metadata": self.metadata,
+            "status": (self.status or status_of()).to_dict(),
         }
 
     @classmethod
@@ -420,6 +512,7 @@ class MappingResult(Mapping[str, str]):
             source_name=data.get("source_name", "source"),
             target_name=data.get("target_name", "target"),
             metadata=data.get("metadata") or {},
+            status=MappingStatus.from_dict(data.get("status")),
         )
 
     def to_json(self) -> str:

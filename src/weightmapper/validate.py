@@ -231,3 +231,39 @@ def _real_load(
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
         return [str(e).strip()]
     return []
+
+
+def load_checkpoint_into(
+    module: nn.Module,
+    checkpoint: Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    trusted: bool = False,
+    role: str = "source",
+) -> nn.Module:
+    """Module + checkpoint (path or state dict) → the module holding its weights (strict).
+
+    CheckpointFormatError listing what is missing or unexpected when it does not fit, so a
+    wrong architecture spec is named before anything is compared.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        from weightmapper.checkpoint import open_checkpoint
+
+        table = open_checkpoint(checkpoint, trusted=trusted)
+        state, where = {k: table.load(k) for k in table}, str(checkpoint)
+    elif callable(getattr(checkpoint, "load", None)):  # a TensorTable: names now, data here
+        state = {k: checkpoint.load(k) for k in checkpoint}
+        where = str(getattr(checkpoint, "path", None) or "the checkpoint")
+    else:
+        state, where = dict(checkpoint), "the state dict"
+    check = validate_state_dict(state, module)
+    if not check.ok:
+        raise CheckpointFormatError(
+            f"{where} does not load into the {role} module ({type(module).__name__}):\n"
+            f"{check.summary(5)}\nCheck the module spec and its keyword arguments."
+        )
+    on_meta = any(t.device.type == "meta" for t in module.state_dict().values())
+    tied = {k for k in check.tied_filled}
+    module.load_state_dict(
+        {k: v for k, v in state.items() if k not in tied}, strict=False, assign=on_meta
+    )
+    return module

@@ -189,72 +189,25 @@ def settle_ambiguous(
     *,
     atol: float = 1e-5,
     rtol: float = 1e-4,
-    max_rounds: int = 64,
+    budget: int = 256,
 ) -> tuple[MappingResult, FunctionalCheck]:
     """Mapping with low-confidence layouts + both modules + input → settled mapping and its check.
 
-    Shapes cannot tell whether a square weight must be transposed. While the outputs differ,
-    the low-confidence pairs inside the first diverging module get the other layout (identity
-    ↔ transpose; for a split or merge, each chunk transposed or not); a change is kept when
-    the divergence moves later or disappears. When the outputs end equal, every remaining
-    low-confidence layout is confirmed by the outputs and marked ``high`` with a
-    ``functional_check`` signal of 1. Returns the (possibly unchanged) mapping and last check.
+    Runs the search of :func:`weightmapper.proof.prove` (square transposes, sibling swaps,
+    RoPE and fused row orders, split orders, norm offsets, within ``budget`` forward passes).
+    When the outputs end equal, every low-confidence pair is confirmed by the outputs and
+    marked ``high`` with a ``functional_check`` signal of 1. Returns the mapping and last check.
     """
-    current = mapping
-    check = check_outputs(source_module, target_module, current, inputs, atol=atol, rtol=rtol)
-    rank = _target_rank(target_module, inputs)
-    shapes = {k: tuple(v.shape) for k, v in source_module.state_dict().items()}
-    tried: set[str] = set()
-    accepted: set[str] = set()
-    for _ in range(max_rounds):
-        if check.equal or check.first_diverging_target is None:
-            break
-        where = check.first_diverging_target
-        flips = [
-            key
-            for key in _low_confidence_keys(current, shapes)
-            if key not in tried and _inside(key, current, where)
-        ]
-        if not flips:
-            break
-        key = flips[0]
-        tried.add(key)
-        candidate = _flip(current, key)
-        trial = check_outputs(source_module, target_module, candidate, inputs, atol=atol, rtol=rtol)
-        moved_on = trial.equal or (
-            trial.first_diverging_target is not None
-            and rank.get(trial.first_diverging_target, -1) > rank.get(where, -1)
-        )
-        if moved_on:
-            log.info("functional check settled the layout of %s", key)
-            current, check = candidate, trial
-            accepted.add(key)
-            tried = set(accepted)  # a new state: layouts rejected before may fit now
-    if check.equal:
+    from weightmapper.proof import prove  # the search builds on this module's helpers
+
+    proof = prove(
+        source_module, target_module, mapping, inputs, atol=atol, rtol=rtol, budget=budget
+    )
+    current = proof.mapping
+    if proof.equal:
         current = _confirm(current)
-    return current, check
-
-
-def _low_confidence_keys(result: MappingResult, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
-    """Mapping + source shapes → source key of each low-confidence pair with a flippable layout."""
-    keys = [
-        p.source
-        for p in result.pairs
-        if p.confidence == "low"
-        and len(shapes.get(p.source, ())) == 2
-        and shapes[p.source][0] == shapes[p.source][1]
-    ]
-    keys += [m.sources[0] for m in result.multi if m.confidence == "low"]
-    return keys
-
-
-def _inside(key: str, result: MappingResult, module: str) -> bool:
-    """Source key + mapping + target module path → True when one of its targets lies inside."""
-    if key in result:
-        targets = [result[key]]
-    else:
-        targets = next(list(m.targets) for m in result.multi if m.sources[0] == key)
-    return any(t.startswith(module + ".") for t in targets)
+        current.status = proof.mapping.status
+    return current, proof.check
 
 
 def _flip(result: MappingResult, key: str) -> MappingResult:
@@ -306,27 +259,6 @@ def _rebuild(result: MappingResult, pairs: list[Any], multi: list[Any]) -> Mappi
         target_name=result.target_name,
         metadata=result.metadata,
     )
-
-
-def _target_rank(target: nn.Module, inputs: Any) -> dict[str, int]:
-    """Target module + input → module path → rank at which its forward finished."""
-    model = copy.deepcopy(target).eval()
-    order: dict[str, int] = {}
-    handles = []
-    for name, mod in model.named_modules():
-
-        def hook(_m: nn.Module, _a: Any, _o: Any, name: str = name) -> None:
-            order.setdefault(name, len(order))
-
-        handles.append(mod.register_forward_hook(hook))
-    args, kwargs = _as_call(inputs)
-    try:
-        with torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
 
 
 # --- loading ------------------------------------------------------------------------------

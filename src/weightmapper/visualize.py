@@ -26,7 +26,9 @@ from weightmapper.report import (
     build_report,
     module_links,
     natural_key,
+    report_status,
     score_band,
+    status_label,
     transform_badge,
 )
 from weightmapper.result import MappingResult
@@ -145,6 +147,7 @@ def summary_panel(report: Mapping[str, Any]) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
+    grid.add_row("status", status_text(report))
     grid.add_row("source", safe_text(f"{src['name']} ({src['tensor_count']} tensors)"))
     grid.add_row("target", safe_text(f"{tgt['name']} ({tgt['tensor_count']} tensors)"))
     grid.add_row(
@@ -173,6 +176,23 @@ def summary_panel(report: Mapping[str, Any]) -> Panel:
     if validation:
         grid.add_row("loads", validation_text(validation))
     return Panel(grid, title="weightmapper: mapping summary", box=box.ROUNDED, expand=False)
+
+
+_STATUS_STYLES = {
+    "proven_equal": "bold green",
+    "loads_not_proven": "yellow",
+    "differs": "bold red",
+    "does_not_load": "bold red",
+}
+
+
+def status_text(report: Mapping[str, Any]) -> Text:
+    """Report → the mapping's status as one coloured line (``proven equal``, ``differs at X``)."""
+    status = report_status(report)
+    text = Text(status_label(report), style=_STATUS_STYLES.get(status.get("state", ""), ""))
+    if status.get("detail"):
+        text.append(f": {status['detail']}")
+    return text
 
 
 def check_text(check: Mapping[str, Any]) -> Text:

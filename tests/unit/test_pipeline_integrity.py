@@ -70,8 +70,8 @@ def test_require_none_places_outputs_that_failed_their_checks(tmp_path: Path) ->
 
 def test_checks_require_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        cnn_job(tmp_path, checks={"require": "proven"})
-    assert "require: expected one of ['none', 'loads']" in str(err.value)
+        cnn_job(tmp_path, checks={"require": "sometimes"})
+    assert "require: expected one of ['none', 'loads', 'proven']" in str(err.value)
     with pytest.raises(ConfigError) as err:
         cnn_job(tmp_path, checks={"validate": False})
     assert "needs the validation check" in str(err.value)

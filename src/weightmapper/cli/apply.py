@@ -20,11 +20,13 @@ from rich.progress import (
 
 from weightmapper.bounded_json import loads_bounded
 from weightmapper.checkpoint import open_checkpoint
+from weightmapper.cli import _proof
 from weightmapper.cli._console import print_json, stdout_console
 from weightmapper.convert import ConvertReport, convert_checkpoint
 from weightmapper.errors import MappingError, WeightMapperError
 from weightmapper.hf import carried_files
 from weightmapper.io_safety import ensure_outputs_safe, input_files
+from weightmapper.proof import prove
 from weightmapper.result import MappingResult
 
 HELP = "convert a checkpoint with a mapping file into safetensors (streamed, atomic)"
@@ -40,8 +42,13 @@ generation_config.json when there is one beside it, into the folder, so
 from_pretrained(OUT) loads it. Nothing appears under the final name until the whole output
 is complete. The metadata records the source and mapping hashes and the tool version.
 
-Exit codes: 0 ok, 1 the mapping maps no tensors (nothing is written), 2 bad input
-(unreadable source or mapping, output exists, ...).
+With --source-module SPEC, --target SPEC and --dummy-input SHAPE the conversion is proven
+first: SOURCE is loaded into the source architecture, the mapping into the target, both run
+on the input, and alternatives are searched where outputs differ (see `map`). The output is
+written only when the outputs are equal, with the proven mapping.
+
+Exit codes: 0 ok, 1 the mapping maps no tensors or, with --source-module, outputs differ
+(nothing is written), 2 bad input (unreadable source or mapping, output exists, ...).
 
 examples:
   weightmapper apply old.safetensors mapping.json --out new.safetensors
@@ -49,6 +56,8 @@ examples:
   weightmapper apply model.pt mapping.json --out model.safetensors --dtype bfloat16 --force
   weightmapper apply old.safetensors mapping.json --out new.pt
   weightmapper apply ./bert/ mapping.json --out ./bert-fused/ --target-config ./target-cfg/
+  weightmapper apply old.safetensors mapping.json --out new.safetensors \
+      --source-module mypkg.old:build --target mypkg.new:build --dummy-input 1,16:int64
 """
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -90,6 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write expanded (stride-0) source tensors at their full size, many times what "
         "the source file stores",
     )
+    _proof.add_arguments(parser, target=True)
     parser.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -114,6 +124,18 @@ def run(args: argparse.Namespace) -> int:
     # file it will write against the source and the mapping once it has planned them)
     ensure_outputs_safe({"--out": args.out}, input_files(args.source) | input_files(args.mapping))
     table = open_checkpoint(args.source, trusted=args.trust_pickle)
+    proof = None
+    if _proof.wanted(args):
+        # Proven before anything is written: only a conversion with equal outputs is exported.
+        source, target = _proof.source_module(args, table), _proof.target_module(args)
+        proof = prove(
+            source, target, mapping, _proof.the_input(args, source, target), budget=args.budget
+        )
+        if not proof.equal:
+            print(proof.summary(), file=sys.stderr)
+            print("not written: the conversion's outputs differ from the source's", file=sys.stderr)
+            return 1
+        mapping = proof.mapping
     convert = functools.partial(
         convert_checkpoint,
         table,
@@ -143,9 +165,13 @@ def run(args: argparse.Namespace) -> int:
                 progress=lambda done, total: bar.update(task, completed=done, total=total)
             )
     if args.json:
-        print_json(report.to_dict())
+        print_json(
+            report.to_dict() if proof is None else {**report.to_dict(), "proof": proof.to_dict()}
+        )
     else:
         render(report, stdout_console())
+        if proof is not None:
+            stdout_console().print(proof.summary(), markup=False, soft_wrap=True)
     return 0
 
 

@@ -14,11 +14,13 @@ import torch
 from rich.console import Console
 
 from weightmapper.atomic import atomic_write_text
+from weightmapper.cli import _proof
 from weightmapper.errors import ConfigError
 from weightmapper.hf import is_hf_folder
 from weightmapper.html_report import write_html
 from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.mapper import WeightMapper
+from weightmapper.proof import prove
 from weightmapper.report import build_report, dumps_report, write_markdown, write_report
 from weightmapper.settings import BUFFER_MODES, STRATEGIES, MapperSettings
 from weightmapper.targets import SPEC_FORMS, is_module_spec, resolve_side
@@ -55,6 +57,14 @@ examples:
   weightmapper map old.pt --target new.safetensors --threshold 0.7 --json > report.json
   weightmapper map ./llama-hf/ --target mymodels/llama.py:Llama --target-kwargs '{"dim": 64}'
   weightmapper map old.safetensors --target transformers:LlamaForCausalLM --target-config cfg.json
+  weightmapper map old.safetensors --source-module mypkg.old:build --target mypkg.new:build \
+      --dummy-input 1,16:int64 --out mapping.json
+
+--source-module SPEC (with --source-kwargs) loads SOURCE into that architecture, maps from
+the module, then proves the mapping against the target on --dummy-input: where outputs
+differ, alternatives for the first differing module are tried (at most --budget forward
+passes). The mapping's status (proven equal / differs at …) is printed and recorded; exit 1
+when it differs.
 """.replace("{forms}", "\n".join(f"  {f}" for f in SPEC_FORMS))
 
 
@@ -119,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also compare outputs on the dummy input (both sides pkg.module:callable)",
     )
+    _proof.add_arguments(parser, source_kwargs=False, dummy=False)
     parser.add_argument("--hierarchy", action="store_true", help="also print both module trees")
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     parser.add_argument("--quiet", action="store_true", help="print nothing; rely on the files")
@@ -254,12 +265,15 @@ def run(args: argparse.Namespace) -> int:
             "shape_tolerance": args.shape_tolerance,
         }
     )
+    proving = _proof.wanted(args)
     err = Console(file=sys.stderr)
     live = err if err.is_terminal and not (args.quiet or args.json) else None
     with _status(live, "reading source and target…"):
         # Mapping needs names and shapes only: built on the meta device unless run.
         meta = not (args.dummy_input or args.verify)
-        source = _side(args, "source", meta)
+        # With --source-module the checkpoint is loaded into its architecture and mapped
+        # from the module, which the proof then runs.
+        source = _proof.source_module(args, args.source) if proving else _side(args, "source", meta)
         target = _side(args, "target", meta)
         mapper = WeightMapper(
             source,
@@ -278,9 +292,21 @@ def run(args: argparse.Namespace) -> int:
     if args.dummy_input:
         shape, dtype = args.dummy_input
         result.settings["dummy_input"] = {"shape": list(shape), "dtype": dtype}
+    proof = None
+    if proving:
+        with _status(live, "proving: running both networks…"):
+            proof = prove(
+                source,
+                target,
+                result,
+                _proof.the_input(args, source, target),
+                budget=args.budget,
+            )
+        result = proof.mapping
     with _status(live, "writing outputs…"):
         report = build_report(
             mapper,
+            proof=proof,
             source_path=None if _is_module(args, "source") else args.source,
             target_path=None if _is_module(args, "target") else args.target,
         )
@@ -299,9 +325,14 @@ def run(args: argparse.Namespace) -> int:
         visualize_mapping(report, max_matches=args.max_rows, console=console)
         if args.hierarchy:
             visualize_hierarchies(report, show_matches=True, console=console)
+        if proof is not None:
+            console.print(proof.summary(), markup=False, highlight=False)
         for flag in ("out", "report", "html", "markdown"):
             if getattr(args, flag):
                 console.print(f"wrote {getattr(args, flag)}", markup=False, highlight=False)
+    if proof is not None and not proof.equal:
+        print(f"the conversion is not proven: {proof.status.label()}", file=sys.stderr)
+        return 1
     check = report.get("functional_check")
     if args.verify and not (check or {}).get("equal", False):
         print(

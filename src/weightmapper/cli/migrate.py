@@ -140,6 +140,7 @@ def render_summary(summary: BatchSummary) -> None:
     table.add_column("stages cached", overflow="fold")
     failures = [f"migration {name}: {error}" for name, error in summary.errors.items()]
     notes = []
+    differs: list[str] = []
     for item in summary.items:
         n = len(item.stages)
         cached = item.cached_stages
@@ -163,9 +164,13 @@ def render_summary(summary: BatchSummary) -> None:
         )
         if item.export_note:
             notes.append(f"{Path(item.source).name}: {item.export_note}")
+        if item.mapping_status and item.functional == "failed":
+            differs.append(f"{Path(item.source).name}: {item.mapping_status}")
     console.print(table)
     for line in failures:
         console.print(f"[red]failed[/red] {escape(line)}", highlight=False)
+    for line in differs:
+        console.print(f"[red]outputs differ[/red] {escape(line)}", highlight=False)
     for line in notes:
         console.print(f"[yellow]not placed[/yellow] {escape(line)}", highlight=False)
     counts = summary.counts()

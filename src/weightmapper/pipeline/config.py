@@ -439,6 +439,11 @@ def _parse_migration(
         f"{label}.checks.{p}"
         for p in policy.problems(require, {k: v for k, v in checks.items() if k != "require"})
     ]
+    if require == "proven" and (source_module is None or dummy is None):
+        problems.append(
+            f"{label}.checks.require: proven compares outputs with the source; give "
+            "source_module (the source architecture) and dummy_input, or choose require: loads"
+        )
     trusted = raw.get("trusted", False)
     if not isinstance(trusted, bool):
         problems.append(f"{label}.trusted: expected true or false, found {trusted!r}")

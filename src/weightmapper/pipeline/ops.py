@@ -170,10 +170,14 @@ def functional_check(
 
     The converted file itself is what is proven: it is loaded (strictly) into the target,
     and the target's output is compared with the source module's on the same input. When
-    they differ, the check is repeated through the mapping with forward hooks to name the
-    first target module whose output diverges.
+    they differ, the proof's search (``weightmapper.proof.prove``) runs through the mapping:
+    it names the first target module whose output diverges and, when alternatives make the
+    outputs equal, records the proven mapping (``proven_mapping``). ``status`` is the
+    mapping's status.
     """
     from weightmapper.convert import load_converted
+    from weightmapper.proof import prove
+    from weightmapper.result import MappingStatus, status_of
     from weightmapper.verify import check_outputs
 
     source.load_state_dict(source_state(source_path, source, trusted=trusted), strict=True)
@@ -187,12 +191,29 @@ def functional_check(
     check = check_outputs(None, target.eval(), {}, dummy, reference_output=reference)
     out = {**check.to_dict(), "ok": bool(check.equal)}
     if not check.equal:
+        # The search says where the conversion goes wrong and, when a layout fixes it, keeps
+        # the proven mapping in this (cached) artifact for the next conversion.
         try:
             diagnosis = check_outputs(source, fresh_target, mapping, dummy)
+            proof = prove(source, fresh_target, mapping, dummy)
         except Exception as e:  # the diagnosis is a bonus; the verdict above stands
             out["notes"] = [*out.get("notes", []), f"no diagnosis: {type(e).__name__}: {e}"]
         else:
             for k in ("first_diverging", "first_diverging_target", "first_diverging_source"):
                 out[k] = diagnosis.to_dict()[k]
             out["compared_modules"] = diagnosis.compared_modules
+            out["proof"] = proof.to_dict()
+            if proof.equal:
+                out["proven_mapping"] = proof.mapping.to_dict()
+    status = status_of({"ok": True}, check.to_dict())
+    proof_dict = out.get("proof")
+    if proof_dict and proof_dict["state"] == "differs":
+        status = MappingStatus.from_dict(proof_dict["status"]) or status
+    elif proof_dict:
+        status = MappingStatus(
+            "differs",
+            "the converted file's outputs differ; a search made the mapping proven equal "
+            f"({len(proof_dict['fixes'])} fix(es)), kept as proven_mapping in this artifact",
+        )
+    out["status"] = status.to_dict()
     return out

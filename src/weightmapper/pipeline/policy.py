@@ -4,9 +4,9 @@ Levels, weakest first; each names the checks that must have run and passed, and 
 that ran and failed refuses the output at every level but ``none``:
 
 - ``none``: outputs are placed whatever the checks say (they are still run and reported);
-- ``loads``: the converted file loaded strictly into the target (``validate`` ran and passed).
-
-A stronger level adds its check to :data:`REQUIRED` (e.g. ``proven``: equal outputs shown).
+- ``loads``: the converted file loaded strictly into the target (``validate`` ran and passed);
+- ``proven``: it loads and its outputs equal the source's (``verify`` ran and passed), which
+  needs the job to name the source architecture (``source_module``) and a ``dummy_input``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 REQUIRED: dict[str, tuple[str, ...]] = {
     "none": (),
     "loads": ("validation",),
+    "proven": ("validation", "functional"),
 }
 """Level → the checks that must have run and passed."""
 

@@ -477,6 +477,7 @@ class VerifyStage(Stage):
     """
 
     name: ClassVar[str] = "verify"
+    version: ClassVar[int] = 2  # 2: the search runs where outputs differ; status recorded
     path: str
     load: ArtifactRef
     convert: ArtifactRef
@@ -519,7 +520,11 @@ class VerifyStage(Stage):
             )
 
         def info(d: dict[str, Any]) -> dict[str, Any]:
-            return {"ok": bool(d.get("ok")), "max_abs_diff": d.get("max_abs_diff")}
+            return {
+                "ok": bool(d.get("ok")),
+                "max_abs_diff": d.get("max_abs_diff"),
+                "status": (d.get("status") or {}).get("label"),
+            }
 
         return store.produce_json(self.name, self.key(store), compute, info)
 

@@ -69,6 +69,8 @@ class CheckpointSummary:
     functional: str = "skipped"
     """``passed``, ``failed`` or ``skipped`` (no source architecture given)."""
     max_abs_diff: float | None = None
+    mapping_status: str | None = None
+    """The mapping's status from the verify stage: ``proven equal`` or ``differs at …``."""
     output: str | None = None
     """The file at the output path: placed now, already there, or kept (see ``export``)."""
     report: str | None = None
@@ -101,6 +103,7 @@ class CheckpointSummary:
             "validation": self.validation,
             "functional": self.functional,
             "max_abs_diff": self.max_abs_diff,
+            "mapping_status": self.mapping_status,
             "output": self.output,
             "report": self.report,
             "export": self.export,
@@ -175,6 +178,7 @@ def note_stage(summary: CheckpointSummary, stage: str, value: Any) -> None:
     elif stage == "verify":
         summary.functional = "passed" if value.info.get("ok") else "failed"
         summary.max_abs_diff = value.info.get("max_abs_diff")
+        summary.mapping_status = value.info.get("status")
     elif stage == "export":
         summary.output, summary.report = value.output, value.report
         summary.export, summary.export_note = value.state, value.note
