@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/accuracy.py --heldout
 	$(BIN)/python bench/speed.py --sizes 1k,10k
+	$(BIN)/python bench/cli_startup.py
 
 clean:
 	rm -rf $(VENV) .weightmapper .demo .pytest_cache .ruff_cache

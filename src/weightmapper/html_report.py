@@ -1,8 +1,11 @@
 """Report dict → one self-contained HTML page (no network, no CDN) for sharing a mapping.
 
-The page holds a summary, a score histogram (inline SVG), a sortable and filterable pair
-table, the unmatched keys with reasons, both module trees side by side with matched
-modules linked, and the validation results. CSS and JavaScript come from
+The page holds a summary (the mapping's status, pairs to review per colour band), a score
+histogram (inline SVG), the pairs grouped by layer template (one row per rename rule,
+expandable to its pairs), a sortable and filterable pair table whose rows expand to their
+score breakdown (splits and merges with their parts, sizes and order), the unmatched keys
+grouped by reason, both module trees side by side with matched modules linked, and the
+validation results. CSS and JavaScript come from
 ``report_assets/`` and are inlined; a Content-Security-Policy forbids any fetch. The
 output depends only on the report, so a saved report re-renders byte for byte.
 """
@@ -18,8 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from weightmapper.atomic import atomic_write_text
-from weightmapper.inventory import natural_key
-from weightmapper.report import check_headline, module_links, score_band
+from weightmapper.report import check_headline, module_links
+from weightmapper.review import (
+    BAND_LIMITS,
+    REASON_TEXT,
+    band_counts,
+    flagged,
+    mapping_status,
+    multi_layout,
+    multi_parts,
+    ordered,
+    pair_band,
+    pair_groups,
+    score_band,
+    unmatched_by_reason,
+)
 
 _CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -94,6 +110,7 @@ def render_html(report: Mapping[str, Any], *, title: str | None = None) -> str:
         f"report schema {escape(str(report.get('schema_version', '?')))}</div>",
         _summary(report),
         _distribution(report),
+        _groups_section(report),
         _mapping_section(report),
         _unmatched_section(report),
         _trees_section(report),
@@ -120,7 +137,7 @@ def _card(value: str, label: str) -> str:
 
 def _summary(report: Mapping[str, Any]) -> str:
     cov = report["mapping"]["coverage"]
-    low = sum(1 for p in report["mapping"]["pairs"] if p.get("confidence") == "low")
+    bands = band_counts(report)
     cards = [
         _card(f"{cov['source_coverage']:.1%}", "source coverage"),
         _card(f"{cov['target_coverage']:.1%}", "target coverage"),
@@ -129,8 +146,21 @@ def _summary(report: Mapping[str, Any]) -> str:
         _card(
             f"{cov['source_unmatched']} / {cov['target_unmatched']}", "unmatched source / target"
         ),
-        _card(str(low), "low-confidence pairs"),
+        _card(str(bands["medium"] + bands["low"]), "pairs to review (yellow + red)"),
     ]
+    band_line = " · ".join(
+        f'<span class="score {b}" data-band-count="{b}">{bands[b]} {colour}</span>'
+        f' <span class="muted">({BAND_LIMITS[b]})</span>'
+        for b, colour in (("high", "green"), ("medium", "yellow"), ("low", "red"))
+    )
+    n_flagged = sum(
+        1 for e in [*report["mapping"]["pairs"], *report["mapping"].get("multi", [])] if flagged(e)
+    )
+    if n_flagged:
+        band_line += (
+            f' <span class="muted">· {n_flagged} flagged low confidence or ambiguous '
+            "(never green)</span>"
+        )
     rows = []
     for side in ("source", "target"):
         inp = report["inputs"][side]
@@ -151,7 +181,9 @@ def _summary(report: Mapping[str, Any]) -> str:
     )
     return (
         '<section id="summary"><h2>Summary</h2>'
+        f"{_status_banner(report)}"
         f'<div class="cards">{"".join(cards)}</div>'
+        f'<p id="bands">{band_line}</p>'
         "<table><thead><tr><th>side</th><th>name</th><th>path</th><th>sha256</th>"
         "<th>architecture signature</th><th>tensors</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
@@ -161,6 +193,21 @@ def _summary(report: Mapping[str, Any]) -> str:
             else ""
         )
         + "</section>"
+    )
+
+
+def _status_banner(report: Mapping[str, Any]) -> str:
+    status = mapping_status(report)
+    if status is None:
+        return (
+            '<div class="status unknown" id="status">status: not checked '
+            '<span class="muted">(no validation or functional check in this report)</span></div>'
+        )
+    state, text = status
+    mark = {"proven": "✓", "loads": "◐", "differs": "✗"}.get(state, "?")
+    return (
+        f'<div class="status {escape(state)}" id="status" data-state="{escape(state)}">'
+        f"{mark} {escape(text)}</div>"
     )
 
 
@@ -215,62 +262,60 @@ def _distribution(report: Mapping[str, Any]) -> str:
 
 
 def _mapping_rows(report: Mapping[str, Any]) -> list[str]:
-    rows = []
     mapping = report["mapping"]
-    for p in sorted(mapping["pairs"], key=lambda p: natural_key(p["source"])):
-        rows.append(
-            _row(
-                [p["source"]],
-                [p["target"]],
-                float(p["score"]),
-                p.get("transform") or {"name": "identity"},
-                "GROUP" if p.get("group", True) else "INDIV",
-                f"{_shape(p.get('source_shape'))} → {_shape(p.get('target_shape'))}",
-                p.get("stage") or "",
-                p.get("confidence") == "low",
-                p.get("breakdown") or {},
-            )
-        )
-    for m in mapping.get("multi", []):
-        rows.append(
-            _row(
-                m["sources"],
-                m["targets"],
-                float(m["score"]),
-                m.get("transform") or {"name": m["kind"]},
-                m["kind"].upper(),
-                m["transform"]["name"],
-                m["kind"],
-                m.get("confidence") == "low",
-                m.get("breakdown") or {},
-            )
-        )
-    return rows
+    entries = ordered([*mapping["pairs"], *mapping.get("multi", [])])
+    return [_row(e) for e in entries]
 
 
-def _row(
-    sources: list[str],
-    targets: list[str],
-    score: float,
-    transform: Mapping[str, Any],
-    match: str,
-    shapes: str,
-    stage: str,
-    low: bool,
-    breakdown: Mapping[str, float],
-) -> str:
-    band = score_band(score)
+def _weights(report: Mapping[str, Any]) -> dict[str, float]:
+    settings = report.get("settings") or {}
+    weights = settings.get("weights") or (report["mapping"].get("settings") or {}).get("weights")
+    if not isinstance(weights, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in weights.items()}
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _row(entry: Mapping[str, Any]) -> str:
+    """Pair or split/merge dict → a <tbody> of its row and its (folded) breakdown row."""
+    score = float(entry["score"])
+    band = pair_band(entry)
+    multi = "sources" in entry
+    transform = entry.get("transform") or {"name": entry["kind"] if multi else "identity"}
     tname = transform.get("name", "identity")
-    badge = HTML_BADGES.get(tname, tname)
-    title = ", ".join(f"{k} {float(v):.3f}" for k, v in sorted(breakdown.items()))
-    conf = ' <span class="badge lowconf" title="low confidence: review">?</span>' if low else ""
+    badge = HTML_BADGES.get(entry["kind"] if multi else tname, tname)
+    conf = (
+        ' <span class="badge lowconf" title="low confidence or ambiguous: review">?</span>'
+        if flagged(entry)
+        else ""
+    )
+    if multi:
+        parts = dict(multi_parts(entry))
+        split = entry["kind"] == "split"
+        sources = "".join(
+            f"<div>{escape(s)}{_slice(parts.get(s), not split)}</div>" for s in entry["sources"]
+        )
+        targets = "".join(
+            f"<div>{escape(t)}{_slice(parts.get(t), split)}</div>" for t in entry["targets"]
+        )
+        match, shapes, stage = entry["kind"].upper(), multi_layout(entry), entry["kind"]
+    else:
+        sources, targets = escape(entry["source"]), escape(entry["target"])
+        match = "GROUP" if entry.get("group", True) else "INDIV"
+        shapes = f"{_shape(entry.get('source_shape'))} → {_shape(entry.get('target_shape'))}"
+        stage = entry.get("stage") or ""
     return (
-        f'<tr data-band="{band}" data-transform="{escape(tname)}" '
+        f'<tbody class="pair" data-band="{band}" data-transform="{escape(tname)}" '
         f'data-score="{score:.6f}">'
-        f'<td class="key">{" <br>".join(escape(s) for s in sources)}</td>'
-        f'<td class="key">{" <br>".join(escape(t) for t in targets)}</td>'
-        f'<td class="num score {band}" data-value="{score:.6f}" title="{escape(title)}">'
-        f"{score:.3f}{conf}</td>"
+        '<tr class="main">'
+        '<td><button class="expand" type="button" aria-expanded="false" '
+        'title="show the score breakdown">▸</button></td>'
+        f'<td class="key">{sources}</td>'
+        f'<td class="key">{targets}</td>'
+        f'<td class="num score {band}" data-value="{score:.6f}">{score:.3f}{conf}</td>'
         f'<td><span class="badge t-{escape(tname)}" '
         f'title="{escape(json.dumps(transform.get("params", {}), sort_keys=True))}">'
         f"{escape(badge)}</span></td>"
@@ -278,7 +323,58 @@ def _row(
         f'<td class="mono">{escape(shapes)}</td>'
         f"<td>{escape(stage)}</td>"
         "</tr>"
+        f'<tr class="breakdown" data-breakdown="{escape(_compact(entry.get("breakdown") or {}))}">'
+        f'<td></td><td colspan="7"><div class="bd">{_breakdown(entry)}</div></td></tr>'
+        "</tbody>"
     )
+
+
+def _slice(text: str | None, show: bool) -> str:
+    return f' <span class="slice">{escape(text)}</span>' if show and text else ""
+
+
+_KNOWN_FIELDS = frozenset(
+    {"source", "target", "sources", "targets", "score", "breakdown", "source_shape",
+     "target_shape", "transform", "group", "stage", "confidence", "kind", "ambiguous",
+     "probability"}
+)  # fmt: skip
+
+
+def _breakdown(entry: Mapping[str, Any]) -> str:
+    """Pair dict → notes beside its breakdown (flags, transform, parts, extra fields).
+
+    The per-signal table itself is drawn by the page's script from the row's
+    ``data-breakdown`` and the weights when the row is first opened: written out for every
+    pair it would triple the size of a large model's page.
+    """
+    notes = [f"combined score {float(entry['score']):.3f}"]
+    if entry.get("stage"):
+        notes.append(f"settled by the {escape(str(entry['stage']))} stage")
+    if entry.get("confidence") == "low":
+        notes.append("low confidence: the evidence could not settle this pair")
+    if entry.get("ambiguous"):
+        notes.append("ambiguous: an alternative scored nearly as well")
+    if isinstance(entry.get("probability"), int | float):
+        notes.append(f"probability {float(entry['probability']):.3f}")
+    transform = entry.get("transform") or {}
+    if transform.get("params"):
+        notes.append(
+            f"transform {escape(str(transform.get('name')))} "
+            f"<code>{escape(json.dumps(transform['params'], sort_keys=True))}</code>"
+        )
+    for key in sorted(set(entry) - _KNOWN_FIELDS):
+        notes.append(
+            f"{escape(key)}: <code>{escape(json.dumps(entry[key], sort_keys=True))}</code>"
+        )
+    if "sources" in entry:
+        side = "targets" if entry["kind"] == "split" else "sources"
+        items = "".join(
+            f"<li><code>{escape(k)}</code> {escape(where)}</li>" for k, where in multi_parts(entry)
+        )
+        notes.append(
+            f'{escape(multi_layout(entry))}; {side} in fused order:<ol class="parts">{items}</ol>'
+        )
+    return f'<ul class="notes">{"".join(f"<li>{n}</li>" for n in notes)}</ul>'
 
 
 def _mapping_section(report: Mapping[str, Any]) -> str:
@@ -289,6 +385,7 @@ def _mapping_section(report: Mapping[str, Any]) -> str:
     )
     transform_opts = "".join(f'<option value="{escape(n)}">{escape(n)}</option>' for n in names)
     head = (
+        "<th></th>"
         '<th class="sortable" data-col="source">source</th>'
         '<th class="sortable" data-col="target">target</th>'
         '<th class="sortable" data-col="score" data-type="number">score</th>'
@@ -309,9 +406,68 @@ def _mapping_section(report: Mapping[str, Any]) -> str:
         f"{transform_opts}</select>"
         f'<span id="visible-count" class="muted">{len(rows)} of {len(rows)} rows</span>'
         "</div>"
+        '<p class="muted">Riskiest first: red, then yellow (flagged pairs first), lowest score '
+        "first. ▸ opens a pair's score breakdown; click a column to sort.</p>"
         f'<div class="wrap"><table id="mapping-table"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+        f"{''.join(rows)}</table></div>"
+        f'<script type="application/json" id="signal-weights">'
+        f"{_script_text(_compact(_weights(report)))}</script></section>"
     )
+
+
+def _groups_section(report: Mapping[str, Any]) -> str:
+    groups = pair_groups(report)
+    items = []
+    for i, g in enumerate(groups):
+        worst = g.worst
+        band = pair_band(worst)
+        counts = {b: 0 for b in ("high", "medium", "low")}
+        for e in g.entries:
+            counts[pair_band(e)] += 1
+        dots = " ".join(
+            f'<span class="score {b}">{counts[b]} {colour}</span>'
+            for b, colour in (("low", "red"), ("medium", "yellow"), ("high", "green"))
+            if counts[b]
+        )
+        rows = "".join(
+            f'<tr><td class="key">{escape(_keys(e, "source"))}</td>'
+            f'<td class="key">{escape(_keys(e, "target"))}</td>'
+            f'<td class="num score {pair_band(e)}">{float(e["score"]):.3f}</td>'
+            f"<td>{escape(_badge(e))}</td></tr>"
+            for e in g.entries
+        )
+        target = f" → {escape(g.target)}" if g.target else ""
+        items.append(
+            f'<details class="group" data-band="{band}" id="group-{i}">'
+            f'<summary><span class="key">{escape(g.source)}{target}</span> '
+            f'<span class="muted">{len(g.entries)} pair{"s" if len(g.entries) != 1 else ""}'
+            f" · lowest</span> "
+            f'<span class="score {band}">{float(worst["score"]):.3f}</span> '
+            f'<span class="muted">·</span> {dots}</summary>'
+            '<table class="group-pairs"><thead><tr><th>source</th><th>target</th><th>score</th>'
+            f"<th>transform</th></tr></thead><tbody>{rows}</tbody></table></details>"
+        )
+    n_pairs = len(report["mapping"]["pairs"]) + len(report["mapping"].get("multi", []))
+    return (
+        f'<section id="groups"><h2>By layer template ({len(groups)} groups, {n_pairs} pairs)</h2>'
+        '<p class="muted">One row per rename rule (a layer template and its tail); '
+        "open a row to see its pairs. Riskiest groups first.</p>"
+        f"{''.join(items) or _NO_PAIRS}</section>"
+    )
+
+
+_NO_PAIRS = '<p class="muted">No pairs.</p>'
+
+
+def _keys(entry: Mapping[str, Any], side: str) -> str:
+    return entry[side] if side in entry else ", ".join(entry[side + "s"])
+
+
+def _badge(entry: Mapping[str, Any]) -> str:
+    if "sources" in entry:
+        return f"{HTML_BADGES.get(entry['kind'], entry['kind'])}: {multi_layout(entry)}"
+    name = (entry.get("transform") or {}).get("name", "identity")
+    return HTML_BADGES.get(name, name)
 
 
 def _unmatched_section(report: Mapping[str, Any]) -> str:
@@ -322,23 +478,27 @@ def _unmatched_section(report: Mapping[str, Any]) -> str:
         if not items:
             out.append('<p class="muted">None.</p>')
             continue
-        rows = []
-        for u in items:
-            best = u.get("best_candidate")
-            best_txt = "" if best is None else escape(best)
-            if best is not None and u.get("best_score") is not None:
-                best_txt += f" ({float(u['best_score']):.3f})"
-            rows.append(
-                f'<tr><td class="key">{escape(u["name"])}</td>'
-                f'<td class="mono">{_shape(u.get("shape"))}</td>'
-                f'<td><span class="badge reason">{escape(u["reason"])}</span></td>'
-                f"<td>{escape(u.get('detail') or '')}</td>"
-                f'<td class="key">{best_txt}</td></tr>'
+        for reason, keys in unmatched_by_reason(items):
+            rows = []
+            for u in keys:
+                best = u.get("best_candidate")
+                best_txt = "" if best is None else escape(best)
+                if best is not None and u.get("best_score") is not None:
+                    best_txt += f" ({float(u['best_score']):.3f})"
+                rows.append(
+                    f'<tr><td class="key">{escape(u["name"])}</td>'
+                    f'<td class="mono">{_shape(u.get("shape"))}</td>'
+                    f"<td>{escape(u.get('detail') or '')}</td>"
+                    f'<td class="key">{best_txt}</td></tr>'
+                )
+            out.append(
+                f'<details class="reason unmatched-{side}" data-reason="{escape(reason)}" open>'
+                f'<summary><span class="badge reason">{escape(reason)}</span> '
+                f"<strong>{len(keys)}</strong> "
+                f'<span class="muted">{escape(REASON_TEXT.get(reason, ""))}</span></summary>'
+                "<table><thead><tr><th>key</th><th>shape</th><th>detail</th><th>best candidate</th>"
+                f"</tr></thead><tbody>{''.join(rows)}</tbody></table></details>"
             )
-        out.append(
-            f'<table class="unmatched-{side}"><thead><tr><th>key</th><th>shape</th><th>reason</th>'
-            f"<th>detail</th><th>best candidate</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        )
     out.append("</section>")
     return "".join(out)
 

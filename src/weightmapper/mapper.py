@@ -21,6 +21,7 @@ from weightmapper.dataflow import dataflow_roles
 from weightmapper.engine import Candidates, assign, paused_gc, score_inventories
 from weightmapper.errors import MappingError
 from weightmapper.inventory import Inventory
+from weightmapper.progress import stage
 from weightmapper.result import MappingResult
 from weightmapper.settings import MIN_PROPOSAL, AssignSettings, ScoreSettings
 from weightmapper.tensor_info import TensorInfo
@@ -68,13 +69,17 @@ class WeightMapper:
         self.target_module: nn.Module | None = (
             target_module if isinstance(target_module, nn.Module) else None
         )
-        self.source_inventory = self._inventory(source_module, "source")
-        self.target_inventory = self._inventory(target_module, "target")
+        with stage("read source"):
+            self.source_inventory = self._inventory(source_module, "source")
+        with stage("read target"):
+            self.target_inventory = self._inventory(target_module, "target")
         self.source_name = self.source_inventory.name
         self.target_name = self.target_inventory.name
         if dummy_input is not None:
-            self._trace()
-            self._read_roles()
+            with stage("trace execution order"):
+                self._trace()
+            with stage("read roles from the forward pass"):
+                self._read_roles()
         self.result: MappingResult | None = None
         self._candidates: dict[tuple, Candidates] = {}
 
@@ -157,9 +162,10 @@ class WeightMapper:
         settings = dataclasses.replace(self.score_settings, weights=weights)
         key = tuple(sorted((settings.weights or {}).items()))
         if key not in self._candidates:
-            self._candidates[key] = score_inventories(
-                self.source_inventory, self.target_inventory, settings
-            )
+            with stage("score candidates"):
+                self._candidates[key] = score_inventories(
+                    self.source_inventory, self.target_inventory, settings
+                )
         return self._candidates[key]
 
     def suggest_mapping(
@@ -179,10 +185,11 @@ class WeightMapper:
         """
         settings = AssignSettings(threshold=threshold, strategy=strategy)
         cands = self.candidates(weights)
-        with paused_gc():
+        with stage("assign pairs"), paused_gc():
             result = assign(cands, settings)
         if verify:
-            self._verify(result)
+            with stage("verify outputs"):
+                self._verify(result)
         self.result = result
         return result
 

@@ -35,7 +35,20 @@ from weightmapper.errors import (
 )
 from weightmapper.hashing import files_sha256
 from weightmapper.inventory import natural_key, tensors_signature
+from weightmapper.progress import stage
 from weightmapper.result import MappingResult, MappingStatus, status_of
+from weightmapper.review import (
+    REASON_TEXT,
+    band_counts,
+    flagged,
+    multi_layout,
+    multi_parts,
+    ordered,
+    pair_band,
+    pair_groups,
+    score_band,
+    unmatched_by_reason,
+)
 from weightmapper.sanitize import md_code, md_text
 
 logger = logging.getLogger(__name__)
@@ -44,6 +57,24 @@ REPORT_SCHEMA_VERSION = "1.1"
 """Version of the report layout; the major number changes when a reader must change."""
 
 REPORT_KIND = "weightmapper-report"
+
+__all__ = [
+    "REPORT_KIND",
+    "REPORT_SCHEMA_VERSION",
+    "build_report",
+    "check_headline",
+    "dumps_report",
+    "load_report",
+    "module_links",
+    "render_markdown",
+    "report_from_dict",
+    "result_from_report",
+    "score_band",
+    "transform_badge",
+    "validate_report",
+    "write_markdown",
+    "write_report",
+]
 
 
 # --- building --------------------------------------------------------------------------------
@@ -200,10 +231,15 @@ def _input_section(
     return {
         "name": str(getattr(inventory, "name", None) or name),
         "path": None if path is None else str(path),
-        "sha256": input_sha256(path) if path is not None and hash_inputs else None,
+        "sha256": _hashed(path) if path is not None and hash_inputs else None,
         "signature": signature,
         "tensor_count": len(tensors) if tensors is not None else int(count),
     }
+
+
+def _hashed(path: str | Path) -> str | None:
+    with stage(f"hash {Path(path).name}"):
+        return input_sha256(path)
 
 
 def input_sha256(path: str | Path) -> str | None:
@@ -478,23 +514,17 @@ def transform_badge(transform: Mapping[str, Any] | None) -> str:
     return TRANSFORM_BADGES.get(name, name)
 
 
-def score_band(score: float) -> str:
-    """Score → ``high`` (> 0.8), ``medium`` (0.6–0.8) or ``low`` (< 0.6)."""
-    if score > 0.8:
-        return "high"
-    if score >= 0.6:
-        return "medium"
-    return "low"
-
-
 def _shape(shape: Iterable[int] | None) -> str:
     dims = list(shape or [])
     return "×".join(str(d) for d in dims) if dims else "scalar"
 
 
 def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -> str:
-    """Report dict → Markdown text: summary, inputs, mapping table, unmatched keys, checks.
+    """Report dict → Markdown text: summary with status, groups, pairs, splits, unmatched, checks.
 
+    The summary gives the mapping's status and the pairs to review per colour band; pairs
+    are listed by layer template (one row per rename rule), then one by one riskiest
+    first; splits and merges with their parts in order; unmatched keys grouped by reason.
     ``max_rows`` caps the pair table (None: every pair). Output depends only on the report.
     """
     mapping = report["mapping"]
@@ -524,6 +554,8 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
         "",
         f"{cov.get('mapped_pairs', 0)} one-to-one pairs, {cov.get('multi_pairs', 0)} splits/merges.",
         "",
+        _md_bands(report),
+        "",
         "## Inputs",
         "",
         "| side | name | path | sha256 | signature | tensors |",
@@ -542,38 +574,67 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
             f"- {md_code(k)}: {md_code(json.dumps(settings[k], sort_keys=True))}"
             for k in sorted(settings)
         ]
-    pairs = sorted(mapping.get("pairs", []), key=lambda p: natural_key(p["source"]))
+    groups = pair_groups(report)
+    if groups:
+        lines += [
+            "",
+            f"## By layer template ({len(groups)} groups)",
+            "",
+            "Riskiest first. `{n}` is a layer index, `*` the rest of the key.",
+            "",
+            "| source template | target template | pairs | lowest score | to review |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for g in groups:
+            review = sum(1 for e in g.entries if pair_band(e) != "high")
+            lines.append(
+                f"| {md_code(g.source) if g.target else md_text(g.source)} | "
+                f"{md_code(g.target) if g.target else '—'} | "
+                f"{len(g.entries)} | {float(g.worst['score']):.3f} ({pair_band(g.worst)}) | "
+                f"{review} |"
+            )
+    pairs = ordered(mapping.get("pairs", []))
     shown = pairs if max_rows is None else pairs[:max_rows]
     lines += [
         "",
         "## Mapping",
         "",
+        "Riskiest first: red, then yellow (flagged `?` first), lowest score first.",
+        "",
         "| source | target | score | transform | match | shapes |",
         "|---|---|---:|---|---|---|",
     ]
     for p in shown:
+        flag = " ?" if flagged(p) else ""
         lines.append(
             f"| {md_code(p['source'])} | {md_code(p['target'])} | "
-            f"{p['score']:.3f} ({score_band(p['score'])}) | {md_text(transform_badge(p.get('transform')))} | "
+            f"{p['score']:.3f} ({pair_band(p)}){flag} | "
+            f"{md_text(transform_badge(p.get('transform')))} | "
             f"{'GROUP' if p.get('group', True) else 'INDIV'} | "
             f"{_shape(p.get('source_shape'))} → {_shape(p.get('target_shape'))} |"
         )
     if len(shown) < len(pairs):
         lines.append(f"| … {len(pairs) - len(shown)} more pairs | | | | | |")
-    multi = mapping.get("multi", [])
+    multi = ordered(mapping.get("multi", []))
     if multi:
         lines += [
             "",
             "## Splits and merges",
             "",
-            "| kind | sources | targets | transform | score |",
+            "Parts in fused order, each with its slice of the fused tensor.",
+            "",
+            "| kind | fused | parts (in order) | layout | score |",
+            "|---|---|---|---|---:|",
         ]
-        lines.append("|---|---|---|---|---:|")
         for m in multi:
+            fused = m["sources"] if m["kind"] == "split" else m["targets"]
+            parts = "<br>".join(
+                f"{i}. {md_code(k)}" + (f" {md_text(where)}" if where else "")
+                for i, (k, where) in enumerate(multi_parts(m), 1)
+            )
             lines.append(
-                f"| {md_text(m['kind'])} | {md_text(', '.join(m['sources']))} | "
-                f"{md_text(', '.join(m['targets']))} | {md_text(transform_badge(m.get('transform')))} | "
-                f"{m['score']:.3f} |"
+                f"| {md_text(m['kind'])} | {md_code(', '.join(fused))} | {parts} | "
+                f"{md_text(multi_layout(m))} | {m['score']:.3f} ({pair_band(m)}) |"
             )
     for side in ("source", "target"):
         unmatched = mapping.get("unmatched", {}).get(side, [])
@@ -581,12 +642,22 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
         if not unmatched:
             lines.append("None.")
             continue
-        lines += ["| key | shape | reason | detail |", "|---|---|---|---|"]
-        for u in unmatched:
-            lines.append(
-                f"| {md_code(u['name'])} | {_shape(u.get('shape'))} | {md_code(u['reason'])} | "
-                f"{md_text(u.get('detail') or '')} |"
-            )
+        for reason, keys in unmatched_by_reason(unmatched):
+            lines += [
+                f"### {md_code(reason)} ({len(keys)})",
+                "",
+                md_text(REASON_TEXT[reason]) if reason in REASON_TEXT else md_code(reason),
+                "",
+                "| key | shape | detail |",
+                "|---|---|---|",
+            ]
+            for u in keys:
+                lines.append(
+                    f"| {md_code(u['name'])} | {_shape(u.get('shape'))} | "
+                    f"{md_text(u.get('detail') or '')} |"
+                )
+            lines.append("")
+        lines.pop()
     proof = report.get("proof")
     if proof:
         lines += ["", "## Proof", ""]
@@ -630,6 +701,19 @@ def status_label(report: Mapping[str, Any]) -> str:
     """Report dict → ``proven equal``, ``loads, not proven``, ``differs at X`` …"""
     status = report_status(report)
     return str(status.get("label") or status.get("state"))
+
+
+def _md_bands(report: Mapping[str, Any]) -> str:
+    counts = band_counts(report)
+    entries = [*report["mapping"].get("pairs", []), *report["mapping"].get("multi", [])]
+    n_flagged = sum(1 for e in entries if flagged(e))
+    text = (
+        f"Scores: {counts['high']} green (> 0.8), {counts['medium']} yellow (0.6–0.8), "
+        f"{counts['low']} red (< 0.6): **{counts['medium'] + counts['low']} to review**"
+    )
+    if n_flagged:
+        text += f", {n_flagged} of them flagged low confidence or ambiguous"
+    return text + "."
 
 
 def check_headline(key: str, section: Mapping[str, Any]) -> tuple[bool, str]:

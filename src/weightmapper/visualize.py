@@ -25,13 +25,19 @@ from weightmapper.report import (
     REPORT_KIND,
     build_report,
     module_links,
-    natural_key,
     report_status,
-    score_band,
     status_label,
     transform_badge,
 )
 from weightmapper.result import MappingResult
+from weightmapper.review import (
+    band_counts,
+    flagged,
+    multi_layout,
+    ordered,
+    pair_band,
+    score_band,
+)
 from weightmapper.sanitize import visible
 
 BAND_STYLES: dict[str, str] = {"high": "green", "medium": "yellow", "low": "red"}
@@ -103,9 +109,9 @@ def _shape(shape: Any) -> str:
     return "×".join(str(d) for d in dims) if dims else "scalar"
 
 
-def score_text(score: float) -> Text:
-    """Score → Text coloured by band (green > 0.8, yellow 0.6–0.8, red < 0.6)."""
-    return Text(f"{score:.3f}", style=BAND_STYLES[score_band(score)])
+def score_text(score: float, band: str | None = None) -> Text:
+    """Score (+ its band, else the score's) → Text coloured green, yellow or red."""
+    return Text(f"{score:.3f}", style=BAND_STYLES[band or score_band(score)])
 
 
 # --- mapping table ---------------------------------------------------------------------------
@@ -118,18 +124,21 @@ def visualize_mapping(
     max_matches: int = 30,
     max_unmatched: int = 15,
     *,
+    sort: str = "score",
     console: Console | None = None,
 ) -> Console:
     """Mapper/result/report → printed summary panel, pair table and unmatched keys.
 
     Scores are coloured by band; each row has a transform badge (✓ exact, 🔄 transpose,
-    📐 reshape, split, merge), a GROUP/INDIV badge and both shapes. ``max_matches`` and
-    ``max_unmatched`` cap the rows shown (the panel counts them all).
+    📐 reshape, split, merge), a GROUP/INDIV badge and both shapes. ``sort="score"`` puts
+    the pairs to review first (red, then yellow, flagged ones first, lowest score first);
+    ``sort="name"`` lists them in natural key order. ``max_matches`` and ``max_unmatched``
+    cap the rows shown (the panel counts them all).
     """
     report = as_report(mapper, result)
     con = _console(console)
     con.print(summary_panel(report))
-    con.print(mapping_table(report, max_matches=max_matches))
+    con.print(mapping_table(report, max_matches=max_matches, sort=sort))
     if show_unmatched:
         for side in ("source", "target"):
             table = unmatched_table(report, side, max_unmatched=max_unmatched)
@@ -161,9 +170,18 @@ def summary_panel(report: Mapping[str, Any]) -> Panel:
         f"{cov['mapped_pairs']} one-to-one, {cov['multi_pairs']} split/merge; unmatched: "
         f"{cov['source_unmatched']} source, {cov['target_unmatched']} target",
     )
-    n_low = sum(1 for p in mapping["pairs"] if p.get("confidence") == "low")
-    if n_low:
-        grid.add_row("low confidence", Text(f"{n_low} pair(s): review them", style="yellow"))
+    counts = band_counts(report)
+    n_flagged = sum(1 for e in [*mapping["pairs"], *mapping.get("multi", [])] if flagged(e))
+    review = Text(f"{counts['high']} green", style="green")
+    review.append(", ")
+    review.append(f"{counts['medium']} yellow", style="yellow")
+    review.append(", ")
+    review.append(f"{counts['low']} red", style="red")
+    if counts["medium"] + counts["low"]:
+        review.append(f": {counts['medium'] + counts['low']} to review")
+        if n_flagged:
+            review.append(f" ({n_flagged} flagged low confidence or ambiguous)")
+    grid.add_row("scores", review)
     shown = {
         k: settings[k] for k in ("threshold", "strategy", "buffer_matching_mode") if k in settings
     }
@@ -224,8 +242,14 @@ def _coverage_text(fraction: float, label: str) -> Text:
     return Text(f"{label} {fraction:.1%}", style=style)
 
 
-def mapping_table(report: Mapping[str, Any], *, max_matches: int | None = 30) -> Table:
-    """Report → Table of pairs (then splits/merges), capped at ``max_matches`` rows."""
+def mapping_table(
+    report: Mapping[str, Any], *, max_matches: int | None = 30, sort: str = "score"
+) -> Table:
+    """Report → Table of pairs and splits/merges in ``sort`` order, capped at ``max_matches``.
+
+    ``score`` (the default) shows the pairs to review first, ``name`` natural key order with
+    splits and merges last.
+    """
     mapping = report["mapping"]
     table = Table(title="Mapping", box=box.SIMPLE_HEAD, show_lines=False)
     table.add_column("source", no_wrap=True)
@@ -235,27 +259,31 @@ def mapping_table(report: Mapping[str, Any], *, max_matches: int | None = 30) ->
     table.add_column("match")
     table.add_column("shapes", overflow="fold")
     rows: list[tuple[Any, ...]] = []
-    for p in sorted(mapping["pairs"], key=lambda p: natural_key(p["source"])):
-        conf = " ?" if p.get("confidence") == "low" else ""
-        rows.append(
-            (
-                safe_text(p["source"]),
-                safe_text(p["target"]),
-                score_text(p["score"]) + Text(conf, style="yellow"),
-                safe_text(transform_badge(p.get("transform"))),
-                _match_badge(bool(p.get("group", True))),
-                f"{_shape(p.get('source_shape'))} → {_shape(p.get('target_shape'))}",
+    entries = ordered(mapping["pairs"], sort) + ordered(mapping.get("multi", []), sort)
+    if sort == "score":
+        entries = ordered(entries, sort)
+    for e in entries:
+        conf = Text(" ?", style="yellow") if flagged(e) else Text("")
+        if "sources" in e:
+            rows.append(
+                (
+                    Text("\n".join(visible(n) for n in e["sources"])),
+                    Text("\n".join(visible(n) for n in e["targets"])),
+                    score_text(e["score"], pair_band(e)) + conf,
+                    safe_text(transform_badge({"name": e["kind"]})),
+                    _match_badge(True),
+                    safe_text(multi_layout(e)),
+                )
             )
-        )
-    for m in mapping.get("multi", []):
+            continue
         rows.append(
             (
-                Text("\n".join(visible(n) for n in m["sources"])),
-                Text("\n".join(visible(n) for n in m["targets"])),
-                score_text(m["score"]),
-                safe_text(transform_badge({"name": m["kind"]})),
-                _match_badge(True),
-                safe_text(m["transform"]["name"]),
+                safe_text(e["source"]),
+                safe_text(e["target"]),
+                score_text(e["score"], pair_band(e)) + conf,
+                safe_text(transform_badge(e.get("transform"))),
+                _match_badge(bool(e.get("group", True))),
+                f"{_shape(e.get('source_shape'))} → {_shape(e.get('target_shape'))}",
             )
         )
     limit = len(rows) if max_matches is None else max_matches

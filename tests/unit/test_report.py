@@ -174,9 +174,12 @@ def test_markdown_lists_every_pair_and_unmatched_reason() -> None:
     run = _run()
     report = build_report(run)
     text = render_markdown(report)
-    rows = [line for line in text.splitlines() if line.startswith("| `")]
-    n_unmatched = len(run.result.unmatched_source) + len(run.result.unmatched_target)
-    assert len(rows) == len(run.result) + n_unmatched
+    pairs = text.split("## Mapping")[1].split("\n## ")[0]
+    rows = [line for line in pairs.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(run.result)
+    unmatched = text.split("## Unmatched source keys")[1]
+    rows = [line for line in unmatched.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(run.result.unmatched_source) + len(run.result.unmatched_target)
     cov = run.result.coverage()
     assert "no_shape_partner" in text and f"{cov['source_coverage']:.1%}" in text
     assert "✓ exact" in text and "GROUP" in text

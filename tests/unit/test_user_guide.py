@@ -33,6 +33,14 @@ def test_guide_has_examples_for_every_api_call() -> None:
         "dummy_input=",
         "strategy=",
         "weights=",
+        "load_checkpoint_as_dict(",
+        "convert_checkpoint(",
+        "load_converted(",
+        "visualize_mapping(",
+        "visualize_hierarchies(",
+        "visualize_score_breakdown(",
+        "write_html(",
+        "reporting(",
     ):
         assert call in text, call
 
@@ -48,3 +56,5 @@ def test_guide_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     out = capsys.readouterr().out
     assert "stage.0.weight" in out
     assert "no_shape_partner" in out
+    assert "['bn1.bias', 'bn1.num_batches_tracked']" in out
+    assert "report.html report.md" in out

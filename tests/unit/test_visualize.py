@@ -151,7 +151,8 @@ def test_mapping_view_lists_rows_badges_and_reasons() -> None:
     text = con.export_text()
     assert "source 83.3%" in text or "coverage" in text
     assert "5 one-to-one, 1 split/merge" in text and "threshold=0.6" in text
-    assert "1 pair(s): review them" in text
+    assert "4 green, 1 yellow, 1 red: 2 to review (1 flagged" in text
+    assert "split dim 0 into 4 + 4 + 4" in _line(text, "block.attn.weight")
     row = _line(text, "block.proj.weight")
     assert "layer.out.weight" in row and "🔄 transpose" in row and "INDIV" in row
     assert "6×4 → 4×6" in row
@@ -163,6 +164,32 @@ def test_mapping_view_lists_rows_badges_and_reasons() -> None:
     assert "ambiguous" in _line(text, "block.attn.bias")
     assert "below_threshold" in _line(text, "classifier.weight")
     assert not ANSI.search(text)  # plain text when the console is not a terminal
+
+
+def _table_keys(text: str) -> list[str]:
+    keys = [
+        "block.scale", "block.proj.weight", "block.attn.weight", "embed.weight",
+        "norm.bias", "norm.weight",
+    ]  # fmt: skip
+    rows = [line.split()[0] for line in text.splitlines() if line.split()[:1]]
+    return [k for k in rows if k in keys]
+
+
+def test_mapping_view_puts_risky_pairs_first_by_default_or_sorts_by_name() -> None:
+    by_score = _table_keys(visualize_mapping(_mapper(), console=_plain()).export_text())
+    # red first, then yellow, then green by rising score; ties in natural key order
+    assert by_score == [
+        "block.scale", "block.proj.weight", "block.attn.weight", "embed.weight",
+        "norm.bias", "norm.weight",
+    ]  # fmt: skip
+    by_name = _table_keys(visualize_mapping(_mapper(), sort="name", console=_plain()).export_text())
+    assert by_name == [
+        "block.proj.weight", "block.scale", "embed.weight", "norm.bias", "norm.weight",
+        "block.attn.weight",
+    ]  # fmt: skip
+    capped = visualize_mapping(_mapper(), max_matches=2, console=_plain()).export_text()
+    assert _table_keys(capped) == ["block.scale", "block.proj.weight"]
+    assert "4 more rows not shown" in capped
 
 
 def test_mapping_view_colours_scores_by_band() -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +13,16 @@ from rich.console import Console
 
 from weightmapper.atomic import atomic_write_text
 from weightmapper.cli import _proof
+from weightmapper.cli._progress import stage_bars
 from weightmapper.errors import ConfigError
 from weightmapper.hf import is_hf_folder
 from weightmapper.html_report import write_html
 from weightmapper.io_safety import ensure_outputs_safe, input_files
 from weightmapper.mapper import WeightMapper
+from weightmapper.progress import stage
 from weightmapper.proof import prove
 from weightmapper.report import build_report, dumps_report, write_markdown, write_report
+from weightmapper.review import SORTS
 from weightmapper.settings import BUFFER_MODES, STRATEGIES, MapperSettings
 from weightmapper.targets import SPEC_FORMS, is_module_spec, resolve_side
 from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
@@ -66,6 +67,9 @@ differ, alternatives for the first differing module are tried (at most --budget 
 passes). The mapping's status (proven equal / differs at …) is printed and recorded; exit 1
 when it differs.
 """.replace("{forms}", "\n".join(f"  {f}" for f in SPEC_FORMS))
+
+
+_OUTPUTS = ("out", "report", "html", "markdown")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +127,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-rows", type=int, default=30, help="pairs shown in the table (default 30)"
+    )
+    parser.add_argument(
+        "--sort",
+        choices=SORTS,
+        default="score",
+        help="table order: score (default; red, then yellow, flagged and lowest first) or name",
     )
     parser.add_argument(
         "--verify",
@@ -231,18 +241,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for p in (args.source, args.target):
         # Every existing path is read (a Hugging Face folder target for its config too).
         inputs |= input_files(p)
-    flags = ("out", "report", "html", "markdown")
-    ensure_outputs_safe({f"--{f}": getattr(args, f) for f in flags}, inputs)
-
-
-@contextlib.contextmanager
-def _status(console: Console | None, text: str) -> Iterator[None]:
-    # A spinner only on an interactive terminal: scripts and logs get no control codes.
-    if console is None:
-        yield
-        return
-    with console.status(text):
-        yield
+    ensure_outputs_safe({f"--{f}": getattr(args, f) for f in _OUTPUTS}, inputs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     proving = _proof.wanted(args)
     err = Console(file=sys.stderr)
     live = err if err.is_terminal and not (args.quiet or args.json) else None
-    with _status(live, "reading source and target…"):
+    with stage_bars(live):
         # Mapping needs names and shapes only: built on the meta device unless run.
         meta = not (args.dummy_input or args.verify)
         # With --source-module the checkpoint is loaded into its architecture and mapped
@@ -283,46 +282,49 @@ def run(args: argparse.Namespace) -> int:
             buffer_matching_mode=settings.score.buffer_matching_mode,
             trusted=args.trust_pickle,
         )
-    with _status(live, "scoring and assigning…"):
         result = mapper.suggest_mapping(
             threshold=settings.assign.threshold,
             strategy=settings.assign.strategy,
             verify=args.verify,
         )
-    if args.dummy_input:
-        shape, dtype = args.dummy_input
-        result.settings["dummy_input"] = {"shape": list(shape), "dtype": dtype}
-    proof = None
-    if proving:
-        with _status(live, "proving: running both networks…"):
-            proof = prove(
-                source,
-                target,
-                result,
-                _proof.the_input(args, source, target),
-                budget=args.budget,
-            )
-        result = proof.mapping
-    with _status(live, "writing outputs…"):
+        if args.dummy_input:
+            shape, dtype = args.dummy_input
+            result.settings["dummy_input"] = {"shape": list(shape), "dtype": dtype}
+        proof = None
+        if proving:
+            with stage("prove the mapping by search"):
+                proof = prove(
+                    source,
+                    target,
+                    result,
+                    _proof.the_input(args, source, target),
+                    budget=args.budget,
+                )
+            result = proof.mapping
         report = build_report(
             mapper,
             proof=proof,
             source_path=None if _is_module(args, "source") else args.source,
             target_path=None if _is_module(args, "target") else args.target,
         )
-        if args.out:
-            atomic_write_text(args.out, result.to_json() + "\n")
-        if args.report:
-            write_report(report, args.report)
-        if args.html:
-            write_html(report, args.html)
-        if args.markdown:
-            write_markdown(report, args.markdown)
+        with stage("write outputs", total=sum(bool(getattr(args, f)) for f in _OUTPUTS)) as done:
+            if args.out:
+                atomic_write_text(args.out, result.to_json() + "\n")
+                done(1)
+            if args.report:
+                write_report(report, args.report)
+                done(1)
+            if args.html:
+                write_html(report, args.html)
+                done(1)
+            if args.markdown:
+                write_markdown(report, args.markdown)
+                done(1)
     if args.json:
         sys.stdout.write(dumps_report(report))
     elif not args.quiet:
         console = default_console()
-        visualize_mapping(report, max_matches=args.max_rows, console=console)
+        visualize_mapping(report, max_matches=args.max_rows, sort=args.sort, console=console)
         if args.hierarchy:
             visualize_hierarchies(report, show_matches=True, console=console)
         if proof is not None:
