@@ -18,7 +18,10 @@ from weightmapper.transforms import TransformSpec
 EQUIVALENT: tuple[frozenset[str], ...] = (
     frozenset({"head.lm", "head.bias"}),  # an MLM decoder's bias is often tied to a lone bias
     frozenset({"head.cls", "head.proj"}),  # a final projection, named either way
-    frozenset({"norm.pre", "embed.norm"}),  # the norm right after the embeddings
+    frozenset({"norm.pre", "embed.norm", "norm.attn"}),  # the norm right after the embeddings
+    # (in a post-norm encoder it is also the first block's attention input)
+    frozenset({"embed.positions", "embed.types"}),  # learned tables added to the tokens: an
+    # index that is not the input ids tells too little apart; their shapes do
 )
 """Role pairs that are one role written two ways (beside ``mlp.X`` ↔ ``moe.X``)."""
 
