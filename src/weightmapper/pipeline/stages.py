@@ -324,6 +324,7 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
+    version: ClassVar[int] = 2  # 2: roles block pairs and settle layouts
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
