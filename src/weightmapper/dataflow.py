@@ -26,7 +26,7 @@ warning: roles are evidence for the engine, never a requirement.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,49 +265,83 @@ class _Flow:
     def data_inputs(self, c: _Call) -> list[int]:
         return [t for t in c.inputs if t not in self.g.param_of]
 
-    def back(self, tensor: int, stop_at_params: bool = True, limit: int = 400) -> set[int]:
-        """Tensor → indexes of the parameter-using calls it derives from, nearest ones only."""
-        found: set[int] = set()
-        seen: set[int] = set()
-        todo = [tensor]
-        while todo and len(seen) < limit:
-            t = todo.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            ci = self.g.producer.get(t)
-            if ci is None:
-                continue
-            c = self.g.calls[ci]
-            if c.params and stop_at_params:
-                if any(u in self.g.live for u in self.data_inputs(c)):
-                    found.add(ci)  # a projection of the data, not of a constant table
-                continue
-            if c.name in _SOFTMAX or c.name in _SDPA:
-                continue  # another attention's output: not this projection's input
-            todo += [u for u in self.data_inputs(c) if u in self.g.live]
-        return found
+    def downstream(
+        self,
+        starts: Iterable[int],
+        follow: Callable[[_Call], bool],
+        limit: int | None,
+        breadth_first: bool = False,
+        seen: set[int] | None = None,
+    ) -> Iterator[_Call]:
+        """Tensors → every call consuming them, and on through the outputs of those ``follow``
+        accepts; each tensor visited once, at most ``limit`` of them (added to ``seen``).
 
-    def forward(self, tensor: int, limit: int = 400) -> list[int]:
-        """Tensor → calls that consume it, through views and elementwise ops, in call order.
-
-        Stops at parameter uses, matmuls, attentions, norms, activations and adds.
+        Depth first unless ``breadth_first``; a caller may stop at the call it looks for.
         """
-        out: list[int] = []
-        seen: set[int] = set()
-        todo = [tensor]
-        while todo and len(seen) < limit:
-            t = todo.pop()
+        todo, seen = list(starts), set() if seen is None else seen
+        while todo and (limit is None or len(seen) < limit):
+            t = todo.pop(0) if breadth_first else todo.pop()
             if t in seen:
                 continue
             seen.add(t)
             for ci in self.g.consumers.get(t, ()):
                 c = self.g.calls[ci]
-                if c.params or c.name in _MATMUL | _SOFTMAX | _SDPA | _NORM | _ACT | _ADD:
-                    out.append(ci)
-                else:
+                yield c
+                if follow(c):
                     todo += c.outputs
-        return sorted(set(out))
+
+    def upstream(
+        self,
+        starts: Iterable[int],
+        onward: Callable[[_Call], Iterable[int]],
+        limit: int | None,
+        breadth_first: bool = False,
+        seen: set[int] | None = None,
+    ) -> Iterator[_Call]:
+        """Tensors → the call producing each, and on through the inputs ``onward`` picks of it;
+        each tensor visited once, at most ``limit`` of them (added to ``seen``).
+
+        Depth first unless ``breadth_first``; a caller may stop at the call it looks for.
+        """
+        todo, seen = list(starts), set() if seen is None else seen
+        while todo and (limit is None or len(seen) < limit):
+            t = todo.pop(0) if breadth_first else todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            ci = self.g.producer.get(t)
+            if ci is not None:
+                c = self.g.calls[ci]
+                yield c
+                todo += onward(c)
+
+    def back(self, tensor: int) -> set[int]:
+        """Tensor → indexes of the parameter-using calls it derives from, nearest ones only."""
+        live = self.g.live
+
+        def onward(c: _Call) -> list[int]:
+            # another attention's output is not this projection's input
+            stop = c.params or c.name in _SOFTMAX or c.name in _SDPA
+            return [] if stop else [u for u in self.data_inputs(c) if u in live]
+
+        return {
+            c.index
+            for c in self.upstream([tensor], onward, limit=400)
+            # a projection of the data, not of a constant table
+            if c.params and any(u in live for u in self.data_inputs(c))
+        }
+
+    def forward(self, tensor: int) -> list[int]:
+        """Tensor → calls that consume it, through views and elementwise ops, in call order.
+
+        Stops at parameter uses, matmuls, attentions, norms, activations and adds.
+        """
+
+        def stops(c: _Call) -> bool:
+            return bool(c.params) or c.name in _MATMUL | _SOFTMAX | _SDPA | _NORM | _ACT | _ADD
+
+        walk = self.downstream([tensor], lambda c: not stops(c), limit=400)
+        return sorted({c.index for c in walk if stops(c)})
 
     def label(self, ci: int, role: str, evidence: str) -> None:
         self.role.setdefault(ci, (role, evidence))
@@ -354,20 +388,15 @@ def _rope_style(flow: _Flow, ci: int) -> str:
     g = flow.g
     names: set[str] = set()
     pairs = False
-    todo, seen = list(g.calls[ci].outputs), set()
-    while todo and len(seen) < 200:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        for nxt in g.consumers.get(t, ()):
-            c = g.calls[nxt]
-            if c.params or c.name in _MATMUL | _SDPA | _SOFTMAX:
-                continue
+
+    def follow(c: _Call) -> bool:
+        return not c.params and c.name not in _MATMUL | _SDPA | _SOFTMAX
+
+    for c in flow.downstream(g.calls[ci].outputs, follow, limit=200):
+        if follow(c):
             names.add(c.name)
             shape = g.tensors[c.outputs[0]].shape
             pairs |= c.name in _VIEWS and len(shape) >= 2 and shape[-1] == 2
-            todo += c.outputs
     if pairs or "view_as_complex" in names:
         return "interleaved"
     if "neg" in names or "__neg__" in names:
@@ -377,22 +406,13 @@ def _rope_style(flow: _Flow, ci: int) -> str:
 
 def _nearest(flow: _Flow, tensor: int, names: frozenset[str], limit: int = 50) -> int | None:
     """Tensor → index of the nearest producing call named in ``names`` (through any op)."""
-    todo, seen = [tensor], set()
-    while todo and len(seen) < limit:
-        t = todo.pop(0)
-        if t in seen:
-            continue
-        seen.add(t)
-        ci = flow.g.producer.get(t)
-        if ci is None:
-            continue
-        c = flow.g.calls[ci]
-        if c.name in names:
-            return ci
-        if c.params:
-            continue
-        todo += flow.data_inputs(c)
-    return None
+    walk = flow.upstream([tensor], _unless_params(flow), limit, breadth_first=True)
+    return next((c.index for c in walk if c.name in names), None)
+
+
+def _unless_params(flow: _Flow) -> Callable[[_Call], list[int]]:
+    """→ an upstream rule: on through a call's data inputs, unless it uses parameters."""
+    return lambda c: [] if c.params else flow.data_inputs(c)
 
 
 def _label_attention(flow: _Flow) -> None:
@@ -511,37 +531,17 @@ def _label_mlp(flow: _Flow) -> None:
 
 def _next_params(flow: _Flow, tensor: int, limit: int = 100) -> list[int]:
     """Tensor → the parameter uses it reaches first, through any op but attention and norms."""
-    found: set[int] = set()
-    todo, seen = [tensor], set()
-    while todo and len(seen) < limit:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        for ci in flow.g.consumers.get(t, ()):
-            c = flow.g.calls[ci]
-            if c.params:
-                found.add(ci)
-            elif c.name not in _MATMUL | _SOFTMAX | _SDPA | _NORM:
-                todo += c.outputs
-    return sorted(found)
+
+    def follow(c: _Call) -> bool:
+        return not c.params and c.name not in _MATMUL | _SOFTMAX | _SDPA | _NORM
+
+    return sorted({c.index for c in flow.downstream([tensor], follow, limit) if c.params})
 
 
 def _reaches_call(flow: _Flow, tensor: int, names: frozenset[str], limit: int = 30) -> bool:
     """Tensor → whether a call named in ``names`` consumes it within a few ops."""
-    todo, seen = [tensor], set()
-    while todo and len(seen) < limit:
-        t = todo.pop(0)
-        if t in seen:
-            continue
-        seen.add(t)
-        for ci in flow.g.consumers.get(t, ()):
-            c = flow.g.calls[ci]
-            if c.name in names:
-                return True
-            if not c.params:
-                todo += c.outputs
-    return False
+    walk = flow.downstream([tensor], lambda c: not c.params, limit, breadth_first=True)
+    return any(c.name in names for c in walk)
 
 
 def _reaches_residual(flow: _Flow, c: _Call) -> bool:
@@ -604,19 +604,9 @@ def _norm_from_input(flow: _Flow, tensor: int, roles: Mapping[int, str]) -> str 
 
 def _norm_from_consumers(flow: _Flow, tensor: int, roles: Mapping[int, str]) -> str | None:
     g = flow.g
-    reached: set[str] = set()
-    todo, seen = [tensor], set()
-    while todo and len(seen) < 200:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        for ci in g.consumers.get(t, ()):
-            c = g.calls[ci]
-            if c.params and ci in roles:
-                reached.add(roles[ci])
-            elif not c.params and c.name not in _ADD:
-                todo += c.outputs
+    seen: set[int] = set()
+    walk = flow.downstream([tensor], lambda c: not c.params and c.name not in _ADD, 200, seen=seen)
+    reached = {roles[c.index] for c in walk if c.params and c.index in roles}
     for want, role in (
         ({"attn.q", "attn.k", "attn.v", "attn.qkv"}, "norm.attn"),
         ({"xattn.q"}, "norm.xattn"),
@@ -664,19 +654,12 @@ def _label_embeddings(flow: _Flow) -> None:
 def _feeds_scores(flow: _Flow, tensor: int, limit: int = 40) -> bool:
     """Tensor → whether it reaches a softmax (or an attention's mask) before any matmul:
     a bias on the attention scores, not something added to the tokens."""
-    todo, seen = [tensor], set()
-    while todo and len(seen) < limit:
-        t = todo.pop(0)
-        if t in seen:
-            continue
-        seen.add(t)
-        for ci in flow.g.consumers.get(t, ()):
-            c = flow.g.calls[ci]
-            if c.name in _SOFTMAX | _SDPA:
-                return True
-            if not c.params and c.name not in _MATMUL:
-                todo += c.outputs
-    return False
+
+    def follow(c: _Call) -> bool:
+        return not c.params and c.name not in _MATMUL
+
+    walk = flow.downstream([tensor], follow, limit, breadth_first=True)
+    return any(c.name in _SOFTMAX | _SDPA for c in walk)
 
 
 def _counts_up(index: torch.Tensor) -> bool:
@@ -688,18 +671,11 @@ def _counts_up(index: torch.Tensor) -> bool:
 
 
 def _derives_from(flow: _Flow, tensor: int, targets: set[int], limit: int = 50) -> bool:
-    todo, seen = [tensor], set()
-    while todo and len(seen) < limit:
-        t = todo.pop()
-        if t in targets:
-            return True
-        if t in seen:
-            continue
-        seen.add(t)
-        ci = flow.g.producer.get(t)
-        if ci is not None and not flow.g.calls[ci].params:
-            todo += flow.data_inputs(flow.g.calls[ci])
-    return False
+    """Tensor → whether it is computed from one of ``targets`` without a parameter use."""
+    seen: set[int] = set()
+    for _ in flow.upstream([tensor], _unless_params(flow), limit, seen=seen):
+        pass
+    return not seen.isdisjoint(targets)
 
 
 def _derives_from_call(flow: _Flow, tensor: int, names: set[str]) -> bool:
@@ -718,38 +694,25 @@ def _label_bias_adds(flow: _Flow) -> None:
                     break
 
 
-def _ancestors(flow: _Flow, tensor: int, limit: int = 400) -> dict[int, int]:
-    """Tensor → {ancestor tensor: distance}, through every call (parameter uses included)."""
-    dist = {tensor: 0}
-    todo = [tensor]
-    while todo and len(dist) < limit:
-        t = todo.pop(0)
-        ci = flow.g.producer.get(t)
-        if ci is None:
-            continue
-        for u in flow.data_inputs(flow.g.calls[ci]):
-            if u not in dist:
-                dist[u] = dist[t] + 1
-                todo.append(u)
-    return dist
+def _ancestors(flow: _Flow, tensor: int, limit: int = 400) -> dict[int, None]:
+    """Tensor → its ancestor tensors, nearest first, through every call (parameter uses
+    included); the walk ends once ``limit`` of them are known."""
+    found = {tensor: None}
+    for c in flow.upstream([tensor], flow.data_inputs, None, breadth_first=True):
+        found.update(dict.fromkeys(flow.data_inputs(c)))
+        if len(found) >= limit:
+            break
+    return found
 
 
 def _path_uses(flow: _Flow, tensor: int, stop: int) -> list[int]:
     """Parameter uses between ``stop`` and ``tensor`` (walking back), in execution order."""
-    uses: set[int] = set()
-    todo, seen = [tensor], set()
-    while todo and len(seen) < 400:
-        t = todo.pop()
-        if t in seen or t == stop:
-            continue
-        seen.add(t)
-        ci = flow.g.producer.get(t)
-        if ci is None:
-            continue
-        if flow.g.calls[ci].params:
-            uses.add(ci)
-        todo += flow.data_inputs(flow.g.calls[ci])
-    return sorted(uses)
+
+    def onward(c: _Call) -> list[int]:
+        return [u for u in flow.data_inputs(c) if u != stop]
+
+    starts = [] if tensor == stop else [tensor]
+    return sorted({c.index for c in flow.upstream(starts, onward, limit=400) if c.params})
 
 
 def _label_conv_blocks(flow: _Flow) -> None:
@@ -869,17 +832,11 @@ def _label_heads(flow: _Flow, vocab: int | None) -> None:
 
 
 def _reaches_output(flow: _Flow, tensor: int) -> bool:
-    todo, seen = [tensor], set()
-    while todo and len(seen) < 100:
-        t = todo.pop()
-        if t in flow.g.outputs:
-            return True
-        if t in seen:
-            continue
-        seen.add(t)
-        for ci in flow.g.consumers.get(t, ()):
-            todo += flow.g.calls[ci].outputs
-    return False
+    """Tensor → whether the model's output is computed from it (within 100 tensors)."""
+    seen: set[int] = set()
+    for _ in flow.downstream([tensor], lambda c: True, limit=100, seen=seen):
+        pass
+    return not seen.isdisjoint(flow.g.outputs)
 
 
 def _out_features(flow: _Flow, c: _Call) -> int | None:
