@@ -8,7 +8,12 @@ file: sorted keys, no module types; or from the module with ``--mode module``), 
 outputs differ. Printed per case: the state before the search (engine alone) and after, the
 fixes kept, alternatives tried, forward passes and the max abs difference.
 
+``--external`` runs the external-truth set instead (``bench/external/prove.py``): both
+architectures as modules, the real networks of transformers, torchtune and litgpt, in the
+environment ``bench/external/setup_env.sh`` makes.
+
 Run:  python bench/proof.py [--mode checkpoint|module] [--heldout] [--case NAME] [--budget N]
+      .bench-venv/bin/python bench/proof.py --external [--mode ...] [--case NAME] [--budget N]
 The script always exits 0: a benchmark reports, it does not assert.
 """
 
@@ -19,6 +24,7 @@ import logging
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -64,7 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heldout", action="store_true", help="run the held-out split too")
     parser.add_argument("--case", help="one case by name (prints its fixes)")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET)
+    parser.add_argument(
+        "--external", action="store_true", help="the external-truth set (bench/external)"
+    )
     args = parser.parse_args(argv)
+    if args.external:
+        root = str(Path(__file__).resolve().parents[1])
+        if root not in sys.path:
+            sys.path.insert(0, root)  # bench.external is imported as a package of the repository
+        from bench.external.prove import main as external_main
+
+        return external_main(
+            args.case, args.budget, "file" if args.mode == "checkpoint" else "module"
+        )
     logging.basicConfig(level=logging.ERROR)
     torch.manual_seed(0)
     split = None if args.heldout else "tune"

@@ -15,6 +15,7 @@ still pure data.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import logging
 import math
@@ -36,7 +37,6 @@ from weightmapper.verify import (
     _flip,
     _load_converted,
     _module_pairs,
-    _rebuild,
     _same,
     _untied_missing,
 )
@@ -99,6 +99,11 @@ class Proof:
     """True when the search stopped because the budget ran out."""
     unmapped: tuple[str, ...] = ()
     """Target keys of ``module`` the mapping does not produce (they keep initial values)."""
+    output_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    """When the outputs differ in shape: (target's, source's)."""
+    computes_source: str | None = None
+    """When the two networks compute different functions: the source module whose output
+    the target's whole output equals (the target stops there, the source goes on)."""
 
     @property
     def equal(self) -> bool:
@@ -125,6 +130,8 @@ class Proof:
         if len(self.fixes) > max_items:
             lines.append(f"… and {len(self.fixes) - max_items} more fixes")
         if not self.equal:
+            if self.computes_source is not None or self.output_shapes is not None:
+                lines.append(self.status.detail)
             if self.budget_spent:
                 lines.append("stopped: the budget of forward passes is spent (raise --budget)")
             if self.unmapped:
@@ -155,6 +162,8 @@ class Proof:
             "pairs_at": list(self.pairs_at),
             "tried_at": list(self.tried_at),
             "unmapped": list(self.unmapped),
+            "output_shapes": None if self.output_shapes is None else list(self.output_shapes),
+            "computes_source": self.computes_source,
         }
 
 
@@ -190,11 +199,20 @@ def prove(
     spent = False
     while not obs.equal and obs.first_t is not None:
         where = obs.first_t
-        if _unmapped_before(bench, where):
-            break  # tensors left at initial values run before it: no alternative maps them
-        tried_at = []
-        alternatives = _alternatives(state, where, bench, hints)
+        hole = _unmapped_before(bench, obs.unmapped, where)
+        if hole is not None:
+            # Tensors left at initial values run first: the only alternatives are source
+            # tensors nothing uses yet, paired or split into them.
+            alternatives = _fills(state, hole, obs.unmapped, bench)
+            accept = _filled(bench, hole, obs)
+            where = hole
+        elif where == "" and obs.shapes_differ:
+            break  # nothing inside differs, and no layout of the weights changes an output shape
+        else:
+            alternatives = _alternatives(state, where, bench, hints)
+            accept = _fixed(bench, where)
         alternatives.sort(key=lambda a: 0 if _template(a.label) in learned else 1)
+        tried_at = []
         kept = None
         for alt in alternatives:
             if forwards >= budget:
@@ -209,14 +227,7 @@ def prove(
             forwards += 1
             tried += 1
             tried_at.append(alt.label)
-            # Kept when the outputs are equal, or when the module itself now matches and the
-            # first difference moved later (a module whose own layout changed is not
-            # comparable any more, so it cannot count as fixed).
-            if t_obs.equal or (
-                t_obs.same.get(where, False)
-                and t_obs.first_t is not None
-                and bench.rank(t_obs.first_t) > bench.rank(where)
-            ):
+            if accept(t_obs):
                 kept = (alt, trial, t_obs)
                 break
         if kept is None:
@@ -229,11 +240,18 @@ def prove(
     check = obs.check(atol, rtol)
     module = None if obs.equal else obs.first_t
     source_at = None if obs.equal else obs.first_s
-    unmapped = "" if obs.equal else _unmapped_before(bench, module)
-    if unmapped:
+    hole = None if obs.equal else _unmapped_before(bench, obs.unmapped, module)
+    computes = None
+    if hole is not None:
         # A module whose tensors the mapping leaves at their initial values is the cause
         # no layout can fix; it may have no counterpart to compare, so name it directly.
-        module, source_at = unmapped, None
+        module, source_at = hole, None
+    elif not obs.equal and (obs.shapes_differ or module == ""):
+        # Nothing inside differs: the target may compute only part of what the source does
+        # (an encoder kept from an encoder-decoder), which no mapping can change.
+        computes = bench.source_computing(obs.output)
+        if computes is not None:
+            module, source_at = "", computes
     pairs_at = () if module is None else tuple(_pairs_feeding(state, module))
     proof = Proof(
         state="proven_equal" if obs.equal else "differs",
@@ -247,10 +265,14 @@ def prove(
         budget=budget,
         module=module,
         source_module=source_at,
-        unmapped=tuple(k for k in bench.unmapped if _inside(unmapped, k)) if unmapped else (),
-        pairs_at=pairs_at,
+        unmapped=tuple(k for k in obs.unmapped if _inside(hole, k)) if hole is not None else (),
+        pairs_at=pairs_at if computes is None else (),
         tried_at=tuple(tried_at) if not obs.equal else (),
         budget_spent=spent and not obs.equal,
+        output_shapes=(tuple(obs.output.shape), tuple(bench.reference.shape))
+        if obs.output is not None and obs.shapes_differ
+        else None,
+        computes_source=computes,
     )
     status = _status(proof)
     final.status = status
@@ -258,17 +280,59 @@ def prove(
     return proof
 
 
-def _unmapped_before(bench: _Bench, where: str | None) -> str:
-    """Bench + where outputs first differ → the earliest target module, running no later,
-    whose tensors the mapping does not produce ("" when there is none)."""
+def _fixed(bench: _Bench, where: str) -> Callable[[_Observation], bool]:
+    """Module where outputs first differ → the test a trial passes to be kept there.
+
+    Kept when the outputs are equal, or when the module itself now matches and the first
+    difference moved later (a module whose own layout changed is not comparable any more, so
+    it cannot count as fixed).
+    """
+
+    def ok(t: _Observation) -> bool:
+        return t.equal or (
+            t.same.get(where, False)
+            and t.first_t is not None
+            and bench.rank(t.first_t) > bench.rank(where)
+        )
+
+    return ok
+
+
+def _filled(bench: _Bench, hole: str, before: _Observation) -> Callable[[_Observation], bool]:
+    """Module left unmapped + the observation before → the test a fill passes to be kept: its
+    keys are produced now, it matches its new counterpart when one compares it, and the
+    first module that differs (whatever its input) runs later than before."""
+    keys = {k for k in before.unmapped if _inside(hole, k)}
+    frontier = _frontier(bench, before)
+    # A wrong fill whose own output cannot be compared (another shape) must still not keep
+    # the first difference where it was.
+
+    def ok(t: _Observation) -> bool:
+        if keys & set(t.unmapped):
+            return False
+        if hole in t.same:  # compared with its new counterpart: that decides
+            return t.same[hole]
+        return t.equal or _frontier(bench, t) > frontier
+
+    return ok
+
+
+def _frontier(bench: _Bench, obs: _Observation) -> float:
+    """Observation → the rank of the first compared module whose output differs (inf: none)."""
+    return min((bench.rank(t) for t, same in obs.same.items() if not same), default=math.inf)
+
+
+def _unmapped_before(bench: _Bench, unmapped: list[str], where: str | None) -> str | None:
+    """Bench + unmapped target keys + where outputs first differ → the earliest target module,
+    running no later, whose tensors the mapping does not produce (None when there is none)."""
     limit = bench.rank(where) if where else -1
     ranked = []
-    for key in bench.unmapped:
+    for key in unmapped:
         module = key.rpartition(".")[0]
         rank = bench.rank(module)
         if rank >= 0 and (where == "" or limit < 0 or rank <= limit):
             ranked.append((rank, module))
-    return min(ranked)[1] if ranked else ""
+    return min(ranked)[1] if ranked else None
 
 
 def _status(proof: Proof) -> MappingStatus:
@@ -289,7 +353,26 @@ def _status(proof: Proof) -> MappingStatus:
         return MappingStatus(
             "differs",
             f"{proof.module} is not mapped: {len(proof.unmapped)} target tensor(s) keep their "
-            f"initial values, e.g. {', '.join(proof.unmapped[:3])}",
+            f"initial values, e.g. {', '.join(proof.unmapped[:3])}; no unused source tensor "
+            "fills them",
+            module=proof.module,
+        )
+    if proof.computes_source is not None:
+        shapes = ""
+        if proof.output_shapes is not None:
+            shapes = f" (output {proof.output_shapes[0]}, the source's {proof.output_shapes[1]})"
+        return MappingStatus(
+            "differs",
+            "the networks compute different functions: the target's output equals the output "
+            f"of the source's {proof.computes_source}, and the source goes on after it{shapes}; "
+            "no mapping changes that",
+            module=proof.module,
+        )
+    if proof.output_shapes is not None:
+        return MappingStatus(
+            "differs",
+            f"the outputs differ in shape: target {proof.output_shapes[0]}, source "
+            f"{proof.output_shapes[1]}; the networks compute different functions",
             module=proof.module,
         )
     tried = f"{len(proof.tried_at)} alternative(s) tried there"
@@ -318,6 +401,12 @@ class _Observation:
     notes: list[str]
     same: dict[str, bool] = field(default_factory=dict)
     """Target module path → its output equals its source counterpart's (compared ones only)."""
+    unmapped: list[str] = field(default_factory=list)
+    """Target keys this mapping does not produce (they hold the target's initial values)."""
+    output: torch.Tensor | None = None
+    """The target's output compared with the source's."""
+    shapes_differ: bool = False
+    """The two outputs differ in shape: no layout of the weights changes that."""
 
     def check(self, atol: float, rtol: float) -> FunctionalCheck:
         first = f"{self.first_t} (source: {self.first_s})" if self.first_t else None
@@ -360,9 +449,9 @@ class _Bench:
         if self.reference is None:
             raise _no_tensor("source", raw)
         self._order: dict[str, int] = {}
-        self._first_load = True
-        self.unmapped: list[str] = []
-        """Target keys the mapping does not produce: they keep the target's initial values."""
+        # Keys a mapping does not produce get these back before every trial: a rejected
+        # alternative that filled one must not leave its values behind for the next.
+        self.initial = {k: v.detach().clone() for k, v in self.target.state_dict().items()}
 
     def shapes(self, p: MatchedPair) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Pair → (source shape, target shape), read from the networks (mappings may omit them)."""
@@ -379,14 +468,11 @@ class _Bench:
     def observe(self, mapping: MappingResult) -> _Observation:
         """Mapping → loaded into the target, run, compared module by module with the source."""
         converted = mapping.convert(self.source_state)
+        missing = _untied_missing(self.target, converted)
         notes = _load_converted(self.target, converted)
-        if self._first_load:
-            state = self.target.state_dict()
-            # integer buffers (num_batches_tracked) do not change what the network computes
-            self.unmapped = [
-                k for k in _untied_missing(self.target, converted) if state[k].is_floating_point()
-            ]
-        self._first_load = False
+        self.target.load_state_dict({k: self.initial[k] for k in missing}, strict=False)
+        # integer buffers (num_batches_tracked) do not change what the network computes
+        unmapped = [k for k in missing if self.initial[k].is_floating_point()]
         tgt_rec, order = _record(self.target, lambda m: self.tgt_call.run(m, "target"))
         if not self._order:
             self._order = {p: i for i, p in enumerate(order)}
@@ -394,7 +480,8 @@ class _Bench:
         if got is None:
             raise _no_tensor("target", tgt_rec[""][2])
         max_abs, max_rel, equal = _compare(got, self.reference, self.atol, self.rtol)
-        if tuple(got.shape) != tuple(self.reference.shape):
+        shapes_differ = tuple(got.shape) != tuple(self.reference.shape)
+        if shapes_differ:
             notes.append(
                 f"output shapes differ: {tuple(got.shape)} vs {tuple(self.reference.shape)}"
             )
@@ -402,7 +489,31 @@ class _Bench:
         first_t, first_s, compared, same_at = _first_difference(
             self.src_rec, tgt_rec, order, pairs, equal, self.atol, self.rtol
         )
-        return _Observation(equal, max_abs, max_rel, first_t, first_s, compared, notes, same_at)
+        return _Observation(
+            equal,
+            max_abs,
+            max_rel,
+            first_t,
+            first_s,
+            compared,
+            notes,
+            same_at,
+            unmapped,
+            got.detach().clone(),
+            shapes_differ,
+        )
+
+    def source_computing(self, output: torch.Tensor | None) -> str | None:
+        """Target output → the outermost source module (not the whole network) whose output
+        equals it, or None: where the target stops while the source goes on."""
+        if output is None:
+            return None
+        found = [
+            path
+            for path, (_, out, _) in self.src_rec.items()
+            if path and _same(output, out, self.atol, self.rtol)
+        ]
+        return min(found, key=lambda p: (p.count("."), p)) if found else None
 
 
 def _first_difference(
@@ -561,7 +672,30 @@ class _State:
         return cls({p.source: p for p in result.pairs}, tuple(result.multi))
 
     def mapping(self, base: MappingResult) -> MappingResult:
-        return _rebuild(base, list(self.pairs.values()), list(self.multi))
+        used_s = self.used_sources()
+        used_t = {p.target for p in self.pairs.values()} | {
+            k for m in self.multi for k in m.targets
+        }
+        # a fill pairs keys the first pass left unmatched: they are not unmatched any more
+        return MappingResult(
+            list(self.pairs.values()),
+            [u for u in base.unmatched_source if u.name not in used_s],
+            [u for u in base.unmatched_target if u.name not in used_t],
+            list(self.multi),
+            source_count=base.source_count,
+            target_count=base.target_count,
+            settings=base.settings,
+            source_name=base.source_name,
+            target_name=base.target_name,
+            metadata=base.metadata,
+        )
+
+    def used_sources(self) -> set[str]:
+        """Source keys some pair or split/merge reads."""
+        return set(self.pairs) | {k for m in self.multi for k in m.sources}
+
+    def with_multi_added(self, added: Iterable[MultiPair]) -> _State:
+        return _State(self.pairs, (*self.multi, *added))
 
     def with_pairs(self, changed: Iterable[MatchedPair]) -> _State:
         pairs = dict(self.pairs)
@@ -662,6 +796,7 @@ def _alternatives(state: _State, where: str, bench: _Bench, hints: _Hints) -> li
     singles += _swaps(pairs)
     singles += _multi_orders(state, multi, bench)
     singles += _fused_rows(state, multi, hints)
+    singles += _fused_pair_rows(pairs, hints)
     singles += _norm_offsets(pairs, bench)
     rope = _ropes(pairs, hints)
     out = singles + rope
@@ -811,6 +946,45 @@ def _fused_rows(state: _State, multi: list[int], hints: _Hints) -> list[_Alterna
     return out
 
 
+def _fused_pair_rows(pairs: list[MatchedPair], hints: _Hints) -> list[_Alternative]:
+    """A fused q/k/v tensor mapped whole onto another fused one (weight and bias alike) → its
+    rows relaid per head or per key/value group, in both directions."""
+    modules: dict[str, list[MatchedPair]] = {}
+    for p in pairs:
+        modules.setdefault(p.target.rpartition(".")[0], []).append(p)
+    out = []
+    for mod, members in sorted(modules.items()):
+        rows = {p.target_shape[0] for p in members if p.target_shape}
+        if len(rows) != 1 or any(p.source_shape != p.target_shape for p in members):
+            continue
+        (n,) = rows
+        layouts: list[tuple[str, str, dict[str, Any]]] = []
+        for h in hints.heads:
+            if h > 1 and n % (3 * h) == 0:
+                layouts.append((f"{h} heads", "interleave_heads", {"heads": h, "parts": 3}))
+        for h, g in itertools.permutations(hints.heads, 2):
+            if g > 1 and h > g and h % g == 0 and n % (h + 2 * g) == 0:
+                d = n // (h + 2 * g)
+                sizes = [h // g * d, d, d]
+                label = f"{g} key/value groups of {sizes}"
+                layouts.append((label, "interleave_kv_groups", {"groups": g, "sizes": sizes}))
+        for label, name, params in layouts:
+            for to in ("interleaved", "concat"):
+                spec = TransformSpec(name, {**params, "to": to})
+                keys = [p.source for p in members]
+
+                def apply(s: _State, keys: list[str] = keys, spec: TransformSpec = spec) -> _State:
+                    return s.with_pairs(
+                        [
+                            replace(s.pairs[k], transform=chain(s.pairs[k].transform, spec))
+                            for k in keys
+                        ]
+                    )
+
+                out.append(_Alternative(f"fused rows ({label}, to {to}) in {mod}", apply))
+    return out
+
+
 def _row_split_sizes(m: MultiPair) -> list[int] | None:
     """A split or merge along dim 0 → its part sizes (None when there is none to relayout)."""
     steps = _steps(m.transform)
@@ -914,3 +1088,165 @@ def _ropes(pairs: list[MatchedPair], hints: _Hints) -> list[_Alternative]:
                     )
                 )
     return out
+
+
+# --- fills: tensors the first pass left unmapped ----------------------------------------------
+
+_FILLS_PER_HOLE = 12
+"""Source modules (or fused tensors) tried per unmapped target module, the closest first."""
+_FILL_NOTE = "found by the proof's search; the outputs decide it, not the scores"
+
+
+def _fills(state: _State, hole: str, unmapped: list[str], bench: _Bench) -> list[_Alternative]:
+    """Target module left unmapped → alternatives filling it from source tensors nothing uses.
+
+    Either the same-shape tensors of one source module (a pair the first pass missed), or one
+    tensor split along its rows into this module and its unmapped siblings (a fused gate/up
+    or q/k/v the first pass missed), in every order. Closest names first.
+    """
+    keys = sorted(k for k in unmapped if k.rpartition(".")[0] == hole)
+    used = state.used_sources()
+    free = {
+        k: tuple(v.shape)
+        for k, v in bench.source_state.items()
+        if k not in used and v.is_floating_point()
+    }
+    by_module: dict[str, list[str]] = {}
+    for k in free:
+        by_module.setdefault(k.rpartition(".")[0], []).append(k)
+    out: list[_Alternative] = []
+    found = []
+    for mod, tensors in by_module.items():
+        assign = _by_shape(keys, tensors, free, bench.target_shapes)
+        if assign is not None:
+            found.append((mod, assign))
+    near = _counterpart_of_parent(state, hole, bench)
+    found.sort(key=lambda c: (not _inside(near, c[0]), -_closeness(c[0], hole), c[0]))
+    for mod, assign in found[:_FILLS_PER_HOLE]:
+        pairs = [
+            MatchedPair(
+                s,
+                t,
+                0.5,
+                source_shape=free[s],
+                target_shape=bench.target_shapes[t],
+                stage="proof",
+                confidence="medium",
+                note=_FILL_NOTE,
+            )
+            for t, s in assign.items()
+        ]
+        out.append(
+            _Alternative(f"map {mod} → {hole}", lambda st, pairs=pairs: st.with_pairs(pairs))
+        )
+    out += _split_fills(state, hole, keys, unmapped, free, bench)
+    return out
+
+
+def _by_shape(
+    keys: list[str],
+    tensors: list[str],
+    free: Mapping[str, tuple[int, ...]],
+    target_shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, str] | None:
+    """Target keys + one source module's free tensors → target → source by equal shape (same
+    parameter name first), or None when some key has no partner."""
+    left = sorted(tensors, key=lambda k: k.rpartition(".")[2])
+    assign: dict[str, str] = {}
+    for t in sorted(keys, key=lambda k: k.rpartition(".")[2]):
+        fit = [s for s in left if free[s] == target_shapes.get(t)]
+        if not fit:
+            return None
+        same_name = [s for s in fit if s.rpartition(".")[2] == t.rpartition(".")[2]]
+        chosen = (same_name or fit)[0]
+        assign[t] = chosen
+        left.remove(chosen)
+    return assign
+
+
+def _split_fills(
+    state: _State,
+    hole: str,
+    keys: list[str],
+    unmapped: list[str],
+    free: Mapping[str, tuple[int, ...]],
+    bench: _Bench,
+) -> list[_Alternative]:
+    """Unmapped module + its unmapped siblings → splits of one free fused tensor into them."""
+    shapes = bench.target_shapes
+    parent = hole.rpartition(".")[0]
+    # the weight decides the split (a bias follows it)
+    weight = max(keys, key=lambda k: (len(shapes.get(k, ())), k.endswith(".weight")), default=None)
+    if weight is None or not shapes.get(weight):
+        return []
+    param = weight.rpartition(".")[2]
+    siblings = sorted(
+        (
+            u
+            for u in unmapped
+            if u.rpartition(".")[2] == param
+            and u.rpartition(".")[0].rpartition(".")[0] == parent
+            and shapes[u][1:] == shapes[weight][1:]
+        ),
+        key=lambda u: (bench.rank(u.rpartition(".")[0]), u),
+    )
+    if not 2 <= len(siblings) <= 4:
+        return []
+    rows = sum(shapes[u][0] for u in siblings)
+    fused = [s for s, shp in free.items() if shp == (rows, *shapes[weight][1:])]
+    near = _counterpart_of_parent(state, hole, bench)
+    fused.sort(key=lambda s: (not _inside(near, s), -_closeness(s.rpartition(".")[0], hole), s))
+    out = []
+    for src in fused[:3]:
+        # the bias of the fused module is split the same way when both sides have one
+        family = [(src, siblings)]
+        s_mod = src.rpartition(".")[0]
+        t_bias = [u.rpartition(".")[0] + ".bias" for u in siblings]
+        s_bias = f"{s_mod}.bias"
+        if param == "weight" and all(b in unmapped for b in t_bias) and free.get(s_bias) == (rows,):
+            family.append((s_bias, t_bias))
+        for perm in list(itertools.permutations(range(len(siblings))))[:6]:
+            multi = [
+                MultiPair(
+                    (s,),
+                    tuple(targets[j] for j in perm),
+                    TransformSpec(
+                        "split", {"dim": 0, "sizes": [shapes[targets[j]][0] for j in perm]}
+                    ),
+                    0.5,
+                    confidence="medium",
+                )
+                for s, targets in family
+            ]
+            order = " + ".join(siblings[j].rpartition(".")[0] for j in perm)
+            out.append(
+                _Alternative(
+                    f"split {s_mod} into {order}",
+                    lambda st, multi=multi: st.with_multi_added(multi),
+                )
+            )
+    return out
+
+
+def _counterpart_of_parent(state: _State, hole: str, bench: _Bench) -> str:
+    """Unmapped target module → the source module its closest mapped ancestor corresponds to
+    ("" when none does): the source tensors that belong there are tried first."""
+    pairs = _module_pairs(state.mapping(MappingResult([])), bench.source, bench.target)
+    t_to_s = {t: s for s, t in pairs}
+    parts = hole.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        s = t_to_s.get(".".join(parts[:n]))
+        if s is not None:
+            return s
+    return ""
+
+
+def _closeness(source_module: str, target_module: str) -> float:
+    """Two module paths → how alike they are: the same first layer index counts most, then
+    the similarity of the names with indices lifted out."""
+    si, ti = _LAYER_INDEX.findall(source_module), _LAYER_INDEX.findall(target_module)
+    same_index = 1.0 if si[:1] == ti[:1] else 0.0
+    ratio = difflib.SequenceMatcher(
+        None, _template(source_module), _template(target_module)
+    ).ratio()
+    return same_index + ratio

@@ -116,6 +116,23 @@ class FusedPerGroup(nn.Module):
         return self.wo(_attend(q, k, v))
 
 
+class FusedConcat(nn.Module):
+    """One fused Linear holding [Q; K; V] concatenated (litgpt style); GQA when kv_heads < heads."""
+
+    def __init__(self, heads: int = HEADS, kv_heads: int | None = None) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads = heads, kv_heads or heads
+        self.wqkv = nn.Linear(D, (heads + 2 * self.n_kv_heads) * HD)
+        self.wo = nn.Linear(heads * HD, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv, per = self.n_kv_heads * HD, self.n_heads // self.n_kv_heads
+        q, k, v = self.wqkv(x).split([self.n_heads * HD, kv, kv], -1)
+        k = _split_heads(k, self.n_kv_heads).repeat_interleave(per, 1)
+        v = _split_heads(v, self.n_kv_heads).repeat_interleave(per, 1)
+        return self.wo(_attend(_split_heads(q, self.n_heads), k, v))
+
+
 class Net(nn.Module):
     """Embedding → attention → head: the same frame around every attention variant."""
 
@@ -213,6 +230,28 @@ def test_fused_rows_per_key_value_group_are_found() -> None:
     proof = prove(src, tgt, mapping, IDS)
     assert proof.equal, proof.summary()
     assert any("key/value group" in f for f in proof.fixes)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "layout"),
+    [
+        (FusedPerHead, lambda: FusedConcat(), "2 heads, to concat"),
+        (lambda: FusedPerGroup(4, 2), lambda: FusedConcat(4, 2), "2 key/value groups"),
+    ],
+)
+def test_fused_rows_mapped_whole_onto_another_fused_layout_are_found(
+    source, target, layout
+) -> None:
+    src, tgt = Net(source(), layers=2), Net(target(), layers=2)
+    _seeded(src, tgt)
+    # the fused tensor mapped whole, rows as they are: loads, computes otherwise
+    mapping = _naive(src, tgt, {"qkv": "wqkv", "out": "wo"})
+    assert any(p.target == "layers.1.wqkv.weight" for p in mapping.pairs)
+    proof = prove(src, tgt, mapping, IDS)
+    assert proof.equal, proof.summary()
+    assert len(proof.fixes) == 2 and all(layout in f for f in proof.fixes), proof.fixes
+    tgt.load_state_dict(proof.mapping.convert(src.state_dict()))
+    torch.testing.assert_close(tgt(IDS), src(IDS))
 
 
 @pytest.mark.parametrize(
@@ -410,13 +449,84 @@ def test_input_builders_are_deterministic() -> None:
     assert call.kwargs["decoder_input_ids"].shape == (1, 3)
 
 
-def test_an_unmapped_module_is_named_as_the_cause() -> None:
+def test_a_pair_the_first_pass_missed_is_filled_from_unused_source_tensors() -> None:
     src, tgt = Block(F.relu), Block(F.relu)
     _seeded(src, tgt)
     partial = MappingResult(
         [p for p in _naive(src, tgt, {}).pairs if not p.source.startswith("norm")]
     )
-    proof = prove(src, tgt, partial, torch.randn(2, D), budget=4)
+    assert prove(src, tgt, partial, torch.randn(2, D), budget=1).module == "norm"
+    proof = prove(src, tgt, partial, torch.randn(2, D))
+    assert proof.equal, proof.summary()
+    assert proof.fixes == ("norm: map norm → norm",)
+    assert proof.mapping["norm.weight"] == "norm.weight"
+    assert not proof.mapping.unmatched_target
+
+
+def test_a_split_the_first_pass_missed_is_filled_in_the_right_order() -> None:
+    src, tgt = FusedUpGate(), GatedMLP()
+    _seeded(src, tgt)
+    mapping = _naive(src, tgt, {"w_out": "down_proj"})  # w_in left unmapped
+    assert not any(p.source.startswith("w_in") for p in mapping.pairs)
+    proof = prove(src, tgt, mapping, torch.randn(2, 3, D))
+    assert proof.equal, proof.summary()
+    assert len(proof.fixes) == 1 and "split w_in into up_proj + gate_proj" in proof.fixes[0]
+    assert [m.targets for m in proof.mapping.multi] == [
+        ("up_proj.weight", "gate_proj.weight"),
+        ("up_proj.bias", "gate_proj.bias"),
+    ]
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(32, D)
+        self.block = Block(F.relu)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.block(self.embed(ids))
+
+
+class EncoderWithHead(nn.Module):
+    """An encoder and what comes after it: the whole network computes more than the encoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+        self.head = nn.Linear(D, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(ids))
+
+
+def test_an_encoder_kept_from_a_longer_network_is_named_as_a_different_function() -> None:
+    src, tgt = EncoderWithHead(), Encoder()
+    _seeded(src, tgt)
+    mapping = MappingResult.from_simple(
+        {k: k.removeprefix("encoder.") for k in src.state_dict() if k.startswith("encoder.")}
+    )
+    proof = prove(src, tgt, mapping, IDS)
+    assert proof.state == "differs" and proof.alternatives_tried == 0
+    assert proof.computes_source == "encoder" and proof.output_shapes == ((2, T, D), (2, T, 5))
+    assert proof.status.label() == "differs at (the whole network)"
+    assert "compute different functions" in proof.status.detail
+    assert "source's encoder" in proof.summary()
+
+
+class NoNormBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = ReluMLP(F.relu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x)
+
+
+def test_an_unmapped_module_is_named_as_the_cause() -> None:
+    src, tgt = NoNormBlock(), Block(F.relu)  # the source has nothing to fill the norm with
+    _seeded(src, tgt)
+    proof = prove(src, tgt, _naive(src, tgt, {}), torch.randn(2, D))
     assert proof.state == "differs" and proof.module == "norm"
     assert proof.unmapped == ("norm.bias", "norm.weight")
     assert "norm is not mapped" in proof.status.detail
+    assert "no unused source tensor fills them" in proof.status.detail

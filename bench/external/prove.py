@@ -1,0 +1,204 @@
+"""The proof search on the external-truth set: both architectures as modules, their outputs
+compared (``bench/proof.py --external``).
+
+For every case whose source network exists as a module, the engine maps the source onto the
+target (``module``: from the module with a dummy input; ``file``: from its weights written to a
+``.safetensors`` file, keys sorted, as ``bench/accuracy.py --external`` does), then
+:func:`weightmapper.proof.prove` runs both networks and searches where they differ. Whether
+the two networks compute the same function is decided independently, by the other project's
+converter: the target loaded with the converter's output is run against the source on the same
+calls. A row says what the engine's mapping gave before the search (``first pass``) and after
+it, how many alternatives were tried, the max abs difference and, for a mapping that still
+differs, the module and the cause the diagnosis names.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.external.case import Built, ExternalCase
+from bench.external.evaluate import _close, _engine_result, load_and_run
+from bench.external.run import load_cases
+from bench.external.truth import derive
+from weightmapper.calls import ModelCall, as_call
+from weightmapper.proof import DEFAULT_BUDGET, prove
+
+
+def _source_calls(name: str, built: Built) -> tuple[Any, Any] | None:
+    """Case name + built case → (source call, target call) when they differ from ``inputs``.
+
+    The source is called as it is, the whole network: a T5 encoder-decoder takes decoder ids
+    too. Its converter keeps the encoder only, so the two networks compute different
+    functions, which is what the diagnosis must say.
+    """
+    if name == "tt-t5-encoder-hf-to-tune":
+        ids = built.inputs
+        src = ModelCall(kwargs={"input_ids": ids, "decoder_input_ids": ids[:, :4]})
+        return src, ids
+    return None
+
+
+@dataclass
+class ProofRow:
+    """One case of the external set through the proof search."""
+
+    case: str
+    same_function: str = "-"
+    """``yes`` when the target loaded with the other project's conversion computes the source's
+    outputs on these calls, ``no (…)`` otherwise, ``-`` when it could not be decided."""
+    first: str = "-"
+    after: str = "-"
+    tried: int = 0
+    fixes: list[str] = field(default_factory=list)
+    forwards: int = 0
+    max_abs: float = float("nan")
+    module: str = ""
+    cause: str = ""
+    seconds: float = 0.0
+    skipped: str = ""
+    error: str = ""
+
+
+def _same_function(built: Built, truth: Any, src_call: ModelCall, tgt_call: ModelCall) -> str:
+    """Built case + truth + both calls → ``yes`` / ``no (…)``: does the converter's own target
+    compute the source's outputs?"""
+    target = built.build_target()
+    own = target.state_dict()
+    sd = truth.convert(built.source_sd)
+    for k in truth.unmapped_target:
+        sd.setdefault(k, own[k])
+    target.load_state_dict(sd, strict=True)
+    ref = src_call.select(src_call.run(built.source_module.eval(), "source"))
+    got = tgt_call.select(tgt_call.run(target.eval(), "target"))
+    if ref is None or got is None:
+        return "-"
+    if tuple(ref.shape) != tuple(got.shape):
+        return f"no (outputs {tuple(ref.shape)} vs {tuple(got.shape)})"
+    ok, diff = _close(ref, got)
+    return "yes" if ok else f"no (max abs {diff:.1e})"
+
+
+def run_case(case: ExternalCase, budget: int, mode: str = "module") -> ProofRow:
+    """External case + budget + mapping mode → its row: first pass, search, diagnosis."""
+    row = ProofRow(case.name)
+    missing = case.available()
+    if missing is not None:
+        row.skipped = f"needs {missing}"
+        return row
+    torch.manual_seed(0)
+    built = case.build()
+    if built.source_module is None:
+        row.skipped = "source is a checkpoint layout: no module to run"
+        return row
+    calls = _source_calls(case.name, built)
+    src_in, tgt_in = calls if calls else (built.inputs, built.inputs)
+    src_call, tgt_call = as_call(src_in), as_call(tgt_in)
+    target = built.build_target()
+    truth = derive(
+        {k: v.shape for k, v in built.source_sd.items()},
+        built.converter,
+        list(target.state_dict()),
+    )
+    row.same_function = _same_function(built, truth, src_call, tgt_call)
+    with tempfile.TemporaryDirectory() as d:
+        result, _ = _engine_result(built, mode, Path(d))
+    start = time.perf_counter()
+    first = prove(built.source_module, target, result, src_call, target_inputs=tgt_call, budget=1)
+    proof = prove(
+        built.source_module, target, result, src_call, target_inputs=tgt_call, budget=budget
+    )
+    row.seconds = time.perf_counter() - start
+    row.first = first.status.label()
+    row.after = proof.status.label()
+    row.tried = proof.alternatives_tried
+    row.forwards = proof.forward_passes
+    row.fixes = list(proof.fixes)
+    row.max_abs = proof.check.max_abs_diff
+    if not proof.equal:
+        row.module = proof.module or "(whole network)"
+        row.cause = proof.status.detail
+    else:
+        # proven equal: the converted checkpoint loads strictly and matches the reference too
+        out = load_and_run(built, truth, proof.mapping.convert(built.source_sd))
+        ok, _ = _close(out, load_and_run(built, truth, truth.convert(built.source_sd)))
+        if not ok:
+            row.cause = "proven on the search's input but differs from the converter's target"
+    return row
+
+
+def main(case: str | None, budget: int = DEFAULT_BUDGET, mode: str = "module") -> int:
+    """Case name (or None for all) + budget + mapping mode → the table on stdout; always 0."""
+    logging.basicConfig(level=logging.ERROR)
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    cases = load_cases()
+    selected = [cases[case]] if case else list(cases.values())
+    rows = []
+    for c in selected:
+        try:
+            rows.append(run_case(c, budget, mode))
+        except Exception as e:  # a benchmark reports every case, whatever failed
+            rows.append(ProofRow(c.name, error=f"{type(e).__name__}: {e}"[:200]))
+            if case:
+                traceback.print_exc()
+        print(f"  done {c.name}", flush=True, file=__import__("sys").stderr)
+    render(rows, budget, mode, detail=bool(case))
+    return 0
+
+
+def render(rows: list[ProofRow], budget: int, mode: str, *, detail: bool = False) -> None:
+    """Rows → the table and a tally on stdout."""
+    head = (
+        f"{'case':28} {'same function':14} {'first pass':22} {'after search':22} "
+        f"{'tried':>5} {'fixes':>5} {'max abs':>8}"
+    )
+    print(
+        f"external-truth set, both architectures as modules; mapped from the {mode}, "
+        f"budget {budget}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if r.skipped or r.error:
+            print(
+                f"{r.case[:28]:28} {'skipped: ' + r.skipped if r.skipped else 'error: ' + r.error}"
+            )
+            continue
+        same = "yes" if r.same_function == "yes" else "no"
+        print(
+            f"{r.case[:28]:28} {same:14} {r.first[:22]:22} {r.after[:22]:22} "
+            f"{r.tried:5} {len(r.fixes):5} {r.max_abs:8.1e}"
+        )
+        if r.same_function not in ("yes", "-"):
+            print(f"{'':28}   same function: {r.same_function}")
+        if r.cause:
+            print(f"{'':28}   diagnosis: {r.cause}")
+        if detail:
+            for f in r.fixes:
+                print(f"{'':28}   fixed {f}")
+    run = [r for r in rows if not (r.skipped or r.error)]
+    same = [r for r in run if r.same_function == "yes"]
+    other = [r for r in run if r.same_function != "yes"]
+    print("-" * len(head))
+    print(
+        f"same function: proven equal {sum(r.after == 'proven equal' for r in same)}/{len(same)} "
+        f"(first pass {sum(r.first == 'proven equal' for r in same)}/{len(same)}); "
+        f"different functions: differs, cause named "
+        f"{sum(r.after.startswith('differs at') and bool(r.cause) for r in other)}/{len(other)}; "
+        f"skipped {sum(bool(r.skipped) for r in rows)}, errors {sum(bool(r.error) for r in rows)}"
+    )
