@@ -3,6 +3,7 @@ placed, and a conversion that differs gets a diagnosis and, when one exists, a p
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,103 @@ def test_verify_stage_searches_and_keeps_the_proven_mapping(tmp_path: Path) -> N
     proven = RefactoredCNN(**CNN).eval()
     proven.load_state_dict(fixed.convert(source.state_dict()))
     torch.testing.assert_close(proven(dummy), source(dummy))
+
+
+LLAMA = "weightmapper.examples.llama"
+
+
+def llama_job(root: Path, n: int = 2, **extra: Any) -> JobConfig:
+    """Checkpoints trained-like in Meta's layout (RoPE on interleaved pairs) → transformers'
+    layout (rotate-half): names map every tensor, only the outputs show the row order."""
+    from weightmapper.examples.llama import MetaLlama
+
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        save_file(
+            trained_like(MetaLlama(), seed=i + 1).state_dict(), root / f"meta/m{i}.safetensors"
+        )
+    data = {
+        "name": "llama",
+        "store": "store",
+        "sources": ["meta/*.safetensors"],
+        "source_module": {"spec": f"{LLAMA}:MetaLlama"},
+        "target": {"module": f"{LLAMA}:HFLlama"},
+        "dummy_input": {"shape": [2, 16], "dtype": "int64", "kind": "randint", "high": 64},
+        "output": {"dir": "out", "naming": "{stem}.safetensors"},
+        **extra,
+    }
+    return parse_job(data, base_dir=root)
+
+
+def _outputs_equal(source_path: Path, converted: Path) -> bool:
+    from safetensors.torch import load_file
+
+    from weightmapper.examples.llama import HFLlama, MetaLlama
+
+    src, tgt = MetaLlama().eval(), HFLlama().eval()
+    src.load_state_dict(load_file(str(source_path)))
+    tgt.load_state_dict(load_file(str(converted)))
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        return torch.allclose(src(ids), tgt(ids), atol=1e-5, rtol=1e-4)
+
+
+def _stage(item: Any, name: str) -> Any:
+    return next(s for s in item.stages if s.name == name)
+
+
+@pytest.mark.parametrize("require", ["proven", "loads", "none"])
+def test_the_prove_stage_fixes_the_mapping_and_the_proven_file_is_exported(
+    tmp_path: Path, require: str
+) -> None:
+    job = llama_job(tmp_path, checks={"require": require})
+    summary = run_batch(job)
+    assert summary.ok, summary.to_dict()
+    for item in summary.items:
+        assert [s.name for s in item.stages][3:6] == ["assign", "prove", "convert"]
+        assert item.functional == "passed" and item.mapping_status == "proven equal"
+        assert item.export == "placed"
+        # what was placed computes the source's function: the search's mapping, not the first
+        assert _outputs_equal(Path(item.source), Path(item.output or ""))
+        report = json.loads(Path(item.report or "").read_text())
+        fixes = report["mapping"]["metadata"]["proof"]["fixes"]
+        assert fixes and all("rope_permute" in f for f in fixes)
+        assert report["mapping"]["status"]["state"] == "proven_equal"
+
+
+def test_the_proven_mapping_is_cached_and_its_key_follows_what_decides_it(tmp_path: Path) -> None:
+    job = llama_job(tmp_path, n=1)
+    first = run_batch(job)
+    again = run_batch(job)
+    assert not _stage(first.items[0], "prove").cached and _stage(again.items[0], "prove").cached
+    assert _stage(again.items[0], "convert").cached
+    # another input is another proof: the stage runs again
+    other = replace(
+        job,
+        migrations=(
+            replace(job.migrations[0], dummy_input=replace(job.migrations[0].dummy_input, seed=3)),
+        ),
+    )
+    rerun = run_batch(other)
+    assert not _stage(rerun.items[0], "prove").cached
+    assert rerun.items[0].mapping_status == "proven equal"
+
+
+def test_require_proven_withholds_an_output_no_search_can_prove(tmp_path: Path) -> None:
+    # the target computes another function (a different head count): nothing is placed
+    job = llama_job(
+        tmp_path,
+        n=1,
+        target={"module": f"{LLAMA}:HFLlama", "kwargs": {"n_heads": 2, "n_kv_heads": 1}},
+        checks={"require": "proven"},
+    )
+    summary = run_batch(job)
+    item = summary.items[0]
+    assert item.functional == "failed" and (item.mapping_status or "").startswith("differs at")
+    assert item.export == "withheld" and not (tmp_path / "out" / "m0.safetensors").exists()
+    # a check that ran and failed refuses the output at every level but none
+    loads = run_batch(replace(job, migrations=(replace(job.migrations[0], require="loads"),)))
+    assert loads.items[0].export == "withheld"
+    anyway = run_batch(replace(job, migrations=(replace(job.migrations[0], require="none"),)))
+    assert anyway.items[0].export == "placed"
+    assert (anyway.items[0].mapping_status or "").startswith("differs at")

@@ -8,8 +8,10 @@ walk :data:`GRAPH`: the plain runner passes results, the flows pass futures of t
 neither knows the order itself.
 
 Per migration: ``target`` → ``trace_target``; ``source_arch`` → ``trace_source`` (when the
-source architecture is given). Per checkpoint: load → inventory → score → assign → convert
-→ validate → verify → report → export.
+source architecture is given). Per checkpoint: load → inventory → score → assign → prove
+(when the job names the source architecture and an input) → convert → validate → verify →
+report → export. Convert, verify and report read the prove stage's mapping when it ran, so
+the file checked and exported is the proven one.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ def functional_enabled(m: Migration) -> bool:
     return bool(m.functional and m.source_module and m.target.module and m.dummy_input is not None)
 
 
+def _mapping(r: Mapping[str, Any]) -> Any:
+    """Earlier results → the mapping to convert: the proven one when the prove stage ran."""
+    return r.get("prove") or r["assign"]
+
+
 def _path(item: WorkItem | None) -> str:
     assert item is not None  # checkpoint nodes are always built with their item
     return str(item.source)
@@ -122,8 +129,17 @@ GRAPH: tuple[Node, ...] = (
         lambda m, i, r: st.AssignStage(r["score"], m.mapper),
     ),
     Node(
-        "convert", CHECKPOINT, st.ConvertStage, ("load", "assign"),
-        lambda m, i, r: st.ConvertStage(_path(i), r["load"], r["assign"]),
+        "prove", CHECKPOINT, st.ProveStage,
+        ("load", "assign", "source_arch", "target"),
+        lambda m, i, r: st.ProveStage(
+            _path(i), r["load"], r["assign"], r["source_arch"], r["target"],
+            m.source_module, m.target.module, m.dummy_input, m.trusted,
+        ),
+        when=functional_enabled,
+    ),
+    Node(
+        "convert", CHECKPOINT, st.ConvertStage, ("load", "assign", "prove"),
+        lambda m, i, r: st.ConvertStage(_path(i), r["load"], _mapping(r)),
     ),
     Node(
         "validate", CHECKPOINT, st.ValidateStage, ("convert", "target"),
@@ -132,18 +148,18 @@ GRAPH: tuple[Node, ...] = (
     ),
     Node(
         "verify", CHECKPOINT, st.VerifyStage,
-        ("load", "convert", "assign", "source_arch", "target"),
+        ("load", "convert", "assign", "prove", "source_arch", "target"),
         lambda m, i, r: st.VerifyStage(
-            _path(i), r["load"], r["convert"], r["assign"], r["source_arch"], r["target"],
+            _path(i), r["load"], r["convert"], _mapping(r), r["source_arch"], r["target"],
             m.source_module, m.target.module, m.dummy_input, m.trusted,
         ),
         when=functional_enabled,
     ),
     Node(
         "report", CHECKPOINT, st.ReportStage,
-        ("load", "inventory", "target", "assign", "validate", "verify"),
+        ("load", "inventory", "target", "assign", "prove", "validate", "verify"),
         lambda m, i, r: st.ReportStage(
-            r["load"], r["inventory"], r["target"], r["assign"], r.get("validate"),
+            r["load"], r["inventory"], r["target"], _mapping(r), r.get("validate"),
             r.get("verify"),
         ),
     ),

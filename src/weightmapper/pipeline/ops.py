@@ -156,6 +156,41 @@ def source_state(path: str, module: nn.Module, *, trusted: bool = False) -> dict
     return {k: v for k, v in state.items() if k not in computed}
 
 
+SEARCH_SETTINGS: dict[str, Any] = {"budget": 256, "atol": 1e-5, "rtol": 1e-4}
+"""The proof search's bounds in the pipeline (part of the prove stage's key)."""
+
+
+def prove_mapping(
+    source_path: str,
+    source: nn.Module,
+    target: nn.Module,
+    dummy: torch.Tensor,
+    mapping: MappingResult,
+    *,
+    trusted: bool = False,
+) -> dict[str, Any]:
+    """Source checkpoint + both architectures + input + mapping → JSON of the mapping the
+    proof's search leaves (its status set, ``metadata["proof"]`` the search's record).
+
+    A source checkpoint that does not fit the source architecture, or a forward that fails,
+    leaves the mapping as it was, with the reason in ``metadata["proof_error"]``: the verify
+    stage then reports the failure on the converted file itself.
+    """
+    from weightmapper.errors import WeightMapperError
+    from weightmapper.proof import prove
+
+    try:
+        source.load_state_dict(source_state(source_path, source, trusted=trusted), strict=True)
+        proof = prove(source, target, mapping, dummy, **SEARCH_SETTINGS)
+    except (WeightMapperError, RuntimeError) as e:  # strict load refused, or a forward failed
+        data = mapping.to_dict()
+        data["metadata"] = {**data["metadata"], "proof_error": f"{type(e).__name__}: {e}"[:2000]}
+        return data
+    data = proof.mapping.to_dict()
+    data["metadata"] = {**data["metadata"], "proof": proof.to_dict()}
+    return data
+
+
 def functional_check(
     source_path: str,
     converted_path: str,
@@ -190,7 +225,19 @@ def functional_check(
         reference = source.eval()(dummy)
     check = check_outputs(None, target.eval(), {}, dummy, reference_output=reference)
     out = {**check.to_dict(), "ok": bool(check.equal)}
-    if not check.equal:
+    searched = mapping.metadata.get("proof")
+    if searched:
+        out["proof"] = searched  # the prove stage searched this mapping already
+    if not check.equal and searched:
+        try:
+            diagnosis = check_outputs(source, fresh_target, mapping, dummy)
+        except Exception as e:  # the diagnosis is a bonus; the verdict above stands
+            out["notes"] = [*out.get("notes", []), f"no diagnosis: {type(e).__name__}: {e}"]
+        else:
+            for k in ("first_diverging", "first_diverging_target", "first_diverging_source"):
+                out[k] = diagnosis.to_dict()[k]
+            out["compared_modules"] = diagnosis.compared_modules
+    elif not check.equal:
         # The search says where the conversion goes wrong and, when a layout fixes it, keeps
         # the proven mapping in this (cached) artifact for the next conversion.
         try:
@@ -207,13 +254,27 @@ def functional_check(
                 out["proven_mapping"] = proof.mapping.to_dict()
     status = status_of({"ok": True}, check.to_dict())
     proof_dict = out.get("proof")
-    if proof_dict and proof_dict["state"] == "differs":
+    if check.equal:
+        if proof_dict and proof_dict.get("fixes"):
+            status = MappingStatus(
+                "proven_equal",
+                f"{status.detail}; the search fixed {len(proof_dict['fixes'])} pair(s) of the "
+                "first mapping: " + "; ".join(proof_dict["fixes"][:4]),
+            )
+    elif proof_dict and proof_dict["state"] == "differs":
         status = MappingStatus.from_dict(proof_dict["status"]) or status
-    elif proof_dict:
+    elif proof_dict and "proven_mapping" in out:
         status = MappingStatus(
             "differs",
             "the converted file's outputs differ; a search made the mapping proven equal "
             f"({len(proof_dict['fixes'])} fix(es)), kept as proven_mapping in this artifact",
+        )
+    elif proof_dict:
+        status = MappingStatus(
+            "differs",
+            "the converted file's outputs differ from what the search proved with the same "
+            "mapping in memory; check that the source checkpoint and the input are the ones "
+            "the search ran on",
         )
     out["status"] = status.to_dict()
     return out

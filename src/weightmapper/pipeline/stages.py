@@ -396,12 +396,83 @@ def read_mapping(store: ArtifactStore, assign_ref: ArtifactRef) -> MappingResult
     return MappingResult.from_dict(store.read_json(assign_ref))
 
 
+# --- prove (when the job names the source architecture) -------------------------------------
+
+
+@dataclass(frozen=True)
+class ProveStage(Stage):
+    """Source checkpoint in its architecture + mapping + target architecture + dummy input →
+    JSON artifact of the mapping the proof's search leaves, with its status.
+
+    Both networks run on the dummy input; where their outputs differ, the search tries the
+    alternatives the engine kept (:func:`weightmapper.proof.prove`) and keeps those that make
+    the outputs equal. The artifact is a mapping like the assign stage's (``info`` carries its
+    ``mapping_sha256``), so the conversion that follows is of the proven mapping; its
+    ``metadata["proof"]`` holds the search's record (fixes, alternatives tried, diagnosis).
+    Keyed on the checkpoint's bytes (the weights decide where the outputs differ), the
+    mapping, both architectures (specs, kwargs and configs), the input and the search's
+    budget and tolerances.
+    """
+
+    name: ClassVar[str] = "prove"
+    path: str
+    load: ArtifactRef
+    assign: ArtifactRef
+    source_architecture: ArtifactRef
+    target_architecture: ArtifactRef
+    source: ModuleSpec
+    target: ModuleSpec
+    dummy: InputSpec
+    trusted: bool = False
+
+    def key(self, store: ArtifactStore) -> str:
+        """Store → the prove stage's key."""
+        return _key(
+            self.name,
+            self.version,
+            {
+                "checkpoint": self.load.info["checkpoint_sha256"],
+                "mapping": self.assign.info["mapping_sha256"],
+                "source_architecture": self.source_architecture.digest,
+                "target_architecture": self.target_architecture.digest,
+            },
+            {"input": self.dummy.to_dict(), "search": ops.SEARCH_SETTINGS},
+        )
+
+    def run(self, store: ArtifactStore) -> ArtifactRef:
+        """Store → the prove artifact (``info``: mapping_sha256, state, fixes, status)."""
+        check_unchanged(store, self.path, self.load)
+
+        def compute() -> dict[str, Any]:
+            return ops.prove_mapping(
+                self.path,
+                build_architecture(self.source),
+                build_architecture(self.target),
+                make_dummy_input(self.dummy),
+                read_mapping(store, self.assign),
+                trusted=self.trusted,
+            )
+
+        def info(d: dict[str, Any]) -> dict[str, Any]:
+            proof = (d.get("metadata") or {}).get("proof") or {}
+            return {
+                "pairs": len(d.get("pairs") or []),
+                "mapping_sha256": ops.mapping_digest(d),
+                "state": proof.get("state"),
+                "fixes": len(proof.get("fixes") or []),
+                "status": (d.get("status") or {}).get("label"),
+            }
+
+        return store.produce_json(self.name, self.key(store), compute, info)
+
+
 # --- convert ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ConvertStage(Stage):
-    """Checkpoint + mapping → safetensors artifact of the target-named state dict.
+    """Checkpoint + mapping (the assign stage's, or the prove stage's) → safetensors artifact
+    of the target-named state dict.
 
     Keyed on the checkpoint's bytes and what the mapping does (pairs and transforms), not
     scores or settings: a new threshold that leaves the pairs unchanged reuses it.
@@ -478,7 +549,7 @@ class VerifyStage(Stage):
     """
 
     name: ClassVar[str] = "verify"
-    version: ClassVar[int] = 2  # 2: the search runs where outputs differ; status recorded
+    version: ClassVar[int] = 3  # 3: a mapping the prove stage searched is not searched again
     path: str
     load: ArtifactRef
     convert: ArtifactRef

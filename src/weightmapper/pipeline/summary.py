@@ -20,6 +20,7 @@ CHECKPOINT_STAGES: tuple[str, ...] = (
     "inventory",
     "score",
     "assign",
+    "prove",
     "convert",
     "validate",
     "verify",
