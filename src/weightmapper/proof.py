@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from weightmapper.calls import ModelCall, as_call, main_tensor
+from weightmapper.engine.names import local_tokens
 from weightmapper.errors import ForwardError
 from weightmapper.result import MappingResult, MappingStatus, MatchedPair, MultiPair
 from weightmapper.transforms import TransformSpec, chain
@@ -690,6 +691,13 @@ class _State:
             metadata=base.metadata,
         )
 
+    def without(self, sources: Iterable[str]) -> _State:
+        """State + source keys → the same with their pairs removed."""
+        drop = set(sources)
+        if not drop:
+            return self
+        return _State({k: p for k, p in self.pairs.items() if k not in drop}, self.multi)
+
     def used_sources(self) -> set[str]:
         """Source keys some pair or split/merge reads."""
         return set(self.pairs) | {k for m in self.multi for k in m.sources}
@@ -959,11 +967,14 @@ def _fused_pair_rows(pairs: list[MatchedPair], hints: _Hints) -> list[_Alternati
             continue
         (n,) = rows
         layouts: list[tuple[str, str, dict[str, Any]]] = []
+        # a head size the modules state, when they state one: a q or k weight alone has
+        # rows a fused layout could also explain
+        fits = (lambda d: d in hints.head_dims) if hints.head_dims else (lambda d: True)
         for h in hints.heads:
-            if h > 1 and n % (3 * h) == 0:
+            if h > 1 and n % (3 * h) == 0 and fits(n // (3 * h)):
                 layouts.append((f"{h} heads", "interleave_heads", {"heads": h, "parts": 3}))
         for h, g in itertools.permutations(hints.heads, 2):
-            if g > 1 and h > g and h % g == 0 and n % (h + 2 * g) == 0:
+            if g > 1 and h > g and h % g == 0 and n % (h + 2 * g) == 0 and fits(n // (h + 2 * g)):
                 d = n // (h + 2 * g)
                 sizes = [h // g * d, d, d]
                 label = f"{g} key/value groups of {sizes}"
@@ -1098,48 +1109,73 @@ _FILL_NOTE = "found by the proof's search; the outputs decide it, not the scores
 
 
 def _fills(state: _State, hole: str, unmapped: list[str], bench: _Bench) -> list[_Alternative]:
-    """Target module left unmapped → alternatives filling it from source tensors nothing uses.
+    """Target module left unmapped → alternatives filling it, closest names first.
 
-    Either the same-shape tensors of one source module (a pair the first pass missed), or one
-    tensor split along its rows into this module and its unmapped siblings (a fused gate/up
-    or q/k/v the first pass missed), in every order. Closest names first.
+    From source tensors nothing uses: the tensors of one source module (a pair the first pass
+    missed), or one tensor split along its rows into this module and its unmapped siblings (a
+    fused gate/up or q/k/v the first pass missed), in every order. Then from a source module
+    the first pass gave to a target module that runs later (a block-for-block alignment
+    shifted by one): it moves here, and its old place becomes the next hole to fill.
     """
     keys = sorted(k for k in unmapped if k.rpartition(".")[0] == hole)
     used = state.used_sources()
-    free = {
-        k: tuple(v.shape)
-        for k, v in bench.source_state.items()
-        if k not in used and v.is_floating_point()
+    shapes = {k: tuple(v.shape) for k, v in bench.source_state.items() if v.is_floating_point()}
+    free: dict[str, list[str]] = {}
+    for k in shapes:
+        if k not in used:
+            free.setdefault(k.rpartition(".")[0], []).append(k)
+    # source modules all of whose tensors feed one target module running after the hole
+    later: dict[str, set[str]] = {}
+    for p in state.pairs.values():
+        later.setdefault(p.source.rpartition(".")[0], set()).add(p.target.rpartition(".")[0])
+    limit = bench.rank(hole)
+    taken = {
+        mod: sorted(k for k in state.pairs if k.rpartition(".")[0] == mod and k in shapes)
+        for mod, places in later.items()
+        if len(places) == 1 and bench.rank(next(iter(places))) > limit >= 0
     }
-    by_module: dict[str, list[str]] = {}
-    for k in free:
-        by_module.setdefault(k.rpartition(".")[0], []).append(k)
-    out: list[_Alternative] = []
-    found = []
-    for mod, tensors in by_module.items():
-        assign = _by_shape(keys, tensors, free, bench.target_shapes)
-        if assign is not None:
-            found.append((mod, assign))
     near = _counterpart_of_parent(state, hole, bench)
-    found.sort(key=lambda c: (not _inside(near, c[0]), -_closeness(c[0], hole), c[0]))
-    for mod, assign in found[:_FILLS_PER_HOLE]:
-        pairs = [
-            MatchedPair(
-                s,
-                t,
-                0.5,
-                source_shape=free[s],
-                target_shape=bench.target_shapes[t],
-                stage="proof",
-                confidence="medium",
-                note=_FILL_NOTE,
+
+    def ranked(groups: Mapping[str, list[str]]) -> list[tuple[str, dict]]:
+        found = []
+        for mod, tensors in groups.items():
+            assign = _by_shape(keys, tensors, shapes, bench.target_shapes)
+            if assign is not None:
+                found.append((mod, assign))
+        found.sort(key=lambda c: (not _inside(near, c[0]), -_closeness(c[0], hole), c[0]))
+        return found[:_FILLS_PER_HOLE]
+
+    out: list[_Alternative] = []
+    for kind, groups in (("map", free), ("move", taken)):
+        for mod, assign in ranked(groups):
+            pairs = [
+                MatchedPair(
+                    s,
+                    t,
+                    0.5,
+                    source_shape=shapes[s],
+                    target_shape=bench.target_shapes[t],
+                    transform=spec,
+                    stage="proof",
+                    confidence="medium",
+                    note=_FILL_NOTE,
+                )
+                for t, (s, spec) in assign.items()
+            ]
+            # a move takes the module's pairs from their old place: all of them
+            dropped = [k for k in groups[mod] if k not in {s for s, _ in assign.values()}]
+            label = f"{kind} {mod} → {hole}"
+            if kind == "move":
+                label = f"move {mod} from {state.pairs[groups[mod][0]].target.rpartition('.')[0]} → {hole}"
+            out.append(
+                _Alternative(
+                    label,
+                    lambda st, pairs=pairs, dropped=dropped: st.with_pairs(pairs).without(dropped),
+                )
             )
-            for t, s in assign.items()
-        ]
-        out.append(
-            _Alternative(f"map {mod} → {hole}", lambda st, pairs=pairs: st.with_pairs(pairs))
-        )
-    out += _split_fills(state, hole, keys, unmapped, free, bench)
+        if kind == "map":
+            free_shapes = {k: shapes[k] for ks in free.values() for k in ks}
+            out += _split_fills(state, hole, keys, unmapped, free_shapes, bench)
     return out
 
 
@@ -1148,20 +1184,48 @@ def _by_shape(
     tensors: list[str],
     free: Mapping[str, tuple[int, ...]],
     target_shapes: Mapping[str, tuple[int, ...]],
-) -> dict[str, str] | None:
-    """Target keys + one source module's free tensors → target → source by equal shape (same
-    parameter name first), or None when some key has no partner."""
-    left = sorted(tensors, key=lambda k: k.rpartition(".")[2])
-    assign: dict[str, str] = {}
-    for t in sorted(keys, key=lambda k: k.rpartition(".")[2]):
-        fit = [s for s in left if free[s] == target_shapes.get(t)]
-        if not fit:
+) -> dict[str, tuple[str, TransformSpec]] | None:
+    """Target keys + one source module's free tensors → target → (source, transform): equal
+    shapes, or a layout of the dims (a transposed matrix, a Keras HWIO kernel); the same role
+    (``gamma`` is a ``weight``, ``moving_variance`` a ``running_var``) first. None when some
+    key has no partner."""
+    left = sorted(tensors)
+    assign: dict[str, tuple[str, TransformSpec]] = {}
+    for t in sorted(keys):
+        shape = target_shapes.get(t)
+        fits = [(s, f) for s in left if (f := _layout_fit(free[s], shape)) is not None]
+        if not fits:
             return None
-        same_name = [s for s in fit if s.rpartition(".")[2] == t.rpartition(".")[2]]
-        chosen = (same_name or fit)[0]
-        assign[t] = chosen
-        left.remove(chosen)
+        role = local_tokens(t.rpartition(".")[2])
+        fits.sort(
+            key=lambda sf: (
+                local_tokens(sf[0].rpartition(".")[2]) != role,
+                not sf[1].is_identity,
+                sf[0],
+            )
+        )
+        assign[t] = fits[0]
+        left.remove(fits[0][0])
     return assign
+
+
+# Source dims → target dims for the usual layouts of a 4-d kernel: TF/Keras HWIO → OIHW first.
+_KERNEL_LAYOUTS = ((3, 2, 0, 1), (0, 3, 1, 2), (3, 0, 1, 2))
+
+
+def _layout_fit(source: tuple[int, ...], target: tuple[int, ...] | None) -> TransformSpec | None:
+    """Source shape + target shape → the transform that makes one the other, or None."""
+    if target is None or len(source) != len(target):
+        return None
+    if source == target:
+        return TransformSpec()
+    if len(source) == 2 and source[::-1] == target:
+        return TransformSpec("transpose", {"dim0": 0, "dim1": 1})
+    if len(source) == 4:
+        for dims in _KERNEL_LAYOUTS:
+            if tuple(source[d] for d in dims) == target:
+                return TransformSpec("permute", {"dims": list(dims)})
+    return None
 
 
 def _split_fills(

@@ -477,6 +477,61 @@ def test_a_split_the_first_pass_missed_is_filled_in_the_right_order() -> None:
     ]
 
 
+class Chain(nn.Module):
+    """Three same-shape layers in a row: shape alone cannot tell which is which."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l0, self.l1, self.l2 = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(torch.tanh(self.l1(torch.tanh(self.l0(x)))))
+
+
+def test_an_alignment_shifted_by_one_is_moved_back_block_by_block() -> None:
+    src, tgt = Chain(), Chain()
+    _seeded(src, tgt)
+    shifted = _naive(src, tgt, {"l0": "l1", "l1": "l2", "l2": "absent"})  # l2 left unused
+    assert shifted["l0.weight"] == "l1.weight" and "l2.weight" not in shifted
+    proof = prove(src, tgt, shifted, torch.randn(3, D))
+    assert proof.equal, proof.summary()
+    assert proof.fixes == (
+        "l0: move l0 from l1 → l0",
+        "l1: move l1 from l2 → l1",
+        "l2: map l2 → l2",
+    )
+
+
+class KerasStyleConv(nn.Module):
+    """A convolution whose kernel is stored (kh, kw, in, out), as TF/Keras store it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(3, 3, 4, 8))
+        self.bias = nn.Parameter(torch.zeros(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernel.permute(3, 2, 0, 1), self.bias, padding=1)
+
+
+class ConvNet(nn.Module):
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_a_missed_pair_in_another_dim_layout_is_filled_with_its_permutation() -> None:
+    src, tgt = ConvNet(KerasStyleConv()), ConvNet(nn.Conv2d(4, 8, 3, padding=1))
+    _seeded(src, tgt)
+    proof = prove(src, tgt, MappingResult([]), torch.randn(1, 4, 6, 6))
+    assert proof.equal, proof.summary()
+    spec = proof.mapping.pair("conv.kernel").transform
+    assert spec == TransformSpec("permute", {"dims": [3, 2, 0, 1]})
+
+
 class Encoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
