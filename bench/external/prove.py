@@ -164,7 +164,7 @@ def main(case: str | None, budget: int = DEFAULT_BUDGET, mode: str = "module") -
 def render(rows: list[ProofRow], budget: int, mode: str, *, detail: bool = False) -> None:
     """Rows → the table and a tally on stdout."""
     head = (
-        f"{'case':28} {'same function':14} {'first pass':22} {'after search':22} "
+        f"{'case':28} {'same function':14} {'first pass':34} {'after search':30} "
         f"{'tried':>5} {'fixes':>5} {'max abs':>8}"
     )
     print(
@@ -181,7 +181,7 @@ def render(rows: list[ProofRow], budget: int, mode: str, *, detail: bool = False
             continue
         same = "yes" if r.same_function == "yes" else "no"
         print(
-            f"{r.case[:28]:28} {same:14} {r.first[:22]:22} {r.after[:22]:22} "
+            f"{r.case[:28]:28} {same:14} {r.first[:34]:34} {r.after[:30]:30} "
             f"{r.tried:5} {len(r.fixes):5} {r.max_abs:8.1e}"
         )
         if r.same_function not in ("yes", "-"):
