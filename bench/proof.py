@@ -29,10 +29,18 @@ from pathlib import Path
 import torch
 
 import zoo_path  # noqa: F401  (the reference zoo lives in tests/)
+from weightmapper.calls import ModelCall, as_call
 from weightmapper.mapper import WeightMapper
 from weightmapper.proof import DEFAULT_BUDGET, prove
 from zoo import ZooCase, cases, get_case
 from zoo.check import source_with_weights
+
+
+def _first_output(out: object) -> object:
+    """Raw output → its first tensor, as the zoo compares outputs (a ModelOutput's first field:
+    ``image_embeds`` of a CLIP vision model with projection, not its hidden states)."""
+    to_tuple = getattr(out, "to_tuple", None)
+    return to_tuple()[0] if callable(to_tuple) else out
 
 
 def run_case(case: ZooCase, mode: str, budget: int) -> dict[str, object]:
@@ -40,6 +48,8 @@ def run_case(case: ZooCase, mode: str, budget: int) -> dict[str, object]:
     source = source_with_weights(case)
     target = case.build_target().eval()
     inputs = case.dummy_input()
+    call = as_call(inputs)
+    call = ModelCall(call.args, call.kwargs, output=_first_output)
     start = time.perf_counter()
     if mode == "checkpoint":
         sd = {k: source.state_dict()[k] for k in sorted(source.state_dict())}
@@ -47,8 +57,8 @@ def run_case(case: ZooCase, mode: str, budget: int) -> dict[str, object]:
     else:
         result = WeightMapper(source, target, dummy_input=inputs).suggest_mapping()
     mapped = time.perf_counter() - start
-    baseline = prove(source, target, result, inputs, budget=1)
-    proof = prove(source, target, result, inputs, budget=budget)
+    baseline = prove(source, target, result, call, budget=1)
+    proof = prove(source, target, result, call, budget=budget)
     return {
         "case": case.name,
         "before": baseline.status.label(),

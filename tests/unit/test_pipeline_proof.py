@@ -147,7 +147,7 @@ def test_the_prove_stage_fixes_the_mapping_and_the_proven_file_is_exported(
     for item in summary.items:
         assert [s.name for s in item.stages][3:6] == ["assign", "prove", "convert"]
         assert item.functional == "passed" and item.mapping_status == "proven equal"
-        assert item.export == "placed"
+        assert item.export == "placed" and item.search_fixes == 2
         # what was placed computes the source's function: the search's mapping, not the first
         assert _outputs_equal(Path(item.source), Path(item.output or ""))
         report = json.loads(Path(item.report or "").read_text())
@@ -192,3 +192,13 @@ def test_require_proven_withholds_an_output_no_search_can_prove(tmp_path: Path) 
     anyway = run_batch(replace(job, migrations=(replace(job.migrations[0], require="none"),)))
     assert anyway.items[0].export == "placed"
     assert (anyway.items[0].mapping_status or "").startswith("differs at")
+
+
+def test_the_summary_says_the_search_fixed_the_mapping(tmp_path: Path, capsys: Any) -> None:
+    from weightmapper.cli.migrate import render_summary
+
+    summary = run_batch(llama_job(tmp_path, n=1))
+    assert summary.to_dict()["checkpoints"][0]["search_fixes"] == 2
+    render_summary(summary)
+    out = capsys.readouterr().out
+    assert "proven m0.safetensors: the search fixed 2 place(s)" in " ".join(out.split())

@@ -532,6 +532,36 @@ def test_a_missed_pair_in_another_dim_layout_is_filled_with_its_permutation() ->
     assert spec == TransformSpec("permute", {"dims": [3, 2, 0, 1]})
 
 
+class RMSNorm(nn.Module):
+    """RMS norm whose weight is stored as an offset from one (``1 + w``) when ``offset``."""
+
+    def __init__(self, offset: bool) -> None:
+        super().__init__()
+        self.offset = offset
+        self.weight = nn.Parameter(torch.zeros(D) if offset else torch.ones(D))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return x * (1 + self.weight if self.offset else self.weight)
+
+
+class NormThenLinear(nn.Module):
+    def __init__(self, offset: bool) -> None:
+        super().__init__()
+        self.norm, self.proj = RMSNorm(offset), nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x))
+
+
+def test_a_norm_weight_stored_as_an_offset_is_found() -> None:
+    src, tgt = NormThenLinear(offset=True), NormThenLinear(offset=False)
+    _seeded(src, tgt)
+    proof = prove(src, tgt, _naive(src, tgt, {}), torch.randn(2, D))
+    assert proof.equal, proof.summary()
+    assert proof.fixes == ("norm: norm offset +1 on norm.weight → norm.weight",)
+
+
 class Encoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -141,6 +141,7 @@ def render_summary(summary: BatchSummary) -> None:
     failures = [f"migration {name}: {error}" for name, error in summary.errors.items()]
     notes = []
     differs: list[str] = []
+    searched: list[str] = []
     for item in summary.items:
         n = len(item.stages)
         cached = item.cached_stages
@@ -166,11 +167,18 @@ def render_summary(summary: BatchSummary) -> None:
             notes.append(f"{Path(item.source).name}: {item.export_note}")
         if item.mapping_status and item.functional == "failed":
             differs.append(f"{Path(item.source).name}: {item.mapping_status}")
+        elif item.search_fixes and item.functional == "passed":
+            searched.append(
+                f"{Path(item.source).name}: the search fixed {item.search_fixes} place(s) of "
+                "the first mapping (see the report's mapping.metadata.proof)"
+            )
     console.print(table)
     for line in failures:
         console.print(f"[red]failed[/red] {escape(line)}", highlight=False)
     for line in differs:
         console.print(f"[red]outputs differ[/red] {escape(line)}", highlight=False)
+    for line in searched:
+        console.print(f"[green]proven[/green] {escape(line)}", highlight=False)
     for line in notes:
         console.print(f"[yellow]not placed[/yellow] {escape(line)}", highlight=False)
     counts = summary.counts()

@@ -72,6 +72,8 @@ class CheckpointSummary:
     max_abs_diff: float | None = None
     mapping_status: str | None = None
     """The mapping's status from the verify stage: ``proven equal`` or ``differs at …``."""
+    search_fixes: int | None = None
+    """How many fixes the prove stage's search kept (None when it did not run)."""
     output: str | None = None
     """The file at the output path: placed now, already there, or kept (see ``export``)."""
     report: str | None = None
@@ -105,6 +107,7 @@ class CheckpointSummary:
             "functional": self.functional,
             "max_abs_diff": self.max_abs_diff,
             "mapping_status": self.mapping_status,
+            "search_fixes": self.search_fixes,
             "output": self.output,
             "report": self.report,
             "export": self.export,
@@ -174,6 +177,8 @@ def note_stage(summary: CheckpointSummary, stage: str, value: Any) -> None:
             "source": value.info.get("source_coverage"),
             "target": value.info.get("target_coverage"),
         }
+    elif stage == "prove":
+        summary.search_fixes = value.info.get("fixes")
     elif stage == "validate":
         summary.validation = "passed" if value.info.get("ok") else "failed"
     elif stage == "verify":
