@@ -19,7 +19,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,32 @@ def _source_calls(name: str, built: Built) -> tuple[Any, Any] | None:
     return None
 
 
+# Legacy-checkpoint cases whose two sides are different architectures of one family: the
+# source architecture exists today (transformers' own class), and transformers' loader reads
+# the legacy checkpoint into it, so both can run as modules.
+_SOURCE_CLASS = {
+    "hf-legacy-bert-pretraining-to-mlm": "BertForPreTraining",
+    "hf-legacy-bert-mlm-to-classifier": "BertForMaskedLM",
+}
+
+
+def _with_source_module(name: str, built: Built) -> Built | None:
+    """Case name + built case → the same case with its source as a module (the legacy
+    checkpoint read by transformers into the source architecture), or None."""
+    if name not in _SOURCE_CLASS:
+        return None
+    import transformers as tf
+
+    from bench.external.case import logits, seeded, state_dict_of
+    from bench.external.cases_hf import hf_loader
+
+    config = built.build_target().config
+    cls = getattr(tf, _SOURCE_CLASS[name])
+    source = seeded(lambda: cls(config))()
+    source.load_state_dict(hf_loader(cls, config)(built.source_sd), strict=False)
+    return replace(built, source_sd=state_dict_of(source), source_module=source, run_source=logits)
+
+
 @dataclass
 class ProofRow:
     """One case of the external set through the proof search."""
@@ -68,16 +94,18 @@ class ProofRow:
     error: str = ""
 
 
-def _same_function(built: Built, truth: Any, src_call: ModelCall, tgt_call: ModelCall) -> str:
-    """Built case + truth + both calls → ``yes`` / ``no (…)``: does the converter's own target
-    compute the source's outputs?"""
+def _same_function(
+    built: Built, side: Built, truth: Any, src_call: ModelCall, tgt_call: ModelCall
+) -> str:
+    """Built case + the side with the source module + truth + both calls → ``yes`` /
+    ``no (…)``: does the converter's own target compute the source's outputs?"""
     target = built.build_target()
     own = target.state_dict()
     sd = truth.convert(built.source_sd)
     for k in truth.unmapped_target:
         sd.setdefault(k, own[k])
     target.load_state_dict(sd, strict=True)
-    ref = src_call.select(src_call.run(built.source_module.eval(), "source"))
+    ref = src_call.select(src_call.run(side.source_module.eval(), "source"))
     got = tgt_call.select(tgt_call.run(target.eval(), "target"))
     if ref is None or got is None:
         return "-"
@@ -96,7 +124,8 @@ def run_case(case: ExternalCase, budget: int, mode: str = "module") -> ProofRow:
         return row
     torch.manual_seed(0)
     built = case.build()
-    if built.source_module is None:
+    as_modules = _with_source_module(case.name, built)
+    if built.source_module is None and as_modules is None:
         row.skipped = "source is a checkpoint layout: no module to run"
         return row
     calls = _source_calls(case.name, built)
@@ -108,14 +137,15 @@ def run_case(case: ExternalCase, budget: int, mode: str = "module") -> ProofRow:
         built.converter,
         list(target.state_dict()),
     )
-    row.same_function = _same_function(built, truth, src_call, tgt_call)
+    # the truth is read from the legacy checkpoint; the engine maps the source as it is today
+    engine_side = as_modules or built
+    row.same_function = _same_function(built, engine_side, truth, src_call, tgt_call)
     with tempfile.TemporaryDirectory() as d:
-        result, _ = _engine_result(built, mode, Path(d))
+        result, _ = _engine_result(engine_side, mode, Path(d))
     start = time.perf_counter()
-    first = prove(built.source_module, target, result, src_call, target_inputs=tgt_call, budget=1)
-    proof = prove(
-        built.source_module, target, result, src_call, target_inputs=tgt_call, budget=budget
-    )
+    source = engine_side.source_module
+    first = prove(source, target, result, src_call, target_inputs=tgt_call, budget=1)
+    proof = prove(source, target, result, src_call, target_inputs=tgt_call, budget=budget)
     row.seconds = time.perf_counter() - start
     row.first = first.status.label()
     row.after = proof.status.label()
@@ -128,7 +158,7 @@ def run_case(case: ExternalCase, budget: int, mode: str = "module") -> ProofRow:
         row.cause = proof.status.detail
     else:
         # proven equal: the converted checkpoint loads strictly and matches the reference too
-        out = load_and_run(built, truth, proof.mapping.convert(built.source_sd))
+        out = load_and_run(built, truth, proof.mapping.convert(engine_side.source_sd))
         ok, _ = _close(out, load_and_run(built, truth, truth.convert(built.source_sd)))
         if not ok:
             row.cause = "proven on the search's input but differs from the converter's target"

@@ -355,7 +355,13 @@ def _status(proof: Proof) -> MappingStatus:
             "differs",
             f"{proof.module} is not mapped: {len(proof.unmapped)} target tensor(s) keep their "
             f"initial values, e.g. {', '.join(proof.unmapped[:3])}; no unused source tensor "
-            "fills them",
+            "fills them"
+            + (
+                f"; the outputs differ in shape too (target {proof.output_shapes[0]}, source "
+                f"{proof.output_shapes[1]}): the target computes something the source does not"
+                if proof.output_shapes is not None
+                else ""
+            ),
             module=proof.module,
         )
     if proof.computes_source is not None:

@@ -615,3 +615,14 @@ def test_an_unmapped_module_is_named_as_the_cause() -> None:
     assert proof.unmapped == ("norm.bias", "norm.weight")
     assert "norm is not mapped" in proof.status.detail
     assert "no unused source tensor fills them" in proof.status.detail
+
+
+def test_a_new_head_on_the_target_is_named_with_the_shapes() -> None:
+    src, tgt = Encoder(), EncoderWithHead()  # the target adds a head the source does not have
+    _seeded(src, tgt)
+    mapping = MappingResult.from_simple({k: f"encoder.{k}" for k in src.state_dict()})
+    proof = prove(src, tgt, mapping, IDS)
+    assert proof.state == "differs" and proof.module == "head"
+    assert proof.status.label() == "differs at head"
+    assert "head is not mapped" in proof.status.detail
+    assert "differ in shape too (target (2, 6, 5), source (2, 6, 16))" in proof.status.detail
