@@ -46,6 +46,7 @@ from weightmapper.engine.exact import stage_exact
 from weightmapper.engine.gaps import stage_gaps
 from weightmapper.engine.groups import fill_groups
 from weightmapper.engine.layouts import settle_role_layouts, settle_square_layouts
+from weightmapper.engine.margins import record_margins
 from weightmapper.engine.normalized import stage_normalized
 from weightmapper.engine.optimal import stage_assignment
 from weightmapper.engine.side import prepare_side
@@ -106,6 +107,7 @@ def score_inventories(
         st = MatchState(prepare_side(source), prepare_side(target), settings, roles)
         run_cascade(st)
         proposals, notes, tied = collect(st)
+        record_margins(st, proposals)
     proposals = settle_square_layouts(proposals, source, target)
     proposals = settle_role_layouts(proposals, roles)
     multi = propose_leftovers(source, target, notes)
