@@ -22,7 +22,7 @@ from weightmapper.engine import Candidates, assign, paused_gc, score_inventories
 from weightmapper.errors import MappingError
 from weightmapper.inventory import Inventory
 from weightmapper.progress import stage
-from weightmapper.result import MappingResult
+from weightmapper.result import CONFIDENT_SCORE, MappingResult
 from weightmapper.settings import MIN_PROPOSAL, AssignSettings, ScoreSettings
 from weightmapper.tensor_info import TensorInfo
 from weightmapper.trace import trace_execution_order
@@ -180,6 +180,8 @@ class WeightMapper:
 
         Strategies: ``best_match`` (every pair scored ≥ threshold), ``conservative`` (only
         high-confidence pairs scored ≥ 0.85), ``shape_only`` (scored by shape alone).
+        Scores are calibrated probabilities that a pair is right (``shape_only``: the shape
+        signal).
         ``verify=True`` also compares outputs on ``dummy_input`` when both sides are modules
         and stores the check in ``result.metadata["functional_check"]``.
         """
@@ -246,6 +248,9 @@ class WeightMapper:
             f"  mapped pairs:   {cov['mapped_pairs']}   split/merge: {cov['multi_pairs']}",
             f"  source coverage: {cov['source_coverage']:.1%}   "
             f"target coverage: {cov['target_coverage']:.1%}",
+            f"  confident (high, p ≥ {CONFIDENT_SCORE}): {cov['confident_pairs']} pairs, "
+            f"source {cov['source_confident_coverage']:.1%}   "
+            f"target {cov['target_confident_coverage']:.1%}",
             f"  settings: threshold={r.settings.get('threshold')} "
             f"strategy={r.settings.get('strategy')} "
             f"buffers={r.settings.get('buffer_matching_mode')}",
@@ -262,11 +267,13 @@ class WeightMapper:
                 lines.append(
                     "         " + "  ".join(f"{k}={v:.2f}" for k, v in sorted(p.breakdown.items()))
                 )
-        low = sorted((p for p in r.pairs if p.score < 0.8), key=lambda p: (p.score, p.source))
+        low = sorted((p for p in r.pairs if not p.confident), key=lambda p: (p.score, p.source))
         if low:
-            lines.append(f"\nLowest-confidence mappings ({len(low)} scored < 0.80):")
+            lines.append(
+                f"\nNot confident ({len(low)}: ambiguous, low or scored < {CONFIDENT_SCORE}):"
+            )
             for p in low[: max(0, top_n)]:
-                lines.append(f"  {p.score:.3f}  {p.source} → {p.target}")
+                lines.append(f"  {p.score:.3f}  {p.source} → {p.target}  [{p.confidence}]")
         if r.multi:
             lines.append(f"\nSplits and merges ({len(r.multi)}):")
             for m in r.multi[: max(0, top_n)]:

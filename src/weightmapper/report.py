@@ -551,6 +551,8 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
         f"| mapped | {cov.get('source_mapped', 0)} | {cov.get('target_mapped', 0)} |",
         f"| unmatched | {cov.get('source_unmatched', 0)} | {cov.get('target_unmatched', 0)} |",
         f"| coverage | {cov.get('source_coverage', 0):.1%} | {cov.get('target_coverage', 0):.1%} |",
+        f"| confident coverage | {cov.get('source_confident_coverage', 0):.1%} | "
+        f"{cov.get('target_confident_coverage', 0):.1%} |",
         "",
         f"{cov.get('mapped_pairs', 0)} one-to-one pairs, {cov.get('multi_pairs', 0)} splits/merges.",
         "",

@@ -20,6 +20,13 @@ from weightmapper.errors import CheckpointFormatError, KeyCollisionError, Mappin
 from weightmapper.transforms import IDENTITY, TransformSpec, apply_one, apply_transform
 
 MAPPING_SCHEMA_VERSION = "1.0"
+CONFIDENCES: tuple[str, ...] = ("high", "ambiguous", "low")
+"""Labels of a pair: ``high``; ``ambiguous`` when an alternative (a swap with a same-shape
+sibling, another target) scored nearly as well; ``low`` for a guess the evidence could not
+settle (a square transpose read from a bare checkpoint)."""
+CONFIDENT_SCORE = 0.9
+"""Least score (the estimated probability of being right) of a *confident* pair, which is
+also labelled ``high``: the pairs counted by the confident coverage."""
 
 
 class UnmatchedReason(str, Enum):
@@ -136,9 +143,11 @@ class MatchedPair:
     source: str
     target: str
     score: float
-    """Combined score in [0, 1]."""
+    """Estimated probability in [0, 1] that the pair is right (the calibrated combined score;
+    the raw weighted mean of the signals is ``breakdown["raw"]``)."""
     breakdown: dict[str, float] = field(default_factory=dict)
-    """Per-signal sub-scores in [0, 1] (``shape``, ``name``, ``hierarchy``, ``order``, ...)."""
+    """Per-signal sub-scores in [0, 1] (``shape``, ``name``, ``hierarchy``, ``order``, ...),
+    the ``raw`` combined score, and the runner-up's raw score and the ``margin`` over it."""
     source_shape: tuple[int, ...] = ()
     target_shape: tuple[int, ...] = ()
     transform: TransformSpec = IDENTITY
@@ -147,9 +156,15 @@ class MatchedPair:
     stage: str = ""
     """Cascade stage that settled it: ``exact``, ``normalized``, ``structural``, ``assignment``."""
     confidence: str = "high"
-    """``high`` or ``low``; low marks a guess the evidence could not settle (square transposes)."""
+    """``high``, ``ambiguous`` (an alternative scored nearly as well) or ``low`` (a guess the
+    evidence could not settle, such as a square transpose); see :data:`CONFIDENCES`."""
     note: str = ""
     """What the pair rests on beyond its scores (``layout assumed from names: …``), if anything."""
+
+    @property
+    def confident(self) -> bool:
+        """True for a ``high`` pair scored at least :data:`CONFIDENT_SCORE`."""
+        return self.confidence == "high" and self.score >= CONFIDENT_SCORE
 
     def to_dict(self) -> dict[str, Any]:
         """MatchedPair → JSON-ready dict."""
@@ -199,6 +214,11 @@ class MultiPair:
     score: float
     breakdown: dict[str, float] = field(default_factory=dict)
     confidence: str = "high"
+
+    @property
+    def confident(self) -> bool:
+        """True for a ``high`` split or merge scored at least :data:`CONFIDENT_SCORE`."""
+        return self.confidence == "high" and self.score >= CONFIDENT_SCORE
 
     @property
     def kind(self) -> str:
@@ -424,9 +444,14 @@ class MappingResult(Mapping[str, str]):
         return dict(self._pairs[source].breakdown)
 
     def coverage(self) -> dict[str, float | int]:
-        """MappingResult → counts and the fraction of source and target tensors mapped."""
+        """MappingResult → counts and the fraction of source and target tensors mapped, by all
+        pairs and by the confident ones (``high`` and scored ≥ :data:`CONFIDENT_SCORE`)."""
         n_src = len(self._pairs) + sum(len(m.sources) for m in self.multi)
         n_tgt = len(self._pairs) + sum(len(m.targets) for m in self.multi)
+        sure = [p for p in self._pairs.values() if p.confident]
+        sure_multi = [m for m in self.multi if m.confident]
+        c_src = len(sure) + sum(len(m.sources) for m in sure_multi)
+        c_tgt = len(sure) + sum(len(m.targets) for m in sure_multi)
         return {
             "mapped_pairs": len(self._pairs),
             "multi_pairs": len(self.multi),
@@ -438,6 +463,9 @@ class MappingResult(Mapping[str, str]):
             "target_unmatched": len(self.unmatched_target),
             "source_coverage": n_src / self.source_count if self.source_count else 1.0,
             "target_coverage": n_tgt / self.target_count if self.target_count else 1.0,
+            "confident_pairs": len(sure) + len(sure_multi),
+            "source_confident_coverage": c_src / self.source_count if self.source_count else 1.0,
+            "target_confident_coverage": c_tgt / self.target_count if self.target_count else 1.0,
         }
 
     # --- conversion ------------------------------------------------------------------------

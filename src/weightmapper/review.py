@@ -2,8 +2,9 @@
 
 Every rendering (terminal, Markdown, HTML) colours, counts and orders pairs with these
 functions, so a count of pairs to review always equals the rows coloured yellow or red.
-A pair's band comes from its score, and a pair the engine flagged (``confidence: low``,
-``ambiguous: true``) is never shown green, whatever its score.
+A pair's band comes from its score (a calibrated probability, see ``docs/scores.md``), and a
+pair the engine flagged (``confidence: low`` or ``ambiguous``) is never shown green, whatever
+its score.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def score_band(score: float) -> str:
 
 def flagged(entry: Mapping[str, Any]) -> bool:
     """Pair or split/merge dict → True when the engine marked it low confidence or ambiguous."""
-    return entry.get("confidence") == "low" or bool(entry.get("ambiguous"))
+    return entry.get("confidence") in ("low", "ambiguous") or bool(entry.get("ambiguous"))
 
 
 def pair_band(entry: Mapping[str, Any]) -> str:

@@ -165,6 +165,13 @@ def summary_panel(report: Mapping[str, Any]) -> Panel:
         + Text("  ")
         + _coverage_text(cov["target_coverage"], "target"),
     )
+    if "target_confident_coverage" in cov:
+        grid.add_row(
+            "confident",
+            _coverage_text(cov["source_confident_coverage"], "source")
+            + Text("  ")
+            + _coverage_text(cov["target_confident_coverage"], "target"),
+        )
     grid.add_row(
         "pairs",
         f"{cov['mapped_pairs']} one-to-one, {cov['multi_pairs']} split/merge; unmatched: "
@@ -492,6 +499,8 @@ def visualize_score_breakdown(
         header.append(f"   stage {entry['stage'] or '—'}")
     if entry.get("confidence") == "low":
         header.append("   low confidence", style="yellow")
+    elif entry.get("confidence") == "ambiguous":
+        header.append("   ambiguous: an alternative scored nearly as well", style="yellow")
     if not weights:
         header.append(
             "\nweights not recorded in this mapping; contributions not shown", style="dim"

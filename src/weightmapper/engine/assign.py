@@ -1,5 +1,9 @@
-"""Assign: Candidates + AssignSettings → MappingResult. Applying the threshold, nothing else.
+"""Assign: Candidates + AssignSettings → MappingResult. Scores, labels, the threshold.
 
+Each proposal's raw score (the weighted mean of its signals) becomes the calibrated
+probability that the pair is right (:mod:`weightmapper.engine.calibration`; the raw score
+stays in the breakdown as ``raw``), and a pair whose runner-up is nearly as good
+(:mod:`weightmapper.engine.margins`) is labelled ``ambiguous`` rather than ``high``.
 Which scored proposals are accepted: those scored at or above the threshold (the
 ``conservative`` strategy: at or above :data:`~weightmapper.settings.CONSERVATIVE_FLOOR`
 and of high confidence only); a parameter group is accepted as a unit (the group-carry
@@ -10,13 +14,21 @@ reason. Cheap, so a pipeline caches scoring and re-runs this with another thresh
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
+from weightmapper.engine.calibration import AMBIGUOUS_MARGIN, load
 from weightmapper.engine.candidates import Candidates, Proposal
 from weightmapper.engine.signals import combine
-from weightmapper.result import MappingResult, MatchedPair, UnmatchedKey, UnmatchedReason
-from weightmapper.settings import CONSERVATIVE_FLOOR, AssignSettings
+from weightmapper.result import (
+    MappingResult,
+    MatchedPair,
+    MultiPair,
+    UnmatchedKey,
+    UnmatchedReason,
+)
+from weightmapper.settings import CONSERVATIVE_FLOOR, DEFAULT_WEIGHTS, AssignSettings
 
 Scored = dict[str, tuple[Proposal, float]]
 """Source key → (its proposal, its combined score)."""
@@ -25,7 +37,10 @@ Scored = dict[str, tuple[Proposal, float]]
 def assign(candidates: Candidates, settings: AssignSettings | None = None) -> MappingResult:
     """Candidates + AssignSettings → MappingResult with a reason for every leftover.
 
-    ``shape_only`` rescores by the shape signal alone (the pairing itself is not redone).
+    ``shape_only`` rescores by the shape signal alone (the pairing itself is not redone)
+    and reports that uncalibrated score, as do weights other than the default ones (the
+    map was fitted on those); otherwise scores are probabilities. The ``ambiguous`` label
+    does not depend on either.
     """
     settings = settings if settings is not None else AssignSettings()
     strategy = settings.strategy
@@ -34,10 +49,11 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
         w = {k: (1.0 if k == "shape" else 0.0) for k in w}
     conservative = strategy == "conservative"
     bar = max(settings.threshold, CONSERVATIVE_FLOOR) if conservative else settings.threshold
-    scored = {
-        p.source: (p, s)
-        for p, s in zip(candidates.proposals, _scores(candidates.proposals, w), strict=True)
-    }
+    # the map was fitted on the default weighting: other weights get their own raw score
+    calibrated = strategy != "shape_only" and w == DEFAULT_WEIGHTS
+    scored: Scored = {}
+    for p, raw in zip(candidates.proposals, _scores(candidates.proposals, w), strict=True):
+        scored[p.source] = _calibrated(p, raw, calibrated=calibrated)
     accepted, rejected = accept(scored, bar, conservative=conservative)
 
     pairs = [
@@ -63,7 +79,9 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
             f"best candidate {p.target} scored {score:.3f}, below the "
             f"{'conservative bar' if strategy == 'conservative' else 'threshold'} {bar:.2f}"
         )
-        if strategy == "conservative" and p.confidence != "high" and score >= bar:
+        if strategy == "conservative" and p.confidence == "ambiguous" and score >= bar:
+            why = f"best candidate {p.target} is ambiguous: an alternative scored nearly as well"
+        elif strategy == "conservative" and p.confidence != "high" and score >= bar:
             why = f"best candidate {p.target} is a low-confidence guess ({p.stage})"
         if p.follows is not None and p.follows not in accepted:
             why = f"its module's pair ({p.follows}) was not accepted"
@@ -87,6 +105,8 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
         )  # fmt: skip
     for n in candidates.notes:
         best = combine(n.best_breakdown, w) if n.best_breakdown else None
+        if best is not None and calibrated and n.best_breakdown is not None:
+            best = load().probability(n.best_breakdown, best, confidence="high")
         reason = n.reason
         detail = n.detail
         if reason is UnmatchedReason.LOST_TO_BETTER and n.best_taken_by is not None:
@@ -99,6 +119,8 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
 
     multi = []
     for m in candidates.multi:
+        if calibrated:
+            m = _calibrated_multi(m)
         low = strategy == "conservative" and m.confidence != "high"
         if m.score >= bar and not low:
             multi.append(m)
@@ -171,6 +193,23 @@ def accept(scored: Scored, bar: float, *, conservative: bool) -> tuple[Scored, S
         else:
             rejected[src] = (p, score)
     return accepted, rejected
+
+
+def _calibrated(p: Proposal, raw: float, *, calibrated: bool) -> tuple[Proposal, float]:
+    """Proposal + its raw score → (the proposal with ``raw`` in its breakdown, labelled
+    ``ambiguous`` when its runner-up margin is below the bar; its probability, or the raw
+    score when not ``calibrated``)."""
+    prob = load().probability(p.breakdown, raw, confidence=p.confidence) if calibrated else raw
+    confidence = p.confidence
+    if confidence == "high" and p.breakdown.get("margin", 1.0) < AMBIGUOUS_MARGIN:
+        confidence = "ambiguous"
+    return replace(p, breakdown={**p.breakdown, "raw": raw}, confidence=confidence), prob
+
+
+def _calibrated_multi(m: MultiPair) -> MultiPair:
+    """Split or merge → the same with its calibrated probability as score, ``raw`` kept."""
+    prob = load().probability(m.breakdown, m.score, confidence=m.confidence, multi=True)
+    return replace(m, score=prob, breakdown={**m.breakdown, "raw": m.score})
 
 
 def _module(key: str) -> str:

@@ -1,0 +1,183 @@
+"""Scores are probabilities: the calibration map, exact pairs, ambiguous swaps, thresholds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from torch import nn
+
+from weightmapper.engine import assign
+from weightmapper.engine.calibration import (
+    AMBIGUOUS_MARGIN,
+    DOUBTS,
+    EVIDENCE,
+    FEATURES,
+    Calibration,
+    load,
+)
+from weightmapper.engine.candidates import Candidates, Proposal
+from weightmapper.errors import WeightMapperError
+from weightmapper.mapper import WeightMapper
+from weightmapper.settings import DEFAULT_WEIGHTS, AssignSettings
+from weightmapper.transforms import IDENTITY
+
+
+class _Layer(nn.Module):
+    def __init__(self, d: int = 16, h: int = 40) -> None:
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(d)
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+        self.post_attention_layernorm = nn.LayerNorm(d)
+        self.gate_proj = nn.Linear(d, h, bias=False)
+        self.up_proj = nn.Linear(d, h, bias=False)
+        self.down_proj = nn.Linear(h, d, bias=False)
+
+
+class _Llama(nn.Module):
+    """A tiny Llama-shaped model (square q/k/v/o: equal-shape siblings in every layer)."""
+
+    def __init__(self, n: int = 3) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(50, 16)
+        self.layers = nn.ModuleList(_Layer() for _ in range(n))
+        self.norm = nn.LayerNorm(16)
+        self.lm_head = nn.Linear(16, 50, bias=False)
+
+
+def _renamed_llama_checkpoint() -> dict:
+    """A Llama checkpoint under a wrapper prefix (``model.``): every key renamed."""
+    return {"model." + k: v for k, v in _Llama().state_dict().items()}
+
+
+# --- the map ---------------------------------------------------------------------------------
+def test_packaged_map_is_monotone_and_within_unit_interval() -> None:
+    cal = load()
+    assert len(cal.knots_z) >= 2
+    assert all(np.diff(cal.knots_z) > 0)
+    assert all(np.diff(cal.knots_p) >= 0)
+    z = np.linspace(min(cal.knots_z) - 5, max(cal.knots_z) + 5, 500)
+    p = cal.from_z(z)
+    assert np.all(np.diff(p) >= 0)
+    assert p.min() >= 0.0 and p.max() <= 1.0
+    assert all(cal.coef.get(f, 0.0) >= 0 for f in EVIDENCE)
+    assert all(cal.coef.get(f, 0.0) <= 0 for f in DOUBTS)
+    assert {"fitted", "data", "command"} <= set(cal.meta)
+
+
+def test_probability_never_falls_when_a_signal_rises() -> None:
+    cal = load()
+    rng = np.random.default_rng(0)
+    signals = ("shape", "name", "hierarchy", "order", "structure")
+    for _ in range(200):
+        bd = {k: float(v) for k, v in zip(signals, rng.random(len(signals)), strict=True)}
+        bd["margin"] = float(rng.random() * 0.2)
+        raw = float(rng.random())
+        base = cal.probability(bd, raw, confidence="high")
+        assert 0.0 <= base <= 1.0
+        for k in signals:
+            up = cal.probability({**bd, k: min(1.0, bd[k] + 0.3)}, raw, confidence="high")
+            assert up >= base - 1e-12
+        assert cal.probability(bd, min(1.0, raw + 0.3), confidence="high") >= base - 1e-12
+        assert cal.probability({**bd, "margin": 1.0}, raw, confidence="high") >= base - 1e-12
+
+
+def test_a_map_that_is_not_monotone_is_refused(tmp_path) -> None:
+    good = load().to_dict()
+    bad = {**good, "knots": {"z": [0.0, 1.0, 2.0], "p": [0.2, 0.9, 0.5]}}
+    with pytest.raises(WeightMapperError, match="monotone"):
+        Calibration.from_dict(bad)
+    negative = {**good, "coef": {**good["coef"], "name": -1.0}}
+    with pytest.raises(WeightMapperError, match="monotone"):
+        Calibration.from_dict(negative)
+    broken = tmp_path / "calibration.json"
+    broken.write_text("{not json")
+    with pytest.raises(WeightMapperError, match=r"calibrate\.py"):
+        load.__wrapped__(broken)
+    assert Calibration.from_dict(json.loads(json.dumps(good))).knots_p == load().knots_p
+    assert len(FEATURES) == len(good["features"])
+
+
+# --- the engine ------------------------------------------------------------------------------
+def test_exact_names_with_equal_shapes_score_at_least_095() -> None:
+    target = _Llama()
+    for mapper in (
+        WeightMapper.from_state_dict(_renamed_llama_checkpoint(), target),
+        WeightMapper(_Llama(), target),
+    ):
+        result = mapper.suggest_mapping(threshold=0.0)
+        exact = [p for p in result.pairs if p.source.removeprefix("model.") == p.target]
+        assert len(exact) == len(target.state_dict())
+        assert min(p.score for p in exact) >= 0.95
+        assert all(p.confidence == "high" for p in exact)
+        assert all("raw" in p.breakdown and "margin" in p.breakdown for p in exact)
+
+
+def test_threshold_and_strategies_keep_a_renamed_llama() -> None:
+    n = len(_Llama().state_dict())
+    mapper = WeightMapper.from_state_dict(_renamed_llama_checkpoint(), _Llama())
+    strict = mapper.suggest_mapping(threshold=0.8)
+    assert len(strict.pairs) == n
+    assert all(p.source == "model." + p.target for p in strict.pairs)
+    conservative = mapper.suggest_mapping(strategy="conservative")
+    assert len(conservative.pairs) == n
+    cov = conservative.coverage()
+    assert cov["confident_pairs"] == n
+    assert cov["target_confident_coverage"] == 1.0
+    shape_only = mapper.suggest_mapping(strategy="shape_only")
+    assert all(p.score == p.breakdown["shape"] for p in shape_only.pairs)
+
+
+def _proposal(source: str, target: str, margin: float, name: float) -> Proposal:
+    bd = {"shape": 1.0, "name": name, "hierarchy": 0.8, "order": 1.0, "structure": 0.5}
+    bd["margin"] = margin
+    return Proposal(source, target, bd, IDENTITY, "assignment", False, "high", (8, 8), (8, 8))
+
+
+def test_a_pair_whose_runner_up_is_nearly_as_good_is_ambiguous() -> None:
+    sure = _proposal("a.weight", "x.weight", 0.3, 0.9)
+    swap = _proposal("b.weight", "y.weight", AMBIGUOUS_MARGIN / 3, 0.2)
+    cands = Candidates("s", "t", [sure, swap], [], dict(DEFAULT_WEIGHTS), {}, 2, 2)
+    result = assign(cands, AssignSettings(threshold=0.0))
+    assert result.pair("a.weight").confidence == "high"
+    assert result.pair("b.weight").confidence == "ambiguous"
+    assert result.coverage()["confident_pairs"] <= 1
+    conservative = assign(cands, AssignSettings(threshold=0.0, strategy="conservative"))
+    assert "b.weight" not in conservative
+    why = conservative.unmatched_reasons()["source"]["b.weight"].detail
+    assert "ambiguous" in why
+
+
+def _padded(a: str, b: str) -> nn.Module:
+    """Sixty uniquely shaped, equally named layers around a block of two equal-shape siblings."""
+    m = nn.Module()
+    for i in range(30):
+        m.add_module(f"pre{i}", nn.Linear(10 + i, 11 + i))
+    block = nn.Module()
+    block.add_module(a, nn.Linear(8, 8))
+    block.add_module(b, nn.Linear(8, 8))
+    m.add_module("block", block)
+    for i in range(30):
+        m.add_module(f"post{i}", nn.Linear(50 + i, 51 + i))
+    return m
+
+
+def test_a_same_shape_swap_without_evidence_is_ambiguous() -> None:
+    """Two equal-shape siblings whose names say nothing: whichever way they are paired, the
+    swap is nearly as good, so neither pair is ``high``; the exactly named layers are."""
+    for mapper in (
+        WeightMapper.from_state_dict(_padded("zeta", "alpha").state_dict(), _padded("foo", "bar")),
+        WeightMapper(_padded("zeta", "alpha"), _padded("foo", "bar")),
+    ):
+        result = mapper.suggest_mapping(threshold=0.0)
+        swapped = [p for p in result.pairs if p.source.startswith("block.")]
+        assert len(swapped) == 4
+        assert all(p.confidence == "ambiguous" for p in swapped)
+        assert all(p.breakdown["margin"] < AMBIGUOUS_MARGIN for p in swapped)
+        assert result.pair("pre3.weight").confidence == "high"
+        cov = result.coverage()
+        assert cov["confident_pairs"] == cov["mapped_pairs"] - 4
