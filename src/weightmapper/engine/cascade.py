@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from weightmapper.engine.assign import assign
 from weightmapper.engine.candidates import Candidates
 from weightmapper.engine.collect import collect
+from weightmapper.engine.evidence import record_evidence
 from weightmapper.engine.exact import stage_exact
 from weightmapper.engine.gaps import stage_gaps
 from weightmapper.engine.groups import fill_groups
@@ -110,6 +111,7 @@ def score_inventories(
         record_margins(st, proposals)
     proposals = settle_square_layouts(proposals, source, target)
     proposals = settle_role_layouts(proposals, roles)
+    proposals = record_evidence(st, proposals)
     multi = propose_leftovers(source, target, notes)
     multi, notes = drop_ambiguous(multi, notes)
     if multi:

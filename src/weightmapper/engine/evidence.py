@@ -1,0 +1,138 @@
+"""Evidence beyond the signals: role agreement and shape uniqueness of each proposal.
+
+The calibration (:mod:`weightmapper.engine.calibration`) turns a pair's evidence into the
+probability that it is right. The signals (:mod:`weightmapper.engine.signals`) say how alike
+two names, places and shapes are; two more facts separate right pairs from wrong ones and
+are recorded here, in each proposal's breakdown:
+
+``roles``   1 when both sides know the tensor's role (dataflow or a naming convention) and
+            the roles agree, 0.5 when a side does not know it, 0 for a *cross-role* pair:
+            tensors of different kinds (a head onto a pooler, an MLP tensor onto an attention
+            one, an encoder tensor onto a decoder one) that the cascade still allowed because
+            no rule excludes them outright. Where a side has no role for a key, its kind and
+            stack are read from its module path (:data:`KIND_WORDS`, :data:`STACK_WORDS`);
+``unique``  1 / (most keys of the pair's shape on either side): 1 when the shape is unique
+            on both sides, so nothing else could have taken its place;
+``index``   agreement of the two keys' layer indices (1 equal, 0.5 when a side has none,
+            less for different ones): a pair shifted by an inserted block has equal names
+            but other indices;
+``order_known``  1 when both sides' module order is real (registration or execution order),
+            0 when a side's keys carried no order of their own (a ``.safetensors`` file
+            stores them sorted) and its order is the names' natural sort: the ``order``
+            signal then says little.
+
+A cross-role pair also says so in its note, and it is never labelled ``high`` unless the
+names agree exactly: a role mismatch needs strong evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.primitives import index_sim_one
+from weightmapper.engine.state import MatchState
+from weightmapper.inventory import Inventory, natural_key
+from weightmapper.roles import EQUIVALENT, SideRoles, family
+
+ROLE_AGREE, ROLE_UNKNOWN, ROLE_CROSS = 1.0, 0.5, 0.0
+"""Values of the ``roles`` evidence."""
+EXACT_NAME = 0.999
+"""``name`` signal at or above which two names count as the same."""
+KIND_WORDS: dict[str, str] = {
+    **dict.fromkeys(("attn", "attention", "self_attn", "self_attention", "selfattention"), "attn"),
+    **dict.fromkeys(("mlp", "ffn", "feed_forward", "feedforward", "intermediate"), "mlp"),
+    **dict.fromkeys(("pooler",), "pooler"),
+    **dict.fromkeys(("lm_head", "classifier", "head"), "head"),
+}
+"""Module path component → the kind of tensor under it, for keys without a role."""
+STACK_WORDS: dict[str, str] = {"encoder": "encoder", "decoder": "decoder"}
+"""Module path component (not the module's own name) → its stack, for keys without one."""
+_CONV_ROLES = ("stem.", "block.", "downsample.")
+"""Roles of convolutional stages: libraries differ in where a block begins (a downsample
+at the end of one stage or the start of the next), so these never count as cross-role."""
+
+
+def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]:
+    """Finished MatchState + its proposals → the proposals with ``roles`` and ``unique`` in
+    their breakdowns; cross-role pairs noted (and not ``high`` unless their names agree)."""
+    src, tgt = st.roles
+    n_src, n_tgt = st.bucket_counts
+    order_known = float(not (name_sorted(st.s.inv) or name_sorted(st.t.inv)))
+    out = []
+    for p in proposals:
+        i, j = st.s.index[p.source], st.t.index[p.target]
+        crowd = max(n_src.get(st.s.bucket[i], 1), n_tgt.get(st.t.bucket[j], 1))
+        agree, why = role_agreement(p.source, p.target, src, tgt)
+        p.breakdown["roles"] = agree
+        p.breakdown["unique"] = 1.0 / max(1, crowd)
+        p.breakdown["order_known"] = order_known
+        p.breakdown["index"] = index_sim_one(
+            st.s.group_index_key[st.s.group[i]], st.t.group_index_key[st.t.group[j]]
+        )
+        if agree == ROLE_CROSS:
+            note = f"cross-role pair: {why}; check it"
+            confidence = p.confidence
+            if confidence == "high" and p.breakdown.get("name", 0.0) < EXACT_NAME:
+                confidence = "low"
+            p = replace(p, note=f"{p.note}; {note}" if p.note else note, confidence=confidence)
+        out.append(p)
+    return out
+
+
+def name_sorted(inv: Inventory) -> bool:
+    """Inventory → True when its module order is only its names' natural sort (a checkpoint
+    whose keys were stored sorted or shuffled, see :meth:`Inventory.from_table`)."""
+    if inv.module_types or inv.traced or len(inv.groups) < 3:
+        return False
+    paths = list(inv.groups)
+    return paths == sorted(paths, key=natural_key)
+
+
+def role_agreement(src_key: str, tgt_key: str, src: SideRoles, tgt: SideRoles) -> tuple[float, str]:
+    """Two keys + both sides' roles → (:data:`ROLE_AGREE`, :data:`ROLE_UNKNOWN` or
+    :data:`ROLE_CROSS`, what differs for a cross-role pair)."""
+    sa = src.stacks.get(src_key) or _path_word(src_key, STACK_WORDS, own=False)
+    sb = tgt.stacks.get(tgt_key) or _path_word(tgt_key, STACK_WORDS, own=False)
+    if sa and sb and sa != sb:
+        return ROLE_CROSS, f"{sa} tensor onto a {sb} one"
+    a, b = src.roles.get(src_key), tgt.roles.get(tgt_key)
+    if not a or not b:
+        ka = _kind(a) if a else _path_word(src_key, KIND_WORDS, own=True)
+        kb = _kind(b) if b else _path_word(tgt_key, KIND_WORDS, own=True)
+        if ka and kb and ka != kb and "norm" not in (ka, kb):
+            return ROLE_CROSS, f"{a or ka} tensor onto {b or kb} one"
+        return ROLE_UNKNOWN, ""
+    fa, fb = family(a), family(b)
+    if fa == fb or any(fa in e and fb in e for e in EQUIVALENT):
+        return ROLE_AGREE, ""
+    if fa.startswith(_CONV_ROLES) and fb.startswith(_CONV_ROLES):
+        return ROLE_UNKNOWN, ""
+    if _kind(fa) == _kind(fb) and "head.pooler" not in (fa, fb):
+        # one kind, two roles (a fused q/k/v against one of its parts, a norm's placement)
+        return ROLE_UNKNOWN, ""
+    return ROLE_CROSS, f"{a} onto {b}"
+
+
+def _kind(role: str) -> str:
+    """``attn.q`` → ``attn``; ``xattn`` and ``attn`` are one kind, ``moe`` and ``mlp`` too, and
+    a pooler is not a head."""
+    if role == "head.pooler":
+        return "pooler"
+    kind = role.partition(".")[0]
+    return {"xattn": "attn", "moe": "mlp"}.get(kind, kind)
+
+
+def _path_word(key: str, words: dict[str, str], *, own: bool) -> str:
+    """Key + vocabulary → the label of the innermost module path component in it, or "".
+
+    ``own=False`` skips the module's own name (BERT's MLM head calls a layer ``decoder``).
+    """
+    parts = key.split(".")[:-1]
+    if not own:
+        parts = parts[:-1]
+    for part in reversed(parts):
+        label = words.get(part.lower())
+        if label:
+            return label
+    return ""
