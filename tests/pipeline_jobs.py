@@ -20,6 +20,9 @@ from weightmapper.pipeline.summary import BatchSummary
 T = TypeVar("T")
 
 CNN = {"num_classes": 10, "width": 8}
+NOTHING_IS_CERTAIN = 1.0
+"""A threshold no pair reaches: a calibrated probability never claims certainty
+(``docs/scores.md``), so the target cannot be filled and its checks fail."""
 """Constructor arguments of the example CNNs on both sides."""
 
 

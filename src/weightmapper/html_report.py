@@ -141,6 +141,13 @@ def _summary(report: Mapping[str, Any]) -> str:
     cards = [
         _card(f"{cov['source_coverage']:.1%}", "source coverage"),
         _card(f"{cov['target_coverage']:.1%}", "target coverage"),
+    ]
+    if "target_confident_coverage" in cov:
+        cards += [
+            _card(f"{cov['source_confident_coverage']:.1%}", "source coverage, confident pairs"),
+            _card(f"{cov['target_confident_coverage']:.1%}", "target coverage, confident pairs"),
+        ]
+    cards += [
         _card(str(cov["mapped_pairs"]), "one-to-one pairs"),
         _card(str(cov["multi_pairs"]), "splits / merges"),
         _card(

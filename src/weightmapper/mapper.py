@@ -23,7 +23,7 @@ from weightmapper.errors import MappingError
 from weightmapper.inventory import Inventory
 from weightmapper.progress import stage
 from weightmapper.result import CONFIDENT_SCORE, MappingResult
-from weightmapper.settings import MIN_PROPOSAL, AssignSettings, ScoreSettings
+from weightmapper.settings import DEFAULT_THRESHOLD, MIN_PROPOSAL, AssignSettings, ScoreSettings
 from weightmapper.tensor_info import TensorInfo
 from weightmapper.trace import trace_execution_order
 
@@ -170,7 +170,7 @@ class WeightMapper:
 
     def suggest_mapping(
         self,
-        threshold: float = 0.6,
+        threshold: float = DEFAULT_THRESHOLD,
         strategy: str = "best_match",
         weights: Mapping[str, float] | None = None,
         *,

@@ -27,6 +27,9 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 SIGNALS: tuple[str, ...] = tuple(DEFAULT_WEIGHTS)
 BUFFER_MODES: tuple[str, ...] = ("exclude", "lenient", "strict")
 STRATEGIES: tuple[str, ...] = ("best_match", "conservative", "shape_only")
+DEFAULT_THRESHOLD = 0.5
+"""Default least probability of a kept pair: more likely right than wrong (see
+``docs/scores.md``)."""
 CONSERVATIVE_FLOOR = 0.85
 """Lowest score the ``conservative`` strategy accepts, whatever the threshold."""
 MIN_PROPOSAL = 0.3
@@ -83,8 +86,9 @@ class ScoreSettings:
 class AssignSettings:
     """Settings only the assignment depends on: which scored pairs are accepted."""
 
-    threshold: float = 0.6
-    """Lowest combined score a pair needs to be accepted, in [0, 1]."""
+    threshold: float = DEFAULT_THRESHOLD
+    """Least score a pair needs to be accepted, in [0, 1]: with the default weights, the
+    calibrated probability that the pair is right."""
     strategy: str = "best_match"
     """One of :data:`STRATEGIES`."""
 

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline_jobs import (
     CNN,
+    NOTHING_IS_CERTAIN,
     assert_each_stage_computed_once,
     assert_same_outputs,
     cnn_job_data,
@@ -168,7 +169,7 @@ def test_a_failing_threshold_keeps_the_good_outputs_under_prefect(tmp_path: Path
     first = run_flow(cnn_job(tmp_path))
     assert first.ok
     good = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
-    failing = run_flow(cnn_job(tmp_path, threshold=0.8))
+    failing = run_flow(cnn_job(tmp_path, threshold=NOTHING_IS_CERTAIN))
     assert {(i.status, i.export) for i in failing.items} == {("check_failed", "kept")}
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == good
 
@@ -202,7 +203,7 @@ def test_cli_exits_1_when_a_check_fails_under_prefect(
         "examples": "ckpts",
         "sources": ["ckpts/cnn/*.pt"],
         "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
-        "mapper": {"threshold": 0.95},
+        "mapper": {"threshold": NOTHING_IS_CERTAIN},
         "output": "out",
     }
     path = tmp_path / "job.yaml"

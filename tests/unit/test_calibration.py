@@ -18,9 +18,11 @@ from weightmapper.engine.calibration import (
     load,
 )
 from weightmapper.engine.candidates import Candidates, Proposal
+from weightmapper.engine.evidence import ROLE_AGREE, ROLE_CROSS, ROLE_UNKNOWN, role_agreement
 from weightmapper.errors import WeightMapperError
 from weightmapper.mapper import WeightMapper
-from weightmapper.settings import DEFAULT_WEIGHTS, AssignSettings
+from weightmapper.roles import SideRoles
+from weightmapper.settings import DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, AssignSettings
 from weightmapper.transforms import IDENTITY
 
 
@@ -69,21 +71,48 @@ def test_packaged_map_is_monotone_and_within_unit_interval() -> None:
     assert {"fitted", "data", "command"} <= set(cal.meta)
 
 
-def test_probability_never_falls_when_a_signal_rises() -> None:
+def test_probability_never_falls_when_evidence_rises() -> None:
     cal = load()
     rng = np.random.default_rng(0)
-    signals = ("shape", "name", "hierarchy", "order", "structure")
-    for _ in range(200):
+    signals = ("shape", "name", "hierarchy", "order", "structure", "unique", "index")
+    for _ in range(300):
         bd = {k: float(v) for k, v in zip(signals, rng.random(len(signals)), strict=True)}
+        bd["runner_up"] = float(rng.random() * 0.8)
         bd["margin"] = float(rng.random() * 0.2)
+        bd["roles"] = float(rng.choice([0.0, 0.5, 1.0]))
+        bd["order_known"] = float(rng.choice([0.0, 1.0]))
         raw = float(rng.random())
         base = cal.probability(bd, raw, confidence="high")
         assert 0.0 <= base <= 1.0
         for k in signals:
             up = cal.probability({**bd, k: min(1.0, bd[k] + 0.3)}, raw, confidence="high")
-            assert up >= base - 1e-12
+            assert up >= base - 1e-12, k
         assert cal.probability(bd, min(1.0, raw + 0.3), confidence="high") >= base - 1e-12
-        assert cal.probability({**bd, "margin": 1.0}, raw, confidence="high") >= base - 1e-12
+        wider = {**bd, "margin": bd["margin"] + 0.1}
+        assert cal.probability(wider, raw, confidence="high") >= base - 1e-12
+        agree = {**bd, "roles": min(1.0, bd["roles"] + 0.5)}
+        assert cal.probability(agree, raw, confidence="high") >= base - 1e-12
+        assert cal.probability(bd, raw, confidence="low") <= base + 1e-12
+        assumed = cal.probability(bd, raw, confidence="high", note="layout assumed from names")
+        assert assumed <= base + 1e-12
+
+
+def test_no_pair_is_certain_and_a_threshold_of_1_keeps_nothing() -> None:
+    cal = load()
+    assert max(cal.knots_p) < 1.0 and cal.exact_p < 1.0
+    mapper = WeightMapper.from_state_dict(_renamed_llama_checkpoint(), _Llama())
+    assert mapper.suggest_mapping(threshold=1.0).coverage()["mapped_pairs"] == 0
+
+
+def test_a_pair_resting_on_its_shape_alone_stays_below_the_default_threshold() -> None:
+    """A lone same-shape pair whose name, module path and position all disagree (a
+    classifier head onto a detector's box classifier) is about as often wrong as right."""
+    bd = {"shape": 1.0, "name": 0.33, "hierarchy": 0.24, "order": 0.22, "structure": 0.9}
+    bd |= {"runner_up": 0.0, "margin": 1.0, "roles": 1.0, "unique": 1.0, "order_known": 1.0}
+    p = load().probability(bd, 0.55, confidence="high", stage="template")
+    assert p < DEFAULT_THRESHOLD
+    named = {**bd, "name": 0.9, "hierarchy": 0.8, "order": 0.9}
+    assert load().probability(named, 0.85, confidence="high", stage="template") > 0.9
 
 
 def test_a_map_that_is_not_monotone_is_refused(tmp_path) -> None:
@@ -115,6 +144,22 @@ def test_exact_names_with_equal_shapes_score_at_least_095() -> None:
         assert min(p.score for p in exact) >= 0.95
         assert all(p.confidence == "high" for p in exact)
         assert all("raw" in p.breakdown and "margin" in p.breakdown for p in exact)
+
+
+def test_threshold_keeps_exactly_the_pairs_whose_probability_reaches_it() -> None:
+    mapper = WeightMapper(_padded("zeta", "alpha"), _padded("foo", "bar"))
+    every = mapper.suggest_mapping(threshold=0.0)
+    scores = sorted({round(p.score, 6) for p in every.pairs})
+    assert len(scores) >= 2  # the swap's pairs score less than the exactly named ones
+    for bar in scores:
+        kept = mapper.suggest_mapping(threshold=bar)
+        assert all(p.score >= bar - 1e-9 for p in kept.pairs)
+        reach = {p.source for p in every.pairs if p.score >= bar - 1e-9}
+        carried = {p.source for p in kept.pairs} - reach
+        assert reach <= {p.source for p in kept.pairs}
+        # the rest are members of a module whose pair reached the bar (the group carry)
+        modules = {s.rpartition(".")[0] for s in reach}
+        assert all(s.rpartition(".")[0] in modules for s in carried)
 
 
 def test_threshold_and_strategies_keep_a_renamed_llama() -> None:
@@ -181,3 +226,72 @@ def test_a_same_shape_swap_without_evidence_is_ambiguous() -> None:
         assert result.pair("pre3.weight").confidence == "high"
         cov = result.coverage()
         assert cov["confident_pairs"] == cov["mapped_pairs"] - 4
+
+
+# --- roles -----------------------------------------------------------------------------------
+def test_role_agreement_reads_roles_and_module_paths() -> None:
+    src = SideRoles(roles={"a.q.weight": "attn.q", "a.fc.weight": "mlp.up"})
+    tgt = SideRoles(
+        roles={"b.q.weight": "attn.q", "b.up.weight": "mlp.up", "b.pool.weight": "head.pooler"},
+        stacks={"dec.0.weight": "decoder"},
+    )
+    assert role_agreement("a.q.weight", "b.q.weight", src, tgt)[0] == ROLE_AGREE
+    assert role_agreement("a.x.weight", "b.q.weight", src, tgt)[0] == ROLE_UNKNOWN
+    # a role known on one side, the other side's module path says what it is
+    cross, why = role_agreement("a.fc.weight", "blk.attention.o.weight", src, tgt)
+    assert cross == ROLE_CROSS and "attn" in why
+    assert role_agreement("cls.head.weight", "b.pool.weight", src, tgt)[0] == ROLE_CROSS
+    assert role_agreement("encoder.0.weight", "dec.0.weight", src, tgt)[0] == ROLE_CROSS
+    # a layer called "decoder" (an MLM head) is not a decoder stack
+    assert role_agreement("lm.decoder.weight", "encoder.x.weight", src, tgt)[0] == ROLE_UNKNOWN
+
+
+class _Classifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(12, 16)
+        self.head = nn.Linear(16, 4)
+
+
+class _Pooled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(12, 16)
+        self.pooler = nn.Linear(16, 4)
+
+
+def test_a_cross_role_pair_is_noted_and_never_high() -> None:
+    result = WeightMapper.from_state_dict(_Classifier().state_dict(), _Pooled()).suggest_mapping(
+        threshold=0.0
+    )
+    pair = result.pair("head.weight")
+    assert pair.target == "pooler.weight"
+    assert "cross-role pair" in pair.note and "pooler" in pair.note
+    assert pair.confidence != "high" and not pair.confident
+    assert pair.breakdown["roles"] == ROLE_CROSS
+    assert result.pair("body.weight").confidence == "high"
+
+
+# --- coverage --------------------------------------------------------------------------------
+def test_confident_coverage_is_reported_beside_all_pairs() -> None:
+    from weightmapper.html_report import render_html
+    from weightmapper.report import build_report, render_markdown
+    from weightmapper.visualize import summary_panel
+
+    mapper = WeightMapper(_padded("zeta", "alpha"), _padded("foo", "bar"))
+    result = mapper.suggest_mapping(threshold=0.0)
+    cov = result.coverage()
+    assert cov["confident_pairs"] == cov["mapped_pairs"] - 4  # the ambiguous swap
+    assert cov["target_confident_coverage"] < cov["target_coverage"] == 1.0
+    report = build_report(result)
+    assert report["mapping"]["coverage"]["confident_pairs"] == cov["confident_pairs"]
+    share = f"{cov['target_confident_coverage']:.1%}"
+    assert "confident coverage" in render_markdown(report) and share in render_markdown(report)
+    assert "target coverage, confident pairs" in render_html(report)
+    panel = summary_panel(report)
+    from rich.console import Console
+
+    console = Console(record=True, width=120)
+    console.print(panel)
+    text = console.export_text()
+    assert "confident" in text and share in text

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from pipeline_jobs import (
     CNN,
+    NOTHING_IS_CERTAIN,
     assert_each_stage_computed_once,
     assert_same_outputs,
     cnn_job_data,
@@ -178,7 +179,7 @@ def test_sequential_runner(tmp_path: Path, kind: str) -> None:
 
 def test_a_threshold_that_changes_the_pairs_reruns_convert_and_checks(tmp_path: Path) -> None:
     run_batch(cnn_job(tmp_path, threshold=0.5))
-    strict = run_batch(cnn_job(tmp_path, threshold=0.99))
+    strict = run_batch(cnn_job(tmp_path, threshold=NOTHING_IS_CERTAIN))
     ran = strict.recomputed()
     assert ran["load"] == ran["inventory"] == ran["score"] == 0
     assert ran["assign"] == 1 and ran["convert"] == 3 and ran["validate"] == 3

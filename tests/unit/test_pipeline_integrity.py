@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline_jobs import CNN, cnn_job_data, write_job_file
+from pipeline_jobs import CNN, NOTHING_IS_CERTAIN, cnn_job_data, write_job_file
 from weightmapper.cli.main import main
 from weightmapper.errors import ConfigError, OutputError
 from weightmapper.examples.cnn import OldCNN
@@ -44,7 +44,7 @@ def test_a_failing_rerun_keeps_the_previous_good_output(tmp_path: Path) -> None:
     job = cnn_job(tmp_path)
     assert run_batch(job).ok
     good = outputs(tmp_path)
-    failing = run_batch(with_threshold(job, 0.8))
+    failing = run_batch(with_threshold(job, NOTHING_IS_CERTAIN))
     assert {i.status for i in failing.items} == {"check_failed"}
     for item in failing.items:
         assert item.export == "kept" and "kept the previous output" in (item.export_note or "")
@@ -55,14 +55,14 @@ def test_a_failing_rerun_keeps_the_previous_good_output(tmp_path: Path) -> None:
 
 
 def test_a_failing_first_run_places_nothing(tmp_path: Path) -> None:
-    summary = run_batch(with_threshold(cnn_job(tmp_path), 0.8))
+    summary = run_batch(with_threshold(cnn_job(tmp_path), NOTHING_IS_CERTAIN))
     assert {i.export for i in summary.items} == {"withheld"}
     assert all(i.output is None for i in summary.items)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_require_none_places_outputs_that_failed_their_checks(tmp_path: Path) -> None:
-    job = with_threshold(cnn_job(tmp_path, checks={"require": "none"}), 0.8)
+    job = with_threshold(cnn_job(tmp_path, checks={"require": "none"}), NOTHING_IS_CERTAIN)
     summary = run_batch(job)
     assert {(i.status, i.export) for i in summary.items} == {("check_failed", "placed")}
     assert all(Path(i.output or "").exists() for i in summary.items)

@@ -16,6 +16,7 @@ from weightmapper.inventory import Inventory
 from weightmapper.mapper import WeightMapper
 from weightmapper.pipeline import ops
 from weightmapper.settings import (
+    DEFAULT_THRESHOLD,
     DEFAULT_WEIGHTS,
     AssignSettings,
     MapperSettings,
@@ -91,10 +92,12 @@ def test_flat_form_round_trips() -> None:
 def test_stage_keys_leave_out_defaults() -> None:
     # A job that sets nothing has the same keys as before settings had a home: {}.
     assert ops.score_key_settings(None) == {} == ops.assign_key_settings(MapperSettings())
-    s = MapperSettings.from_flat({"threshold": 0.5, "buffer_matching_mode": "strict"})
+    s = MapperSettings.from_flat({"threshold": 0.7, "buffer_matching_mode": "strict"})
     assert ops.score_key_settings(s) == {"buffer_matching_mode": "strict"}
-    assert ops.assign_key_settings(s) == {"threshold": 0.5}
-    explicit_default = MapperSettings.from_flat({"threshold": 0.6, "weights": DEFAULT_WEIGHTS})
+    assert ops.assign_key_settings(s) == {"threshold": 0.7}
+    explicit_default = MapperSettings.from_flat(
+        {"threshold": DEFAULT_THRESHOLD, "weights": DEFAULT_WEIGHTS}
+    )
     assert ops.score_key_settings(explicit_default) == {}
     assert ops.assign_key_settings(explicit_default) == {}
     pairs = ScoreSettings(incompatible_pairs=[("attention", "mlp")])

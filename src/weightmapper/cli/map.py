@@ -23,7 +23,7 @@ from weightmapper.progress import stage
 from weightmapper.proof import prove
 from weightmapper.report import build_report, dumps_report, write_markdown, write_report
 from weightmapper.review import SORTS
-from weightmapper.settings import BUFFER_MODES, STRATEGIES, MapperSettings
+from weightmapper.settings import BUFFER_MODES, DEFAULT_THRESHOLD, STRATEGIES, MapperSettings
 from weightmapper.targets import SPEC_FORMS, is_module_spec, resolve_side
 from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
 
@@ -99,7 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="input shape for tracing execution order, e.g. 1,3,224,224 or 1,16:int64",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.6, help="lowest score accepted (default 0.6)"
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="least probability of a kept pair, 0 to 1 (default "
+        f"{DEFAULT_THRESHOLD}: more likely right than wrong; see docs/scores.md)",
     )
     parser.add_argument(
         "--strategy", choices=STRATEGIES, default="best_match", help="assignment strategy"

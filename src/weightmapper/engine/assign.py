@@ -22,6 +22,7 @@ from weightmapper.engine.calibration import AMBIGUOUS_MARGIN, load
 from weightmapper.engine.candidates import Candidates, Proposal
 from weightmapper.engine.signals import combine
 from weightmapper.result import (
+    CONFIDENT_SCORE,
     MappingResult,
     MatchedPair,
     MultiPair,
@@ -197,19 +198,27 @@ def accept(scored: Scored, bar: float, *, conservative: bool) -> tuple[Scored, S
 
 def _calibrated(p: Proposal, raw: float, *, calibrated: bool) -> tuple[Proposal, float]:
     """Proposal + its raw score → (the proposal with ``raw`` in its breakdown, labelled
-    ``ambiguous`` when its runner-up margin is below the bar; its probability, or the raw
-    score when not ``calibrated``)."""
-    prob = load().probability(p.breakdown, raw, confidence=p.confidence) if calibrated else raw
+    ``ambiguous`` when its runner-up margin is below the bar and ``low`` when its probability
+    is below :data:`~weightmapper.result.CONFIDENT_SCORE`; its probability, or the raw score
+    when not ``calibrated``)."""
+    prob = raw
+    if calibrated:
+        prob = load().probability(
+            p.breakdown, raw, confidence=p.confidence, stage=p.stage, note=p.note
+        )
     confidence = p.confidence
     if confidence == "high" and p.breakdown.get("margin", 1.0) < AMBIGUOUS_MARGIN:
         confidence = "ambiguous"
+    elif confidence == "high" and calibrated and prob < CONFIDENT_SCORE:
+        confidence = "low"  # the evidence, weighed on the bench, does not settle it
     return replace(p, breakdown={**p.breakdown, "raw": raw}, confidence=confidence), prob
 
 
 def _calibrated_multi(m: MultiPair) -> MultiPair:
     """Split or merge → the same with its calibrated probability as score, ``raw`` kept."""
     prob = load().probability(m.breakdown, m.score, confidence=m.confidence, multi=True)
-    return replace(m, score=prob, breakdown={**m.breakdown, "raw": m.score})
+    confidence = "low" if m.confidence == "high" and prob < CONFIDENT_SCORE else m.confidence
+    return replace(m, score=prob, breakdown={**m.breakdown, "raw": m.score}, confidence=confidence)
 
 
 def _module(key: str) -> str:

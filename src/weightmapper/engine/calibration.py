@@ -1,27 +1,35 @@
-"""Calibration: a pair's raw score and signal breakdown → the probability that the pair is right.
+"""Calibration: a pair's evidence → the probability that the pair is right.
 
 The raw combined score (the weighted mean of the signals) ranks pairs but does not say how
 often a pair of that score is right: identical names with identical shapes scored ~0.78 and
-wrong pairs sat in the same band as right ones. The map here turns the evidence into an
-estimate of that probability. It was fitted by ``bench/calibrate.py`` on part of the accuracy
-bench and checked on a held-out part; it is stored as data (``calibration.json`` beside this
-module: coefficients, knots, the fit date, the data and the command that regenerates it).
+wrong pairs sat in the same band as right ones. The map here turns the evidence, the raw
+score and what else separates right pairs from wrong ones (the runner-up margin, whether the
+two roles agree, an exact name, a shape no other tensor has, a layout assumed from names),
+into an estimate of that probability. It was fitted by ``bench/calibrate.py`` on part of the
+accuracy bench and checked on a held-out part; it is stored as data (``calibration.json``
+beside this module: coefficients, knots, the fit date, the data, the command that regenerates
+it and the reliability it reached).
 
 The map has two steps, both monotone:
 
-1. a linear score ``z`` of the features (:data:`FEATURES`); every evidence feature has a
-   non-negative coefficient, so more evidence never lowers ``z``, and the doubt (a runner-up
-   within :data:`AMBIGUOUS_MARGIN`) a non-positive one; the flags (a low-confidence layout,
-   a split or merge) may take either sign;
-2. an isotonic (non-decreasing) piecewise-linear map from ``z`` to a probability in [0, 1],
-   given by its knots.
+1. a linear score ``z`` of the features (:data:`FEATURES`): every evidence feature has a
+   non-negative coefficient, so more evidence never lowers ``z``, and every doubt a
+   non-positive one; the flags (a split or merge, a pair made late in the cascade) may take
+   either sign;
+2. a non-decreasing piecewise-linear map from ``z`` to a probability in [0, 1], given by its
+   knots (an isotonic fit of the observed accuracy on ``z``).
 
-So the probability never falls when the raw score or any signal rises. The raw score stays in
-the pair's breakdown as ``raw``.
+Two classes of pairs get their own estimate, the smoothed fraction of them that were right
+in the fitting data, because a linear score cannot single them out: an exact name with equal
+shapes (its layout not assumed) scores at least ``exact_p``; a pair that rests on its shape
+alone (neither its name nor a real position agrees) scores at most ``shape_only_p``. So the
+probability never falls when the raw score or any evidence rises. The raw score stays
+in the pair's breakdown as ``raw``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,42 +40,89 @@ from typing import Any
 
 import numpy as np
 
+from weightmapper.engine.evidence import EXACT_NAME, ROLE_AGREE, ROLE_CROSS
 from weightmapper.errors import WeightMapperError
 
 DATA = Path(__file__).with_name("calibration.json")
 """Where the fitted map is stored."""
-EVIDENCE = ("raw", "shape", "name", "hierarchy", "order", "structure", "exact")
+EVIDENCE = (
+    "raw", "shape", "name", "hierarchy", "order", "order_sorted", "structure",
+    "index", "exact", "unique", "margin", "roles_agree", "named_stage",
+)  # fmt: skip
 """Features whose coefficient is non-negative (more evidence, higher probability)."""
-DOUBTS = ("ambiguous",)
-"""Features whose coefficient is non-positive: an alternative nearly as good never helps."""
-FLAGS = ("low_layout", "multi")
+DOUBTS = ("weak", "shape_only", "ambiguous", "cross_role", "low", "assumed")
+"""Features whose coefficient is non-positive: an alternative nearly as good, a role
+mismatch, a guess the evidence could not settle, a layout assumed from names never help."""
+FLAGS = ("multi", "order_known", "alone")
 """Features whose coefficient may take either sign."""
 FEATURES = EVIDENCE + DOUBTS + FLAGS
-EXACT_NAME = 0.999
-"""``name`` signal at or above which two names count as the same."""
 AMBIGUOUS_MARGIN = 0.03
 """Runner-up margin (in raw score) below which a pair is ``ambiguous``: an alternative is
 nearly as good, so the pair is never labelled ``high``."""
+MARGIN_SCALE = 0.2
+"""Margin at which the ``margin`` feature saturates (a runner-up this far behind is no rival)."""
+SHAPE_ONLY = 0.5
+"""``name``, ``hierarchy`` and ``order`` (unless meaningless: keys stored sorted) all below
+this: the pair rests on its shape alone."""
+WEAK_RAW = 0.7
+"""Raw score below which the ``weak`` doubt grows (linearly, to 1 at a raw score of 0): the
+evidence of a low raw score counts more than its share of a weighted mean."""
+NAMED_STAGES = frozenset({"exact", "normalized", "template", "buffer", "group"})
+"""Cascade stages whose pairs rest on names (the others align by order and shape)."""
 
 
 def features(
-    breakdown: Mapping[str, float], raw: float, *, confidence: str, multi: bool
+    breakdown: Mapping[str, float],
+    raw: float,
+    *,
+    confidence: str,
+    multi: bool = False,
+    stage: str = "",
+    note: str = "",
 ) -> list[float]:
     """A pair's breakdown + raw score + labels → its feature vector (order of :data:`FEATURES`)."""
     get = breakdown.get
-    exact = float(get("name", 0.0) >= EXACT_NAME and get("shape", 0.0) >= 1.0)
-    ambiguous = float(get("margin", 1.0) < AMBIGUOUS_MARGIN)
+    # an exact name with equal shapes, its layout not assumed: right in practice every time
+    exact = float(
+        get("name", 0.0) >= EXACT_NAME
+        and get("shape", 0.0) >= 1.0
+        and confidence != "low"
+        and "assumed" not in note
+    )
+    margin = float(get("margin", 1.0))
+    # no same-shape alternative at all: the margin says nothing (``alone`` says that)
+    alone = float("runner_up" in breakdown and get("runner_up", 0.0) <= 0.0 and margin >= 1.0)
+    roles = float(get("roles", 0.5))
+    # the order signal of a side whose keys were sorted by name says little: its own feature
+    known = float(get("order_known", 1.0))
+    order = float(get("order", 0.0))
     return [
         float(raw),
         float(get("shape", 0.0)),
         float(get("name", 0.0)),
         float(get("hierarchy", 0.0)),
-        float(get("order", 0.0)),
+        order * known,
+        order * (1.0 - known),
         float(get("structure", 0.0)),
+        float(get("index", 0.5)),
         exact,
-        ambiguous,
+        float(get("unique", 0.0)),
+        0.0 if alone else min(1.0, max(0.0, margin) / MARGIN_SCALE),
+        float(roles >= ROLE_AGREE),
+        float(stage in NAMED_STAGES),
+        max(0.0, WEAK_RAW - float(raw)) / WEAK_RAW,
+        float(
+            not multi
+            and max(get("name", 0.0), get("hierarchy", 0.0)) < SHAPE_ONLY
+            and (order < SHAPE_ONLY or not known)
+        ),
+        float(margin < AMBIGUOUS_MARGIN),
+        float(roles <= ROLE_CROSS),
         float(confidence == "low"),
+        float("assumed" in note),
         float(multi),
+        known,
+        alone,
     ]
 
 
@@ -80,6 +135,10 @@ class Calibration:
     knots_z: tuple[float, ...]
     knots_p: tuple[float, ...]
     meta: dict[str, Any]
+    exact_p: float = 0.0
+    """Least probability of an exact name with equal shapes (0: no such floor)."""
+    shape_only_p: float = 1.0
+    """Most probability of a pair that rests on its shape alone (1: no such cap)."""
 
     def z(self, x: list[float]) -> float:
         """Feature vector → linear score."""
@@ -92,12 +151,28 @@ class Calibration:
         p = np.interp(z, self.knots_z, self.knots_p)
         return np.clip(p, 0.0, 1.0)
 
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Feature matrix (rows in the order of :data:`FEATURES`) → probabilities."""
+        coef = np.array([self.coef.get(f, 0.0) for f in FEATURES])
+        p = self.from_z(self.intercept + x @ coef)
+        exact = x[:, FEATURES.index("exact")] > 0.5
+        shape_only = x[:, FEATURES.index("shape_only")] > 0.5
+        p = np.where(shape_only, np.minimum(p, self.shape_only_p), p)
+        return np.where(exact, np.maximum(p, self.exact_p), p)
+
     def probability(
-        self, breakdown: Mapping[str, float], raw: float, *, confidence: str, multi: bool = False
+        self,
+        breakdown: Mapping[str, float],
+        raw: float,
+        *,
+        confidence: str,
+        multi: bool = False,
+        stage: str = "",
+        note: str = "",
     ) -> float:
-        """A pair's breakdown + raw score → the estimated probability that it is right."""
-        x = features(breakdown, raw, confidence=confidence, multi=multi)
-        return float(self.from_z(self.z(x)))
+        """A pair's breakdown + raw score + labels → the estimated probability that it is right."""
+        x = features(breakdown, raw, confidence=confidence, multi=multi, stage=stage, note=note)
+        return float(self.probabilities(np.array([x], np.float64))[0])
 
     def to_dict(self) -> dict[str, Any]:
         """Calibration → JSON-ready dict."""
@@ -107,6 +182,8 @@ class Calibration:
             "intercept": self.intercept,
             "coef": self.coef,
             "knots": {"z": list(self.knots_z), "p": list(self.knots_p)},
+            "exact_p": self.exact_p,
+            "shape_only_p": self.shape_only_p,
         }
 
     @classmethod
@@ -117,6 +194,8 @@ class Calibration:
             p = tuple(float(v) for v in d["knots"]["p"])
             coef = {str(k): float(v) for k, v in d["coef"].items()}
             intercept = float(d["intercept"])
+            exact_p = float(d.get("exact_p", 0.0))
+            shape_only_p = float(d.get("shape_only_p", 1.0))
         except (KeyError, TypeError, ValueError) as e:
             raise WeightMapperError(
                 f"calibration data lacks {e}; expected intercept, coef and knots z/p; "
@@ -128,6 +207,8 @@ class Calibration:
             or any(b < a for a, b in pairwise(z))
             or any(b < a for a, b in pairwise(p))
             or any(not 0.0 <= v <= 1.0 for v in p)
+            or not 0.0 <= exact_p <= 1.0
+            or not 0.0 <= shape_only_p <= 1.0
             or any(coef.get(f, 0.0) < 0 for f in EVIDENCE)
             or any(coef.get(f, 0.0) > 0 for f in DOUBTS)
         )
@@ -136,8 +217,21 @@ class Calibration:
                 "calibration knots are not a monotone map into [0, 1] (or an evidence "
                 "coefficient is negative, or a doubt's positive); regenerate them with bench/calibrate.py"
             )
-        meta = {k: v for k, v in d.items() if k not in ("intercept", "coef", "knots", "features")}
-        return cls(intercept, coef, z, p, meta)
+        fitted = ("intercept", "coef", "knots", "features", "exact_p", "shape_only_p")
+        meta = {k: v for k, v in d.items() if k not in fitted}
+        return cls(intercept, coef, z, p, meta, exact_p, shape_only_p)
+
+
+@cache
+def calibration_digest(path: Path = DATA) -> str:
+    """Path of the stored map → SHA-256 of its bytes (part of the assign stage's cache key)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise WeightMapperError(
+            f"cannot read the calibration map {path.name}: {e}; reinstall the package or "
+            "regenerate it with bench/calibrate.py"
+        ) from e
 
 
 @cache

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from weightmapper.dataflow import dataflow_roles
+from weightmapper.engine.calibration import calibration_digest
 from weightmapper.errors import CheckpointFormatError, CheckpointNotFoundError
 from weightmapper.inventory import Inventory
 from weightmapper.pipeline import ops
@@ -324,7 +325,7 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
-    version: ClassVar[int] = 2  # 2: roles block pairs and settle layouts
+    version: ClassVar[int] = 3  # 2: roles block pairs and settle layouts; 3: evidence recorded
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
@@ -361,6 +362,7 @@ class AssignStage(Stage):
     """Score artifact + threshold/strategy → JSON artifact of the MappingResult."""
 
     name: ClassVar[str] = "assign"
+    version: ClassVar[int] = 2  # 2: scores are calibrated probabilities
     score: ArtifactRef
     settings: MapperSettings = field(default_factory=MapperSettings)
 
@@ -369,7 +371,8 @@ class AssignStage(Stage):
         return _key(
             self.name,
             self.version,
-            {"score": self.score.digest},
+            # a refitted calibration map changes the scores of the same candidates
+            {"score": self.score.digest, "calibration": calibration_digest()},
             ops.assign_key_settings(self.settings),
         )
 
