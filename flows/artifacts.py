@@ -81,6 +81,9 @@ def checkpoint_markdown(job: str, item: CheckpointSummary, report: dict[str, Any
         f"| source | {md_text(item.source)} |",
         f"| coverage (source / target) | {_pct(item.coverage.get('source'))} / "
         f"{_pct(item.coverage.get('target'))} |",
+        f"| confident pairs' coverage (source / target) | "
+        f"{_pct(item.coverage.get('source_confident'))} / "
+        f"{_pct(item.coverage.get('target_confident'))} |",
         f"| strict load into the target | {md_text(item.validation)} |",
         f"| equal outputs | {md_text(item.functional)}"
         + (f" (max abs diff {item.max_abs_diff:.3g})" if item.max_abs_diff is not None else "")
@@ -181,13 +184,16 @@ def batch_markdown(batch: BatchSummary) -> str:
         f"{c['ok']}/{c['total']} ok, {c['check_failed']} failed a check, {c['failed']} failed "
         f"({md_text(batch.runner)} runner).",
         "",
-        "| migration | checkpoint | status | coverage src / tgt | valid | equal outputs | report |",
-        "|---|---|---|---|---|---|---|",
+        "| migration | checkpoint | status | coverage src / tgt | confident src / tgt | valid "
+        "| equal outputs | report |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i in batch.items:
         lines.append(
             f"| {md_text(i.migration)} | {md_text(Path(i.source).name)} | {md_text(i.status)} | "
             f"{_pct(i.coverage.get('source'))} / {_pct(i.coverage.get('target'))} | "
+            f"{_pct(i.coverage.get('source_confident'))} / "
+            f"{_pct(i.coverage.get('target_confident'))} | "
             f"{md_text(i.validation)} | {md_text(i.functional)} | {md_text(i.report or '-')} |"
         )
     return "\n".join(lines) + "\n"

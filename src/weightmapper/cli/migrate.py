@@ -134,6 +134,7 @@ def render_summary(summary: BatchSummary) -> None:
     table.add_column("checkpoint", overflow="fold")
     table.add_column("status")
     table.add_column("coverage\nsrc / tgt", justify="right")
+    table.add_column("confident\nsrc / tgt", justify="right")
     table.add_column("valid")
     table.add_column("equal\noutputs")
     table.add_column("output", overflow="fold")
@@ -158,6 +159,8 @@ def render_summary(summary: BatchSummary) -> None:
             escape(Path(item.source).name),
             f"[{_STYLE.get(item.status, 'white')}]{item.status}[/]",
             f"{_pct(item.coverage.get('source'))} / {_pct(item.coverage.get('target'))}",
+            f"{_pct(item.coverage.get('source_confident'))} / "
+            f"{_pct(item.coverage.get('target_confident'))}",
             f"[{_STYLE.get(item.validation, 'white')}]{item.validation}[/]",
             f"[{_STYLE.get(item.functional, 'white')}]{item.functional}[/]",
             escape(_rel(item.output)) + _EXPORT_MARK.get(item.export or "", ""),

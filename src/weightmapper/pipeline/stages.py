@@ -389,6 +389,8 @@ class AssignStage(Stage):
                 "mapping_sha256": ops.mapping_digest(d),
                 "source_coverage": cov.get("source_coverage"),
                 "target_coverage": cov.get("target_coverage"),
+                "source_confident_coverage": cov.get("source_confident_coverage"),
+                "target_confident_coverage": cov.get("target_confident_coverage"),
             }
 
         return store.produce_json(self.name, self.key(store), compute, info)

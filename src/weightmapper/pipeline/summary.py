@@ -177,6 +177,10 @@ def note_stage(summary: CheckpointSummary, stage: str, value: Any) -> None:
             "source": value.info.get("source_coverage"),
             "target": value.info.get("target_coverage"),
         }
+        if value.info.get("target_confident_coverage") is not None:
+            # by pairs labelled high and scored ≥ 0.9, beside all pairs
+            summary.coverage["source_confident"] = value.info.get("source_confident_coverage")
+            summary.coverage["target_confident"] = value.info.get("target_confident_coverage")
     elif stage == "prove":
         summary.search_fixes = value.info.get("fixes")
     elif stage == "validate":
