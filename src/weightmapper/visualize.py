@@ -453,8 +453,8 @@ def visualize_score_breakdown(
 
     Shows each signal's sub-score, its weight and its contribution to the combined score
     (weight × sub-score / Σ weights), each as a bar, when the mapping recorded its weights;
-    the weighted sum can differ from the combined score where the engine adjusts it
-    (a structural bonus, a penalty for an ambiguous square transpose).
+    the weighted sum is the raw score, which the calibration turns into the pair's probability
+    of being right from it and the evidence listed without a weight (``docs/scores.md``).
     """
     report = as_report(mapper)
     con = _console(console)
@@ -492,8 +492,13 @@ def visualize_score_breakdown(
     target = ", ".join(entry.get("targets") or [entry.get("target", "")])
     header = Text()
     header.append(visible(f"{source} → {target}") + "\n", style="bold")
-    header.append("combined score ")
-    header.append_text(score_text(float(entry["score"])))
+    if "raw" in breakdown:
+        header.append("probability right ")
+        header.append_text(score_text(float(entry["score"])))
+        header.append(f" (raw {float(breakdown['raw']):.3f})")
+    else:
+        header.append("combined score ")
+        header.append_text(score_text(float(entry["score"])))
     header.append(f"   transform {transform_badge(entry.get('transform'))}")
     if "stage" in entry:
         header.append(f"   stage {entry['stage'] or '—'}")
@@ -501,6 +506,8 @@ def visualize_score_breakdown(
         header.append("   low confidence", style="yellow")
     elif entry.get("confidence") == "ambiguous":
         header.append("   ambiguous: an alternative scored nearly as well", style="yellow")
+    if entry.get("note"):
+        header.append("\n" + visible(str(entry["note"])), style="yellow")
     if not weights:
         header.append(
             "\nweights not recorded in this mapping; contributions not shown", style="dim"
