@@ -503,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         from weightmapper.engine.calibration import DATA
 
         DATA.write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
-        print(f"wrote {DATA.name}")
+        print(
+            f"wrote {DATA.name}; the CLI guide shows scores: regenerate it with "
+            "WEIGHTMAPPER_UPDATE_DOCS=1 python -m pytest tests/integration/test_cli_guide.py"
+        )
     return 0
 
 
