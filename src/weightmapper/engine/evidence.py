@@ -48,9 +48,12 @@ KIND_WORDS: dict[str, str] = {
 """Module path component → the kind of tensor under it, for keys without a role."""
 STACK_WORDS: dict[str, str] = {"encoder": "encoder", "decoder": "decoder"}
 """Module path component (not the module's own name) → its stack, for keys without one."""
-_CONV_ROLES = ("stem.", "block.", "downsample.")
+_CONV_ROLES = ("stem.", "block.", "downsample.", "head.conv", "head.norm", "embed.patch")
 """Roles of convolutional stages: libraries differ in where a block begins (a downsample
-at the end of one stage or the start of the next), so these never count as cross-role."""
+at the end of one stage or the start of the next) and where the head starts, so these never
+count as cross-role (as in :func:`weightmapper.roles.roles_conflict`)."""
+_CROSS_STACKS = frozenset({"encoder", "decoder"})
+"""Stacks a tensor never moves between; a ViT's ``encoder`` is its ``vision`` stack."""
 
 
 def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]:
@@ -94,24 +97,21 @@ def role_agreement(src_key: str, tgt_key: str, src: SideRoles, tgt: SideRoles) -
     :data:`ROLE_CROSS`, what differs for a cross-role pair)."""
     sa = src.stacks.get(src_key) or _path_word(src_key, STACK_WORDS, own=False)
     sb = tgt.stacks.get(tgt_key) or _path_word(tgt_key, STACK_WORDS, own=False)
-    if sa and sb and sa != sb:
+    if {sa, sb} == _CROSS_STACKS:
         return ROLE_CROSS, f"{sa} tensor onto a {sb} one"
     a, b = src.roles.get(src_key), tgt.roles.get(tgt_key)
-    if not a or not b:
-        ka = _kind(a) if a else _path_word(src_key, KIND_WORDS, own=True)
-        kb = _kind(b) if b else _path_word(tgt_key, KIND_WORDS, own=True)
-        if ka and kb and ka != kb and "norm" not in (ka, kb):
-            return ROLE_CROSS, f"{a or ka} tensor onto {b or kb} one"
-        return ROLE_UNKNOWN, ""
-    fa, fb = family(a), family(b)
-    if fa == fb or any(fa in e and fb in e for e in EQUIVALENT):
+    fa, fb = family(a or ""), family(b or "")
+    if a and b and (fa == fb or any(fa in e and fb in e for e in EQUIVALENT)):
         return ROLE_AGREE, ""
-    if fa.startswith(_CONV_ROLES) and fb.startswith(_CONV_ROLES):
+    if fa.startswith(_CONV_ROLES) or fb.startswith(_CONV_ROLES) or "norm" in fa + fb:
+        # where a block or the head begins, and which norm is whose, libraries differ
         return ROLE_UNKNOWN, ""
-    if _kind(fa) == _kind(fb) and "head.pooler" not in (fa, fb):
-        # one kind, two roles (a fused q/k/v against one of its parts, a norm's placement)
+    ka = _kind(fa) if a else _path_word(src_key, KIND_WORDS, own=True)
+    kb = _kind(fb) if b else _path_word(tgt_key, KIND_WORDS, own=True)
+    if not ka or not kb or ka == kb:
+        # unknown, or one kind with two roles (a fused q/k/v against one of its parts)
         return ROLE_UNKNOWN, ""
-    return ROLE_CROSS, f"{a} onto {b}"
+    return ROLE_CROSS, f"{a or ka} onto {b or kb}"
 
 
 def _kind(role: str) -> str:
