@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from weightmapper.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported by what builds modules, not by naming them
+    from torch import nn
 
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"

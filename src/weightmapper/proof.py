@@ -31,6 +31,7 @@ from weightmapper.calls import ModelCall, as_call, main_tensor
 from weightmapper.engine.names import local_tokens
 from weightmapper.errors import ForwardError
 from weightmapper.result import MappingResult, MappingStatus, MatchedPair, MultiPair
+from weightmapper.settings import PROOF_BUDGET
 from weightmapper.transforms import TransformSpec, chain
 from weightmapper.verify import (
     FunctionalCheck,
@@ -44,7 +45,7 @@ from weightmapper.verify import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET = 256
+DEFAULT_BUDGET = PROOF_BUDGET
 """Target forward passes a search may spend (the source runs once)."""
 
 # Transforms that reorder output rows: the module they land in computes the same function

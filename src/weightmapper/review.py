@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from weightmapper.inventory import natural_key
 from weightmapper.progress import stage
 
 BANDS: tuple[str, ...] = ("high", "medium", "low")
@@ -25,6 +24,14 @@ BAND_LIMITS: dict[str, str] = {"high": "> 0.8", "medium": "0.6–0.8", "low": "<
 
 SORTS: tuple[str, ...] = ("score", "name")
 """Orders a pair table can take: ``score`` puts risky pairs first, ``name`` is natural order."""
+
+
+def natural_key(name: str) -> tuple[object, ...]:
+    """Tensor name → :func:`weightmapper.inventory.natural_key` (imported when first sorting,
+    so that naming the sorts, as ``--help`` does, loads no torch)."""
+    from weightmapper.inventory import natural_key as key
+
+    return key(name)
 
 
 def score_band(score: float) -> str:

@@ -26,11 +26,13 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weightmapper.errors import MappingError
-from weightmapper.inventory import natural_key
-from weightmapper.result import MappingResult
+from weightmapper.review import natural_key
+
+if TYPE_CHECKING:  # torch loads when a mapping is compressed, not when FORMATS is read
+    from weightmapper.result import MappingResult
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +299,8 @@ def compress_mapping(
 def _mapping_parts(
     mapping: MappingResult | Mapping[str, str], source_keys: Iterable[str] | None
 ) -> tuple[dict[str, str], dict[str, str], list[tuple[str, str]], set[str]]:
+    from weightmapper.result import MappingResult
+
     unexpressed: list[tuple[str, str]] = []
     transforms: dict[str, str] = {}
     if isinstance(mapping, MappingResult):

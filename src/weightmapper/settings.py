@@ -34,6 +34,8 @@ CONSERVATIVE_FLOOR = 0.85
 """Lowest score the ``conservative`` strategy accepts, whatever the threshold."""
 MIN_PROPOSAL = 0.3
 """Default of :attr:`ScoreSettings.min_proposal`."""
+PROOF_BUDGET = 256
+"""Target forward passes a proof search may spend by default (the source runs once)."""
 
 _BUFFER_HELP = (
     "exclude: buffers follow their module's match; lenient: buffers are scored with a soft "

@@ -30,14 +30,13 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from weightmapper import hf
-from weightmapper.bounded_json import loads_bounded
 from weightmapper.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads when a module is built: naming specs (--help) stays light
+    from torch import nn
 
 SPEC_FORMS: tuple[str, ...] = (
     "pkg.module:callable   a class or factory importable from Python (the current folder "
@@ -205,6 +204,8 @@ def resolve_side(
 def parse_kwargs(kwargs: dict[str, Any] | str | None, flag: str = "--target") -> dict[str, Any]:
     """Keyword arguments as a dict or JSON text → a dict; ConfigError when malformed."""
     if isinstance(kwargs, str):
+        from weightmapper.bounded_json import loads_bounded  # numpy: not for --help
+
         try:
             kwargs = loads_bounded(kwargs) if kwargs.strip() else {}
         except ValueError as e:
@@ -236,6 +237,9 @@ def build_module(
     mapping, not for running. Imports user code named by the user, which is the point of
     a spec; nothing is imported from a checkpoint, nothing is downloaded.
     """
+    import torch
+    from torch import nn
+
     kw = parse_kwargs(kwargs, flag)
     with torch.device("meta") if meta else contextlib.nullcontext():
         built = _build(spec, kw, config, flag)
@@ -247,6 +251,8 @@ def build_module(
 
 
 def _build(spec: str, kw: dict[str, Any], config: str | os.PathLike[str] | None, flag: str) -> Any:
+    from torch import nn
+
     cls_name = _transformers_class_name(spec)
     if cls_name is not None:
         if config is None:

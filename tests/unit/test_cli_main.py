@@ -1,4 +1,5 @@
-"""The entry point: --version and --help import no subcommand, and the help lines stay true."""
+"""The entry point: --version and --help import no subcommand, every subcommand's --help
+loads no torch, rich or numpy, and the help lines stay true."""
 
 from __future__ import annotations
 
@@ -32,6 +33,19 @@ def test_version_and_help_import_neither_torch_nor_rich(argv: list[str]) -> None
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip().splitlines()[-1] == "[] []"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_subcommands_help_imports_neither_torch_nor_rich(command: str) -> None:
+    code = (
+        "import sys\n"
+        "from weightmapper.cli.main import main\n"
+        f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'rich', 'numpy', 'yaml') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert f"usage: weightmapper {command}" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_version_and_top_level_help_list_every_command(capsys: pytest.CaptureFixture) -> None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from weightmapper.visualize import SafeConsole
+if TYPE_CHECKING:  # rich loads when a command prints, not when its parser is built
+    from rich.console import Console
 
 
 def stdout_console() -> Console:
     """() → a rich Console on stdout; plain text when stdout is not a terminal. Text from
     files never writes control sequences through it (see ``visualize.SafeConsole``)."""
+    from weightmapper.visualize import SafeConsole
+
     return SafeConsole(file=sys.stdout, soft_wrap=False, highlight=False)
 
 

@@ -4,15 +4,14 @@ conversion against the source architecture (the source checkpoint loaded into it
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from weightmapper.calls import dummy_input, vocabulary_bound
 from weightmapper.errors import ConfigError
-from weightmapper.proof import DEFAULT_BUDGET
+from weightmapper.settings import PROOF_BUDGET as DEFAULT_BUDGET
 from weightmapper.targets import build_module, is_module_spec
-from weightmapper.validate import load_checkpoint_into
+
+if TYPE_CHECKING:  # the commands' --help builds these options without loading torch
+    from torch import nn
 
 
 def parse_shape(text: str) -> tuple[tuple[int, ...], str]:
@@ -100,6 +99,8 @@ def wanted(args: argparse.Namespace) -> bool:
 
 def source_module(args: argparse.Namespace, checkpoint: Any) -> nn.Module:
     """Parsed arguments + the source checkpoint → the source module holding its weights."""
+    from weightmapper.validate import load_checkpoint_into
+
     module = build_module(args.source_module, args.source_kwargs)
     return load_checkpoint_into(
         module.eval(), checkpoint, trusted=getattr(args, "trust_pickle", False)
@@ -117,5 +118,7 @@ def the_input(args: argparse.Namespace, *models: nn.Module) -> Any:
 
     Integer inputs are token ids drawn below the smallest embedding table of the modules.
     """
+    from weightmapper.calls import dummy_input, vocabulary_bound
+
     shape, dtype = args.dummy_input
     return dummy_input(shape, dtype, high=vocabulary_bound(*models))

@@ -6,28 +6,17 @@ import argparse
 import functools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
-from weightmapper.bounded_json import loads_bounded
-from weightmapper.checkpoint import open_checkpoint
 from weightmapper.cli import _proof
 from weightmapper.cli._console import print_json, stdout_console
-from weightmapper.convert import ConvertReport, convert_checkpoint
 from weightmapper.errors import MappingError, WeightMapperError
-from weightmapper.hf import carried_files
-from weightmapper.io_safety import ensure_outputs_safe, input_files
-from weightmapper.proof import prove
-from weightmapper.result import MappingResult
+
+if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
+    from rich.console import Console
+
+    from weightmapper.convert import ConvertReport
+    from weightmapper.result import MappingResult
 
 HELP = "convert a checkpoint with a mapping file into safetensors (streamed, atomic)"
 DESCRIPTION = """\
@@ -60,7 +49,8 @@ examples:
       --source-module mypkg.old:build --target mypkg.new:build --dummy-input 1,16:int64
 """
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = ("bfloat16", "float16", "float32")
+"""Floating-point dtypes --dtype may cast to (names of torch dtypes)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cut soon after may lose the output (as with cp)",
     )
     parser.add_argument(
-        "--dtype", choices=sorted(_DTYPES), help="cast floating-point tensors to this dtype"
+        "--dtype", choices=_DTYPES, help="cast floating-point tensors to this dtype"
     )
     parser.add_argument(
         "--allow-expanded",
@@ -111,6 +101,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (0 when the output was written)."""
+    import torch
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from weightmapper.checkpoint import open_checkpoint
+    from weightmapper.convert import convert_checkpoint
+    from weightmapper.hf import carried_files
+    from weightmapper.io_safety import ensure_outputs_safe, input_files
+    from weightmapper.proof import prove
+
     mapping = read_mapping(args.mapping)
     if not mapping.pairs and not mapping.multi:
         print(
@@ -143,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         shard_size=args.shard_size,
         overwrite=args.force,
-        dtype=_DTYPES[args.dtype] if args.dtype else None,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
         durable=args.durable,
         protect=[args.mapping, *([args.target_config] if args.target_config else [])],
         extra_files=carried_files(args.target_config) if args.target_config else None,
@@ -177,6 +184,9 @@ def run(args: argparse.Namespace) -> int:
 
 def read_mapping(path: str | Path) -> MappingResult:
     """Mapping or report JSON file → MappingResult; MappingError when unreadable."""
+    from weightmapper.bounded_json import loads_bounded
+    from weightmapper.result import MappingResult
+
     p = Path(path)
     try:
         data = loads_bounded(p.read_bytes())

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-from rich.tree import Tree
+from typing import TYPE_CHECKING, Any
 
 from weightmapper.cli._console import print_json, stdout_console
-from weightmapper.doctor import inspect_checkpoint
-from weightmapper.visualize import safe_text
+
+if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
+    from rich.console import Console
+    from rich.text import Text
+    from rich.tree import Tree
 
 HELP = "describe a checkpoint: format, shards, tensors, dtypes, prefixes, tied and unsafe content"
 DESCRIPTION = """\
@@ -47,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (1 when the checkpoint would be refused as unsafe)."""
+    from weightmapper.doctor import inspect_checkpoint
+
     report = inspect_checkpoint(args.path, trusted=args.trust_pickle, max_depth=args.depth)
     if args.json:
         print_json(report)
@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
 def render(report: dict[str, Any], console: Console, *, depth: int = 3) -> None:
     """Doctor report → rich tables and a module tree on the console."""
+    from rich.table import Table
+    from rich.text import Text
+    from rich.tree import Tree
+
+    from weightmapper.visualize import safe_text
+
     summary = Table(
         title=safe_text(f"checkpoint {report['path']}"), show_header=False, title_justify="left"
     )
@@ -122,6 +128,10 @@ def render(report: dict[str, Any], console: Console, *, depth: int = 3) -> None:
 
 
 def _add_children(parent: Tree, children: list[dict[str, Any]]) -> None:
+    from rich.text import Text
+
+    from weightmapper.visualize import safe_text
+
     numbered = [c for c in children if c["name"].isdigit()]
     hidden: set[int] = set()
     if len(numbered) > _RUN_COLLAPSE:
@@ -138,6 +148,8 @@ def _add_children(parent: Tree, children: list[dict[str, Any]]) -> None:
 
 
 def _counts(node: dict[str, Any]) -> Text:
+    from rich.text import Text
+
     n = node["tensors"]
     return Text(f"({n:,} tensor{'' if n == 1 else 's'}, {_params(node['params'])} params)", "dim")
 

@@ -6,26 +6,18 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from rich.console import Console
-
-from weightmapper.atomic import atomic_write_text
 from weightmapper.cli import _proof
-from weightmapper.cli._progress import stage_bars
 from weightmapper.errors import ConfigError
 from weightmapper.hf import is_hf_folder
-from weightmapper.html_report import write_html
-from weightmapper.io_safety import ensure_outputs_safe, input_files
-from weightmapper.mapper import WeightMapper
 from weightmapper.progress import stage
-from weightmapper.proof import prove
-from weightmapper.report import build_report, dumps_report, write_markdown, write_report
 from weightmapper.review import SORTS
 from weightmapper.settings import BUFFER_MODES, DEFAULT_THRESHOLD, STRATEGIES, MapperSettings
 from weightmapper.targets import SPEC_FORMS, is_module_spec, resolve_side
-from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
+
+if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
+    import torch
 
 HELP = "suggest a source → target key mapping, explain it, and write it out"
 DESCRIPTION = """\
@@ -192,6 +184,8 @@ def parse_shape(text: str) -> tuple[tuple[int, ...], str]:
             f"input needs at most {MAX_DUMMY_ELEMENTS:,} elements and 8 dimensions (batch 1 and "
             "a small image or sequence, e.g. 1,3,224,224, is enough to trace and verify)"
         )
+    import torch
+
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise argparse.ArgumentTypeError(
             f"unknown dtype {dtype!r} in {text!r}; use e.g. float32 or int64"
@@ -201,6 +195,8 @@ def parse_shape(text: str) -> tuple[tuple[int, ...], str]:
 
 def dummy_tensor(spec: tuple[tuple[int, ...], str]) -> torch.Tensor:
     """(shape, dtype) → a deterministic input tensor (random floats, zeros for integer ids)."""
+    import torch
+
     shape, dtype_name = spec
     dtype = getattr(torch, dtype_name)
     try:
@@ -241,6 +237,8 @@ def _side(args: argparse.Namespace, which: str, meta: bool) -> Any:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
+    from weightmapper.io_safety import ensure_outputs_safe, input_files
+
     inputs: frozenset[Path] = frozenset()
     for p in (args.source, args.target):
         # Every existing path is read (a Hugging Face folder target for its config too).
@@ -250,6 +248,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (1: coverage below --min-coverage, or outputs differ)."""
+    from rich.console import Console
+
+    from weightmapper.atomic import atomic_write_text
+    from weightmapper.cli._progress import stage_bars
+    from weightmapper.html_report import write_html
+    from weightmapper.mapper import WeightMapper
+    from weightmapper.proof import prove
+    from weightmapper.report import build_report, dumps_report, write_markdown, write_report
+    from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
+
     _check_outputs(args)
     if args.verify and not (
         args.dummy_input and _is_module(args, "source") and _is_module(args, "target")

@@ -7,13 +7,14 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-
-from rich.markup import escape
+from typing import TYPE_CHECKING
 
 from weightmapper.cli._console import print_json, stdout_console
 from weightmapper.errors import ConfigError, OutputError
-from weightmapper.pipeline.config import JobConfig, load_job, with_threshold
-from weightmapper.pipeline.summary import BatchSummary
+
+if TYPE_CHECKING:  # imported when the command runs: --help loads neither yaml nor torch
+    from weightmapper.pipeline.config import JobConfig
+    from weightmapper.pipeline.summary import BatchSummary
 
 HELP = "run a YAML batch job: many checkpoints → one target, cached stages, a summary"
 DESCRIPTION = """\
@@ -56,7 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Parsed arguments → exit code: 0 all checkpoints ok, 1 one failed or failed a check."""
+    """Parsed arguments → exit code: 0 all checkpoints ok, 1 one failed or failed a check.
+
+    Reading the job loads no torch: under Prefect the temporary server starts first and
+    comes up while the stages' modules are imported.
+    """
+    from weightmapper.pipeline.config import load_job, with_threshold
+
     job = load_job(args.job)
     if args.verify_store:
         return verify_store(job, as_json=args.json)
@@ -85,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
 def verify_store(job: JobConfig, *, as_json: bool) -> int:
     """Job → exit code: 0 when every artifact of its store matches its record, 1 otherwise."""
+    from rich.markup import escape
+
     from weightmapper.pipeline.store import ArtifactStore
 
     store = ArtifactStore(job.store)
@@ -124,6 +133,7 @@ _STYLE = {"passed": "green", "ok": "green", "failed": "red", "check_failed": "re
 
 def render_summary(summary: BatchSummary) -> None:
     """BatchSummary → a rich table on stdout, one row per checkpoint, and a closing line."""
+    from rich.markup import escape
     from rich.table import Table
 
     console = stdout_console()

@@ -6,16 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from weightmapper.html_report import write_html
-from weightmapper.io_safety import ensure_outputs_safe, input_files
-from weightmapper.report import dumps_report, load_report, write_markdown
-from weightmapper.visualize import (
-    default_console,
-    visualize_hierarchies,
-    visualize_mapping,
-    visualize_score_breakdown,
-)
-
 HELP = "re-render a saved mapping report (terminal views, HTML, Markdown)"
 DESCRIPTION = """\
 Read a JSON report written by `weightmapper map --report` (or a mapping file from --out),
@@ -59,6 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (0 once every requested rendering is written)."""
+    # Imported here, not at the top: --help must not wait for torch and rich.
+    from weightmapper.html_report import write_html
+    from weightmapper.io_safety import ensure_outputs_safe, input_files
+    from weightmapper.report import dumps_report, load_report, write_markdown
+    from weightmapper.visualize import (
+        default_console,
+        visualize_hierarchies,
+        visualize_mapping,
+        visualize_score_breakdown,
+    )
+
     ensure_outputs_safe(
         {"--html": args.html, "--markdown": args.markdown}, input_files(args.report)
     )

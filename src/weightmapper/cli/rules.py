@@ -8,8 +8,6 @@ from pathlib import Path
 
 from weightmapper.atomic import atomic_write_text
 from weightmapper.cli._console import print_json
-from weightmapper.io_safety import ensure_outputs_safe, input_files
-from weightmapper.report import load_report, result_from_report
 from weightmapper.rules import FORMATS, compress_mapping, format_rules
 
 HELP = "export a mapping as a short list of regex rename rules (python, regex, HF, mmengine)"
@@ -52,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (1 when the rules do not reproduce the mapping)."""
+    from weightmapper.io_safety import ensure_outputs_safe, input_files
+    from weightmapper.report import load_report, result_from_report
+
     ensure_outputs_safe({"--out": args.out}, input_files(args.mapping))
     result = result_from_report(load_report(args.mapping))
     rules = compress_mapping(result, split_by_transform=not args.mix_transforms)

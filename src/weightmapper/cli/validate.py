@@ -5,17 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from torch import nn
-
-from weightmapper.checkpoint import open_checkpoint
 from weightmapper.cli import _proof
 from weightmapper.cli._console import print_json, stdout_console
-from weightmapper.cli.apply import read_mapping
 from weightmapper.errors import ConfigError
-from weightmapper.proof import compare_loaded
-from weightmapper.result import status_of
-from weightmapper.targets import resolve_side
-from weightmapper.validate import load_checkpoint_into, validate_state_dict
 
 HELP = "check that a checkpoint loads into a target with strict=True semantics"
 DESCRIPTION = """\
@@ -76,6 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (1 when the checkpoint would not load strictly)."""
+    from torch import nn
+
+    from weightmapper.checkpoint import open_checkpoint
+    from weightmapper.cli.apply import read_mapping
+    from weightmapper.proof import compare_loaded
+    from weightmapper.result import status_of
+    from weightmapper.targets import resolve_side
+    from weightmapper.validate import load_checkpoint_into, validate_state_dict
+
     target: Any = resolve_side(args.target, kwargs=args.target_kwargs, config=args.target_config)
     if not isinstance(target, nn.Module):
         target = open_checkpoint(target, trusted=args.trust_pickle)

@@ -15,10 +15,38 @@ Nothing here imports Prefect; ``flows/`` wraps these stages as Prefect tasks.
 
 from __future__ import annotations
 
-from weightmapper.pipeline.batch import run_batch
-from weightmapper.pipeline.config import JobConfig, load_job, parse_job
-from weightmapper.pipeline.store import ArtifactRef, ArtifactStore
-from weightmapper.pipeline.summary import BatchSummary, CheckpointSummary
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. Imported on first use (PEP 562), so that reading a job
+# (``pipeline.config``) or opening the store loads no torch: a run that finds every stage
+# cached, and the command's --help, never wait for it.
+_HOMES = {
+    "run_batch": "batch",
+    "JobConfig": "config",
+    "load_job": "config",
+    "parse_job": "config",
+    "ArtifactRef": "store",
+    "ArtifactStore": "store",
+    "BatchSummary": "summary",
+    "CheckpointSummary": "summary",
+}
+
+if TYPE_CHECKING:
+    from weightmapper.pipeline.batch import run_batch
+    from weightmapper.pipeline.config import JobConfig, load_job, parse_job
+    from weightmapper.pipeline.store import ArtifactRef, ArtifactStore
+    from weightmapper.pipeline.summary import BatchSummary, CheckpointSummary
+
+
+def __getattr__(name: str) -> Any:
+    """Public name → the object, imported from its module when first asked for."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ArtifactRef",
