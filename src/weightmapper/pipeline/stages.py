@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +27,7 @@ from weightmapper.dataflow import dataflow_roles
 from weightmapper.engine.calibration import calibration_digest
 from weightmapper.errors import CheckpointFormatError, CheckpointNotFoundError
 from weightmapper.inventory import Inventory
-from weightmapper.pipeline import ops
+from weightmapper.pipeline import ops, recall
 from weightmapper.pipeline.codec import (
     inventory_from_json,
     inventory_to_json,
@@ -219,7 +219,8 @@ class ArchitectureStage(Stage):
     """Target (module spec, or target checkpoint) → JSON artifact of its Inventory.
 
     Keyed on the architecture signature. The module is built on the meta device: no
-    memory, no weights.
+    memory, no weights; and only when its identity is not remembered from an earlier build
+    with the same spec, code and packages (:mod:`weightmapper.pipeline.recall`).
     """
 
     name: ClassVar[str] = "architecture"
@@ -239,6 +240,7 @@ class ArchitectureStage(Stage):
                     "spec": target.module.to_dict(),
                 }
             )
+            recall.remember(store, target.module, ident)
             return inv, ident
         if target.checkpoint is None:  # TargetSpec refuses this; kept for type checkers
             raise CheckpointNotFoundError("a target needs a module or a checkpoint")
@@ -246,16 +248,30 @@ class ArchitectureStage(Stage):
         table = ops.open_table(str(target.checkpoint), trusted=False)
         return Inventory.from_table(table), digest
 
+    def _recalled(self, store: ArtifactStore) -> str | None:
+        """Store → the module's remembered identity (:mod:`weightmapper.pipeline.recall`),
+        or None when it must be built (or the target is a checkpoint)."""
+        module = self.target.module
+        return None if module is None else recall.recall(store, module)
+
+    def _key_of(self, identity: str) -> str:
+        return _key(self.name, self.version, {"architecture": identity})
+
     def key(self, store: ArtifactStore) -> str:
-        """Store → the architecture stage's key."""
-        return _key(self.name, self.version, {"architecture": self._inventory(store)[1]})
+        """Store → the architecture stage's key (nothing built when it is remembered)."""
+        return self._key_of(self._recalled(store) or self._inventory(store)[1])
 
     def run(self, store: ArtifactStore) -> ArtifactRef:
-        """Store → the architecture artifact."""
+        """Store → the architecture artifact (the module built only when not stored)."""
+        ident = self._recalled(store)
+        if ident is not None:
+            hit = store.lookup(self.name, self._key_of(ident))
+            if hit is not None:
+                return replace(hit, cached=True)
         inv, ident = self._inventory(store)
         return store.produce_json(
             self.name,
-            _key(self.name, self.version, {"architecture": ident}),
+            self._key_of(ident),
             lambda: inventory_to_json(inv),
             lambda d: {"tensors": len(d["tensors"]), "signature": inv.signature()},
         )

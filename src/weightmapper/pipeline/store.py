@@ -303,6 +303,11 @@ class ArtifactStore:
         """
         return checkpoint_sha256(paths, cache=self._hashes)
 
+    def file_digests(self, paths: list[str]) -> list[str]:
+        """Files → each one's sha256, memoised like :meth:`file_digest` (source files of
+        remembered architectures: :mod:`weightmapper.pipeline.recall`)."""
+        return self._hashes.digests(paths)
+
 
 def _identity(path: Path) -> list[int]:
     """File → [device, inode, size, mtime ns, ctime ns]: changes whenever anything writes it."""
