@@ -10,12 +10,16 @@ Prints a table. Nothing is asserted: this is a measurement.
     python bench/pipeline.py --n 4 --size-mb 10   # a quick look
     python bench/pipeline.py --prefect            # through the Prefect batch flow
     python bench/pipeline.py --warm-table --n 10 --size-mb 5
-        # whole `weightmapper migrate` processes, all cached: plain Python vs Prefect
+        # whole `weightmapper migrate` processes: plain Python vs Prefect, cold and warm
+    python bench/pipeline.py --warm-table --job configs/example.yaml
+        # the same for the demo job (`make demo`)
 
 The warm-rerun table times what a user waits for: a fresh ``weightmapper migrate``
-process (interpreter start, imports, the temporary Prefect server, the run, shutdown) on a
-job whose every stage is cached, with and without Prefect, alternating, median of
-``--repeat`` runs each.
+process (interpreter start, imports, the temporary Prefect server, the run, shutdown),
+first on fresh stores (cold: everything computed, a new Prefect database), then on a job
+whose every stage is cached (warm), with and without Prefect, alternating, median of
+``--repeat`` runs each. Each cell also gives the CPU time the run used (its own and its
+server's), which does not grow with other load on the machine, unlike wall time.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -90,42 +95,90 @@ def timed(run: Callable[[JobConfig], BatchSummary], job: JobConfig) -> tuple[flo
     return time.perf_counter() - t0, summary
 
 
-def cli_wall(job: Path, *extra: str) -> float:
-    """Job file + CLI flags → wall seconds of one ``weightmapper migrate`` process (must exit 0)."""
+def cli_run(job: Path, *extra: str) -> tuple[float, float]:
+    """Job file + CLI flags → (wall s, CPU s) of one ``weightmapper migrate`` process.
+
+    CPU is user + system time of the process and of what it waited for (the temporary
+    Prefect server included): unlike wall time, it does not grow with other load on the
+    machine. The process must exit 0.
+    """
     cmd = [sys.executable, "-m", "weightmapper", "migrate", str(job), "--json", *extra]
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     secs = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    return secs
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return secs, cpu
 
 
-def warm_table(root: Path, width: int, n: int, workers: int, repeat: int) -> None:
-    """Print wall times of whole CLI processes rerunning a cached job, plain vs Prefect."""
-    job = write_job(root, width, 0.5, workers)
-    cold_plain = cli_wall(job, "--no-prefect")
-    cold_prefect = cli_wall(job)  # creates the Prefect database; every stage is cached
-    plain: list[float] = []
-    flow: list[float] = []
-    for _ in range(repeat):  # alternate, so both see the same machine load
-        plain.append(cli_wall(job, "--no-prefect"))
-        flow.append(cli_wall(job))
-    p, f = statistics.median(plain), statistics.median(flow)
+def job_variant(job: Path, root: Path, label: str) -> Path:
+    """Job file → a copy beside it whose store and output folder are fresh ones under root.
+
+    The copy lives in the job's folder, so its other relative paths still resolve; the
+    caller removes it.
+    """
+    data = yaml.safe_load(job.read_text())
+    data["store"] = str(root / f"store-{label}")
+    output = data.get("output")
+    if isinstance(output, dict):
+        data["output"] = {**output, "dir": str(root / f"out-{label}")}
+    else:
+        data["output"] = str(root / f"out-{label}")
+    path = job.with_name(f".bench-{os.getpid()}-{label}-{job.name}")
+    path.write_text("# benchmark copy\n" + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _cell(xs: list[tuple[float, float]]) -> str:
+    wall = statistics.median(x[0] for x in xs)
+    cpu = statistics.median(x[1] for x in xs)
+    return f"{wall:6.1f} s ({cpu:5.1f} s CPU)"
+
+
+def warm_table(job: Path, root: Path, repeat: int, cold: bool) -> None:
+    """Print wall (and CPU) times of whole CLI processes, plain vs Prefect: cold runs on
+    fresh stores (a new Prefect database too), then warm reruns of a fully cached job."""
+    load0 = os.getloadavg()[0]
+    plain: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
+    flow: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
+    copies: list[Path] = []
+    try:
+        for r in range(repeat if cold else 1):  # the last pair of stores serves the warm runs
+            a, b = job_variant(job, root, f"plain{r}"), job_variant(job, root, f"prefect{r}")
+            copies += [a, b]
+            plain["cold"].append(cli_run(a, "--no-prefect"))
+            flow["cold"].append(cli_run(b))
+        for _ in range(repeat):  # alternate, so both see the same machine load
+            plain["warm"].append(cli_run(a, "--no-prefect"))
+            flow["warm"].append(cli_run(b))
+    finally:
+        for c in copies:
+            c.unlink(missing_ok=True)
+    load1 = os.getloadavg()[0]
     print(
-        f"\nwarm rerun of `weightmapper migrate` ({n} checkpoints, all cached), wall time of "
-        f"the whole process, median of {repeat}; first runs: plain {cold_plain:.1f} s "
-        f"(cold), Prefect {cold_prefect:.1f} s (new database)\n"
+        f"\n`weightmapper migrate {job.name}` as whole processes, median of {repeat} "
+        f"(alternating); load average {load0:.1f} → {load1:.1f} on {os.cpu_count()} CPUs\n"
     )
-    print(f"| {'runner':<28} | {'median s':>8} | {'runs (s)':<30} |")
-    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 32}|")
-    for label, xs in (("plain Python (--no-prefect)", plain), ("Prefect (temporary server)", flow)):
-        runs = ", ".join(f"{x:.1f}" for x in xs)
-        print(f"| {label:<28} | {statistics.median(xs):8.2f} | {runs:<30} |")
+    print(
+        f"| {'run':<34} | {'plain Python (--no-prefect)':<28} | {'Prefect (temporary server)':<28} |"
+    )
+    print(f"|{'-' * 36}|{'-' * 30}|{'-' * 30}|")
+    rows = [("cold (fresh store, new Prefect DB)", "cold")] if cold else []
+    rows.append(("warm (every stage cached)", "warm"))
+    for label, k in rows:
+        if cold or k == "warm":
+            print(f"| {label:<34} | {_cell(plain[k]):<28} | {_cell(flow[k]):<28} |")
+    p = statistics.median(x[0] for x in plain["warm"])
+    f = statistics.median(x[0] for x in flow["warm"])
     budget = 2 * p + 3
     verdict = "within" if f <= budget else "OVER"
-    print(f"\nPrefect / plain: {f / p:.2f}×; budget 2 × plain + 3 s = {budget:.1f} s: {verdict}")
+    print(
+        f"\nwarm Prefect / plain: {f / p:.2f}×; budget 2 × plain + 3 s = {budget:.1f} s: {verdict}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,14 +199,24 @@ def main(argv: list[str] | None = None) -> int:
         help="time whole CLI processes rerunning a cached job: plain Python vs Prefect",
     )
     p.add_argument("--repeat", type=int, default=3, help="runs per side for --warm-table")
+    p.add_argument(
+        "--job",
+        type=Path,
+        help="with --warm-table: time this job file (e.g. configs/example.yaml, the demo) "
+        "on fresh stores instead of generated ResNet checkpoints",
+    )
+    p.add_argument("--no-cold", action="store_true", help="with --warm-table: warm runs only")
     args = p.parse_args(argv)
 
     if args.warm_table:
         root = Path(tempfile.mkdtemp(prefix="wm-bench-warm-"))
         try:
-            width = 64 if args.size_mb is None else width_for_size(args.size_mb)
-            write_resnet_checkpoints(root / "ckpts", args.n, width=width)
-            warm_table(root, width, args.n, args.workers, args.repeat)
+            job = args.job
+            if job is None:
+                width = 64 if args.size_mb is None else width_for_size(args.size_mb)
+                write_resnet_checkpoints(root / "ckpts", args.n, width=width)
+                job = write_job(root, width, 0.5, args.workers)
+            warm_table(job.resolve(), root, args.repeat, cold=not args.no_cold)
         finally:
             if args.keep:
                 print(f"kept {root}")

@@ -141,6 +141,11 @@ def start(log_path: str | os.PathLike[str] | None = None) -> LocalServer:
     if threading.current_thread() is threading.main_thread():
         cmd.append("--death-signal")
     env = {
+        # A temporary server registers no block types: that imports every installed Prefect
+        # collection (prefect-dask brings in distributed, half a second) on each start,
+        # and a run keeps its results in local files, not in blocks. A user's setting wins.
+        "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+        "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
         **os.environ,
         "PREFECT_UI_ENABLED": "0",
         "PREFECT__SERVER_EPHEMERAL": "1",  # API only: no scheduler or other services

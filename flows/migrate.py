@@ -1,15 +1,20 @@
 """Prefect flows: one checkpoint's migration, and a batch that fans out over checkpoints.
 
-The flows only walk the stage graph (:mod:`weightmapper.pipeline.graph`) and submit one
-task per node; every behaviour lives in ``weightmapper.pipeline`` and runs without Prefect
-too (``weightmapper migrate --no-prefect``). Call :func:`flows.embedded.configure_prefect`
+The flows only walk the stage graph (:mod:`weightmapper.pipeline.graph`); every behaviour
+lives in ``weightmapper.pipeline`` and runs without Prefect too (``weightmapper migrate
+--no-prefect``). A node whose result the store already holds is reused in the flow itself
+(:func:`weightmapper.pipeline.graph.reuse`: the key looked up, the artifact verified) and
+recorded ``Cached``; a task is submitted only for a node that must run, or whose inputs are
+still being computed. A rerun that finds everything stored therefore costs no task runs,
+only the flow run and its artifacts. Call :func:`flows.embedded.configure_prefect`
 before importing this module (``run_job`` in ``flows/embedded.py`` does both).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,9 @@ from weightmapper.pipeline.summary import (
     record_failure,
 )
 
+log = logging.getLogger(__name__)
 Futures = dict[str, PrefectFuture[Any]]
+"""Node name → the future of its task, or its result when it was reused from the store."""
 # Task-pool threads per checkpoint in flight: a submitted task waits in its thread for
 # the tasks it depends on, so a checkpoint's chain holds up to this many threads.
 _THREADS_PER_CHECKPOINT = 10
@@ -62,20 +69,50 @@ def submit_nodes(
     item: WorkItem | None,
     known: Mapping[str, Any],
 ) -> Futures:
-    """The graph's nodes of one scope (migration when ``item`` is None) → their futures."""
+    """The graph's nodes of one scope (migration when ``item`` is None) → their futures, or
+    their results where the store already holds them."""
     scope = MIGRATION if item is None else CHECKPOINT
     results: dict[str, Any] = dict(known)
     futures: Futures = {}
     for node in graph.nodes(m, scope):
         reads = {n: results[n] for n in node.inputs if n in results}
+        stored = _stored(store, node, m, item, reads)
+        if stored is not None:
+            futures[node.name] = results[node.name] = stored
+            continue
         futures[node.name] = results[node.name] = tasks[node.name].submit(
             store=store, node=node.name, migration=m, item=item, results=reads
         )
     return futures
 
 
-def _record(name: str, fut: PrefectFuture[Any]) -> tuple[StageRecord | None, Any, Any]:
-    """Finished future → (its StageRecord, its value, or the exception it failed with)."""
+def _stored(
+    store: ArtifactStore, node: graph.Node, m: Migration, item: WorkItem | None, reads: Any
+) -> Any | None:
+    """A node and its inputs → its stored result, or None when a task must run it.
+
+    Only a node whose inputs are all known can be looked up; any problem computing its key
+    (a missing or unreadable checkpoint) is left to the task, which reports it in context.
+    """
+    if any(isinstance(v, PrefectFuture) for v in reads.values()):
+        return None
+    try:
+        return graph.reuse(store, node.build(m, item, reads))
+    except Exception as e:  # the task raises the same error, recorded with its stage
+        log.debug("%s is not reusable: %s", node.name, e)
+        return None
+
+
+def _pending(values: Iterable[Any]) -> list[PrefectFuture[Any]]:
+    """Futures and reused results → the futures alone (what there is to wait for)."""
+    return [v for v in values if isinstance(v, PrefectFuture)]
+
+
+def _record(name: str, fut: PrefectFuture[Any] | Any) -> tuple[StageRecord | None, Any, Any]:
+    """Finished future or reused result → (its StageRecord, its value, or the exception it
+    failed with)."""
+    if not isinstance(fut, PrefectFuture):
+        return graph.record(name, fut, state="Cached"), fut, None
     state = fut.state
     if state.is_completed():
         value = state.result()
@@ -134,13 +171,13 @@ def migrate_checkpoint_flow(
     tasks = make_tasks(store)
     item = WorkItem(migration, Path(source), 0, Path(output))
     prep = submit_nodes(tasks, store, migration, None, {})
-    wait(list(prep.values()))
+    wait(_pending(prep.values()))
     results, _, error = collect_migration(prep)
     if error:
         summary = failed_item(migration.name, source, "target", error)
     else:
         futs = submit_nodes(tasks, store, migration, item, results)
-        wait(list(futs.values()))
+        wait(_pending(futs.values()))
         summary = collect_item(item, futs)
     publish_checkpoint(migration.name, summary)
     ok = summary.status == "ok"
@@ -163,7 +200,7 @@ def migrate_batch_flow(job: JobConfig) -> State:
     items = plan_items(job)
     batch = BatchSummary(job=job.name, runner=job.runner.kind)
     prep = {m.name: submit_nodes(tasks, store, m, None, {}) for m in job.migrations}
-    wait([f for futs in prep.values() for f in futs.values()])
+    wait(_pending(f for futs in prep.values() for f in futs.values()))
     prepared: dict[str, dict[str, Any]] = {}
     for name, futs in prep.items():
         prepared[name], batch.batch_stages[name], error = collect_migration(futs)
@@ -174,7 +211,7 @@ def migrate_batch_flow(job: JobConfig) -> State:
         for item in items
         if item.problem is None and item.migration.name not in batch.errors
     ]
-    wait([f for _, futs in submitted for f in futs.values()])
+    wait(_pending(f for _, futs in submitted for f in futs.values()))
     done = {id(item): collect_item(item, futs) for item, futs in submitted}
     for item in items:
         name, source = item.migration.name, str(item.source)

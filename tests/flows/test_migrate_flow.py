@@ -83,6 +83,43 @@ def test_rerun_is_all_cached_then_threshold_and_deletion_rerun_only_what_changed
     assert fourth.ok
 
 
+def test_a_rerun_of_stored_stages_submits_no_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.migrate
+
+    submitted: list[str] = []
+    real = flows.migrate.make_tasks
+
+    class Counted:
+        def __init__(self, name: str, task: Any) -> None:
+            self.name, self.task = name, task
+
+        def submit(self, **kwargs: Any) -> Any:
+            submitted.append(self.name)
+            return self.task.submit(**kwargs)
+
+    monkeypatch.setattr(
+        flows.migrate,
+        "make_tasks",
+        lambda store: {k: Counted(k, t) for k, t in real(store).items()},
+    )
+    job = cnn_job(tmp_path)
+    assert run_flow(job).ok
+    assert "convert" in submitted and "target" in submitted
+    submitted.clear()
+    # Everything is in the store: the flow reuses it (verified) without a task run.
+    again = run_flow(job)
+    assert again.ok and submitted == []
+    assert all(v == {"Cached"} for v in states(again).values())
+    # One artifact gone: its stage runs as a task, and so does each stage reading it.
+    victim = again.items[0]
+    key = next(s.key for s in victim.stages if s.name == "report")
+    assert ArtifactStore(job.store).remove("report", key)
+    third = run_flow(job)
+    assert third.ok and sorted(submitted) == ["export", "report"]
+
+
 def test_a_corrupt_checkpoint_fails_alone(tmp_path: Path) -> None:
     job = cnn_job(tmp_path)
     prepare_examples(job)

@@ -17,7 +17,7 @@ the file checked and exported is the proven one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +192,18 @@ def record(name: str, value: Any, seconds: float = 0.0, state: str | None = None
 def run(store: ArtifactStore, stage: st.Stage) -> Any:
     """Store + a stage input → the stage's result (the one call both runners make)."""
     return stage.run(store)
+
+
+def reuse(store: ArtifactStore, stage: st.Stage) -> Any | None:
+    """Store + a stage input → its stored result (``cached``), or None when it must run.
+
+    Computes nothing: the stage's key is looked up and the artifact verified as
+    :meth:`ArtifactStore.lookup` does (record, size, content, digest), so a result is reused
+    exactly when ``run`` would reuse it. The export step is current when the output and its
+    report already hold the verified artifacts.
+    """
+    key = stage.key(store)
+    if isinstance(stage, ExportStage):
+        return stage.run(store) if stage.present(store, key) else None
+    hit = store.lookup(stage.name, key)
+    return None if hit is None else replace(hit, cached=True)
