@@ -80,11 +80,9 @@ def runner(use_prefect: bool, store_root: Path) -> Callable[[JobConfig], BatchSu
     api_url = server.__enter__()
     atexit.register(server.__exit__, None, None, None)
     from flows.migrate import run_batch_flow
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     def run(job: JobConfig) -> BatchSummary:
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            return run_batch_flow(job)
+        return run_batch_flow(job, api_url)
 
     return run
 

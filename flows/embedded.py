@@ -170,13 +170,10 @@ def run_job(job: Any) -> Any:
     home = configure_prefect(job.store)
     try:
         with prefect_server(home, while_starting=_import_flows) as api_url:
-            from prefect.settings import PREFECT_API_URL, temporary_settings
-
             from flows.migrate import run_batch_flow
 
             _quiet_reported_failures()
-            with temporary_settings({PREFECT_API_URL: api_url}):
-                summary = run_batch_flow(job)
+            summary = run_batch_flow(job, api_url)
         summary.seconds = time.perf_counter() - t0
         return summary
     except RuntimeError as e:

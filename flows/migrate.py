@@ -20,7 +20,11 @@ from typing import Any
 
 from prefect import flow
 from prefect.futures import PrefectFuture, wait
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    temporary_settings,
+)
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -231,14 +235,19 @@ def summary_of(state: State) -> Any:
     return state.result(raise_on_failure=False)
 
 
-def run_batch_flow(job: JobConfig) -> BatchSummary:
-    """Job → BatchSummary from the batch flow, on the job's runner, heartbeat off.
+def run_batch_flow(job: JobConfig, api_url: str | None = None) -> BatchSummary:
+    """Job (+ the API URL to run against) → BatchSummary from the batch flow, on the job's
+    runner, heartbeat off.
 
     The heartbeat thread costs about a second per flow run and only serves crash
-    detection by a server, which an embedded run does not have.
+    detection by a server, which an embedded run does not have. Both settings go into one
+    ``temporary_settings``: each one rebuilds Prefect's settings (a tenth of a second).
     """
     flow_fn = migrate_batch_flow.with_options(task_runner=task_runner_for(job.runner))
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    updates: dict[Any, Any] = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    if api_url is not None:
+        updates[PREFECT_API_URL] = api_url
+    with temporary_settings(updates):
         return summary_of(flow_fn(job, return_state=True))
 
 

@@ -209,13 +209,17 @@ def _weight_problems(weights: Any) -> list[str]:
 
 
 def _pair_problems(pairs: Any) -> list[str]:
-    from weightmapper.engine.families import family_tokens  # the engine reads them this way
-
     if isinstance(pairs, str) or not isinstance(pairs, Sequence):
         return [
             "incompatible_pairs must be a list of pairs of component names like "
             f"[('attention', 'mlp')], got {pairs!r}"
         ]
+    if not pairs:
+        return []
+    # The engine reads names this way; imported only for pairs given, as it loads torch
+    # (reading a job without pairs must not).
+    from weightmapper.engine.families import family_tokens
+
     problems = []
     for p in pairs:
         if isinstance(p, str) or not isinstance(p, Sequence) or len(p) != 2:

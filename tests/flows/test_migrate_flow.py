@@ -259,6 +259,8 @@ def test_the_summary_time_includes_prefect_start_up(
 
     # A flow that reports no time of its own: what run_job reports is its own wall time.
     monkeypatch.setattr(
-        flows.migrate, "run_batch_flow", lambda job: BatchSummary(job="j", runner="threads")
+        flows.migrate,
+        "run_batch_flow",
+        lambda job, api_url=None: BatchSummary(job="j", runner="threads"),
     )
     assert run_job(cnn_job(tmp_path)).seconds > 0.0
