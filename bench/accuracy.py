@@ -2,8 +2,9 @@
 
 Every zoo case (``zoo``) is mapped by ``WeightMapper(src, tgt, dummy_input=...)
 .suggest_mapping()`` twice, with and without the dummy input (execution order traced or not);
-``--mode all`` adds a third run whose source is a bare state dict (``WeightMapper.from_state_dict``,
-no module types), as when mapping a checkpoint file. ``--heldout`` runs the held-out cases.
+``--mode all`` adds a run whose source is a bare state dict (``WeightMapper.from_state_dict``,
+no module types) and one whose source is read from a ``.safetensors`` file (keys stored sorted,
+as most users start; ``--mode file``). ``--heldout`` runs the held-out cases.
 
 The unit of counting is one *target tensor*: a predicted unit is the engine's claim "target
 key T comes from source key(s) S through transform X". It is correct iff S is exactly T's true
@@ -36,6 +37,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Mapping
@@ -51,8 +53,11 @@ from zoo import CATEGORIES, ZooCase, cases, convert_and_compare, get_case
 from zoo.check import source_with_weights
 
 MODES = ("dummy", "no_dummy")
-EXTRA_MODES = ("checkpoint",)
-"""``checkpoint``: the source is a bare state dict (no module, no trace), as when mapping a file."""
+EXTRA_MODES = ("checkpoint", "file")
+"""``checkpoint``: the source is a bare state dict in registration order (no module, no trace);
+``file``: the source is read from a ``.safetensors`` file, whose keys are stored sorted."""
+COMPARED_MODES = ("dummy", "file")
+"""Modes whose converted checkpoint is loaded into the target and its outputs compared."""
 BUCKETS = ((0.0, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.0001))
 GOAL_HIGH_SCORE_PRECISION = 0.995
 GOAL_CROSS_LIBRARY = 0.99
@@ -117,19 +122,25 @@ def _truth_producers(case: ZooCase) -> dict[str, tuple[tuple[str, ...], str]]:
     return out
 
 
-def _predicted_units(result: Any, sd: Mapping[str, torch.Tensor]) -> list[tuple[Unit, Any]]:
-    """MappingResult + source state dict → (Unit, produced tensor or exception) per target."""
+def _predicted_units(
+    result: Any, sd: Mapping[str, torch.Tensor], aliases: Mapping[str, str] | None = None
+) -> list[tuple[Unit, Any]]:
+    """MappingResult + source state dict (+ the engine's source key → state-dict key, where a
+    checkpoint reader cleaned the keys) → (Unit, produced tensor or exception) per target."""
     from weightmapper.transforms import apply_one, apply_transform
+
+    def orig(key: str) -> str:
+        return aliases.get(key, key) if aliases else key
 
     out: list[tuple[Unit, Any]] = []
     for p in result.pairs:
         try:
-            tensor: Any = apply_one(p.transform, sd[p.source])
+            tensor: Any = apply_one(p.transform, sd[orig(p.source)])
         except Exception as e:  # a transform that cannot apply is a wrong unit, not a crash
             tensor = e
         unit = Unit(
             target=p.target,
-            sources=(p.source,),
+            sources=(orig(p.source),),
             score=float(p.score),
             transform=p.transform.to_dict(),
             kind="pair",
@@ -140,7 +151,9 @@ def _predicted_units(result: Any, sd: Mapping[str, torch.Tensor]) -> list[tuple[
         out.append((unit, tensor))
     for m in result.multi:
         try:
-            produced: list[Any] = list(apply_transform(m.transform, [sd[s] for s in m.sources]))
+            produced: list[Any] = list(
+                apply_transform(m.transform, [sd[orig(s)] for s in m.sources])
+            )
         except Exception as e:
             produced = [e] * len(m.targets)
         if len(produced) != len(m.targets):
@@ -150,7 +163,7 @@ def _predicted_units(result: Any, sd: Mapping[str, torch.Tensor]) -> list[tuple[
         for t, tensor in zip(m.targets, produced, strict=True):
             unit = Unit(
                 target=t,
-                sources=tuple(m.sources),
+                sources=tuple(orig(s) for s in m.sources),
                 score=float(m.score),
                 transform=m.transform.to_dict(),
                 kind=m.kind,
@@ -181,14 +194,19 @@ def _new_score(case: ZooCase, mode: str) -> tuple[ModeScore, dict]:
 
 
 def evaluate(
-    case: ZooCase, result: Any, sd: Mapping[str, torch.Tensor], mode: str = "dummy"
+    case: ZooCase,
+    result: Any,
+    sd: Mapping[str, torch.Tensor],
+    mode: str = "dummy",
+    aliases: Mapping[str, str] | None = None,
 ) -> ModeScore:
-    """Case + a MappingResult + the source state dict it was made for → ModeScore."""
+    """Case + a MappingResult + the source state dict it was made for (+ the engine's source
+    key → state-dict key where a checkpoint reader cleaned the keys) → ModeScore."""
     res, producers = _new_score(case, mode)
     lone = case.must_stay_unmapped
     expected_cache: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
     got: dict[str, Unit] = {}
-    for unit, tensor in _predicted_units(result, sd):
+    for unit, tensor in _predicted_units(result, sd, aliases):
         truth = producers.get(unit.target)
         unit.true_sources = truth[0] if truth else None
         unit.violates_unmapped = unit.target in lone["target"] or bool(
@@ -216,6 +234,15 @@ def evaluate(
     return res
 
 
+def _write_safetensors(sd: Mapping[str, torch.Tensor], folder: str) -> Path:
+    """State dict + folder → a ``.safetensors`` file of it (tied tensors stored once each)."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / "source.safetensors"
+    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, path)
+    return path
+
+
 def score_mode(case: ZooCase, mode: str, *, compare: bool = True, seed: int = 0) -> ModeScore:
     """Case + mode → the engine's ModeScore (engine errors are recorded, never raised)."""
     from weightmapper.mapper import WeightMapper
@@ -223,10 +250,13 @@ def score_mode(case: ZooCase, mode: str, *, compare: bool = True, seed: int = 0)
     source = source_with_weights(case, seed)
     target = case.build_target().eval()
     sd = source.state_dict()
+    workdir = tempfile.TemporaryDirectory()
     t0 = time.perf_counter()
     try:
         if mode == "checkpoint":
             mapper = WeightMapper.from_state_dict(sd, target)
+        elif mode == "file":
+            mapper = WeightMapper.from_checkpoint(_write_safetensors(sd, workdir.name), target)
         else:
             mapper = WeightMapper(
                 source, target, dummy_input=case.dummy_input() if mode == "dummy" else None
@@ -240,7 +270,13 @@ def score_mode(case: ZooCase, mode: str, *, compare: bool = True, seed: int = 0)
         res.missed = [{"target": t, "true_sources": list(s)} for t, (s, _) in producers.items()]
         return res
     seconds = time.perf_counter() - t0
-    res = evaluate(case, result, sd, mode)
+    aliases = None
+    if mode == "file":
+        from weightmapper.checkpoint import strip_wrapper_prefixes
+
+        # The reader drops wrapper prefixes (``module.``): its keys name the same tensors.
+        aliases = dict(zip(strip_wrapper_prefixes(sd)[0], sd, strict=True))
+    res = evaluate(case, result, sd, mode, aliases)
     res.seconds = seconds
     if compare and (case.same_function or case.shared_features is not None):
         check = convert_and_compare(case, result.convert, strict=case.same_function, seed=seed)
@@ -423,7 +459,8 @@ def render(scores: list[tuple[ZooCase, dict[str, ModeScore]]], console: Any) -> 
     for md in present:
         t.add_column(f"P {md}", justify="right")
         t.add_column(f"R {md}", justify="right")
-    for col in ("unmapped-wrong", "tensor-wrong", "outputs (dummy)", "s"):
+    compared = [md for md in present if md in COMPARED_MODES]
+    for col in ("unmapped-wrong", "tensor-wrong", f"outputs ({'/'.join(compared)})", "s"):
         t.add_column(col, justify="right")
     for c, m in scores:
         runs = [m[md] for md in present if md in m]
@@ -439,8 +476,8 @@ def render(scores: list[tuple[ZooCase, dict[str, ModeScore]]], console: Any) -> 
         uw = "/".join(str(r.unmapped_wrong) for r in runs)
         tw = "/".join(str(r.keys_right_tensor_wrong) for r in runs)
         secs = "/".join(f"{r.seconds:.2f}" for r in runs)
-        d = m.get("dummy")
-        cells += [uw, tw, _out_cell(d.output if d else None), secs]
+        outs = "/".join(_out_cell(m[md].output if md in m else None) for md in compared)
+        cells += [uw, tw, outs or "-", secs]
         t.add_row(*cells)
     console.print(t)
 
@@ -595,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         "--mode",
         choices=(*MODES, *EXTRA_MODES, "both", "all"),
         default="both",
-        help="both = dummy and no_dummy; all adds checkpoint (source as a bare state dict)",
+        help="both = dummy and no_dummy; all adds checkpoint (a bare state dict) and file "
+        "(a .safetensors file, keys sorted)",
     )
     ap.add_argument("--no-compare", action="store_true", help="skip the output-equality check")
     ap.add_argument("--seed", type=int, default=0, help="seed of the randomized source weights")
@@ -636,7 +674,10 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             try:
                 per_mode[mode] = score_mode(
-                    case, mode, compare=not args.no_compare and mode == "dummy", seed=args.seed
+                    case,
+                    mode,
+                    compare=not args.no_compare and mode in COMPARED_MODES,
+                    seed=args.seed,
                 )
             except Exception:  # a broken case must not hide the others
                 per_mode[mode] = ModeScore(mode=mode, error=traceback.format_exc(limit=3))
