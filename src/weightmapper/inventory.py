@@ -119,6 +119,11 @@ class Inventory:
     """Groups of keys that share one tensor (tied embedding and LM head)."""
     traced: bool = False
     """True when ``order`` comes from a forward pass rather than registration/key order."""
+    sorted_keys: bool = False
+    """True when the keys came sorted (alphabetically or naturally, as safetensors stores
+    them) or shuffled: ``order`` is then a natural sort of the names, which keeps the order
+    of numbered siblings (``layers.2`` before ``layers.10``) and nothing else, so it is never
+    read as the architecture's order."""
     head_dims: dict[str, int] = field(default_factory=dict)
     """Key → the head size of the attention module it belongs to, as the module states it
     (``head_dim`` and kin), read without running anything; empty for a checkpoint."""
@@ -220,7 +225,8 @@ class Inventory:
     ) -> Inventory:
         groups = _build_groups(infos, {})
         keys = list(infos)
-        if len(keys) > 2 and (keys == sorted(keys) or not is_registration_order(keys)):
+        unordered = len(keys) > 2 and (is_sorted_order(keys) or not is_registration_order(keys))
+        if unordered:
             # Sorted keys (safetensors writes them so) carry no order of their own, and neither
             # do shuffled ones (no module's keys are contiguous): a natural sort puts layer10
             # after layer9 and makes every shuffle of one checkpoint map identically.
@@ -232,6 +238,7 @@ class Inventory:
             module_types={},
             order={p: i for i, p in enumerate(groups)},
             tied=tied,
+            sorted_keys=unordered,
         )
 
     # --- queries ----------------------------------------------------------------------------
@@ -266,6 +273,7 @@ class Inventory:
             groups={p: self.groups[p] for p in ranked},
             order={p: i for i, p in enumerate(ranked)},
             traced=traced,
+            sorted_keys=self.sorted_keys and not traced,
         )
 
     def with_roles(self, roles: Mapping[str, FlowRole]) -> Inventory:
@@ -293,6 +301,7 @@ class Inventory:
             "groups": len(self.groups),
             "tied": len(self.tied),
             "traced": self.traced,
+            "sorted_keys": self.sorted_keys,
         }
 
 
@@ -313,6 +322,17 @@ def is_registration_order(keys: Sequence[str]) -> bool:
             last[prefix] = i
             count[prefix] = count.get(prefix, 0) + 1
     return all(last[p] - first[p] + 1 == count[p] for p in first)
+
+
+def is_sorted_order(keys: Sequence[str]) -> bool:
+    """Keys in file order → True when they are sorted alphabetically or naturally.
+
+    A module's registration order is its author's choice (``conv1, bn1, conv2``); sorted
+    keys (``bn1, bn2, conv1``) are what a writer like safetensors produces, and their order
+    says nothing about the architecture.
+    """
+    keys = list(keys)
+    return keys == sorted(keys) or keys == sorted(keys, key=natural_key)
 
 
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:

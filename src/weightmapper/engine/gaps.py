@@ -24,6 +24,8 @@ def stage_gaps(st: MatchState) -> None:
     or registration order then decides what names cannot (``features.3.conv.0.1`` vs
     ``blocks.1.1.bn1``), and anything less than an exact fit is left to later stages.
     """
+    if not st.order_real:
+        return  # alphabetical positions: pairing a gap by them would pair by how names sort
     n_s, n_t = len(st.s.group_paths), len(st.t.group_paths)
     s_order = np.argsort(st.s.group_pos, kind="stable")
     t_order = np.argsort(st.t.group_pos, kind="stable")

@@ -7,6 +7,7 @@ indices, group, position) is computed once here, so the stages only index arrays
 from __future__ import annotations
 
 import functools
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -62,6 +63,10 @@ class Side:
     """Group number → its rank among the groups that share its parent module path."""
     group_pos: np.ndarray
     """Group number → relative position in [0, 1] (execution or registration order)."""
+    group_pos_known: np.ndarray
+    """Group number → True when its position means something: always, unless the keys came
+    sorted (:attr:`Inventory.sorted_keys`); then only for numbered siblings (``conv1``,
+    ``conv2``; ``layers.0``, ``layers.1``), which a natural sort keeps in their real order."""
     tied_to: dict[str, str]
     """Key → the first key of its tie group (for every other member of the group)."""
 
@@ -220,8 +225,23 @@ def prepare_side(inv: Inventory) -> Side:
         group_index_key=_index_keys(gtemplates, granked),
         group_sibrank=_sibling_ranks(group_paths),
         group_pos=gpos,
+        group_pos_known=_numbered_siblings(group_paths)
+        if inv.sorted_keys
+        else np.ones(n_g, dtype=bool),
         tied_to=tied_to,
     )
+
+
+def _numbered_siblings(paths: list[str]) -> np.ndarray:
+    """Module paths → True for each one that shares its name, numbers aside, with another
+    (``conv1``/``conv2``, ``layers.0.attn``/``layers.1.attn``): the order a natural sort
+    gives such paths is their real order; the order between other names is alphabetical."""
+    shapes = [_DIGITS.sub("#", p) for p in paths]
+    counts = Counter(shapes)
+    return np.array([counts[s] > 1 and "#" in s for s in shapes], dtype=bool)
+
+
+_DIGITS = re.compile(r"\d+")
 
 
 def _table_buffer(info) -> bool:  # type: ignore[no-untyped-def]

@@ -9,7 +9,9 @@ means the same thing everywhere:
 ``hierarchy``  similarity of the parent module paths, of the module types, and whether the
                siblings went the same way
 ``order``      agreement of the pair's positions in execution/registration order,
-               measured against the anchors the cascade already trusts
+               measured against the anchors the cascade already trusts; 0.5 (no evidence)
+               where a sorted checkpoint's position is alphabetical (anything but
+               numbered siblings, :attr:`weightmapper.inventory.Inventory.sorted_keys`)
 ``structure``  how unambiguous the choice was (a unique shape, a whole group aligned, or
                the margin over the runner-up); set by the stage that made the pair
 
@@ -40,6 +42,8 @@ HIER_MIX = (0.3, 0.4, 0.3)
 """Weights of parent-path similarity, module-type compatibility and sibling coherence."""
 ORDER_SPREAD = 4.0
 """``order`` falls from 1 to 0 as the distance to the predicted position grows to 1/4."""
+ORDER_UNKNOWN = 0.5
+"""``order`` of a pair whose positions carry no order (an unnumbered name in a sorted file)."""
 ANCHOR_MIN_NAME = 0.5
 """Least ``name`` signal a matched pair needs to serve as an anchor of the ``order`` signal."""
 
@@ -83,7 +87,13 @@ def order_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool
     if matrix:
         gs, gt = gs[:, None], gt[None, :]
     pred = predict_position(st, st.s.group_pos[gs])
-    return 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - st.t.group_pos[gt]))
+    agree = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - st.t.group_pos[gt]))
+    if st.order_real:
+        return agree
+    # A sorted checkpoint's positions are alphabetical except among numbered siblings:
+    # elsewhere the signal has no evidence either way.
+    known = st.s.group_pos_known[gs] & st.t.group_pos_known[gt]
+    return np.where(known, agree, ORDER_UNKNOWN)
 
 
 def shape_signal(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:

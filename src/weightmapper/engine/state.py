@@ -45,6 +45,10 @@ class MatchState:
         func_roles: tuple[SideRoles, SideRoles] | None = None,
     ) -> None:
         self.settings = settings
+        self.order_real = not (src.inv.sorted_keys or tgt.inv.sorted_keys)
+        """False when a side's keys came sorted or shuffled: positions then say nothing of
+        the architecture beyond the order of numbered siblings, so gaps are not paired
+        position by position (and ``order`` is neutral where no number orders a group)."""
         self.weights = dict(settings.weights or {})
         self.tol = settings.shape_tolerance
         self.mode = settings.buffer_matching_mode

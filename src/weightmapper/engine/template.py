@@ -40,7 +40,7 @@ def stage_template(st: MatchState) -> None:
         )
         chosen = [(0, 0)] if unique else mutual_best(sim, margin=0.15, floor=0.5)
         by_order = set()
-        if not unique:
+        if not unique and st.order_real:
             # Names left some templates undecided: pair those whose instance count and
             # place among their siblings agree and single each other out.
             extra = _pair_by_sibling_rank(st, s_tpls, t_tpls, s_names, t_names, chosen)

@@ -56,6 +56,7 @@ def inventory_to_json(inv: Inventory) -> dict[str, Any]:
         "order": dict(inv.order),
         "tied": [list(t) for t in inv.tied],
         "traced": inv.traced,
+        "sorted_keys": inv.sorted_keys,
         "roles": roles_to_json(inv.roles),
         "head_dims": dict(inv.head_dims),
     }
@@ -87,6 +88,7 @@ def inventory_from_json(d: Mapping[str, Any]) -> Inventory:
         order={k: int(v) for k, v in (d.get("order") or {}).items()},
         tied=[tuple(t) for t in d.get("tied") or []],
         traced=bool(d.get("traced", False)),
+        sorted_keys=bool(d.get("sorted_keys", False)),
         roles=roles_from_json(d.get("roles")),
         head_dims={k: int(v) for k, v in (d.get("head_dims") or {}).items()},
     )

@@ -193,6 +193,7 @@ class InventoryStage(Stage):
     """
 
     name: ClassVar[str] = "inventory"
+    version: ClassVar[int] = 2  # 2: records whether the keys came sorted
     load: ArtifactRef
 
     def key(self, store: ArtifactStore) -> str:
@@ -341,7 +342,7 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
-    version: ClassVar[int] = 3  # 2: roles block pairs and settle layouts; 3: evidence recorded
+    version: ClassVar[int] = 4  # 2: roles block pairs and settle layouts; 3: evidence recorded; 4: sorted order
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None

@@ -1,0 +1,138 @@
+"""Sorted key order (as safetensors stores it) is never read as the architecture's order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from weightmapper.inventory import Inventory, is_sorted_order
+from weightmapper.mapper import WeightMapper
+
+
+def _save(sd: dict[str, torch.Tensor], path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(path))
+
+
+class TorchvisionBlock(nn.Module):
+    """Main branch first, the shortcut registered last (``downsample``)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.downsample = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.downsample(x))
+
+
+class LetteredBlock(nn.Module):
+    """The same block, shortcut registered first, convs lettered ``a``, ``b``."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.shortcut = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.conv_a = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.norm_a = nn.BatchNorm2d(c)
+        self.conv_b = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.norm_b = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.norm_a(self.conv_a(x)))
+        return torch.relu(self.norm_b(self.conv_b(y)) + self.shortcut(x))
+
+
+class Net(nn.Module):
+    def __init__(self, block: type[nn.Module], names: tuple[str, str]) -> None:
+        super().__init__()
+        setattr(self, names[0], nn.Sequential(*[block(4) for _ in range(3)]))
+        setattr(self, names[1], nn.Linear(4, 3))
+        self.names = names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = getattr(self, self.names[0])(x).mean((2, 3))
+        return getattr(self, self.names[1])(feats)
+
+
+def _randomized(m: nn.Module, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in m.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+    return m.eval()
+
+
+def test_sorted_and_natural_orders_are_recognised() -> None:
+    assert is_sorted_order(["a.weight", "b.bias", "b.weight"])
+    assert is_sorted_order(["layers.2.w", "layers.10.w"])  # natural order
+    assert not is_sorted_order(["conv1.weight", "bn1.weight", "conv2.weight"])
+    sd = {k: torch.zeros(1) for k in ("bn1.weight", "bn2.weight", "conv1.weight", "conv2.weight")}
+    assert Inventory.from_state_dict(sd).sorted_keys
+    registered = {k: sd[k] for k in ("conv1.weight", "bn1.weight", "conv2.weight", "bn2.weight")}
+    assert not Inventory.from_state_dict(registered).sorted_keys
+    assert not Inventory.from_module(nn.Linear(2, 2)).sorted_keys
+
+
+@pytest.mark.parametrize("source_from", ["file", "registration order"])
+def test_alphabetical_siblings_are_not_aligned_by_position(source_from: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Sorted, a block reads bn1, bn2, conv1, conv2, downsample; the target registers
+    # shortcut, conv_a, norm_a, conv_b, norm_b: aligned by position, every pair is wrong.
+    old = _randomized(Net(TorchvisionBlock, ("layer", "fc")), 0)
+    new = Net(LetteredBlock, ("blocks", "head")).eval()
+    if source_from == "file":
+        path = tmp_path / "old.safetensors"
+        _save(old.state_dict(), path)
+        mapper = WeightMapper.from_checkpoint(path, new)
+        assert mapper.source_inventory.sorted_keys
+    else:
+        mapper = WeightMapper.from_state_dict(old.state_dict(), new)
+        assert not mapper.source_inventory.sorted_keys
+    result = mapper.suggest_mapping()
+    assert result["layer.1.bn1.weight"] == "blocks.1.norm_a.weight"
+    assert result["layer.1.downsample.0.weight"] == "blocks.1.shortcut.0.weight"
+    new.load_state_dict(result.convert(old.state_dict()), strict=True)
+    x = torch.rand(2, 4, 5, 5)
+    torch.testing.assert_close(new(x), old(x))
+
+
+def test_numbered_siblings_keep_their_order_in_a_sorted_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # conv1 < conv2 < conv3 is real order even in a sorted file: it lines the convs up
+    # with a Sequential's stages though no name says which is which.
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for i in (1, 2, 3):
+                setattr(self, f"conv{i}", nn.Conv2d(4, 4, 3, padding=1))
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for i in (1, 2, 3):
+                x = torch.relu(getattr(self, f"conv{i}")(x))
+            return self.fc(x.mean((2, 3)))
+
+    class Staged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(4, 4, 3, padding=1)
+            self.stages = nn.Sequential(*[nn.Conv2d(4, 4, 3, padding=1) for _ in range(2)])
+            self.classifier = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.stem(x))
+            for conv in self.stages:
+                x = torch.relu(conv(x))
+            return self.classifier(x.mean((2, 3)))
+
+    old, new = _randomized(Flat(), 1), Staged().eval()
+    path = tmp_path / "old.safetensors"
+    _save(old.state_dict(), path)
+    result = WeightMapper.from_checkpoint(path, new).suggest_mapping()
+    assert result["conv2.weight"] == "stages.0.weight"
+    assert result["conv3.weight"] == "stages.1.weight"
