@@ -44,6 +44,8 @@ class SideRoles:
     """The convention's layout when one convention (or several that agree) fits."""
     source: str = ""
     """``dataflow``, ``convention <name>`` or ``conventions <a>|<b>`` (a tie) or empty."""
+    named: frozenset[str] = frozenset()
+    """Keys whose role a naming convention gave (a forward pass did not override it)."""
 
 
 def side_roles(
@@ -84,6 +86,7 @@ def side_roles(
             if f.rope:
                 rope[k] = f.rope
     return SideRoles(
+        named=frozenset(k for k in named if k not in flow),
         roles=roles,
         stacks=stacks,
         head_dim=head_dim,
@@ -128,6 +131,15 @@ def roles_conflict(a: str | None, b: str | None) -> bool:
         both_blocks = fa.startswith("block.") and fb.startswith("block.")
         return both_blocks and ("shortcut" in fa) != ("shortcut" in fb)
     return not any(fa in e and fb in e for e in EQUIVALENT) and not _fused_part(fa, fb)
+
+
+def roles_same(a: str | None, b: str | None) -> bool:
+    """Two roles (None: unknown) → True when both are known and name one role (``moe.up`` is
+    ``mlp.up``; the norm after the embeddings is written three ways, :data:`EQUIVALENT`)."""
+    if not a or not b:
+        return False
+    fa, fb = family(a), family(b)
+    return fa == fb or any(fa in e and fb in e for e in EQUIVALENT)
 
 
 def _fused_part(a: str, b: str) -> bool:

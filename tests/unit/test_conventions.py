@@ -205,3 +205,49 @@ def test_matching_costs_one_search_per_template() -> None:
     assert len(roles) == len(keys)
     assert roles["model.layers.2999.mlp.down_proj.weight"].block == 2999
     assert best[0].coverage == 1.0
+
+
+def _torchtune_keys(*, biases: bool) -> list[str]:
+    keys = ["tok_embeddings.weight", "norm.scale", "output.weight"]
+    for i in range(2):
+        for p in ("q_proj", "k_proj", "v_proj"):
+            keys.append(f"layers.{i}.attn.{p}.weight")
+            if biases:
+                keys.append(f"layers.{i}.attn.{p}.bias")
+        keys += [f"layers.{i}.attn.output_proj.weight", f"layers.{i}.sa_norm.scale"]
+        keys += [f"layers.{i}.mlp_norm.scale"]
+        keys += [f"layers.{i}.mlp.{w}.weight" for w in ("w1", "w2", "w3")]
+    return keys
+
+
+def test_required_tensors_tell_apart_conventions_that_name_everything_alike() -> None:
+    # torchtune names Llama and Qwen2 alike; Qwen2's q/k/v biases say which one it is,
+    # and with it the RoPE layout (halves, not interleaved pairs).
+    _, best = CONVENTIONS.roles(_torchtune_keys(biases=True))
+    assert [f.convention.name for f in best] == ["torchtune-qwen2"]
+    assert best[0].convention.layout.rope == "rotate_half"
+    _, best = CONVENTIONS.roles(_torchtune_keys(biases=False))
+    assert [f.convention.name for f in best] == ["torchtune-llama"]
+    assert best[0].convention.layout.rope == "interleaved"
+
+
+def test_required_patterns_are_validated_with_the_rest() -> None:
+    doc = {"schema": 1, "name": "x", "requires": "a.b", "roles": {"main": {"a": "head.lm"}}}
+    with pytest.raises(ConfigError, match="requires must be a list"):
+        parse_convention(doc)
+    doc["requires"] = ["a.bias"]
+    conv = parse_convention(doc)
+    assert conv.applies_to(["a.weight", "a.bias"]) and not conv.applies_to(["a.weight"])
+
+
+def test_transformers_4_mixtral_experts_and_router_have_roles() -> None:
+    keys = ["model.embed_tokens.weight", "model.layers.0.block_sparse_moe.gate.weight"]
+    keys += [
+        f"model.layers.0.block_sparse_moe.experts.{e}.w{k}.weight"
+        for e in (0, 1)
+        for k in (1, 2, 3)
+    ]
+    roles, best = CONVENTIONS.roles(keys)
+    assert best[0].convention.name == "hf-mixtral-v4"
+    assert roles["model.layers.0.block_sparse_moe.gate.weight"].role == "moe.router"
+    assert roles["model.layers.0.block_sparse_moe.experts.1.w3.weight"].role == "moe.up"

@@ -136,3 +136,26 @@ def test_numbered_siblings_keep_their_order_in_a_sorted_file(tmp_path) -> None: 
     result = WeightMapper.from_checkpoint(path, new).suggest_mapping()
     assert result["conv2.weight"] == "stages.0.weight"
     assert result["conv3.weight"] == "stages.1.weight"
+
+
+def test_a_lone_head_sorted_away_from_its_place_pairs_by_its_role(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # GPT-NeoX's hub checkpoints name the head ``embed_out``: sorted, it comes first, far
+    # from ``lm_head`` at the end of the target, and its name shares nothing with it; the
+    # naming conventions give both the LM head's role.
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPTNeoXConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GPTNeoXForCausalLM(config).eval()
+    sd = {
+        ("embed_out.weight" if k == "lm_head.weight" else k): v
+        for k, v in model.state_dict().items()
+    }
+    path = tmp_path / "hub.safetensors"
+    _save(sd, path)
+    target = transformers.GPTNeoXForCausalLM(config).eval()
+    result = WeightMapper.from_checkpoint(path, target).suggest_mapping()
+    assert result["embed_out.weight"] == "lm_head.weight"
+    assert result["gpt_neox.embed_in.weight"] == "gpt_neox.embed_in.weight"

@@ -128,6 +128,14 @@ class Convention:
     version: int = 1
     source: str = "<builtin>"
     """The file it was read from, for messages."""
+    requires: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+    """Patterns of which each must name at least one key for the convention to apply: what
+    tells it apart from a convention that names every tensor alike (torchtune's Qwen2 has
+    q/k/v biases and RoPE on halves; its Llama has neither)."""
+
+    def applies_to(self, keys: Sequence[str]) -> bool:
+        """Keys → True when every required pattern names at least one of them."""
+        return all(any(r.fullmatch(k) for k in keys) for r in self.requires)
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,16 @@ def parse_convention(doc: Any, source: str = "<memory>") -> Convention:
                 )
             except re.error as e:
                 problems.append(f"{source}: pattern {pattern!r} is malformed ({e})")
+    requires: list[re.Pattern[str]] = []
+    raw_requires = doc.get("requires", [])
+    if not isinstance(raw_requires, list) or not all(isinstance(r, str) for r in raw_requires):
+        problems.append(f"{source}: requires must be a list of patterns")
+        raw_requires = []
+    for pattern in raw_requires:
+        try:
+            requires.append(_regex(pattern, prefixes, template=False))
+        except re.error as e:
+            problems.append(f"{source}: required pattern {pattern!r} is malformed ({e})")
     architectures = doc.get("architectures", [])
     if not isinstance(architectures, list):
         problems.append(f"{source}: architectures must be a list of class names")
@@ -266,6 +284,7 @@ def parse_convention(doc: Any, source: str = "<memory>") -> Convention:
         rules=tuple(rules),
         version=int(doc.get("version", 1)),
         source=source,
+        requires=tuple(requires),
     )
 
 
@@ -324,15 +343,23 @@ class ConventionSet:
         """Keys (and a config's ``architectures``, if known) → fitting conventions, best first.
 
         Conventions that explain the same number of keys tie: names alone cannot tell them
-        apart (HF Llama and HF Gemma name every tensor alike and differ in norm layout).
+        apart (HF Llama and HF Gemma name every tensor alike and differ in norm layout),
+        unless one's ``requires`` are present. Conventions whose ``requires`` are absent
+        are left out.
         """
         wanted = set(architectures)
         pool = [
             c for c in self.conventions.values() if not wanted or wanted & set(c.architectures)
         ] or list(self.conventions.values())
+        pool = [c for c in pool if c.applies_to(keys)]
         found = [Identified(c, len(self.match(c, keys)), len(keys)) for c in pool]
         found = [f for f in found if f.matched]
-        return sorted(found, key=lambda f: (-f.matched, f.convention.name))
+        # Among conventions that explain as many keys, one whose required tensors are there
+        # is the more specific: it wins the tie.
+        return sorted(
+            found,
+            key=lambda f: (-f.matched, -len(f.convention.requires), f.convention.name),
+        )
 
     def roles(
         self, keys: Sequence[str], architectures: Iterable[str] = (), min_coverage: float = 0.5
@@ -344,7 +371,13 @@ class ConventionSet:
         found = self.identify(keys, architectures)
         if not found or found[0].coverage < min_coverage:
             return {}, []
-        best = [f for f in found if f.matched == found[0].matched]
+        first = found[0]
+        best = [
+            f
+            for f in found
+            if f.matched == first.matched
+            and len(f.convention.requires) == len(first.convention.requires)
+        ]
         return self.match(best[0].convention, keys), best
 
 

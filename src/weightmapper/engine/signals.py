@@ -5,7 +5,9 @@ means the same thing everywhere:
 
 ``shape``      1 for equal shapes; less for a transpose or reshape the types do not explain
                (:func:`weightmapper.engine.shapes.shape_relation`)
-``name``       token similarity of the canonical names plus agreement of layer indices
+``name``       token similarity of the canonical names plus agreement of layer indices;
+               at least 0.85 where a naming convention gives both keys one role in the
+               same block (or one key, the other's role read from a forward pass)
 ``hierarchy``  similarity of the parent module paths, of the module types, and whether the
                siblings went the same way
 ``order``      agreement of the pair's positions in execution/registration order,
@@ -38,6 +40,9 @@ from weightmapper.engine.state import MatchState
 
 NAME_MIX = (0.6, 0.15, 0.25)
 """Weights of IDF token cosine, character similarity and layer-index agreement in ``name``."""
+ROLE_NAME = 0.85
+"""``name`` of two keys with the same role: at least this times their layer-index agreement
+(a role in another block is another tensor)."""
 HIER_MIX = (0.3, 0.4, 0.3)
 """Weights of parent-path similarity, module-type compatibility and sibling coherence."""
 ORDER_SPREAD = 4.0
@@ -66,7 +71,18 @@ def name_signal(
         cos = st.key_space.pairwise(rows_s, cols_t)
         fz = np.asarray(process.cpdist(s_tokens, t_tokens, scorer=fuzz.ratio), np.float64) / 100.0
         idx = np.array([index_sim_one(a, b) for a, b in zip(s_ik, t_ik, strict=True)])
-    return NAME_MIX[0] * cos + NAME_MIX[1] * fz + NAME_MIX[2] * idx
+    lexical = NAME_MIX[0] * cos + NAME_MIX[1] * fz + NAME_MIX[2] * idx
+    s_func, t_func = st.s_func[rows_s], st.t_func[cols_t]
+    s_named, t_named = st.s_named[rows_s], st.t_named[cols_t]
+    if matrix:
+        s_func, t_func = s_func[:, None], t_func[None, :]
+        s_named, t_named = s_named[:, None], t_named[None, :]
+    # A name a convention gives the same role as the other key's (named or read from a
+    # forward pass) means the same tensor as much as a similar spelling does:
+    # ``layer.1.layer_norm`` is ``mlp_norm``. Two roles read from forward passes alone are
+    # function, not names, and too coarse for this (every classifier is ``head.cls``).
+    same_role = st.func_same[s_func, t_func] & (s_named | t_named)
+    return np.where(same_role, np.maximum(lexical, ROLE_NAME * idx), lexical)
 
 
 def hierarchy_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool) -> np.ndarray:

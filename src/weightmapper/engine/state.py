@@ -25,7 +25,7 @@ from weightmapper.engine.families import (
 from weightmapper.engine.names import TokenSpace
 from weightmapper.engine.shapes import ShapeRelation, cached_relation, shape_bucket
 from weightmapper.engine.side import Side, drop_tokens, side_specific_tokens
-from weightmapper.roles import SideRoles, roles_conflict, stacks_conflict
+from weightmapper.roles import SideRoles, roles_conflict, roles_same, stacks_conflict
 from weightmapper.settings import ScoreSettings
 from weightmapper.transforms import IDENTITY
 
@@ -80,6 +80,11 @@ class MatchState:
         self.s_func, self.t_func, self.func_conflict = _codes(
             src.keys, tgt.keys, s_roles.roles, t_roles.roles, roles_conflict
         )
+        self.func_same = _codes(src.keys, tgt.keys, s_roles.roles, t_roles.roles, roles_same)[2]
+        """Role code × role code → True where both name one role (a ``name`` signal)."""
+        self.s_named = np.array([k in s_roles.named for k in src.keys], bool)
+        self.t_named = np.array([k in t_roles.named for k in tgt.keys], bool)
+        """Key → True when a naming convention gave its role (name knowledge, not function)."""
         self.s_stack, self.t_stack, self.stack_conflict = _codes(
             src.keys, tgt.keys, s_roles.stacks, t_roles.stacks, stacks_conflict
         )
