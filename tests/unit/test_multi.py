@@ -286,3 +286,20 @@ def test_deep_stack_pairs_each_fused_tensor_with_its_own_layer() -> None:
         want = tuple(f"layers.{i}.attn.{p}.weight" for p in ("q_proj", "k_proj", "v_proj"))
         assert merged[f"layers.{i}.attn.qkv_proj.weight"] == want
     assert len(multi) == layers - 1
+
+
+def test_roles_name_the_parts_when_names_do_not() -> None:
+    # litgpt's gated MLP is fc_1 (gate), fc_2 (up): nothing in the names says so, their roles
+    # do (its naming convention, or a forward pass). Registered up first on purpose.
+    src = {"h.0.mlp.gate_up_proj.weight": torch.randn(12, 4)}
+    tgt = {"h.0.mlp.fc_2.weight": torch.zeros(6, 4), "h.0.mlp.fc_1.weight": torch.zeros(6, 4)}
+    assert propose_multi(_infos(src), _infos(tgt)) == []
+    roles = {"h.0.mlp.fc_1.weight": "mlp.gate", "h.0.mlp.fc_2.weight": "mlp.up"}
+    (m,) = propose_multi(_infos(src), _infos(tgt), target_roles=roles)
+    assert m.targets == ("h.0.mlp.fc_1.weight", "h.0.mlp.fc_2.weight")
+    out = MappingResult([], multi=[m]).convert(src)
+    assert torch.equal(out["h.0.mlp.fc_1.weight"], src["h.0.mlp.gate_up_proj.weight"][:6])
+    # and the merge the other way
+    back = propose_multi(_infos(out), _infos(src), source_roles=roles)
+    assert [b.kind for b in back] == ["merge"]
+    assert back[0].sources == ("h.0.mlp.fc_1.weight", "h.0.mlp.fc_2.weight")

@@ -112,7 +112,7 @@ def score_inventories(
     proposals = settle_square_layouts(proposals, source, target)
     proposals = settle_role_layouts(proposals, roles)
     proposals = record_evidence(st, proposals)
-    multi = propose_leftovers(source, target, notes)
+    multi = propose_leftovers(source, target, notes, roles)
     multi, notes = drop_ambiguous(multi, notes)
     if multi:
         used = {("source", k) for m in multi for k in m.sources}

@@ -78,8 +78,15 @@ def propose_multi(
     target_types: Mapping[str, str] | None = None,
     source_order: Mapping[str, int] | None = None,
     target_order: Mapping[str, int] | None = None,
+    source_roles: Mapping[str, str] | None = None,
+    target_roles: Mapping[str, str] | None = None,
 ) -> list[MultiPair]:
-    """Unmatched source and target TensorInfos (+ module path → class name) → split/merge pairs.
+    """Unmatched source and target TensorInfos (+ module path → class name, + key → role)
+    → split/merge pairs.
+
+    A projection's part of a fused tensor (q, k, v; gate, up) is read from its name, else
+    from its role (a naming convention's or a forward pass's: litgpt's ``fc_1``/``fc_2``
+    are the gate and up projections).
 
     Projections whose names do not say q/k/v are ordered by execution order when
     ``*_order`` (module path → first-call rank, from a trace) covers them, else by the
@@ -88,13 +95,14 @@ def propose_multi(
     """
     src_types, tgt_types = dict(source_types or {}), dict(target_types or {})
     src_order, tgt_order = dict(source_order or {}), dict(target_order or {})
+    src_roles, tgt_roles = dict(source_roles or {}), dict(target_roles or {})
     used_src: set[str] = set()
     used_tgt: set[str] = set()
     out: list[MultiPair] = []
 
     # fused source → separate targets (split)
     for fused, parts, spec, score, breakdown, conf in _fused_to_separate(
-        source, target, src_types, tgt_types, tgt_order
+        source, target, src_types, tgt_types, tgt_order, tgt_roles
     ):
         if fused in used_src or used_tgt.intersection(parts):
             continue
@@ -106,7 +114,7 @@ def propose_multi(
     rest_src = {k: v for k, v in source.items() if k not in used_src}
     rest_tgt = {k: v for k, v in target.items() if k not in used_tgt}
     for fused, parts, spec, score, breakdown, conf in _fused_to_separate(
-        rest_tgt, rest_src, tgt_types, src_types, src_order
+        rest_tgt, rest_src, tgt_types, src_types, src_order, src_roles
     ):
         if fused in used_tgt or used_src.intersection(parts):
             continue
@@ -176,12 +184,28 @@ def _module_of(key: str) -> str:
     return key.rsplit(".", 1)[0] if "." in key else ""
 
 
-def _separate_sets(side: Mapping[str, TensorInfo], order: Mapping[str, int]) -> list[_Separate]:
-    """One side's keys (+ execution ranks) → groups of separate projections (q/k/v, 3 siblings)."""
+_PART_OF_ROLE = {
+    "attn.q": "q", "attn.k": "k", "attn.v": "v",
+    "mlp.gate": "gate", "mlp.up": "up", "moe.gate": "gate", "moe.up": "up",
+}  # fmt: skip
+"""Role (:mod:`weightmapper.roles`) → the part of a fused tensor a projection of it is."""
+
+
+def _separate_sets(
+    side: Mapping[str, TensorInfo],
+    order: Mapping[str, int],
+    roles: Mapping[str, str] | None = None,
+) -> list[_Separate]:
+    """One side's keys (+ execution ranks, + key → role) → groups of separate projections
+    (q/k/v, gate/up; 3 unnamed siblings)."""
     named: dict[tuple[str, str], dict[str, str]] = {}
     unnamed: dict[tuple[str, str], list[str]] = {}
+    roles = roles or {}
     for key in side:
         r = _role_of(key)
+        part = _PART_OF_ROLE.get(roles.get(key, ""))
+        if r is None and part is not None and "." in _module_of(key):
+            r = _module_of(_module_of(key)), part, key.rsplit(".", 1)[1]
         if r is not None:
             container, role, param = r
             named.setdefault((container, _param_kind(param)), {}).setdefault(role, key)
@@ -211,9 +235,10 @@ def _fused_to_separate(
     fused_types: Mapping[str, str],
     separate_types: Mapping[str, str],
     separate_order: Mapping[str, int],
+    separate_roles: Mapping[str, str] | None = None,
 ) -> list[_Proposal]:
     """Fused candidates × separate sets → best-first, non-overlapping (fused → parts) proposals."""
-    sets = _separate_sets(separate_side, separate_order)
+    sets = _separate_sets(separate_side, separate_order, separate_roles)
     if not sets:
         return []
     # Index the sets by every fused shape they could come from, so each fused candidate

@@ -9,14 +9,19 @@ from weightmapper.engine.candidates import KeyNote
 from weightmapper.engine.multi import propose_multi
 from weightmapper.inventory import Inventory
 from weightmapper.result import MultiPair, UnmatchedReason
+from weightmapper.roles import SideRoles
 
 log = logging.getLogger(__name__)
 
 
 def propose_leftovers(
-    source: Inventory, target: Inventory, notes: list[KeyNote]
+    source: Inventory,
+    target: Inventory,
+    notes: list[KeyNote],
+    roles: tuple[SideRoles, SideRoles] | None = None,
 ) -> list[MultiPair]:
-    """Both inventories + notes → split/merge proposals among the keys left unmatched (buffers aside)."""
+    """Both inventories + notes (+ both sides' roles) → split/merge proposals among the keys
+    left unmatched (buffers aside)."""
     src = {n.name: source.tensors[n.name] for n in notes if n.side == "source" and _open(n)}
     tgt = {n.name: target.tensors[n.name] for n in notes if n.side == "target" and _open(n)}
     if not src or not tgt:
@@ -25,7 +30,14 @@ def propose_leftovers(
     src = {k: v for k, v in source.tensors.items() if k in src}
     tgt = {k: v for k, v in target.tensors.items() if k in tgt}
     return list(
-        propose_multi(src, tgt, source_types=source.module_types, target_types=target.module_types)
+        propose_multi(
+            src,
+            tgt,
+            source_types=source.module_types,
+            target_types=target.module_types,
+            source_roles=roles[0].roles if roles else None,
+            target_roles=roles[1].roles if roles else None,
+        )
     )
 
 
