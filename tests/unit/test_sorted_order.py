@@ -159,3 +159,46 @@ def test_a_lone_head_sorted_away_from_its_place_pairs_by_its_role(tmp_path) -> N
     result = WeightMapper.from_checkpoint(path, target).suggest_mapping()
     assert result["embed_out.weight"] == "lm_head.weight"
     assert result["gpt_neox.embed_in.weight"] == "gpt_neox.embed_in.weight"
+
+
+def test_only_trailing_numbers_order_a_sorted_checkpoint() -> None:
+    from weightmapper.engine.side import prepare_side
+
+    paths = [
+        "Mixed_5b.branch3x3_1",  # kernel sizes are part of a name, not an index
+        "Mixed_5b.branch5x5_1",
+        "Mixed_5b.branch5x5_2",  # …but a trailing number is one
+        "bn1",
+        "bn2",
+        "conv1",  # bn2 → conv1: alphabetical
+        "features.3.conv.0",
+        "features.3.conv.1",  # numbers all the way: natural order is real order
+        "features.10.conv.0",
+    ]
+    inv = Inventory.from_state_dict({f"{p}.weight": torch.zeros(2) for p in paths})
+    assert inv.sorted_keys
+    side = prepare_side(inv)
+    linked = dict(zip(side.group_paths, side.group_linked.tolist(), strict=True))
+    assert not linked["Mixed_5b.branch5x5_1"]
+    assert linked["Mixed_5b.branch5x5_2"]
+    assert linked["bn2"] and not linked["conv1"]
+    assert linked["features.3.conv.1"] and linked["features.10.conv.0"]
+    chain = dict(zip(side.group_paths, side.group_chain.tolist(), strict=True))
+    assert chain["bn1"] == chain["bn2"] != chain["conv1"]
+    assert chain["Mixed_5b.branch3x3_1"] != chain["Mixed_5b.branch5x5_1"]
+    assert chain["features.3.conv.0"] == chain["features.10.conv.0"]
+
+
+def test_the_last_pair_of_a_shape_is_forced_by_elimination(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # GPT-2's token and position tables against a port's: once the token tables pair by
+    # name, the position tables are the only ones of their shape left, however little
+    # their names share (``wpe``, ``pos_emb``).
+    from zoo import get_case
+    from zoo.check import source_with_weights
+
+    case = get_case("gpt2_hf_to_linear_fused")
+    path = tmp_path / "gpt2.safetensors"
+    _save(source_with_weights(case, 0).state_dict(), path)
+    result = WeightMapper.from_checkpoint(path, case.build_target()).suggest_mapping()
+    assert result["transformer.wpe.weight"] == "pos_emb.weight"
+    assert result.pair("transformer.wpe.weight").breakdown["structure"] >= 0.9

@@ -25,7 +25,8 @@ Cheapest evidence first, each stage working only on what the previous ones left:
 
 After every stage the rest of each matched group follows (``group``), and buffers follow
 their module when the partner has the same buffer with the same shape (``buffer``), see
-:mod:`.groups`. Then :mod:`.collect` reads the proposals and a note for every leftover key
+:mod:`.groups`; after the last, a pair left alone of its shape once all others paired among
+themselves gets the structure of a unique shape (``promote_lone_pairs``). Then :mod:`.collect` reads the proposals and a note for every leftover key
 out, :mod:`.layouts` settles square weights of a bare checkpoint, and :mod:`.splits` proposes
 splits and merges among what is left. Every pair is scored with the signals of
 :mod:`.signals`, whichever stage made it.
@@ -45,7 +46,7 @@ from weightmapper.engine.collect import collect
 from weightmapper.engine.evidence import record_evidence
 from weightmapper.engine.exact import stage_exact
 from weightmapper.engine.gaps import stage_gaps
-from weightmapper.engine.groups import fill_groups
+from weightmapper.engine.groups import fill_groups, promote_lone_pairs
 from weightmapper.engine.layouts import settle_role_layouts, settle_square_layouts
 from weightmapper.engine.margins import record_margins
 from weightmapper.engine.normalized import stage_normalized
@@ -85,10 +86,12 @@ CASCADE: tuple[tuple[str, Callable[[MatchState], None]], ...] = (
 
 
 def run_cascade(st: MatchState) -> None:
-    """MatchState → the same state with every stage of :data:`CASCADE` run in order."""
+    """MatchState → the same state with every stage of :data:`CASCADE` run in order, then
+    the last pair of each shape promoted (:func:`promote_lone_pairs`)."""
     for _name, stage in CASCADE:
         stage(st)
         fill_groups(st)
+    promote_lone_pairs(st)
 
 
 def score_inventories(

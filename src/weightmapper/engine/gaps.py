@@ -24,8 +24,6 @@ def stage_gaps(st: MatchState) -> None:
     or registration order then decides what names cannot (``features.3.conv.0.1`` vs
     ``blocks.1.1.bn1``), and anything less than an exact fit is left to later stages.
     """
-    if not st.order_real:
-        return  # alphabetical positions: pairing a gap by them would pair by how names sort
     n_s, n_t = len(st.s.group_paths), len(st.t.group_paths)
     s_order = np.argsort(st.s.group_pos, kind="stable")
     t_order = np.argsort(st.t.group_pos, kind="stable")
@@ -48,6 +46,12 @@ def stage_gaps(st: MatchState) -> None:
         if not gs or not gt:
             continue
         if not all(s_open[g] for g in gs) or not all(t_open[g] for g in gt):
+            continue
+        # A sorted checkpoint's run is in real order only where each group follows the last
+        # by a number (``conv.0`` → ``conv.1``); a step between names is alphabetical.
+        s_run = [int(g) for g in s_order[r0 + 1 : r1 + 1]]
+        t_run = [int(g) for g in t_order[c0 + 1 : c1 + 1]]
+        if not (st.s.group_linked[s_run].all() and st.t.group_linked[t_run].all()):
             continue
         if len(gs) == len(gt):
             runs = [(gs, gt)]

@@ -17,6 +17,8 @@ from weightmapper.engine.state import MatchState
 
 STRUCTURE_DP = 0.85
 """Structure score of a group pair made by alignment (and of a group with no lead yet)."""
+STRUCTURE_LONE = 0.9
+"""Structure of the one pair left of its shape when all others pair among themselves."""
 
 
 def fill_groups(st: MatchState) -> None:
@@ -82,3 +84,33 @@ def pair_groups(st: MatchState, gs: int, gt: int, stage: str, structure: float |
                 st.pair(i, choice, rel, stage, True, structure)
                 if lead < 0:
                     lead = i
+
+
+def promote_lone_pairs(st: MatchState) -> None:
+    """MatchState → pairs that are the last of their shape on both sides get the structure
+    of a unique shape.
+
+    When every other scorable key of a shape bucket, on both sides, is paired within the
+    bucket, the one pair left is forced by elimination (``wpe`` → ``pos_emb`` once ``wte`` →
+    ``tok_emb``, ``embed_out`` → ``lm_head`` once ``embed_in`` is paired): its structure is
+    that of a shape found once on each side, however little its names share.
+    """
+    s_rows = np.nonzero(st.s_scorable)[0]
+    t_rows = np.nonzero(st.t_scorable)[0]
+    s_by: dict[tuple[int, ...], list[int]] = {}
+    t_by: dict[tuple[int, ...], list[int]] = {}
+    for i in s_rows.tolist():
+        s_by.setdefault(st.s.bucket[i], []).append(i)
+    for j in t_rows.tolist():
+        t_by.setdefault(st.t.bucket[j], []).append(j)
+    for bucket, rows in s_by.items():
+        cols = t_by.get(bucket, [])
+        if len(rows) != len(cols) or len(rows) < 2:
+            continue  # a shape found once on each side already scores as unique
+        col_set = set(cols)
+        if any(st.s_match[i] < 0 or int(st.s_match[i]) not in col_set for i in rows):
+            continue
+        weak = [i for i in rows if st.rec[i][3] is not None and st.rec[i][3] < STRUCTURE_LONE]
+        if len(weak) == 1:
+            rel, stage, group, _structure, follows = st.rec[weak[0]]
+            st.rec[weak[0]] = (rel, stage, group, STRUCTURE_LONE, follows)

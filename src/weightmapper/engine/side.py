@@ -67,6 +67,14 @@ class Side:
     """Group number → True when its position means something: always, unless the keys came
     sorted (:attr:`Inventory.sorted_keys`); then only for numbered siblings (``conv1``,
     ``conv2``; ``layers.0``, ``layers.1``), which a natural sort keeps in their real order."""
+    group_linked: np.ndarray
+    """Group number → True when its position after the previous group is real: always,
+    unless the keys came sorted; then when the two paths first differ in numbers only
+    (``features.3.conv.0`` → ``features.3.conv.1``, ``bn1`` → ``bn2``), not in names
+    (``bn2`` → ``conv1``, whose order is alphabetical)."""
+    group_chain: np.ndarray
+    """Group number → its chain of numbered siblings (paths equal but for their numbers),
+    -1 if none: in a sorted checkpoint, positions compare only within one chain."""
     tied_to: dict[str, str]
     """Key → the first key of its tie group (for every other member of the group)."""
 
@@ -198,6 +206,7 @@ def prepare_side(inv: Inventory) -> Side:
     ]
     n_g = len(group_paths)
     gpos = np.arange(n_g, dtype=np.float64) / max(1, n_g - 1)
+    chains = _numbered_siblings(group_paths)
     tied_to: dict[str, str] = {}
     for tie in inv.tied:
         for k in tie[1:]:
@@ -225,23 +234,43 @@ def prepare_side(inv: Inventory) -> Side:
         group_index_key=_index_keys(gtemplates, granked),
         group_sibrank=_sibling_ranks(group_paths),
         group_pos=gpos,
-        group_pos_known=_numbered_siblings(group_paths)
-        if inv.sorted_keys
-        else np.ones(n_g, dtype=bool),
+        group_pos_known=(chains >= 0) if inv.sorted_keys else np.ones(n_g, dtype=bool),
+        group_chain=chains,
+        group_linked=_linked(group_paths) if inv.sorted_keys else np.ones(n_g, dtype=bool),
         tied_to=tied_to,
     )
 
 
 def _numbered_siblings(paths: list[str]) -> np.ndarray:
-    """Module paths → True for each one that shares its name, numbers aside, with another
-    (``conv1``/``conv2``, ``layers.0.attn``/``layers.1.attn``): the order a natural sort
-    gives such paths is their real order; the order between other names is alphabetical."""
-    shapes = [_DIGITS.sub("#", p) for p in paths]
+    """Module paths → for each one that shares its name, numbers aside, with another
+    (``conv1``/``conv2``, ``layers.0.attn``/``layers.1.attn``) the number of that chain,
+    else -1: the order a natural sort gives one chain is its real order; the order between
+    other names is alphabetical."""
+    shapes = [".".join(_TRAILING.sub("#", c) for c in p.split(".")) for p in paths]
     counts = Counter(shapes)
-    return np.array([counts[s] > 1 and "#" in s for s in shapes], dtype=bool)
+    ids: dict[str, int] = {}
+    return np.array(
+        [ids.setdefault(s, len(ids)) if counts[s] > 1 and "#" in s else -1 for s in shapes],
+        dtype=np.int64,
+    )
 
 
-_DIGITS = re.compile(r"\d+")
+def _linked(paths: list[str]) -> np.ndarray:
+    """Module paths in natural order → for each, True when the first component where it
+    differs from the previous path differs in numbers only (so their order is real)."""
+    out = np.zeros(len(paths), dtype=bool)
+    for n in range(1, len(paths)):
+        a, b = paths[n - 1].split("."), paths[n].split(".")
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                out[n] = _TRAILING.sub("#", x) == _TRAILING.sub("#", y)
+                break
+    return out
+
+
+_TRAILING = re.compile(r"\d+$")
+"""A component's trailing number (``conv2``, ``3``): an index; numbers inside a name
+(``branch5x5``, ``conv2d``) are part of it."""
 
 
 def _table_buffer(info) -> bool:  # type: ignore[no-untyped-def]

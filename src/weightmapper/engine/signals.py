@@ -11,9 +11,10 @@ means the same thing everywhere:
 ``hierarchy``  similarity of the parent module paths, of the module types, and whether the
                siblings went the same way
 ``order``      agreement of the pair's positions in execution/registration order,
-               measured against the anchors the cascade already trusts; 0.5 (no evidence)
-               where a sorted checkpoint's position is alphabetical (anything but
-               numbered siblings, :attr:`weightmapper.inventory.Inventory.sorted_keys`)
+               measured against the anchors the cascade already trusts; in a sorted
+               checkpoint (:attr:`weightmapper.inventory.Inventory.sorted_keys`) only
+               within a chain of numbered siblings, against that chain's own anchors, and
+               0.5 (no evidence) elsewhere
 ``structure``  how unambiguous the choice was (a unique shape, a whole group aligned, or
                the margin over the runner-up); set by the stage that made the pair
 
@@ -34,7 +35,7 @@ import numpy as np
 from rapidfuzz import fuzz, process
 
 from weightmapper.engine.names import similarity_matrix
-from weightmapper.engine.primitives import codes, index_sim, index_sim_one
+from weightmapper.engine.primitives import codes, increasing, index_sim, index_sim_one
 from weightmapper.engine.shapes import shape_relation
 from weightmapper.engine.state import MatchState
 
@@ -102,14 +103,23 @@ def order_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool
     """Source groups, target groups → ``order``: a matrix or one value per pair."""
     if matrix:
         gs, gt = gs[:, None], gt[None, :]
-    pred = predict_position(st, st.s.group_pos[gs])
-    agree = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - st.t.group_pos[gt]))
+    pos = st.s.group_pos[gs]
     if st.order_real:
-        return agree
-    # A sorted checkpoint's positions are alphabetical except among numbered siblings:
-    # elsewhere the signal has no evidence either way.
-    known = st.s.group_pos_known[gs] & st.t.group_pos_known[gt]
-    return np.where(known, agree, ORDER_UNKNOWN)
+        pred = predict_position(st, pos)
+        return 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - st.t.group_pos[gt]))
+    # A sorted checkpoint's positions are alphabetical except within a chain of numbered
+    # siblings: a chain with pairs of its own is placed by them; elsewhere the signal has
+    # no evidence either way.
+    out = np.full(np.broadcast_shapes(np.shape(gs), np.shape(gt)), ORDER_UNKNOWN)
+    chain = st.s.group_chain[gs]
+    for c, (x, y) in st.chain_anchors.items():
+        mask = chain == c
+        if not mask.any():
+            continue
+        pred = _interpolate(pos, x, y)
+        agree = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - st.t.group_pos[gt]))
+        out = np.where(mask, agree, out)
+    return np.where(st.t.group_pos_known[gt], out, ORDER_UNKNOWN)
 
 
 def shape_signal(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
@@ -210,15 +220,43 @@ def update_anchors(st: MatchState) -> None:
     if not len(rows):
         return
     cols = st.s_match[rows]
+    if not st.order_real:
+        # Sorted, only a chain's own pairs place it (``classifier`` sorts before
+        # ``features``, ``bn1`` before ``conv1``): each chain gets the longest run of its
+        # pairs whose two orders agree, when there are two or more.
+        x = st.s.group_pos[st.s.group[rows]]
+        y = st.t.group_pos[st.t.group[cols]]
+        chain = st.s.group_chain[st.s.group[rows]]
+        st.chain_anchors = {}
+        for c in np.unique(chain[chain >= 0]):
+            cx, cy = x[chain == c], y[chain == c]
+            keep = _agreeing(cx, cy)
+            ax, ay = _monotone(cx[keep], cy[keep])
+            if len(ax) >= 2:
+                st.chain_anchors[int(c)] = (ax, ay)
+        return
     trusted = name_signal(st, rows, cols, matrix=False) >= ANCHOR_MIN_NAME
     if trusted.sum() >= 2:
         rows, cols = rows[trusted], cols[trusted]
     x = st.s.group_pos[st.s.group[rows]]
     y = st.t.group_pos[st.t.group[cols]]
+    st.anchor_x, st.anchor_y = _monotone(x, y)
+
+
+def _monotone(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor positions → (distinct source positions, mean target position of each, made
+    non-decreasing: execution order is monotone, so the map is kept so)."""
     ux, inv = np.unique(x, return_inverse=True)
     uy = np.bincount(inv, weights=y) / np.bincount(inv)
-    uy = np.maximum.accumulate(uy)  # execution order is monotone: keep the map so
-    st.anchor_x, st.anchor_y = ux, uy
+    return ux, np.maximum.accumulate(uy)
+
+
+def _agreeing(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Anchor positions → indices of the longest subsequence increasing in both."""
+    rank_y = np.unique(y, return_inverse=True)[1]
+    order = np.lexsort((rank_y, x))
+    run = increasing([(int(i), int(rank_y[i])) for i in order])
+    return np.array([i for i, _ in run], dtype=np.int64)
 
 
 def predict_position(st: MatchState, pos: np.ndarray) -> np.ndarray:
@@ -227,7 +265,11 @@ def predict_position(st: MatchState, pos: np.ndarray) -> np.ndarray:
     Beyond the first and last anchor the map continues with slope 1 (what lies past the
     last shared module keeps its distance to it) rather than collapsing onto it.
     """
-    x, y = st.anchor_x, st.anchor_y
+    return _interpolate(pos, st.anchor_x, st.anchor_y)
+
+
+def _interpolate(pos: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Positions + anchors (x increasing) → interpolated positions, slope 1 past the ends."""
     pred = np.interp(pos, x, y)
     pred = np.where(pos < x[0], y[0] + (pos - x[0]), pred)
     pred = np.where(pos > x[-1], y[-1] + (pos - x[-1]), pred)

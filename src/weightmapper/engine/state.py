@@ -47,8 +47,8 @@ class MatchState:
         self.settings = settings
         self.order_real = not (src.inv.sorted_keys or tgt.inv.sorted_keys)
         """False when a side's keys came sorted or shuffled: positions then say nothing of
-        the architecture beyond the order of numbered siblings, so gaps are not paired
-        position by position (and ``order`` is neutral where no number orders a group)."""
+        the architecture beyond the order of numbered siblings (``Side.group_chain``,
+        ``Side.group_linked``), and the stages that read order read only that."""
         self.weights = dict(settings.weights or {})
         self.tol = settings.shape_tolerance
         self.mode = settings.buffer_matching_mode
@@ -118,6 +118,9 @@ class MatchState:
         # (see signals.update_anchors and signals.update_coherence).
         self.anchor_x = np.array([0.0, 1.0])
         self.anchor_y = np.array([0.0, 1.0])
+        self.chain_anchors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        """Chain of numbered siblings → its own anchors (source positions, target positions),
+        for a sorted checkpoint, whose positions compare only within one chain."""
         self.partner = np.full(len(src.group_paths), -1, dtype=np.int64)
         self.coh_keys = np.zeros(0, dtype=np.int64)
         self.coh_vals = np.zeros(0, dtype=np.int64)
