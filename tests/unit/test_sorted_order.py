@@ -202,3 +202,17 @@ def test_the_last_pair_of_a_shape_is_forced_by_elimination(tmp_path) -> None:  #
     result = WeightMapper.from_checkpoint(path, case.build_target()).suggest_mapping()
     assert result["transformer.wpe.weight"] == "pos_emb.weight"
     assert result.pair("transformer.wpe.weight").breakdown["structure"] >= 0.9
+
+
+def test_a_lone_numbered_name_is_not_placed_by_a_sorted_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Sorted, Inception's auxiliary head (AuxLogits.conv0, .conv1) comes first; each of its
+    # convolutions is the only one of its chain in its shape, so no order places it, and
+    # with no partner by name it stays unmapped.
+    from zoo import get_case
+    from zoo.check import source_with_weights
+
+    case = get_case("heldout_trap_inception_aux_to_slim")
+    path = tmp_path / "inception.safetensors"
+    _save(source_with_weights(case, 0).state_dict(), path)
+    result = WeightMapper.from_checkpoint(path, case.build_target()).suggest_mapping()
+    assert not [k for k in result if k.startswith("AuxLogits.")]

@@ -53,9 +53,12 @@ def stage_structural(st: MatchState) -> None:
         if st.s.inv.sorted_keys:
             # Where two chains of a sorted checkpoint interleave (``bn1``, ``bn2`` beside
             # ``blocks.#.bn1``) is alphabetical: each chain is aligned on its own, the
-            # longest first, against what the others left.
+            # longest first, against what the others left. A chain with one group of this
+            # signature has no order to follow here: its names decide, later.
             chains = st.s.group_chain[gs_all]
             ids, counts = np.unique(chains, return_counts=True)
+            if len(ids) > 1:
+                ids, counts = ids[counts > 1], counts[counts > 1]
             for c in ids[np.argsort(-counts, kind="stable")]:
                 gt_open = np.array([g for g in gt_all if _group_open(st, int(g))], np.int64)
                 if len(gt_open):
