@@ -342,7 +342,7 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
-    version: ClassVar[int] = 4  # 2: roles, layouts; 3: evidence recorded; 4: sorted order
+    version: ClassVar[int] = 5  # 2: roles, layouts; 3: evidence; 4, 5: sorted order
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
