@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from safetensors import safe_open
@@ -78,8 +78,7 @@ _CANDIDATE_GLOBS: tuple[tuple[str, ...], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):  # a tuple: one per tensor, built fast
     info: TensorInfo
     original: str
     """Key as written in the file (before wrapper prefixes were stripped)."""
@@ -418,9 +417,10 @@ class _RawCheckpoint:
 
 def _read_safetensors_file(path: Path) -> _RawCheckpoint:
     header = read_header(path)
-    infos: dict[str, tuple[TensorInfo, str, Path]] = {}
-    for key in header.entries:  # already in file order
-        infos[key] = (header.tensor_info(key), key, path)
+    infos: dict[str, tuple[TensorInfo, str, Path]] = {
+        key: (info, key, path)  # already in file order
+        for key, info in zip(header.entries, header.tensor_infos(), strict=True)
+    }
     groups: dict[str, list[str]] = {}
     for alias, kept in header.aliases().items():
         info = infos[kept][0]
@@ -816,11 +816,10 @@ def _build_table(path: Path, raw: _RawCheckpoint, *, strip_prefixes: bool) -> Te
         names, stripped = originals, []
     rename = dict(zip(originals, names, strict=True))
     entries: dict[str, _Entry] = {}
-    for original, name in rename.items():
-        info, stored, file = raw.infos[original]
+    for (original, (info, stored, file)), name in zip(raw.infos.items(), names, strict=True):
         if info.name != name:
             info = _renamed(info, name)
-        entries[name] = _Entry(info=info, original=original, stored=stored, file=file)
+        entries[name] = _Entry(info, original, stored, file)
     if stripped:
         logger.info("%s: stripped wrapper prefixes %s", path, stripped)
     tied = sorted(tuple(sorted(rename[n] for n in g)) for g in raw.tied if len(g) > 1)

@@ -116,13 +116,15 @@ class WeightMapper:
             from weightmapper.checkpoint import open_checkpoint
 
             path = Path(obj)
-            table = open_checkpoint(path, trusted=self.trusted)
+            with paused_gc():  # a header is 100k small dicts: no cycles, nothing to collect
+                table = open_checkpoint(path, trusted=self.trusted)
+                inventory = Inventory.from_table(table, name=path.name)
             if side == "source":
                 self.source_path = path
                 self._source_table = table
             else:
                 self.target_path = path
-            return Inventory.from_table(table, name=path.name)
+            return inventory
         if isinstance(obj, Mapping):
             values = list(obj.values())
             if values and all(isinstance(v, TensorInfo) for v in values):

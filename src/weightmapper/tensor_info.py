@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,30 @@ class TensorInfo:
             nbytes=tensor.numel() * tensor.element_size(),
             is_buffer=is_buffer,
         )
+
+
+def tensor_infos(
+    names: Iterable[str],
+    shapes: Iterable[tuple[int, ...]],
+    dtypes: Iterable[str],
+    nbytes: Iterable[int],
+    file: str | None = None,
+) -> list[TensorInfo]:
+    """Columns of names, shapes, dtypes and byte sizes (+ one file) → a TensorInfo each.
+
+    Equal to calling ``TensorInfo(...)`` per row; a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__``, which dominates reading a 100k-tensor header, so
+    the rows are filled in directly.
+    """
+    new = object.__new__
+    out = []
+    for name, shape, dtype, size in zip(names, shapes, dtypes, nbytes, strict=True):
+        info = new(TensorInfo)
+        info.__dict__.update(
+            name=name, shape=shape, dtype=dtype, nbytes=size, file=file, is_buffer=None
+        )
+        out.append(info)
+    return out
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -317,13 +317,16 @@ class ConventionSet:
 
     def match(self, convention: Convention, keys: Iterable[str]) -> dict[str, KeyRole]:
         """One convention and keys → the roles it gives (keys it does not explain left out)."""
+        return self._match(convention, _Templated(list(keys)))
+
+    def _match(self, convention: Convention, tk: _Templated) -> dict[str, KeyRole]:
+        """One convention + templated keys → the roles it gives, in key order."""
         out: dict[str, KeyRole] = {}
-        by_template: dict[str, list[RoleRule]] = {}
-        for key in keys:
-            t = template_of(key)
-            rules = by_template.get(t)
-            if rules is None:
-                rules = by_template[t] = [r for r in convention.rules if r.template.fullmatch(t)]
+        by_template = tk.rules_by_template(convention)
+        for key, t in zip(tk.keys, tk.templates, strict=True):
+            rules = by_template[t]
+            if not rules:
+                continue
             for rule in rules:
                 m = rule.raw.fullmatch(key)
                 if m:
@@ -339,6 +342,21 @@ class ConventionSet:
                     break
         return out
 
+    def _count(self, convention: Convention, tk: _Templated) -> int:
+        """One convention + templated keys → how many distinct keys it gives a role to."""
+        if not tk.distinct:
+            return len(self._match(convention, tk))
+        n = 0
+        for t, rules in tk.rules_by_template(convention).items():
+            if not rules:
+                continue
+            for key in tk.groups[t]:
+                for rule in rules:
+                    if rule.raw.fullmatch(key):
+                        n += 1
+                        break
+        return n
+
     def identify(self, keys: Sequence[str], architectures: Iterable[str] = ()) -> list[Identified]:
         """Keys (and a config's ``architectures``, if known) → fitting conventions, best first.
 
@@ -347,12 +365,15 @@ class ConventionSet:
         unless one's ``requires`` are present. Conventions whose ``requires`` are absent
         are left out.
         """
+        return self._identify(_Templated(list(keys)), architectures)
+
+    def _identify(self, tk: _Templated, architectures: Iterable[str]) -> list[Identified]:
         wanted = set(architectures)
         pool = [
             c for c in self.conventions.values() if not wanted or wanted & set(c.architectures)
         ] or list(self.conventions.values())
-        pool = [c for c in pool if c.applies_to(keys)]
-        found = [Identified(c, len(self.match(c, keys)), len(keys)) for c in pool]
+        pool = [c for c in pool if c.applies_to(tk.keys)]
+        found = [Identified(c, self._count(c, tk), len(tk.keys)) for c in pool]
         found = [f for f in found if f.matched]
         # Among conventions that explain as many keys, one whose required tensors are there
         # is the more specific: it wins the tie.
@@ -368,7 +389,8 @@ class ConventionSet:
 
         Nothing is returned when no convention explains ``min_coverage`` of the keys.
         """
-        found = self.identify(keys, architectures)
+        tk = _Templated(list(keys))
+        found = self._identify(tk, architectures)
         if not found or found[0].coverage < min_coverage:
             return {}, []
         first = found[0]
@@ -378,7 +400,28 @@ class ConventionSet:
             if f.matched == first.matched
             and len(f.convention.requires) == len(first.convention.requires)
         ]
-        return self.match(best[0].convention, keys), best
+        return self._match(best[0].convention, tk), best
+
+
+class _Templated:
+    """Keys with their templates computed once, grouped by template.
+
+    A 100,000-tensor checkpoint has a few dozen distinct templates: each convention's rules
+    are tried against each template once, and only the keys of templates some rule fits are
+    matched one by one.
+    """
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.templates = [template_of(k) for k in keys]
+        self.groups: dict[str, list[str]] = {}
+        for k, t in zip(keys, self.templates, strict=True):
+            self.groups.setdefault(t, []).append(k)
+        self.distinct = len(set(keys)) == len(keys)
+
+    def rules_by_template(self, convention: Convention) -> dict[str, list[RoleRule]]:
+        """Convention → distinct template → the rules whose template pattern fits it."""
+        return {t: [r for r in convention.rules if r.template.fullmatch(t)] for t in self.groups}
 
 
 def _builtin_files() -> list[tuple[str, str]]:
