@@ -217,8 +217,11 @@ def _plain_entry(spec: Any) -> HeaderEntry | None:
         return None
     if type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
         return None
-    if len(shape) > MAX_DIMS or not all(map(_is_extent, shape)):
+    if len(shape) > MAX_DIMS:
         return None
+    for d in shape:
+        if type(d) is not int or d < 0 or d > MAX_EXTENT:
+            return None
     start, end = offsets
     if type(start) is not int or type(end) is not int or not 0 <= start <= end <= MAX_EXTENT:
         return None

@@ -176,6 +176,10 @@ def paused_gc() -> Iterator[None]:
     try:
         yield
     finally:
+        # What the block allocated goes straight to the oldest generation (as survivors of
+        # collections would): left young, the first collection after the block would scan
+        # every one of them (millions of small objects for a 100k-tensor checkpoint).
+        gc.freeze()
         gc.unfreeze()
         if was_enabled:
             gc.enable()
