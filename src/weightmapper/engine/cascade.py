@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 
 from weightmapper.engine.assign import assign
 from weightmapper.engine.candidates import Candidates
-from weightmapper.engine.collect import collect
+from weightmapper.engine.collect import collect_notes, collect_pairs
 from weightmapper.engine.evidence import record_evidence
 from weightmapper.engine.exact import stage_exact
 from weightmapper.engine.gaps import stage_gaps
@@ -53,7 +53,7 @@ from weightmapper.engine.normalized import stage_normalized
 from weightmapper.engine.optimal import stage_assignment
 from weightmapper.engine.side import prepare_side
 from weightmapper.engine.signals import update_anchors, update_coherence
-from weightmapper.engine.splits import drop_ambiguous, propose_leftovers
+from weightmapper.engine.splits import ambiguous_rivals, mark_ambiguous, propose_leftovers
 from weightmapper.engine.state import MatchState
 from weightmapper.engine.structural import stage_structural
 from weightmapper.engine.template import stage_template
@@ -110,17 +110,20 @@ def score_inventories(
     with paused_gc():
         st = MatchState(prepare_side(source), prepare_side(target), settings, roles)
         run_cascade(st)
-        proposals, notes, tied = collect(st)
+        proposals, tied = collect_pairs(st)
+        leftovers = collect_notes(st, tied, score=False)
         record_margins(st, proposals)
     proposals = settle_square_layouts(proposals, source, target)
     proposals = settle_role_layouts(proposals, roles)
     proposals = record_evidence(st, proposals)
-    multi = propose_leftovers(source, target, notes, roles)
-    multi, notes = drop_ambiguous(multi, notes)
-    if multi:
-        used = {("source", k) for m in multi for k in m.sources}
-        used |= {("target", k) for m in multi for k in m.targets}
-        notes = [n for n in notes if (n.side, n.name) not in used]
+    multi = propose_leftovers(source, target, leftovers, roles)
+    multi, rivals = ambiguous_rivals(multi, leftovers)
+    used = {("source", k) for m in multi for k in m.sources}
+    used |= {("target", k) for m in multi for k in m.targets}
+    # Notes are scored only for the keys no split or merge uses: a deep fused stack leaves
+    # thousands of q/k/v keys over, and comparing each with its candidates is the costly part.
+    with paused_gc():
+        notes = mark_ambiguous(collect_notes(st, tied, skip=used), rivals)
     pairs = settings.incompatible_pairs
     recorded = {
         "shape_tolerance": settings.shape_tolerance,

@@ -3,6 +3,8 @@ alternative and reason) for every key left over, and the tied duplicates."""
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 import numpy as np
 
 from weightmapper.engine.candidates import KeyNote, Proposal
@@ -24,8 +26,9 @@ NOTE_MAX_CANDIDATES = 4096
 _NOTE_CHUNK = 256
 
 
-def collect(st: MatchState) -> tuple[list[Proposal], list[KeyNote], dict[str, dict[str, str]]]:
-    """MatchState → (proposals with breakdowns, notes for unmatched keys, tied keys)."""
+def collect_pairs(st: MatchState) -> tuple[list[Proposal], dict[str, dict[str, str]]]:
+    """MatchState → (proposals with breakdowns, tied keys: side → unmatched duplicate → its
+    stand-in); the anchors and coherence the signals read are brought up to date first."""
     update_anchors(st)
     update_coherence(st)
     src_idx = np.array(sorted(st.rec), dtype=np.int64)
@@ -62,8 +65,31 @@ def collect(st: MatchState) -> tuple[list[Proposal], list[KeyNote], dict[str, di
             )
         )
     tied = {"source": _tied(st.s, st.s_match), "target": _tied(st.t, st.t_match)}
-    notes = _notes(st, "source", tied["source"]) + _notes(st, "target", tied["target"])
-    return proposals, notes, tied
+    return proposals, tied
+
+
+def collect_notes(
+    st: MatchState,
+    tied: dict[str, dict[str, str]],
+    *,
+    skip: Set[tuple[str, str]] = frozenset(),
+    score: bool = True,
+) -> list[KeyNote]:
+    """MatchState + tied keys (:func:`collect_pairs`) → a note for every unmatched key.
+
+    ``skip``: (side, key) pairs that get no note (keys a split or merge proposal uses).
+    ``score=False`` leaves the keys that need scoring unscored: their notes carry
+    :data:`UNSCORED` as detail and no best candidate, which is all that split/merge
+    proposals read; the scored notes of the keys still unused are made afterwards, so the
+    candidates of a leftover are compared only when its note is kept.
+    """
+    return _notes(st, "source", tied["source"], skip, score) + _notes(
+        st, "target", tied["target"], skip, score
+    )
+
+
+UNSCORED = "not scored yet"
+"""Detail of a note :func:`collect_notes` left unscored (``score=False``)."""
 
 
 def _tied(side: Side, match: np.ndarray) -> dict[str, str]:
@@ -79,17 +105,28 @@ def _tied(side: Side, match: np.ndarray) -> dict[str, str]:
     return out
 
 
-def _notes(st: MatchState, which: str, tied: dict[str, str]) -> list[KeyNote]:
-    """``source``/``target`` → a KeyNote for each of its unmatched keys (tied ones aside)."""
+def _notes(
+    st: MatchState, which: str, tied: dict[str, str], skip: Set[tuple[str, str]], score: bool
+) -> list[KeyNote]:
+    """``source``/``target`` → a KeyNote for each of its unmatched keys (tied and skipped
+    ones aside); see :func:`collect_notes`."""
     me, my_match, my_scorable = st.side(which)
     other, other_match, _ = st.side(_flip(which))
-    open_keys = [k for k in range(len(me)) if my_match[k] < 0 and me.keys[k] not in tied]
+    open_keys = [
+        k for k in np.flatnonzero(np.asarray(my_match) < 0).tolist() if me.keys[k] not in tied
+    ]
     notes: list[KeyNote] = []
     other_by = by_bucket(other.bucket, range(len(other)))
     pending: dict[tuple, list[int]] = {}
     for k in open_keys:
         name, shape = me.keys[k], me.shape[k]
-        if not my_scorable[k]:
+        if my_scorable[k] and len(other) and me.bucket[k] in other_by:
+            # Skipped keys stay here: the chunks (and so the candidates nearest to each
+            # chunk) are the same whichever notes are kept.
+            pending.setdefault(me.bucket[k], []).append(k)
+        elif (which, name) in skip:
+            continue
+        elif not my_scorable[k]:
             notes.append(
                 KeyNote(name, which, shape, UnmatchedReason.BUFFER_EXCLUDED,
                         "buffer without a same-named, same-shaped buffer in a matched "
@@ -100,19 +137,28 @@ def _notes(st: MatchState, which: str, tied: dict[str, str]) -> list[KeyNote]:
                 KeyNote(name, which, shape, UnmatchedReason.NO_CANDIDATES,
                         f"the {_flip(which)} has no tensors")
             )  # fmt: skip
-        elif me.bucket[k] not in other_by:
+        else:
             notes.append(
                 KeyNote(name, which, shape, UnmatchedReason.NO_SHAPE_PARTNER,
                         f"no {_flip(which)} tensor has shape {list(shape)} or a transposed "
                         "or reshaped form of it")
             )  # fmt: skip
-        else:
-            pending.setdefault(me.bucket[k], []).append(k)
+    if not score:
+        notes += [
+            KeyNote(me.keys[k], which, me.shape[k], UnmatchedReason.BELOW_THRESHOLD, UNSCORED)
+            for keys in pending.values()
+            for k in keys
+            if (which, me.keys[k]) not in skip
+        ]
+        return notes
     for bucket, keys in pending.items():
         cands = np.array(other_by[bucket])
         for start in range(0, len(keys), _NOTE_CHUNK):
-            rows = np.array(keys[start : start + _NOTE_CHUNK])
-            cols = nearest(me, other, rows, cands, NOTE_MAX_CANDIDATES)
+            chunk = np.array(keys[start : start + _NOTE_CHUNK])
+            cols = nearest(me, other, chunk, cands, NOTE_MAX_CANDIDATES)
+            rows = np.array([k for k in chunk.tolist() if (which, me.keys[k]) not in skip])
+            if not len(rows):
+                continue
             # Signals are always source × target: a target key's note reads them transposed.
             if which == "source":
                 sig, blocked = signal_matrices(st, rows, cols)

@@ -52,8 +52,18 @@ def drop_ambiguous(
     two is the one to split, so the proposal is dropped and both stay unmatched as
     ``ambiguous``. Merges are checked the same way on the target side.
     """
+    kept, rivals = ambiguous_rivals(multi, notes)
+    return kept, mark_ambiguous(notes, rivals)
+
+
+def ambiguous_rivals(
+    multi: list[MultiPair], notes: list[KeyNote]
+) -> tuple[list[MultiPair], dict[tuple[str, str], str]]:
+    """Split/merge proposals + notes → (the proposals kept, (side, key) → its look-alike for
+    the keys of those dropped), see :func:`drop_ambiguous`. Reads only names, shapes and
+    whether a note is open, never a note's best candidate."""
     if not multi:
-        return multi, notes
+        return multi, {}
     used = {("source", k) for m in multi for k in m.sources}
     used |= {("target", k) for m in multi for k in m.targets}
     open_by: dict[tuple[str, str, str, tuple[int, ...]], list[str]] = {}
@@ -80,8 +90,14 @@ def drop_ambiguous(
         log.info("dropped %s proposal for %s: %s looks the same", m.kind, key, others[0])
         for k in (key, *others):
             rivals[(side, k)] = others[0] if k == key else key
+    return kept, rivals
+
+
+def mark_ambiguous(notes: list[KeyNote], rivals: dict[tuple[str, str], str]) -> list[KeyNote]:
+    """Notes + (side, key) → look-alike (:func:`ambiguous_rivals`) → the notes of those keys
+    rewritten as ``ambiguous`` (their best candidate kept)."""
     if not rivals:
-        return kept, notes
+        return notes
     out = []
     for n in notes:
         rival = rivals.get((n.side, n.name))
@@ -93,7 +109,7 @@ def drop_ambiguous(
                 n.best_candidate, n.best_breakdown,
             )  # fmt: skip
         out.append(n)
-    return kept, out
+    return out
 
 
 def _lookalike_key(
