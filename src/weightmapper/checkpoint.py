@@ -133,6 +133,11 @@ class TensorTable(Mapping[str, TensorInfo]):
     def __getitem__(self, name: str) -> TensorInfo:
         return self._entries[name].info
 
+    def infos(self) -> dict[str, TensorInfo]:
+        """() → a new {normalized name: TensorInfo} dict in table order (``dict(table)``
+        without a ``__getitem__`` call per name)."""
+        return {name: e.info for name, e in self._entries.items()}
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 

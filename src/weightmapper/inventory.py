@@ -206,14 +206,14 @@ class Inventory:
     @classmethod
     def from_table(cls, table: Mapping[str, TensorInfo], name: str | None = None) -> Inventory:
         """TensorTable (or any Mapping name → TensorInfo) → Inventory; order is key order."""
-        infos: dict[str, TensorInfo] = {}
-        for key, info in table.items():
+        read = getattr(table, "infos", None)  # a TensorTable hands its rows over at once
+        infos: dict[str, TensorInfo] = read() if callable(read) else dict(table.items())
+        for key, info in infos.items():
             if not isinstance(info, TensorInfo):
                 raise MappingError(
                     f"table entry {key!r} is {type(info).__name__}, expected TensorInfo. "
                     "Use Inventory.from_state_dict for a dict of tensors."
                 )
-            infos[key] = info
         tied_attr = getattr(table, "tied", None) or []
         tied = [tuple(t) for t in tied_attr if len(tuple(t)) > 1]
         tname = name or getattr(table, "name", None) or "checkpoint"

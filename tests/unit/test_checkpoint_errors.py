@@ -281,3 +281,30 @@ def test_a_lone_shard_of_several_is_an_incomplete_checkpoint(tmp_path: Path) -> 
         open_checkpoint(tmp_path)
     # The shard itself, named explicitly, still reads.
     assert list(open_checkpoint(tmp_path / "model-00001-of-00002.safetensors")) == ["w"]
+
+
+def _safetensors(path: Path, header: str, data: bytes) -> Path:
+    import struct
+
+    blob = header.encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+    return path
+
+
+def test_safetensors_entries_listed_out_of_file_order_read_in_file_order(tmp_path: Path) -> None:
+    header = (
+        '{"b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}, '
+        '"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    )
+    table = open_checkpoint(_safetensors(tmp_path / "x.safetensors", header, bytes(8)))
+    assert list(table) == ["a", "b"]
+
+
+def test_safetensors_gap_names_the_tensor_after_it_in_file_order(tmp_path: Path) -> None:
+    header = (
+        '{"c": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]}, '
+        '"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+        '"b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}'
+    )
+    with pytest.raises(CheckpointFormatError, match=r"tensor 'c' starts at byte 12, expected 8"):
+        open_checkpoint(_safetensors(tmp_path / "x.safetensors", header, bytes(16)))
