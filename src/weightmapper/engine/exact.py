@@ -22,6 +22,10 @@ def stage_exact(st: MatchState) -> None:
             rows.append(i)
             cols.append(j)
     rels = st.compat_many(np.array(rows, np.int64), np.array(cols, np.int64))
+    taken = st.t_match >= 0
+    chosen = []
     for i, j, rel in zip(rows, cols, rels, strict=True):
-        if rel is not None and st.t_match[j] < 0:
-            st.pair(i, j, rel, "exact", False, STRUCTURE_EXACT)
+        if rel is not None and not taken[j]:
+            taken[j] = True  # a target named twice (raw and stripped) goes to the first
+            chosen.append((i, j, rel))
+    st.pair_many(chosen, "exact", False, STRUCTURE_EXACT)

@@ -24,6 +24,9 @@ def stage_gaps(st: MatchState) -> None:
     or registration order then decides what names cannot (``features.3.conv.0.1`` vs
     ``blocks.1.1.bn1``), and anything less than an exact fit is left to later stages.
     """
+    s_open_groups, t_open_groups = st.open_groups("source"), st.open_groups("target")
+    if not s_open_groups or not t_open_groups:
+        return  # a gap pairs open groups of both sides: nothing to do (every name matched)
     n_s, n_t = len(st.s.group_paths), len(st.t.group_paths)
     s_order = np.argsort(st.s.group_pos, kind="stable")
     t_order = np.argsort(st.t.group_pos, kind="stable")
@@ -35,9 +38,9 @@ def stage_gaps(st: MatchState) -> None:
     if len(anchors) < 2:
         return
     s_open = np.zeros(n_s, bool)
-    s_open[st.open_groups("source")] = True
+    s_open[s_open_groups] = True
     t_open = np.zeros(n_t, bool)
-    t_open[st.open_groups("target")] = True
+    t_open[t_open_groups] = True
     s_has = np.bincount(st.s.group[st.s_scorable], minlength=n_s) > 0
     t_has = np.bincount(st.t.group[st.t_scorable], minlength=n_t) > 0
     for (r0, c0), (r1, c1) in pairwise(anchors):

@@ -135,6 +135,20 @@ class MatchState:
         self.t_match[j] = i
         self.rec[i] = (rel, stage, group, structure, follows)
 
+    def pair_many(
+        self, pairs: list[tuple[int, int, ShapeRelation]], stage: str, group: bool,
+        structure: float,
+    ) -> None:  # fmt: skip
+        """(source key, target key, relation) triples → each recorded as :meth:`pair` would,
+        in order (the arrays written at once: a 100k-tensor checkpoint pairs here)."""
+        if not pairs:
+            return
+        rows = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
+        cols = np.fromiter((p[1] for p in pairs), np.int64, len(pairs))
+        self.s_match[rows] = cols
+        self.t_match[cols] = rows
+        self.rec.update((i, (rel, stage, group, structure, -1)) for i, _j, rel in pairs)
+
     def stage_counts(self) -> dict[str, int]:
         """Stage name → number of pairs it settled."""
         return dict(sorted(Counter(r[1] for r in self.rec.values()).items()))
