@@ -8,7 +8,8 @@ layers registered in shuffled order), so the true mapping is known exactly:
 
 Each (family, size) runs in a fresh process: the models are built on the meta device (no
 tensor memory), then ``WeightMapper(source, target)`` (inventories) and ``suggest_mapping()``
-are timed: the median of --repeat runs up to 10k tensors, one run above. Peak memory is the
+are timed: the median of --repeat runs up to 10k tensors, one run above (wall time, and CPU
+time of the process, which other processes sharing the machine disturb less). Peak memory is the
 largest RSS seen during mapping (sampled every 5 ms) minus the RSS before it. Accuracy is
 checked against the known renaming. The growth exponent is the log-log slope of total time
 between consecutive sizes (1.0 = linear).
@@ -186,18 +187,19 @@ def worker(family: str, size: str, repeat: int) -> dict[str, Any]:
     build_s = time.perf_counter() - t0
     n_src = len(source.state_dict())
     runs = repeat if SIZES[size] <= 10_000 else 1
-    inv_times, sug_times, peak = [], [], 0
+    inv_times, sug_times, cpu_times, peak = [], [], [], 0
     result = None
     for _ in range(runs):
         base = _rss()
         with PeakSampler() as sampler:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             mapper = WeightMapper(source, target)
             t1 = time.perf_counter()
             result = mapper.suggest_mapping()
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
         inv_times.append(t1 - t0)
         sug_times.append(t2 - t1)
+        cpu_times.append(c2 - c0)
         peak = max(peak, sampler.peak - base)
         del mapper
     assert result is not None
@@ -212,6 +214,7 @@ def worker(family: str, size: str, repeat: int) -> dict[str, Any]:
         "inventory_s": statistics.median(inv_times),
         "suggest_s": statistics.median(sug_times),
         "total_s": statistics.median(a + b for a, b in zip(inv_times, sug_times, strict=True)),
+        "cpu_s": statistics.median(cpu_times),
         "peak_mb": peak / 2**20,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "precision": correct / len(pred) if pred else 1.0,
@@ -282,16 +285,14 @@ def render(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> None:
         title=f"suggest_mapping speed on the meta device ({os.cpu_count()} CPUs visible)",
         box=boxed,
     )
-    cols = ("family", "size", "tensors", "runs", "inventory s", "suggest s", "total s")
+    cols = ("family", "size", "tensors", "runs", "inventory s", "suggest s", "total s", "cpu s")
     cols += ("growth exp.", "peak MB", "precision %", "recall %", "goal")
     for c in cols:
         t.add_column(c, justify="left" if c in ("family", "size") else "right")
     goal_s = {"10k": 1.0, "100k": 15.0}
     for r in rows:
         if "error" in r:
-            t.add_row(
-                r["family"], r["size"], "-", "-", "-", "-", "-", "-", "-", "-", "-", r["error"]
-            )
+            t.add_row(r["family"], r["size"], *["-"] * 10, r["error"])
             continue
         g = goal_s.get(r["size"])
         goal = "-" if g is None else f"≤ {g:g} s: {'yes' if r['total_s'] <= g else 'NO'}"
@@ -304,6 +305,7 @@ def render(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> None:
             f"{r['inventory_s']:.3f}",
             f"{r['suggest_s']:.3f}",
             f"{r['total_s']:.3f}",
+            f"{r['cpu_s']:.3f}" if "cpu_s" in r else "-",
             "-" if exp is None else f"{exp:.2f}",
             f"{r['peak_mb']:.0f}",
             f"{100 * r['precision']:.2f}",
