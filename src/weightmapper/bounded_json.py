@@ -24,6 +24,7 @@ MAX_DEPTH = 64
 _DEPTH_STEP = np.zeros(256, dtype=np.int8)
 _DEPTH_STEP[[ord("["), ord("{")]] = 1
 _DEPTH_STEP[[ord("]"), ord("}")]] = -1
+_MATTERS = (_DEPTH_STEP != 0) | (np.arange(256) == ord('"'))
 
 
 class JSONLimitError(ValueError):
@@ -62,21 +63,20 @@ def nesting_depth(raw: bytes) -> int:
     after an odd number of delimiters are inside a string and do not count.
     """
     a = np.frombuffer(raw, dtype=np.uint8)
-    steps = _DEPTH_STEP[a]
-    quote = a == 0x22
-    # only quotes and brackets matter: work on those positions alone
-    keep = np.flatnonzero(quote | (steps != 0))
+    # only quotes and brackets matter: work on those positions alone (one pass over the text)
+    keep = np.flatnonzero(_MATTERS[a])
+    sub = a[keep]
+    q = sub == 0x22
     if b"\\" in raw:
         backslash = a == 0x5C
         count = np.cumsum(backslash, dtype=np.int64)
         # backslashes in the run ending at each position: count minus count at the last non-\
         run = count - np.maximum.accumulate(np.where(backslash, 0, count))
-        escaped = np.zeros_like(quote)
+        escaped = np.zeros(len(a), dtype=bool)
         escaped[1:] = (run[:-1] & 1) == 1
-        quote &= ~escaped
-    q = quote[keep]
+        q &= ~escaped[keep]
     inside = (np.cumsum(q, dtype=np.int64) & 1).astype(bool)
-    kept = steps[keep]
+    kept = _DEPTH_STEP[sub]
     kept[inside] = 0
     return int(np.cumsum(kept, dtype=np.int64).max(initial=0))
 

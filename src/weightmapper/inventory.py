@@ -338,7 +338,11 @@ def is_sorted_order(keys: Sequence[str]) -> bool:
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     """``layer10.conv2`` → a sort key that orders embedded numbers by value."""
     return tuple(
-        (0, int(part)) if part.isdigit() else (1, part) for part in _DIGIT_RUNS.split(text) if part
+        [
+            (0, int(part)) if part.isdigit() else (1, part)
+            for part in _DIGIT_RUNS.split(text)
+            if part
+        ]
     )
 
 
