@@ -52,7 +52,7 @@ def _eager_notes(source: Inventory, target: Inventory) -> list:
         run_cascade(st)
         _, tied = collect_pairs(st)
         notes = collect_notes(st, tied)
-    multi, notes = drop_ambiguous(propose_leftovers(source, target, notes), notes)
+    multi, notes = drop_ambiguous(propose_leftovers(source, target, notes, roles), notes)
     used = {("source", k) for m in multi for k in m.sources}
     used |= {("target", k) for m in multi for k in m.targets}
     return [n for n in notes if (n.side, n.name) not in used]
