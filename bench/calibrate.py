@@ -487,6 +487,15 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k}={v:.3f}" for k, v in cal.coef.items())
         + f", intercept={cal.intercept:.3f}",
     ]
+    from weightmapper.engine.calibration import DATA, load
+
+    stored = load.__wrapped__(DATA)
+    lines += [
+        "",
+        f"the stored map ({stored.meta.get('fitted', '?')}) on the same units: fit ECE "
+        f"{reliability(stored, train)[1]:.4f}, held-out ECE {reliability(stored, check)[1]:.4f}; "
+        + _sep_line(separation(stored, check)),
+    ]
     parts = {
         "zoo held out": data[CHECK_SPLIT],
         "external held out": ext_check,
@@ -500,8 +509,6 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["", *render(name, rows, ece, len(units)), _sep_line(separation(cal, units))]
     print("\n".join(lines))
     if args.write:
-        from weightmapper.engine.calibration import DATA
-
         DATA.write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
         print(
             f"wrote {DATA.name}; the CLI guide shows scores: regenerate it with "

@@ -32,7 +32,7 @@ from dataclasses import replace
 from weightmapper.engine.candidates import Proposal
 from weightmapper.engine.primitives import index_sim_one
 from weightmapper.engine.state import MatchState
-from weightmapper.inventory import Inventory, natural_key
+from weightmapper.inventory import Inventory
 from weightmapper.roles import EQUIVALENT, SideRoles, family
 
 ROLE_AGREE, ROLE_UNKNOWN, ROLE_CROSS = 1.0, 0.5, 0.0
@@ -84,12 +84,9 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
 
 
 def name_sorted(inv: Inventory) -> bool:
-    """Inventory → True when its module order is only its names' natural sort (a checkpoint
-    whose keys were stored sorted or shuffled, see :meth:`Inventory.from_table`)."""
-    if inv.module_types or inv.traced or len(inv.groups) < 3:
-        return False
-    paths = list(inv.groups)
-    return paths == sorted(paths, key=natural_key)
+    """Inventory → True when its keys carried no order of their own (stored sorted or
+    shuffled, :attr:`Inventory.sorted_keys`) and nothing traced replaced it."""
+    return inv.sorted_keys and not inv.traced
 
 
 def role_agreement(src_key: str, tgt_key: str, src: SideRoles, tgt: SideRoles) -> tuple[float, str]:
