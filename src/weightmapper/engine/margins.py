@@ -21,7 +21,7 @@ from collections import defaultdict
 import numpy as np
 
 from weightmapper.engine.candidates import Proposal
-from weightmapper.engine.signals import pair_signals
+from weightmapper.engine.signals import hierarchy_signal, name_signal, order_signal
 from weightmapper.engine.state import MatchState
 
 NEIGHBOURS = 4
@@ -65,11 +65,18 @@ def record_margins(st: MatchState, proposals: list[Proposal]) -> None:
                 alt_of += [n, n]
     best = np.full(len(proposals), -np.inf)
     if alt_rows:
-        sigs = pair_signals(st, np.array(alt_rows, np.int64), np.array(alt_cols, np.int64))
-        for n, bd in zip(alt_of, sigs, strict=True):
+        rows, cols = np.array(alt_rows, np.int64), np.array(alt_cols, np.int64)
+        gs, gt = st.s.group[rows], st.t.group[cols]
+        # the signals of pair_signals, kept as arrays: one raw score per alternative in numpy
+        # (a 100k-tensor checkpoint has 800k alternatives); the same float64 arithmetic
+        sigs = {
+            "name": name_signal(st, rows, cols, matrix=False),
+            "hierarchy": hierarchy_signal(st, gs, gt, matrix=False),
+            "order": order_signal(st, gs, gt, matrix=False),
             # equal shapes on both sides: the alternative's shape signal is the pair's own
-            bd["shape"] = proposals[n].breakdown.get("shape", 0.0)
-            best[n] = max(best[n], _raw(bd, w, total))
+            "shape": np.array([proposals[n].breakdown.get("shape", 0.0) for n in alt_of]),
+        }
+        np.maximum.at(best, np.array(alt_of, np.int64), _raw_many(sigs, w, total))
     for n, p in enumerate(proposals):
         if p.follows is not None:
             continue
@@ -87,6 +94,16 @@ def _set(p: Proposal, runner_up: float, raw: float) -> None:
     found = np.isfinite(runner_up)
     p.breakdown["runner_up"] = float(runner_up) if found else 0.0
     p.breakdown["margin"] = float(raw - runner_up) if found else NO_ALTERNATIVE
+
+
+def _raw_many(sigs: dict[str, np.ndarray], w: dict[str, float], total: float) -> np.ndarray:
+    """Signal arrays → :func:`_raw` of each position (summed in the same order, in float64)."""
+    if total <= 0:
+        return np.asarray(sigs["shape"], np.float64)
+    acc = np.zeros(len(sigs["shape"]), np.float64)
+    for k, weight in w.items():
+        acc = acc + weight * np.asarray(sigs[k], np.float64)
+    return acc / total
 
 
 def _raw(bd: dict[str, float], w: dict[str, float], total: float) -> float:
