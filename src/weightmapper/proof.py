@@ -1164,7 +1164,7 @@ def _fills(state: _State, hole: str, unmapped: list[str], bench: _Bench) -> list
                     target_shape=bench.target_shapes[t],
                     transform=spec,
                     stage="proof",
-                    confidence="medium",
+                    confidence="low",
                     note=_FILL_NOTE,
                 )
                 for t, (s, spec) in assign.items()
@@ -1285,7 +1285,7 @@ def _split_fills(
                         "split", {"dim": 0, "sizes": [shapes[targets[j]][0] for j in perm]}
                     ),
                     0.5,
-                    confidence="medium",
+                    confidence="low",
                 )
                 for s, targets in family
             ]

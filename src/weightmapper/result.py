@@ -29,6 +29,16 @@ CONFIDENT_SCORE = 0.9
 also labelled ``high``: the pairs counted by the confident coverage."""
 
 
+def _check_confidence(label: str, what: str) -> None:
+    """Confidence label of a pair → nothing; a label outside :data:`CONFIDENCES` raises
+    :class:`MappingError` (a report or mapping file carrying it would fail its schema)."""
+    if label not in CONFIDENCES:
+        raise MappingError(
+            f"{what} has confidence {label!r}; expected one of {', '.join(CONFIDENCES)}. "
+            "Fix the label in the mapping file, or map again to rebuild it."
+        )
+
+
 class UnmatchedReason(str, Enum):
     """Why a key was left without a partner; the value is the stable code used in JSON."""
 
@@ -161,6 +171,9 @@ class MatchedPair:
     note: str = ""
     """What the pair rests on beyond its scores (``layout assumed from names: …``), if anything."""
 
+    def __post_init__(self) -> None:
+        _check_confidence(self.confidence, f"pair {self.source} → {self.target}")
+
     @property
     def confident(self) -> bool:
         """True for a ``high`` pair scored at least :data:`CONFIDENT_SCORE`."""
@@ -214,6 +227,9 @@ class MultiPair:
     score: float
     breakdown: dict[str, float] = field(default_factory=dict)
     confidence: str = "high"
+
+    def __post_init__(self) -> None:
+        _check_confidence(self.confidence, f"{self.kind} {', '.join(self.sources)}")
 
     @property
     def confident(self) -> bool:

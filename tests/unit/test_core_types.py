@@ -9,7 +9,13 @@ import torch
 
 from weightmapper.atomic import atomic_path
 from weightmapper.errors import KeyCollisionError, MappingError, OutputError
-from weightmapper.result import MappingResult, MatchedPair, UnmatchedKey, UnmatchedReason
+from weightmapper.result import (
+    MappingResult,
+    MatchedPair,
+    MultiPair,
+    UnmatchedKey,
+    UnmatchedReason,
+)
 from weightmapper.transforms import TransformSpec, apply_one, get_transform, invert
 
 
@@ -57,6 +63,17 @@ def test_two_sources_on_one_target_is_a_collision() -> None:
     with pytest.raises(KeyCollisionError) as e:
         MappingResult([MatchedPair("a", "t", 1.0), MatchedPair("b", "t", 1.0)])
     assert e.value.collisions == {"t": ["a", "b"]}
+
+
+def test_a_confidence_outside_the_vocabulary_is_refused() -> None:
+    with pytest.raises(MappingError, match=r"confidence 'medium'.*high, ambiguous, low"):
+        MatchedPair("a", "b", 0.5, confidence="medium")
+    with pytest.raises(MappingError, match=r"split w.*confidence 'sure'"):
+        MultiPair(("w",), ("q", "k"), TransformSpec("split", {"dim": 0}), 0.5, confidence="sure")
+    data = MappingResult([MatchedPair("a", "b", 0.5)]).to_dict()
+    data["pairs"][0]["confidence"] = "medium"
+    with pytest.raises(MappingError, match="pair a → b"):
+        MappingResult.from_dict(data)
 
 
 def test_transforms_invert_and_unknown_name() -> None:

@@ -19,6 +19,7 @@ from torch import nn
 from weightmapper.calls import ModelCall, encoder_decoder, images, token_ids
 from weightmapper.errors import ForwardError
 from weightmapper.proof import prove
+from weightmapper.report import build_report, validate_report
 from weightmapper.result import MappingResult, MatchedPair, MultiPair
 from weightmapper.transforms import TransformSpec
 from weightmapper.verify import settle_ambiguous
@@ -461,6 +462,10 @@ def test_a_pair_the_first_pass_missed_is_filled_from_unused_source_tensors() -> 
     assert proof.fixes == ("norm: map norm → norm",)
     assert proof.mapping["norm.weight"] == "norm.weight"
     assert not proof.mapping.unmatched_target
+    # a fill is labelled low (the scores did not find it) and its report is schema-valid
+    filled = next(p for p in proof.mapping.pairs if p.source == "norm.weight")
+    assert filled.confidence == "low" and filled.stage == "proof"
+    validate_report(build_report(proof.mapping, hash_inputs=False, proof=proof))
 
 
 def test_a_split_the_first_pass_missed_is_filled_in_the_right_order() -> None:
