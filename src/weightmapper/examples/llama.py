@@ -67,48 +67,94 @@ def _attention(
     return (att.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1)
 
 
+# --- the parts both layouts share, under names each layout gives -----------------------------
+
+
+class _Attention(nn.Module):
+    """(b, t, dim) → the same: causal grouped-query attention with RoPE.
+
+    ``names`` are the layout's query, key, value and output projections; a layout's subclass
+    keeps the head counts under its library's own attribute names.
+    """
+
+    def __init__(
+        self, dim: int, n_heads: int, n_kv_heads: int, names: tuple[str, ...], rope
+    ) -> None:
+        super().__init__()
+        self.names, self.rope, self.head_counts = names, rope, (n_heads, n_kv_heads)
+        hd = dim // n_heads
+        q, kv, out = (dim, n_heads * hd), (dim, n_kv_heads * hd), (n_heads * hd, dim)
+        for name, (fan_in, fan_out) in zip(names, (q, kv, kv, out), strict=True):
+            self.add_module(name, nn.Linear(fan_in, fan_out, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v, out = (getattr(self, n) for n in self.names)
+        return out(_attention(q(x), k(x), v(x), *self.head_counts, self.rope))
+
+
+class _GatedMLP(nn.Module):
+    """(…, dim) → the same: ``down(silu(gate(x)) * up(x))``.
+
+    ``names`` maps gate, up and down to the layout's names, in the order it creates them.
+    """
+
+    def __init__(self, dim: int, hidden: int, names: dict[str, str]) -> None:
+        super().__init__()
+        self.names = names
+        for part, name in names.items():
+            shape = (hidden, dim) if part == "down" else (dim, hidden)
+            self.add_module(name, nn.Linear(*shape, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up, down = (getattr(self, self.names[p]) for p in ("gate", "up", "down"))
+        return down(F.silu(gate(x)) * up(x))
+
+
+class _Block(nn.Module):
+    """(b, t, dim) → the same: pre-norm attention, then pre-norm MLP, each added to the stream.
+
+    ``names`` are the layout's attention, MLP, attention norm and MLP norm.
+    """
+
+    def __init__(self, dim: int, names: tuple[str, ...], attention: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.names = names
+        for name, part in zip(names, (attention, mlp, RMSNorm(dim), RMSNorm(dim)), strict=True):
+            self.add_module(name, part)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attention, mlp, attention_norm, mlp_norm = (getattr(self, n) for n in self.names)
+        x = x + attention(attention_norm(x))
+        return x + mlp(mlp_norm(x))
+
+
+def _decode(embed: nn.Module, layers: nn.ModuleList, norm: nn.Module, ids: torch.Tensor):
+    """Embedding, blocks and final norm + token ids (b, t) → the normalised hidden states."""
+    h = embed(ids)
+    for layer in layers:
+        h = layer(h)
+    return norm(h)
+
+
 # --- Meta's layout ---------------------------------------------------------------------------
 
 
-class _MetaAttention(nn.Module):
+class _MetaAttention(_Attention):
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int) -> None:
-        super().__init__()
+        super().__init__(dim, n_heads, n_kv_heads, ("wq", "wk", "wv", "wo"), rope_interleaved)
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        hd = dim // n_heads
-        self.wq = nn.Linear(dim, n_heads * hd, bias=False)
-        self.wk = nn.Linear(dim, n_kv_heads * hd, bias=False)
-        self.wv = nn.Linear(dim, n_kv_heads * hd, bias=False)
-        self.wo = nn.Linear(n_heads * hd, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _attention(
-            self.wq(x), self.wk(x), self.wv(x), self.n_heads, self.n_kv_heads, rope_interleaved
-        )
-        return self.wo(out)
 
 
-class _MetaFeedForward(nn.Module):
+class _MetaFeedForward(_GatedMLP):
     def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        super().__init__(dim, hidden, {"gate": "w1", "down": "w2", "up": "w3"})
 
 
-class _MetaBlock(nn.Module):
+class _MetaBlock(_Block):
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int) -> None:
-        super().__init__()
-        self.attention = _MetaAttention(dim, n_heads, n_kv_heads)
-        self.feed_forward = _MetaFeedForward(dim, 3 * dim)
-        self.attention_norm = RMSNorm(dim)
-        self.ffn_norm = RMSNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x))
-        return x + self.feed_forward(self.ffn_norm(x))
+        names = ("attention", "feed_forward", "attention_norm", "ffn_norm")
+        attention = _MetaAttention(dim, n_heads, n_kv_heads)
+        super().__init__(dim, names, attention, _MetaFeedForward(dim, 3 * dim))
 
 
 class MetaLlama(nn.Module):
@@ -129,60 +175,30 @@ class MetaLlama(nn.Module):
         self.output = nn.Linear(dim, vocab_size, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.tok_embeddings(tokens)
-        for layer in self.layers:
-            h = layer(h)
-        return self.output(self.norm(h))
+        return self.output(_decode(self.tok_embeddings, self.layers, self.norm, tokens))
 
 
 # --- transformers' layout --------------------------------------------------------------------
 
 
-class _HFAttention(nn.Module):
+class _HFAttention(_Attention):
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int) -> None:
-        super().__init__()
+        names = ("q_proj", "k_proj", "v_proj", "o_proj")
+        super().__init__(dim, n_heads, n_kv_heads, names, rope_rotate_half)
         self.num_heads, self.num_key_value_heads = n_heads, n_kv_heads
         self.head_dim = dim // n_heads
-        hd = self.head_dim
-        self.q_proj = nn.Linear(dim, n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(dim, n_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(dim, n_kv_heads * hd, bias=False)
-        self.o_proj = nn.Linear(n_heads * hd, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _attention(
-            self.q_proj(x),
-            self.k_proj(x),
-            self.v_proj(x),
-            self.num_heads,
-            self.num_key_value_heads,
-            rope_rotate_half,
-        )
-        return self.o_proj(out)
 
 
-class _HFMLP(nn.Module):
+class _HFMLP(_GatedMLP):
     def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        super().__init__(dim, hidden, {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"})
 
 
-class _HFDecoderLayer(nn.Module):
+class _HFDecoderLayer(_Block):
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int) -> None:
-        super().__init__()
-        self.self_attn = _HFAttention(dim, n_heads, n_kv_heads)
-        self.mlp = _HFMLP(dim, 3 * dim)
-        self.input_layernorm = RMSNorm(dim)
-        self.post_attention_layernorm = RMSNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x))
-        return x + self.mlp(self.post_attention_layernorm(x))
+        names = ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
+        attention = _HFAttention(dim, n_heads, n_kv_heads)
+        super().__init__(dim, names, attention, _HFMLP(dim, 3 * dim))
 
 
 class _HFModel(nn.Module):
@@ -193,10 +209,7 @@ class _HFModel(nn.Module):
         self.norm = RMSNorm(dim)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        h = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            h = layer(h)
-        return self.norm(h)
+        return _decode(self.embed_tokens, self.layers, self.norm, input_ids)
 
 
 class HFLlama(nn.Module):
