@@ -7,8 +7,10 @@ the converter with :func:`bench.external.truth.derive`.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +75,27 @@ def register(case: ExternalCase) -> ExternalCase:
         raise ValueError(f"external case {case.name!r} is registered twice")
     CASES[case.name] = case
     return case
+
+
+def register_converted(
+    rows: Iterable[tuple[str, str, str, Callable[[str], Built], str]],
+    requires: tuple[str, ...],
+    more: Mapping[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Rows (name, family, converter as ``package.module:function``, builder taking that name,
+    description) + the modules they need (``more``: by case name, beyond ``requires``) → each
+    row registered, built by the very converter it names."""
+    for name, family, convert, make, description in rows:
+        register(
+            ExternalCase(
+                name=name,
+                family=family,
+                converter_name=convert,
+                build=functools.partial(make, convert),
+                requires=requires + (more or {}).get(name, ()),
+                description=description,
+            )
+        )
 
 
 # --- helpers shared by the case modules -------------------------------------------------------
@@ -141,3 +164,39 @@ def state_dict_of(module: nn.Module) -> dict[str, torch.Tensor]:
 def select(sd: Mapping[str, torch.Tensor], keys: list[str]) -> dict[str, torch.Tensor]:
     """State dict + keys → the entries of those keys."""
     return {k: sd[k] for k in keys}
+
+
+def function(path: str) -> Any:
+    """``package.module:function`` → that function, imported now (case modules import lazily)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def hf_model(cls: str, config: str, **kwargs: Any) -> tuple[Any, Any]:
+    """transformers class and config class names + config fields → (model class, config)."""
+    import transformers as tf
+
+    return getattr(tf, cls), getattr(tf, config)(**kwargs)
+
+
+def from_module(
+    src: nn.Module,
+    build_target: Callable[[], nn.Module],
+    converter: Converter,
+    inputs: Any,
+    run_source: Forward = logits,
+    notes: tuple[str, ...] = (),
+) -> Built:
+    """Source module + target factory + converter + input → a case whose source network runs
+    (its state dict is the checkpoint; the target's first output tensor is compared with what
+    ``run_source`` reads from the source)."""
+    return Built(
+        source_sd=state_dict_of(src),
+        build_target=build_target,
+        converter=converter,
+        inputs=inputs,
+        run_target=logits,
+        source_module=src,
+        run_source=run_source,
+        notes=list(notes),
+    )

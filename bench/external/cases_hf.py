@@ -16,7 +16,16 @@ from typing import Any
 
 import torch
 
-from bench.external.case import Built, ExternalCase, logits, randomize_, register, seeded, token_ids
+from bench.external.case import (
+    Built,
+    ExternalCase,
+    hf_model,
+    logits,
+    randomize_,
+    register,
+    seeded,
+    token_ids,
+)
 
 REQ = ("transformers",)
 
@@ -62,21 +71,44 @@ def _pixels(size: int = 16) -> torch.Tensor:
     return torch.randn(1, 3, size, size, generator=g)
 
 
+def _ids(length: int = 7) -> Callable[[], torch.Tensor]:
+    return lambda: token_ids(64, length=length)
+
+
+_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+_IMAGE = dict(_SIZES, image_size=16, patch_size=8)
+_TEXT = dict(_SIZES, vocab_size=64, tie_word_embeddings=False)
+_DECODER = dict(_TEXT, num_key_value_heads=2, intermediate_size=48, num_experts_per_tok=2)
+_CONFIGS: dict[str, dict[str, Any]] = {
+    # transformers config class: its fields, tiny
+    "ViTConfig": dict(_IMAGE, intermediate_size=64),
+    "Dinov2Config": dict(_IMAGE, mlp_ratio=2, use_swiglu_ffn=True),
+    "GPTNeoXConfig": dict(_TEXT, intermediate_size=64),
+    "MixtralConfig": dict(_DECODER, num_local_experts=3),
+    "Qwen2MoeConfig": dict(
+        _DECODER, moe_intermediate_size=24, shared_expert_intermediate_size=40, num_experts=3
+    ),
+    "BertConfig": dict(_TEXT, intermediate_size=64, max_position_embeddings=16),
+}
+
+
 def _legacy(
-    make: Callable[[], tuple[Any, Any]],
+    cls: str,
+    config: str,
     inputs: Callable[[], Any],
     *,
     with_legacy_renames: bool = False,
     target_cls: str = "",
 ) -> Callable[[], Built]:
-    """Model family (+ another head class of it as the target) → a legacy-checkpoint case."""
+    """transformers class and config names (+ another head class of the family as the target)
+    → a legacy-checkpoint case: the source in the layout transformers' reverse conversion writes."""
 
     def build() -> Built:
         import transformers as tf
 
-        cls, cfg = make()
-        model = randomize_(seeded(lambda: cls(cfg))())
-        tcls = getattr(tf, target_cls) if target_cls else cls
+        model_cls, cfg = hf_model(cls, config, **_CONFIGS[config])
+        model = randomize_(seeded(lambda: model_cls(cfg))())
+        tcls = getattr(tf, target_cls) if target_cls else model_cls
         return Built(
             source_sd=legacy_checkpoint(model, with_legacy_renames=with_legacy_renames),
             build_target=seeded(lambda: tcls(cfg)),
@@ -88,174 +120,75 @@ def _legacy(
     return build
 
 
-def _vit() -> tuple[Any, Any]:
-    import transformers as tf
-
-    cfg = tf.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        image_size=16,
-        patch_size=8,
-    )
-    return tf.ViTModel, cfg
-
-
-def _dinov2() -> tuple[Any, Any]:
-    import transformers as tf
-
-    cfg = tf.Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        mlp_ratio=2,
-        image_size=16,
-        patch_size=8,
-        use_swiglu_ffn=True,
-    )
-    return tf.Dinov2Model, cfg
-
-
-def _neox() -> tuple[Any, Any]:
-    import transformers as tf
-
-    cfg = tf.GPTNeoXConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        tie_word_embeddings=False,
-    )
-    return tf.GPTNeoXForCausalLM, cfg
-
-
-def _mixtral() -> tuple[Any, Any]:
-    import transformers as tf
-
-    cfg = tf.MixtralConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=48,
-        num_local_experts=3,
-        num_experts_per_tok=2,
-        tie_word_embeddings=False,
-    )
-    return tf.MixtralForCausalLM, cfg
-
-
-def _qwen2_moe() -> tuple[Any, Any]:
-    import transformers as tf
-
-    cfg = tf.Qwen2MoeConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=48,
-        moe_intermediate_size=24,
-        shared_expert_intermediate_size=40,
-        num_experts=3,
-        num_experts_per_tok=2,
-        tie_word_embeddings=False,
-    )
-    return tf.Qwen2MoeForCausalLM, cfg
-
-
-def _bert() -> tuple[Any, Any]:
-    import transformers as tf
-
-    cfg = tf.BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=16,
-        tie_word_embeddings=False,
-    )
-    return tf.BertForMaskedLM, cfg
-
-
-def _bert_pretraining() -> tuple[Any, Any]:
-    import transformers as tf
-
-    return tf.BertForPreTraining, _bert()[1]
-
-
-def _hf(name: str, family: str, build: Callable[[], Built], desc: str) -> None:
+for name, family, make, description in (
+    (
+        "hf-legacy-vit",
+        "vision",
+        _legacy("ViTModel", "ViTConfig", _pixels),
+        "old ViT keys (encoder.layer.N.attention.attention.query, intermediate.dense) → today's",
+    ),
+    (
+        "hf-legacy-dinov2-swiglu",
+        "vision",
+        _legacy("Dinov2Model", "Dinov2Config", _pixels),
+        "old DINOv2 with SwiGLU: one fused mlp.weights_in chunked into gate_proj and up_proj",
+    ),
+    (
+        "hf-legacy-gptneox",
+        "neox",
+        _legacy("GPTNeoXForCausalLM", "GPTNeoXConfig", _ids()),
+        "GPT-NeoX hub layout: embed_out → lm_head, fused query_key_value kept",
+    ),
+    (
+        "hf-legacy-mixtral-experts",
+        "moe",
+        _legacy("MixtralForCausalLM", "MixtralConfig", _ids()),
+        "Mixtral per-expert w1/w3/w2 → stacked experts.gate_up_proj and experts.down_proj",
+    ),
+    (
+        "hf-legacy-qwen2moe-experts",
+        "moe",
+        _legacy("Qwen2MoeForCausalLM", "Qwen2MoeConfig", _ids()),
+        "Qwen2-MoE per-expert gate/up/down → stacked experts, beside a shared expert",
+    ),
+    (
+        "hf-legacy-bert-gamma-beta",
+        "encoder",
+        _legacy("BertForMaskedLM", "BertConfig", _ids(8), with_legacy_renames=True),
+        "BERT MLM saved with LayerNorm.gamma/beta → LayerNorm.weight/bias",
+    ),
+    (
+        "hf-legacy-bert-pretraining-to-mlm",
+        "encoder",
+        _legacy(
+            "BertForPreTraining",
+            "BertConfig",
+            _ids(8),
+            with_legacy_renames=True,
+            target_cls="BertForMaskedLM",
+        ),
+        "BERT pre-training checkpoint (gamma/beta) → BertForMaskedLM: pooler and NSP head stay unmapped",
+    ),
+    (
+        "hf-legacy-bert-mlm-to-classifier",
+        "encoder",
+        _legacy(
+            "BertForMaskedLM",
+            "BertConfig",
+            _ids(8),
+            with_legacy_renames=True,
+            target_cls="BertForSequenceClassification",
+        ),
+        "BERT MLM checkpoint → BertForSequenceClassification: MLM head unmapped, pooler and classifier new",
+    ),
+):
     register(
         ExternalCase(
             name=name,
             family=family,
             converter_name="transformers.conversion_mapping (from_pretrained)",
-            build=build,
+            build=make,
             requires=REQ,
-            description=desc,
+            description=description,
         )
     )
-
-
-_hf(
-    "hf-legacy-vit",
-    "vision",
-    _legacy(_vit, _pixels),
-    "old ViT keys (encoder.layer.N.attention.attention.query, intermediate.dense) → today's",
-)
-_hf(
-    "hf-legacy-dinov2-swiglu",
-    "vision",
-    _legacy(_dinov2, _pixels),
-    "old DINOv2 with SwiGLU: one fused mlp.weights_in chunked into gate_proj and up_proj",
-)
-_hf(
-    "hf-legacy-gptneox",
-    "neox",
-    _legacy(_neox, lambda: token_ids(64)),
-    "GPT-NeoX hub layout: embed_out → lm_head, fused query_key_value kept",
-)
-_hf(
-    "hf-legacy-mixtral-experts",
-    "moe",
-    _legacy(_mixtral, lambda: token_ids(64)),
-    "Mixtral per-expert w1/w3/w2 → stacked experts.gate_up_proj and experts.down_proj",
-)
-_hf(
-    "hf-legacy-qwen2moe-experts",
-    "moe",
-    _legacy(_qwen2_moe, lambda: token_ids(64)),
-    "Qwen2-MoE per-expert gate/up/down → stacked experts, beside a shared expert",
-)
-_hf(
-    "hf-legacy-bert-gamma-beta",
-    "encoder",
-    _legacy(_bert, lambda: token_ids(64, length=8), with_legacy_renames=True),
-    "BERT MLM saved with LayerNorm.gamma/beta → LayerNorm.weight/bias",
-)
-_hf(
-    "hf-legacy-bert-pretraining-to-mlm",
-    "encoder",
-    _legacy(
-        _bert_pretraining,
-        lambda: token_ids(64, length=8),
-        with_legacy_renames=True,
-        target_cls="BertForMaskedLM",
-    ),
-    "BERT pre-training checkpoint (gamma/beta) → BertForMaskedLM: pooler and NSP head stay unmapped",
-)
-_hf(
-    "hf-legacy-bert-mlm-to-classifier",
-    "encoder",
-    _legacy(
-        _bert,
-        lambda: token_ids(64, length=8),
-        with_legacy_renames=True,
-        target_cls="BertForSequenceClassification",
-    ),
-    "BERT MLM checkpoint → BertForSequenceClassification: MLM head unmapped, pooler and classifier new",
-)
