@@ -278,17 +278,14 @@ class _Flow:
 
         Depth first unless ``breadth_first``; a caller may stop at the call it looks for.
         """
-        todo, seen = list(starts), set() if seen is None else seen
-        while todo and (limit is None or len(seen) < limit):
-            t = todo.pop(0) if breadth_first else todo.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            for ci in self.g.consumers.get(t, ()):
-                c = self.g.calls[ci]
-                yield c
-                if follow(c):
-                    todo += c.outputs
+        consumers = self.g.consumers
+
+        def onward(c: _Call) -> list[int]:
+            return c.outputs if follow(c) else []
+
+        return self._walk(
+            starts, lambda t: consumers.get(t, ()), onward, limit, breadth_first, seen
+        )
 
     def upstream(
         self,
@@ -303,14 +300,31 @@ class _Flow:
 
         Depth first unless ``breadth_first``; a caller may stop at the call it looks for.
         """
+        producer = self.g.producer
+
+        def made(t: int) -> list[int]:
+            return [producer[t]] if t in producer else []
+
+        return self._walk(starts, made, onward, limit, breadth_first, seen)
+
+    def _walk(
+        self,
+        starts: Iterable[int],
+        calls_at: Callable[[int], Iterable[int]],
+        onward: Callable[[_Call], Iterable[int]],
+        limit: int | None,
+        breadth_first: bool,
+        seen: set[int] | None,
+    ) -> Iterator[_Call]:
+        """The one graph walk: tensors → the calls ``calls_at`` each, then the tensors
+        ``onward`` picks of each call, every tensor once; see :meth:`downstream`."""
         todo, seen = list(starts), set() if seen is None else seen
         while todo and (limit is None or len(seen) < limit):
             t = todo.pop(0) if breadth_first else todo.pop()
             if t in seen:
                 continue
             seen.add(t)
-            ci = self.g.producer.get(t)
-            if ci is not None:
+            for ci in calls_at(t):
                 c = self.g.calls[ci]
                 yield c
                 todo += onward(c)
