@@ -13,6 +13,20 @@ from torch import nn
 _LAYERS = (3, 4, 6, 3)
 
 
+def _stages(block: type[nn.Module], width: int) -> list[nn.Sequential]:
+    """Bottleneck class + stem width → ResNet-50's four stages of blocks (the first block of
+    every stage but the first halves the resolution; each block widens its planes fourfold)."""
+    stages, c = [], width
+    for i, n in enumerate(_LAYERS):
+        planes = width * 2**i
+        blocks = []
+        for j in range(n):
+            blocks.append(block(c, planes, stride=2 if j == 0 and i > 0 else 1))
+            c = planes * 4
+        stages.append(nn.Sequential(*blocks))
+    return stages
+
+
 class Bottleneck(nn.Module):
     """(N, C_in, H, W) → (N, 4·planes, H/stride, W/stride); torchvision's block names."""
 
@@ -48,15 +62,9 @@ class ResNet50(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        c = width
-        for i, n in enumerate(_LAYERS):
-            planes = width * 2**i
-            blocks = []
-            for j in range(n):
-                blocks.append(Bottleneck(c, planes, stride=2 if j == 0 and i > 0 else 1))
-                c = planes * 4
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.fc = nn.Linear(c, num_classes)
+        for i, stage in enumerate(_stages(Bottleneck, width)):
+            setattr(self, f"layer{i + 1}", stage)
+        self.fc = nn.Linear(4 * width * 2 ** (len(_LAYERS) - 1), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -99,17 +107,8 @@ class RefactoredResNet50(nn.Module):
         super().__init__()
         self.stem = _ConvNorm(3, width, 7, stride=2)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
-        stages = []
-        c = width
-        for i, n in enumerate(_LAYERS):
-            planes = width * 2**i
-            blocks = []
-            for j in range(n):
-                blocks.append(_Block(c, planes, stride=2 if j == 0 and i > 0 else 1))
-                c = planes * 4
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.ModuleList(stages)
-        self.classifier = nn.Linear(c, num_classes)
+        self.stages = nn.ModuleList(_stages(_Block, width))
+        self.classifier = nn.Linear(4 * width * 2 ** (len(_LAYERS) - 1), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(torch.relu(self.stem(x)))

@@ -24,41 +24,70 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int) -
     return (att @ v).transpose(1, 2).reshape(n, t, d)
 
 
-class _OldAttention(nn.Module):
-    def __init__(self, d: int, n_head: int) -> None:
+class _Attention(nn.Module):
+    """(N, T, D) → the same: causal multi-head self-attention.
+
+    ``names`` are the layout's query, key, value and output projections.
+    """
+
+    def __init__(self, d: int, n_head: int, names: tuple[str, ...]) -> None:
         super().__init__()
-        self.n_head = n_head
-        self.q_proj = nn.Linear(d, d)
-        self.k_proj = nn.Linear(d, d)
-        self.v_proj = nn.Linear(d, d)
-        self.out_proj = nn.Linear(d, d)
+        self.n_head, self.names = n_head, names
+        for name in names:
+            self.add_module(name, nn.Linear(d, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.n_head)
-        return self.out_proj(y)
+        q, k, v, out = (getattr(self, n) for n in self.names)
+        return out(_attention(q(x), k(x), v(x), self.n_head))
 
 
-class _OldMLP(nn.Module):
+class _MLP(nn.Module):
+    """(N, T, D) → the same: ``down(gelu(up(x)))``; ``names`` are the layout's up and down."""
+
+    def __init__(self, d: int, names: tuple[str, str]) -> None:
+        super().__init__()
+        self.names = names
+        self.add_module(names[0], nn.Linear(d, 4 * d))
+        self.add_module(names[1], nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up, down = (getattr(self, n) for n in self.names)
+        return down(torch.nn.functional.gelu(up(x)))
+
+
+class _PreNorm(nn.Module):
+    """(N, T, D) → the same: pre-norm attention, then pre-norm MLP, each added to the stream.
+
+    ``names`` are the layout's attention norm, attention, MLP norm and MLP.
+    """
+
+    def __init__(self, d: int, names: tuple[str, ...], attention: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.names = names
+        parts = (nn.LayerNorm(d), attention, nn.LayerNorm(d), mlp)
+        for name, part in zip(names, parts, strict=True):
+            self.add_module(name, part)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attention_norm, attention, mlp_norm, mlp = (getattr(self, n) for n in self.names)
+        x = x + attention(attention_norm(x))
+        return x + mlp(mlp_norm(x))
+
+
+class _OldAttention(_Attention):
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__(d, n_head, ("q_proj", "k_proj", "v_proj", "out_proj"))
+
+
+class _OldMLP(_MLP):
     def __init__(self, d: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(d, 4 * d)
-        self.fc2 = nn.Linear(4 * d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        super().__init__(d, ("fc1", "fc2"))
 
 
-class _OldBlock(nn.Module):
+class _OldBlock(_PreNorm):
     def __init__(self, d: int, n_head: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(d)
-        self.attn = _OldAttention(d, n_head)
-        self.ln_2 = nn.LayerNorm(d)
-        self.mlp = _OldMLP(d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        names = ("ln_1", "attn", "ln_2", "mlp")
+        super().__init__(d, names, _OldAttention(d, n_head), _OldMLP(d))
 
 
 class OldTransformer(nn.Module):
@@ -83,41 +112,20 @@ class OldTransformer(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
-class _NewAttention(nn.Module):
+class _NewAttention(_Attention):
     def __init__(self, d: int, n_head: int) -> None:
-        super().__init__()
-        self.n_head = n_head
-        self.query = nn.Linear(d, d)
-        self.key = nn.Linear(d, d)
-        self.value = nn.Linear(d, d)
-        self.output = nn.Linear(d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _attention(self.query(x), self.key(x), self.value(x), self.n_head)
-        return self.output(y)
+        super().__init__(d, n_head, ("query", "key", "value", "output"))
 
 
-class _FeedForward(nn.Module):
+class _FeedForward(_MLP):
     def __init__(self, d: int) -> None:
-        super().__init__()
-        self.up = nn.Linear(d, 4 * d)
-        self.down = nn.Linear(4 * d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(torch.nn.functional.gelu(self.up(x)))
+        super().__init__(d, ("up", "down"))
 
 
-class _Layer(nn.Module):
+class _Layer(_PreNorm):
     def __init__(self, d: int, n_head: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(d)
-        self.attention = _NewAttention(d, n_head)
-        self.norm2 = nn.LayerNorm(d)
-        self.ffn = _FeedForward(d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        names = ("norm1", "attention", "norm2", "ffn")
+        super().__init__(d, names, _NewAttention(d, n_head), _FeedForward(d))
 
 
 class _Embeddings(nn.Module):
