@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weightmapper.calls import main_tensor
 from weightmapper.errors import CheckpointFormatError, MappingError
 from weightmapper.result import MappingResult
 from weightmapper.transforms import IDENTITY, TransformSpec, chain
@@ -132,7 +133,7 @@ def check_outputs(
     if reference_output is not None and source is not None:
         notes.append("compared with the source module's output, not the given reference_output")
 
-    ref_t, got_t = _main_tensor(reference), _main_tensor(got)
+    ref_t, got_t = main_tensor(reference), main_tensor(got)
     if ref_t is None or got_t is None:
         raise CheckpointFormatError(
             f"cannot find an output tensor to compare (reference: {type(reference).__name__}, "
@@ -388,8 +389,8 @@ def _hook(
     def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         if path in record:
             return  # a module called twice (shared) is compared on its first call
-        first_in = _main_tensor(args) if args else _main_tensor(kwargs)
-        out_t = _main_tensor(out)
+        first_in = main_tensor(args) if args else main_tensor(kwargs)
+        out_t = main_tensor(out)
         record[path] = (
             None if first_in is None else first_in.detach().clone(),
             None if out_t is None else out_t.detach().clone(),
@@ -406,26 +407,6 @@ def _as_call(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(inputs, (tuple, list)):
         return tuple(inputs), {}
     return (inputs,), {}
-
-
-def _main_tensor(value: Any) -> torch.Tensor | None:
-    """Output of any usual form → the tensor to compare (logits / last_hidden_state / first)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, Mapping):
-        for key in ("logits", "last_hidden_state"):
-            if isinstance(value.get(key), torch.Tensor):
-                return value[key]
-        values = list(value.values())
-    elif isinstance(value, (tuple, list)):
-        values = list(value)
-    else:
-        return None
-    for v in values:
-        t = _main_tensor(v)
-        if t is not None:
-            return t
-    return None
 
 
 def _compare(

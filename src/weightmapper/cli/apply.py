@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from weightmapper.cli import _proof
 from weightmapper.cli._console import print_json, stdout_console
+from weightmapper.cli._options import add_trust_pickle
 from weightmapper.errors import MappingError, WeightMapperError
 
 if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
@@ -92,11 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _proof.add_arguments(parser, target=True)
     parser.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow a pickle source to import any global (runs its code): trusted files only",
-    )
+    add_trust_pickle(parser)
 
 
 def run(args: argparse.Namespace) -> int:

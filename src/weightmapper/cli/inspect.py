@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from weightmapper.cli._console import print_json, stdout_console
+from weightmapper.cli._options import add_trust_pickle
 
 if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
     from rich.console import Console
@@ -36,11 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--depth", type=_depth, default=3, help="module tree depth (default: 3; 0 hides it)"
     )
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow pickles to import any global (runs their code): trusted files only",
-    )
+    add_trust_pickle(parser)
 
 
 def run(args: argparse.Namespace) -> int:

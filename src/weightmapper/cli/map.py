@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weightmapper.cli import _proof
+from weightmapper.cli._options import add_trust_pickle
 from weightmapper.errors import ConfigError
 from weightmapper.hf import is_hf_folder
 from weightmapper.progress import stage
@@ -139,11 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hierarchy", action="store_true", help="also print both module trees")
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     parser.add_argument("--quiet", action="store_true", help="print nothing; rely on the files")
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow pickles to import any global (runs their code): trusted files only",
-    )
+    add_trust_pickle(parser)
 
 
 MAX_DUMMY_ELEMENTS = 1 << 26

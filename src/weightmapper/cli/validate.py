@@ -7,6 +7,7 @@ from typing import Any
 
 from weightmapper.cli import _proof
 from weightmapper.cli._console import print_json, stdout_console
+from weightmapper.cli._options import add_trust_pickle
 from weightmapper.errors import ConfigError
 
 HELP = "check that a checkpoint loads into a target with strict=True semantics"
@@ -59,11 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-items", type=int, default=10, help="longest list printed per category (default 10)"
     )
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow pickles to import any global (runs their code): trusted files only",
-    )
+    add_trust_pickle(parser)
 
 
 def run(args: argparse.Namespace) -> int:
