@@ -25,10 +25,11 @@ import pytest
 import yaml
 from flows.local_server import free_port
 
+from pipeline_jobs import cnn_job_data
+
 pytestmark = [pytest.mark.flows, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CNN = {"num_classes": 10, "width": 8}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # Generous: CI machines are small and shared; a deadline only bounds a hang.
 SERVER_START_S = 300
@@ -114,16 +115,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def _job(root: Path, corrupt: bool = False) -> Path:
     """A three-checkpoint CNN job under ``root`` (plus a corrupt checkpoint if asked)."""
     root.mkdir(parents=True, exist_ok=True)
-    data = {
-        "name": "served",
-        "store": "store",
-        "examples": "ckpts",
-        "sources": ["ckpts/cnn/*.pt"],
-        "source_module": {"spec": "weightmapper.examples.cnn:OldCNN", "kwargs": CNN},
-        "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
-        "dummy_input": {"shape": [2, 3, 16, 16]},
-        "output": {"dir": "out", "naming": "{stem}.safetensors"},
-    }
+    data = cnn_job_data(name="served")
     if corrupt:
         (root / "ckpts" / "cnn").mkdir(parents=True, exist_ok=True)
         (root / "ckpts" / "cnn" / "zz_corrupt.pt").write_bytes(b"PK\x03\x04 truncated zip")

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from tiny_nets import TiedLM
 from weightmapper.checkpoint import (
     TensorTable,
     load_checkpoint_as_dict,
@@ -31,20 +32,6 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.encoder(x)))
-
-
-class TiedLM(nn.Module):
-    """Token embedding and output head share one weight, as in GPT-2."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(10, 6)
-        self.block = nn.Linear(6, 6)
-        self.lm_head = nn.Linear(6, 10, bias=False)
-        self.lm_head.weight = self.embed.weight
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.block(self.embed(ids)))
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from pipeline_jobs import CNN, cnn_job_data
 from weightmapper.errors import ConfigError
 from weightmapper.examples.cnn import OldCNN, RefactoredCNN
 from weightmapper.examples.generate import trained_like
@@ -22,22 +23,9 @@ from weightmapper.pipeline.config import JobConfig, parse_job
 from weightmapper.pipeline.policy import refusal
 from weightmapper.result import MappingResult
 
-CNN = {"num_classes": 10, "width": 8}
-
 
 def cnn_job(root: Path, **extra: Any) -> JobConfig:
-    data = {
-        "name": "t",
-        "store": "store",
-        "examples": "ckpts",
-        "sources": ["ckpts/cnn/*.pt"],
-        "source_module": {"spec": "weightmapper.examples.cnn:OldCNN", "kwargs": CNN},
-        "target": {"module": "weightmapper.examples.cnn:RefactoredCNN", "kwargs": CNN},
-        "dummy_input": {"shape": [2, 3, 16, 16]},
-        "mapper": {"threshold": 0.5},
-        "output": {"dir": "out", "naming": "{stem}.safetensors"},
-        **extra,
-    }
+    data = cnn_job_data(name="t", mapper={"threshold": 0.5}, **extra)
     return parse_job(data, base_dir=root)
 
 

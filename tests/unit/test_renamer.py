@@ -10,22 +10,11 @@ from safetensors import safe_open
 from safetensors.torch import load_model
 from torch import nn
 
+from tiny_nets import TiedLM
 from weightmapper.checkpoint import open_checkpoint
 from weightmapper.errors import KeyCollisionError, MappingError, OutputError
 from weightmapper.renamer import WeightRenamer, dedupe_shared_tensors
 from weightmapper.result import MappingResult
-
-
-class TiedLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(10, 6)
-        self.block = nn.Linear(6, 6)
-        self.lm_head = nn.Linear(6, 10, bias=False)
-        self.lm_head.weight = self.embed.weight
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(torch.relu(self.block(self.embed(ids))))
 
 
 def small_sd() -> dict[str, torch.Tensor]:
