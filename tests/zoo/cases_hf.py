@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
-from zoo.hf import gpt2_fields, hf_class, hf_model
-from zoo.nets_text import HandBert, HandGpt2, HandLlama, MetaLlama
+from zoo.hf import gpt2_fields, hf_class, hf_model, rope_theta
+from zoo.nets_text import HandBert, HandGpt2, HandLlama, LMConfig, MetaLlama
 from zoo.nets_vit import HandVit
 
 VOCAB, POSITIONS, D, LAYERS, HEADS, KV_HEADS, HIDDEN = 100, 32, 32, 2, 4, 2, 64
@@ -192,9 +192,14 @@ def _hf_llama(tied: bool) -> nn.Module:
 
 def _hand_llama(tied: bool, fused: bool) -> nn.Module:
     cfg = _llama_config(tied)
-    theta = float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
-    return HandLlama(
-        VOCAB, D, LAYERS, HEADS, KV_HEADS, HIDDEN, cfg.rms_norm_eps, theta, fused=fused, tied=tied
+    return HandLlama(_llama_sizes(cfg), fused=fused, tied=tied)
+
+
+def _llama_sizes(cfg: Any) -> LMConfig:
+    """HF Llama config → the same sizes for the hand-written Llamas."""
+    theta = rope_theta(cfg, 10000.0)
+    return LMConfig(
+        VOCAB, D, LAYERS, HEADS, KV_HEADS, HIDDEN, eps=cfg.rms_norm_eps, rope_theta=theta
     )
 
 
@@ -275,9 +280,7 @@ register(
 
 
 def _meta_llama() -> nn.Module:
-    cfg = _llama_config(tied=False)
-    theta = float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
-    return MetaLlama(VOCAB, D, LAYERS, HEADS, KV_HEADS, HIDDEN, cfg.rms_norm_eps, theta)
+    return MetaLlama(_llama_sizes(_llama_config(tied=False)))
 
 
 def _llama_meta_truth() -> Truth:

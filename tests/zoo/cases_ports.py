@@ -9,10 +9,10 @@ from torch import nn
 from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
 from zoo.cases_hf import HEADS, HIDDEN, KV_HEADS, LAYERS, VOCAB, D, token_ids
 from zoo.cases_vision import images
-from zoo.hf import hf_class
+from zoo.hf import hf_class, rope_theta
 from zoo.nets_keras import CONVS, KERAS_BN_EPS, KerasVgg
 from zoo.nets_moe import MixtralV4
-from zoo.nets_text import SeparateEncoder, TorchEncoder
+from zoo.nets_text import LMConfig, SeparateEncoder, TorchEncoder
 from zoo.nets_vgg import VggLike
 
 # --- Keras → PyTorch -----------------------------------------------------------------------
@@ -93,10 +93,13 @@ def _hf_mixtral() -> nn.Module:
 
 def _v4_mixtral() -> nn.Module:
     cfg = _mixtral_config()
-    theta = float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 1e6))
+    theta = rope_theta(cfg, 1e6)
     return MixtralV4(
-        VOCAB, D, MOE_LAYERS, HEADS, KV_HEADS, MOE_HIDDEN, EXPERTS, TOP_K, cfg.rms_norm_eps, theta
-    )
+        LMConfig(
+            VOCAB, D, MOE_LAYERS, HEADS, KV_HEADS, MOE_HIDDEN, experts=EXPERTS, top_k=TOP_K,
+            eps=cfg.rms_norm_eps, rope_theta=theta,
+        )
+    )  # fmt: skip
 
 
 def _mixtral_truth() -> Truth:

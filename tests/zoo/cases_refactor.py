@@ -25,13 +25,13 @@ from zoo.cases_hf import (
 from zoo.cases_vision import EFF_DEPTH, RESNET, images
 from zoo.nets_effnet import TimmEffNet
 from zoo.nets_resnet import TvResNet
-from zoo.nets_text import HandBert, HandLlama
+from zoo.nets_text import HandBert, HandLlama, LMConfig
 from zoo.nets_vgg import VggLike
 from zoo.relocate import Relocated, Wrapped, rename_leaf_tensors
 
 
 def _llama() -> nn.Module:
-    return HandLlama(VOCAB, D, LAYERS, HEADS, KV_HEADS, HIDDEN, tied=True)
+    return HandLlama(LMConfig(VOCAB, D, LAYERS, HEADS, KV_HEADS, HIDDEN), tied=True)
 
 
 def _bert() -> nn.Module:

@@ -18,22 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-@dataclass(frozen=True)
-class LMConfig:
-    """Sizes of a :class:`MetaStyleLM`."""
-
-    vocab: int = 100
-    dim: int = 32
-    layers: int = 2
-    heads: int = 4
-    kv_heads: int = 2
-    hidden: int = 64
-    qkv_bias: bool = False
-    experts: int = 0
-    top_k: int = 2
-    eps: float = 1e-6
-    rope_theta: float = 10000.0
+from zoo.nets_text import GatedMlp, LMConfig, PreNormBlock, stack
 
 
 class RMSNorm(nn.Module):
@@ -91,17 +76,11 @@ class MetaAttention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(b, n, c.heads * d))
 
 
-class FeedForward(nn.Module):
+class FeedForward(GatedMlp):
     """SwiGLU ``w2(silu(w1 x) * w3 x)``."""
 
     def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        super().__init__(dim, hidden, {"gate": "w1", "down": "w2", "up": "w3"})
 
 
 class StackedExperts(nn.Module):
@@ -141,21 +120,21 @@ class MoEFeedForward(nn.Module):
         return y.reshape(shape)
 
 
-class MetaBlock(nn.Module):
+class MetaBlock(PreNormBlock):
     """``attention``, ``feed_forward``, ``attention_norm``, ``ffn_norm`` (pre-norm)."""
 
     def __init__(self, c: LMConfig) -> None:
-        super().__init__()
-        self.attention = MetaAttention(c)
-        self.feed_forward: nn.Module = (
-            MoEFeedForward(c) if c.experts else FeedForward(c.dim, c.hidden)
+        attention = MetaAttention(c)
+        mlp = MoEFeedForward(c) if c.experts else FeedForward(c.dim, c.hidden)
+        super().__init__(
+            {
+                "attention": attention,
+                "feed_forward": mlp,
+                "attention_norm": RMSNorm(c.dim, c.eps),
+                "ffn_norm": RMSNorm(c.dim, c.eps),
+            },
+            ("attention_norm", "attention", "ffn_norm", "feed_forward"),
         )
-        self.attention_norm = RMSNorm(c.dim, c.eps)
-        self.ffn_norm = RMSNorm(c.dim, c.eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x))
-        return x + self.feed_forward(self.ffn_norm(x))
 
 
 class MetaStyleLM(nn.Module):
@@ -169,10 +148,7 @@ class MetaStyleLM(nn.Module):
         self.output = nn.Linear(c.dim, c.vocab, bias=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok_embeddings(ids)
-        for layer in self.layers:
-            x = layer(x)
-        return self.output(self.norm(x))
+        return self.output(self.norm(stack(self.layers, self.tok_embeddings(ids))))
 
 
 # --- DistilBERT math under plain names ------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from zoo.heldout_text import LMConfig
+from zoo.nets_text import LMConfig
 
 
 def hf_class(name: str) -> Any:
@@ -22,6 +22,11 @@ def hf_class(name: str) -> Any:
 def hf_model(model: str, config: str, /, **fields: Any) -> nn.Module:
     """Model and config class names plus config fields → a freshly initialised model."""
     return hf_class(model)(hf_class(config)(**fields))
+
+
+def rope_theta(config: Any, default: float) -> float:
+    """HF config → its RoPE base (``rope_parameters`` in transformers 5, else ``default``)."""
+    return float((getattr(config, "rope_parameters", None) or {}).get("rope_theta", default))
 
 
 def lm_fields(c: LMConfig, /, **extra: Any) -> dict[str, Any]:

@@ -12,21 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.nets_text import LlamaAttention, RMSNorm
+from zoo.nets_text import (
+    LlamaAttention,
+    LMConfig,
+    MetaFeedForward,
+    PreNormBlock,
+    RMSNorm,
+    stack,
+)
 
 
-class Expert(nn.Module):
+class Expert(MetaFeedForward):
     """w1 (gate), w2 (down), w3 (up): w2(silu(w1 x) * w3 x)."""
-
-    def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(d, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, d, bias=False)
-        self.w3 = nn.Linear(d, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens → tokens."""
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class SparseMoe(nn.Module):
@@ -53,62 +50,34 @@ class SparseMoe(nn.Module):
         return out.reshape(b, t, d)
 
 
-class MoeLayer(nn.Module):
+class MoeLayer(PreNormBlock):
     """self_attn, block_sparse_moe, input_layernorm, post_attention_layernorm (HF 4.x order)."""
 
-    def __init__(
-        self,
-        d: int,
-        heads: int,
-        kv_heads: int,
-        hidden: int,
-        experts: int,
-        top_k: int,
-        eps: float,
-        theta: float,
-    ) -> None:
-        super().__init__()
-        self.self_attn = LlamaAttention(
-            d, heads, kv_heads, theta, fused=False, names=("q_proj", "k_proj", "v_proj", "o_proj")
+    def __init__(self, c: LMConfig) -> None:
+        names = ("q_proj", "k_proj", "v_proj", "o_proj")
+        super().__init__(
+            {
+                "self_attn": LlamaAttention(c.dim, c.heads, c.kv_heads, c.rope_theta, False, names),
+                "block_sparse_moe": SparseMoe(c.dim, c.hidden, c.experts, c.top_k),
+                "input_layernorm": RMSNorm(c.dim, c.eps),
+                "post_attention_layernorm": RMSNorm(c.dim, c.eps),
+            },
+            ("input_layernorm", "self_attn", "post_attention_layernorm", "block_sparse_moe"),
         )
-        self.block_sparse_moe = SparseMoe(d, hidden, experts, top_k)
-        self.input_layernorm = RMSNorm(d, eps)
-        self.post_attention_layernorm = RMSNorm(d, eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens → tokens."""
-        x = x + self.self_attn(self.input_layernorm(x))
-        return x + self.block_sparse_moe(self.post_attention_layernorm(x))
 
 
 class MixtralV4(nn.Module):
     """model.embed_tokens, model.layers.{i}, model.norm, lm_head."""
 
-    def __init__(
-        self,
-        vocab: int,
-        d: int,
-        layers: int,
-        heads: int,
-        kv_heads: int,
-        hidden: int,
-        experts: int,
-        top_k: int,
-        eps: float,
-        theta: float,
-    ) -> None:
+    def __init__(self, c: LMConfig) -> None:
         super().__init__()
         self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(vocab, d)
-        self.model.layers = nn.ModuleList(
-            MoeLayer(d, heads, kv_heads, hidden, experts, top_k, eps, theta) for _ in range(layers)
-        )
-        self.model.norm = RMSNorm(d, eps)
-        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.model.embed_tokens = nn.Embedding(c.vocab, c.dim)
+        self.model.layers = nn.ModuleList(MoeLayer(c) for _ in range(c.layers))
+        self.model.norm = RMSNorm(c.dim, c.eps)
+        self.lm_head = nn.Linear(c.dim, c.vocab, bias=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids → (B, T, vocab) logits."""
-        x = self.model.embed_tokens(ids)
-        for layer in self.model.layers:
-            x = layer(x)
+        x = stack(self.model.layers, self.model.embed_tokens(ids))
         return self.lm_head(self.model.norm(x))

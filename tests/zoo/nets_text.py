@@ -8,10 +8,79 @@ the zoo can build them from the same small numbers as the HF configs.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Sizes of a decoder LM (:class:`HandLlama`, :class:`MetaLlama`, the MoE and held-out ones)."""
+
+    vocab: int = 100
+    dim: int = 32
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    hidden: int = 64
+    qkv_bias: bool = False
+    experts: int = 0
+    top_k: int = 2
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+
+
+# --- parts every decoder here shares, under the names each layout gives --------------------
+
+
+def stack(layers: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Layers + tokens → the tokens through each layer in turn."""
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+class PreNormBlock(nn.Module):
+    """Tokens → tokens: ``x + attention(norm(x))``, then ``x + mlp(norm(x))``.
+
+    ``parts`` are the layout's modules by name, in the order it registers them; ``order``
+    names the attention norm, attention, MLP norm and MLP (default: that registration order).
+    """
+
+    def __init__(self, parts: dict[str, nn.Module], order: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.order = order or tuple(parts)
+        for name, part in parts.items():
+            self.add_module(name, part)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens → tokens."""
+        attn_norm, attn, mlp_norm, mlp = (getattr(self, n) for n in self.order)
+        x = x + attn(attn_norm(x))
+        return x + mlp(mlp_norm(x))
+
+
+class GatedMlp(nn.Module):
+    """Tokens → tokens: ``down(silu(gate(x)) * up(x))``, no biases.
+
+    ``names`` maps gate, up and down to the layout's names, in the order it registers them.
+    """
+
+    def __init__(self, d: int, hidden: int, names: dict[str, str]) -> None:
+        super().__init__()
+        self.names = names
+        for part, name in names.items():
+            shape = (hidden, d) if part == "down" else (d, hidden)
+            self.add_module(name, nn.Linear(*shape, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens → tokens."""
+        gate, up, down = (getattr(self, self.names[p]) for p in ("gate", "up", "down"))
+        return down(F.silu(gate(x)) * up(x))
+
 
 # --- GPT-2 (nanoGPT-like, Linear layers instead of HF's transposed Conv1D) -----------------
 
@@ -69,20 +138,18 @@ class GptMlp(nn.Module):
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
-class GptBlock(nn.Module):
+class GptBlock(PreNormBlock):
     """norm_attn, attention, norm_mlp, mlp (pre-norm)."""
 
     def __init__(self, d: int, heads: int, fused: bool) -> None:
-        super().__init__()
-        self.norm_attn = nn.LayerNorm(d, eps=1e-5)
-        self.attention = GptAttention(d, heads, fused)
-        self.norm_mlp = nn.LayerNorm(d, eps=1e-5)
-        self.mlp = GptMlp(d, 4 * d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens → tokens."""
-        x = x + self.attention(self.norm_attn(x))
-        return x + self.mlp(self.norm_mlp(x))
+        super().__init__(
+            {
+                "norm_attn": nn.LayerNorm(d, eps=1e-5),
+                "attention": GptAttention(d, heads, fused),
+                "norm_mlp": nn.LayerNorm(d, eps=1e-5),
+                "mlp": GptMlp(d, 4 * d),
+            }
+        )
 
 
 class HandGpt2(nn.Module):
@@ -102,9 +169,7 @@ class HandGpt2(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids → (B, T, vocab) logits."""
         x = self.tok_emb(ids) + self.pos_emb(torch.arange(ids.shape[1]))
-        for b in self.blocks:
-            x = b(x)
-        return self.head(self.norm_final(x))
+        return self.head(self.norm_final(stack(self.blocks, x)))
 
 
 # --- BERT (names after fairseq/PyTorch encoders; k, v, q registered in that order) ---------
@@ -211,9 +276,7 @@ class HandBert(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) ids → ((B, T, D) hidden states, (B, D) pooled)."""
-        x = self.embeddings(ids)
-        for layer in self.encoder.layers:
-            x = layer(x)
+        x = stack(self.encoder.layers, self.embeddings(ids))
         return x, self.pooler(x)
 
 
@@ -289,70 +352,43 @@ class LlamaAttention(nn.Module):
         return getattr(self, self.names[3])(y.transpose(1, 2).reshape(b, t, -1))
 
 
-class LlamaMlp(nn.Module):
+class LlamaMlp(GatedMlp):
     """fc_1 (gate), fc_2 (up), proj (down): proj(silu(fc_1(x)) * fc_2(x))."""
 
     def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.fc_1 = nn.Linear(d, hidden, bias=False)
-        self.fc_2 = nn.Linear(d, hidden, bias=False)
-        self.proj = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens → tokens."""
-        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+        super().__init__(d, hidden, {"gate": "fc_1", "up": "fc_2", "down": "proj"})
 
 
-class LlamaBlock(nn.Module):
+class LlamaBlock(PreNormBlock):
     """norm_1, attn, norm_2, mlp (pre-norm)."""
 
-    def __init__(
-        self, d: int, heads: int, kv_heads: int, hidden: int, eps: float, theta: float, fused: bool
-    ) -> None:
-        super().__init__()
-        self.norm_1 = RMSNorm(d, eps)
-        self.attn = LlamaAttention(d, heads, kv_heads, theta, fused)
-        self.norm_2 = RMSNorm(d, eps)
-        self.mlp = LlamaMlp(d, hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens → tokens."""
-        x = x + self.attn(self.norm_1(x))
-        return x + self.mlp(self.norm_2(x))
+    def __init__(self, c: LMConfig, fused: bool) -> None:
+        super().__init__(
+            {
+                "norm_1": RMSNorm(c.dim, c.eps),
+                "attn": LlamaAttention(c.dim, c.heads, c.kv_heads, c.rope_theta, fused),
+                "norm_2": RMSNorm(c.dim, c.eps),
+                "mlp": LlamaMlp(c.dim, c.hidden),
+            }
+        )
 
 
 class HandLlama(nn.Module):
     """transformer.wte, transformer.h.{i}, transformer.ln_f, lm_head (optionally tied)."""
 
-    def __init__(
-        self,
-        vocab: int,
-        d: int,
-        layers: int,
-        heads: int,
-        kv_heads: int,
-        hidden: int,
-        eps: float = 1e-6,
-        theta: float = 10000.0,
-        fused: bool = False,
-        tied: bool = False,
-    ) -> None:
+    def __init__(self, c: LMConfig, fused: bool = False, tied: bool = False) -> None:
         super().__init__()
         self.transformer = nn.Module()
-        self.transformer.wte = nn.Embedding(vocab, d)
-        self.transformer.h = nn.ModuleList(
-            LlamaBlock(d, heads, kv_heads, hidden, eps, theta, fused) for _ in range(layers)
-        )
-        self.transformer.ln_f = RMSNorm(d, eps)
-        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.transformer.wte = nn.Embedding(c.vocab, c.dim)
+        self.transformer.h = nn.ModuleList(LlamaBlock(c, fused) for _ in range(c.layers))
+        self.transformer.ln_f = RMSNorm(c.dim, c.eps)
+        self.lm_head = nn.Linear(c.dim, c.vocab, bias=False)
         if tied:
             self.lm_head.weight = self.transformer.wte.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids → (B, T, vocab) logits."""
-        x = self.transformer.wte(ids)
-        for b in self.transformer.h:
-            x = b(x)
+        x = stack(self.transformer.h, self.transformer.wte(ids))
         return self.lm_head(self.transformer.ln_f(x))
 
 
@@ -386,74 +422,45 @@ class SeparateEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids → (B, T, D) hidden states."""
-        x = self.tok_embed(ids)
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        return stack(self.layers, self.tok_embed(ids))
 
 
 # --- Llama as Meta's reference code names it -----------------------------------------------
 
 
-class MetaFeedForward(nn.Module):
+class MetaFeedForward(GatedMlp):
     """w1 (gate), w2 (down), w3 (up): w2(silu(w1 x) * w3 x); w1 and w3 share a shape."""
 
     def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(d, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, d, bias=False)
-        self.w3 = nn.Linear(d, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens → tokens."""
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        super().__init__(d, hidden, {"gate": "w1", "down": "w2", "up": "w3"})
 
 
-class MetaBlock(nn.Module):
+class MetaBlock(PreNormBlock):
     """attention, feed_forward, then attention_norm, ffn_norm (norms registered last)."""
 
-    def __init__(
-        self, d: int, heads: int, kv_heads: int, hidden: int, eps: float, theta: float
-    ) -> None:
-        super().__init__()
-        self.attention = LlamaAttention(
-            d, heads, kv_heads, theta, fused=False, names=("wq", "wk", "wv", "wo")
+    def __init__(self, c: LMConfig) -> None:
+        names = ("wq", "wk", "wv", "wo")
+        super().__init__(
+            {
+                "attention": LlamaAttention(c.dim, c.heads, c.kv_heads, c.rope_theta, False, names),
+                "feed_forward": MetaFeedForward(c.dim, c.hidden),
+                "attention_norm": RMSNorm(c.dim, c.eps),
+                "ffn_norm": RMSNorm(c.dim, c.eps),
+            },
+            ("attention_norm", "attention", "ffn_norm", "feed_forward"),
         )
-        self.feed_forward = MetaFeedForward(d, hidden)
-        self.attention_norm = RMSNorm(d, eps)
-        self.ffn_norm = RMSNorm(d, eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens → tokens."""
-        x = x + self.attention(self.attention_norm(x))
-        return x + self.feed_forward(self.ffn_norm(x))
 
 
 class MetaLlama(nn.Module):
     """tok_embeddings, layers.{i}, norm, output (rotary in HF's half-split layout)."""
 
-    def __init__(
-        self,
-        vocab: int,
-        d: int,
-        layers: int,
-        heads: int,
-        kv_heads: int,
-        hidden: int,
-        eps: float = 1e-6,
-        theta: float = 10000.0,
-    ) -> None:
+    def __init__(self, c: LMConfig) -> None:
         super().__init__()
-        self.tok_embeddings = nn.Embedding(vocab, d)
-        self.layers = nn.ModuleList(
-            MetaBlock(d, heads, kv_heads, hidden, eps, theta) for _ in range(layers)
-        )
-        self.norm = RMSNorm(d, eps)
-        self.output = nn.Linear(d, vocab, bias=False)
+        self.tok_embeddings = nn.Embedding(c.vocab, c.dim)
+        self.layers = nn.ModuleList(MetaBlock(c) for _ in range(c.layers))
+        self.norm = RMSNorm(c.dim, c.eps)
+        self.output = nn.Linear(c.dim, c.vocab, bias=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids → (B, T, vocab) logits."""
-        x = self.tok_embeddings(ids)
-        for layer in self.layers:
-            x = layer(x)
-        return self.output(self.norm(x))
+        return self.output(self.norm(stack(self.layers, self.tok_embeddings(ids))))
