@@ -11,9 +11,11 @@ import functools
 import importlib.util
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import yaml
 from torch import nn
 
 from weightmapper.errors import MappingError, TransformError
@@ -230,6 +232,37 @@ def register(case: ZooCase) -> ZooCase:
         raise MappingError(f"zoo case {case.name!r} is registered twice")
     CASES[case.name] = case
     return case
+
+
+CATALOGUE = Path(__file__).with_name("cases.yaml")
+"""What each case is, in words: category, split, same function, description, hard cases."""
+
+
+@functools.cache
+def _catalogue() -> dict[str, dict[str, Any]]:
+    with CATALOGUE.open(encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def declare(
+    name: str,
+    build_source: Callable[[], nn.Module],
+    build_target: Callable[[], nn.Module],
+    dummy_input: Callable[[], ModelInput],
+    truth: Callable[[], Truth],
+    **code: Any,
+) -> ZooCase:
+    """Case name + how to build it (models, input, truth, ``shared_features``) → the registered
+    ZooCase, with what the case is read from :data:`CATALOGUE` under its name."""
+    about = dict(_catalogue().get(name) or {})
+    if not about:
+        raise MappingError(f"zoo case {name!r} has no entry in {CATALOGUE.name}; add one")
+    for key in ("hard_cases", "requires"):
+        about[key] = tuple(about.get(key, ()))
+    return register(
+        ZooCase(name, build_source=build_source, build_target=build_target,
+                dummy_input=dummy_input, truth=truth, **about, **code)
+    )  # fmt: skip
 
 
 def get_case(name: str) -> ZooCase:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
+from zoo.case import ExpectedMulti, Truth, declare, truth_from_pairs
 from zoo.hf import gpt2_fields, hf_class, hf_model, rope_theta
 from zoo.nets_text import HandBert, HandGpt2, HandLlama, LMConfig, MetaLlama
 from zoo.nets_vit import HandVit
@@ -81,35 +81,19 @@ def gpt2_truth(fused: bool) -> Truth:
     return truth_from_pairs(pairs, transforms=transforms, multi=multi)
 
 
-register(
-    ZooCase(
-        name="gpt2_hf_to_linear_fused",
-        category="transform",
-        build_source=hf_gpt2,
-        build_target=lambda: HandGpt2(VOCAB, POSITIONS, D, LAYERS, HEADS, fused=True),
-        dummy_input=token_ids,
-        truth=lambda: gpt2_truth(fused=True),
-        same_function=True,
-        requires=("transformers",),
-        description="HF GPT-2 (Conv1D) → nanoGPT-like Linear with fused qkv: every matrix "
-        "transposed, c_proj square (a transpose shape cannot reveal).",
-        hard_cases=("conv1d_vs_linear", "square_transpose", "tied_weights"),
-    )
+declare(
+    "gpt2_hf_to_linear_fused",
+    hf_gpt2,
+    lambda: HandGpt2(VOCAB, POSITIONS, D, LAYERS, HEADS, fused=True),
+    token_ids,
+    lambda: gpt2_truth(fused=True),
 )
-register(
-    ZooCase(
-        name="gpt2_hf_to_linear_split",
-        category="transform",
-        build_source=hf_gpt2,
-        build_target=lambda: HandGpt2(VOCAB, POSITIONS, D, LAYERS, HEADS, fused=False),
-        dummy_input=token_ids,
-        truth=lambda: gpt2_truth(fused=False),
-        same_function=True,
-        requires=("transformers",),
-        description="HF GPT-2 fused c_attn (Conv1D) → separate query/key/value Linears: a split "
-        "plus a transpose per block, other matrices transposed.",
-        hard_cases=("fused_vs_separate_attention", "conv1d_vs_linear", "tied_weights"),
-    )
+declare(
+    "gpt2_hf_to_linear_split",
+    hf_gpt2,
+    lambda: HandGpt2(VOCAB, POSITIONS, D, LAYERS, HEADS, fused=False),
+    token_ids,
+    lambda: gpt2_truth(fused=False),
 )
 
 
@@ -153,20 +137,12 @@ def _bert_truth() -> Truth:
     return truth_from_pairs(pairs)
 
 
-register(
-    ZooCase(
-        name="bert_hf_to_fairseq_names",
-        category="cross_library",
-        build_source=_hf_bert,
-        build_target=lambda: HandBert(VOCAB, POSITIONS, D, LAYERS, HEADS, HIDDEN),
-        dummy_input=token_ids,
-        truth=_bert_truth,
-        same_function=True,
-        requires=("transformers",),
-        description="HF BertModel → encoder.layers.{i}.self_attn.{k,v,q}_proj (registered k, v, "
-        "q), ffn.fc1/fc2, norm1/norm2: four same-shape matrices per layer.",
-        hard_cases=("same_shape_run", "registration_order_differs"),
-    )
+declare(
+    "bert_hf_to_fairseq_names",
+    _hf_bert,
+    lambda: HandBert(VOCAB, POSITIONS, D, LAYERS, HEADS, HIDDEN),
+    token_ids,
+    _bert_truth,
 )
 
 
@@ -247,35 +223,19 @@ def _llama_truth_fused() -> Truth:
     return truth_from_pairs(pairs, multi=multi)
 
 
-register(
-    ZooCase(
-        name="llama_litgpt_names_to_hf",
-        category="cross_library",
-        build_source=lambda: _hand_llama(tied=True, fused=False),
-        build_target=lambda: _hf_llama(tied=True),
-        dummy_input=token_ids,
-        truth=_llama_truth_hand_to_hf,
-        same_function=True,
-        requires=("transformers",),
-        description="litgpt-like Llama (transformer.h.{i}.attn.query, mlp.fc_1/fc_2/proj, "
-        "norm_1/norm_2) → HF LlamaForCausalLM, grouped-query attention, tied embedding.",
-        hard_cases=("tied_weights", "same_shape_run", "gate_vs_up_same_shape"),
-    )
+declare(
+    "llama_litgpt_names_to_hf",
+    lambda: _hand_llama(tied=True, fused=False),
+    lambda: _hf_llama(tied=True),
+    token_ids,
+    _llama_truth_hand_to_hf,
 )
-register(
-    ZooCase(
-        name="llama_hf_to_fused_qkv",
-        category="transform",
-        build_source=lambda: _hf_llama(tied=False),
-        build_target=lambda: _hand_llama(tied=False, fused=True),
-        dummy_input=token_ids,
-        truth=_llama_truth_fused,
-        same_function=True,
-        requires=("transformers",),
-        description="HF Llama q/k/v (grouped-query, unequal sizes) → one fused attn.qkv: a "
-        "merge along dim 0 per layer.",
-        hard_cases=("fused_vs_separate_attention",),
-    )
+declare(
+    "llama_hf_to_fused_qkv",
+    lambda: _hf_llama(tied=False),
+    lambda: _hand_llama(tied=False, fused=True),
+    token_ids,
+    _llama_truth_fused,
 )
 
 
@@ -306,21 +266,12 @@ def _llama_meta_truth() -> Truth:
     return truth_from_pairs(pairs)
 
 
-register(
-    ZooCase(
-        name="llama_hf_to_meta_names",
-        category="cross_library",
-        build_source=lambda: _hf_llama(tied=False),
-        build_target=_meta_llama,
-        dummy_input=token_ids,
-        truth=_llama_meta_truth,
-        same_function=True,
-        requires=("transformers",),
-        description="HF Llama → Meta's reference names (attention.wq/wk/wv/wo, feed_forward.w1/"
-        "w2/w3, norms registered after the layers they feed): gate_proj ↔ w1 and up_proj ↔ w3 "
-        "share a shape and no name token; w2 is the down projection.",
-        hard_cases=("gate_vs_up_same_shape", "registration_vs_execution_order"),
-    )
+declare(
+    "llama_hf_to_meta_names",
+    lambda: _hf_llama(tied=False),
+    _meta_llama,
+    token_ids,
+    _llama_meta_truth,
 )
 
 
@@ -378,33 +329,17 @@ def vit_truth(fused: bool) -> Truth:
     return truth_from_pairs(pairs, multi=multi)
 
 
-register(
-    ZooCase(
-        name="vit_hf_to_timm_names",
-        category="cross_library",
-        build_source=hf_vit,
-        build_target=lambda: HandVit(IMAGE, PATCH, CHANNELS, D, LAYERS, HEADS, HIDDEN),
-        dummy_input=pixels,
-        truth=lambda: vit_truth(fused=False),
-        same_function=True,
-        requires=("transformers",),
-        description="HF ViTModel (layernorm_before registered after attention) → timm-like "
-        "cls_token, pos_embed, blocks.{i}.norm1/attn/norm2/mlp with separate q/k/v.",
-        hard_cases=("registration_vs_execution_order", "same_shape_run"),
-    )
+declare(
+    "vit_hf_to_timm_names",
+    hf_vit,
+    lambda: HandVit(IMAGE, PATCH, CHANNELS, D, LAYERS, HEADS, HIDDEN),
+    pixels,
+    lambda: vit_truth(fused=False),
 )
-register(
-    ZooCase(
-        name="vit_hf_to_timm_fused_qkv",
-        category="transform",
-        build_source=hf_vit,
-        build_target=lambda: HandVit(IMAGE, PATCH, CHANNELS, D, LAYERS, HEADS, HIDDEN, fused=True),
-        dummy_input=pixels,
-        truth=lambda: vit_truth(fused=True),
-        same_function=True,
-        requires=("transformers",),
-        description="HF ViTModel separate q/k/v → timm-like fused attn.qkv (weight and bias "
-        "merges along dim 0).",
-        hard_cases=("fused_vs_separate_attention",),
-    )
+declare(
+    "vit_hf_to_timm_fused_qkv",
+    hf_vit,
+    lambda: HandVit(IMAGE, PATCH, CHANNELS, D, LAYERS, HEADS, HIDDEN, fused=True),
+    pixels,
+    lambda: vit_truth(fused=True),
 )

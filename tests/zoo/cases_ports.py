@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
+from zoo.case import ExpectedMulti, Truth, declare, truth_from_pairs
 from zoo.cases_hf import HEADS, HIDDEN, KV_HEADS, LAYERS, VOCAB, D, token_ids
 from zoo.cases_vision import images
 from zoo.hf import hf_class, rope_theta
@@ -51,21 +51,7 @@ def _keras_truth() -> Truth:
     return truth_from_pairs(pairs, transforms=transforms, unmapped_target=lone_target)
 
 
-register(
-    ZooCase(
-        name="keras_vgg_to_torch",
-        category="transform",
-        build_source=KerasVgg,
-        build_target=lambda: VggLike(bn_eps=KERAS_BN_EPS),
-        dummy_input=images,
-        truth=_keras_truth,
-        same_function=True,
-        description="Keras port (block1_conv1.kernel (kh, kw, in, out), fc1.kernel (in, out), "
-        "gamma/beta/moving_*) → torch Sequential VGG: permute every conv kernel, transpose "
-        "every dense kernel; num_batches_tracked has no partner.",
-        hard_cases=("tf_style_names", "keras_layout", "same_shape_run"),
-    )
-)
+declare("keras_vgg_to_torch", KerasVgg, lambda: VggLike(bn_eps=KERAS_BN_EPS), images, _keras_truth)
 
 
 # --- Mixtral: transformers 4.x per-expert layout → 5.x stacked experts ---------------------
@@ -121,22 +107,7 @@ def _mixtral_truth() -> Truth:
     return truth_from_pairs([(k, k) for k in same] + pairs, multi=multi)
 
 
-register(
-    ZooCase(
-        name="mixtral_v4_experts_to_v5_stacked",
-        category="transform",
-        build_source=_v4_mixtral,
-        build_target=_hf_mixtral,
-        dummy_input=token_ids,
-        truth=_mixtral_truth,
-        same_function=True,
-        requires=("transformers",),
-        description="transformers 4.x Mixtral (experts.{e}.w1/w2/w3 Linears) → 5.x "
-        "MixtralForCausalLM (experts.gate_up_proj (E, 2I, D) = stack of cat(w1, w3), "
-        "down_proj (E, D, I) = stack of w2): many identical-shape tensors merged.",
-        hard_cases=("moe_experts", "stack", "same_shape_run"),
-    )
-)
+declare("mixtral_v4_experts_to_v5_stacked", _v4_mixtral, _hf_mixtral, token_ids, _mixtral_truth)
 
 
 def _mixtral_truth_reversed() -> Truth:
@@ -148,21 +119,8 @@ def _mixtral_truth_reversed() -> Truth:
     return truth_from_pairs(((t, s) for s, t in fwd.pairs.items()), multi=multi)
 
 
-register(
-    ZooCase(
-        name="mixtral_v5_stacked_to_v4_experts",
-        category="transform",
-        build_source=_hf_mixtral,
-        build_target=_v4_mixtral,
-        dummy_input=token_ids,
-        truth=_mixtral_truth_reversed,
-        same_function=True,
-        requires=("transformers",),
-        description="transformers 5.x MixtralForCausalLM (stacked experts) → 4.x per-expert "
-        "Linears: gate_up_proj unstacked and each slice split into w1 and w3; down_proj "
-        "unstacked into w2.",
-        hard_cases=("moe_experts", "unstack", "same_shape_run"),
-    )
+declare(
+    "mixtral_v5_stacked_to_v4_experts", _hf_mixtral, _v4_mixtral, token_ids, _mixtral_truth_reversed
 )
 
 
@@ -192,17 +150,10 @@ def _torch_encoder_truth() -> Truth:
     return truth_from_pairs(pairs, multi=multi)
 
 
-register(
-    ZooCase(
-        name="torch_encoder_in_proj_to_separate",
-        category="transform",
-        build_source=lambda: TorchEncoder(VOCAB, D, LAYERS, HEADS, HIDDEN),
-        build_target=lambda: SeparateEncoder(VOCAB, D, LAYERS, HEADS, HIDDEN),
-        dummy_input=token_ids,
-        truth=_torch_encoder_truth,
-        same_function=True,
-        description="torch.nn.TransformerEncoder (self_attn.in_proj_weight/bias: q, k, v "
-        "stacked) → separate q/k/v projections registered k, v, q: a split along dim 0.",
-        hard_cases=("fused_vs_separate_attention", "registration_order_differs"),
-    )
+declare(
+    "torch_encoder_in_proj_to_separate",
+    lambda: TorchEncoder(VOCAB, D, LAYERS, HEADS, HIDDEN),
+    lambda: SeparateEncoder(VOCAB, D, LAYERS, HEADS, HIDDEN),
+    token_ids,
+    _torch_encoder_truth,
 )

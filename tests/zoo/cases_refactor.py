@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from zoo.case import ModelInput, Truth, ZooCase, register, truth_from_pairs
+from zoo.case import ModelInput, Truth, declare, truth_from_pairs
 from zoo.cases_hf import (
     HEADS,
     HIDDEN,
@@ -57,21 +57,13 @@ def _refactor(
     *,
     refactored_is_source: bool,
     dummy_input: Callable[[], ModelInput],
-    description: str,
-    hard_cases: tuple[str, ...],
 ) -> None:
-    register(
-        ZooCase(
-            name=name,
-            category="refactor",
-            build_source=refactored if refactored_is_source else plain,
-            build_target=plain if refactored_is_source else refactored,
-            dummy_input=dummy_input,
-            truth=_truth_of(refactored, refactored_is_source=refactored_is_source),
-            same_function=True,
-            description=description,
-            hard_cases=hard_cases,
-        )
+    declare(
+        name,
+        refactored if refactored_is_source else plain,
+        plain if refactored_is_source else refactored,
+        dummy_input,
+        _truth_of(refactored, refactored_is_source=refactored_is_source),
     )
 
 
@@ -83,8 +75,6 @@ _refactor(
     lambda: Wrapped(TvResNet(RESNET), "module"),
     refactored_is_source=True,
     dummy_input=images,
-    description="DistributedDataParallel checkpoint (module.) → the bare ResNet.",
-    hard_cases=("wrapper_prefix",),
 )
 _refactor(
     "refactor_compiled_orig_mod_prefix",
@@ -92,8 +82,6 @@ _refactor(
     lambda: Wrapped(_llama(), "_orig_mod"),
     refactored_is_source=True,
     dummy_input=token_ids,
-    description="torch.compile checkpoint (_orig_mod.) of a tied-embedding Llama → bare model.",
-    hard_cases=("wrapper_prefix", "tied_weights"),
 )
 _refactor(
     "refactor_model_prefix",
@@ -101,8 +89,6 @@ _refactor(
     lambda: Wrapped(_bert(), "model"),
     refactored_is_source=False,
     dummy_input=token_ids,
-    description="bare BERT → a training wrapper that holds it as model.",
-    hard_cases=("wrapper_prefix",),
 )
 _refactor(
     "refactor_backbone_body_prefix",
@@ -110,8 +96,6 @@ _refactor(
     lambda: Wrapped(TvResNet(RESNET), "backbone.body"),
     refactored_is_source=False,
     dummy_input=images,
-    description="ResNet → the same ResNet nested as backbone.body.",
-    hard_cases=("wrapper_prefix",),
 )
 
 
@@ -189,9 +173,6 @@ _refactor(
     lambda: Relocated(TvResNet(RESNET), synonym_path, order_seed=0),
     refactored_is_source=False,
     dummy_input=images,
-    description="ResNet → bn→norm, fc→linear, downsample→shortcut, layer→stage, with the "
-    "layers registered in shuffled order.",
-    hard_cases=("synonyms", "shuffled_key_order"),
 )
 _refactor(
     "refactor_flattened_names",
@@ -199,8 +180,6 @@ _refactor(
     lambda: Relocated(TvResNet(RESNET), flat_path),
     refactored_is_source=True,
     dummy_input=images,
-    description="a flattened export (layer1_0_conv1.weight) → the nested ResNet.",
-    hard_cases=("flattened_names",),
 )
 _refactor(
     "refactor_sequential_to_named",
@@ -208,9 +187,6 @@ _refactor(
     _seq_renamed,
     refactored_is_source=False,
     dummy_input=images,
-    description="VGG-like Sequential indices (features.3) → named layers (features.conv2d3), "
-    "five same-shape conv blocks.",
-    hard_cases=("sequential_indices", "same_shape_run"),
 )
 _refactor(
     "refactor_tf_style_names",
@@ -218,9 +194,6 @@ _refactor(
     _tf_effnet,
     refactored_is_source=True,
     dummy_input=lambda: images(8),
-    description="TF-style names (kernel, gamma/beta, moving_mean/moving_variance) → PyTorch "
-    f"names, {EFF_DEPTH} identical blocks.",
-    hard_cases=("tf_style_names", "same_shape_run"),
 )
 _refactor(
     "refactor_llama_renamed_shuffled",
@@ -228,9 +201,6 @@ _refactor(
     lambda: Relocated(_llama(), llama_path, order_seed=1),
     refactored_is_source=False,
     dummy_input=token_ids,
-    description="litgpt-like Llama → decoder.layers.{i}.attention/ffn/norm1/norm2 names, "
-    "layers registered in shuffled order, tied embedding kept.",
-    hard_cases=("synonyms", "shuffled_key_order", "tied_weights"),
 )
 
 
@@ -250,7 +220,4 @@ _refactor(
     _everything_at_once,
     refactored_is_source=True,
     dummy_input=images,
-    description="module. prefix + flattened names + TF-style tensor names + shuffled order, "
-    "all in one checkpoint → the plain ResNet.",
-    hard_cases=("wrapper_prefix", "flattened_names", "tf_style_names", "shuffled_key_order"),
 )

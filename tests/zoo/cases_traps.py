@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zoo.case import Truth, ZooCase, register
+from zoo.case import Truth, declare
 from zoo.cases_hf import (
     CHANNELS,
     HEADS,
@@ -11,7 +11,6 @@ from zoo.cases_hf import (
     LAYERS,
     PATCH,
     POSITIONS,
-    VOCAB,
     D,
     gpt2_truth,
     hf_gpt2,
@@ -34,86 +33,54 @@ from zoo.resnet_truth import (
     tv_name,
 )
 
-register(
-    ZooCase(
-        name="trap_resized_head",
-        category="trap",
-        build_source=lambda: TvResNet(RESNET, num_classes=1000),
-        build_target=lambda: StagedResNet(RESNET, num_classes=10),
-        dummy_input=images,
-        truth=lambda: resnet_truth(
-            resnet_layers(RESNET),
-            resnet_layers(RESNET),
-            tv_name,
-            staged_name,
-            unpaired_roles=("fc",),
-        ),
-        same_function=False,
-        shared_features=(
-            lambda m, x: m.forward_features(x),
-            lambda m, x: m.forward_features(x),
-        ),
-        description="1000-class torchvision ResNet → 10-class timm-like ResNet: the classifier "
-        "has no partner; the backbone must map completely.",
-        hard_cases=("resized_head",),
-    )
+declare(
+    "trap_resized_head",
+    lambda: TvResNet(RESNET, num_classes=1000),
+    lambda: StagedResNet(RESNET, num_classes=10),
+    images,
+    lambda: resnet_truth(
+        resnet_layers(RESNET),
+        resnet_layers(RESNET),
+        tv_name,
+        staged_name,
+        unpaired_roles=("fc",),
+    ),
+    shared_features=(
+        lambda m, x: m.forward_features(x),
+        lambda m, x: m.forward_features(x),
+    ),
 )
-register(
-    ZooCase(
-        name="trap_batchnorm_to_groupnorm",
-        category="trap",
-        build_source=lambda: TvResNet(RESNET, norm="bn"),
-        build_target=lambda: StagedResNet(RESNET, norm="gn"),
-        dummy_input=images,
-        truth=lambda: resnet_truth(
-            resnet_layers(RESNET),
-            resnet_layers(RESNET),
-            tv_name,
-            staged_name,
-            src_norm="bn",
-            tgt_norm="gn",
-        ),
-        same_function=False,
-        description="BatchNorm ResNet → GroupNorm ResNet: running statistics have no partner; "
-        "convs and the norms' affine weight/bias still line up.",
-        hard_cases=("batchnorm_to_groupnorm",),
-    )
+declare(
+    "trap_batchnorm_to_groupnorm",
+    lambda: TvResNet(RESNET, norm="bn"),
+    lambda: StagedResNet(RESNET, norm="gn"),
+    images,
+    lambda: resnet_truth(
+        resnet_layers(RESNET),
+        resnet_layers(RESNET),
+        tv_name,
+        staged_name,
+        src_norm="bn",
+        tgt_norm="gn",
+    ),
 )
 
 DEEPER = (2, 3, 2, 2)
 SHALLOWER_SRC = (2, 2, 3, 2)
 
-register(
-    ZooCase(
-        name="trap_deeper_target",
-        category="trap",
-        build_source=lambda: TvResNet(RESNET),
-        build_target=lambda: StagedResNet(DEEPER),
-        dummy_input=images,
-        truth=lambda: resnet_truth(
-            resnet_layers(RESNET), resnet_layers(DEEPER), tv_name, staged_name
-        ),
-        same_function=False,
-        description="ResNet with 2 blocks in stage 2 → one with 3: stages.1.blocks.2 has no "
-        "partner and every later block must still line up.",
-        hard_cases=("deeper_variant", "same_shape_run"),
-    )
+declare(
+    "trap_deeper_target",
+    lambda: TvResNet(RESNET),
+    lambda: StagedResNet(DEEPER),
+    images,
+    lambda: resnet_truth(resnet_layers(RESNET), resnet_layers(DEEPER), tv_name, staged_name),
 )
-register(
-    ZooCase(
-        name="trap_shallower_target",
-        category="trap",
-        build_source=lambda: TvResNet(SHALLOWER_SRC),
-        build_target=lambda: D2ResNet(RESNET, norm="bn"),
-        dummy_input=images,
-        truth=lambda: resnet_truth(
-            resnet_layers(SHALLOWER_SRC), resnet_layers(RESNET), tv_name, d2_name
-        ),
-        same_function=False,
-        description="ResNet with 3 blocks in stage 3 → detectron2-like names with 2: layer3.2 "
-        "has no partner and res5 must still line up with layer4.",
-        hard_cases=("shallower_variant", "same_shape_run"),
-    )
+declare(
+    "trap_shallower_target",
+    lambda: TvResNet(SHALLOWER_SRC),
+    lambda: D2ResNet(RESNET, norm="bn"),
+    images,
+    lambda: resnet_truth(resnet_layers(SHALLOWER_SRC), resnet_layers(RESNET), tv_name, d2_name),
 )
 
 
@@ -134,24 +101,16 @@ def _detector_truth() -> Truth:
     )
 
 
-register(
-    ZooCase(
-        name="trap_backbone_in_detector",
-        category="trap",
-        build_source=lambda: TvResNet(RESNET),
-        build_target=lambda: Detector(RESNET),
-        dummy_input=images,
-        truth=_detector_truth,
-        same_function=False,
-        shared_features=(
-            lambda m, x: m.forward_features(x),
-            lambda m, x: m.backbone.body(x)[-1],
-        ),
-        description="classification ResNet → detector reusing it as backbone.body (frozen BN): "
-        "fc must not land on roi_heads.box_predictor.cls_score (same shape); FPN and heads "
-        "have no partner.",
-        hard_cases=("backbone_in_detector", "frozen_batchnorm", "wrapper_prefix"),
-    )
+declare(
+    "trap_backbone_in_detector",
+    lambda: TvResNet(RESNET),
+    lambda: Detector(RESNET),
+    images,
+    _detector_truth,
+    shared_features=(
+        lambda m, x: m.forward_features(x),
+        lambda m, x: m.backbone.body(x)[-1],
+    ),
 )
 
 
@@ -172,20 +131,12 @@ def _resized_vocab_truth() -> Truth:
     )
 
 
-register(
-    ZooCase(
-        name="trap_resized_vocab",
-        category="trap",
-        build_source=hf_gpt2,
-        build_target=lambda: HandGpt2(RESIZED_VOCAB, POSITIONS, D, LAYERS, HEADS, fused=True),
-        dummy_input=token_ids,
-        truth=_resized_vocab_truth,
-        same_function=False,
-        requires=("transformers",),
-        description=f"HF GPT-2 (vocab {VOCAB}) → Linear GPT-2 with {RESIZED_VOCAB} tokens: the "
-        "tied embedding and head have no partner; every block still maps (transposed).",
-        hard_cases=("resized_embedding", "tied_weights", "conv1d_vs_linear"),
-    )
+declare(
+    "trap_resized_vocab",
+    hf_gpt2,
+    lambda: HandGpt2(RESIZED_VOCAB, POSITIONS, D, LAYERS, HEADS, fused=True),
+    token_ids,
+    _resized_vocab_truth,
 )
 
 
@@ -195,42 +146,23 @@ def _layer_scale_truth() -> Truth:
     return Truth(pairs=full.pairs, unmapped_target=frozenset(extra))
 
 
-register(
-    ZooCase(
-        name="trap_extra_layer_scale",
-        category="trap",
-        build_source=hf_vit,
-        build_target=lambda: HandVit(
-            IMAGE, PATCH, CHANNELS, D, LAYERS, HEADS, HIDDEN, layer_scale=True
-        ),
-        dummy_input=pixels,
-        truth=_layer_scale_truth,
-        same_function=False,
-        requires=("transformers",),
-        # the target's layer scales start at 1, so the mapped part must compute the same
-        shared_features=(
-            lambda m, x: model_output(m, x)[0],
-            lambda m, x: model_output(m, x)[0],
-        ),
-        description="HF ViT → timm-like ViT with layer scale: ls1/ls2.gamma (D,) have no "
-        "partner yet share their shape with every LayerNorm weight and bias.",
-        hard_cases=("extra_same_shape_params", "registration_vs_execution_order"),
-    )
+declare(
+    "trap_extra_layer_scale",
+    hf_vit,
+    lambda: HandVit(IMAGE, PATCH, CHANNELS, D, LAYERS, HEADS, HIDDEN, layer_scale=True),
+    pixels,
+    _layer_scale_truth,
+    shared_features=(
+        lambda m, x: model_output(m, x)[0],
+        lambda m, x: model_output(m, x)[0],
+    ),
 )
 
 
-register(
-    ZooCase(
-        name="trap_deeper_effnet_stage",
-        category="trap",
-        build_source=lambda: TimmEffNet(EFF_DEPTH),
-        build_target=lambda: TvEffNet(EFF_DEPTH + 1),
-        dummy_input=lambda: images(8),
-        truth=lambda: effnet_truth(EFF_DEPTH, EFF_DEPTH + 1),
-        same_function=False,
-        description=f"{EFF_DEPTH} identical timm blocks → {EFF_DEPTH + 1} torchvision blocks: "
-        f"features.1.{EFF_DEPTH} has no partner, and with every block the same shape one "
-        "misaligned block would shift all later pairs.",
-        hard_cases=("deeper_variant", "same_shape_run", "sequential_indices"),
-    )
+declare(
+    "trap_deeper_effnet_stage",
+    lambda: TimmEffNet(EFF_DEPTH),
+    lambda: TvEffNet(EFF_DEPTH + 1),
+    lambda: images(8),
+    lambda: effnet_truth(EFF_DEPTH, EFF_DEPTH + 1),
 )

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from zoo.case import Truth, ZooCase, register, truth_from_pairs
+from zoo.case import Truth, declare, truth_from_pairs
 from zoo.nets_convnext import ConvMlpConvNeXt, OfficialConvNeXt
 from zoo.nets_effnet import TimmEffNet, TvEffNet
 from zoo.nets_resnet import D2ResNet, StagedResNet, TvResNet
@@ -38,42 +38,26 @@ def _w(src: str, tgt: str) -> list[tuple[str, str]]:
 
 # --- ResNet --------------------------------------------------------------------------------
 
-register(
-    ZooCase(
-        name="resnet_tv_to_timm_names",
-        category="cross_library",
-        build_source=lambda: TvResNet(RESNET),
-        build_target=lambda: StagedResNet(RESNET),
-        dummy_input=images,
-        truth=lambda: resnet_truth(
-            resnet_layers(RESNET), resnet_layers(RESNET), tv_name, staged_name
-        ),
-        same_function=True,
-        description="torchvision ResNet (downsample registered after the convs) → timm-like "
-        "stages.{i}.blocks.{j} with the shortcut registered before conv_a.",
-        hard_cases=("registration_order_differs", "same_shape_run"),
-    )
+declare(
+    "resnet_tv_to_timm_names",
+    lambda: TvResNet(RESNET),
+    lambda: StagedResNet(RESNET),
+    images,
+    lambda: resnet_truth(resnet_layers(RESNET), resnet_layers(RESNET), tv_name, staged_name),
 )
-register(
-    ZooCase(
-        name="resnet_tv_to_d2_frozen_bn",
-        category="cross_library",
-        build_source=lambda: TvResNet(RESNET),
-        build_target=lambda: D2ResNet(RESNET, norm="frozen"),
-        dummy_input=images,
-        truth=lambda: resnet_truth(
-            resnet_layers(RESNET),
-            resnet_layers(RESNET),
-            tv_name,
-            d2_name,
-            src_norm="bn",
-            tgt_norm="frozen",
-        ),
-        same_function=True,
-        description="torchvision ResNet → detectron2-like res2..res5 with the norm inside the "
-        "conv (conv1.norm) and frozen BatchNorm buffers; num_batches_tracked has no partner.",
-        hard_cases=("frozen_batchnorm", "registration_order_differs", "same_shape_run"),
-    )
+declare(
+    "resnet_tv_to_d2_frozen_bn",
+    lambda: TvResNet(RESNET),
+    lambda: D2ResNet(RESNET, norm="frozen"),
+    images,
+    lambda: resnet_truth(
+        resnet_layers(RESNET),
+        resnet_layers(RESNET),
+        tv_name,
+        d2_name,
+        src_norm="bn",
+        tgt_norm="frozen",
+    ),
 )
 
 
@@ -103,20 +87,12 @@ def effnet_truth(depth: int = EFF_DEPTH, target_depth: int | None = None) -> Tru
     return truth_from_pairs(pairs, unmapped_target=lone)
 
 
-register(
-    ZooCase(
-        name="effnet_timm_to_torchvision",
-        category="cross_library",
-        build_source=lambda: TimmEffNet(EFF_DEPTH),
-        build_target=lambda: TvEffNet(EFF_DEPTH),
-        dummy_input=lambda: images(8),
-        truth=effnet_truth,
-        same_function=True,
-        description=f"{EFF_DEPTH} identical inverted-residual blocks, timm names "
-        "(blocks.3.conv_dw) "
-        "→ torchvision Sequential indices (features.1.3.block.1.0): only order lines them up.",
-        hard_cases=("same_shape_run", "sequential_indices"),
-    )
+declare(
+    "effnet_timm_to_torchvision",
+    lambda: TimmEffNet(EFF_DEPTH),
+    lambda: TvEffNet(EFF_DEPTH),
+    lambda: images(8),
+    effnet_truth,
 )
 
 
@@ -147,20 +123,12 @@ def _swin_truth() -> Truth:
     return truth_from_pairs(pairs, unmapped_source=lone)
 
 
-register(
-    ZooCase(
-        name="swin_end_merge_to_start_merge",
-        category="cross_library",
-        build_source=lambda: SwinEndMerge(depths=SWIN_DEPTHS),
-        build_target=lambda: SwinStartMerge(depths=SWIN_DEPTHS),
-        dummy_input=images,
-        truth=_swin_truth,
-        same_function=True,
-        description="original Swin (patch merging at the end of stage i, persistent "
-        "relative_position_index) → timm layout (merging at the start of stage i+1, index not "
-        "stored): layers.0.downsample ↔ stages.1.downsample; the index must stay unmapped.",
-        hard_cases=("merge_end_vs_start", "index_buffer_without_partner"),
-    )
+declare(
+    "swin_end_merge_to_start_merge",
+    lambda: SwinEndMerge(depths=SWIN_DEPTHS),
+    lambda: SwinStartMerge(depths=SWIN_DEPTHS),
+    images,
+    _swin_truth,
 )
 
 
@@ -188,18 +156,10 @@ def _convnext_truth() -> Truth:
     return truth_from_pairs(pairs, transforms=transforms)
 
 
-register(
-    ZooCase(
-        name="convnext_linear_to_conv_mlp",
-        category="transform",
-        build_source=lambda: OfficialConvNeXt(CNX_DEPTHS, CNX_DIMS),
-        build_target=lambda: ConvMlpConvNeXt(CNX_DEPTHS, CNX_DIMS),
-        dummy_input=images,
-        truth=_convnext_truth,
-        same_function=True,
-        description="official ConvNeXt (Linear point-wise layers, (C,) gamma, all downsamples "
-        "registered first) → 1×1-conv MLP, (C,1,1) gamma, downsample inside each stage: "
-        "reshapes.",
-        hard_cases=("layer_scale_c11", "linear_vs_1x1_conv", "registration_order_differs"),
-    )
+declare(
+    "convnext_linear_to_conv_mlp",
+    lambda: OfficialConvNeXt(CNX_DEPTHS, CNX_DIMS),
+    lambda: ConvMlpConvNeXt(CNX_DEPTHS, CNX_DIMS),
+    images,
+    _convnext_truth,
 )

@@ -27,7 +27,7 @@ from weightmapper.errors import MappingError
 from zoo import heldout_cnn as cnn
 from zoo import heldout_text as text
 from zoo import heldout_vit as vit
-from zoo.case import ExpectedMulti, Truth, ZooCase, register, truth_from_pairs
+from zoo.case import ExpectedMulti, Truth, declare, truth_from_pairs
 from zoo.hf import hf_model, lm_fields
 
 Transform = tuple[str, dict[str, Any]]
@@ -155,19 +155,12 @@ def _mbv2_truth() -> Truth:
     return layer_truth(src, tgt, cnn.mbv2_layer_pairs(cnn.MBV2_STAGES), complete=True)
 
 
-register(
-    ZooCase(
-        name="heldout_mobilenetv2_tv_to_timm",
-        split="heldout",
-        category="cross_library",
-        build_source=cnn.TvMobileNetV2,
-        build_target=cnn.TimmMobileNetV2,
-        dummy_input=_image(32),
-        truth=_mbv2_truth,
-        same_function=True,
-        description="torchvision MobileNetV2 (features.N.conv.0.0) → timm (blocks.S.B.conv_pw)",
-        hard_cases=("sequential indices vs names", "many same-shape BatchNorms", "depthwise"),
-    )
+declare(
+    "heldout_mobilenetv2_tv_to_timm",
+    cnn.TvMobileNetV2,
+    cnn.TimmMobileNetV2,
+    _image(32),
+    _mbv2_truth,
 )
 
 
@@ -176,21 +169,7 @@ def _regnet_truth() -> Truth:
     return layer_truth(src, tgt, cnn.regnet_layer_pairs(), complete=True)
 
 
-register(
-    ZooCase(
-        name="heldout_regnety_tv_to_timm",
-        split="heldout",
-        category="cross_library",
-        build_source=cnn.TvRegNet,
-        build_target=cnn.TimmRegNet,
-        dummy_input=_image(32),
-        truth=_regnet_truth,
-        same_function=True,
-        description="torchvision RegNetY (trunk_output.block1.block1-0.f.a.0, proj first) → "
-        "timm (s1.b1.conv1.conv, downsample last)",
-        hard_cases=("shortcut registered first vs last", "1-based vs 0-based block index", "SE"),
-    )
-)
+declare("heldout_regnety_tv_to_timm", cnn.TvRegNet, cnn.TimmRegNet, _image(32), _regnet_truth)
 
 
 def _convnext_truth() -> Truth:
@@ -211,20 +190,8 @@ def _convnext_truth() -> Truth:
     )
 
 
-register(
-    ZooCase(
-        name="heldout_convnext_tv_to_timm",
-        split="heldout",
-        category="transform",
-        build_source=cnn.TvConvNeXt,
-        build_target=cnn.TimmConvNeXt,
-        dummy_input=_image(32),
-        truth=_convnext_truth,
-        same_function=True,
-        description="torchvision ConvNeXt (layer_scale (C,1,1), downsample at the end of a "
-        "stage index) → timm (gamma (C,), stages.I.downsample at the start of the next stage)",
-        hard_cases=("reshape (C,1,1)→(C,)", "downsample moves across stage boundary"),
-    )
+declare(
+    "heldout_convnext_tv_to_timm", cnn.TvConvNeXt, cnn.TimmConvNeXt, _image(32), _convnext_truth
 )
 
 
@@ -233,20 +200,12 @@ def _densenet_truth() -> Truth:
     return layer_truth(src, tgt, cnn.densenet_layer_pairs(), complete=True)
 
 
-register(
-    ZooCase(
-        name="heldout_densenet_tv_to_keras_names",
-        split="heldout",
-        category="cross_library",
-        build_source=cnn.TvDenseNet,
-        build_target=cnn.KerasDenseNet,
-        dummy_input=_image(32),
-        truth=_densenet_truth,
-        same_function=True,
-        description="torchvision DenseNet (features.denseblock1.denselayer1.norm1, nested) → "
-        "Keras DenseNet layer names as flat modules (conv2_block1_0_bn, pool2_conv, bn)",
-        hard_cases=("norm before conv", "growing concat widths", "flat vs nested names"),
-    )
+declare(
+    "heldout_densenet_tv_to_keras_names",
+    cnn.TvDenseNet,
+    cnn.KerasDenseNet,
+    _image(32),
+    _densenet_truth,
 )
 
 
@@ -269,20 +228,12 @@ def _vit_tv_truth() -> Truth:
     return t
 
 
-register(
-    ZooCase(
-        name="heldout_vit_tv_to_timm",
-        split="heldout",
-        category="cross_library",
-        build_source=lambda: vit.TvViT(3),
-        build_target=lambda: vit.TimmViT((4, 4, 4)),
-        dummy_input=_image(vit.VIT_IMAGE),
-        truth=_vit_tv_truth,
-        same_function=True,
-        description="torchvision ViT (encoder.layers.encoder_layer_0.self_attention."
-        "in_proj_weight, mlp.0/mlp.3) → timm ViT (blocks.0.attn.qkv, mlp.fc1/fc2)",
-        hard_cases=("fused in_proj vs qkv", "class token / position embedding parameters"),
-    )
+declare(
+    "heldout_vit_tv_to_timm",
+    lambda: vit.TvViT(3),
+    lambda: vit.TimmViT((4, 4, 4)),
+    _image(vit.VIT_IMAGE),
+    _vit_tv_truth,
 )
 
 VIT_INSERTED_RATIOS = (4, 4, 2, 4, 4)
@@ -306,21 +257,13 @@ def _vit_inserted_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([o.flatten() for o in outs])
 
 
-register(
-    ZooCase(
-        name="heldout_trap_vit_block_inserted",
-        split="heldout",
-        category="trap",
-        build_source=lambda: vit.TvViT(4),
-        build_target=lambda: vit.TimmViT(VIT_INSERTED_RATIOS),
-        dummy_input=_image(vit.VIT_IMAGE),
-        truth=_vit_inserted_truth,
-        same_function=False,
-        description="torchvision ViT, 4 layers → timm ViT with a new block (MLP ratio 2) "
-        "inserted at index 2; layers 2, 3 become blocks 3, 4; block 2 has no partner",
-        hard_cases=("block inserted mid-stack", "new block's norms/attention share shapes"),
-        shared_features=(_vit_inserted_features, _vit_inserted_features),
-    )
+declare(
+    "heldout_trap_vit_block_inserted",
+    lambda: vit.TvViT(4),
+    lambda: vit.TimmViT(VIT_INSERTED_RATIOS),
+    _image(vit.VIT_IMAGE),
+    _vit_inserted_truth,
+    shared_features=(_vit_inserted_features, _vit_inserted_features),
 )
 
 
@@ -342,24 +285,12 @@ def _inception_truth() -> Truth:
     )
 
 
-register(
-    ZooCase(
-        name="heldout_trap_inception_aux_to_slim",
-        split="heldout",
-        category="trap",
-        build_source=cnn.TvInception,
-        build_target=cnn.SlimInception,
-        dummy_input=_image(24),
-        truth=_inception_truth,
-        same_function=True,
-        description="torchvision Inception (AuxLogits registered between Mixed blocks, fc) → "
-        "TF-slim scope names (Branch_0.Conv2d_0a_1x1), no aux head, 1x1-conv logits",
-        hard_cases=(
-            "auxiliary head only in the source",
-            "parallel branches with equal shapes",
-            "reshape Linear → 1x1 conv",
-        ),
-    )
+declare(
+    "heldout_trap_inception_aux_to_slim",
+    cnn.TvInception,
+    cnn.SlimInception,
+    _image(24),
+    _inception_truth,
 )
 
 
@@ -382,23 +313,13 @@ def _mbv2_wide_truth() -> Truth:
     )
 
 
-register(
-    ZooCase(
-        name="heldout_trap_mbv2_classes_and_last_width",
-        split="heldout",
-        category="trap",
-        build_source=cnn.TvMobileNetV2,
-        build_target=_mbv2_wide_target,
-        dummy_input=_image(32),
-        truth=_mbv2_wide_truth,
-        same_function=False,
-        description="torchvision MobileNetV2 (last stage 16 wide, 10 classes) → timm layout "
-        "with a 20-wide last stage and 7 classes; layers whose shapes changed have no partner",
-        hard_cases=("resized classifier", "resized last stage", "same-shape BN elsewhere"),
-        shared_features=_probe_pairs(
-            _mbv2_wide_truth, lambda: cnn.mbv2_layer_pairs(cnn.MBV2_STAGES)
-        ),
-    )
+declare(
+    "heldout_trap_mbv2_classes_and_last_width",
+    cnn.TvMobileNetV2,
+    _mbv2_wide_target,
+    _image(32),
+    _mbv2_wide_truth,
+    shared_features=_probe_pairs(_mbv2_wide_truth, lambda: cnn.mbv2_layer_pairs(cnn.MBV2_STAGES)),
 )
 
 
@@ -447,22 +368,13 @@ def _mbv2_ln_features(side: int) -> Callable[[nn.Module, Any], torch.Tensor]:
     return features
 
 
-register(
-    ZooCase(
-        name="heldout_trap_mbv2_bn_to_layernorm",
-        split="heldout",
-        category="trap",
-        build_source=cnn.TvMobileNetV2,
-        build_target=_mbv2_ln_target,
-        dummy_input=_image(32),
-        truth=_mbv2_ln_truth,
-        same_function=False,
-        description="torchvision MobileNetV2 with BatchNorm → timm layout whose norms are "
-        "LayerNorm2d but keep timm's names (bn1, bn2, bn3): convs and the norms' affine "
-        "weight/bias line up; running statistics have no partner",
-        hard_cases=("BatchNorm → LayerNorm under the same name", "(C,) weights of equal shape"),
-        shared_features=(_mbv2_ln_features(0), _mbv2_ln_features(1)),
-    )
+declare(
+    "heldout_trap_mbv2_bn_to_layernorm",
+    cnn.TvMobileNetV2,
+    _mbv2_ln_target,
+    _image(32),
+    _mbv2_ln_truth,
+    shared_features=(_mbv2_ln_features(0), _mbv2_ln_features(1)),
 )
 
 
@@ -509,21 +421,12 @@ def _qwen2_truth() -> Truth:
     return layer_truth(_qwen2(), text.MetaStyleLM(QWEN_LM), [], key_pairs=pairs, complete=True)
 
 
-register(
-    ZooCase(
-        name="heldout_qwen2_hf_to_meta_names",
-        split="heldout",
-        category="cross_library",
-        build_source=_qwen2,
-        build_target=lambda: text.MetaStyleLM(QWEN_LM),
-        dummy_input=lambda: _ids(QWEN_LM.vocab),
-        truth=_qwen2_truth,
-        same_function=True,
-        description="HF Qwen2 (GQA: k/v projections half the size of q, q/k/v biases) → "
-        "re-implementation with Meta names (attention.wq, feed_forward.w1/w3/w2)",
-        hard_cases=("grouped-query attention", "gate/up of equal shape (w1 vs w3)"),
-        requires=("transformers",),
-    )
+declare(
+    "heldout_qwen2_hf_to_meta_names",
+    _qwen2,
+    lambda: text.MetaStyleLM(QWEN_LM),
+    lambda: _ids(QWEN_LM.vocab),
+    _qwen2_truth,
 )
 
 MIXTRAL_LM = text.LMConfig(hidden=48, experts=4, top_k=2, eps=1e-5, rope_theta=1e6)
@@ -549,21 +452,12 @@ def _mixtral_truth() -> Truth:
     )
 
 
-register(
-    ZooCase(
-        name="heldout_mixtral_stacked_experts_to_hf",
-        split="heldout",
-        category="transform",
-        build_source=lambda: text.MetaStyleLM(MIXTRAL_LM),
-        build_target=_mixtral,
-        dummy_input=lambda: _ids(MIXTRAL_LM.vocab),
-        truth=_mixtral_truth,
-        same_function=True,
-        description="MoE re-implementation with experts stacked as 3-d w1/w3/w2 → HF Mixtral "
-        "(transformers 5: experts.gate_up_proj (E, 2I, H) = w1 ‖ w3 along dim 1)",
-        hard_cases=("3-d expert tensors", "merge along dim 1", "router (E, H)"),
-        requires=("transformers",),
-    )
+declare(
+    "heldout_mixtral_stacked_experts_to_hf",
+    lambda: text.MetaStyleLM(MIXTRAL_LM),
+    _mixtral,
+    lambda: _ids(MIXTRAL_LM.vocab),
+    _mixtral_truth,
 )
 
 BERT = text.BertConfig()
@@ -604,21 +498,12 @@ def _distilbert_truth() -> Truth:
     return layer_truth(_distilbert(), text.NanoBert(BERT), layers, key_pairs=pairs, complete=True)
 
 
-register(
-    ZooCase(
-        name="heldout_distilbert_hf_to_nanobert",
-        split="heldout",
-        category="cross_library",
-        build_source=_distilbert,
-        build_target=lambda: text.NanoBert(BERT),
-        dummy_input=lambda: _ids(BERT.vocab),
-        truth=_distilbert_truth,
-        same_function=True,
-        description="HF DistilBERT (q_lin/k_lin/v_lin/out_lin, sa_layer_norm, ffn.lin1) → "
-        "re-implementation (attn.query/key/value/out, norm_attn, ff.fc_in)",
-        hard_cases=("four (C, C) projections per layer", "post-norm"),
-        requires=("transformers",),
-    )
+declare(
+    "heldout_distilbert_hf_to_nanobert",
+    _distilbert,
+    lambda: text.NanoBert(BERT),
+    lambda: _ids(BERT.vocab),
+    _distilbert_truth,
 )
 
 CLIP_DEPTH, CLIP_HIDDEN, CLIP_PROJ = 2, 64, 24
@@ -676,22 +561,12 @@ def _clip_truth() -> Truth:
     )
 
 
-register(
-    ZooCase(
-        name="heldout_clip_vision_hf_to_openclip",
-        split="heldout",
-        category="transform",
-        build_source=_clip_vision,
-        build_target=_openclip_visual,
-        dummy_input=_image(vit.VIT_IMAGE),
-        truth=_clip_truth,
-        same_function=True,
-        description="HF CLIPVisionModelWithProjection (k/v/q_proj registered in that order, "
-        "visual_projection Linear) → OpenCLIP visual (attn.in_proj_weight = q‖k‖v, proj (C, D) "
-        "applied as x @ proj)",
-        hard_cases=("merge q,k,v weights and biases", "transpose of a bare projection matrix"),
-        requires=("transformers",),
-    )
+declare(
+    "heldout_clip_vision_hf_to_openclip",
+    _clip_vision,
+    _openclip_visual,
+    _image(vit.VIT_IMAGE),
+    _clip_truth,
 )
 
 WHISPER = text.WhisperConfig()
@@ -749,22 +624,12 @@ def _mel() -> torch.Tensor:
     return torch.randn(2, WHISPER.mels, 2 * WHISPER.ctx, generator=g)
 
 
-register(
-    ZooCase(
-        name="heldout_whisper_encoder_hf_to_openai",
-        split="heldout",
-        category="cross_library",
-        build_source=_whisper_hf,
-        build_target=lambda: text.OpenAIWhisperEncoder(WHISPER),
-        dummy_input=_mel,
-        truth=_whisper_truth,
-        same_function=True,
-        description="HF WhisperEncoder (k/v/q_proj, k without bias, embed_positions Embedding) "
-        "→ openai-whisper AudioEncoder (attn.query/key/value/out, positional_embedding buffer "
-        "registered before the convs)",
-        hard_cases=("Conv1d", "position table as a buffer", "four (C, C) projections"),
-        requires=("transformers",),
-    )
+declare(
+    "heldout_whisper_encoder_hf_to_openai",
+    _whisper_hf,
+    lambda: text.OpenAIWhisperEncoder(WHISPER),
+    _mel,
+    _whisper_truth,
 )
 
 GQA_LM = text.LMConfig(kv_heads=2)
@@ -785,23 +650,13 @@ def _gqa_truth() -> Truth:
     return layer_truth(_llama_mha(), text.MetaStyleLM(GQA_LM), _gqa_layer_pairs(), complete=False)
 
 
-register(
-    ZooCase(
-        name="heldout_trap_llama_mha_to_gqa",
-        split="heldout",
-        category="trap",
-        build_source=_llama_mha,
-        build_target=lambda: text.MetaStyleLM(GQA_LM),
-        dummy_input=lambda: _ids(GQA_LM.vocab),
-        truth=_gqa_truth,
-        same_function=False,
-        description="HF Llama with full multi-head attention (k/v (C, C)) → Meta-names "
-        "re-implementation with grouped-query attention (wk/wv (C/2, C)): k and v have no "
-        "partner; the (C, C) k/v must not land on wq/wo",
-        hard_cases=("MHA → GQA", "source k/v share the shape of target wq/wo"),
-        requires=("transformers",),
-        shared_features=_probe_pairs(_gqa_truth, _gqa_layer_pairs),
-    )
+declare(
+    "heldout_trap_llama_mha_to_gqa",
+    _llama_mha,
+    lambda: text.MetaStyleLM(GQA_LM),
+    lambda: _ids(GQA_LM.vocab),
+    _gqa_truth,
+    shared_features=_probe_pairs(_gqa_truth, _gqa_layer_pairs),
 )
 
 T5 = text.T5Sizes()
@@ -863,26 +718,12 @@ def _t5_truth() -> Truth:
     )
 
 
-register(
-    ZooCase(
-        name="heldout_t5x_encoder_to_hf",
-        split="heldout",
-        category="transform",
-        build_source=lambda: text.T5XEncoder(T5),
-        build_target=_t5_hf,
-        dummy_input=lambda: _ids(T5.vocab),
-        truth=_t5_truth,
-        same_function=True,
-        description="T5X/Flax encoder tree (attention.query.kernel (in, out), relpos_bias "
-        "(heads, buckets) shared at encoder level) → HF T5 encoder stack (SelfAttention.q "
-        "(out, in), relative_attention_bias (buckets, heads) in block 0 only)",
-        hard_cases=(
-            "transpose of square (C, C) kernels",
-            "relative position bias moves from encoder level into block 0",
-            "wi_0/wi_1 of equal shape",
-        ),
-        requires=("transformers",),
-    )
+declare(
+    "heldout_t5x_encoder_to_hf",
+    lambda: text.T5XEncoder(T5),
+    _t5_hf,
+    lambda: _ids(T5.vocab),
+    _t5_truth,
 )
 
 PHI3_LM = text.LMConfig(hidden=48, eps=1e-5)
@@ -922,20 +763,10 @@ def _phi3_truth() -> Truth:
     )
 
 
-register(
-    ZooCase(
-        name="heldout_phi3_hf_to_meta_split",
-        split="heldout",
-        category="transform",
-        build_source=_phi3,
-        build_target=lambda: text.MetaStyleLM(PHI3_LM),
-        dummy_input=lambda: _ids(PHI3_LM.vocab),
-        truth=_phi3_truth,
-        same_function=True,
-        description="HF Phi-3 (fused qkv_proj with GQA: q, k, v rows of unequal size 32/16/16; "
-        "fused gate_up_proj; o_proj registered before qkv_proj) → Meta-names re-implementation "
-        "with separate wq/wk/wv and w1/w3",
-        hard_cases=("split into unequal sizes", "gate/up split", "registration order"),
-        requires=("transformers",),
-    )
+declare(
+    "heldout_phi3_hf_to_meta_split",
+    _phi3,
+    lambda: text.MetaStyleLM(PHI3_LM),
+    lambda: _ids(PHI3_LM.vocab),
+    _phi3_truth,
 )
