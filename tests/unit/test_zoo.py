@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from weightmapper.errors import MappingError
@@ -30,6 +31,7 @@ from zoo import (
     randomize_,
     source_with_weights,
 )
+from zoo.case import CASES, CATALOGUE, declare
 from zoo.relocate import Relocated, Wrapped, rename_leaf_tensors
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -81,6 +83,13 @@ def test_registry_lookup_and_categories() -> None:
         get_case("no_such_case")
     with pytest.raises(MappingError, match="category"):
         cases("nonsense")
+
+
+def test_the_catalogue_describes_every_case_and_nothing_else() -> None:
+    described = yaml.safe_load(CATALOGUE.read_text(encoding="utf-8"))
+    assert list(described) == list(CASES)
+    with pytest.raises(MappingError, match=r"no entry in cases\.yaml"):
+        declare("no_such_case", nn.Identity, nn.Identity, lambda: torch.zeros(1), lambda: Truth({}))
 
 
 def test_bad_case_and_truth_are_rejected() -> None:
