@@ -62,8 +62,11 @@ class OfficialBlock(nn.Module):
         return x + (self.gamma * y).permute(0, 3, 1, 2)
 
 
-class OfficialConvNeXt(nn.Module):
-    """downsample_layers.{i}, stages.{i}.{j}, norm, head."""
+Sizes = tuple[int, ...]
+
+
+class _ConvNeXt(nn.Module):
+    """ConvNeXt from its sizes; each layout lays out its modules in ``build``."""
 
     def __init__(
         self,
@@ -72,6 +75,18 @@ class OfficialConvNeXt(nn.Module):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
+        self.build(depths, dims, num_classes)
+
+    def build(self, depths: Sizes, dims: Sizes, num_classes: int) -> None:
+        """Blocks and width per stage, classes → the network's modules."""
+        raise NotImplementedError
+
+
+class OfficialConvNeXt(_ConvNeXt):
+    """downsample_layers.{i}, stages.{i}.{j}, norm, head."""
+
+    def build(self, depths: Sizes, dims: Sizes, num_classes: int) -> None:
+        """All downsamples first, then the stages, norm and head."""
         self.downsample_layers = nn.ModuleList(
             [nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNormCF(dims[0]))]
             + [
@@ -150,16 +165,11 @@ class ConvMlpHead(nn.Module):
         return self.fc(self.norm(x.mean((2, 3))))
 
 
-class ConvMlpConvNeXt(nn.Module):
+class ConvMlpConvNeXt(_ConvNeXt):
     """stem.{0,1}, stages.{i}.downsample/blocks.{j}, head.norm/fc."""
 
-    def __init__(
-        self,
-        depths: tuple[int, ...] = (2, 2),
-        dims: tuple[int, ...] = (8, 16),
-        num_classes: int = 10,
-    ) -> None:
-        super().__init__()
+    def build(self, depths: Sizes, dims: Sizes, num_classes: int) -> None:
+        """Stem, stages each starting with its downsample, head."""
         self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0]))
         self.stages = nn.Sequential(
             *[

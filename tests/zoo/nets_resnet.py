@@ -106,18 +106,34 @@ class TvBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(y)) + idt)
 
 
-class TvResNet(nn.Module):
-    """torchvision-style ResNet: conv1, bn1, layer1..layerN, fc."""
+Sizes = tuple[int, ...]
+
+
+class _ResNet(nn.Module):
+    """A ResNet from its sizes and norm; each layout lays out its modules in ``build``."""
+
+    default_norm = "bn"
 
     def __init__(
         self,
-        layers: tuple[int, ...] = (2, 2, 2, 2),
-        widths: tuple[int, ...] = (8, 16, 32, 64),
+        layers: Sizes = (2, 2, 2, 2),
+        widths: Sizes = (8, 16, 32, 64),
         num_classes: int = 10,
-        norm: str = "bn",
+        norm: str | None = None,
     ) -> None:
         super().__init__()
-        n = make_norm(norm)
+        self.build(layers, widths, num_classes, make_norm(norm or self.default_norm))
+
+    def build(self, layers: Sizes, widths: Sizes, num_classes: int, n: Norm) -> None:
+        """Blocks and width per stage, classes (0: no head), norm → the network's modules."""
+        raise NotImplementedError
+
+
+class TvResNet(_ResNet):
+    """torchvision-style ResNet: conv1, bn1, layer1..layerN, fc."""
+
+    def build(self, layers: Sizes, widths: Sizes, num_classes: int, n: Norm) -> None:
+        """Stem conv and norm, layer1..layerN, fc."""
         self.conv1 = _conv3(3, widths[0])
         self.bn1 = n(widths[0])
         self.relu = nn.ReLU()
@@ -201,18 +217,11 @@ class Head(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-class StagedResNet(nn.Module):
+class StagedResNet(_ResNet):
     """timm-like ResNet: stem.conv/norm, stages.{i}.blocks.{j}.{shortcut,conv_a,...}, head.fc."""
 
-    def __init__(
-        self,
-        layers: tuple[int, ...] = (2, 2, 2, 2),
-        widths: tuple[int, ...] = (8, 16, 32, 64),
-        num_classes: int = 10,
-        norm: str = "bn",
-    ) -> None:
-        super().__init__()
-        n = make_norm(norm)
+    def build(self, layers: Sizes, widths: Sizes, num_classes: int, n: Norm) -> None:
+        """Stem, stages of blocks, head."""
         self.stem = ConvNorm(_conv3(3, widths[0]), n(widths[0]))
         self.stages = nn.ModuleList(
             Stage(blocks) for blocks in stage_blocks(StagedBlock, layers, widths, n)
@@ -275,18 +284,13 @@ class D2Stem(nn.Module):
         return F.relu(self.conv1(x))
 
 
-class D2ResNet(nn.Module):
+class D2ResNet(_ResNet):
     """detectron2-like ResNet: stem.conv1(.norm), res2..res5, optional ``linear`` classifier."""
 
-    def __init__(
-        self,
-        layers: tuple[int, ...] = (2, 2, 2, 2),
-        widths: tuple[int, ...] = (8, 16, 32, 64),
-        num_classes: int = 10,
-        norm: str = "frozen",
-    ) -> None:
-        super().__init__()
-        n = make_norm(norm)
+    default_norm = "frozen"
+
+    def build(self, layers: Sizes, widths: Sizes, num_classes: int, n: Norm) -> None:
+        """Stem, res2..res5, linear."""
         self.stem = D2Stem(widths[0], n)
         self.stage_names = []
         for i, blocks in enumerate(stage_blocks(D2Block, layers, widths, n)):

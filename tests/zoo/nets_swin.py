@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -132,27 +135,53 @@ class _EndStage(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
-class SwinEndMerge(nn.Module):
+@dataclass(frozen=True)
+class SwinSizes:
+    """What both Swin layouts are built from."""
+
+    img: int = 16
+    patch: int = 2
+    embed: int = 8
+    depths: tuple[int, ...] = (2, 2, 2)
+    heads: tuple[int, ...] = (2, 4, 8)
+    num_classes: int = 10
+
+    @property
+    def dims(self) -> list[int]:
+        """Width of each stage: the embedding width, doubled at every merge."""
+        return _dims(self.embed, len(self.depths))
+
+    @property
+    def res(self) -> int:
+        """Side of the first stage's token grid."""
+        return self.img // self.patch
+
+
+class _Swin(nn.Module):
+    """Swin from its sizes; each layout lays out its stages, norm and head in ``build``."""
+
+    def __init__(self, **sizes: Any) -> None:
+        super().__init__()
+        s = SwinSizes(**sizes)
+        self.patch_embed = PatchEmbed(s.embed, s.patch)
+        self.build(s)
+
+    def build(self, s: SwinSizes) -> None:
+        """Sizes → the stages, norm and head after the patch embedding."""
+        raise NotImplementedError
+
+
+class SwinEndMerge(_Swin):
     """patch_embed, layers.{i}.blocks/downsample, norm, head (original Swin)."""
 
-    def __init__(
-        self,
-        img: int = 16,
-        patch: int = 2,
-        embed: int = 8,
-        depths: tuple[int, ...] = (2, 2, 2),
-        heads: tuple[int, ...] = (2, 4, 8),
-        num_classes: int = 10,
-    ) -> None:
-        super().__init__()
-        dims, res = _dims(embed, len(depths)), img // patch
-        self.patch_embed = PatchEmbed(embed, patch)
+    def build(self, s: SwinSizes) -> None:
+        """Stages that merge at their end, then norm and head."""
+        dims, n = s.dims, len(s.depths)
         self.layers = nn.ModuleList(
-            _EndStage(dims[i], heads[i], res // 2**i, depths[i], i < len(depths) - 1)
-            for i in range(len(depths))
+            _EndStage(dims[i], s.heads[i], s.res // 2**i, s.depths[i], i < n - 1) for i in range(n)
         )
         self.norm = nn.LayerNorm(dims[-1])
-        self.head = nn.Linear(dims[-1], num_classes)
+        self.head = nn.Linear(dims[-1], s.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch → logits."""
@@ -187,29 +216,20 @@ class SwinHead(nn.Module):
         return self.fc(x.mean((1, 2)))
 
 
-class SwinStartMerge(nn.Module):
+class SwinStartMerge(_Swin):
     """patch_embed, stages.{i}.downsample/blocks, norm, head.fc (timm Swin)."""
 
-    def __init__(
-        self,
-        img: int = 16,
-        patch: int = 2,
-        embed: int = 8,
-        depths: tuple[int, ...] = (2, 2, 2),
-        heads: tuple[int, ...] = (2, 4, 8),
-        num_classes: int = 10,
-    ) -> None:
-        super().__init__()
-        dims, res = _dims(embed, len(depths)), img // patch
-        self.patch_embed = PatchEmbed(embed, patch)
+    def build(self, s: SwinSizes) -> None:
+        """Stages that merge at their start, then norm and head."""
+        dims, res = s.dims, s.res
         self.stages = nn.Sequential(
             *[
-                _StartStage(dims[max(0, i - 1)], dims[i], heads[i], res // 2**i, depths[i], i > 0)
-                for i in range(len(depths))
+                _StartStage(dims[max(0, i - 1)], d, s.heads[i], res // 2**i, s.depths[i], i > 0)
+                for i, d in enumerate(dims)
             ]
         )
         self.norm = nn.LayerNorm(dims[-1])
-        self.head = SwinHead(dims[-1], num_classes)
+        self.head = SwinHead(dims[-1], s.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch → logits."""
