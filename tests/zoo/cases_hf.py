@@ -149,16 +149,18 @@ declare(
 # --- Llama: HF LlamaForCausalLM against litgpt-like names ----------------------------------
 
 
+def decoder_config(config: str, layers: int, hidden: int, **fields: Any) -> Any:
+    """HF config class name + layers and MLP width (+ other fields) → the config at the zoo's
+    width, heads, key/value heads and vocabulary."""
+    return hf_class(config)(
+        num_hidden_layers=layers, hidden_size=D, num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS, intermediate_size=hidden, vocab_size=VOCAB, **fields,
+    )  # fmt: skip
+
+
 def _llama_config(tied: bool) -> Any:
-    return hf_class("LlamaConfig")(
-        num_hidden_layers=LAYERS,
-        hidden_size=D,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        intermediate_size=HIDDEN,
-        vocab_size=VOCAB,
-        max_position_embeddings=POSITIONS,
-        tie_word_embeddings=tied,
+    return decoder_config(
+        "LlamaConfig", LAYERS, HIDDEN, max_position_embeddings=POSITIONS, tie_word_embeddings=tied
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from zoo.case import ExpectedMulti, Truth, declare, truth_from_pairs
-from zoo.cases_hf import HEADS, HIDDEN, KV_HEADS, LAYERS, VOCAB, D, token_ids
+from zoo.cases_hf import HEADS, HIDDEN, KV_HEADS, LAYERS, VOCAB, D, decoder_config, token_ids
 from zoo.cases_vision import images
 from zoo.hf import hf_class, rope_theta
 from zoo.nets_keras import CONVS, KERAS_BN_EPS, KerasVgg
@@ -60,13 +60,10 @@ MOE_LAYERS, EXPERTS, TOP_K, MOE_HIDDEN = 2, 4, 2, 48
 
 
 def _mixtral_config() -> Any:
-    return hf_class("MixtralConfig")(
-        num_hidden_layers=MOE_LAYERS,
-        hidden_size=D,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        intermediate_size=MOE_HIDDEN,
-        vocab_size=VOCAB,
+    return decoder_config(
+        "MixtralConfig",
+        MOE_LAYERS,
+        MOE_HIDDEN,
         max_position_embeddings=32,
         num_local_experts=EXPERTS,
         num_experts_per_tok=TOP_K,

@@ -29,6 +29,7 @@ from zoo.resnet_truth import (
     d2_name,
     resnet_layers,
     resnet_truth,
+    resnets_truth,
     staged_name,
     tv_name,
 )
@@ -38,13 +39,7 @@ declare(
     lambda: TvResNet(RESNET, num_classes=1000),
     lambda: StagedResNet(RESNET, num_classes=10),
     images,
-    lambda: resnet_truth(
-        resnet_layers(RESNET),
-        resnet_layers(RESNET),
-        tv_name,
-        staged_name,
-        unpaired_roles=("fc",),
-    ),
+    resnets_truth(RESNET, RESNET, tv_name, staged_name, unpaired_roles=("fc",)),
     shared_features=(
         lambda m, x: m.forward_features(x),
         lambda m, x: m.forward_features(x),
@@ -55,14 +50,7 @@ declare(
     lambda: TvResNet(RESNET, norm="bn"),
     lambda: StagedResNet(RESNET, norm="gn"),
     images,
-    lambda: resnet_truth(
-        resnet_layers(RESNET),
-        resnet_layers(RESNET),
-        tv_name,
-        staged_name,
-        src_norm="bn",
-        tgt_norm="gn",
-    ),
+    resnets_truth(RESNET, RESNET, tv_name, staged_name, src_norm="bn", tgt_norm="gn"),
 )
 
 DEEPER = (2, 3, 2, 2)
@@ -73,14 +61,14 @@ declare(
     lambda: TvResNet(RESNET),
     lambda: StagedResNet(DEEPER),
     images,
-    lambda: resnet_truth(resnet_layers(RESNET), resnet_layers(DEEPER), tv_name, staged_name),
+    resnets_truth(RESNET, DEEPER, tv_name, staged_name),
 )
 declare(
     "trap_shallower_target",
     lambda: TvResNet(SHALLOWER_SRC),
     lambda: D2ResNet(RESNET, norm="bn"),
     images,
-    lambda: resnet_truth(resnet_layers(SHALLOWER_SRC), resnet_layers(RESNET), tv_name, d2_name),
+    resnets_truth(SHALLOWER_SRC, RESNET, tv_name, d2_name),
 )
 
 

@@ -11,7 +11,7 @@ from zoo.nets_convnext import ConvMlpConvNeXt, OfficialConvNeXt
 from zoo.nets_effnet import TimmEffNet, TvEffNet
 from zoo.nets_resnet import D2ResNet, StagedResNet, TvResNet
 from zoo.nets_swin import SwinEndMerge, SwinStartMerge
-from zoo.resnet_truth import d2_name, resnet_layers, resnet_truth, staged_name, tv_name
+from zoo.resnet_truth import d2_name, resnets_truth, staged_name, tv_name
 
 RESNET = (2, 2, 2, 2)
 
@@ -43,21 +43,14 @@ declare(
     lambda: TvResNet(RESNET),
     lambda: StagedResNet(RESNET),
     images,
-    lambda: resnet_truth(resnet_layers(RESNET), resnet_layers(RESNET), tv_name, staged_name),
+    resnets_truth(RESNET, RESNET, tv_name, staged_name),
 )
 declare(
     "resnet_tv_to_d2_frozen_bn",
     lambda: TvResNet(RESNET),
     lambda: D2ResNet(RESNET, norm="frozen"),
     images,
-    lambda: resnet_truth(
-        resnet_layers(RESNET),
-        resnet_layers(RESNET),
-        tv_name,
-        d2_name,
-        src_norm="bn",
-        tgt_norm="frozen",
-    ),
+    resnets_truth(RESNET, RESNET, tv_name, d2_name, src_norm="bn", tgt_norm="frozen"),
 )
 
 

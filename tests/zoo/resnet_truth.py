@@ -9,6 +9,7 @@ namings, expanded to tensors by each side's norm kind, so BatchNorm → FrozenBa
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from zoo.case import Truth, truth_from_pairs
 
@@ -114,3 +115,11 @@ def resnet_truth(
         if layer not in src_set or layer[3] in unpaired_roles:
             lone_tgt += [f"{tgt_name(layer)}.{n}" for n in _tensors(layer[0], tgt_norm)]
     return truth_from_pairs(pairs, unmapped_source=lone_src, unmapped_target=lone_tgt)
+
+
+def resnets_truth(
+    src: tuple[int, ...], tgt: tuple[int, ...], src_name: Namer, tgt_name: Namer, **kw: Any
+) -> Callable[[], Truth]:
+    """Blocks per stage of two classifier ResNets + their namings (+ :func:`resnet_truth`'s
+    norms and unpaired roles) → the function giving their truth."""
+    return lambda: resnet_truth(resnet_layers(src), resnet_layers(tgt), src_name, tgt_name, **kw)
