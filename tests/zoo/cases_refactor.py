@@ -69,34 +69,30 @@ def _refactor(
 
 # --- wrapper prefixes ----------------------------------------------------------------------
 
-_refactor(
-    "refactor_ddp_module_prefix",
-    lambda: TvResNet(RESNET),
-    lambda: Wrapped(TvResNet(RESNET), "module"),
-    refactored_is_source=True,
-    dummy_input=images,
-)
-_refactor(
-    "refactor_compiled_orig_mod_prefix",
-    _llama,
-    lambda: Wrapped(_llama(), "_orig_mod"),
-    refactored_is_source=True,
-    dummy_input=token_ids,
-)
-_refactor(
-    "refactor_model_prefix",
-    _bert,
-    lambda: Wrapped(_bert(), "model"),
-    refactored_is_source=False,
-    dummy_input=token_ids,
-)
-_refactor(
-    "refactor_backbone_body_prefix",
-    lambda: TvResNet(RESNET),
-    lambda: Wrapped(TvResNet(RESNET), "backbone.body"),
-    refactored_is_source=False,
-    dummy_input=images,
-)
+
+def _resnet() -> nn.Module:
+    return TvResNet(RESNET)
+
+
+def _wrapped(build: Callable[[], nn.Module], prefix: str) -> Callable[[], nn.Module]:
+    """Builder + prefix → a builder of the same model held under that prefix."""
+    return lambda: Wrapped(build(), prefix)
+
+
+for name, plain, wrapper, refactored_is_source, inputs in (
+    # case, plain model, the prefix it is saved under, whether the wrapped one is the source
+    ("refactor_ddp_module_prefix", _resnet, "module", True, images),
+    ("refactor_compiled_orig_mod_prefix", _llama, "_orig_mod", True, token_ids),
+    ("refactor_model_prefix", _bert, "model", False, token_ids),
+    ("refactor_backbone_body_prefix", _resnet, "backbone.body", False, images),
+):
+    _refactor(
+        name,
+        plain,
+        _wrapped(plain, wrapper),
+        refactored_is_source=refactored_is_source,
+        dummy_input=inputs,
+    )
 
 
 # --- renamed layers ------------------------------------------------------------------------
