@@ -288,6 +288,18 @@ def cases(category: str | None = None, split: str | None = "tune") -> list[ZooCa
     ]
 
 
+def per_layer(
+    layers: int, source: str, target: str, names: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """Layer count + each side's layer prefix (``{i}`` for the index) + source name → target
+    name within a layer → the (source, target) pairs of every layer, layer by layer."""
+    return [
+        (f"{source.format(i=i)}.{s}", f"{target.format(i=i)}.{t}")
+        for i in range(layers)
+        for s, t in names.items()
+    ]
+
+
 def truth_from_pairs(
     pairs: Iterable[tuple[str, str]],
     *,

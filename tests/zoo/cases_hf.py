@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.case import ExpectedMulti, Truth, declare, truth_from_pairs
+from zoo.case import ExpectedMulti, Truth, declare, per_layer, truth_from_pairs
 from zoo.hf import gpt2_fields, hf_class, hf_model, rope_theta
 from zoo.nets_text import HandBert, HandGpt2, HandLlama, LMConfig, MetaLlama
 from zoo.nets_vit import HandVit
@@ -121,19 +121,18 @@ def _bert_truth() -> Truth:
         *_weight_bias("embeddings.LayerNorm", "embeddings.norm"),
         *_weight_bias("pooler.dense", "pooler.proj"),
     ]
-    for i in range(LAYERS):
-        s, t = f"encoder.layer.{i}", f"encoder.layers.{i}"
-        for hf, mine in (
-            ("attention.self.query", "self_attn.q_proj"),
-            ("attention.self.key", "self_attn.k_proj"),
-            ("attention.self.value", "self_attn.v_proj"),
-            ("attention.output.dense", "self_attn.out_proj"),
-            ("attention.output.LayerNorm", "norm1"),
-            ("intermediate.dense", "ffn.fc1"),
-            ("output.dense", "ffn.fc2"),
-            ("output.LayerNorm", "norm2"),
-        ):
-            pairs += _weight_bias(f"{s}.{hf}", f"{t}.{mine}")
+    modules = {
+        "attention.self.query": "self_attn.q_proj",
+        "attention.self.key": "self_attn.k_proj",
+        "attention.self.value": "self_attn.v_proj",
+        "attention.output.dense": "self_attn.out_proj",
+        "attention.output.LayerNorm": "norm1",
+        "intermediate.dense": "ffn.fc1",
+        "output.dense": "ffn.fc2",
+        "output.LayerNorm": "norm2",
+    }
+    for s, t in per_layer(LAYERS, "encoder.layer.{i}", "encoder.layers.{i}", modules):
+        pairs += _weight_bias(s, t)
     return truth_from_pairs(pairs)
 
 
@@ -251,20 +250,19 @@ def _llama_meta_truth() -> Truth:
         ("model.norm.weight", "norm.weight"),
         ("lm_head.weight", "output.weight"),
     ]
-    for i in range(LAYERS):
-        s, t = f"model.layers.{i}", f"layers.{i}"
-        for hf, meta in (
-            ("self_attn.q_proj", "attention.wq"),
-            ("self_attn.k_proj", "attention.wk"),
-            ("self_attn.v_proj", "attention.wv"),
-            ("self_attn.o_proj", "attention.wo"),
-            ("mlp.gate_proj", "feed_forward.w1"),
-            ("mlp.up_proj", "feed_forward.w3"),
-            ("mlp.down_proj", "feed_forward.w2"),
-            ("input_layernorm", "attention_norm"),
-            ("post_attention_layernorm", "ffn_norm"),
-        ):
-            pairs.append((f"{s}.{hf}.weight", f"{t}.{meta}.weight"))
+    modules = {
+        "self_attn.q_proj": "attention.wq",
+        "self_attn.k_proj": "attention.wk",
+        "self_attn.v_proj": "attention.wv",
+        "self_attn.o_proj": "attention.wo",
+        "mlp.gate_proj": "feed_forward.w1",
+        "mlp.up_proj": "feed_forward.w3",
+        "mlp.down_proj": "feed_forward.w2",
+        "input_layernorm": "attention_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
+    for s, t in per_layer(LAYERS, "model.layers.{i}", "layers.{i}", modules):
+        pairs.append((f"{s}.weight", f"{t}.weight"))
     return truth_from_pairs(pairs)
 
 

@@ -27,7 +27,7 @@ from weightmapper.errors import MappingError
 from zoo import heldout_cnn as cnn
 from zoo import heldout_text as text
 from zoo import heldout_vit as vit
-from zoo.case import ExpectedMulti, Truth, declare, truth_from_pairs
+from zoo.case import ExpectedMulti, Truth, declare, per_layer, truth_from_pairs
 from zoo.hf import hf_model, lm_fields
 
 Transform = tuple[str, dict[str, Any]]
@@ -483,18 +483,21 @@ def _distilbert_truth() -> Truth:
         ("embeddings.position_embeddings.weight", "embed.positions.weight"),
     ]
     layers = [("embeddings.LayerNorm", "embed.norm")]
-    for i in range(BERT.layers):
-        hf, me = f"transformer.layer.{i}", f"encoder.{i}"
-        layers += [
-            (f"{hf}.attention.q_lin", f"{me}.attn.query"),
-            (f"{hf}.attention.k_lin", f"{me}.attn.key"),
-            (f"{hf}.attention.v_lin", f"{me}.attn.value"),
-            (f"{hf}.attention.out_lin", f"{me}.attn.out"),
-            (f"{hf}.sa_layer_norm", f"{me}.norm_attn"),
-            (f"{hf}.ffn.lin1", f"{me}.ff.fc_in"),
-            (f"{hf}.ffn.lin2", f"{me}.ff.fc_out"),
-            (f"{hf}.output_layer_norm", f"{me}.norm_ff"),
-        ]
+    layers += per_layer(
+        BERT.layers,
+        "transformer.layer.{i}",
+        "encoder.{i}",
+        {
+            "attention.q_lin": "attn.query",
+            "attention.k_lin": "attn.key",
+            "attention.v_lin": "attn.value",
+            "attention.out_lin": "attn.out",
+            "sa_layer_norm": "norm_attn",
+            "ffn.lin1": "ff.fc_in",
+            "ffn.lin2": "ff.fc_out",
+            "output_layer_norm": "norm_ff",
+        },
+    )
     return layer_truth(_distilbert(), text.NanoBert(BERT), layers, key_pairs=pairs, complete=True)
 
 
@@ -598,18 +601,21 @@ def _whisper_hf() -> nn.Module:
 
 def _whisper_truth() -> Truth:
     layers = [("conv1", "conv1"), ("conv2", "conv2"), ("layer_norm", "ln_post")]
-    for i in range(WHISPER.layers):
-        hf, oa = f"layers.{i}", f"blocks.{i}"
-        layers += [
-            (f"{hf}.self_attn.q_proj", f"{oa}.attn.query"),
-            (f"{hf}.self_attn.k_proj", f"{oa}.attn.key"),
-            (f"{hf}.self_attn.v_proj", f"{oa}.attn.value"),
-            (f"{hf}.self_attn.out_proj", f"{oa}.attn.out"),
-            (f"{hf}.self_attn_layer_norm", f"{oa}.attn_ln"),
-            (f"{hf}.fc1", f"{oa}.mlp.0"),
-            (f"{hf}.fc2", f"{oa}.mlp.2"),
-            (f"{hf}.final_layer_norm", f"{oa}.mlp_ln"),
-        ]
+    layers += per_layer(
+        WHISPER.layers,
+        "layers.{i}",
+        "blocks.{i}",
+        {
+            "self_attn.q_proj": "attn.query",
+            "self_attn.k_proj": "attn.key",
+            "self_attn.v_proj": "attn.value",
+            "self_attn.out_proj": "attn.out",
+            "self_attn_layer_norm": "attn_ln",
+            "fc1": "mlp.0",
+            "fc2": "mlp.2",
+            "final_layer_norm": "mlp_ln",
+        },
+    )
     return layer_truth(
         _whisper_hf(),
         text.OpenAIWhisperEncoder(WHISPER),
