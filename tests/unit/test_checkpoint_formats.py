@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,25 +162,22 @@ def test_lightning_checkpoint(tmp_path: Path, net: TinyNet) -> None:
     assert_same_tensors(table, sd)
 
 
-def test_data_parallel_prefix_is_stripped(tmp_path: Path, net: TinyNet) -> None:
-    wrapped = nn.DataParallel(net).state_dict()
-    assert all(k.startswith("module.") for k in wrapped)
-    torch.save(wrapped, tmp_path / "ddp.pt")
-    table = open_checkpoint(tmp_path / "ddp.pt")
-    assert table.stripped_prefixes == ["module."]
+@pytest.mark.parametrize(
+    ("wrap", "prefix"), [(nn.DataParallel, "module."), (torch.compile, "_orig_mod.")]
+)
+def test_wrapper_prefix_is_stripped(
+    tmp_path: Path, net: TinyNet, wrap: Callable[[nn.Module], nn.Module], prefix: str
+) -> None:
+    wrapped = wrap(net).state_dict()
+    assert all(k.startswith(prefix) for k in wrapped)
+    torch.save(wrapped, tmp_path / "wrapped.pt")
+    table = open_checkpoint(tmp_path / "wrapped.pt")
+    assert table.stripped_prefixes == [prefix]
     assert list(table) == list(net.state_dict())
-    assert table.original_name("head.weight") == "module.head.weight"
-    raw = open_checkpoint(tmp_path / "ddp.pt", strip_prefixes=False)
-    assert list(raw) == list(wrapped) and raw.stripped_prefixes == []
-
-
-def test_compiled_prefix_is_stripped(tmp_path: Path, net: TinyNet) -> None:
-    compiled = torch.compile(net).state_dict()
-    assert all(k.startswith("_orig_mod.") for k in compiled)
-    torch.save(compiled, tmp_path / "compiled.pt")
-    table = open_checkpoint(tmp_path / "compiled.pt")
-    assert table.stripped_prefixes == ["_orig_mod."]
     assert_same_tensors(table, net.state_dict())
+    assert table.original_name("head.weight") == f"{prefix}head.weight"
+    raw = open_checkpoint(tmp_path / "wrapped.pt", strip_prefixes=False)
+    assert list(raw) == list(wrapped) and raw.stripped_prefixes == []
 
 
 def test_strip_wrapper_prefixes_rules() -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from rapidfuzz import fuzz
@@ -100,44 +100,27 @@ def propose_multi(
     used_tgt: set[str] = set()
     out: list[MultiPair] = []
 
+    def rest(keys: Mapping[str, TensorInfo], used: set[str]) -> dict[str, TensorInfo]:
+        return {k: v for k, v in keys.items() if k not in used}
+
     # fused source → separate targets (split)
-    for fused, parts, spec, score, breakdown, conf in _fused_to_separate(
-        source, target, src_types, tgt_types, tgt_order, tgt_roles
-    ):
-        if fused in used_src or used_tgt.intersection(parts):
-            continue
-        used_src.add(fused)
-        used_tgt.update(parts)
+    found = _fused_to_separate(source, target, src_types, tgt_types, tgt_order, tgt_roles)
+    for fused, parts, spec, score, breakdown, conf in _unused(found, used_src, used_tgt):
         out.append(MultiPair((fused,), parts, spec, score, breakdown, conf))
 
     # separate sources → fused target (merge): the same search from the other side, inverted
-    rest_src = {k: v for k, v in source.items() if k not in used_src}
-    rest_tgt = {k: v for k, v in target.items() if k not in used_tgt}
-    for fused, parts, spec, score, breakdown, conf in _fused_to_separate(
-        rest_tgt, rest_src, tgt_types, src_types, src_order, src_roles
-    ):
-        if fused in used_tgt or used_src.intersection(parts):
-            continue
-        used_tgt.add(fused)
-        used_src.update(parts)
+    found = _fused_to_separate(
+        rest(target, used_tgt), rest(source, used_src), tgt_types, src_types, src_order, src_roles
+    )
+    for fused, parts, spec, score, breakdown, conf in _unused(found, used_tgt, used_src):
         out.append(MultiPair(parts, (fused,), invert(spec), score, breakdown, conf))
 
     # per-expert ↔ stacked
-    rest_src = {k: v for k, v in source.items() if k not in used_src}
-    rest_tgt = {k: v for k, v in target.items() if k not in used_tgt}
-    for stacked, parts, spec, score, breakdown, conf in _stacks(rest_src, rest_tgt):
-        if stacked in used_tgt or used_src.intersection(parts):
-            continue
-        used_tgt.add(stacked)
-        used_src.update(parts)
+    found = _stacks(rest(source, used_src), rest(target, used_tgt))
+    for stacked, parts, spec, score, breakdown, conf in _unused(found, used_tgt, used_src):
         out.append(MultiPair(parts, (stacked,), spec, score, breakdown, conf))
-    rest_src = {k: v for k, v in source.items() if k not in used_src}
-    rest_tgt = {k: v for k, v in target.items() if k not in used_tgt}
-    for stacked, parts, spec, score, breakdown, conf in _stacks(rest_tgt, rest_src):
-        if stacked in used_src or used_tgt.intersection(parts):
-            continue
-        used_src.add(stacked)
-        used_tgt.update(parts)
+    found = _stacks(rest(target, used_tgt), rest(source, used_src))
+    for stacked, parts, spec, score, breakdown, conf in _unused(found, used_src, used_tgt):
         if spec.name == "stack":
             spec = TransformSpec("unstack", {"dim": 0, "count": len(parts)})
         else:
@@ -146,6 +129,20 @@ def propose_multi(
 
     log.info("proposed %d split/merge pair(s)", len(out))
     return sorted(out, key=lambda m: (m.sources[0], m.targets[0]))
+
+
+def _unused(
+    found: Iterable[_Proposal], used_one: set[str], used_parts: set[str]
+) -> Iterator[_Proposal]:
+    """Proposals (one key ↔ its parts, best first) + the keys already used on the one key's
+    side and on the parts' side → the proposals that reuse no key, each marking its keys used."""
+    for proposal in found:
+        one, parts = proposal[0], proposal[1]
+        if one in used_one or used_parts.intersection(parts):
+            continue
+        used_one.add(one)
+        used_parts.update(parts)
+        yield proposal
 
 
 # --- fused ↔ separate --------------------------------------------------------------------
