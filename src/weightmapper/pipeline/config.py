@@ -478,17 +478,27 @@ def _parse_mapper(raw: Any, label: str, problems: list[str]) -> MapperSettings |
         return None
 
 
+def _section(
+    raw: Any, label: str, problems: list[str], short: tuple[type, str], keys: set[str], want: str
+) -> Mapping[str, Any] | None:
+    """A section as written (a bare value of type ``short[0]`` stands for ``{short[1]: value}``)
+    → its mapping, each key outside ``keys`` reported; None, reporting ``want``, if no mapping."""
+    if isinstance(raw, short[0]):
+        raw = {short[1]: raw}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{label}: {want}")
+        return None
+    problems += [f"{label}: unknown key {k!r}" for k in sorted(set(raw) - keys)]
+    return raw
+
+
 def _parse_module(raw: Any, label: str, problems: list[str], resolve: Any) -> ModuleSpec | None:
     from weightmapper.targets import spec_path, spec_problem
 
-    if isinstance(raw, str):
-        raw = {"spec": raw}
-    if not isinstance(raw, Mapping):
-        problems.append(f"{label}: expected 'pkg.module:callable' or a mapping with 'spec'")
+    want = "expected 'pkg.module:callable' or a mapping with 'spec'"
+    raw = _section(raw, label, problems, (str, "spec"), {"spec", "kwargs", "config"}, want)
+    if raw is None:
         return None
-    problems += [
-        f"{label}: unknown key {k!r}" for k in sorted(set(raw) - {"spec", "kwargs", "config"})
-    ]
     spec = raw.get("spec")
     problem = spec_problem(spec)
     if problem is not None:
@@ -514,15 +524,11 @@ def _parse_target(raw: Any, label: str, resolve: Any, problems: list[str]) -> Ta
             f"{label}: missing; give 'module: pkg.module:callable' or 'checkpoint: path'"
         )
         return None
-    if isinstance(raw, str):
-        raw = {"module": raw}
-    if not isinstance(raw, Mapping):
-        problems.append(f"{label}: expected a mapping with 'module' or 'checkpoint'")
+    keys = {"module", "kwargs", "config", "checkpoint"}
+    want = "expected a mapping with 'module' or 'checkpoint'"
+    raw = _section(raw, label, problems, (str, "module"), keys, want)
+    if raw is None:
         return None
-    problems += [
-        f"{label}: unknown key {k!r}"
-        for k in sorted(set(raw) - {"module", "kwargs", "config", "checkpoint"})
-    ]
     has_module, has_ckpt = raw.get("module") is not None, raw.get("checkpoint") is not None
     if has_module == has_ckpt:
         problems.append(f"{label}: give exactly one of 'module' and 'checkpoint'")
@@ -536,15 +542,11 @@ def _parse_target(raw: Any, label: str, resolve: Any, problems: list[str]) -> Ta
 
 
 def _parse_input(raw: Any, label: str, problems: list[str]) -> InputSpec | None:
-    if isinstance(raw, list):
-        raw = {"shape": raw}
-    if not isinstance(raw, Mapping):
-        problems.append(f"{label}: expected a shape list or a mapping with 'shape'")
+    keys = {"shape", "dtype", "kind", "high", "seed"}
+    want = "expected a shape list or a mapping with 'shape'"
+    raw = _section(raw, label, problems, (list, "shape"), keys, want)
+    if raw is None:
         return None
-    problems += [
-        f"{label}: unknown key {k!r}"
-        for k in sorted(set(raw) - {"shape", "dtype", "kind", "high", "seed"})
-    ]
     shape = raw.get("shape")
     if not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape):
         problems.append(f"{label}.shape: expected a list of positive integers, found {shape!r}")
