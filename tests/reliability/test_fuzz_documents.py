@@ -37,6 +37,17 @@ pytestmark = pytest.mark.reliability
 MAPPING_EXAMPLES = 300
 JOB_EXAMPLES = 500
 
+
+def _fuzzed(examples: int) -> Any:
+    """Example count → the settings every fuzz test here runs under (seeded, no deadline)."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+
+
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -126,12 +137,7 @@ def _try_mapping(path: Path, source: Path, out: Path) -> str:
     return "converted"
 
 
-@settings(
-    max_examples=MAPPING_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@_fuzzed(MAPPING_EXAMPLES)
 @given(doc=mutated(valid_mapping()))
 def test_mutated_mapping_files(
     doc: Any, source: Path, tmp_path: Path, tally: dict[str, dict[str, int]]
@@ -196,12 +202,7 @@ def valid_job() -> dict[str, Any]:
     }
 
 
-@settings(
-    max_examples=JOB_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@_fuzzed(JOB_EXAMPLES)
 @given(doc=mutated(valid_job()))
 def test_mutated_jobs(doc: Any, tmp_path: Path, tally: dict[str, dict[str, int]]) -> None:
     path = tmp_path / "job.yaml"

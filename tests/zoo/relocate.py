@@ -52,21 +52,35 @@ def _attach(root: nn.Module, path: str, module: nn.Module) -> None:
     node.add_module(leaf, module)
 
 
-class Wrapped(nn.Module):
+class StandIn(nn.Module):
+    """A module standing in for another: calls and train/eval go to the original, which it
+    holds without registering it (its own tree decides the state-dict keys)."""
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_original", original)
+
+    def train(self, mode: bool = True) -> StandIn:
+        """Set train/eval here and on the original (dropout and BatchNorm read it there)."""
+        super().train(mode)
+        self._original.train(mode)
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Same call as the original."""
+        return self._original(*args, **kwargs)
+
+
+class Wrapped(StandIn):
     """Model + dotted prefix → a wrapper whose keys are ``prefix.<original key>``."""
 
     def __init__(self, model: nn.Module, prefix: str) -> None:
-        super().__init__()
+        super().__init__(model)
         _attach(self, prefix, model)
-        object.__setattr__(self, "_wrapped", model)
         self.key_map = {k: f"{prefix}.{k}" for k in model.state_dict()}
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Same call as the wrapped model."""
-        return self._wrapped(*args, **kwargs)
 
-
-class Relocated(nn.Module):
+class Relocated(StandIn):
     """Model + a module-path renamer → the same layers registered under new paths.
 
     Layers holding tensors (and no children) move whole, so their type and hooks survive;
@@ -81,9 +95,7 @@ class Relocated(nn.Module):
         *,
         order_seed: int | None = None,
     ) -> None:
-        super().__init__()
-        # not registered: the original tree only drives forward
-        object.__setattr__(self, "_inner", model)
+        super().__init__(model)  # the original tree only drives forward
         moves: list[tuple[str, str, nn.Module]] = []
         for path, mod in model.named_modules():
             own = _own_tensor_names(mod)
@@ -108,23 +120,12 @@ class Relocated(nn.Module):
             for n in _own_tensor_names(src_mod):
                 self.key_map[f"{old}.{n}" if old else n] = f"{new}.{n}"
 
-    def train(self, mode: bool = True) -> Relocated:
-        """Set train/eval on the new tree and on the original graph (dropout lives there)."""
-        super().train(mode)
-        self._inner.train(mode)
-        return self
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Same call as the original model."""
-        return self._inner(*args, **kwargs)
-
-
-class RenamedLeaf(nn.Module):
+class RenamedLeaf(StandIn):
     """Layer + {old tensor name: new name} → a view of the layer whose tensors have new names."""
 
     def __init__(self, layer: nn.Module, names: Mapping[str, str]) -> None:
-        super().__init__()
-        object.__setattr__(self, "_layer", layer)
+        super().__init__(layer)
         for n in _own_tensor_names(layer):
             new = names.get(n, n)
             if n in layer._parameters:
@@ -132,16 +133,6 @@ class RenamedLeaf(nn.Module):
             else:
                 self.register_buffer(new, layer._buffers[n])
         self.names = {n: names.get(n, n) for n in _own_tensor_names(layer)}
-
-    def train(self, mode: bool = True) -> RenamedLeaf:
-        """Set train/eval here and on the wrapped layer (BatchNorm reads it)."""
-        super().train(mode)
-        self._layer.train(mode)
-        return self
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Same call as the wrapped layer."""
-        return self._layer(*args, **kwargs)
 
 
 TF_NAMES_DENSE = {"weight": "kernel"}
