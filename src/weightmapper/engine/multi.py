@@ -498,17 +498,7 @@ def _stacks(
                 per_expert_side, stacked_side, by_shape, templates, members, (fused,), spec, conf
             )
     candidates.sort(key=lambda c: (-c[3], c[0], c[1]))
-    chosen = []
-    taken_stacked: set[str] = set()
-    taken_keys: set[str] = set()
-    for cand in candidates:
-        stacked, keys = cand[0], cand[1]
-        if stacked in taken_stacked or taken_keys.intersection(keys):
-            continue
-        taken_stacked.add(stacked)
-        taken_keys.update(keys)
-        chosen.append(cand)
-    return chosen
+    return list(_unused(candidates, set(), set()))
 
 
 def _sibling_templates(complete: Mapping[str, tuple[str, ...]]) -> list[tuple[list[str], str]]:
