@@ -206,15 +206,16 @@ class Stage(nn.Module):
 
 
 class Head(nn.Module):
-    """Global average pool + ``fc``."""
+    """Global average pool (over the ``pool`` axes: a feature map's by default) + ``fc``."""
 
-    def __init__(self, cin: int, num_classes: int) -> None:
+    def __init__(self, cin: int, num_classes: int, pool: tuple[int, ...] = (2, 3)) -> None:
         super().__init__()
+        self.pool = pool
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature map → logits."""
-        return self.fc(x.mean((2, 3)))
+        """Features → logits."""
+        return self.fc(x.mean(self.pool))
 
 
 class StagedResNet(_ResNet):

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.nets_resnet import Head
+
 
 def relative_position_index(w: int) -> torch.Tensor:
     """Window side → (w², w²) index into a ((2w−1)², heads) relative-bias table."""
@@ -204,16 +206,11 @@ class _StartStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class SwinHead(nn.Module):
-    """fc on pooled tokens."""
+class SwinHead(Head):
+    """fc on tokens (B, H, W, C) pooled over the grid."""
 
     def __init__(self, c: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(c, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) → logits."""
-        return self.fc(x.mean((1, 2)))
+        super().__init__(c, num_classes, pool=(1, 2))
 
 
 class SwinStartMerge(_Swin):
