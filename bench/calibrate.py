@@ -320,7 +320,7 @@ def reliability(cal: Any, units: list[dict[str, Any]]) -> tuple[list[dict[str, A
 def separation(cal: Any, units: list[dict[str, Any]]) -> dict[str, float]:
     """Calibration + units → AUC (chance a right unit outscores a wrong one), wrong units,
     wrong units labelled ``high``, and right units labelled ``high`` (fraction)."""
-    from weightmapper.engine.calibration import AMBIGUOUS_MARGIN
+    from weightmapper.engine.margins import is_ambiguous
     from weightmapper.result import CONFIDENT_SCORE
 
     p, y = predict(cal, units)
@@ -337,9 +337,7 @@ def separation(cal: Any, units: list[dict[str, Any]]) -> dict[str, float]:
         auc /= len(right) * len(wrong)
     high = np.array(
         [
-            u["confidence"] != "low"
-            and u["breakdown"].get("margin", 1.0) >= AMBIGUOUS_MARGIN
-            and pi >= CONFIDENT_SCORE
+            u["confidence"] != "low" and not is_ambiguous(u["breakdown"]) and pi >= CONFIDENT_SCORE
             for u, pi in zip(units, p, strict=True)
         ],
         bool,

@@ -19,6 +19,7 @@ from weightmapper.engine.calibration import (
 )
 from weightmapper.engine.candidates import Candidates, Proposal
 from weightmapper.engine.evidence import ROLE_AGREE, ROLE_CROSS, ROLE_UNKNOWN, role_agreement
+from weightmapper.engine.margins import WEAK_NAME, is_ambiguous
 from weightmapper.errors import WeightMapperError
 from weightmapper.mapper import WeightMapper
 from weightmapper.roles import SideRoles
@@ -295,3 +296,71 @@ def test_confident_coverage_is_reported_beside_all_pairs() -> None:
     console.print(panel)
     text = console.export_text()
     assert "confident" in text and share in text
+
+
+def _stack(names: tuple[str, ...], outer: str) -> nn.Module:
+    """A stem, four blocks of equal-shape 1×1 convolutions named ``names``, and a head."""
+    m = nn.Module()
+    m.add_module("stem", nn.Conv2d(3, 8, 3))
+    stack = nn.Module()
+    for i in range(4):
+        block = nn.Module()
+        for name in names:
+            block.add_module(name, nn.Conv2d(8, 8, 1))
+        stack.add_module(str(i), block)
+    m.add_module(outer, stack)
+    m.add_module("head", nn.Linear(8, 5))
+    return m
+
+
+def test_same_shape_siblings_read_sorted_are_ambiguous_unless_names_decide(tmp_path) -> None:
+    """Siblings of equal shape whose names prefer no pairing: from a ``.safetensors`` file
+    (keys stored sorted) only the names' sort order chose between them, so the pair is
+    ``ambiguous`` even though its raw margin clears the bar; from a state dict that kept its
+    registration order the same pair is ``high``."""
+    from safetensors.torch import save_file
+
+    source = _stack(("a", "conv2", "b"), "layers")
+    sd = {k: v.contiguous().clone() for k, v in source.state_dict().items()}
+    path = tmp_path / "source.safetensors"
+    save_file(sd, path)
+    target = _stack(("conv1", "x", "branch"), "blocks")
+    sorted_result = WeightMapper.from_checkpoint(path, target).suggest_mapping(threshold=0.0)
+    ordered = WeightMapper.from_state_dict(sd, target).suggest_mapping(threshold=0.0)
+    for i in range(4):
+        pair = sorted_result.pair(f"layers.{i}.b.weight")
+        assert pair.breakdown["order_known"] == 0.0
+        assert pair.breakdown["margin"] >= AMBIGUOUS_MARGIN  # the raw score alone would say high
+        assert pair.breakdown["name_margin"] < AMBIGUOUS_MARGIN
+        assert pair.confidence == "ambiguous"
+        assert ordered.pair(f"layers.{i}.b.weight").confidence == "high"
+    assert sorted_result.pair("stem.weight").confidence == "high"
+    assert sorted_result.pair("head.weight").confidence == "high"
+
+
+def _named(margin: float, name_margin: float, name: float, *, order_known: float) -> dict:
+    return {
+        "shape": 1.0, "name": name, "hierarchy": 0.8, "order": 1.0, "structure": 0.8,
+        "runner_up": 0.6, "margin": margin, "name_margin": name_margin,
+        "order_known": order_known,
+    }  # fmt: skip
+
+
+def test_ambiguity_by_names_needs_an_untrusted_or_contradicted_position() -> None:
+    """The raw margin clears the bar in every case here: names that tie an alternative make
+    the pair ambiguous when the keys were sorted; names that prefer the alternative make it
+    ambiguous when they share little with either; otherwise a real position decides."""
+    tie, against = AMBIGUOUS_MARGIN / 2, -2 * AMBIGUOUS_MARGIN
+    assert is_ambiguous(_named(0.1, tie, 0.7, order_known=0.0))
+    assert not is_ambiguous(_named(0.1, tie, 0.7, order_known=1.0))
+    assert not is_ambiguous(_named(0.1, 3 * AMBIGUOUS_MARGIN, 0.7, order_known=0.0))
+    assert is_ambiguous(_named(0.1, against, WEAK_NAME / 2, order_known=1.0))
+    assert not is_ambiguous(_named(0.1, against, (1 + WEAK_NAME) / 2, order_known=1.0))
+    alone = {**_named(1.0, 1.0, 0.3, order_known=0.0), "runner_up": 0.0}
+    assert not is_ambiguous(alone)
+    assert is_ambiguous(_named(AMBIGUOUS_MARGIN / 3, 0.5, 0.9, order_known=1.0))
+    p = Proposal("s.weight", "t.weight", _named(0.1, tie, 0.7, order_known=0.0), IDENTITY,
+                 "structural", False, "high", (8, 8), (8, 8))  # fmt: skip
+    result = assign(Candidates("s", "t", [p], [], dict(DEFAULT_WEIGHTS), {}, 1, 1))
+    assert result.pair("s.weight").confidence == "ambiguous"
+    assert result.coverage()["confident_pairs"] == 0

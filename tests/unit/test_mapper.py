@@ -102,7 +102,16 @@ def test_mapping_protocol_scores_and_reasons() -> None:
     assert 0.0 <= scores["conv1.weight"][1] <= 1.0
     pair = result.pair("conv2.weight")
     signals = {"shape", "name", "hierarchy", "order", "structure"}
-    evidence = {"raw", "runner_up", "margin", "roles", "unique", "index", "order_known"}
+    evidence = {
+        "raw",
+        "runner_up",
+        "margin",
+        "name_margin",
+        "roles",
+        "unique",
+        "index",
+        "order_known",
+    }
     assert set(pair.breakdown) == signals | evidence
     assert pair.stage
     # A module settled at group level carries the group flag (conv2 vs conv3 is decided by

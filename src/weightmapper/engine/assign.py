@@ -3,7 +3,8 @@
 Each proposal's raw score (the weighted mean of its signals) becomes the calibrated
 probability that the pair is right (:mod:`weightmapper.engine.calibration`; the raw score
 stays in the breakdown as ``raw``), and a pair whose runner-up is nearly as good
-(:mod:`weightmapper.engine.margins`) is labelled ``ambiguous`` rather than ``high``.
+(:mod:`weightmapper.engine.margins`: by its raw score, or by its names where position
+cannot be trusted) is labelled ``ambiguous`` rather than ``high``.
 Which scored proposals are accepted: those scored at or above the threshold (the
 ``conservative`` strategy: at or above :data:`~weightmapper.settings.CONSERVATIVE_FLOOR`
 and of high confidence only); a parameter group is accepted as a unit (the group-carry
@@ -18,8 +19,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from weightmapper.engine.calibration import AMBIGUOUS_MARGIN, load
+from weightmapper.engine.calibration import load
 from weightmapper.engine.candidates import Candidates, Proposal
+from weightmapper.engine.margins import is_ambiguous
 from weightmapper.engine.signals import combine
 from weightmapper.result import (
     CONFIDENT_SCORE,
@@ -198,7 +200,8 @@ def accept(scored: Scored, bar: float, *, conservative: bool) -> tuple[Scored, S
 
 def _calibrated(p: Proposal, raw: float, *, calibrated: bool) -> tuple[Proposal, float]:
     """Proposal + its raw score → (the proposal with ``raw`` in its breakdown, labelled
-    ``ambiguous`` when its runner-up margin is below the bar and ``low`` when its probability
+    ``ambiguous`` when a same-shape alternative is nearly as good
+    (:func:`~weightmapper.engine.margins.is_ambiguous`) and ``low`` when its probability
     is below :data:`~weightmapper.result.CONFIDENT_SCORE`; its probability, or the raw score
     when not ``calibrated``)."""
     prob = raw
@@ -207,7 +210,7 @@ def _calibrated(p: Proposal, raw: float, *, calibrated: bool) -> tuple[Proposal,
             p.breakdown, raw, confidence=p.confidence, stage=p.stage, note=p.note
         )
     confidence = p.confidence
-    if confidence == "high" and p.breakdown.get("margin", 1.0) < AMBIGUOUS_MARGIN:
+    if confidence == "high" and is_ambiguous(p.breakdown):
         confidence = "ambiguous"
     elif confidence == "high" and calibrated and prob < CONFIDENT_SCORE:
         confidence = "low"  # the evidence, weighed on the bench, does not settle it

@@ -4,7 +4,9 @@ A pair is only as trustworthy as the gap to what it could have been instead: a s
 sibling's target (a swap of two equal-shape tensors in one block), or another target of
 nearly the same score. For every proposal this records, in its breakdown, ``runner_up`` (the
 best raw score of such an alternative) and ``margin`` (the pair's raw score minus it; 1.0 when
-there is no alternative). Scores here are the weighted mean of :data:`MARGIN_SIGNALS` with
+there is no alternative), and ``name_margin``: the same gap measured in the names alone
+(:data:`NAME_SIGNALS`), which says whether the names, rather than positions, prefer this pair
+over that alternative. Scores here are the weighted mean of :data:`MARGIN_SIGNALS` with
 the run's weights: the raw score the assignment stage compares
 (:func:`weightmapper.engine.signals.score_matrix`).
 
@@ -20,6 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from weightmapper.engine.calibration import AMBIGUOUS_MARGIN
 from weightmapper.engine.candidates import Proposal
 from weightmapper.engine.signals import hierarchy_signal, name_signal, order_signal
 from weightmapper.engine.state import MatchState
@@ -30,8 +33,36 @@ MARGIN_SIGNALS = ("shape", "name", "hierarchy", "order")
 """Signals a margin is measured in: all but ``structure``, which a stage sets from the
 margin it saw. (Leaving ``order`` out too labelled 28% of the zoo's right pairs ambiguous
 and caught fewer wrong ones on the held-out split.)"""
+NAME_SIGNALS = ("name", "hierarchy")
+"""Signals of a pair's names alone: a position (``order``, ``structure``) can be misleading
+(keys stored sorted, two libraries registering same-shape siblings in opposite orders)."""
 NO_ALTERNATIVE = 1.0
 """Margin of a pair that has no alternative of its shapes."""
+WEAK_NAME = 0.6
+"""``name`` signal below which two names share little: when the names of such a pair prefer
+a same-shape alternative, only its position chose it."""
+
+
+def is_ambiguous(breakdown: dict[str, float]) -> bool:
+    """A pair's breakdown → True when a same-shape alternative is nearly as good, so the pair
+    is labelled ``ambiguous``, never ``high``.
+
+    Three ways: its raw score leads the runner-up by less than
+    :data:`~weightmapper.engine.calibration.AMBIGUOUS_MARGIN`; a side's keys were stored
+    sorted (``order_known`` 0, so position says nothing) and the names do not prefer the
+    pair over its alternative by that much either; or the names, sharing little
+    (:data:`WEAK_NAME`), prefer the alternative by that much and only the position chose
+    this pair (two libraries register same-shape siblings in different orders).
+    """
+    get = breakdown.get
+    if float(get("margin", NO_ALTERNATIVE)) < AMBIGUOUS_MARGIN:
+        return True
+    if float(get("runner_up", 0.0)) <= 0.0:
+        return False  # no alternative of its shapes
+    named = float(get("name_margin", NO_ALTERNATIVE))
+    if float(get("order_known", 1.0)) <= 0.0 and named < AMBIGUOUS_MARGIN:
+        return True
+    return named <= -AMBIGUOUS_MARGIN and float(get("name", 0.0)) < WEAK_NAME
 
 
 def record_margins(st: MatchState, proposals: list[Proposal]) -> None:
@@ -64,6 +95,7 @@ def record_margins(st: MatchState, proposals: list[Proposal]) -> None:
                 alt_cols += [st.t.index[proposals[m].target], j]
                 alt_of += [n, n]
     best = np.full(len(proposals), -np.inf)
+    best_named = np.full(len(proposals), -np.inf)
     if alt_rows:
         rows, cols = np.array(alt_rows, np.int64), np.array(alt_cols, np.int64)
         gs, gt = st.s.group[rows], st.t.group[cols]
@@ -76,24 +108,34 @@ def record_margins(st: MatchState, proposals: list[Proposal]) -> None:
             # equal shapes on both sides: the alternative's shape signal is the pair's own
             "shape": np.array([proposals[n].breakdown.get("shape", 0.0) for n in alt_of]),
         }
-        np.maximum.at(best, np.array(alt_of, np.int64), _raw_many(sigs, w, total))
+        at = np.array(alt_of, np.int64)
+        np.maximum.at(best, at, _raw_many(sigs, w, total))
+        np.maximum.at(best_named, at, sum(sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS))
     for n, p in enumerate(proposals):
         if p.follows is not None:
             continue
-        _set(p, best[n], own[n])
+        _set(p, best[n], own[n], best_named[n])
     lead = {p.source: p for p in proposals if p.follows is None}
     for p in proposals:
         if p.follows is not None and p.follows in lead:
-            p.breakdown["runner_up"] = lead[p.follows].breakdown["runner_up"]
-            p.breakdown["margin"] = lead[p.follows].breakdown["margin"]
+            for k in ("runner_up", "margin", "name_margin"):
+                p.breakdown[k] = lead[p.follows].breakdown[k]
         elif p.follows is not None:
-            _set(p, -np.inf, 0.0)
+            _set(p, -np.inf, 0.0, -np.inf)
 
 
-def _set(p: Proposal, runner_up: float, raw: float) -> None:
+def _set(p: Proposal, runner_up: float, raw: float, named: float) -> None:
     found = np.isfinite(runner_up)
     p.breakdown["runner_up"] = float(runner_up) if found else 0.0
     p.breakdown["margin"] = float(raw - runner_up) if found else NO_ALTERNATIVE
+    p.breakdown["name_margin"] = (
+        float(_named(p.breakdown) - named) if np.isfinite(named) else NO_ALTERNATIVE
+    )
+
+
+def _named(bd: dict[str, float]) -> float:
+    """Breakdown → mean of the signals of its names alone (:data:`NAME_SIGNALS`)."""
+    return sum(float(bd.get(k, 0.0)) for k in NAME_SIGNALS) / len(NAME_SIGNALS)
 
 
 def _raw_many(sigs: dict[str, np.ndarray], w: dict[str, float], total: float) -> np.ndarray:

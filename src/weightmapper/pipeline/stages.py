@@ -342,7 +342,7 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
-    version: ClassVar[int] = 5  # 2: roles, layouts; 3: evidence; 4, 5: sorted order
+    version: ClassVar[int] = 6  # 2: roles, layouts; 3: evidence; 4, 5: sorted order; 6: name margin
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
@@ -379,7 +379,7 @@ class AssignStage(Stage):
     """Score artifact + threshold/strategy → JSON artifact of the MappingResult."""
 
     name: ClassVar[str] = "assign"
-    version: ClassVar[int] = 2  # 2: scores are calibrated probabilities
+    version: ClassVar[int] = 3  # 2: scores are calibrated probabilities; 3: ambiguous by names
     score: ArtifactRef
     settings: MapperSettings = field(default_factory=MapperSettings)
 
