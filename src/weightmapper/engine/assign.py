@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from weightmapper.engine.calibration import load
+from weightmapper.engine.calibration import features, load
 from weightmapper.engine.candidates import Candidates, Proposal
 from weightmapper.engine.margins import is_ambiguous
 from weightmapper.engine.signals import combine
@@ -55,8 +55,11 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
     # the map was fitted on the default weighting: other weights get their own raw score
     calibrated = strategy != "shape_only" and w == DEFAULT_WEIGHTS
     scored: Scored = {}
-    for p, raw in zip(candidates.proposals, _scores(candidates.proposals, w), strict=True):
-        scored[p.source] = _calibrated(p, raw, calibrated=calibrated)
+    raws = _scores(candidates.proposals, w)
+    # one feature matrix through the map instead of one call per pair (100k pairs)
+    probs = _probabilities(candidates.proposals, raws) if calibrated else raws
+    for p, raw, prob in zip(candidates.proposals, raws, probs, strict=True):
+        scored[p.source] = _calibrated(p, raw, prob, calibrated=calibrated)
     accepted, rejected = accept(scored, bar, conservative=conservative)
 
     pairs = [
@@ -198,17 +201,28 @@ def accept(scored: Scored, bar: float, *, conservative: bool) -> tuple[Scored, S
     return accepted, rejected
 
 
-def _calibrated(p: Proposal, raw: float, *, calibrated: bool) -> tuple[Proposal, float]:
-    """Proposal + its raw score → (the proposal with ``raw`` in its breakdown, labelled
-    ``ambiguous`` when a same-shape alternative is nearly as good
-    (:func:`~weightmapper.engine.margins.is_ambiguous`) and ``low`` when its probability
-    is below :data:`~weightmapper.result.CONFIDENT_SCORE`; its probability, or the raw score
-    when not ``calibrated``)."""
-    prob = raw
-    if calibrated:
-        prob = load().probability(
-            p.breakdown, raw, confidence=p.confidence, stage=p.stage, note=p.note
-        )
+def _probabilities(proposals: list[Proposal], raws: list[float]) -> list[float]:
+    """Proposals + their raw scores → each one's calibrated probability (one matrix pass)."""
+    if not proposals:
+        return []
+    x = np.array(
+        [
+            features(p.breakdown, raw, confidence=p.confidence, stage=p.stage, note=p.note)
+            for p, raw in zip(proposals, raws, strict=True)
+        ],
+        np.float64,
+    )
+    return [float(v) for v in load().probabilities(x)]
+
+
+def _calibrated(
+    p: Proposal, raw: float, prob: float, *, calibrated: bool
+) -> tuple[Proposal, float]:
+    """Proposal + its raw score + its probability (the raw score when not ``calibrated``) →
+    (the proposal with ``raw`` in its breakdown, labelled ``ambiguous`` when a same-shape
+    alternative is nearly as good (:func:`~weightmapper.engine.margins.is_ambiguous`) and
+    ``low`` when its probability is below :data:`~weightmapper.result.CONFIDENT_SCORE`; that
+    probability)."""
     confidence = p.confidence
     if confidence == "high" and is_ambiguous(p.breakdown):
         confidence = "ambiguous"
