@@ -18,8 +18,6 @@ the work stays linear in the number of pairs.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
 from weightmapper.engine.calibration import AMBIGUOUS_MARGIN
@@ -73,31 +71,10 @@ def record_margins(st: MatchState, proposals: list[Proposal]) -> None:
     w = {k: v for k, v in st.weights.items() if k in MARGIN_SIGNALS and v}
     total = sum(w.values())
     own = [_raw(p.breakdown, w, total) for p in proposals]
-    buckets: dict[tuple, list[int]] = defaultdict(list)
-    for n, p in enumerate(proposals):
-        if p.follows is None:
-            buckets[(p.source_shape, p.target_shape)].append(n)
-    alt_rows: list[int] = []
-    alt_cols: list[int] = []
-    alt_of: list[int] = []
-    for members in buckets.values():
-        if len(members) < 2:
-            continue
-        members.sort(key=lambda n: st.s.group_pos[st.s.group[st.s.index[proposals[n].source]]])
-        for k, n in enumerate(members):
-            i = st.s.index[proposals[n].source]
-            j = st.t.index[proposals[n].target]
-            for m in members[max(0, k - NEIGHBOURS) : k + NEIGHBOURS + 1]:
-                if m == n:
-                    continue
-                # this source onto the neighbour's target, and the neighbour's source onto ours
-                alt_rows += [i, st.s.index[proposals[m].source]]
-                alt_cols += [st.t.index[proposals[m].target], j]
-                alt_of += [n, n]
+    rows, cols, alt_of = _alternatives(st, proposals)
     best = np.full(len(proposals), -np.inf)
     best_named = np.full(len(proposals), -np.inf)
-    if alt_rows:
-        rows, cols = np.array(alt_rows, np.int64), np.array(alt_cols, np.int64)
+    if len(rows):
         gs, gt = st.s.group[rows], st.t.group[cols]
         # the signals of pair_signals, kept as arrays: one raw score per alternative in numpy
         # (a 100k-tensor checkpoint has 800k alternatives); the same float64 arithmetic
@@ -106,11 +83,10 @@ def record_margins(st: MatchState, proposals: list[Proposal]) -> None:
             "hierarchy": hierarchy_signal(st, gs, gt, matrix=False),
             "order": order_signal(st, gs, gt, matrix=False),
             # equal shapes on both sides: the alternative's shape signal is the pair's own
-            "shape": np.array([proposals[n].breakdown.get("shape", 0.0) for n in alt_of]),
+            "shape": np.array([p.breakdown.get("shape", 0.0) for p in proposals])[alt_of],
         }
-        at = np.array(alt_of, np.int64)
-        np.maximum.at(best, at, _raw_many(sigs, w, total))
-        np.maximum.at(best_named, at, sum(sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS))
+        np.maximum.at(best, alt_of, _raw_many(sigs, w, total))
+        np.maximum.at(best_named, alt_of, sum(sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS))
     for n, p in enumerate(proposals):
         if p.follows is not None:
             continue
@@ -122,6 +98,40 @@ def record_margins(st: MatchState, proposals: list[Proposal]) -> None:
                 p.breakdown[k] = lead[p.follows].breakdown[k]
         elif p.follows is not None:
             _set(p, -np.inf, 0.0, -np.inf)
+
+
+def _alternatives(
+    st: MatchState, proposals: list[Proposal]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MatchState + proposals → (source rows, target columns, owning proposal) of every
+    alternative: for each pair that follows no other, its source onto each of the
+    :data:`NEIGHBOURS` nearest same-shape pairs' targets (nearest in source position, ties
+    in proposal order) and their sources onto its target, on each side."""
+    lead = [n for n, p in enumerate(proposals) if p.follows is None]
+    empty = np.zeros(0, np.int64)
+    if len(lead) < 2:
+        return empty, empty, empty
+    ns = np.array(lead, np.int64)
+    src = np.array([st.s.index[proposals[n].source] for n in lead], np.int64)
+    tgt = np.array([st.t.index[proposals[n].target] for n in lead], np.int64)
+    kinds: dict[tuple, int] = {}
+    bucket = np.array(
+        [kinds.setdefault((proposals[n].source_shape, proposals[n].target_shape), len(kinds))
+         for n in lead],
+        np.int64,
+    )  # fmt: skip
+    pos = st.s.group_pos[st.s.group[src]]
+    order = np.lexsort((ns, pos, bucket))  # by bucket, then position, then proposal order
+    ns, src, tgt, bucket = ns[order], src[order], tgt[order], bucket[order]
+    rows, cols, owner = [], [], []
+    for d in range(1, NEIGHBOURS + 1):
+        a = np.flatnonzero(bucket[:-d] == bucket[d:])  # a and a + d: neighbours d apart
+        b = a + d
+        # each of the two: its source onto the other's target, the other's source onto its own
+        rows += [src[a], src[b], src[b], src[a]]
+        cols += [tgt[b], tgt[a], tgt[a], tgt[b]]
+        owner += [ns[a], ns[a], ns[b], ns[b]]
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(owner)
 
 
 def _set(p: Proposal, runner_up: float, raw: float, named: float) -> None:
