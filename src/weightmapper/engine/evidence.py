@@ -28,9 +28,12 @@ names agree exactly: a role mismatch needs strong evidence.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
+
+import numpy as np
 
 from weightmapper.engine.candidates import Proposal
-from weightmapper.engine.primitives import index_sim_one
+from weightmapper.engine.primitives import index_sim_pairs
 from weightmapper.engine.state import MatchState
 from weightmapper.inventory import Inventory
 from weightmapper.roles import EQUIVALENT, SideRoles, family
@@ -62,17 +65,20 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
     src, tgt = st.roles
     n_src, n_tgt = st.bucket_counts
     order_known = float(not (name_sorted(st.s.inv) or name_sorted(st.t.inv)))
+    rows = np.array([st.s.index[p.source] for p in proposals], np.int64)
+    cols = np.array([st.t.index[p.target] for p in proposals], np.int64)
+    # one value per distinct pair of index keys, not one call per pair
+    index = index_sim_pairs(
+        st.s.group_index_key, st.t.group_index_key, st.s.group[rows], st.t.group[cols]
+    ).tolist()
     out = []
-    for p in proposals:
-        i, j = st.s.index[p.source], st.t.index[p.target]
+    for p, i, j, idx in zip(proposals, rows.tolist(), cols.tolist(), index, strict=True):
         crowd = max(n_src.get(st.s.bucket[i], 1), n_tgt.get(st.t.bucket[j], 1))
         agree, why = role_agreement(p.source, p.target, src, tgt)
         p.breakdown["roles"] = agree
         p.breakdown["unique"] = 1.0 / max(1, crowd)
         p.breakdown["order_known"] = order_known
-        p.breakdown["index"] = index_sim_one(
-            st.s.group_index_key[st.s.group[i]], st.t.group_index_key[st.t.group[j]]
-        )
+        p.breakdown["index"] = idx
         if agree == ROLE_CROSS:
             note = f"cross-role pair: {why}; check it"
             confidence = p.confidence
@@ -121,13 +127,22 @@ def _kind(role: str) -> str:
 
 
 def _path_word(key: str, words: dict[str, str], *, own: bool) -> str:
-    """Key + vocabulary → the label of the innermost module path component in it, or "".
+    """Key + vocabulary (:data:`KIND_WORDS` or :data:`STACK_WORDS`) → the label of the
+    innermost module path component in it, or "".
 
     ``own=False`` skips the module's own name (BERT's MLM head calls a layer ``decoder``).
     """
-    parts = key.split(".")[:-1]
+    return _module_word(key.rpartition(".")[0], words is KIND_WORDS, own)
+
+
+@lru_cache(maxsize=4096)
+def _module_word(module: str, kind: bool, own: bool) -> str:
+    """Module path + vocabulary (kind or stack) + own? → :func:`_path_word` of its keys
+    (a module's weight and bias ask the same question)."""
+    parts = module.split(".") if module else []
     if not own:
         parts = parts[:-1]
+    words = KIND_WORDS if kind else STACK_WORDS
     for part in reversed(parts):
         label = words.get(part.lower())
         if label:

@@ -103,6 +103,25 @@ def index_sim_one(a: IndexKey, b: IndexKey) -> float:
     return 0.8 if pa == pb else 0.2
 
 
+def index_sim_pairs(
+    keys_a: list[IndexKey], keys_b: list[IndexKey], ga: np.ndarray, gb: np.ndarray
+) -> np.ndarray:
+    """Index keys of each side's groups + one (group, group) per pair → :func:`index_sim_one`
+    of each pair (float64), computed once per distinct pair of keys: a layer's groups share
+    one key, so a 100k-tensor checkpoint has far fewer distinct pairs than pairs."""
+    if len(ga) == 0:
+        return np.zeros(0, np.float64)
+    ca, ua = codes(keys_a)
+    cb, ub = codes(keys_b)
+    uniq, back = np.unique(ca[ga] * len(ub) + cb[gb], return_inverse=True)
+    ka, kb = np.divmod(uniq, len(ub))
+    vals = np.array(
+        [index_sim_one(ua[a], ub[b]) for a, b in zip(ka.tolist(), kb.tolist(), strict=True)],
+        np.float64,
+    )
+    return vals[back.reshape(-1)]
+
+
 def index_sim(a: list[IndexKey], b: list[IndexKey]) -> np.ndarray:
     """Index keys × index keys → similarity matrix (see :func:`index_sim_one`)."""
     return _index_table(a, b, partial=True)

@@ -35,9 +35,8 @@ import numpy as np
 from rapidfuzz import fuzz, process
 
 from weightmapper.engine.names import similarity_matrix
-from weightmapper.engine.primitives import codes, increasing, index_sim, index_sim_one
+from weightmapper.engine.primitives import codes, increasing, index_sim, index_sim_pairs
 from weightmapper.engine.shapes import shape_relation
-from weightmapper.engine.side import Side
 from weightmapper.engine.state import MatchState
 
 NAME_MIX = (0.6, 0.15, 0.25)
@@ -72,7 +71,9 @@ def name_signal(
     else:
         cos = st.key_space.pairwise(rows_s, cols_t)
         fz = np.asarray(process.cpdist(s_tokens, t_tokens, scorer=fuzz.ratio), np.float64) / 100.0
-        idx = _index_pairwise(s, t, s.group[rows_s], t.group[cols_t])
+        idx = index_sim_pairs(
+            s.group_index_key, t.group_index_key, s.group[rows_s], t.group[cols_t]
+        )
     lexical = NAME_MIX[0] * cos + NAME_MIX[1] * fz + NAME_MIX[2] * idx
     s_func, t_func = st.s_func[rows_s], st.t_func[cols_t]
     s_named, t_named = st.s_named[rows_s], st.t_named[cols_t]
@@ -85,23 +86,6 @@ def name_signal(
     # function, not names, and too coarse for this (every classifier is ``head.cls``).
     same_role = st.func_same[s_func, t_func] & (s_named | t_named)
     return np.where(same_role, np.maximum(lexical, ROLE_NAME * idx), lexical)
-
-
-def _index_pairwise(s: Side, t: Side, gs: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Source groups, target groups (one per pair) → :func:`index_sim_one` of each pair,
-    computed once per distinct pair of index keys (a layer's groups share one key)."""
-    if len(gs) == 0:
-        return np.zeros(0, np.float64)
-    cs, us = codes(s.group_index_key)
-    ct, ut = codes(t.group_index_key)
-    pair = cs[gs] * len(ut) + ct[gt]
-    uniq, back = np.unique(pair, return_inverse=True)
-    ka, kb = np.divmod(uniq, len(ut))
-    vals = np.array(
-        [index_sim_one(us[a], ut[b]) for a, b in zip(ka.tolist(), kb.tolist(), strict=True)],
-        np.float64,
-    )
-    return vals[back.reshape(-1)]
 
 
 def hierarchy_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool) -> np.ndarray:
