@@ -150,8 +150,8 @@ GRAPH: tuple[Node, ...] = (
         "verify", CHECKPOINT, st.VerifyStage,
         ("load", "convert", "assign", "prove", "source_arch", "target"),
         lambda m, i, r: st.VerifyStage(
-            _path(i), r["load"], r["convert"], _mapping(r), r["source_arch"], r["target"],
-            m.source_module, m.target.module, m.dummy_input, m.trusted,
+            _path(i), r["load"], _mapping(r), r["source_arch"], r["target"],
+            m.source_module, m.target.module, m.dummy_input, m.trusted, convert=r["convert"],
         ),
         when=functional_enabled,
     ),

@@ -422,7 +422,41 @@ def read_mapping(store: ArtifactStore, assign_ref: ArtifactRef) -> MappingResult
 
 
 @dataclass(frozen=True)
-class ProveStage(Stage):
+class _BothNetworks(Stage):
+    """Fields and key parts shared by the stages that run both networks (prove, verify): the
+    source checkpoint in its architecture, the mapping, the target architecture, the input."""
+
+    path: str
+    load: ArtifactRef
+    assign: ArtifactRef
+    source_architecture: ArtifactRef
+    target_architecture: ArtifactRef
+    source: ModuleSpec
+    target: ModuleSpec
+    dummy: InputSpec
+    trusted: bool
+
+    def _inputs(self) -> dict[str, str | None]:
+        """→ the key parts both stages share: checkpoint bytes, mapping, both architectures."""
+        return {
+            "checkpoint": self.load.info["checkpoint_sha256"],
+            "mapping": self.assign.info["mapping_sha256"],
+            "source_architecture": self.source_architecture.digest,
+            "target_architecture": self.target_architecture.digest,
+        }
+
+    def _networks(self, store: ArtifactStore) -> tuple[Any, Any, Any, MappingResult]:
+        """Store → (source module, target module, dummy input, mapping), built fresh."""
+        return (
+            build_architecture(self.source),
+            build_architecture(self.target),
+            make_dummy_input(self.dummy),
+            read_mapping(store, self.assign),
+        )
+
+
+@dataclass(frozen=True)
+class ProveStage(_BothNetworks):
     """Source checkpoint in its architecture + mapping + target architecture + dummy input →
     JSON artifact of the mapping the proof's search leaves, with its status.
 
@@ -437,27 +471,13 @@ class ProveStage(Stage):
     """
 
     name: ClassVar[str] = "prove"
-    path: str
-    load: ArtifactRef
-    assign: ArtifactRef
-    source_architecture: ArtifactRef
-    target_architecture: ArtifactRef
-    source: ModuleSpec
-    target: ModuleSpec
-    dummy: InputSpec
-    trusted: bool = False
 
     def key(self, store: ArtifactStore) -> str:
         """Store → the prove stage's key."""
         return _key(
             self.name,
             self.version,
-            {
-                "checkpoint": self.load.info["checkpoint_sha256"],
-                "mapping": self.assign.info["mapping_sha256"],
-                "source_architecture": self.source_architecture.digest,
-                "target_architecture": self.target_architecture.digest,
-            },
+            self._inputs(),
             {"input": self.dummy.to_dict(), "search": ops.SEARCH_SETTINGS},
         )
 
@@ -466,14 +486,7 @@ class ProveStage(Stage):
         check_unchanged(store, self.path, self.load)
 
         def compute() -> dict[str, Any]:
-            return ops.prove_mapping(
-                self.path,
-                build_architecture(self.source),
-                build_architecture(self.target),
-                make_dummy_input(self.dummy),
-                read_mapping(store, self.assign),
-                trusted=self.trusted,
-            )
+            return ops.prove_mapping(self.path, *self._networks(store), trusted=self.trusted)
 
         def info(d: dict[str, Any]) -> dict[str, Any]:
             proof = (d.get("metadata") or {}).get("proof") or {}
@@ -563,7 +576,7 @@ class ValidateStage(Stage):
 
 
 @dataclass(frozen=True)
-class VerifyStage(Stage):
+class VerifyStage(_BothNetworks):
     """Source and converted checkpoints in their architectures → JSON functional check.
 
     Both run on the dummy input; when the outputs differ, the mapping locates the first
@@ -572,29 +585,14 @@ class VerifyStage(Stage):
 
     name: ClassVar[str] = "verify"
     version: ClassVar[int] = 3  # 3: a mapping the prove stage searched is not searched again
-    path: str
-    load: ArtifactRef
     convert: ArtifactRef
-    assign: ArtifactRef
-    source_architecture: ArtifactRef
-    target_architecture: ArtifactRef
-    source: ModuleSpec
-    target: ModuleSpec
-    dummy: InputSpec
-    trusted: bool = False
 
     def key(self, store: ArtifactStore) -> str:
         """Store → the verify stage's key (source and converted bytes, architectures, input)."""
         return _key(
             self.name,
             self.version,
-            {
-                "checkpoint": self.load.info["checkpoint_sha256"],
-                "converted": self.convert.digest,
-                "mapping": self.assign.info["mapping_sha256"],
-                "source_architecture": self.source_architecture.digest,
-                "target_architecture": self.target_architecture.digest,
-            },
+            {**self._inputs(), "converted": self.convert.digest},
             {"input": self.dummy.to_dict()},
         )
 
@@ -603,14 +601,9 @@ class VerifyStage(Stage):
         check_unchanged(store, self.path, self.load)
 
         def compute() -> dict[str, Any]:
+            source, target, dummy, mapping = self._networks(store)
             return ops.functional_check(
-                self.path,
-                self.convert.path,
-                build_architecture(self.source),
-                build_architecture(self.target),
-                make_dummy_input(self.dummy),
-                read_mapping(store, self.assign),
-                trusted=self.trusted,
+                self.path, self.convert.path, source, target, dummy, mapping, trusted=self.trusted
             )
 
         def info(d: dict[str, Any]) -> dict[str, Any]:
