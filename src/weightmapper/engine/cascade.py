@@ -41,6 +41,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from weightmapper.engine.assign import assign
+from weightmapper.engine.block_shift import record_block_shifts
 from weightmapper.engine.candidates import Candidates
 from weightmapper.engine.collect import collect_notes, collect_pairs
 from weightmapper.engine.evidence import record_evidence
@@ -113,6 +114,7 @@ def score_inventories(
         proposals, tied = collect_pairs(st)
         leftovers = collect_notes(st, tied, score=False)
         record_margins(st, proposals)
+        record_block_shifts(proposals)
     proposals = settle_square_layouts(proposals, source, target)
     proposals = settle_role_layouts(proposals, roles)
     proposals = record_evidence(st, proposals)

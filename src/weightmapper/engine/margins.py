@@ -45,7 +45,8 @@ def is_ambiguous(breakdown: dict[str, float]) -> bool:
     """A pair's breakdown → True when a same-shape alternative is nearly as good, so the pair
     is labelled ``ambiguous``, never ``high``.
 
-    Three ways: its raw score leads the runner-up by less than
+    Four ways: its numbered block was shifted against the target's
+    (``block_shift``, :mod:`weightmapper.engine.block_shift`); its raw score leads the runner-up by less than
     :data:`~weightmapper.engine.calibration.AMBIGUOUS_MARGIN`; a side's keys were stored
     sorted (``order_known`` 0, so position says nothing) and the names do not prefer the
     pair over its alternative by that much either; or the names, sharing little
@@ -53,6 +54,8 @@ def is_ambiguous(breakdown: dict[str, float]) -> bool:
     this pair (two libraries register same-shape siblings in different orders).
     """
     get = breakdown.get
+    if float(get("block_shift", 0.0)) > 0.0:
+        return True  # its numbered block shifted: only positions placed it (block_shift.py)
     if float(get("margin", NO_ALTERNATIVE)) < AMBIGUOUS_MARGIN:
         return True
     if float(get("runner_up", 0.0)) <= 0.0:

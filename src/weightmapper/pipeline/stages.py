@@ -342,7 +342,9 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
-    version: ClassVar[int] = 6  # 2: roles, layouts; 3: evidence; 4, 5: sorted order; 6: name margin
+    version: ClassVar[int] = (
+        7  # 2: roles, layouts; 3: evidence; 4, 5: sorted order; 6: name margin; 7: shifted blocks
+    )
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
@@ -379,7 +381,9 @@ class AssignStage(Stage):
     """Score artifact + threshold/strategy → JSON artifact of the MappingResult."""
 
     name: ClassVar[str] = "assign"
-    version: ClassVar[int] = 3  # 2: scores are calibrated probabilities; 3: ambiguous by names
+    version: ClassVar[int] = (
+        4  # 2: scores are calibrated probabilities; 3: ambiguous by names; 4: shifted blocks
+    )
     score: ArtifactRef
     settings: MapperSettings = field(default_factory=MapperSettings)
 
