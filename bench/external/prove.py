@@ -18,7 +18,6 @@ import logging
 import tempfile
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 
 from bench.external.case import Built, ExternalCase
 from bench.external.evaluate import _close, _engine_result, load_and_run
-from bench.external.run import load_cases
+from bench.external.run import load_cases, quiet_libraries
 from bench.external.truth import derive
 from weightmapper.calls import ModelCall, as_call
 from weightmapper.proof import DEFAULT_BUDGET, prove
@@ -168,14 +167,7 @@ def run_case(case: ExternalCase, budget: int, mode: str = "module") -> ProofRow:
 def main(case: str | None, budget: int = DEFAULT_BUDGET, mode: str = "module") -> int:
     """Case name (or None for all) + budget + mapping mode → the table on stdout; always 0."""
     logging.basicConfig(level=logging.ERROR)
-    warnings.filterwarnings("ignore")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    quiet_libraries()
     cases = load_cases()
     selected = [cases[case]] if case else list(cases.values())
     rows = []

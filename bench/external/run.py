@@ -23,9 +23,9 @@ def load_cases() -> dict[str, ExternalCase]:
     return CASES
 
 
-def main(case: str | None, *, as_json: bool, console: Any) -> int:
-    """Case name (or None for all) + output form → exit code 0 (a bench reports, never fails)."""
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+def quiet_libraries() -> None:
+    """Nothing → silences warnings and transformers' logs and progress bars, so a bench's
+    table is all it prints."""
     warnings.filterwarnings("ignore")
     try:
         from transformers.utils import logging as hf_logging
@@ -34,6 +34,12 @@ def main(case: str | None, *, as_json: bool, console: Any) -> int:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def main(case: str | None, *, as_json: bool, console: Any) -> int:
+    """Case name (or None for all) + output form → exit code 0 (a bench reports, never fails)."""
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    quiet_libraries()
     cases = load_cases()
     if case is not None and case not in cases:
         console.print(f"error: no external case {case!r}; known: {', '.join(cases)}")
