@@ -26,7 +26,7 @@ import torch
 
 from bench.external.case import Built, ExternalCase
 from bench.external.evaluate import _close, _engine_result, load_and_run
-from bench.external.run import load_cases, quiet_libraries
+from bench.external.run import pick_cases, quiet_libraries
 from bench.external.truth import derive
 from weightmapper.calls import ModelCall, as_call
 from weightmapper.proof import DEFAULT_BUDGET, prove
@@ -168,8 +168,10 @@ def main(case: str | None, budget: int = DEFAULT_BUDGET, mode: str = "module") -
     """Case name (or None for all) + budget + mapping mode → the table on stdout; always 0."""
     logging.basicConfig(level=logging.ERROR)
     quiet_libraries()
-    cases = load_cases()
-    selected = [cases[case]] if case else list(cases.values())
+    selected, error = pick_cases(case)
+    if error:
+        print(error)
+        return 0
     rows = []
     for c in selected:
         try:

@@ -23,6 +23,17 @@ def load_cases() -> dict[str, ExternalCase]:
     return CASES
 
 
+def pick_cases(case: str | None) -> tuple[list[ExternalCase], str]:
+    """Case name (or None for all) → (the cases to run, "") or ([], an error naming the known
+    cases) for a name no case has."""
+    cases = load_cases()
+    if case is None:
+        return list(cases.values()), ""
+    if case not in cases:
+        return [], f"error: no external case {case!r}; known: {', '.join(cases)}"
+    return [cases[case]], ""
+
+
 def quiet_libraries() -> None:
     """Nothing → silences warnings and transformers' logs and progress bars, so a bench's
     table is all it prints."""
@@ -40,11 +51,10 @@ def main(case: str | None, *, as_json: bool, console: Any) -> int:
     """Case name (or None for all) + output form → exit code 0 (a bench reports, never fails)."""
     logging.getLogger("transformers").setLevel(logging.ERROR)
     quiet_libraries()
-    cases = load_cases()
-    if case is not None and case not in cases:
-        console.print(f"error: no external case {case!r}; known: {', '.join(cases)}")
+    selected, error = pick_cases(case)
+    if error:
+        console.print(error)
         return 0
-    selected = [cases[case]] if case else list(cases.values())
     runs: list[CaseRun] = []
     skipped: list[tuple[str, str]] = []
     for c in selected:

@@ -86,3 +86,14 @@ def test_transformers_legacy_case_derives_and_verifies() -> None:
     # each block's weights_in (weight and bias) is chunked into gate_proj and up_proj
     assert fused and all(len(t.sources) == 1 and "weights_in" in t.sources[0] for t in fused)
     assert {t.target.rsplit(".", 2)[-2] for t in fused} == {"gate_proj", "up_proj"}
+
+
+def test_an_unknown_case_name_lists_the_known_cases() -> None:
+    from bench.external.run import load_cases, pick_cases
+
+    known = sorted(load_cases())
+    chosen, error = pick_cases("no-such-case")
+    assert chosen == []
+    assert "no-such-case" in error and all(name in error for name in known)
+    chosen, error = pick_cases(known[0])
+    assert [c.name for c in chosen] == [known[0]] and error == ""
