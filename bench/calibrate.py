@@ -22,6 +22,8 @@ bench environment (``bash bench/external/setup_env.sh``, see ``docs/bench.md``).
 Run:  .bench-venv/bin/python bench/calibrate.py --external --write   (refit and store)
       python bench/calibrate.py [--write]                              (zoo only)
 ``--write`` stores the fitted map in ``src/weightmapper/engine/calibration.json``;
+``--classes-only`` keeps the stored map's coefficients and knots and refits only the estimates
+of the classes that get their own (see ``docs/scores.md``);
 ``--cache DIR`` keeps the collected units (one JSON file per part) so a refit skips the
 mapping runs of the parts already there; ``--collect zoo`` or ``--collect external`` only
 collects that part into the cache (two processes can share the work).
@@ -242,7 +244,8 @@ def fit(
     prior: float = PRIOR,
 ) -> Any:
     """Training units + provenance (+ ridge penalty, pseudo-counts) → Calibration (logistic,
-    then isotonic on its score, then the exact-name floor and the shape-only cap)."""
+    then isotonic on its score, then the exact-name floor, the shape-only cap, the estimate of
+    shape-only pairs of one lone role and the cap of layouts assumed from names)."""
     from weightmapper.engine.calibration import DOUBTS, EVIDENCE, FEATURES, Calibration
 
     x, y = design(units)
@@ -282,6 +285,14 @@ def fit(
     # pairs resting on their shape alone: their own smoothed accuracy is their most
     alone = x[:, FEATURES.index("shape_only")] > 0.5
     shape_only_p = (y[alone].sum() + prior) / (alone.sum() + 2 * prior) if alone.any() else 1.0
+    # pairs whose one-per-network role both sides agree on (the head, the final norm), names
+    # or not: their accuracy is what such a pair resting on its shape alone gets instead of the
+    # cap (few pairs rest on shape and role alone; the role, not the names, is the evidence)
+    role = x[:, FEATURES.index("role_unique")] > 0.5
+    role_only_p = (y[role].sum() + prior) / (role.sum() + 2 * prior) if role.any() else None
+    # layouts assumed from names: their own smoothed accuracy is their most
+    assumed = x[:, FEATURES.index("assumed")] > 0.5
+    assumed_p = (y[assumed].sum() + prior) / (assumed.sum() + 2 * prior) if assumed.any() else 1.0
     return Calibration(
         intercept,
         coef,
@@ -290,6 +301,8 @@ def fit(
         meta,
         round(float(exact_p), 6),
         round(float(shape_only_p), 6),
+        None if role_only_p is None else round(float(role_only_p), 6),
+        round(float(assumed_p), 6),
     )
 
 
@@ -337,7 +350,9 @@ def separation(cal: Any, units: list[dict[str, Any]]) -> dict[str, float]:
         auc /= len(right) * len(wrong)
     high = np.array(
         [
-            u["confidence"] != "low" and not is_ambiguous(u["breakdown"]) and pi >= CONFIDENT_SCORE
+            u["confidence"] not in ("low", "ambiguous")
+            and not is_ambiguous(u["breakdown"])
+            and pi >= CONFIDENT_SCORE
             for u, pi in zip(units, p, strict=True)
         ],
         bool,
@@ -419,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         "--collect", choices=("zoo", "external"), help="only collect this part into --cache"
     )
     ap.add_argument(
+        "--classes-only",
+        action="store_true",
+        help="keep the stored map's coefficients and knots; refit only the estimates of the "
+        "classes that get their own (exact names, shape alone, shape and a lone role, layouts "
+        "assumed from names)",
+    )
+    ap.add_argument(
         "--external",
         action="store_true",
         help="add the external-truth set (half fit, half held out)",
@@ -451,6 +473,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     meta["l2"], meta["pseudo_counts"] = L2, PRIOR
     cal = fit(train, meta)
+    if args.classes_only:
+        from weightmapper.engine.calibration import DATA, load
+
+        kept = load.__wrapped__(DATA)
+        meta["data"] = f"{kept.meta.get('data', '')}; class estimates refitted on {described}"
+        meta["map_fitted"] = kept.meta.get("map_fitted", kept.meta.get("fitted", "?"))
+        meta["command"] += " --classes-only"
+        cal = replace(
+            kept,
+            meta=meta,
+            exact_p=cal.exact_p,
+            shape_only_p=cal.shape_only_p,
+            role_only_p=cal.role_only_p,
+            assumed_p=cal.assumed_p,
+        )
     rows_fit, ece_fit = reliability(cal, train)
     rows_chk, ece_chk = reliability(cal, check)
     sep_fit, sep_chk = separation(cal, train), separation(cal, check)

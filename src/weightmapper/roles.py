@@ -211,7 +211,10 @@ def _qkv_rows(
         spec = TransformSpec(
             "interleave_heads", {"heads": rows // (3 * head), "parts": 3, "to": to}
         )
-        return spec, f"fused q/k/v rows {a} → {b}, from the libraries' naming conventions"
+        return spec, (
+            f"layout assumed from names: fused q/k/v rows {a} → {b}, from the libraries' naming "
+            "conventions; give both modules and an input to prove it"
+        )
     return None, (
         f"fused q/k/v rows are {a} in the source and {b} in the target; the head sizes are "
         "not known, so the rows are kept as they are: give both modules and an input to prove it"

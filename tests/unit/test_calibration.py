@@ -93,6 +93,8 @@ def test_probability_never_falls_when_evidence_rises() -> None:
         assert cal.probability(wider, raw, confidence="high") >= base - 1e-12
         agree = {**bd, "roles": min(1.0, bd["roles"] + 0.5)}
         assert cal.probability(agree, raw, confidence="high") >= base - 1e-12
+        lone = {**bd, "role_unique": 1.0}
+        assert cal.probability(lone, raw, confidence="high") >= base - 1e-12
         assert cal.probability(bd, raw, confidence="low") <= base + 1e-12
         assumed = cal.probability(bd, raw, confidence="high", note="layout assumed from names")
         assert assumed <= base + 1e-12
@@ -114,6 +116,30 @@ def test_a_pair_resting_on_its_shape_alone_stays_below_the_default_threshold() -
     assert p < DEFAULT_THRESHOLD
     named = {**bd, "name": 0.9, "hierarchy": 0.8, "order": 0.9}
     assert load().probability(named, 0.85, confidence="high", stage="template") > 0.9
+
+
+def test_a_shape_only_pair_of_one_lone_role_on_both_sides_gets_that_class_estimate() -> None:
+    """The head onto the head under names that share nothing: the shape-only cap gives way to
+    the accuracy of pairs whose one-per-network role both sides agree on."""
+    cal = load()
+    bd = {"shape": 1.0, "name": 0.2, "hierarchy": 0.1, "order": 0.3, "structure": 0.9}
+    bd |= {"runner_up": 0.0, "margin": 1.0, "roles": 0.5, "unique": 1.0, "order_known": 0.0}
+    alone = cal.probability(bd, 0.5, confidence="high", stage="assignment")
+    assert alone <= cal.shape_only_p < DEFAULT_THRESHOLD
+    assert cal.role_only_p is not None and cal.role_only_p > DEFAULT_THRESHOLD
+    lone = cal.probability({**bd, "role_unique": 1.0}, 0.5, confidence="high", stage="assignment")
+    assert lone == pytest.approx(cal.role_only_p)
+    assert cal.probability({**bd, "role_unique": 0.0}, 0.5, confidence="high") <= alone + 1e-12
+
+
+def test_a_layout_assumed_from_names_scores_at_most_its_class_estimate() -> None:
+    cal = load()
+    bd = {"shape": 1.0, "name": 1.0, "hierarchy": 0.9, "order": 1.0, "structure": 1.0}
+    bd |= {"runner_up": 0.7, "margin": 0.3, "roles": 1.0, "unique": 0.25, "order_known": 0.0}
+    sure = cal.probability(bd, 0.97, confidence="high", stage="template")
+    note = "layout assumed from names: RoPE interleaved → rotate_half; give the source module"
+    assumed = cal.probability(bd, 0.97, confidence="ambiguous", stage="template", note=note)
+    assert assumed <= cal.assumed_p < sure
 
 
 def test_a_map_that_is_not_monotone_is_refused(tmp_path) -> None:

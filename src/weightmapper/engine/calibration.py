@@ -19,10 +19,13 @@ The map has two steps, both monotone:
 2. a non-decreasing piecewise-linear map from ``z`` to a probability in [0, 1], given by its
    knots (an isotonic fit of the observed accuracy on ``z``).
 
-Two classes of pairs get their own estimate, the smoothed fraction of them that were right
+Four classes of pairs get their own estimate, the smoothed fraction of them that were right
 in the fitting data, because a linear score cannot single them out: an exact name with equal
 shapes (its layout not assumed) scores at least ``exact_p``; a pair that rests on its shape
-alone (neither its name nor a real position agrees) scores at most ``shape_only_p``. So the
+alone (neither its name nor a real position agrees) scores at most ``shape_only_p``, unless
+both tensors play a role the network has once and agree on it (the head, the final norm:
+``role_unique``), which scores ``role_only_p``; a pair whose layout (RoPE rows, fused q/k/v
+rows) was assumed from names scores at most ``assumed_p``. So the
 probability never falls when the raw score or any evidence rises. The raw score stays
 in the pair's breakdown as ``raw``.
 """
@@ -47,7 +50,7 @@ DATA = Path(__file__).with_name("calibration.json")
 """Where the fitted map is stored."""
 EVIDENCE = (
     "raw", "shape", "name", "hierarchy", "order", "order_sorted", "structure",
-    "index", "exact", "unique", "margin", "roles_agree", "named_stage",
+    "index", "exact", "unique", "margin", "roles_agree", "named_stage", "role_unique",
 )  # fmt: skip
 """Features whose coefficient is non-negative (more evidence, higher probability)."""
 DOUBTS = ("weak", "shape_only", "ambiguous", "cross_role", "low", "assumed")
@@ -110,6 +113,7 @@ def features(
         0.0 if alone else min(1.0, max(0.0, margin) / MARGIN_SCALE),
         float(roles >= ROLE_AGREE),
         float(stage in NAMED_STAGES),
+        float(get("role_unique", 0.0) >= 1.0),
         max(0.0, WEAK_RAW - float(raw)) / WEAK_RAW,
         float(
             not multi
@@ -139,6 +143,11 @@ class Calibration:
     """Least probability of an exact name with equal shapes (0: no such floor)."""
     shape_only_p: float = 1.0
     """Most probability of a pair that rests on its shape alone (1: no such cap)."""
+    role_only_p: float | None = None
+    """Probability of a pair that rests on its shape and a one-per-network role both sides
+    agree on (``role_unique``) alone, in place of ``shape_only_p`` (None: no such class)."""
+    assumed_p: float = 1.0
+    """Most probability of a pair whose layout was assumed from names (1: no such cap)."""
 
     def z(self, x: list[float]) -> float:
         """Feature vector → linear score."""
@@ -157,7 +166,15 @@ class Calibration:
         p = self.from_z(self.intercept + x @ coef)
         exact = x[:, FEATURES.index("exact")] > 0.5
         shape_only = x[:, FEATURES.index("shape_only")] > 0.5
+        if self.role_only_p is not None:
+            # a lone role on both sides: the class's own estimate, never below the shape-only
+            # cap (more evidence never lowers a probability)
+            role = shape_only & (x[:, FEATURES.index("role_unique")] > 0.5)
+            lone = np.maximum(np.minimum(p, self.shape_only_p), self.role_only_p)
+            p = np.where(role, lone, p)
+            shape_only = shape_only & ~role
         p = np.where(shape_only, np.minimum(p, self.shape_only_p), p)
+        p = np.where(x[:, FEATURES.index("assumed")] > 0.5, np.minimum(p, self.assumed_p), p)
         return np.where(exact, np.maximum(p, self.exact_p), p)
 
     def probability(
@@ -184,6 +201,8 @@ class Calibration:
             "knots": {"z": list(self.knots_z), "p": list(self.knots_p)},
             "exact_p": self.exact_p,
             "shape_only_p": self.shape_only_p,
+            "role_only_p": self.role_only_p,
+            "assumed_p": self.assumed_p,
         }
 
     @classmethod
@@ -196,6 +215,9 @@ class Calibration:
             intercept = float(d["intercept"])
             exact_p = float(d.get("exact_p", 0.0))
             shape_only_p = float(d.get("shape_only_p", 1.0))
+            role_only = d.get("role_only_p")
+            role_only_p = None if role_only is None else float(role_only)
+            assumed_p = float(d.get("assumed_p", 1.0))
         except (KeyError, TypeError, ValueError) as e:
             raise WeightMapperError(
                 f"calibration data lacks {e}; expected intercept, coef and knots z/p; "
@@ -209,6 +231,8 @@ class Calibration:
             or any(not 0.0 <= v <= 1.0 for v in p)
             or not 0.0 <= exact_p <= 1.0
             or not 0.0 <= shape_only_p <= 1.0
+            or not 0.0 <= assumed_p <= 1.0
+            or (role_only_p is not None and not 0.0 <= role_only_p <= 1.0)
             or any(coef.get(f, 0.0) < 0 for f in EVIDENCE)
             or any(coef.get(f, 0.0) > 0 for f in DOUBTS)
         )
@@ -218,8 +242,9 @@ class Calibration:
                 "coefficient is negative, or a doubt's positive); regenerate them with bench/calibrate.py"
             )
         fitted = ("intercept", "coef", "knots", "features", "exact_p", "shape_only_p")
+        fitted += ("role_only_p", "assumed_p")
         meta = {k: v for k, v in d.items() if k not in fitted}
-        return cls(intercept, coef, z, p, meta, exact_p, shape_only_p)
+        return cls(intercept, coef, z, p, meta, exact_p, shape_only_p, role_only_p, assumed_p)
 
 
 @cache

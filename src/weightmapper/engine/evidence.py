@@ -16,6 +16,10 @@ are recorded here, in each proposal's breakdown:
 ``index``   agreement of the two keys' layer indices (1 equal, 0.5 when a side has none,
             less for different ones): a pair shifted by an inserted block has equal names
             but other indices;
+``role_unique``  1 when both tensors play a role a network has once (its head, final norm,
+            an embedding, the relative-position bias) and each is the only one of that role
+            whose shape fits the other (:mod:`weightmapper.engine.unique_roles`), 0 when both
+            play such roles but not so; absent when a side plays none;
 ``order_known``  1 when both sides' module order is real (registration or execution order),
             0 when a side's keys carried no order of their own (a ``.safetensors`` file
             stores them sorted) and its order is the names' natural sort: the ``order``
@@ -35,6 +39,7 @@ import numpy as np
 from weightmapper.engine.candidates import Proposal
 from weightmapper.engine.primitives import index_sim_pairs
 from weightmapper.engine.state import MatchState
+from weightmapper.engine.unique_roles import record_unique_roles
 from weightmapper.inventory import Inventory
 from weightmapper.roles import EQUIVALENT, SideRoles, family
 
@@ -86,6 +91,7 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
                 confidence = "low"
             p = replace(p, note=f"{p.note}; {note}" if p.note else note, confidence=confidence)
         out.append(p)
+    record_unique_roles(st, out)
     return out
 
 

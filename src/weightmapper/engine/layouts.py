@@ -78,7 +78,8 @@ def settle_role_layouts(
     """Proposals + both sides' roles → proposals whose q/k rows follow the target's RoPE layout.
 
     A pair gets the permutation only when both sides give it one role; what was assumed
-    (a layout read from names, not from a forward pass) is written on the pair.
+    (a layout read from names, not from a forward pass) is written on the pair, which is then
+    ``ambiguous``: the other layout would fit a checkpoint's names just as well.
     """
     src, tgt = roles
     out = []
@@ -89,10 +90,10 @@ def settle_role_layouts(
             spec, note = layout_transform(role, p.source, p.target, src, tgt, rows)
             if spec is not None:
                 transform = spec if p.transform.is_identity else chain(p.transform, spec)
-                # a layout read from names only is an assumption: never a confident pair
-                p = replace(
-                    p, transform=transform, note=note, confidence="low" if note else p.confidence
-                )
+                # a layout read from names only is an assumption: the same pair in the other
+                # layout is as good an answer from a checkpoint alone, so never a confident one
+                confidence = "ambiguous" if note and p.confidence == "high" else p.confidence
+                p = replace(p, transform=transform, note=note, confidence=confidence)
             elif note:
                 p = replace(p, note=note, confidence="low")
         out.append(p)

@@ -342,9 +342,9 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
-    version: ClassVar[int] = (
-        7  # 2: roles, layouts; 3: evidence; 4, 5: sorted order; 6: name margin; 7: shifted blocks
-    )
+    version: ClassVar[int] = 8
+    # 2: roles, layouts; 3: evidence; 4, 5: sorted order; 6: name margin; 7: shifted blocks;
+    # 8: lone roles (role_unique), layouts assumed from names are ambiguous
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
@@ -381,9 +381,9 @@ class AssignStage(Stage):
     """Score artifact + threshold/strategy → JSON artifact of the MappingResult."""
 
     name: ClassVar[str] = "assign"
-    version: ClassVar[int] = (
-        4  # 2: scores are calibrated probabilities; 3: ambiguous by names; 4: shifted blocks
-    )
+    version: ClassVar[int] = 5
+    # 2: scores are calibrated probabilities; 3: ambiguous by names; 4: shifted blocks;
+    # 5: class estimates of lone roles and of layouts assumed from names
     score: ArtifactRef
     settings: MapperSettings = field(default_factory=MapperSettings)
 

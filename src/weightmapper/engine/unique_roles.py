@@ -1,0 +1,99 @@
+"""Roles a network has once: a pair whose two tensors play such a role, each the only one of
+it whose shape fits the other, is evidence however different their names.
+
+A network has one head, one final norm, one token embedding, one relative-position bias.
+When the source's ``fc`` and the target's ``Logits.Conv2d_1c_1x1`` are both the head, and no
+other head on either side has a shape that fits, the pair is right whatever its names share;
+its signals alone (names, path, position all disagree) would leave it resting on its shape.
+Roles come from the side's :class:`~weightmapper.roles.SideRoles` (a forward pass or a naming
+convention) and, for keys neither gave a role, from the words libraries use for these modules
+(:mod:`weightmapper.conventions.singletons`).
+
+Each proposal whose two tensors both have such a role gets ``role_unique`` in its breakdown:
+1 when the roles agree, each side has one module of that role (counted by module, so a
+head's bias follows its weight), and the shapes fit (equal, transposed, or equal once the
+size-1 dimensions are dropped: a linear head onto a 1×1 convolution); else 0. A side with
+several modules of the role gets none: a detector's box classifier, box regressor and
+proposal heads all end the network, and none of them is *the* head an image classifier's
+``fc`` was. Counting is one dictionary look-up per pair.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from weightmapper.conventions.singletons import FAMILY, singleton_words
+from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.side import Side
+from weightmapper.engine.state import MatchState
+from weightmapper.roles import SideRoles
+
+Shape = tuple[int, ...]
+RIVALS: dict[str, str] = {"head.conv": "head"}
+"""Roles that never earn the evidence but count against it: a convolution after the last
+block is a head of its own kind (a detector's proposal and feature-pyramid heads are), so a
+side that has one has no single head."""
+
+
+def record_unique_roles(st: MatchState, proposals: list[Proposal]) -> None:
+    """Finished MatchState + its proposals → ``role_unique`` in the breakdown of every
+    proposal whose two tensors both play a one-per-network role."""
+    src, count_s = _modules(st.s, st.roles[0])
+    tgt, count_t = _modules(st.t, st.roles[1])
+    if not src or not tgt:
+        return
+    for p in proposals:
+        a = src.get(int(st.s.group[st.s.index[p.source]]))
+        b = tgt.get(int(st.t.group[st.t.index[p.target]]))
+        if a is None or b is None:
+            continue
+        (fa, lead_a), (fb, lead_b) = a, b
+        lone = (
+            fa == fb
+            and count_s[fa] == 1
+            and count_t[fb] == 1
+            and fits(p.source_shape, p.target_shape)
+            and fits(lead_a, lead_b)
+        )
+        p.breakdown["role_unique"] = float(lone)
+
+
+def _modules(side: Side, roles: SideRoles) -> tuple[dict[int, tuple[str, Shape]], Counter[str]]:
+    """One side + its roles → (group number → (one-per-network role, main tensor's shape) of
+    every module that plays one, how many modules play each such role, :data:`RIVALS`
+    included). A module's main tensor is its largest learned one; a role a forward pass or
+    convention gave wins over words."""
+    words = singleton_words()
+    out: dict[int, tuple[str, Shape]] = {}
+    count: Counter[str] = Counter()
+    for g, members in enumerate(side.group_keys):
+        learned = [i for i in members if not side.stat_buffer[i]] or members
+        lead = max(learned, key=lambda i: (_numel(side.shape[i]), -i))
+        key = side.keys[lead]
+        role = roles.roles.get(key) or words.role_of(key) or ""
+        if role in RIVALS:
+            count[RIVALS[role]] += 1
+        elif role in FAMILY:
+            count[FAMILY[role]] += 1
+            out[g] = (FAMILY[role], side.shape[lead])
+    return out, count
+
+
+def fits(a: Shape, b: Shape) -> bool:
+    """Two shapes → True when one tensor becomes the other as it is, transposed (2-d), or
+    reshaped by adding or dropping size-1 dimensions."""
+    if a == b:
+        return True
+    sa, sb = _squeezed(a), _squeezed(b)
+    return sa == sb or (len(sa) == 2 and sa == sb[::-1])
+
+
+def _squeezed(shape: Shape) -> Shape:
+    return tuple(d for d in shape if d != 1)
+
+
+def _numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
