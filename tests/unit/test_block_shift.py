@@ -64,8 +64,8 @@ def test_inserted_block_leaves_no_wrong_pair_high(tmp_path: Path) -> None:
     for p in high:
         s, t = int(p.source.split(".")[1].rpartition("_")[2]), int(p.target.split(".")[1])
         assert truth[s] == t, f"{p.source} -> {p.target} is wrong yet labelled high"
-    shifted = [p for p in result.pairs if p.breakdown.get("block_shift")]
-    assert {p.source.split(".")[1] for p in shifted} == {"encoder_layer_2", "encoder_layer_3"}
+    # the context (engine/context.py) moved layers 2, 3 after their MLPs: nothing is shifted
+    assert not [p for p in result.pairs if p.breakdown.get("block_shift")]
 
 
 def _pair(source: str, target: str, runner_up: float = 0.5) -> Proposal:

@@ -111,6 +111,7 @@ def test_mapping_protocol_scores_and_reasons() -> None:
         "unique",
         "index",
         "order_known",
+        "context",
     }
     assert set(pair.breakdown) == signals | evidence
     assert pair.stage

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from weightmapper.engine.context import AGREE, CONTRADICT
 from weightmapper.engine.evidence import EXACT_NAME, ROLE_AGREE, ROLE_CROSS
 from weightmapper.errors import WeightMapperError
 
@@ -51,11 +52,13 @@ DATA = Path(__file__).with_name("calibration.json")
 EVIDENCE = (
     "raw", "shape", "name", "hierarchy", "order", "order_sorted", "structure",
     "index", "exact", "unique", "margin", "roles_agree", "named_stage", "role_unique",
+    "context_agrees",
 )  # fmt: skip
 """Features whose coefficient is non-negative (more evidence, higher probability)."""
-DOUBTS = ("weak", "shape_only", "ambiguous", "cross_role", "low", "assumed")
+DOUBTS = ("weak", "shape_only", "ambiguous", "cross_role", "low", "assumed", "context_contradicts")
 """Features whose coefficient is non-positive: an alternative nearly as good, a role
-mismatch, a guess the evidence could not settle, a layout assumed from names never help."""
+mismatch, a guess the evidence could not settle, a layout assumed from names, siblings that
+went elsewhere never help."""
 FLAGS = ("multi", "order_known", "alone")
 """Features whose coefficient may take either sign."""
 FEATURES = EVIDENCE + DOUBTS + FLAGS
@@ -99,6 +102,7 @@ def features(
     # the order signal of a side whose keys were sorted by name says little: its own feature
     known = float(get("order_known", 1.0))
     order = float(get("order", 0.0))
+    context = float(get("context", 0.5))
     return [
         float(raw),
         float(get("shape", 0.0)),
@@ -114,16 +118,19 @@ def features(
         float(roles >= ROLE_AGREE),
         float(stage in NAMED_STAGES),
         float(get("role_unique", 0.0) >= 1.0),
+        float(context >= AGREE),
         max(0.0, WEAK_RAW - float(raw)) / WEAK_RAW,
         float(
             not multi
             and max(get("name", 0.0), get("hierarchy", 0.0)) < SHAPE_ONLY
             and (order < SHAPE_ONLY or not known)
+            and context < AGREE
         ),
         float(margin < AMBIGUOUS_MARGIN),
         float(roles <= ROLE_CROSS),
         float(confidence == "low"),
         float("assumed" in note),
+        float(context <= CONTRADICT),
         float(multi),
         known,
         alone,

@@ -44,6 +44,7 @@ from weightmapper.engine.assign import assign
 from weightmapper.engine.block_shift import record_block_shifts
 from weightmapper.engine.candidates import Candidates
 from weightmapper.engine.collect import collect_notes, collect_pairs
+from weightmapper.engine.context import record_context, stage_context
 from weightmapper.engine.evidence import record_evidence
 from weightmapper.engine.exact import stage_exact
 from weightmapper.engine.gaps import stage_gaps
@@ -82,6 +83,7 @@ CASCADE: tuple[tuple[str, Callable[[MatchState], None]], ...] = (
     ("gap", stage_gaps),
     ("assignment (weights)", _assignment_with_fresh_evidence),
     ("assignment (rest)", functools.partial(stage_assignment, weights_first=False)),
+    ("context", stage_context),
 )
 """The stages in the order they run; after each one, matched groups are completed."""
 
@@ -113,7 +115,8 @@ def score_inventories(
         run_cascade(st)
         proposals, tied = collect_pairs(st)
         leftovers = collect_notes(st, tied, score=False)
-        record_margins(st, proposals)
+        placed = record_context(st, proposals)
+        record_margins(st, proposals, placed)
         record_block_shifts(proposals)
     proposals = settle_square_layouts(proposals, source, target)
     proposals = settle_role_layouts(proposals, roles)

@@ -18,10 +18,13 @@ the work stays linear in the number of pairs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from weightmapper.engine.calibration import AMBIGUOUS_MARGIN
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.context import under
 from weightmapper.engine.signals import hierarchy_signal, name_signal, order_signal
 from weightmapper.engine.state import MatchState
 
@@ -66,15 +69,24 @@ def is_ambiguous(breakdown: dict[str, float]) -> bool:
     return named <= -AMBIGUOUS_MARGIN and float(get("name", 0.0)) < WEAK_NAME
 
 
-def record_margins(st: MatchState, proposals: list[Proposal]) -> None:
-    """Finished MatchState + its proposals → each proposal's breakdown gains runner_up, margin.
+def record_margins(
+    st: MatchState, proposals: list[Proposal], placed: Mapping[str, str] | None = None
+) -> None:
+    """Finished MatchState + its proposals (+ source key → the target prefix its siblings
+    went to, for pairs that agree with it, :func:`~weightmapper.engine.context.record_context`)
+    → each proposal's breakdown gains runner_up, margin.
 
-    Buffers that follow their module's pair get the margin of that pair.
+    An alternative outside the prefix a pair's siblings went to is no rival of that pair (a
+    same-shape tensor of the block before). Buffers that follow their module's pair get the
+    margin of that pair.
     """
     w = {k: v for k, v in st.weights.items() if k in MARGIN_SIGNALS and v}
     total = sum(w.values())
     own = [_raw(p.breakdown, w, total) for p in proposals]
     rows, cols, alt_of = _alternatives(st, proposals)
+    if placed and len(rows):
+        keep = _inside_context(st, proposals, placed, rows, cols, alt_of)
+        rows, cols, alt_of = rows[keep], cols[keep], alt_of[keep]
     best = np.full(len(proposals), -np.inf)
     best_named = np.full(len(proposals), -np.inf)
     if len(rows):
@@ -135,6 +147,30 @@ def _alternatives(
         cols += [tgt[b], tgt[a], tgt[a], tgt[b]]
         owner += [ns[a], ns[a], ns[b], ns[b]]
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(owner)
+
+
+def _inside_context(
+    st: MatchState,
+    proposals: list[Proposal],
+    placed: Mapping[str, str],
+    rows: np.ndarray,
+    cols: np.ndarray,
+    alt_of: np.ndarray,
+) -> np.ndarray:
+    """Alternatives (source keys, target keys, owning proposals) → False for those that put a
+    source outside the prefix its siblings went to: the owner's source onto another target,
+    or another source onto the owner's target. Only sources in ``placed`` are looked at."""
+    keep = np.ones(len(cols), bool)
+    owner_prefix = {n: placed[p.source] for n, p in enumerate(proposals) if p.source in placed}
+    row_prefix = {st.s.index[k]: v for k, v in placed.items()}
+    owned = np.isin(alt_of, list(owner_prefix))
+    moved = np.isin(rows, list(row_prefix))
+    for k in np.flatnonzero(owned | moved).tolist():
+        path = st.t.group_paths[int(st.t.group[cols[k]])]
+        r = int(rows[k])
+        prefix = row_prefix.get(r) if r in row_prefix else owner_prefix.get(int(alt_of[k]))
+        keep[k] = prefix is None or under(path, prefix)
+    return keep
 
 
 def _set(p: Proposal, runner_up: float, raw: float, named: float) -> None:

@@ -342,9 +342,10 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
-    version: ClassVar[int] = 8
+    version: ClassVar[int] = 9
     # 2: roles, layouts; 3: evidence; 4, 5: sorted order; 6: name margin; 7: shifted blocks;
     # 8: lone roles (role_unique), layouts assumed from names are ambiguous
+    # 9: context from anchors
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
@@ -381,9 +382,10 @@ class AssignStage(Stage):
     """Score artifact + threshold/strategy → JSON artifact of the MappingResult."""
 
     name: ClassVar[str] = "assign"
-    version: ClassVar[int] = 5
+    version: ClassVar[int] = 6
     # 2: scores are calibrated probabilities; 3: ambiguous by names; 4: shifted blocks;
     # 5: class estimates of lone roles and of layouts assumed from names
+    # 6: context agreement lifts the shape-only cap
     score: ArtifactRef
     settings: MapperSettings = field(default_factory=MapperSettings)
 

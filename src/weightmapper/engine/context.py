@@ -1,0 +1,370 @@
+"""Context agreement: where a tensor's siblings went says where it goes.
+
+Some pairs are settled by evidence of their own: identical or canonically equal names, a
+name template with its own shape signature, a shape no other tensor has. These are the
+*anchors* (:func:`anchor_groups`). From them, every source module prefix learns where its
+tensors went in the target: ``encoder.layers.encoder_layer_2`` ↔ ``blocks.3`` when the MLP
+of that layer (a shape of its own) landed in ``blocks.3``; ``features.3.conv`` ↔
+``blocks.1.1`` when its convolutions did. A tensor whose name and sorted position say little
+(an attention projection of the same shape in every block, a norm beside a mapped conv)
+then has a *context*: the target prefix its siblings went to.
+
+For a source key, its siblings at a level are the anchors under that source prefix but
+outside the key's own branch (its own module at the deepest level, the child holding it
+above). The deepest level that has any siblings decides; the target prefixes a clear
+majority (:data:`MAJORITY`) of those siblings share form a chain from the root down, and
+the expected prefix is the deepest of them that still holds a target key of the key's
+shape not taken by an anchor (so a norm beside a mapped MLP expects the block, not the MLP).
+
+A pair (s, t) then *agrees* (:data:`AGREE`) when t lies under the expected prefix,
+*contradicts* (:data:`CONTRADICT`) when a slot of its shape is open in a more specific place
+its siblings went to, and has no evidence (:data:`UNKNOWN`) otherwise (no siblings, no clear
+majority, only the root in common). Three uses:
+
+- the ``context`` stage (:func:`stage_context`, last in the cascade) re-pairs the non-anchor
+  pairs whose context contradicts, each with a key of its shape under its expected prefix,
+  by an optimal assignment per (shape, prefix), so a same-shape tensor follows its block;
+- ``context`` in each pair's breakdown (:func:`record_context`), a feature of the
+  calibration (:mod:`weightmapper.engine.calibration`);
+- a note on the pair: ``siblings map into blocks.3`` where the context placed or lifted it,
+  and ``…; check it`` where it contradicts (such a pair is never ``high``).
+
+Cost: the anchors are sorted once by source path, so the anchors under a prefix are a range
+found by bisection; each (level, branch) computes its chain once; the work is about
+N log N plus N times the depth of the module tree.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.groups import STRUCTURE_DP
+from weightmapper.engine.signals import score_matrix, signal_matrices
+from weightmapper.engine.state import MatchState
+
+AGREE, UNKNOWN, CONTRADICT = 1.0, 0.5, 0.0
+"""Values of the ``context`` evidence."""
+ANCHOR_STAGES = frozenset({"exact", "normalized", "template"})
+"""Cascade stages whose pairs rest on names (equal, canonical, or one template with its own
+shape signature) rather than on position or context."""
+MAJORITY = 0.7
+"""Share of a key's siblings a target prefix must hold to count as where they went."""
+CONTEXT_STAGE = "context"
+"""Stage name of the pairs the context placed."""
+
+Bucket = tuple[int, ...]
+
+
+def anchor_groups(st: MatchState) -> dict[int, int]:
+    """MatchState → source group → target group, for every group pair holding an anchor: a
+    pair made by a stage of :data:`ANCHOR_STAGES`, or whose shape occurs once on each side."""
+    n_src, n_tgt = st.bucket_counts
+    out: dict[int, int] = {}
+    for i, (_rel, stage, _group, _structure, follows) in st.rec.items():
+        if follows >= 0 or stage == CONTEXT_STAGE:
+            continue
+        j = int(st.s_match[i])
+        if j < 0:
+            continue
+        unique = n_src.get(st.s.bucket[i], 0) == 1 and n_tgt.get(st.t.bucket[j], 0) == 1
+        if stage in ANCHOR_STAGES or unique:
+            out.setdefault(int(st.s.group[i]), int(st.t.group[j]))
+    return out
+
+
+class ContextIndex:
+    """A MatchState's anchors, indexed to answer "where did this key's siblings go"."""
+
+    def __init__(self, st: MatchState, anchors: dict[int, int] | None = None) -> None:
+        self.st = st
+        self.anchors = anchor_groups(st) if anchors is None else anchors
+        items = sorted((st.s.group_paths[g], st.t.group_paths[h]) for g, h in self.anchors.items())
+        self._paths = [a for a, _ in items]
+        self._targets = [tuple(b.split(".")) if b else () for _, b in items]
+        taken = set(self.anchors.values())
+        # shape bucket → sorted module paths of its target keys (all; those no anchor took)
+        self._all: dict[Bucket, list[str]] = {}
+        self._open: dict[Bucket, list[str]] = {}
+        for j in np.flatnonzero(st.t_scorable).tolist():
+            g = int(st.t.group[j])
+            self._all.setdefault(st.t.bucket[j], []).append(st.t.group_paths[g])
+            if g not in taken:
+                self._open.setdefault(st.t.bucket[j], []).append(st.t.group_paths[g])
+        for paths in (*self._all.values(), *self._open.values()):
+            paths.sort()
+        self._chains: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._group_chain: dict[int, tuple[str, ...]] = {}
+        self._images: dict[str, tuple[str, ...]] = {}
+
+    # --- the chain of prefixes a group's siblings went to -------------------------------------
+    def chain(self, gs: int) -> tuple[str, ...]:
+        """Source group → the target prefixes (root first) a clear majority of its siblings at
+        the deepest level that has any went to; ``()`` when no level has siblings."""
+        got = self._group_chain.get(gs)
+        if got is not None:
+            return got
+        path = self.st.s.group_paths[gs]
+        parts = path.split(".") if path else []
+        out: tuple[str, ...] = ()
+        for depth in range(len(parts), -1, -1):
+            level = ".".join(parts[:depth])
+            branch = path if depth == len(parts) else ".".join(parts[: depth + 1])
+            key = (level, branch)
+            if key not in self._chains:
+                images = self._branch_images(level, branch, own=depth == len(parts))
+                self._chains[key] = _majority_chain(images) if images else ()
+            out = self._chains[key]
+            if out:
+                break
+        self._group_chain[gs] = out
+        return out
+
+    def _branch_images(self, level: str, branch: str, *, own: bool) -> list[tuple[str, ...]]:
+        """A level + the key's branch below it → the image of every other branch under the
+        level that holds anchors: where a clear majority of that branch's anchors went.
+        ``own``: the level is the key's own module, whose own tensors are left out."""
+        first = len(level) + 1 if level else 0
+        branches: dict[str, list[int]] = {}
+        for k in _range(self._paths, level, below=True):
+            child = self._paths[k][first:].partition(".")[0]
+            branches.setdefault(child, []).append(k)
+        if not own:
+            branches.pop(branch[first:].partition(".")[0], None)
+            at = _range(self._paths, level, below=False)
+            if len(at):
+                branches["\0"] = list(at)  # the level's own tensors: a branch of their own
+        return [self._image(level, child, ks) for child, ks in branches.items()]
+
+    def _image(self, level: str, child: str, ks: list[int]) -> tuple[str, ...]:
+        """Anchors of one branch → the deepest target prefix (as parts) a clear majority of
+        them went to (computed once per branch)."""
+        key = f"{level}.{child}"
+        got = self._images.get(key)
+        if got is None:
+            chain = _majority_chain([self._targets[k] for k in ks])
+            got = tuple(chain[-1].split(".")) if chain[-1] else ()
+            self._images[key] = got
+        return got
+
+    # --- judging a pair ---------------------------------------------------------------------
+    def expected(self, gs: int, bucket: Bucket) -> str:
+        """Source group + shape bucket → the deepest prefix its siblings went to that holds a
+        key of that shape no anchor took; "" when none does (no evidence)."""
+        every = len(self._all.get(bucket, []))
+        for prefix in reversed(self.chain(gs)):
+            if not prefix or _count(self._all.get(bucket, []), prefix) >= every:
+                break
+            if _count(self._open.get(bucket, []), prefix):
+                return prefix
+        return ""
+
+    def judge(self, gs: int, bucket: Bucket, target_path: str) -> tuple[float, str]:
+        """Source group + shape bucket + the target's module path → (:data:`AGREE`,
+        :data:`UNKNOWN` or :data:`CONTRADICT`, the prefix the siblings went to).
+
+        A prefix that holds every target key of the shape (``blocks`` for a norm found in
+        every block) says nothing about which of them: no evidence."""
+        every = len(self._all.get(bucket, []))
+        for prefix in reversed(self.chain(gs)):
+            if not prefix or _count(self._all.get(bucket, []), prefix) >= every:
+                break
+            if under(target_path, prefix):
+                return AGREE, prefix
+            if _count(self._open.get(bucket, []), prefix):
+                return CONTRADICT, prefix
+        return UNKNOWN, ""
+
+
+def stage_context(st: MatchState) -> None:
+    """MatchState → its non-anchor pairs whose context contradicts re-paired with keys of their
+    shape under the prefix their siblings went to (stage ``context``).
+
+    The contradicting pairs are undone (with the buffers following them), then per (shape,
+    expected prefix), deepest prefix first, the freed sources and the open target keys under
+    that prefix are paired by an optimal assignment on the usual scores. A source that finds
+    no such key keeps its first pair.
+    """
+    index = ContextIndex(st)
+    if not index.anchors:
+        return
+    moved: dict[int, tuple[int, str]] = {}  # source key → (its old target, expected prefix)
+    loose: set[int] = set()  # target keys of non-anchor pairs the context says nothing about
+    for i, (_rel, _stage, _group, _structure, follows) in list(st.rec.items()):
+        if follows >= 0 or int(st.s.group[i]) in index.anchors:
+            continue
+        j = int(st.s_match[i])
+        gs, gt = int(st.s.group[i]), int(st.t.group[j])
+        verdict, _ = index.judge(gs, st.s.bucket[i], st.t.group_paths[gt])
+        if verdict == CONTRADICT:
+            moved[i] = (j, index.expected(gs, st.s.bucket[i]))
+        elif verdict == UNKNOWN:
+            loose.add(j)
+    if not moved:
+        return
+    old = {i: st.rec[i] for i in moved}
+    followers: dict[int, list[int]] = {}
+    for k, r in st.rec.items():
+        if r[4] >= 0:
+            followers.setdefault(r[4], []).append(k)
+    for i in moved:
+        for k in (i, *followers.get(i, ())):
+            _unpair(st, k)
+    # a slot is open, or held by a pair without context evidence (which yields to one with)
+    slots: dict[tuple[str, Bucket], list[int]] = {}
+    for j in range(len(st.t)):
+        if st.t_scorable[j] and (st.t_match[j] < 0 or j in loose):
+            for prefix in prefixes(st.t.group_paths[int(st.t.group[j])]):
+                slots.setdefault((prefix, st.t.bucket[j]), []).append(j)
+    wanted: dict[tuple[str, Bucket], list[int]] = {}
+    for i, (_j, prefix) in moved.items():
+        wanted.setdefault((prefix, st.s.bucket[i]), []).append(i)
+    for i in np.flatnonzero((st.s_match < 0) & st.s_scorable).tolist():
+        if i not in moved:  # left over where a moved neighbour's block opened up
+            prefix = index.expected(int(st.s.group[i]), st.s.bucket[i])
+            if prefix:
+                wanted.setdefault((prefix, st.s.bucket[i]), []).append(i)
+    for key in sorted(wanted, key=lambda k: -k[0].count(".")):  # deepest prefix first
+        rows = wanted[key]
+        cols = [j for j in slots.get(key, []) if st.t_match[j] < 0 or j in loose]
+        if cols:
+            _assign(st, np.array(rows, np.int64), np.array(cols, np.int64), followers, loose)
+    for i, (j, _prefix) in moved.items():
+        if st.s_match[i] < 0 and st.t_match[j] < 0:
+            st.pair(i, j, *_restore(old[i]))  # nothing open where it belongs: keep the first
+
+
+def _assign(
+    st: MatchState,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    followers: dict[int, list[int]],
+    loose: set[int],
+) -> None:
+    """Source keys × target slots of one (prefix, shape) → optimal pairs, stage ``context``;
+    a slot's holder without context evidence (``loose``) is unpaired first."""
+    sig, blocked = signal_matrices(st, rows, cols)
+    m = score_matrix(st, sig)
+    r, c = linear_sum_assignment(np.where(blocked, -1.0, m), maximize=True)
+    for a, b in zip(r.tolist(), c.tolist(), strict=True):
+        if blocked[a, b] or m[a, b] < st.settings.min_proposal:
+            continue
+        i, j = int(rows[a]), int(cols[b])
+        rel = st.compat(i, j)
+        if rel is None:
+            continue
+        holder = int(st.t_match[j])
+        if holder >= 0:
+            loose.discard(j)
+            for k in (holder, *followers.get(holder, ())):
+                _unpair(st, k)
+        st.pair(i, j, rel, CONTEXT_STAGE, False, STRUCTURE_DP)
+
+
+def _unpair(st: MatchState, i: int) -> None:
+    """Undo source key i's pair."""
+    j = int(st.s_match[i])
+    st.s_match[i] = -1
+    if j >= 0:
+        st.t_match[j] = -1
+    st.rec.pop(i, None)
+
+
+def _restore(rec: tuple) -> tuple:  # type: ignore[type-arg]
+    rel, stage, group, structure, _follows = rec
+    return rel, stage, group, structure
+
+
+def record_context(st: MatchState, proposals: list[Proposal]) -> dict[str, str]:
+    """Finished MatchState + its proposals → ``context`` in each breakdown (buffers take
+    their module pair's), ``siblings map into P`` noted where the context placed the pair,
+    is the only evidence beside its shape, or contradicts it (then never ``high``); returns
+    source key → the prefix its siblings went to, for the pairs that agree with it and are
+    no anchors (their same-shape rivals elsewhere are none, :mod:`.margins`)."""
+    index = ContextIndex(st)
+    lead: dict[str, float] = {}
+    placed: dict[str, str] = {}
+    for n, p in enumerate(proposals):
+        if p.follows is not None:
+            continue
+        i, j = st.s.index[p.source], st.t.index[p.target]
+        gs = int(st.s.group[i])
+        verdict, prefix = index.judge(gs, st.s.bucket[i], st.t.group_paths[int(st.t.group[j])])
+        p.breakdown["context"] = verdict
+        lead[p.source] = verdict
+        if verdict == AGREE and gs not in index.anchors:
+            placed[p.source] = prefix
+        proposals[n] = _noted(p, verdict, prefix)
+    for p in proposals:
+        if p.follows is not None:
+            p.breakdown["context"] = lead.get(p.follows, UNKNOWN)
+    return placed
+
+
+def _noted(p: Proposal, verdict: float, prefix: str) -> Proposal:
+    """Proposal + its context → the same with the context noted where it matters."""
+    if verdict == CONTRADICT:
+        note = f"siblings map into {prefix}, not here; check it"
+        confidence = "low" if p.confidence == "high" else p.confidence
+    elif verdict == AGREE and (p.stage == CONTEXT_STAGE or _names_say_little(p.breakdown)):
+        note, confidence = f"siblings map into {prefix}", p.confidence
+    else:
+        return p
+    return replace(p, note=f"{p.note}; {note}" if p.note else note, confidence=confidence)
+
+
+def _names_say_little(bd: dict[str, float]) -> bool:
+    return max(bd.get("name", 0.0), bd.get("hierarchy", 0.0)) < 0.5
+
+
+# --- prefixes -------------------------------------------------------------------------------
+def prefixes(path: str) -> list[str]:
+    """Module path → its prefixes, root ("") first, the path itself last."""
+    parts = path.split(".") if path else []
+    return [".".join(parts[:k]) for k in range(len(parts) + 1)]
+
+
+def under(path: str, prefix: str) -> bool:
+    """Module path + prefix → True when the path is the prefix or lies below it."""
+    return not prefix or path == prefix or path.startswith(prefix + ".")
+
+
+def _range(paths: list[str], prefix: str, *, below: bool) -> range:
+    """Sorted paths + prefix → index range of the paths strictly below it (``below``) or equal
+    to it."""
+    if not below:
+        return range(bisect_left(paths, prefix), bisect_right(paths, prefix))
+    if not prefix:
+        lo = bisect_right(paths, "")
+        return range(lo, len(paths))
+    return range(bisect_left(paths, prefix + "."), bisect_left(paths, prefix + "/"))
+
+
+def _count(paths: list[str], prefix: str) -> int:
+    """Sorted paths + prefix → how many lie at or below it."""
+    return len(_range(paths, prefix, below=False)) + len(_range(paths, prefix, below=True))
+
+
+def _majority_chain(targets: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """Target module paths (as parts) of a key's siblings → the prefixes, root first, that hold
+    at least :data:`MAJORITY` of them (one chain: more than half can only go one way)."""
+    need = MAJORITY * len(targets)
+    chain = [""]
+    cur = targets
+    depth = 0
+    while True:
+        counts = Counter(t[depth] for t in cur if len(t) > depth)
+        if not counts:
+            break
+        part, count = counts.most_common(1)[0]
+        if count < need:
+            break
+        cur = [t for t in cur if len(t) > depth and t[depth] == part]
+        depth += 1
+        chain.append(".".join(cur[0][:depth]))
+    return tuple(chain)
