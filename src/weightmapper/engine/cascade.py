@@ -22,6 +22,8 @@ Cheapest evidence first, each stage working only on what the previous ones left:
 6. ``assignment``  leftovers, per shape bucket: fuzzy score matrices and an optimal
                    one-to-one assignment, weights first, then everything else
                    (:mod:`.optimal`); the order and hierarchy evidence is refreshed first
+7. ``context``     pairs against the block their siblings' anchors went to re-paired there,
+                   per shape and prefix (:mod:`.context`)
 
 After every stage the rest of each matched group follows (``group``), and buffers follow
 their module when the partner has the same buffer with the same shape (``buffer``), see
