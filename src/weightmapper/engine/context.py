@@ -44,6 +44,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.evidence import EXACT_NAME
 from weightmapper.engine.groups import STRUCTURE_DP
 from weightmapper.engine.signals import score_matrix, signal_matrices
 from weightmapper.engine.state import MatchState
@@ -98,87 +99,98 @@ class ContextIndex:
                 self._open.setdefault(st.t.bucket[j], []).append(st.t.group_paths[g])
         for paths in (*self._all.values(), *self._open.values()):
             paths.sort()
-        self._chains: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._group_chain: dict[int, tuple[str, ...]] = {}
-        self._images: dict[str, tuple[str, ...]] = {}
+        self._chains: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {}
+        self._group_chain: dict[int, tuple[tuple[str, ...], bool]] = {}
+        self._images: dict[str, dict[str, tuple[str, ...]]] = {}
 
     # --- the chain of prefixes a group's siblings went to -------------------------------------
-    def chain(self, gs: int) -> tuple[str, ...]:
-        """Source group → the target prefixes (root first) a clear majority of its siblings at
-        the deepest level that has any went to; ``()`` when no level has siblings."""
+    def chain(self, gs: int) -> tuple[tuple[str, ...], bool]:
+        """Source group → (the target prefixes, root first, a clear majority of its siblings
+        at the deepest level that has any went to, ``()`` when no level has siblings; whether
+        those siblings parted into different numbered blocks below the last prefix)."""
         got = self._group_chain.get(gs)
         if got is not None:
             return got
         path = self.st.s.group_paths[gs]
         parts = path.split(".") if path else []
-        out: tuple[str, ...] = ()
+        out: tuple[tuple[str, ...], bool] = ((), False)
         for depth in range(len(parts), -1, -1):
             level = ".".join(parts[:depth])
-            branch = path if depth == len(parts) else ".".join(parts[: depth + 1])
-            key = (level, branch)
+            # at its own module, the key's own tensors (its group) are left out; above, the
+            # branch holding it
+            skip = "\0" if depth == len(parts) else parts[depth]
+            key = (level, skip)
             if key not in self._chains:
-                images = self._branch_images(level, branch, own=depth == len(parts))
-                self._chains[key] = _majority_chain(images) if images else ()
+                images = [im for child, im in self._level_images(level).items() if child != skip]
+                chain = _majority_chain(images) if images else ()
+                last = tuple(chain[-1].split(".")) if chain and chain[-1] else ()
+                nexts = {
+                    im[len(last)]
+                    for im in images
+                    if len(im) > len(last) and im[: len(last)] == last
+                }
+                # the siblings parted into numbered blocks (``blocks.0``, ``blocks.1``, …)
+                spread = len(nexts) > 1 and all(n[-1:].isdigit() for n in nexts)
+                self._chains[key] = (chain, spread)
             out = self._chains[key]
-            if out:
+            if out[0]:
                 break
         self._group_chain[gs] = out
         return out
 
-    def _branch_images(self, level: str, branch: str, *, own: bool) -> list[tuple[str, ...]]:
-        """A level + the key's branch below it → the image of every other branch under the
-        level that holds anchors: where a clear majority of that branch's anchors went.
-        ``own``: the level is the key's own module, whose own tensors are left out."""
+    def _level_images(self, level: str) -> dict[str, tuple[str, ...]]:
+        """Source prefix → the image of every branch under it that holds anchors (child name,
+        or ``"\0"`` for the prefix's own tensors): the deepest target prefix a clear majority
+        of that branch's anchors went to (computed once per prefix)."""
+        got = self._images.get(level)
+        if got is not None:
+            return got
         first = len(level) + 1 if level else 0
-        branches: dict[str, list[int]] = {}
+        branches: dict[str, list[tuple[str, ...]]] = {}
         for k in _range(self._paths, level, below=True):
             child = self._paths[k][first:].partition(".")[0]
-            branches.setdefault(child, []).append(k)
-        if not own:
-            branches.pop(branch[first:].partition(".")[0], None)
-            at = _range(self._paths, level, below=False)
-            if len(at):
-                branches["\0"] = list(at)  # the level's own tensors: a branch of their own
-        return [self._image(level, child, ks) for child, ks in branches.items()]
-
-    def _image(self, level: str, child: str, ks: list[int]) -> tuple[str, ...]:
-        """Anchors of one branch → the deepest target prefix (as parts) a clear majority of
-        them went to (computed once per branch)."""
-        key = f"{level}.{child}"
-        got = self._images.get(key)
-        if got is None:
-            chain = _majority_chain([self._targets[k] for k in ks])
-            got = tuple(chain[-1].split(".")) if chain[-1] else ()
-            self._images[key] = got
+            branches.setdefault(child, []).append(self._targets[k])
+        at = _range(self._paths, level, below=False)
+        if len(at):
+            branches["\0"] = [self._targets[k] for k in at]
+        got = {}
+        for child, targets in branches.items():
+            deepest = _majority_chain(targets)[-1]
+            got[child] = tuple(deepest.split(".")) if deepest else ()
+        self._images[level] = got
         return got
 
     # --- judging a pair ---------------------------------------------------------------------
     def expected(self, gs: int, bucket: Bucket) -> str:
         """Source group + shape bucket → the deepest prefix its siblings went to that holds a
         key of that shape no anchor took; "" when none does (no evidence)."""
-        every = len(self._all.get(bucket, []))
-        for prefix in reversed(self.chain(gs)):
-            if not prefix or _count(self._all.get(bucket, []), prefix) >= every:
-                break
+        for prefix in self._prefixes(gs, bucket):
             if _count(self._open.get(bucket, []), prefix):
                 return prefix
         return ""
 
     def judge(self, gs: int, bucket: Bucket, target_path: str) -> tuple[float, str]:
         """Source group + shape bucket + the target's module path → (:data:`AGREE`,
-        :data:`UNKNOWN` or :data:`CONTRADICT`, the prefix the siblings went to).
-
-        A prefix that holds every target key of the shape (``blocks`` for a norm found in
-        every block) says nothing about which of them: no evidence."""
-        every = len(self._all.get(bucket, []))
-        for prefix in reversed(self.chain(gs)):
-            if not prefix or _count(self._all.get(bucket, []), prefix) >= every:
-                break
+        :data:`UNKNOWN` or :data:`CONTRADICT`, the prefix the siblings went to)."""
+        for prefix in self._prefixes(gs, bucket):
             if under(target_path, prefix):
                 return AGREE, prefix
             if _count(self._open.get(bucket, []), prefix):
                 return CONTRADICT, prefix
         return UNKNOWN, ""
+
+    def _prefixes(self, gs: int, bucket: Bucket) -> list[str]:
+        """Source group + shape bucket → the prefixes its siblings went to that say something,
+        deepest first. The root says nothing; nor does the point where the siblings part into
+        numbered blocks (``blocks`` for layers that went to ``blocks.0``, ``blocks.1``, …) when
+        it holds every target key of the shape (a norm found in every block)."""
+        chain, spread = self.chain(gs)
+        out = [p for p in reversed(chain) if p]
+        if spread and out:
+            paths = self._all.get(bucket, [])
+            if _count(paths, out[0]) >= len(paths):
+                return []
+        return out
 
 
 def stage_context(st: MatchState) -> None:
@@ -190,9 +202,11 @@ def stage_context(st: MatchState) -> None:
     that prefix are paired by an optimal assignment on the usual scores. A source that finds
     no such key keeps its first pair.
     """
-    index = ContextIndex(st)
-    if not index.anchors:
-        return
+    anchors = anchor_groups(st)
+    paired = st.s.group[np.fromiter(st.rec, np.int64, len(st.rec))]
+    if not anchors or np.isin(paired, np.fromiter(anchors, np.int64, len(anchors))).all():
+        return  # nothing to judge it by, or nothing to judge
+    index = ContextIndex(st, anchors)
     moved: dict[int, tuple[int, str]] = {}  # source key → (its old target, expected prefix)
     loose: set[int] = set()  # target keys of non-anchor pairs the context says nothing about
     for i, (_rel, _stage, _group, _structure, follows) in list(st.rec.items()):
@@ -286,7 +300,8 @@ def record_context(st: MatchState, proposals: list[Proposal]) -> dict[str, str]:
     is the only evidence beside its shape, or contradicts it (then never ``high``); returns
     source key → the prefix its siblings went to, for the pairs that agree with it and are
     no anchors (their same-shape rivals elsewhere are none, :mod:`.margins`)."""
-    index = ContextIndex(st)
+    anchors = anchor_groups(st)
+    index = None
     lead: dict[str, float] = {}
     placed: dict[str, str] = {}
     for n, p in enumerate(proposals):
@@ -294,10 +309,14 @@ def record_context(st: MatchState, proposals: list[Proposal]) -> dict[str, str]:
             continue
         i, j = st.s.index[p.source], st.t.index[p.target]
         gs = int(st.s.group[i])
+        if not anchors or p.breakdown.get("name", 0.0) >= EXACT_NAME:
+            p.breakdown["context"] = lead[p.source] = UNKNOWN  # equal names need no context
+            continue
+        index = index if index is not None else ContextIndex(st, anchors)
         verdict, prefix = index.judge(gs, st.s.bucket[i], st.t.group_paths[int(st.t.group[j])])
         p.breakdown["context"] = verdict
         lead[p.source] = verdict
-        if verdict == AGREE and gs not in index.anchors:
+        if verdict == AGREE and gs not in anchors:
             placed[p.source] = prefix
         proposals[n] = _noted(p, verdict, prefix)
     for p in proposals:
