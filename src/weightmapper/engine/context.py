@@ -10,28 +10,35 @@ of that layer (a shape of its own) landed in ``blocks.3``; ``features.3.conv`` �
 then has a *context*: the target prefix its siblings went to.
 
 For a source key, its siblings at a level are the anchors under that source prefix but
-outside the key's own branch (its own module at the deepest level, the child holding it
-above). The deepest level that has any siblings decides; the target prefixes a clear
-majority (:data:`MAJORITY`) of those siblings share form a chain from the root down, and
-the expected prefix is the deepest of them that still holds a target key of the key's
-shape not taken by an anchor (so a norm beside a mapped MLP expects the block, not the MLP).
+outside the key's own branch (its own module's tensors at the deepest level, the child
+holding it above). Each branch beside it has an image, the deepest target prefix a clear
+majority (:data:`MAJORITY`) of its anchors went to; the deepest level with any such branch
+decides, and the target prefixes a clear majority of those images share form a chain from the
+root down. The root says nothing, nor does the point where the images part into numbered
+blocks (``blocks`` for layers that went to ``blocks.0``, ``blocks.1``, …) when it holds every
+target key of the key's shape.
 
-A pair (s, t) then *agrees* (:data:`AGREE`) when t lies under the expected prefix,
-*contradicts* (:data:`CONTRADICT`) when a slot of its shape is open in a more specific place
-its siblings went to, and has no evidence (:data:`UNKNOWN`) otherwise (no siblings, no clear
-majority, only the root in common). Three uses:
+A pair (s, t) is judged at the deepest prefix of that chain that holds t or a key of its
+shape no anchor took: it *agrees* (:data:`AGREE`) when t lies under it, *contradicts*
+(:data:`CONTRADICT`) when it does not (a slot of its shape is open where its siblings went),
+and has no evidence (:data:`UNKNOWN`) when no prefix qualifies. Pairs with equal names are
+not judged (names settle them).
+Three uses:
 
 - the ``context`` stage (:func:`stage_context`, last in the cascade) re-pairs the non-anchor
   pairs whose context contradicts, each with a key of its shape under its expected prefix,
-  by an optimal assignment per (shape, prefix), so a same-shape tensor follows its block;
+  by an optimal assignment per (shape, prefix), so a same-shape tensor follows its block (a
+  pair there without context evidence yields its target; a key left over where a moved
+  block opened up joins in);
 - ``context`` in each pair's breakdown (:func:`record_context`), a feature of the
   calibration (:mod:`weightmapper.engine.calibration`);
 - a note on the pair: ``siblings map into blocks.3`` where the context placed or lifted it,
   and ``…; check it`` where it contradicts (such a pair is never ``high``).
 
 Cost: the anchors are sorted once by source path, so the anchors under a prefix are a range
-found by bisection; each (level, branch) computes its chain once; the work is about
-N log N plus N times the depth of the module tree.
+found by bisection; each prefix computes its branches' images once and each (prefix, branch
+left out) its chain once; the work is about N log N plus N times the depth of the module
+tree.
 """
 
 from __future__ import annotations
@@ -89,19 +96,27 @@ class ContextIndex:
         self._paths = [a for a, _ in items]
         self._targets = [tuple(b.split(".")) if b else () for _, b in items]
         taken = set(self.anchors.values())
-        # shape bucket → sorted module paths of its target keys (all; those no anchor took)
+        # shape bucket → sorted module paths of its target keys (all; the open ones)
         self._all: dict[Bucket, list[str]] = {}
-        self._open: dict[Bucket, list[str]] = {}
-        for j in np.flatnonzero(st.t_scorable).tolist():
-            g = int(st.t.group[j])
-            self._all.setdefault(st.t.bucket[j], []).append(st.t.group_paths[g])
-            if g not in taken:
-                self._open.setdefault(st.t.bucket[j], []).append(st.t.group_paths[g])
-        for paths in (*self._all.values(), *self._open.values()):
+        scorable = np.flatnonzero(st.t_scorable).tolist()
+        for j in scorable:
+            self._all.setdefault(st.t.bucket[j], []).append(st.t.group_paths[int(st.t.group[j])])
+        for paths in self._all.values():
             paths.sort()
+        self._open: dict[Bucket, list[str]] = {}
+        self.reopen([j for j in scorable if int(st.t.group[j]) not in taken])
         self._chains: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {}
         self._group_chain: dict[int, tuple[tuple[str, ...], bool]] = {}
         self._images: dict[str, dict[str, tuple[str, ...]]] = {}
+
+    def reopen(self, keys: list[int]) -> None:
+        """Target keys → they are the open slots from now on (first: those no anchor took)."""
+        st = self.st
+        self._open = {}
+        for j in keys:
+            self._open.setdefault(st.t.bucket[j], []).append(st.t.group_paths[int(st.t.group[j])])
+        for paths in self._open.values():
+            paths.sort()
 
     # --- the chain of prefixes a group's siblings went to -------------------------------------
     def chain(self, gs: int) -> tuple[tuple[str, ...], bool]:
@@ -193,6 +208,29 @@ class ContextIndex:
         return out
 
 
+def verdicts(index: ContextIndex, pairs: list[tuple[int, int]]) -> list[tuple[float, str]]:
+    """Context index + (source key, target key) pairs to judge → each one's verdict and the
+    prefix its siblings went to.
+
+    Two passes: a slot taken by a pair that is no anchor counts as open at first; then only
+    slots left unmatched, or taken by a pair that did not agree with its own context, stay
+    open (a same-shape key whose pair agrees with its block is not a place to go)."""
+    st = index.st
+
+    def judge(i: int, j: int) -> tuple[float, str]:
+        gs, gt = int(st.s.group[i]), int(st.t.group[j])
+        return index.judge(gs, st.s.bucket[i], st.t.group_paths[gt])
+
+    first = [judge(i, j) for i, j in pairs]
+    if all(v != CONTRADICT for v, _p in first):
+        return first
+    against = {j for (_i, j), (v, _p) in zip(pairs, first, strict=True) if v != AGREE}
+    index.reopen(
+        [j for j in np.flatnonzero(st.t_scorable).tolist() if st.t_match[j] < 0 or j in against]
+    )
+    return [judge(i, j) for i, j in pairs]
+
+
 def stage_context(st: MatchState) -> None:
     """MatchState → its non-anchor pairs whose context contradicts re-paired with keys of their
     shape under the prefix their siblings went to (stage ``context``).
@@ -209,14 +247,14 @@ def stage_context(st: MatchState) -> None:
     index = ContextIndex(st, anchors)
     moved: dict[int, tuple[int, str]] = {}  # source key → (its old target, expected prefix)
     loose: set[int] = set()  # target keys of non-anchor pairs the context says nothing about
-    for i, (_rel, _stage, _group, _structure, follows) in list(st.rec.items()):
-        if follows >= 0 or int(st.s.group[i]) in index.anchors:
-            continue
-        j = int(st.s_match[i])
-        gs, gt = int(st.s.group[i]), int(st.t.group[j])
-        verdict, _ = index.judge(gs, st.s.bucket[i], st.t.group_paths[gt])
+    judged = [
+        (i, int(st.s_match[i]))
+        for i, r in st.rec.items()
+        if r[4] < 0 and int(st.s.group[i]) not in index.anchors
+    ]
+    for (i, j), (verdict, _prefix) in zip(judged, verdicts(index, judged), strict=True):
         if verdict == CONTRADICT:
-            moved[i] = (j, index.expected(gs, st.s.bucket[i]))
+            moved[i] = (j, index.expected(int(st.s.group[i]), st.s.bucket[i]))
         elif verdict == UNKNOWN:
             loose.add(j)
     if not moved:
@@ -301,24 +339,27 @@ def record_context(st: MatchState, proposals: list[Proposal]) -> dict[str, str]:
     source key → the prefix its siblings went to, for the pairs that agree with it and are
     no anchors (their same-shape rivals elsewhere are none, :mod:`.margins`)."""
     anchors = anchor_groups(st)
-    index = None
     lead: dict[str, float] = {}
     placed: dict[str, str] = {}
+    judged: list[int] = []  # proposals judged: names differ and anchors exist
     for n, p in enumerate(proposals):
         if p.follows is not None:
             continue
-        i, j = st.s.index[p.source], st.t.index[p.target]
-        gs = int(st.s.group[i])
         if not anchors or p.breakdown.get("name", 0.0) >= EXACT_NAME:
             p.breakdown["context"] = lead[p.source] = UNKNOWN  # equal names need no context
-            continue
-        index = index if index is not None else ContextIndex(st, anchors)
-        verdict, prefix = index.judge(gs, st.s.bucket[i], st.t.group_paths[int(st.t.group[j])])
-        p.breakdown["context"] = verdict
-        lead[p.source] = verdict
-        if verdict == AGREE and gs not in anchors:
-            placed[p.source] = prefix
-        proposals[n] = _noted(p, verdict, prefix)
+        else:
+            judged.append(n)
+    if judged:
+        index = ContextIndex(st, anchors)
+        pairs = [(st.s.index[proposals[n].source], st.t.index[proposals[n].target]) for n in judged]
+        for n, (i, _j), (verdict, prefix) in zip(
+            judged, pairs, verdicts(index, pairs), strict=True
+        ):
+            p = proposals[n]
+            p.breakdown["context"] = lead[p.source] = verdict
+            if verdict == AGREE and int(st.s.group[i]) not in anchors:
+                placed[p.source] = prefix
+            proposals[n] = _noted(p, verdict, prefix)
     for p in proposals:
         if p.follows is not None:
             p.breakdown["context"] = lead.get(p.follows, UNKNOWN)
