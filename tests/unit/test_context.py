@@ -214,3 +214,44 @@ def test_context_lifts_the_shape_only_cap_and_a_contradiction_is_a_doubt() -> No
     assert alone[at("shape_only")] == 1.0 and placed[at("shape_only")] == 0.0
     assert placed[at("context_agrees")] == 1.0 and alone[at("context_agrees")] == 0.0
     assert against[at("context_contradicts")] == 1.0 and against[at("shape_only")] == 1.0
+
+
+# --- a same-shape key inside blocks whose pair agrees is no place to go ----------------------
+class HFLayer(nn.Module):
+    def __init__(self, dim: int, inter: int) -> None:
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(dim)
+        self.mlp = nn.Module()
+        self.mlp.up_proj = nn.Linear(dim, inter, bias=False)
+        self.mlp.down_proj = nn.Linear(inter, dim, bias=False)
+
+
+class LitLayer(nn.Module):
+    def __init__(self, dim: int, inter: int) -> None:
+        super().__init__()
+        self.norm_1 = nn.LayerNorm(dim)
+        self.mlp = nn.Module()
+        self.mlp.fc = nn.Linear(dim, inter, bias=False)
+        self.mlp.proj = nn.Linear(inter, dim, bias=False)
+
+
+def test_an_embedding_shaped_like_the_mlp_is_not_pulled_into_the_blocks(tmp_path: Path) -> None:
+    # vocabulary size = MLP width: the embedding's shape is found in every block, where
+    # the MLP's own pairs agree with their blocks; the embedding stays where it is, not low
+    torch.manual_seed(0)
+    dim, vocab = 8, 32
+    source, target = nn.Module(), nn.Module()
+    source.model = nn.Module()
+    source.model.embed_tokens = nn.Embedding(vocab, dim)
+    source.model.layers = nn.ModuleList(HFLayer(dim, vocab) for _ in range(3))
+    target.transformer = nn.Module()
+    target.transformer.wte = nn.Embedding(vocab, dim)
+    target.transformer.h = nn.ModuleList(LitLayer(dim, vocab) for _ in range(3))
+    result = _from_file(tmp_path, source, target)
+    pair = result.pair("model.embed_tokens.weight")
+    assert pair.target == "transformer.wte.weight"
+    assert pair.breakdown["context"] != CONTRADICT and "check it" not in pair.note
+    for n in range(3):
+        assert result.pair(f"model.layers.{n}.mlp.up_proj.weight").target == (
+            f"transformer.h.{n}.mlp.fc.weight"
+        )
