@@ -117,14 +117,16 @@ def score_inventories(
         run_cascade(st)
         proposals, tied = collect_pairs(st)
         leftovers = collect_notes(st, tied, score=False)
-        placed = record_context(st, proposals)
+    multi = propose_leftovers(source, target, leftovers, roles)
+    multi, rivals = ambiguous_rivals(multi, leftovers)
+    with paused_gc():
+        # splits and merges are anchors too, and the keys they take are no open slots
+        placed = record_context(st, proposals, multi)
         record_margins(st, proposals, placed)
         record_block_shifts(proposals)
     proposals = settle_square_layouts(proposals, source, target)
     proposals = settle_role_layouts(proposals, roles)
     proposals = record_evidence(st, proposals)
-    multi = propose_leftovers(source, target, leftovers, roles)
-    multi, rivals = ambiguous_rivals(multi, leftovers)
     used = {("source", k) for m in multi for k in m.sources}
     used |= {("target", k) for m in multi for k in m.targets}
     # Notes are scored only for the keys no split or merge uses: a deep fused stack leaves

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -55,6 +56,7 @@ from weightmapper.engine.evidence import EXACT_NAME
 from weightmapper.engine.groups import STRUCTURE_DP
 from weightmapper.engine.signals import score_matrix, signal_matrices
 from weightmapper.engine.state import MatchState
+from weightmapper.result import MultiPair
 
 AGREE, UNKNOWN, CONTRADICT = 1.0, 0.5, 0.0
 """Values of the ``context`` evidence."""
@@ -69,11 +71,16 @@ CONTEXT_STAGE = "context"
 Bucket = tuple[int, ...]
 
 
-def anchor_groups(st: MatchState) -> dict[int, int]:
-    """MatchState → source group → target group, for every group pair holding an anchor: a
-    pair made by a stage of :data:`ANCHOR_STAGES`, or whose shape occurs once on each side."""
+def anchor_groups(st: MatchState, multi: Sequence[MultiPair] = ()) -> dict[int, int]:
+    """MatchState (+ splits and merges) → source group → target group, for every group pair
+    holding an anchor: a pair made by a stage of :data:`ANCHOR_STAGES`, or whose shape occurs
+    once on each side, or a split or merge (each source onto the first target)."""
     n_src, n_tgt = st.bucket_counts
     out: dict[int, int] = {}
+    for m in multi:
+        gt = int(st.t.group[st.t.index[m.targets[0]]])
+        for k in m.sources:
+            out.setdefault(int(st.s.group[st.s.index[k]]), gt)
     for i, (_rel, stage, _group, _structure, follows) in st.rec.items():
         if follows >= 0 or stage == CONTEXT_STAGE:
             continue
@@ -89,13 +96,17 @@ def anchor_groups(st: MatchState) -> dict[int, int]:
 class ContextIndex:
     """A MatchState's anchors, indexed to answer "where did this key's siblings go"."""
 
-    def __init__(self, st: MatchState, anchors: dict[int, int] | None = None) -> None:
+    def __init__(
+        self, st: MatchState, anchors: dict[int, int] | None = None, taken: Sequence[str] = ()
+    ) -> None:
         self.st = st
         self.anchors = anchor_groups(st) if anchors is None else anchors
         items = sorted((st.s.group_paths[g], st.t.group_paths[h]) for g, h in self.anchors.items())
         self._paths = [a for a, _ in items]
         self._targets = [tuple(b.split(".")) if b else () for _, b in items]
-        taken = set(self.anchors.values())
+        held = set(self.anchors.values())
+        self._taken = {st.t.index[k] for k in taken}
+        """Target keys a split or merge takes: never an open slot."""
         # shape bucket → sorted module paths of its target keys (all; the open ones)
         self._all: dict[Bucket, list[str]] = {}
         scorable = np.flatnonzero(st.t_scorable).tolist()
@@ -104,7 +115,7 @@ class ContextIndex:
         for paths in self._all.values():
             paths.sort()
         self._open: dict[Bucket, list[str]] = {}
-        self.reopen([j for j in scorable if int(st.t.group[j]) not in taken])
+        self.reopen([j for j in scorable if int(st.t.group[j]) not in held])
         self._chains: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {}
         self._group_chain: dict[int, tuple[tuple[str, ...], bool]] = {}
         self._images: dict[str, dict[str, tuple[str, ...]]] = {}
@@ -114,6 +125,8 @@ class ContextIndex:
         st = self.st
         self._open = {}
         for j in keys:
+            if j in self._taken:
+                continue
             self._open.setdefault(st.t.bucket[j], []).append(st.t.group_paths[int(st.t.group[j])])
         for paths in self._open.values():
             paths.sort()
@@ -332,13 +345,15 @@ def _restore(rec: tuple) -> tuple:  # type: ignore[type-arg]
     return rel, stage, group, structure
 
 
-def record_context(st: MatchState, proposals: list[Proposal]) -> dict[str, str]:
-    """Finished MatchState + its proposals → ``context`` in each breakdown (buffers take
+def record_context(
+    st: MatchState, proposals: list[Proposal], multi: Sequence[MultiPair] = ()
+) -> dict[str, str]:
+    """Finished MatchState + its proposals + splits and merges → ``context`` in each breakdown (buffers take
     their module pair's), ``siblings map into P`` noted where the context placed the pair,
     is the only evidence beside its shape, or contradicts it (then never ``high``); returns
     source key → the prefix its siblings went to, for the pairs that agree with it and are
     no anchors (their same-shape rivals elsewhere are none, :mod:`.margins`)."""
-    anchors = anchor_groups(st)
+    anchors = anchor_groups(st, multi)
     lead: dict[str, float] = {}
     placed: dict[str, str] = {}
     judged: list[int] = []  # proposals judged: names differ and anchors exist
@@ -350,7 +365,7 @@ def record_context(st: MatchState, proposals: list[Proposal]) -> dict[str, str]:
         else:
             judged.append(n)
     if judged:
-        index = ContextIndex(st, anchors)
+        index = ContextIndex(st, anchors, [k for m in multi for k in m.targets])
         pairs = [(st.s.index[proposals[n].source], st.t.index[proposals[n].target]) for n in judged]
         for n, (i, _j), (verdict, prefix) in zip(
             judged, pairs, verdicts(index, pairs), strict=True
