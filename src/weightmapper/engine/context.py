@@ -75,21 +75,27 @@ def anchor_groups(st: MatchState, multi: Sequence[MultiPair] = ()) -> dict[int, 
     """MatchState (+ splits and merges) → source group → target group, for every group pair
     holding an anchor: a pair made by a stage of :data:`ANCHOR_STAGES`, or whose shape occurs
     once on each side, or a split or merge (each source onto the first target)."""
-    n_src, n_tgt = st.bucket_counts
     out: dict[int, int] = {}
     for m in multi:
         gt = int(st.t.group[st.t.index[m.targets[0]]])
         for k in m.sources:
             out.setdefault(int(st.s.group[st.s.index[k]]), gt)
-    for i, (_rel, stage, _group, _structure, follows) in st.rec.items():
-        if follows >= 0 or stage == CONTEXT_STAGE:
-            continue
-        j = int(st.s_match[i])
-        if j < 0:
-            continue
+    n = len(st.rec)
+    if not n:
+        return out
+    rows = np.fromiter(st.rec, np.int64, n)
+    cols = st.s_match[rows]
+    lead = np.fromiter((r[4] < 0 for r in st.rec.values()), bool, n) & (cols >= 0)
+    named = np.fromiter((r[1] in ANCHOR_STAGES for r in st.rec.values()), bool, n)
+    n_src, n_tgt = st.bucket_counts
+    for k in np.flatnonzero(lead & ~named).tolist():  # the few made by position or score
+        i, j = int(rows[k]), int(cols[k])
         unique = n_src.get(st.s.bucket[i], 0) == 1 and n_tgt.get(st.t.bucket[j], 0) == 1
-        if stage in ANCHOR_STAGES or unique:
-            out.setdefault(int(st.s.group[i]), int(st.t.group[j]))
+        named[k] = unique and st.rec[i][1] != CONTEXT_STAGE
+    keep = lead & named
+    gs, gt = st.s.group[rows[keep]].tolist(), st.t.group[cols[keep]].tolist()
+    for g, h in zip(reversed(gs), reversed(gt), strict=True):  # the first pair of a group wins
+        out[g] = h
     return out
 
 
