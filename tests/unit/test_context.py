@@ -255,3 +255,20 @@ def test_an_embedding_shaped_like_the_mlp_is_not_pulled_into_the_blocks(tmp_path
         assert result.pair(f"model.layers.{n}.mlp.up_proj.weight").target == (
             f"transformer.h.{n}.mlp.fc.weight"
         )
+
+
+def test_a_norm_beside_an_anchor_is_not_sent_into_the_anchor(tmp_path: Path) -> None:
+    # the stem's conv is an anchor (a shape of its own) whose bias has the norm's shape; that
+    # bias is the anchor's, never an open slot, so the norm beside it agrees with its place
+    torch.manual_seed(0)
+    source, target = nn.Module(), nn.Module()
+    source.features = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.LayerNorm(8)),
+        nn.Sequential(TorchvisionCNBlock(8), TorchvisionCNBlock(8)),
+    )
+    target.stem = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.LayerNorm(8))
+    target.stages = nn.Sequential(nn.Sequential(TimmCNBlock(8), TimmCNBlock(8)))
+    result = WeightMapper(source, target).suggest_mapping()
+    pair = result.pair("features.0.1.weight")
+    assert pair.target == "stem.1.weight"
+    assert pair.breakdown["context"] != CONTRADICT and pair.confidence != "low"

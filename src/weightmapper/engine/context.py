@@ -110,7 +110,8 @@ class ContextIndex:
         items = sorted((st.s.group_paths[g], st.t.group_paths[h]) for g, h in self.anchors.items())
         self._paths = [a for a, _ in items]
         self._targets = [tuple(b.split(".")) if b else () for _, b in items]
-        held = set(self.anchors.values())
+        self._held = set(self.anchors.values())
+        """Target groups an anchor holds: never an open slot."""
         self._taken = {st.t.index[k] for k in taken}
         """Target keys a split or merge takes: never an open slot."""
         # shape bucket → sorted module paths of its target keys (all; the open ones)
@@ -121,17 +122,17 @@ class ContextIndex:
         for paths in self._all.values():
             paths.sort()
         self._open: dict[Bucket, list[str]] = {}
-        self.reopen([j for j in scorable if int(st.t.group[j]) not in held])
+        self.reopen(scorable)
         self._chains: dict[tuple[str, str], tuple[tuple[str, ...], bool]] = {}
         self._group_chain: dict[int, tuple[tuple[str, ...], bool]] = {}
         self._images: dict[str, dict[str, tuple[str, ...]]] = {}
 
     def reopen(self, keys: list[int]) -> None:
-        """Target keys → they are the open slots from now on (first: those no anchor took)."""
+        """Target keys → those no anchor, split or merge holds are the open slots from now on."""
         st = self.st
         self._open = {}
         for j in keys:
-            if j in self._taken:
+            if j in self._taken or int(st.t.group[j]) in self._held:
                 continue
             self._open.setdefault(st.t.bucket[j], []).append(st.t.group_paths[int(st.t.group[j])])
         for paths in self._open.values():
