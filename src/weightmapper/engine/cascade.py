@@ -51,6 +51,7 @@ from weightmapper.engine.evidence import record_evidence
 from weightmapper.engine.exact import stage_exact
 from weightmapper.engine.gaps import stage_gaps
 from weightmapper.engine.groups import fill_groups, promote_lone_pairs
+from weightmapper.engine.index_map import stage_index_map
 from weightmapper.engine.layouts import settle_role_layouts, settle_square_layouts
 from weightmapper.engine.margins import record_margins
 from weightmapper.engine.normalized import stage_normalized
@@ -80,6 +81,7 @@ CASCADE: tuple[tuple[str, Callable[[MatchState], None]], ...] = (
     ("exact", stage_exact),
     ("normalized", stage_normalized),
     ("template", stage_template),
+    ("index map", stage_index_map),
     ("gap", stage_gaps),
     ("structural", stage_structural),
     ("gap", stage_gaps),

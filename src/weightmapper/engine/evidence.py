@@ -37,6 +37,7 @@ from functools import lru_cache
 import numpy as np
 
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.index_map import index_agreement
 from weightmapper.engine.primitives import index_sim_pairs
 from weightmapper.engine.state import MatchState
 from weightmapper.engine.unique_roles import record_unique_roles
@@ -73,9 +74,9 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
     rows = np.array([st.s.index[p.source] for p in proposals], np.int64)
     cols = np.array([st.t.index[p.target] for p in proposals], np.int64)
     # one value per distinct pair of index keys, not one call per pair
-    index = index_sim_pairs(
-        st.s.group_index_key, st.t.group_index_key, st.s.group[rows], st.t.group[cols]
-    ).tolist()
+    gs, gt = st.s.group[rows], st.t.group[cols]
+    plain = index_sim_pairs(st.s.group_index_key, st.t.group_index_key, gs, gt)
+    index = index_agreement(st, gs, gt, plain, matrix=False).tolist()
     out = []
     for p, i, j, idx in zip(proposals, rows.tolist(), cols.tolist(), index, strict=True):
         crowd = max(n_src.get(st.s.bucket[i], 1), n_tgt.get(st.t.bucket[j], 1))

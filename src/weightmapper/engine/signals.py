@@ -34,6 +34,7 @@ from collections.abc import Mapping
 import numpy as np
 from rapidfuzz import fuzz, process
 
+from weightmapper.engine.index_map import index_agreement
 from weightmapper.engine.names import similarity_matrix
 from weightmapper.engine.primitives import codes, increasing, index_sim, index_sim_pairs
 from weightmapper.engine.shapes import shape_relation
@@ -67,13 +68,15 @@ def name_signal(
         t_ik = [t.group_index_key[g] for g in t.group[cols_t]]
         cos = st.key_space.matrix(rows_s, cols_t)
         fz = similarity_matrix(s_tokens, t_tokens)
-        idx = index_sim(s_ik, t_ik)
+        idx = index_agreement(
+            st, s.group[rows_s], t.group[cols_t], index_sim(s_ik, t_ik), matrix=True
+        )
     else:
         cos = st.key_space.pairwise(rows_s, cols_t)
         fz = np.asarray(process.cpdist(s_tokens, t_tokens, scorer=fuzz.ratio), np.float64) / 100.0
-        idx = index_sim_pairs(
-            s.group_index_key, t.group_index_key, s.group[rows_s], t.group[cols_t]
-        )
+        gs, gt = s.group[rows_s], t.group[cols_t]
+        plain = index_sim_pairs(s.group_index_key, t.group_index_key, gs, gt)
+        idx = index_agreement(st, gs, gt, plain, matrix=False)
     lexical = NAME_MIX[0] * cos + NAME_MIX[1] * fz + NAME_MIX[2] * idx
     s_func, t_func = st.s_func[rows_s], st.t_func[cols_t]
     s_named, t_named = st.s_named[rows_s], st.t_named[cols_t]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from weightmapper.engine.side import Side, drop_tokens, side_specific_tokens
 from weightmapper.roles import SideRoles, roles_conflict, roles_same, stacks_conflict
 from weightmapper.settings import ScoreSettings
 from weightmapper.transforms import IDENTITY
+
+if TYPE_CHECKING:
+    from weightmapper.engine.index_map import IndexMap
 
 Record = tuple[ShapeRelation, str, bool, float, int]
 """What is recorded for a matched source key: (relation, stage, group flag, structure,
@@ -121,6 +125,9 @@ class MatchState:
         self.chain_anchors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         """Chain of numbered siblings → its own anchors (source positions, target positions),
         for a sorted checkpoint, whose positions compare only within one chain."""
+        self.index_map: IndexMap | None = None
+        """Learned relations between the two sides' index slots (``engine.index_map``), set
+        once the name stages ran; None before."""
         self.partner = np.full(len(src.group_paths), -1, dtype=np.int64)
         self.coh_keys = np.zeros(0, dtype=np.int64)
         self.coh_vals = np.zeros(0, dtype=np.int64)

@@ -9,6 +9,7 @@ import logging
 import numpy as np
 
 from weightmapper.engine.groups import STRUCTURE_DP, pair_groups
+from weightmapper.engine.index_map import index_agreement
 from weightmapper.engine.primitives import align, index_eq
 from weightmapper.engine.side import Side
 from weightmapper.engine.signals import order_signal
@@ -76,7 +77,8 @@ def _align(st: MatchState, gs: np.ndarray, gt: np.ndarray) -> None:
     """Source groups, target groups of one signature, each in order → pairs along the best
     monotone alignment, where names do not clearly say otherwise."""
     name = st.group_space.matrix(gs, gt)
-    idx = index_eq([st.s.group_index_key[g] for g in gs], [st.t.group_index_key[g] for g in gt])
+    plain = index_eq([st.s.group_index_key[g] for g in gs], [st.t.group_index_key[g] for g in gt])
+    idx = index_agreement(st, gs, gt, plain, matrix=True)
     fam = st.fam_table[st.s_fam[gs][:, None], st.t_fam[gt][None, :]]
     near = order_signal(st, gs, gt, matrix=True)
     evidence = 0.5 * name + 0.5 * idx
