@@ -80,22 +80,23 @@ def read_slots(paths: list[str]) -> SideSlots:
     seen: dict[str, set[int]] = defaultdict(set)
     kept: list[tuple[str, list[Slot]]] = []
     for tpl_parts, slots, _ in raw:
-        tpl = []
+        # Names again, a letter outside a chain now spelled out (``s2.b2``: ``s`` is a name).
+        text = ""
         out: list[Slot] = []
         k = 0
         for part in tpl_parts:
-            if part is None:
-                name, v, is_letter = slots[k]
-                k += 1
-                if is_letter and name not in chain:
-                    tpl.append(chr(ord("a") + v))
-                    continue
-                tpl.append("#")
-                out.append((name, v))
-                seen[name].add(v)
-            else:
-                tpl.append(part)
-        kept.append(("".join(tpl), out))
+            if part is not None:
+                text += part
+                continue
+            name, v, is_letter = slots[k]
+            k += 1
+            if is_letter and name not in chain:
+                text += chr(ord("a") + v)
+                continue
+            out.append((text, v))
+            seen[text].add(v)
+            text += "#"
+        kept.append((text, out))
     varying = {n for n, vs in seen.items() if len(vs) > 1}
     pattern_of: dict[tuple[str, tuple[str, ...]], int] = {}
     rows: dict[int, list[tuple[int, ...]]] = defaultdict(list)
