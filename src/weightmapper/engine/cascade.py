@@ -10,6 +10,10 @@ Cheapest evidence first, each stage working only on what the previous ones left:
                    that pairs unambiguously with one on the other side is matched instance
                    by instance along its layer indices (this settles 10k-expert MoE layers)
                    (:mod:`.template`)
+   Then the ``index map`` is learned (:mod:`.index_map`): which number (or chain letter)
+   of a source name becomes which of a target name, with what offset, from the pairs made
+   so far and the groups holding each shape; the ``name`` signal, the structural alignment
+   and the ``index`` evidence read agreement with it from here on.
 4. ``gap``         open groups between two matched neighbours (in execution or registration
                    order) pair position by position when both gaps hold the same sequence of
                    group signatures; unequal gaps (an inserted or removed block) are split

@@ -15,7 +15,9 @@ are recorded here, in each proposal's breakdown:
             on both sides, so nothing else could have taken its place;
 ``index``   agreement of the two keys' layer indices (1 equal, 0.5 when a side has none,
             less for different ones): a pair shifted by an inserted block has equal names
-            but other indices;
+            but other indices. Where the numbers of the two sides' names correspond by
+            learned offsets (``block2-1`` ↔ ``b2``, ``denselayer3.norm2`` ↔ ``block3_1_bn``,
+            ``f.a`` ↔ ``conv1``; :mod:`weightmapper.engine.index_map`), agreement with them;
 ``role_unique``  1 when both tensors play a role a network has once (its head, final norm,
             an embedding, the relative-position bias) and each is the only one of that role
             whose shape fits the other (:mod:`weightmapper.engine.unique_roles`), 0 when both

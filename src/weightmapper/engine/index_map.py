@@ -12,15 +12,20 @@ place). A slot is named by the text before it with earlier slots as ``#``
 its neighbour's, share the slots of their common path. Numbers inside kernel sizes
 (``3x3``) are names, and a slot with one value on its side (``Conv2d``) says nothing.
 
-From anchor pairs (identical module paths, a weight shape no other tensor has on either side,
-and the pairs the name stages made), :func:`learn_index_map` learns, for each target slot, the
-source slot and constant offset that explain it in every anchor (``t = s + d``), or a
-constant the target slot always has for one source name pattern. A relation seen varying in
-the anchors is preferred; otherwise one whose source values, shifted, fall inside the target
-slot's values; otherwise a constant. :func:`learned_index` then scores a pair by agreement
-with these relations: 1 when every predicted slot agrees, ``0.5 × the share that agrees``
-otherwise, and NaN where nothing was learned for the pair's name patterns (the caller falls
-back to plain index equality, and the evidence stays neutral).
+From anchors (each pair the name stages made, and for each shape held by a few groups, the
+groups holding it on each side, explained as a whole), :func:`learn_index_map` learns, for
+each target slot, the source slot and constant offset that explain it (``t = s + d``), or a
+constant the target slot always has for one source name pattern (``Branch_2`` for every
+``branch3x3dbl_N``). A relation seen varying in the anchors is preferred; otherwise one
+whose source values, shifted, fall inside the target slot's values; otherwise a constant.
+:func:`learned_index` then scores a pair by agreement with these relations: 1 when every
+predicted slot agrees, ``0.5 × the share that agrees`` otherwise. A slot the anchors tie to
+a slot the other pattern lacks counts against the pair: a member of a chain (``f.a``) onto
+the odd one out beside the other side's chain (``downsample``), or the odd one onto a
+member. Where nothing was learned for the pair's name patterns the value is NaN and the
+caller keeps the plain index comparison (neutral evidence when a side has no indices); where
+the relations leave a target slot unexplained (a block number shifted by an inserted block
+contradicts every offset) the lower of the two counts.
 
 Everything is computed per pair of name patterns with array operations: a deep stack has
 one pattern per kind of module, not one per layer.

@@ -5,7 +5,8 @@ means the same thing everywhere:
 
 ``shape``      1 for equal shapes; less for a transpose or reshape the types do not explain
                (:func:`weightmapper.engine.shapes.shape_relation`)
-``name``       token similarity of the canonical names plus agreement of layer indices;
+``name``       token similarity of the canonical names plus agreement of layer indices
+               (with the offsets :mod:`weightmapper.engine.index_map` learned, where it did);
                at least 0.85 where a naming convention gives both keys one role in the
                same block (or one key, the other's role read from a forward pass)
 ``hierarchy``  similarity of the parent module paths, of the module types, and whether the

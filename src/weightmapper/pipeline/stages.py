@@ -342,10 +342,10 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
-    version: ClassVar[int] = 9
+    version: ClassVar[int] = 10
     # 2: roles, layouts; 3: evidence; 4, 5: sorted order; 6: name margin; 7: shifted blocks;
     # 8: lone roles (role_unique), layouts assumed from names are ambiguous
-    # 9: context from anchors
+    # 9: context from anchors; 10: learned index offsets
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
