@@ -287,6 +287,8 @@ def learn_index_map(src_paths: list[str], tgt_paths: list[str], anchors: list[An
             ((d, n),) = box.items()
             if len(n) >= MIN_ANCHORS:
                 relations[k] = d
+    for k in _jointly_contradicted(s, t, anchors, relations):
+        del relations[k]
     varied = {k for k in relations if len(seen_vals[k]) > 1}
     constants = {}
     for (j, ps), box in c_votes.items():
@@ -295,6 +297,48 @@ def learn_index_map(src_paths: list[str], tgt_paths: list[str], anchors: list[An
             if len(n) >= MIN_ANCHORS:
                 constants[(j, ps)] = c
     return IndexMap(s, t, relations, varied, constants)
+
+
+def _jointly_contradicted(
+    s: SideSlots, t: SideSlots, anchors: list[Anchor], relations: dict[tuple[str, str], int]
+) -> set[tuple[str, str]]:
+    """Both sides' slots + anchors + relations each anchor allowed → the relations that two
+    by two contradict an anchor of several groups: in a two-layer model ``fc_1, fc_2`` hold
+    the values ``layer + 1`` as a multiset, but the groups of layer 0 (its ``gate_proj`` and
+    ``up_proj``) predict ``fc_1`` twice beside ``h.0``, where ``h.0`` holds ``fc_1`` and
+    ``fc_2``. Two relations that explain one target slot must agree group by group. Such a
+    coincidence is dropped with the relation it contradicts."""
+    bad: set[tuple[str, str]] = set()
+    for s_groups, t_groups in anchors:
+        if len(s_groups) < 2 or len(t_groups) < 2:
+            continue
+        s_by = _slot_values(s, s_groups)
+        t_by = _slot_values(t, t_groups)
+        here = [
+            (j, i, d)
+            for (j, i), d in relations.items()
+            if len(t_by.get(j, ())) == len(t_groups) and len(s_by.get(i, ())) == len(s_groups)
+        ]
+        for n, (j1, i1, d1) in enumerate(here):
+            for j2, i2, d2 in here[n + 1 :]:
+                if j1 == j2:
+                    # two explanations of one slot must agree group by group
+                    a = [x + d1 for x in s_by[i1]]
+                    if a != [x + d2 for x in s_by[i2]]:
+                        bad |= {(j1, i1), (j2, i2)}
+                    continue
+                src = Counter(
+                    zip([x + d1 for x in s_by[i1]], [x + d2 for x in s_by[i2]], strict=True)
+                )
+                tgt = Counter(zip(t_by[j1], t_by[j2], strict=True))
+                if not (_contains(tgt, src) or _contains(src, tgt)):
+                    bad |= {(j1, i1), (j2, i2)}
+    return bad
+
+
+def _contains(large: Counter, small: Counter) -> bool:
+    """Two multisets → True when ``large`` holds every element of ``small`` as often."""
+    return all(large.get(x, 0) >= n for x, n in small.items())
 
 
 _CONTRADICTS = object()
