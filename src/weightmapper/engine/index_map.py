@@ -33,6 +33,7 @@ one pattern per kind of module, not one per layer.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from weightmapper.engine.state import MatchState
 
 MIN_ANCHORS = 2
 """Least anchors a relation needs to be used."""
-_PIECE = re.compile(r"([._\-/:])")
+_PIECE = re.compile(r"([_\-/:])")
 _SIZE = re.compile(r"\d+x\d+")
 _DIGITS = re.compile(r"\d+")
 _LETTER_ORD = re.compile(r"^(\d*)([a-z])$")
@@ -71,97 +72,143 @@ class SideSlots:
 
 
 def read_slots(paths: list[str]) -> SideSlots:
-    """Module paths → their index slots (see the module docstring), by name pattern."""
+    """Module paths → their index slots (see the module docstring), by name pattern.
+
+    Paths are grouped by their shape (the path with its numbers taken out, letters kept): a
+    deep stack has few shapes, and each is read once.
+    """
     prefix = common_prefix(paths) if len(paths) > 1 else ""
-    stripped = [p[len(prefix) :] if p.startswith(prefix) else p for p in paths]
-    raw = [_raw_slots(p) for p in stripped]
+    shape_of: dict[tuple, int] = {}
+    members: list[list[int]] = []
+    values_of: list[list[tuple[int, ...]]] = []
+    for g, path in enumerate(paths):
+        key, vals = _path_shape(path[len(prefix) :] if path.startswith(prefix) else path)
+        k = shape_of.get(key)
+        if k is None:
+            k = shape_of[key] = len(members)
+            members.append([])
+            values_of.append([])
+        members[k].append(g)
+        values_of[k].append(vals)
+    shapes = [_first_names(key) for key in shape_of]
     # Letters number a chain only where consecutive letters share one place.
     letters: dict[str, set[int]] = defaultdict(set)
-    for _, slots, _ in raw:
-        for name, v, is_letter in slots:
+    for key, slots in zip(shape_of, shapes, strict=True):
+        slot_items = [x for x in key if type(x) is not str]
+        for (name, is_letter), item in zip(slots, slot_items, strict=True):
             if is_letter:
-                letters[name].add(v)
+                letters[name].add(item[0])
     chain = {n for n, vs in letters.items() if len(vs) >= 2 and max(vs) - min(vs) + 1 == len(vs)}
+    # Names again, a letter outside a chain now spelled out (``s2.b2``: ``s`` is a name).
     seen: dict[str, set[int]] = defaultdict(set)
-    kept: list[tuple[str, list[Slot]]] = []
-    for tpl_parts, slots, _ in raw:
-        # Names again, a letter outside a chain now spelled out (``s2.b2``: ``s`` is a name).
+    read: list[tuple[str, list[tuple[int, str]], np.ndarray]] = []
+    for k, key in enumerate(shape_of):
         text = ""
-        out: list[Slot] = []
-        k = 0
-        for part in tpl_parts:
-            if part is not None:
-                text += part
+        live: list[tuple[int, str]] = []  # (column in the values, slot name)
+        col = 0
+        for x in key:
+            if type(x) is str:
+                text += x
                 continue
-            name, v, is_letter = slots[k]
-            k += 1
+            name, is_letter = shapes[k][col]
             if is_letter and name not in chain:
-                text += chr(ord("a") + v)
-                continue
-            out.append((text, v))
-            seen[text].add(v)
-            text += "#"
-        kept.append((text, out))
+                text += chr(ord("a") + x[0])
+            else:
+                live.append((col, text))
+                text += "#"
+            col += 1
+        vals = np.array(values_of[k], np.int64).reshape(len(members[k]), col)
+        for c, name in live:
+            seen[name].update(np.unique(vals[:, c]).tolist())
+        read.append((text, live, vals))
     varying = {n for n, vs in seen.items() if len(vs) > 1}
     pattern_of: dict[tuple[str, tuple[str, ...]], int] = {}
-    rows: dict[int, list[tuple[int, ...]]] = defaultdict(list)
+    parts: list[list[tuple[list[int], np.ndarray]]] = []
+    names: list[tuple[str, ...]] = []
+    for k, (text, live, vals) in enumerate(read):
+        cols = [c for c, n in live if n in varying]
+        pkey = (text, tuple(n for _, n in live if n in varying))
+        p = pattern_of.get(pkey)
+        if p is None:
+            p = pattern_of[pkey] = len(names)
+            names.append(pkey[1])
+            parts.append([])
+        parts[p].append((members[k], vals[:, cols]))
     pattern = np.empty(len(paths), np.int64)
     row = np.empty(len(paths), np.int64)
-    names: list[tuple[str, ...]] = []
-    for g, (tpl, slots) in enumerate(kept):
-        live = [(n, v) for n, v in slots if n in varying]
-        key = (tpl, tuple(n for n, _ in live))
-        p = pattern_of.get(key)
-        if p is None:
-            p = pattern_of[key] = len(names)
-            names.append(key[1])
-        pattern[g] = p
-        row[g] = len(rows[p])
-        rows[p].append(tuple(v for _, v in live))
-    values = [
-        np.array(rows[p], np.int64).reshape(len(rows[p]), len(names[p])) for p in range(len(names))
-    ]
+    values = []
+    for p, chunks in enumerate(parts):
+        groups = np.concatenate([np.asarray(m, np.int64) for m, _ in chunks])
+        pattern[groups] = p
+        row[groups] = np.arange(len(groups))
+        values.append(np.concatenate([v for _, v in chunks]).reshape(len(groups), len(names[p])))
     domain = {n: frozenset(vs) for n, vs in seen.items() if n in varying}
     return SideSlots(pattern, row, names, values, domain)
 
 
-def _raw_slots(path: str) -> tuple[list[str | None], list[tuple[str, int, bool]], str]:
-    """Module path → (its text with None where each slot stood, the slots as (name, value,
-    is a letter), the path)."""
-    parts: list[str | None] = []
-    slots: list[tuple[str, int, bool]] = []
-    text = ""  # the path so far with slots as '#': the name of the next slot
+def _path_shape(path: str) -> tuple[tuple, tuple[int, ...]]:
+    """Module path → (its shape: literal text, None for a number, (value, True) for a letter;
+    the values of its slots in order)."""
+    key: tuple = ()
+    vals: tuple[int, ...] = ()
+    for n, comp in enumerate(path.split(".")):
+        ckey, cvals = _component_shape(comp)
+        key += (".", *ckey) if n else ckey
+        vals += cvals
+    return key, vals
 
-    def add(name_text: str, v: int, letter: bool) -> None:
-        parts.append(None)
-        slots.append((name_text, v, letter))
 
-    for piece in _PIECE.split(path):
+@functools.lru_cache(maxsize=1 << 16)
+def _component_shape(comp: str) -> tuple[tuple, tuple[int, ...]]:
+    """One dotted component → :func:`_path_shape` of it; cached."""
+    items = _component_items(comp)
+    key = tuple(None if type(x) is tuple and not x[1] else x for x in items)
+    return key, tuple(x[0] for x in items if type(x) is tuple)
+
+
+@functools.lru_cache(maxsize=4096)
+def _first_names(key: tuple) -> list[tuple[str, bool]]:
+    """Path shape (literal text, None for a number, (value, True) for a letter) → each slot's
+    (name: the text before it with every earlier slot as ``#``, is a letter)."""
+    out: list[tuple[str, bool]] = []
+    text = ""
+    for x in key:
+        if type(x) is str:
+            text += x
+        else:
+            out.append((text, x is not None))
+            text += "#"
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _component_items(comp: str) -> tuple[str | tuple[int, bool], ...]:
+    """One dotted component → its literal text and its slots ((value, is a letter)) in order;
+    cached (a deep stack repeats few components)."""
+    out: list[str | tuple[int, bool]] = []
+    for piece in _PIECE.split(comp):
         if not piece:
             continue
         m = _LETTER_ORD.match(piece)
         if m:
             digits, letter = m.groups()
             if digits:
-                add(text, int(digits), False)
-                text += "#"
-            add(text, ord(letter) - ord("a"), True)
-            text += "#"
+                out.append((int(digits), False))
+            out.append((ord(letter) - ord("a"), True))
             continue
         pos = 0
-        sizes = [s.span() for s in _SIZE.finditer(piece)]
+        sizes = [x.span() for x in _SIZE.finditer(piece)]
         for d in _DIGITS.finditer(piece):
-            a, b = d.span()
-            if any(x <= a and b <= y for x, y in sizes):
+            lo, hi = d.span()
+            if any(x <= lo and hi <= y for x, y in sizes):
                 continue
-            parts.append(piece[pos:a])
-            text += piece[pos:a]
-            add(text, int(d.group()), False)
-            text += "#"
-            pos = b
-        parts.append(piece[pos:])
-        text += piece[pos:]
-    return parts, slots, path
+            if lo > pos:
+                out.append(piece[pos:lo])
+            out.append((int(d.group()), False))
+            pos = hi
+        if pos < len(piece):
+            out.append(piece[pos:])
+    return tuple(out)
 
 
 Predictor = tuple[int, int]
@@ -255,7 +302,11 @@ def learn_index_map(src_paths: list[str], tgt_paths: list[str], anchors: list[An
     split: set[tuple[str, str]] = set()
     """Relations some anchor speaks against."""
     c_votes: dict[tuple[str, int], dict[int, set[int]]] = defaultdict(dict)
+    # One pair each: counted below, all pairs of two name patterns at once.
+    pairs = np.array([(a[0], b[0]) for a, b in anchors if len(a) == 1 and len(b) == 1], np.int64)
     for s_groups, t_groups in anchors:
+        if len(s_groups) == 1 and len(t_groups) == 1:
+            continue
         s_by = _slot_values(s, s_groups)
         t_by = _slot_values(t, t_groups)
         s_patterns = {int(s.pattern[g]) for g in s_groups}
@@ -272,15 +323,35 @@ def learn_index_map(src_paths: list[str], tgt_paths: list[str], anchors: list[An
                 if d is _CONTRADICTS:
                     split.add((j, i))
                     continue
-                votes[(j, i)].setdefault(d, set()).update(s_groups)
+                _witness(votes[(j, i)], d, s_groups)
                 seen_vals[(j, i)].update(sv)
             if len(s_patterns) == 1:
                 (ps,) = s_patterns
                 held = [c for c, m in t_count.items() if m >= len(s_groups)]
                 if len(held) == 1:
-                    c_votes[(j, ps)].setdefault(held[0], set()).update(s_groups)
+                    _witness(c_votes[(j, ps)], held[0], s_groups)
                 elif not held:
                     split.add((j, f"@{ps}"))
+    pairs = pairs.reshape(-1, 2)
+    pkey = s.pattern[pairs[:, 0]] * (len(t.names) + 1) + t.pattern[pairs[:, 1]]
+    for key in np.unique(pkey).tolist():
+        ps, pt = divmod(key, len(t.names) + 1)
+        gs, gt = pairs[pkey == key, 0], pairs[pkey == key, 1]
+        sv = s.values[ps][s.row[gs]]
+        tv = t.values[pt][t.row[gt]]
+        for jc, j in enumerate(t.names[pt]):
+            held = np.unique(tv[:, jc])
+            if len(held) > 1:  # not one constant: no need to count the witnesses of each
+                split.add((j, f"@{ps}"))
+            else:
+                _witness(c_votes[(j, ps)], int(held[0]), gs)
+            for ic, i in enumerate(s.names[ps]):
+                diff = np.unique(tv[:, jc] - sv[:, ic])
+                if len(diff) > 1:
+                    split.add((j, i))
+                else:
+                    _witness(votes[(j, i)], int(diff[0]), gs)
+                    seen_vals[(j, i)].update(np.unique(sv[:, ic]).tolist())
     relations = {}
     for k, box in votes.items():
         if len(box) == 1 and k not in split:
@@ -297,6 +368,14 @@ def learn_index_map(src_paths: list[str], tgt_paths: list[str], anchors: list[An
             if len(n) >= MIN_ANCHORS:
                 constants[(j, ps)] = c
     return IndexMap(s, t, relations, varied, constants)
+
+
+def _witness(box: dict[int, set[int]], value: int, groups: list[int] | np.ndarray) -> None:
+    """Votes of one relation + a value + the source groups speaking for it → the value's
+    witnesses, kept up to :data:`MIN_ANCHORS` (all a relation needs)."""
+    seen = box.setdefault(value, set())
+    if len(seen) < MIN_ANCHORS:
+        seen.update(np.unique(np.asarray(groups, np.int64))[:MIN_ANCHORS].tolist())
 
 
 def _jointly_contradicted(
@@ -469,7 +548,11 @@ def _groups_by_shape(side: Side, stat: np.ndarray) -> dict[tuple[int, ...], list
 
 def stage_index_map(st: MatchState) -> None:
     """MatchState → the same state with :attr:`MatchState.index_map` learned from its anchors
-    (:func:`anchor_groups`); it pairs nothing itself."""
+    (:func:`anchor_groups`); it pairs nothing itself. When the name stages left no group open
+    on a side, nothing is left for it to decide and it is not learned (the pairs keep the
+    plain index comparison)."""
+    if not st.open_groups("source") or not st.open_groups("target"):
+        return
     st.index_map = learn_index_map(st.s.group_paths, st.t.group_paths, anchor_groups(st))
 
 
