@@ -303,3 +303,21 @@ def test_nested_numbering_onto_flat_keras_names_from_a_sorted_file(tmp_path) -> 
     result = WeightMapper.from_checkpoint(path, target).suggest_mapping()
     got = {p.source: p.target for p in result.pairs}
     assert got == {k: _keras_name(k) for k in shapes}
+
+
+def test_a_letter_chain_keeps_its_place_in_a_sorted_file() -> None:
+    """Sorted keys: ``f.a, f.b, f.c`` are in their real order, like numbered siblings;
+    ``attn.k, attn.q, attn.v`` and a lone ``proj`` sort alphabetically, so their places say
+    nothing."""
+    from weightmapper.engine.side import prepare_side
+    from weightmapper.inventory import Inventory
+
+    keys = ["attn.k", "attn.q", "attn.v", "blk.f.a", "blk.f.b", "blk.f.c", "blk.proj"]
+    sd = {f"{k}.weight": torch.zeros(2, 2) for k in keys}
+    inv = Inventory.from_state_dict(sd)
+    assert inv.sorted_keys
+    side = prepare_side(inv)
+    known = dict(zip(side.group_paths, side.group_pos_known.tolist(), strict=True))
+    assert known == {k: k.startswith("blk.f.") for k in keys}
+    linked = dict(zip(side.group_paths, side.group_linked.tolist(), strict=True))
+    assert linked["blk.f.b"] and linked["blk.f.c"] and not linked["blk.proj"]

@@ -66,7 +66,8 @@ class Side:
     group_pos_known: np.ndarray
     """Group number → True when its position means something: always, unless the keys came
     sorted (:attr:`Inventory.sorted_keys`); then only for numbered siblings (``conv1``,
-    ``conv2``; ``layers.0``, ``layers.1``), which a natural sort keeps in their real order."""
+    ``conv2``; ``layers.0``, ``layers.1``) and lettered ones (``f.a``, ``f.b``), which a
+    natural sort keeps in their real order."""
     group_linked: np.ndarray
     """Group number → True when its position after the previous group is real: always,
     unless the keys came sorted; then when the two paths first differ in numbers only
@@ -243,10 +244,10 @@ def prepare_side(inv: Inventory) -> Side:
 
 def _numbered_siblings(paths: list[str]) -> np.ndarray:
     """Module paths → for each one that shares its name, numbers aside, with another
-    (``conv1``/``conv2``, ``layers.0.attn``/``layers.1.attn``) the number of that chain,
-    else -1: the order a natural sort gives one chain is its real order; the order between
-    other names is alphabetical."""
-    shapes = [".".join(_TRAILING.sub("#", c) for c in p.split(".")) for p in paths]
+    (``conv1``/``conv2``, ``layers.0.attn``/``layers.1.attn``, ``f.a``/``f.b``) the number of
+    that chain, else -1: the order a natural sort gives one chain is its real order; the
+    order between other names is alphabetical."""
+    shapes = [".".join(parts) for parts in _ordinal_shapes(paths)]
     counts = Counter(shapes)
     ids: dict[str, int] = {}
     return np.array(
@@ -257,15 +258,41 @@ def _numbered_siblings(paths: list[str]) -> np.ndarray:
 
 def _linked(paths: list[str]) -> np.ndarray:
     """Module paths in natural order → for each, True when the first component where it
-    differs from the previous path differs in numbers only (so their order is real)."""
+    differs from the previous path differs in numbers (or chain letters) only (so their
+    order is real)."""
+    shapes = _ordinal_shapes(paths)
     out = np.zeros(len(paths), dtype=bool)
     for n in range(1, len(paths)):
         a, b = paths[n - 1].split("."), paths[n].split(".")
-        for x, y in zip(a, b, strict=False):
+        for k, (x, y) in enumerate(zip(a, b, strict=False)):
             if x != y:
-                out[n] = _TRAILING.sub("#", x) == _TRAILING.sub("#", y)
+                out[n] = shapes[n - 1][k] == shapes[n][k]
                 break
     return out
+
+
+def _ordinal_shapes(paths: list[str]) -> list[list[str]]:
+    """Module paths → each one's components with their ordinals as ``#``: a trailing number
+    (``conv2``, ``3``), and a single letter among siblings whose letters are consecutive
+    (``f.a, f.b, f.c``; not ``attn.q, attn.k, attn.v``), which sorts in its real order too."""
+    split = [p.split(".") for p in paths]
+    letters: dict[tuple[str, ...], set[str]] = {}
+    for parts in split:
+        for n, c in enumerate(parts):
+            if len(c) == 1 and "a" <= c <= "z":
+                letters.setdefault(tuple(parts[:n]), set()).add(c)
+    chains = {
+        k for k, v in letters.items() if len(v) >= 2 and ord(max(v)) - ord(min(v)) + 1 == len(v)
+    }
+    return [
+        [
+            "#"
+            if len(c) == 1 and "a" <= c <= "z" and tuple(parts[:n]) in chains
+            else _TRAILING.sub("#", c)
+            for n, c in enumerate(parts)
+        ]
+        for parts in split
+    ]
 
 
 _TRAILING = re.compile(r"\d+$")
