@@ -166,7 +166,7 @@ def mapping_status(
         return derived
     if own is not None and own.state != "loads_not_proven":
         return own
-    return status_of(validation, None)
+    return status_of(validation, None, result.get_unmatched()["target"])
 
 
 def dumps_report(report: Mapping[str, Any]) -> str:

@@ -8,7 +8,7 @@ unmatched. ``to_dict`` / ``from_dict`` give the JSON form that mapping files and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -109,8 +109,14 @@ class MappingStatus:
         )
 
 
-def status_of(validation: Any = None, functional_check: Any = None) -> MappingStatus:
-    """A load check and an output check (objects or dicts, either may be None) → MappingStatus."""
+def status_of(
+    validation: Any = None, functional_check: Any = None, unmapped_targets: Sequence[str] = ()
+) -> MappingStatus:
+    """A load check and an output check (objects or dicts, either may be None) → MappingStatus.
+
+    Without either check, ``unmapped_targets`` (target keys the mapping gives no source) decide:
+    a strict load would miss them, so such a mapping does not load.
+    """
 
     def as_dict(obj: Any) -> Mapping[str, Any] | None:
         return obj.to_dict() if hasattr(obj, "to_dict") else obj
@@ -136,6 +142,14 @@ def status_of(validation: Any = None, functional_check: Any = None) -> MappingSt
         return MappingStatus(
             "loads_not_proven",
             "loads strictly; outputs not compared (give the source module to prove it)",
+        )
+    if unmapped_targets:
+        names = sorted(unmapped_targets)
+        return MappingStatus(
+            "does_not_load",
+            f"{len(names)} target tensor(s) have no source, e.g. {', '.join(names[:3])}: a "
+            "strict load would miss them; map them, or load with strict=False knowing they "
+            "keep their initial values",
         )
     return MappingStatus(
         "loads_not_proven", "outputs not compared (give the source module to prove it)"
@@ -525,7 +539,9 @@ class MappingResult(Mapping[str, str]):
                 "target": [u.to_dict() for u in self.unmatched_target],
             },
             "metadata": self.metadata,
-            "status": (self.status or status_of()).to_dict(),
+            "status": (
+                self.status or status_of(unmapped_targets=self.get_unmatched()["target"])
+            ).to_dict(),
         }
 
     @classmethod
