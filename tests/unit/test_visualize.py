@@ -162,7 +162,7 @@ def test_mapping_view_lists_rows_badges_and_reasons() -> None:
     assert "Unmatched source keys (4)" in text and "Unmatched target keys (1)" in text
     assert "no_shape_partner" in _line(text, "head.weight  ")
     assert "ambiguous" in _line(text, "block.attn.bias")
-    assert "below_threshold" in _line(text, "classifier.weight")
+    assert "below_threshold" in _line(text, "classifier.weight  ")
     assert not ANSI.search(text)  # plain text when the console is not a terminal
 
 
