@@ -33,6 +33,7 @@ from weightmapper.review import (
     ordered,
     pair_band,
     pair_groups,
+    pair_notes,
     score_band,
     unmatched_by_reason,
 )
@@ -295,7 +296,7 @@ def _row(entry: Mapping[str, Any]) -> str:
     tname = transform.get("name", "identity")
     badge = HTML_BADGES.get(entry["kind"] if multi else tname, tname)
     conf = (
-        ' <span class="badge lowconf" title="low confidence or ambiguous: review">?</span>'
+        f' <span class="badge lowconf" title="{escape("; ".join(pair_notes(entry)))}">?</span>'
         if flagged(entry)
         else ""
     )
@@ -343,7 +344,7 @@ def _slice(text: str | None, show: bool) -> str:
 _KNOWN_FIELDS = frozenset(
     {"source", "target", "sources", "targets", "score", "breakdown", "source_shape",
      "target_shape", "transform", "group", "stage", "confidence", "kind", "ambiguous",
-     "probability"}
+     "probability", "note"}
 )  # fmt: skip
 
 
@@ -357,10 +358,8 @@ def _breakdown(entry: Mapping[str, Any]) -> str:
     notes = [f"combined score {float(entry['score']):.3f}"]
     if entry.get("stage"):
         notes.append(f"settled by the {escape(str(entry['stage']))} stage")
-    if entry.get("confidence") == "low":
-        notes.append("low confidence: the evidence could not settle this pair")
-    if entry.get("ambiguous"):
-        notes.append("ambiguous: an alternative scored nearly as well")
+    # The flag (read from ``confidence``, where the engine writes it) and the note in words.
+    notes += [escape(n) for n in pair_notes(entry)]
     if isinstance(entry.get("probability"), int | float):
         notes.append(f"probability {float(entry['probability']):.3f}")
     transform = entry.get("transform") or {}

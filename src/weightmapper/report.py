@@ -46,6 +46,7 @@ from weightmapper.review import (
     ordered,
     pair_band,
     pair_groups,
+    pair_notes,
     score_band,
     unmatched_by_reason,
 )
@@ -601,7 +602,8 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
         "",
         "## Mapping",
         "",
-        "Riskiest first: red, then yellow (flagged `?` first), lowest score first.",
+        "Riskiest first: red, then yellow (flagged `?` first), lowest score first. `?` marks "
+        "a pair flagged low confidence or ambiguous; *Pairs to check* below says why.",
         "",
         "| source | target | score | transform | match | shapes |",
         "|---|---|---:|---|---|---|",
@@ -617,6 +619,24 @@ def render_markdown(report: Mapping[str, Any], *, max_rows: int | None = None) -
         )
     if len(shown) < len(pairs):
         lines.append(f"| … {len(pairs) - len(shown)} more pairs | | | | | |")
+    noted = [(e, pair_notes(e)) for e in ordered([*pairs, *mapping.get("multi", [])])]
+    noted = [(e, n) for e, n in noted if n]
+    if noted:
+        lines += [
+            "",
+            f"## Pairs to check ({len(noted)})",
+            "",
+            "Flags and what a pair rests on beyond its score (e.g. a layout assumed from names).",
+            "",
+            "| source | target | why |",
+            "|---|---|---|",
+        ]
+        for e, notes in noted:
+            lines.append(
+                f"| {md_code(', '.join(e.get('sources') or [e.get('source', '')]))} | "
+                f"{md_code(', '.join(e.get('targets') or [e.get('target', '')]))} | "
+                f"{'<br>'.join(md_text(n) for n in notes)} |"
+            )
     multi = ordered(mapping.get("multi", []))
     if multi:
         lines += [

@@ -48,6 +48,27 @@ def flagged(entry: Mapping[str, Any]) -> bool:
     return entry.get("confidence") in ("low", "ambiguous") or bool(entry.get("ambiguous"))
 
 
+FLAG_TEXT = {
+    "low": "low confidence: the evidence could not settle this pair",
+    "ambiguous": "ambiguous: an alternative scored nearly as well",
+}
+
+
+def pair_notes(entry: Mapping[str, Any]) -> list[str]:
+    """Pair or split/merge dict → what to know beyond its score: its flag, then its note.
+
+    Every view (terminal, Markdown, HTML) says the same, so a ``?`` is explained alike.
+    """
+    notes = []
+    if entry.get("confidence") == "low":
+        notes.append(FLAG_TEXT["low"])
+    elif entry.get("confidence") == "ambiguous" or entry.get("ambiguous"):
+        notes.append(FLAG_TEXT["ambiguous"])
+    if entry.get("note"):
+        notes.append(str(entry["note"]))
+    return notes
+
+
 def pair_band(entry: Mapping[str, Any]) -> str:
     """Pair or split/merge dict → its band; a flagged pair is at best ``medium``."""
     band = score_band(float(entry["score"]))

@@ -36,6 +36,7 @@ from weightmapper.review import (
     multi_layout,
     ordered,
     pair_band,
+    pair_notes,
     score_band,
 )
 from weightmapper.sanitize import visible
@@ -139,6 +140,9 @@ def visualize_mapping(
     con = _console(console)
     con.print(summary_panel(report))
     con.print(mapping_table(report, max_matches=max_matches, sort=sort))
+    notes = notes_table(report, max_rows=max_matches)
+    if notes is not None:
+        con.print(notes)
     if show_unmatched:
         for side in ("source", "target"):
             table = unmatched_table(report, side, max_unmatched=max_unmatched)
@@ -298,6 +302,34 @@ def mapping_table(
         table.add_row(*row)
     if len(rows) > limit:
         table.caption = f"… {len(rows) - limit} more rows not shown"
+    return table
+
+
+def notes_table(report: Mapping[str, Any], *, max_rows: int | None = 30) -> Table | None:
+    """Report → Table of the pairs flagged ``?`` or carrying a note, with why; None when none.
+
+    The flag in words (low confidence, ambiguous) and what the pair rests on beyond its
+    score (a layout assumed from names, a cross-role pair), riskiest first.
+    """
+    mapping = report["mapping"]
+    entries = ordered([*mapping["pairs"], *mapping.get("multi", [])], "score")
+    noted = [(e, pair_notes(e)) for e in entries]
+    noted = [(e, n) for e, n in noted if n]
+    if not noted:
+        return None
+    table = Table(title=f"Pairs to check ({len(noted)})", box=box.SIMPLE_HEAD)
+    table.add_column("source", no_wrap=True)
+    table.add_column("→ target", no_wrap=True)
+    table.add_column("why", style="yellow", overflow="fold")
+    limit = len(noted) if max_rows is None else max_rows
+    for e, notes in noted[:limit]:
+        table.add_row(
+            Text("\n".join(visible(n) for n in e.get("sources") or [e["source"]])),
+            Text("\n".join(visible(n) for n in e.get("targets") or [e["target"]])),
+            Text("\n".join(visible(n) for n in notes)),
+        )
+    if len(noted) > limit:
+        table.caption = f"… {len(noted) - limit} more"
     return table
 
 

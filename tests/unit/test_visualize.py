@@ -171,7 +171,9 @@ def _table_keys(text: str) -> list[str]:
         "block.scale", "block.proj.weight", "block.attn.weight", "embed.weight",
         "norm.bias", "norm.weight",
     ]  # fmt: skip
-    rows = [line.split()[0] for line in text.splitlines() if line.split()[:1]]
+    # The mapping table only: the pairs to check, listed after it, repeat flagged keys.
+    table = text.split("Pairs to check", 1)[0]
+    rows = [line.split()[0] for line in table.splitlines() if line.split()[:1]]
     return [k for k in rows if k in keys]
 
 
