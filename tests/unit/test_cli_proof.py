@@ -146,3 +146,49 @@ def test_validate_without_proof_says_loads_not_proven(ckpt, capsys) -> None:
     code = main(["validate", str(ckpt), "--target", OLD, "--target-kwargs", json.dumps(KW)])
     assert code == 0
     assert "status: loads, not proven" in capsys.readouterr().out
+
+
+def _gpt2(tmp_path):
+    """A tiny GPT-2 checkpoint and its config folder: a transformers class as --source-module."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        vocab_size=64, n_embd=16, n_head=2, n_layer=1, n_positions=8, bos_token_id=0,
+        eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GPT2Model(config).eval()
+    folder = tmp_path / "cfg"
+    config.save_pretrained(folder)
+    path = tmp_path / "gpt2.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path, folder
+
+
+def test_a_transformers_source_module_takes_its_config_from_source_config(tmp_path, capsys) -> None:
+    path, folder = _gpt2(tmp_path)
+    gpt2 = ["transformers:GPT2Model", "--source-config", str(folder)]
+    target = ["--target", "transformers:GPT2Model", "--target-config", str(folder)]
+    proof = ["--source-module", *gpt2, "--dummy-input", "2,8:int64"]
+    out = tmp_path / "mapping.json"
+    assert main(["map", str(path), *target, *proof, "--out", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["status"]["state"] == "proven_equal"
+    converted = tmp_path / "new.safetensors"
+    assert main(["apply", str(path), str(out), "--out", str(converted), *target[:2], *proof,
+                 "--target-config", str(folder), "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    code = main(["validate", str(converted), *target, "--source", str(path), *proof,
+                 "--mapping", str(out), "--equal"])  # fmt: skip
+    assert code == 0
+    assert "status: proven equal" in capsys.readouterr().out
+
+
+def test_a_transformers_source_module_without_its_config_names_source_config(
+    tmp_path, capsys
+) -> None:
+    path, folder = _gpt2(tmp_path)
+    code = main(["map", str(path), "--target", "transformers:GPT2Model", "--target-config",
+                 str(folder), "--source-module", "transformers:GPT2Model", "--dummy-input",
+                 "2,8:int64", "--quiet"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--source-config" in err and "--target-config" not in err

@@ -39,6 +39,11 @@ def add_arguments(
     )
     if source_kwargs:
         group.add_argument("--source-kwargs", help="JSON keyword arguments for --source-module")
+        group.add_argument(
+            "--source-config",
+            metavar="CONFIG",
+            help="config.json (or its folder) building a transformers --source-module class",
+        )
     if source_checkpoint:
         group.add_argument(
             "--source", metavar="CKPT", help="the original checkpoint (with --source-module)"
@@ -101,7 +106,12 @@ def source_module(args: argparse.Namespace, checkpoint: Any) -> nn.Module:
     """Parsed arguments + the source checkpoint → the source module holding its weights."""
     from weightmapper.validate import load_checkpoint_into
 
-    module = build_module(args.source_module, args.source_kwargs)
+    module = build_module(
+        args.source_module,
+        args.source_kwargs,
+        config=getattr(args, "source_config", None),
+        flag="--source",
+    )
     return load_checkpoint_into(
         module.eval(), checkpoint, trusted=getattr(args, "trust_pickle", False)
     )
