@@ -48,6 +48,22 @@ def test_apply_human_output_with_progress_bar(tmp_path, capsys) -> None:
     assert (tmp_path / "o" / "model-00001-of-00002.safetensors").exists()
 
 
+def test_apply_names_the_target_keys_the_mapping_leaves_without_a_source(tmp_path, capsys) -> None:
+    from weightmapper.result import UnmatchedKey, UnmatchedReason
+
+    _, source, _ = _setup(tmp_path)
+    head = UnmatchedKey("head.weight", "target", UnmatchedReason.NO_SHAPE_PARTNER)
+    partial = MappingResult([MatchedPair("old.bias", "bias", 0.9)], unmatched_target=[head])
+    (tmp_path / "partial.json").write_text(partial.to_json())
+    out = tmp_path / "out.safetensors"
+    assert main(["apply", source, str(tmp_path / "partial.json"), "--out", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "no source" in x)
+    assert line == (
+        "target keys the mapping gives no source, not written: 1 (head.weight); the output "
+        "does not load strictly without them"
+    )
+
+
 def test_apply_bad_input_exits_2_with_one_line(tmp_path, capsys) -> None:
     _, source, mapping = _setup(tmp_path)
     out = tmp_path / "out.safetensors"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             report.to_dict() if proof is None else {**report.to_dict(), "proof": proof.to_dict()}
         )
     else:
-        render(report, stdout_console())
+        render(report, stdout_console(), mapping.get_unmatched()["target"])
         if proof is not None:
             stdout_console().print(proof.summary(), markup=False, soft_wrap=True)
     return 0
@@ -206,8 +207,8 @@ def read_mapping(path: str | Path) -> MappingResult:
         ) from e
 
 
-def render(report: ConvertReport, console: Console) -> None:
-    """ConvertReport → a few lines on the console."""
+def render(report: ConvertReport, console: Console, unmapped_targets: Sequence[str] = ()) -> None:
+    """ConvertReport (+ the target keys the mapping gives no source) → a few lines."""
     lines = [
         f"wrote {report.tensor_count} tensors ({report.bytes_written:,} bytes) in "
         f"{len(report.files)} file(s): {report.index_path or report.files[0]}"
@@ -220,6 +221,14 @@ def render(report: ConvertReport, console: Console) -> None:
         lines.append(
             f"source keys not in the mapping, dropped: {len(dropped)} "
             f"({', '.join(dropped[:5])}{more})"
+        )
+    if unmapped_targets:
+        # Written nowhere, so easy to miss: the output cannot load strictly without them.
+        more = f", … {len(unmapped_targets) - 5} more" if len(unmapped_targets) > 5 else ""
+        lines.append(
+            f"target keys the mapping gives no source, not written: {len(unmapped_targets)} "
+            f"({', '.join(unmapped_targets[:5])}{more}); the output does not load strictly "
+            "without them"
         )
     lines.append(f"source sha256 {report.source_sha256}")
     lines.append(f"mapping sha256 {report.mapping_sha256}")
