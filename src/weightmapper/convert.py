@@ -535,11 +535,11 @@ def _plan_jobs(table: Any, result: MappingResult, dtype: torch.dtype | None) -> 
             f"{len(wrong)} source tensor(s) have another shape than the mapping recorded, e.g. "
             f"{wrong[:3]}. Was the mapping made for another checkpoint?"
         )
-    units = [((p.source,), (p.target,), p.transform) for p in result.pairs]
-    units += [(m.sources, m.targets, m.transform) for m in result.multi]
+    units = [((p.source,), (p.target,), p.transform, p.target_shape) for p in result.pairs]
+    units += [(m.sources, m.targets, m.transform, ()) for m in result.multi]
     headers: dict[str, SafetensorsHeader | None] = {}
     jobs: list[_Job] = []
-    for sources, targets, spec in units:
+    for sources, targets, spec, recorded in units:
         infos = [table[s] for s in sources]
         try:
             # identity needs no meta-device run: 100k renamed tensors plan in milliseconds
@@ -554,6 +554,15 @@ def _plan_jobs(table: Any, result: MappingResult, dtype: torch.dtype | None) -> 
             raise TransformError(
                 f"transform {spec.name} turns {list(sources)} into {len(shapes)} tensor(s) but "
                 f"the mapping names {len(targets)} target(s) {list(targets)}; fix the mapping"
+            )
+        # A recorded target shape is what the target loads; an edited transform that misses
+        # it would write a tensor no strict load accepts.
+        if recorded and tuple(shapes[0]) != tuple(recorded):
+            raise TransformError(
+                f"mapping {sources[0]} → {targets[0]}: transform {spec.name} gives shape "
+                f"{tuple(shapes[0])} but the mapping records target shape {tuple(recorded)}. "
+                "Expected the transform to produce the recorded shape: was the mapping file "
+                "edited? Re-create it with `weightmapper map`."
             )
         src_dtype = infos[0].dtype
         out_dtype = src_dtype

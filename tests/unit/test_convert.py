@@ -23,7 +23,7 @@ from weightmapper.convert import (
     parse_size,
     read_metadata,
 )
-from weightmapper.errors import CheckpointFormatError, MappingError, OutputError
+from weightmapper.errors import CheckpointFormatError, MappingError, OutputError, TransformError
 from weightmapper.result import MappingResult, MatchedPair, MultiPair
 from weightmapper.transforms import TransformSpec
 
@@ -294,3 +294,23 @@ def test_refuses_to_write_an_index_over_the_source_index(tmp_path) -> None:
     assert (tmp_path / "ckpt" / "model.safetensors.index.json").read_bytes() == index_before
     with pytest.raises(CheckpointFormatError, match="meta device"):
         convert_checkpoint({"a": torch.empty(2, device="meta")}, {"a": "b"}, tmp_path / "m")
+
+
+def test_a_transform_that_misses_the_recorded_target_shape_writes_nothing(tmp_path) -> None:
+    """An edited mapping whose transform no longer gives the recorded shape is refused."""
+    save_file({"fc.weight": torch.randn(10, 8)}, tmp_path / "src.safetensors")
+    edited = MatchedPair(
+        "fc.weight", "head.weight", 0.9, source_shape=(10, 8), target_shape=(10, 8),
+        transform=TransformSpec("transpose", {}),
+    )  # fmt: skip
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(TransformError, match=r"gives shape \(8, 10\) but the mapping records"):
+        convert_checkpoint(tmp_path / "src.safetensors", MappingResult([edited]), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.safetensors"]
+    # The same transform with the shape it does give converts.
+    fitting = MatchedPair(
+        "fc.weight", "head.weight", 0.9, source_shape=(10, 8), target_shape=(8, 10),
+        transform=TransformSpec("transpose", {}),
+    )  # fmt: skip
+    convert_checkpoint(tmp_path / "src.safetensors", MappingResult([fitting]), out)
+    assert load_file(out)["head.weight"].shape == (8, 10)
