@@ -48,6 +48,25 @@ def flagged(entry: Mapping[str, Any]) -> bool:
     return entry.get("confidence") in ("low", "ambiguous") or bool(entry.get("ambiguous"))
 
 
+SIGNAL_TEXT: dict[str, str] = {
+    "shape": "1 equal; less for an unexplained transpose",
+    "name": "names alike (synonyms, layer numbers)",
+    "hierarchy": "parent modules and types alike",
+    "order": "positions in forward or key order agree",
+    "structure": "how unambiguous the choice was",
+    "raw": "weighted mean, before calibration",
+    "runner_up": "raw score of the best alternative",
+    "margin": "raw minus the runner-up's",
+    "name_margin": "that gap in the names alone",
+    "roles": "1 agree, 0.5 unknown, 0 differ",
+    "unique": "1 / tensors of its shape",
+    "index": "layer indices agree",
+    "role_unique": "1 a role the network has once",
+    "order_known": "0 key order says nothing (sorted)",
+    "context": "1 with its siblings, 0 not, 0.5 unknown",
+}
+"""Breakdown key → what its value means, in a few words (``docs/scores.md`` says more)."""
+
 FLAG_TEXT = {
     "low": "low confidence: the evidence could not settle this pair",
     "ambiguous": "ambiguous: an alternative scored nearly as well",

@@ -31,6 +31,7 @@ from weightmapper.report import (
 )
 from weightmapper.result import MappingResult
 from weightmapper.review import (
+    SIGNAL_TEXT,
     band_counts,
     flagged,
     multi_layout,
@@ -501,6 +502,8 @@ def visualize_score_breakdown(
     table.add_column("weight", justify="right")
     table.add_column("contribution", justify="right")
     table.add_column("", no_wrap=True)
+    table.add_column("meaning", style="dim", overflow="fold")
+    table.caption = "weight —: evidence the calibration reads beside the raw score (docs/scores.md)"
     total = 0.0
     for signal in sorted(breakdown):
         value = float(breakdown[signal])
@@ -514,6 +517,7 @@ def visualize_score_breakdown(
             "—" if w is None else f"{w:.2f}",
             "—" if part is None else f"{part:.3f}",
             Text("") if part is None else _bar(part, style="cyan"),
+            SIGNAL_TEXT.get(signal, ""),
         )
     if weights:
         table.add_section()

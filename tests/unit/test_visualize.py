@@ -267,6 +267,18 @@ def test_score_breakdown_shows_signals_weights_and_contributions() -> None:
     assert "block.attn.weight → layer.q.weight, layer.k.weight, layer.v.weight" in split
 
 
+def test_score_breakdown_says_what_each_signal_and_evidence_means() -> None:
+    report = build_report(_mapper(), hash_inputs=False)
+    pair = report["mapping"]["pairs"][0]
+    pair["breakdown"].update({"context": 0.5, "role_unique": 1.0, "runner_up": 0.4})
+    text = visualize_score_breakdown(report, pair["source"], console=_plain()).export_text()
+    assert "1 with its siblings, 0 not, 0.5 unknown" in _line(text, "context ")
+    assert "a role the network has once" in _line(text, "role_unique ")
+    assert "best alternative" in _line(text, "runner_up ")
+    assert "names alike" in _line(text, "name ")
+    assert "weight —: evidence the calibration reads beside the raw score" in text
+
+
 def test_score_breakdown_explains_unknown_and_unmatched_keys() -> None:
     with pytest.raises(MappingError, match=r"Did you mean block\.proj\.weight"):
         visualize_score_breakdown(_mapper(), "block.proj.weights", console=_plain())
