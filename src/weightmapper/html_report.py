@@ -25,6 +25,7 @@ from weightmapper.report import check_headline, module_links
 from weightmapper.review import (
     BAND_LIMITS,
     REASON_TEXT,
+    SIGNAL_TEXT,
     band_counts,
     flagged,
     mapping_status,
@@ -417,7 +418,9 @@ def _mapping_section(report: Mapping[str, Any]) -> str:
         f'<div class="wrap"><table id="mapping-table"><thead><tr>{head}</tr></thead>'
         f"{''.join(rows)}</table></div>"
         f'<script type="application/json" id="signal-weights">'
-        f"{_script_text(_compact(_weights(report)))}</script></section>"
+        f"{_script_text(_compact(_weights(report)))}</script>"
+        f'<script type="application/json" id="signal-meanings">'
+        f"{_script_text(_compact(SIGNAL_TEXT))}</script></section>"
     )
 
 

@@ -156,6 +156,8 @@ def test_breakdown_rows_groups_status_and_band_counts_work_in_chromium(tmp_path:
     assert seen["breakdown_rows"] == n_rows
     assert seen["breakdown_hidden_before"] is True
     assert seen["breakdown_shown_after"] is True and seen["breakdown_signals"] >= 3
+    # Every signal and recorded evidence of the engine says what it means.
+    assert seen["breakdown_meanings"] == seen["breakdown_signals"]
     assert seen["breakdown_hidden_again"] is True
     groups = pair_groups(report)
     assert 1 < seen["groups"] == len(groups) < n_rows  # layers share a row per template

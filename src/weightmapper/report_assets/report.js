@@ -53,6 +53,8 @@
 
   var weightsEl = document.getElementById("signal-weights");
   var weights = weightsEl ? JSON.parse(weightsEl.textContent) : {};
+  var meaningsEl = document.getElementById("signal-meanings");
+  var meanings = meaningsEl ? JSON.parse(meaningsEl.textContent) : {};
 
   function band(v) { return v > 0.8 ? "high" : (v >= 0.6 ? "medium" : "low"); }
 
@@ -86,7 +88,7 @@
     var totalW = names.reduce(function (n, k) { return n + (k in weights ? weights[k] : 0); }, 0);
     var table = el("table", "signals");
     var head = el("tr");
-    ["signal", "sub-score", "", "weight", "contribution", ""].forEach(function (h) { head.appendChild(el("th", "", h)); });
+    ["signal", "sub-score", "", "weight", "contribution", "", "meaning"].forEach(function (h) { head.appendChild(el("th", "", h)); });
     table.appendChild(el("thead")).appendChild(head);
     var body = table.appendChild(el("tbody"));
     var total = 0;
@@ -103,6 +105,7 @@
       tr.appendChild(el("td", "num", part === null ? "\u2014" : part.toFixed(3)));
       var last = tr.appendChild(el("td"));
       if (part !== null) { last.appendChild(bar(part, "share")); }
+      tr.appendChild(el("td", "muted", meanings[k] || ""));
       body.appendChild(tr);
     });
     if (totalW) {
@@ -205,6 +208,9 @@
         toggle(first, true);
         out.breakdown_shown_after = shown(detail);
         out.breakdown_signals = detail.querySelectorAll("tr.signal").length;
+        out.breakdown_meanings = Array.prototype.filter.call(
+          detail.querySelectorAll("tr.signal td.muted"), function (td) { return td.textContent; }
+        ).length;
         toggle(first, false);
         out.breakdown_hidden_again = !shown(detail);
       }
