@@ -64,6 +64,9 @@ SIGNAL_TEXT: dict[str, str] = {
     "role_unique": "1 a role the network has once",
     "order_known": "0 key order says nothing (sorted)",
     "context": "1 with its siblings, 0 not, 0.5 unknown",
+    "hint": "1 the fused name says so (qkv, in_proj)",
+    "layout_settled": "0 the fused row layout is a guess",
+    "order_settled": "0 names do not settle the part order",
 }
 """Breakdown key → what its value means, in a few words (``docs/scores.md`` says more)."""
 

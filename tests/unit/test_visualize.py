@@ -279,6 +279,28 @@ def test_score_breakdown_says_what_each_signal_and_evidence_means() -> None:
     assert "weight —: evidence the calibration reads beside the raw score" in text
 
 
+def test_every_breakdown_key_the_engine_writes_has_a_meaning() -> None:
+    """A split's breakdown (hint, layout_settled, order_settled) and a pair's are explained."""
+    from torch import nn
+
+    from weightmapper import WeightMapper
+    from weightmapper.review import SIGNAL_TEXT
+
+    fused = nn.Module()
+    fused.attn = nn.Module()
+    fused.attn.qkv = nn.Linear(8, 24)
+    fused.attn.proj = nn.Linear(8, 8)
+    separate = nn.Module()
+    separate.attn = nn.Module()
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        setattr(separate.attn, name, nn.Linear(8, 8))
+    report = build_report(WeightMapper(fused, separate).suggest_mapping(), hash_inputs=False)
+    entries = [*report["mapping"]["pairs"], *report["mapping"]["multi"]]
+    assert report["mapping"]["multi"]
+    keys = {k for e in entries for k in e["breakdown"]}
+    assert keys - set(SIGNAL_TEXT) == set()
+
+
 def test_score_breakdown_explains_unknown_and_unmatched_keys() -> None:
     with pytest.raises(MappingError, match=r"Did you mean block\.proj\.weight"):
         visualize_score_breakdown(_mapper(), "block.proj.weights", console=_plain())
