@@ -62,7 +62,16 @@ class AtomicFiles:
             # mkstemp creates 0600 files; an output is as shareable as any file made here.
             os.chmod(name, 0o666 & ~_umask())
         except OSError as e:
-            raise OutputError(f"cannot create a file in {dest.parent}: {e.strerror or e}") from e
+            # Name the path in the way: an output folder that exists as a file is the usual one.
+            blocker = next(
+                (p for p in (dest.parent, *dest.parent.parents) if p.exists() and not p.is_dir()),
+                None,
+            )
+            found = f"{blocker} is a file, not a folder" if blocker else e.strerror or str(e)
+            raise OutputError(
+                f"cannot create a file in {dest.parent}: {found}. Expected a folder that can be "
+                "created and written there; choose another output path."
+            ) from e
         tmp = Path(name)
         self._pairs.append((tmp, dest))
         return tmp

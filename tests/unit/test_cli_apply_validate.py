@@ -64,6 +64,17 @@ def test_apply_names_the_target_keys_the_mapping_leaves_without_a_source(tmp_pat
     )
 
 
+def test_apply_into_a_folder_that_is_a_file_names_the_file(tmp_path, capsys) -> None:
+    _, source, mapping = _setup(tmp_path)
+    (tmp_path / "afile").write_text("keep")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub" / "x.safetensors"):
+        assert main(["apply", source, mapping, "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'afile'} is a file, not a folder" in err and err.count("\n") == 1
+        assert "choose another output path" in err
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
 def test_apply_bad_input_exits_2_with_one_line(tmp_path, capsys) -> None:
     _, source, mapping = _setup(tmp_path)
     out = tmp_path / "out.safetensors"
