@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,18 @@ from weightmapper.trace import trace_execution_order
 log = logging.getLogger(__name__)
 
 ModelLike = nn.Module | Mapping[str, Any] | Inventory | str | os.PathLike
+
+
+def _file_identity(path: Path) -> tuple[int, ...] | None:
+    """Path → (device, inode, size, mtime, ctime) of the regular file it names, or None (a
+    folder, a missing file): two equal identities are one unchanged file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class WeightMapper:
@@ -69,6 +82,7 @@ class WeightMapper:
         self.target_module: nn.Module | None = (
             target_module if isinstance(target_module, nn.Module) else None
         )
+        self._source_read: tuple[tuple[int, ...] | None, Any, Inventory] | None = None
         with stage("read source"):
             self.source_inventory = self._inventory(source_module, "source")
         with stage("read target"):
@@ -116,12 +130,24 @@ class WeightMapper:
             from weightmapper.checkpoint import open_checkpoint
 
             path = Path(obj)
-            with paused_gc():  # a header is 100k small dicts: no cycles, nothing to collect
-                table = open_checkpoint(path, trusted=self.trusted)
-                inventory = Inventory.from_table(table, name=path.name)
+            identity = _file_identity(path)
+            shared = self._source_read
+            if side == "target" and identity is not None and shared and shared[0] == identity:
+                # The same unchanged file on both sides (a checkpoint checked against
+                # itself): its header is parsed once, and both sides read one table.
+                table, inventory = shared[1], shared[2]
+                if inventory.name != path.name:
+                    inventory = dataclasses.replace(inventory, name=path.name)
+            else:
+                with paused_gc():  # a header is 100k small dicts: no cycles, nothing to collect
+                    table = open_checkpoint(path, trusted=self.trusted)
+                    inventory = Inventory.from_table(table, name=path.name)
             if side == "source":
                 self.source_path = path
                 self._source_table = table
+                # only when the file did not change while it was read
+                same = identity is not None and _file_identity(path) == identity
+                self._source_read = (identity, table, inventory) if same else None
             else:
                 self.target_path = path
             return inventory
