@@ -114,12 +114,17 @@ def score_inventories(
     Neither inventory is changed.
     """
     settings = settings if settings is not None else ScoreSettings()
-    roles = (
-        side_roles(source.tensors, source.roles, head_dims=source.head_dims),
-        side_roles(target.tensors, target.roles, head_dims=target.head_dims),
+    # One inventory on both sides (a checkpoint checked against itself): its roles and its
+    # prepared Side are computed once; neither is changed by the stages.
+    same = source is target
+    s_roles = side_roles(source.tensors, source.roles, head_dims=source.head_dims)
+    t_roles = (
+        s_roles if same else side_roles(target.tensors, target.roles, head_dims=target.head_dims)
     )
+    roles = (s_roles, t_roles)
     with paused_gc():
-        st = MatchState(prepare_side(source), prepare_side(target), settings, roles)
+        s_side = prepare_side(source)
+        st = MatchState(s_side, s_side if same else prepare_side(target), settings, roles)
         run_cascade(st)
         proposals, tied = collect_pairs(st)
         leftovers = collect_notes(st, tied, score=False)
