@@ -332,6 +332,8 @@ class TokenSpace:
         # Many keys share one token string (indices are not tokens): work on distinct ones.
         self.code_a, uni_a = _distinct(a)
         self.code_b, uni_b = _distinct(b)
+        self.uni_a, self.uni_b = uni_a, uni_b
+        """Distinct token strings of each side, in first-seen order (codes index them)."""
         count_a = np.bincount(self.code_a, minlength=len(uni_a))
         count_b = np.bincount(self.code_b, minlength=len(uni_b))
         vocab: dict[str, int] = {}
@@ -373,6 +375,20 @@ class TokenSpace:
             return self._dense[ca, cb].astype(np.float64)
         prod = self.a[ca].multiply(self.b[cb])
         return np.asarray(prod.sum(axis=1), dtype=np.float64).ravel()
+
+    def ratio_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Equal-length row numbers in a and b → character similarity (``fuzz.ratio`` / 100,
+        float64) of each pair's token strings, computed once per distinct pair of strings:
+        a deep stack repeats a few names in every block."""
+        if not len(rows):
+            return np.zeros(0, dtype=np.float64)
+        n_b = len(self.uni_b)
+        uniq, back = np.unique(self.code_a[rows] * n_b + self.code_b[cols], return_inverse=True)
+        ka, kb = np.divmod(uniq, n_b)
+        a = [self.uni_a[i] for i in ka.tolist()]
+        b = [self.uni_b[j] for j in kb.tolist()]
+        vals = np.asarray(process.cpdist(a, b, scorer=fuzz.ratio), np.float64) / 100.0
+        return vals[back.reshape(-1)]
 
 
 def _distinct(items: Sequence[str]) -> tuple[np.ndarray, list[str]]:

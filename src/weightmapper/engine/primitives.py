@@ -115,11 +115,28 @@ def index_sim_pairs(
     cb, ub = codes(keys_b)
     uniq, back = np.unique(ca[ga] * len(ub) + cb[gb], return_inverse=True)
     ka, kb = np.divmod(uniq, len(ub))
-    vals = np.array(
-        [index_sim_one(ua[a], ub[b]) for a, b in zip(ka.tolist(), kb.tolist(), strict=True)],
-        np.float64,
-    )
+    (la, pa, ra), (lb, pb, rb) = _index_columns(ua), _index_columns(ub)
+    # index_sim_one on arrays: neighbouring blocks make many distinct pairs of keys
+    la, lb, pa, pb = la[ka], lb[kb], pa[ka], pb[kb]
+    depth = min(ra.shape[1], rb.shape[1])
+    slots = np.arange(depth)[None, :] < la[:, None]
+    eq = ((ra[ka, :depth] == rb[kb, :depth]) & slots).sum(axis=1)
+    same_len = la == lb
+    vals = np.where(pa == pb, 0.8, 0.2)
+    vals = np.where(same_len, 0.5 * eq / np.maximum(la, 1), vals)
+    vals = np.where((la == 0) != (lb == 0), 0.5, vals)
+    vals = np.where(same_len & (eq == la), 1.0, vals)
     return vals[back.reshape(-1)]
+
+
+def _index_columns(keys: list[IndexKey]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct index keys → (depth of each, primary index of each, ranks padded with 0)."""
+    depth = np.array([len(r) for r, _ in keys], np.int64)
+    primary = np.array([p for _, p in keys], np.int64)
+    ranks = np.zeros((len(keys), int(depth.max(initial=0))), np.int64)
+    for n, (r, _) in enumerate(keys):
+        ranks[n, : len(r)] = r
+    return depth, primary, ranks
 
 
 def index_sim(a: list[IndexKey], b: list[IndexKey]) -> np.ndarray:

@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from rapidfuzz import fuzz, process
 
 from weightmapper.engine.index_map import index_agreement
 from weightmapper.engine.names import similarity_matrix
@@ -62,9 +61,9 @@ def name_signal(
 ) -> np.ndarray:
     """Source keys, target keys → ``name``: a matrix (rows × cols) or one value per pair."""
     s, t = st.s, st.t
-    s_tokens = [s.tokens[i] for i in rows_s]
-    t_tokens = [t.tokens[j] for j in cols_t]
     if matrix:
+        s_tokens = [s.tokens[i] for i in rows_s]
+        t_tokens = [t.tokens[j] for j in cols_t]
         s_ik = [s.group_index_key[g] for g in s.group[rows_s]]
         t_ik = [t.group_index_key[g] for g in t.group[cols_t]]
         cos = st.key_space.matrix(rows_s, cols_t)
@@ -74,7 +73,7 @@ def name_signal(
         )
     else:
         cos = st.key_space.pairwise(rows_s, cols_t)
-        fz = np.asarray(process.cpdist(s_tokens, t_tokens, scorer=fuzz.ratio), np.float64) / 100.0
+        fz = st.key_space.ratio_pairs(rows_s, cols_t)
         gs, gt = s.group[rows_s], t.group[cols_t]
         plain = index_sim_pairs(s.group_index_key, t.group_index_key, gs, gt)
         idx = index_agreement(st, gs, gt, plain, matrix=False)
@@ -117,14 +116,16 @@ def order_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool
     # siblings: a chain with pairs of its own is placed by them; elsewhere the signal has
     # no evidence either way.
     out = np.full(np.broadcast_shapes(np.shape(gs), np.shape(gt)), ORDER_UNKNOWN)
-    chain = st.s.group_chain[gs]
-    for c, (x, y) in st.chain_anchors.items():
-        mask = chain == c
-        if not mask.any():
-            continue
-        pred = _interpolate(pos, x, y)
-        agree = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - st.t.group_pos[gt]))
-        out = np.where(mask, agree, out)
+    if st.chain_anchors:
+        # each chain's formula on its own entries only (the same values as on all of them)
+        pos_b, tpos_b = np.broadcast_arrays(pos, st.t.group_pos[gt])
+        chain = np.broadcast_to(st.s.group_chain[gs], out.shape)
+        for c, (x, y) in st.chain_anchors.items():
+            mask = chain == c
+            if not mask.any():
+                continue
+            pred = _interpolate(pos_b[mask], x, y)
+            out[mask] = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - tpos_b[mask]))
     return np.where(st.t.group_pos_known[gt], out, ORDER_UNKNOWN)
 
 
