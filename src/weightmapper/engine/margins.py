@@ -18,12 +18,13 @@ the work stays linear in the number of pairs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from weightmapper.engine.calibration import AMBIGUOUS_MARGIN
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.columns import columns, weighted_mean
 from weightmapper.engine.context import under
 from weightmapper.engine.signals import hierarchy_signal, name_signal, order_signal
 from weightmapper.engine.state import MatchState
@@ -46,7 +47,19 @@ a same-shape alternative, only its position chose it."""
 
 def is_ambiguous(breakdown: dict[str, float]) -> bool:
     """A pair's breakdown → True when a same-shape alternative is nearly as good, so the pair
-    is labelled ``ambiguous``, never ``high``.
+    is labelled ``ambiguous``, never ``high`` (:func:`ambiguous_mask` of one pair)."""
+    return bool(ambiguous_mask([breakdown])[0])
+
+
+AMBIGUITY_INPUTS: dict[str, float] = {
+    "block_shift": 0.0, "margin": NO_ALTERNATIVE, "runner_up": 0.0,
+    "name_margin": NO_ALTERNATIVE, "order_known": 1.0, "name": 0.0,
+}  # fmt: skip
+"""Breakdown entries :func:`ambiguous_mask` reads, each with its value when absent."""
+
+
+def ambiguous_mask(breakdowns: Sequence[Mapping[str, float]]) -> np.ndarray:
+    """Pairs' breakdowns → bool array, True where a pair is ambiguous.
 
     Four ways: its numbered block was shifted against the target's
     (``block_shift``, :mod:`weightmapper.engine.block_shift`); its raw score leads the runner-up by less than
@@ -54,19 +67,19 @@ def is_ambiguous(breakdown: dict[str, float]) -> bool:
     sorted (``order_known`` 0, so position says nothing) and the names do not prefer the
     pair over its alternative by that much either; or the names, sharing little
     (:data:`WEAK_NAME`), prefer the alternative by that much and only the position chose
-    this pair (two libraries register same-shape siblings in different orders).
+    this pair (two libraries register same-shape siblings in different orders). A pair
+    without a same-shape alternative (``runner_up`` 0) is ambiguous only by the first two.
     """
-    get = breakdown.get
-    if float(get("block_shift", 0.0)) > 0.0:
-        return True  # its numbered block shifted: only positions placed it (block_shift.py)
-    if float(get("margin", NO_ALTERNATIVE)) < AMBIGUOUS_MARGIN:
-        return True
-    if float(get("runner_up", 0.0)) <= 0.0:
-        return False  # no alternative of its shapes
-    named = float(get("name_margin", NO_ALTERNATIVE))
-    if float(get("order_known", 1.0)) <= 0.0 and named < AMBIGUOUS_MARGIN:
-        return True
-    return named <= -AMBIGUOUS_MARGIN and float(get("name", 0.0)) < WEAK_NAME
+    get = columns(breakdowns, AMBIGUITY_INPUTS)
+    named = get["name_margin"]
+    by_names = ((get["order_known"] <= 0.0) & (named < AMBIGUOUS_MARGIN)) | (
+        (named <= -AMBIGUOUS_MARGIN) & (get["name"] < WEAK_NAME)
+    )
+    return (
+        (get["block_shift"] > 0.0)
+        | (get["margin"] < AMBIGUOUS_MARGIN)
+        | ((get["runner_up"] > 0.0) & by_names)
+    )
 
 
 def record_margins(
@@ -82,37 +95,52 @@ def record_margins(
     """
     w = {k: v for k, v in st.weights.items() if k in MARGIN_SIGNALS and v}
     total = sum(w.values())
-    own = [_raw(p.breakdown, w, total) for p in proposals]
-    rows, cols, alt_of = _alternatives(st, proposals)
+    cols = columns([p.breakdown for p in proposals], MARGIN_SIGNALS)
+    own = cols["shape"] if total <= 0 else weighted_mean(cols, w, total)
+    rows, cols_t, alt_of = _alternatives(st, proposals)
     if placed and len(rows):
-        keep = _inside_context(st, proposals, placed, rows, cols, alt_of)
-        rows, cols, alt_of = rows[keep], cols[keep], alt_of[keep]
+        keep = _inside_context(st, proposals, placed, rows, cols_t, alt_of)
+        rows, cols_t, alt_of = rows[keep], cols_t[keep], alt_of[keep]
     best = np.full(len(proposals), -np.inf)
     best_named = np.full(len(proposals), -np.inf)
     if len(rows):
-        gs, gt = st.s.group[rows], st.t.group[cols]
+        gs, gt = st.s.group[rows], st.t.group[cols_t]
         # the signals of pair_signals, kept as arrays: one raw score per alternative in numpy
         # (a 100k-tensor checkpoint has 800k alternatives); the same float64 arithmetic
         sigs = {
-            "name": name_signal(st, rows, cols, matrix=False),
+            "name": name_signal(st, rows, cols_t, matrix=False),
             "hierarchy": hierarchy_signal(st, gs, gt, matrix=False),
             "order": order_signal(st, gs, gt, matrix=False),
             # equal shapes on both sides: the alternative's shape signal is the pair's own
-            "shape": np.array([p.breakdown.get("shape", 0.0) for p in proposals])[alt_of],
+            "shape": cols["shape"][alt_of],
         }
         np.maximum.at(best, alt_of, _raw_many(sigs, w, total))
         np.maximum.at(best_named, alt_of, sum(sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS))
+    found = np.isfinite(best)
+    runner_up = np.where(found, best, 0.0).tolist()
+    margin = np.where(found, own - best, NO_ALTERNATIVE).tolist()
+    named = sum(cols[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS)
+    name_margin = np.where(np.isfinite(best_named), named - best_named, NO_ALTERNATIVE).tolist()
+    lead: dict[str, int] = {}
     for n, p in enumerate(proposals):
         if p.follows is not None:
             continue
-        _set(p, best[n], own[n], best_named[n])
-    lead = {p.source: p for p in proposals if p.follows is None}
+        lead[p.source] = n
+        p.breakdown["runner_up"] = runner_up[n]
+        p.breakdown["margin"] = margin[n]
+        p.breakdown["name_margin"] = name_margin[n]
     for p in proposals:
-        if p.follows is not None and p.follows in lead:
-            for k in ("runner_up", "margin", "name_margin"):
-                p.breakdown[k] = lead[p.follows].breakdown[k]
-        elif p.follows is not None:
-            _set(p, -np.inf, 0.0, -np.inf)
+        if p.follows is None:
+            continue
+        n = lead.get(p.follows, -1)
+        if n >= 0:
+            p.breakdown["runner_up"] = runner_up[n]
+            p.breakdown["margin"] = margin[n]
+            p.breakdown["name_margin"] = name_margin[n]
+        else:  # its module's pair is not a proposal: no alternative known
+            p.breakdown["runner_up"] = 0.0
+            p.breakdown["margin"] = NO_ALTERNATIVE
+            p.breakdown["name_margin"] = NO_ALTERNATIVE
 
 
 def _alternatives(
@@ -173,32 +201,9 @@ def _inside_context(
     return keep
 
 
-def _set(p: Proposal, runner_up: float, raw: float, named: float) -> None:
-    found = np.isfinite(runner_up)
-    p.breakdown["runner_up"] = float(runner_up) if found else 0.0
-    p.breakdown["margin"] = float(raw - runner_up) if found else NO_ALTERNATIVE
-    p.breakdown["name_margin"] = (
-        float(_named(p.breakdown) - named) if np.isfinite(named) else NO_ALTERNATIVE
-    )
-
-
-def _named(bd: dict[str, float]) -> float:
-    """Breakdown → mean of the signals of its names alone (:data:`NAME_SIGNALS`)."""
-    return sum(float(bd.get(k, 0.0)) for k in NAME_SIGNALS) / len(NAME_SIGNALS)
-
-
 def _raw_many(sigs: dict[str, np.ndarray], w: dict[str, float], total: float) -> np.ndarray:
-    """Signal arrays → :func:`_raw` of each position (summed in the same order, in float64)."""
+    """Signal arrays → the weighted mean of :data:`MARGIN_SIGNALS` at each position (the raw
+    score the assignment stage compares; the shape signal alone when no weight is set)."""
     if total <= 0:
         return np.asarray(sigs["shape"], np.float64)
-    acc = np.zeros(len(sigs["shape"]), np.float64)
-    for k, weight in w.items():
-        acc = acc + weight * np.asarray(sigs[k], np.float64)
-    return acc / total
-
-
-def _raw(bd: dict[str, float], w: dict[str, float], total: float) -> float:
-    """Breakdown → weighted mean of the signals the assignment stage compares."""
-    if total <= 0:
-        return float(bd.get("shape", 0.0))
-    return sum(w[k] * float(bd.get(k, 0.0)) for k in w) / total
+    return weighted_mean(sigs, w, total)
