@@ -19,9 +19,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from weightmapper.engine.calibration import features, load
+from weightmapper.engine.calibration import feature_matrix, load
 from weightmapper.engine.candidates import Candidates, Proposal
-from weightmapper.engine.margins import is_ambiguous
+from weightmapper.engine.columns import columns
+from weightmapper.engine.margins import ambiguous_mask
 from weightmapper.engine.signals import combine
 from weightmapper.result import (
     CONFIDENT_SCORE,
@@ -58,8 +59,9 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
     raws = _scores(candidates.proposals, w)
     # one feature matrix through the map instead of one call per pair (100k pairs)
     probs = _probabilities(candidates.proposals, raws) if calibrated else raws
-    for p, raw, prob in zip(candidates.proposals, raws, probs, strict=True):
-        scored[p.source] = _calibrated(p, raw, prob, calibrated=calibrated)
+    labels = _labels(candidates.proposals, probs, calibrated=calibrated)
+    for p, raw, prob, label in zip(candidates.proposals, raws, probs, labels, strict=True):
+        scored[p.source] = (p.relabelled({**p.breakdown, "raw": raw}, label), prob)
     accepted, rejected = accept(scored, bar, conservative=conservative)
 
     pairs = [
@@ -205,30 +207,31 @@ def _probabilities(proposals: list[Proposal], raws: list[float]) -> list[float]:
     """Proposals + their raw scores → each one's calibrated probability (one matrix pass)."""
     if not proposals:
         return []
-    x = np.array(
-        [
-            features(p.breakdown, raw, confidence=p.confidence, stage=p.stage, note=p.note)
-            for p, raw in zip(proposals, raws, strict=True)
-        ],
-        np.float64,
+    x = feature_matrix(
+        [p.breakdown for p in proposals],
+        raws,
+        confidence=[p.confidence for p in proposals],
+        stage=[p.stage for p in proposals],
+        note=[p.note for p in proposals],
     )
-    return [float(v) for v in load().probabilities(x)]
+    return load().probabilities(x).tolist()
 
 
-def _calibrated(
-    p: Proposal, raw: float, prob: float, *, calibrated: bool
-) -> tuple[Proposal, float]:
-    """Proposal + its raw score + its probability (the raw score when not ``calibrated``) →
-    (the proposal with ``raw`` in its breakdown, labelled ``ambiguous`` when a same-shape
-    alternative is nearly as good (:func:`~weightmapper.engine.margins.is_ambiguous`) and
-    ``low`` when its probability is below :data:`~weightmapper.result.CONFIDENT_SCORE`; that
-    probability)."""
-    confidence = p.confidence
-    if confidence == "high" and is_ambiguous(p.breakdown):
-        confidence = "ambiguous"
-    elif confidence == "high" and calibrated and prob < CONFIDENT_SCORE:
-        confidence = "low"  # the evidence, weighed on the bench, does not settle it
-    return replace(p, breakdown={**p.breakdown, "raw": raw}, confidence=confidence), prob
+def _labels(proposals: list[Proposal], probs: list[float], *, calibrated: bool) -> list[str]:
+    """Proposals + their probabilities (their raw scores when not ``calibrated``) → each
+    one's confidence label: ``ambiguous`` when a same-shape alternative is nearly as good
+    (:func:`~weightmapper.engine.margins.ambiguous_mask`), ``low`` when its probability is
+    below :data:`~weightmapper.result.CONFIDENT_SCORE`, else its own."""
+    ambiguous = ambiguous_mask([p.breakdown for p in proposals]).tolist()
+    out = []
+    for p, amb, prob in zip(proposals, ambiguous, probs, strict=True):
+        confidence = p.confidence
+        if confidence == "high" and amb:
+            confidence = "ambiguous"
+        elif confidence == "high" and calibrated and prob < CONFIDENT_SCORE:
+            confidence = "low"  # the evidence, weighed on the bench, does not settle it
+        out.append(confidence)
+    return out
 
 
 def _calibrated_multi(m: MultiPair) -> MultiPair:
@@ -248,6 +251,9 @@ def _scores(proposals: list[Proposal], weights: Mapping[str, float]) -> list[flo
         return []
     keys = [k for k, v in weights.items() if v]
     total = sum(weights[k] for k in keys)
-    mat = np.array([[p.breakdown.get(k, 0.0) for k in keys] for p in proposals], dtype=np.float64)
+    cols = columns([p.breakdown for p in proposals], keys)
+    mat = np.empty((len(proposals), len(keys)), np.float64)  # C order, one pair per row
+    for n, k in enumerate(keys):
+        mat[:, n] = cols[k]
     w = np.array([weights[k] for k in keys], dtype=np.float64)
     return np.clip(mat @ w / total, 0.0, 1.0).tolist()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import pairwise
@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from weightmapper.engine.columns import column
 from weightmapper.engine.context import AGREE, CONTRADICT
 from weightmapper.engine.evidence import EXACT_NAME, ROLE_AGREE, ROLE_CROSS
 from weightmapper.errors import WeightMapperError
@@ -77,6 +78,15 @@ NAMED_STAGES = frozenset({"exact", "normalized", "template", "buffer", "group"})
 """Cascade stages whose pairs rest on names (the others align by order and shape)."""
 
 
+FEATURE_INPUTS: dict[str, float] = {
+    "shape": 0.0, "name": 0.0, "hierarchy": 0.0, "order": 0.0, "structure": 0.0,
+    "index": 0.5, "unique": 0.0, "margin": 1.0, "runner_up": float("nan"), "roles": 0.5,
+    "order_known": 1.0, "role_unique": 0.0, "context": 0.5,
+}  # fmt: skip
+"""Breakdown entries the features read, each with the value it has when absent (an absent
+``runner_up`` is NaN: no margins were recorded, which is not "no alternative")."""
+
+
 def features(
     breakdown: Mapping[str, float],
     raw: float,
@@ -87,54 +97,74 @@ def features(
     note: str = "",
 ) -> list[float]:
     """A pair's breakdown + raw score + labels → its feature vector (order of :data:`FEATURES`)."""
-    get = breakdown.get
-    # an exact name with equal shapes, its layout not assumed: right in practice every time
-    exact = float(
-        get("name", 0.0) >= EXACT_NAME
-        and get("shape", 0.0) >= 1.0
-        and confidence != "low"
-        and "assumed" not in note
+    x = feature_matrix(
+        [breakdown], [raw], confidence=[confidence], multi=[multi], stage=[stage], note=[note]
     )
-    margin = float(get("margin", 1.0))
+    return x[0].tolist()
+
+
+def feature_matrix(
+    breakdowns: Sequence[Mapping[str, float]],
+    raw: Sequence[float] | np.ndarray,
+    *,
+    confidence: Sequence[str],
+    stage: Sequence[str],
+    note: Sequence[str],
+    multi: Sequence[bool] | None = None,
+) -> np.ndarray:
+    """Pairs' breakdowns + raw scores + labels (one each) → their feature vectors as the rows
+    of a C-ordered float64 matrix (columns in the order of :data:`FEATURES`)."""
+    n = len(breakdowns)
+    get = {k: column(breakdowns, k, d) for k, d in FEATURE_INPUTS.items()}
+    raw = np.asarray(raw, np.float64)
+    low = np.fromiter((c == "low" for c in confidence), bool, n)
+    assumed = np.fromiter(("assumed" in t for t in note), bool, n)
+    named_stage = np.fromiter((s in NAMED_STAGES for s in stage), bool, n)
+    is_multi = np.zeros(n, bool) if multi is None else np.fromiter(multi, bool, n)
+    name, shape, order = get["name"], get["shape"], get["order"]
+    # an exact name with equal shapes, its layout not assumed: right in practice every time
+    exact = (name >= EXACT_NAME) & (shape >= 1.0) & ~low & ~assumed
+    margin = get["margin"]
     # no same-shape alternative at all: the margin says nothing (``alone`` says that)
-    alone = float("runner_up" in breakdown and get("runner_up", 0.0) <= 0.0 and margin >= 1.0)
-    roles = float(get("roles", 0.5))
+    alone = (get["runner_up"] <= 0.0) & (margin >= 1.0)
+    roles = get["roles"]
     # the order signal of a side whose keys were sorted by name says little: its own feature
-    known = float(get("order_known", 1.0))
-    order = float(get("order", 0.0))
-    context = float(get("context", 0.5))
-    return [
-        float(raw),
-        float(get("shape", 0.0)),
-        float(get("name", 0.0)),
-        float(get("hierarchy", 0.0)),
+    known = get["order_known"]
+    context = get["context"]
+    cols = [
+        raw,
+        shape,
+        name,
+        get["hierarchy"],
         order * known,
         order * (1.0 - known),
-        float(get("structure", 0.0)),
-        float(get("index", 0.5)),
+        get["structure"],
+        get["index"],
         exact,
-        float(get("unique", 0.0)),
-        0.0 if alone else min(1.0, max(0.0, margin) / MARGIN_SCALE),
-        float(roles >= ROLE_AGREE),
-        float(stage in NAMED_STAGES),
-        float(get("role_unique", 0.0) >= 1.0),
-        float(context >= AGREE),
-        max(0.0, WEAK_RAW - float(raw)) / WEAK_RAW,
-        float(
-            not multi
-            and max(get("name", 0.0), get("hierarchy", 0.0)) < SHAPE_ONLY
-            and (order < SHAPE_ONLY or not known)
-            and context < AGREE
-        ),
-        float(margin < AMBIGUOUS_MARGIN),
-        float(roles <= ROLE_CROSS),
-        float(confidence == "low"),
-        float("assumed" in note),
-        float(context <= CONTRADICT),
-        float(multi),
+        get["unique"],
+        np.where(alone, 0.0, np.minimum(1.0, np.maximum(0.0, margin) / MARGIN_SCALE)),
+        roles >= ROLE_AGREE,
+        named_stage,
+        get["role_unique"] >= 1.0,
+        context >= AGREE,
+        np.maximum(0.0, WEAK_RAW - raw) / WEAK_RAW,
+        ~is_multi
+        & (np.maximum(name, get["hierarchy"]) < SHAPE_ONLY)
+        & ((order < SHAPE_ONLY) | (known == 0.0))
+        & (context < AGREE),
+        margin < AMBIGUOUS_MARGIN,
+        roles <= ROLE_CROSS,
+        low,
+        assumed,
+        context <= CONTRADICT,
+        is_multi,
         known,
         alone,
     ]
+    out = np.empty((n, len(FEATURES)), np.float64)  # C order: one pair per row
+    for f, values in enumerate(cols):
+        out[:, f] = values
+    return out
 
 
 @dataclass(frozen=True)
