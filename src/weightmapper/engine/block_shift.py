@@ -29,24 +29,42 @@ def numbered_blocks(keys: list[str]) -> dict[str, tuple[str, int]]:
     including its first numbered part before the tensor's own name (``layers.3``, ``h.3``, or
     a named part such as ``encoder_layer_3`` with :data:`NAMED_SIBLINGS` numbered siblings).
     Keys with no numbered block are left out."""
+    # A module's tensors share its block: each distinct module path is read once, and each
+    # distinct path component matched once (a deep stack repeats a few names in every block).
+    module_of = [key.rpartition(".")[0] if "." in key else None for key in keys]
+    split = {m: m.split(".") for m in dict.fromkeys(module_of) if m is not None}
+    numbered: dict[str, tuple[str, str] | None] = {}
+    for parts in split.values():
+        for part in parts:
+            if part not in numbered:
+                m = _NUMBERED.match(part)
+                numbered[part] = None if m is None else (m.group(1) or "", m.group(2))
+    # each numbered part of each module: (its parent path, its path, stem, number)
+    found_in: dict[str, list[tuple[str, str, str, str]]] = {}
     stems: dict[tuple[str, str], set[str]] = defaultdict(set)
-    split = [key.split(".")[:-1] for key in keys]
-    for parts in split:
+    for module, parts in split.items():
+        hits = found_in[module] = []
+        parent = ""
         for n, part in enumerate(parts):
-            m = _NUMBERED.match(part)
-            if m is not None and m.group(1):
-                stems[(".".join(parts[:n]), m.group(1))].add(m.group(2))
-    out: dict[str, tuple[str, int]] = {}
-    for key, parts in zip(keys, split, strict=True):
-        for n, part in enumerate(parts):
-            m = _NUMBERED.match(part)
-            if m is None:
+            path = f"{parent}.{part}" if n else part
+            found = numbered[part]
+            if found is not None:
+                hits.append((parent, path, *found))
+                if found[0]:
+                    stems[(parent, found[0])].add(found[1])
+            parent = path
+    block_of: dict[str, tuple[str, int]] = {}
+    for module, hits in found_in.items():
+        for parent, path, stem, number in hits:
+            if stem and len(stems[(parent, stem)]) < NAMED_SIBLINGS:
                 continue
-            if m.group(1) and len(stems[(".".join(parts[:n]), m.group(1))]) < NAMED_SIBLINGS:
-                continue
-            out[key] = (".".join(parts[: n + 1]), int(m.group(2)))
+            block_of[module] = (path, int(number))
             break
-    return out
+    return {
+        key: block_of[module]
+        for key, module in zip(keys, module_of, strict=True)
+        if module is not None and module in block_of
+    }
 
 
 def record_block_shifts(proposals: list[Proposal]) -> None:
