@@ -79,12 +79,23 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
     gs, gt = st.s.group[rows], st.t.group[cols]
     plain = index_sim_pairs(st.s.group_index_key, st.t.group_index_key, gs, gt)
     index = index_agreement(st, gs, gt, plain, matrix=False).tolist()
+    # what role_agreement reads of each key, then one verdict per distinct pair of those
+    s_code, s_labels = _role_labels([p.source for p in proposals], src)
+    t_code, t_labels = _role_labels([p.target for p in proposals], tgt)
+    uniq, back = np.unique(s_code * len(t_labels) + t_code, return_inverse=True)
+    verdicts = [
+        _agreement(*s_labels[a], *t_labels[b])
+        for a, b in zip(*np.divmod(uniq, len(t_labels)), strict=True)
+    ]
+    s_crowd = [n_src.get(b, 1) for b in st.s.bucket]
+    t_crowd = [n_tgt.get(b, 1) for b in st.t.bucket]
     out = []
-    for p, i, j, idx in zip(proposals, rows.tolist(), cols.tolist(), index, strict=True):
-        crowd = max(n_src.get(st.s.bucket[i], 1), n_tgt.get(st.t.bucket[j], 1))
-        agree, why = role_agreement(p.source, p.target, src, tgt)
+    for p, i, j, idx, v in zip(
+        proposals, rows.tolist(), cols.tolist(), index, back.reshape(-1).tolist(), strict=True
+    ):
+        agree, why = verdicts[v]
         p.breakdown["roles"] = agree
-        p.breakdown["unique"] = 1.0 / max(1, crowd)
+        p.breakdown["unique"] = 1.0 / max(1, s_crowd[i], t_crowd[j])
         p.breakdown["order_known"] = order_known
         p.breakdown["index"] = idx
         if agree == ROLE_CROSS:
@@ -98,6 +109,35 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
     return out
 
 
+RoleLabels = tuple[str, str | None, str]
+"""What :func:`role_agreement` reads of one key: (its stack, from its roles or else its
+module path; its role or None; the kind its module path names, or "")."""
+
+
+def _labels_of(key: str, roles: SideRoles, words: dict[str, tuple[str, str]]) -> RoleLabels:
+    """Key + its side's roles + module path → (stack word, kind word) cache → its labels."""
+    module = key.rpartition(".")[0]
+    found = words.get(module)
+    if found is None:
+        found = words[module] = (
+            _module_word(module, False, False),
+            _module_word(module, True, True),
+        )
+    return (roles.stacks.get(key) or found[0], roles.roles.get(key), found[1])
+
+
+def _role_labels(keys: list[str], roles: SideRoles) -> tuple[np.ndarray, list[RoleLabels]]:
+    """Keys of one side + its roles → (code per key, distinct :data:`RoleLabels`)."""
+    words: dict[str, tuple[str, str]] = {}
+    seen: dict[RoleLabels, int] = {}
+    codes = np.fromiter(
+        (seen.setdefault(_labels_of(k, roles, words), len(seen)) for k in keys),
+        np.int64,
+        len(keys),
+    )
+    return codes, list(seen)
+
+
 def name_sorted(inv: Inventory) -> bool:
     """Inventory → True when its keys carried no order of their own (stored sorted or
     shuffled, :attr:`Inventory.sorted_keys`) and nothing traced replaced it."""
@@ -107,19 +147,23 @@ def name_sorted(inv: Inventory) -> bool:
 def role_agreement(src_key: str, tgt_key: str, src: SideRoles, tgt: SideRoles) -> tuple[float, str]:
     """Two keys + both sides' roles → (:data:`ROLE_AGREE`, :data:`ROLE_UNKNOWN` or
     :data:`ROLE_CROSS`, what differs for a cross-role pair)."""
-    sa = src.stacks.get(src_key) or _path_word(src_key, STACK_WORDS, own=False)
-    sb = tgt.stacks.get(tgt_key) or _path_word(tgt_key, STACK_WORDS, own=False)
+    return _agreement(*_labels_of(src_key, src, {}), *_labels_of(tgt_key, tgt, {}))
+
+
+def _agreement(
+    sa: str, a: str | None, path_ka: str, sb: str, b: str | None, path_kb: str
+) -> tuple[float, str]:
+    """Both keys' :data:`RoleLabels` → :func:`role_agreement`."""
     if {sa, sb} == _CROSS_STACKS:
         return ROLE_CROSS, f"{sa} tensor onto a {sb} one"
-    a, b = src.roles.get(src_key), tgt.roles.get(tgt_key)
     fa, fb = family(a or ""), family(b or "")
     if a and b and (fa == fb or any(fa in e and fb in e for e in EQUIVALENT)):
         return ROLE_AGREE, ""
     if fa.startswith(_CONV_ROLES) or fb.startswith(_CONV_ROLES) or "norm" in fa + fb:
         # where a block or the head begins, and which norm is whose, libraries differ
         return ROLE_UNKNOWN, ""
-    ka = _kind(fa) if a else _path_word(src_key, KIND_WORDS, own=True)
-    kb = _kind(fb) if b else _path_word(tgt_key, KIND_WORDS, own=True)
+    ka = _kind(fa) if a else path_ka
+    kb = _kind(fb) if b else path_kb
     if not ka or not kb or ka == kb:
         # unknown, or one kind with two roles (a fused q/k/v against one of its parts)
         return ROLE_UNKNOWN, ""
@@ -135,19 +179,14 @@ def _kind(role: str) -> str:
     return {"xattn": "attn", "moe": "mlp"}.get(kind, kind)
 
 
-def _path_word(key: str, words: dict[str, str], *, own: bool) -> str:
-    """Key + vocabulary (:data:`KIND_WORDS` or :data:`STACK_WORDS`) → the label of the
-    innermost module path component in it, or "".
-
-    ``own=False`` skips the module's own name (BERT's MLM head calls a layer ``decoder``).
-    """
-    return _module_word(key.rpartition(".")[0], words is KIND_WORDS, own)
-
-
 @lru_cache(maxsize=4096)
 def _module_word(module: str, kind: bool, own: bool) -> str:
-    """Module path + vocabulary (kind or stack) + own? → :func:`_path_word` of its keys
-    (a module's weight and bias ask the same question)."""
+    """Module path + vocabulary (:data:`KIND_WORDS` if ``kind``, else :data:`STACK_WORDS`)
+    + own? → the label of the innermost path component in it, or "".
+
+    ``own=False`` skips the module's own name (BERT's MLM head calls a layer ``decoder``).
+    A module's weight and bias ask the same question.
+    """
     parts = module.split(".") if module else []
     if not own:
         parts = parts[:-1]
