@@ -42,3 +42,52 @@ def weighted_mean(
     for k, weight in weights.items():
         acc = acc + weight * np.asarray(cols[k], np.float64)
     return acc / total
+
+
+def distinct_pairs(
+    code_a: np.ndarray, code_b: np.ndarray, n_b: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-length codes of two sides (``code_b`` below ``n_b``) → (first code, second code
+    of each distinct pair in ascending order of ``a * n_b + b``, the distinct pair of each
+    input pair): ``np.unique(..., return_inverse=True)``, without sorting where the table of
+    all code pairs is small (a few distinct names against a few)."""
+    joint = code_a * n_b + code_b
+    n_a = int(code_a.max(initial=-1)) + 1
+    if len(joint) and n_a * n_b <= max(4 * len(joint), 1 << 16):
+        present = np.zeros(n_a * n_b, bool)
+        present[joint] = True
+        uniq = np.flatnonzero(present)
+        back = (np.cumsum(present) - 1)[joint]
+    else:
+        uniq, back = np.unique(joint, return_inverse=True)
+        back = back.reshape(-1)
+    ka, kb = np.divmod(uniq, n_b)
+    return ka, kb, back
+
+
+class IndexColumns:
+    """Index keys of one side's groups (dense-ranked layer indices, primary index) as arrays:
+    depth, primary index and ranks (padded with 0) per group, so the index agreement of
+    many pairs of groups is array arithmetic."""
+
+    def __init__(self, keys: Sequence[tuple[tuple[int, ...], int]]) -> None:
+        self.depth = np.fromiter((len(r) for r, _ in keys), np.int64, len(keys))
+        self.primary = np.fromiter((p for _, p in keys), np.int64, len(keys))
+        self.ranks = np.zeros((len(keys), int(self.depth.max(initial=0))), np.int64)
+        for n, (r, _) in enumerate(keys):
+            self.ranks[n, : len(r)] = r
+
+    def similarity(self, other: IndexColumns, ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
+        """Groups of this side + groups of ``other`` (equal length) → index agreement of each
+        pair (float64): 1 equal; 0.5 when one has no indices; for equal depths half the
+        share of equal slots; else 0.8 for an equal primary index, 0.2 otherwise."""
+        la, lb = self.depth[ga], other.depth[gb]
+        depth = min(self.ranks.shape[1], other.ranks.shape[1])
+        eq = np.zeros(len(ga), np.int64)  # equal slots within this side's depth
+        for slot in range(depth):
+            eq += (self.ranks[ga, slot] == other.ranks[gb, slot]) & (la > slot)
+        same_len = la == lb
+        vals = np.where(self.primary[ga] == other.primary[gb], 0.8, 0.2)
+        vals = np.where(same_len, 0.5 * eq / np.maximum(la, 1), vals)
+        vals = np.where((la == 0) != (lb == 0), 0.5, vals)
+        return np.where(same_len & (eq == la), 1.0, vals)

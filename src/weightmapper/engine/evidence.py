@@ -39,8 +39,8 @@ from functools import lru_cache
 import numpy as np
 
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.columns import distinct_pairs
 from weightmapper.engine.index_map import index_agreement
-from weightmapper.engine.primitives import index_sim_pairs
 from weightmapper.engine.state import MatchState
 from weightmapper.engine.unique_roles import record_unique_roles
 from weightmapper.inventory import Inventory
@@ -77,21 +77,21 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
     cols = np.array([st.t.index[p.target] for p in proposals], np.int64)
     # one value per distinct pair of index keys, not one call per pair
     gs, gt = st.s.group[rows], st.t.group[cols]
-    plain = index_sim_pairs(st.s.group_index_key, st.t.group_index_key, gs, gt)
+    plain = st.s_index.similarity(st.t_index, gs, gt)
     index = index_agreement(st, gs, gt, plain, matrix=False).tolist()
     # what role_agreement reads of each key, then one verdict per distinct pair of those
     s_code, s_labels = _role_labels([p.source for p in proposals], src)
     t_code, t_labels = _role_labels([p.target for p in proposals], tgt)
-    uniq, back = np.unique(s_code * len(t_labels) + t_code, return_inverse=True)
+    ka, kb, back = distinct_pairs(s_code, t_code, len(t_labels))
     verdicts = [
         _agreement(*s_labels[a], *t_labels[b])
-        for a, b in zip(*np.divmod(uniq, len(t_labels)), strict=True)
+        for a, b in zip(ka.tolist(), kb.tolist(), strict=True)
     ]
     s_crowd = [n_src.get(b, 1) for b in st.s.bucket]
     t_crowd = [n_tgt.get(b, 1) for b in st.t.bucket]
     out = []
     for p, i, j, idx, v in zip(
-        proposals, rows.tolist(), cols.tolist(), index, back.reshape(-1).tolist(), strict=True
+        proposals, rows.tolist(), cols.tolist(), index, back.tolist(), strict=True
     ):
         agree, why = verdicts[v]
         p.breakdown["roles"] = agree

@@ -16,6 +16,8 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from scipy import sparse
 
+from weightmapper.engine.columns import distinct_pairs
+
 # token → canonical token. Folds the vocabularies of common libraries onto one.
 SYNONYMS: dict[str, str] = {
     # normalisation layers
@@ -382,13 +384,11 @@ class TokenSpace:
         a deep stack repeats a few names in every block."""
         if not len(rows):
             return np.zeros(0, dtype=np.float64)
-        n_b = len(self.uni_b)
-        uniq, back = np.unique(self.code_a[rows] * n_b + self.code_b[cols], return_inverse=True)
-        ka, kb = np.divmod(uniq, n_b)
+        ka, kb, back = distinct_pairs(self.code_a[rows], self.code_b[cols], len(self.uni_b))
         a = [self.uni_a[i] for i in ka.tolist()]
         b = [self.uni_b[j] for j in kb.tolist()]
         vals = np.asarray(process.cpdist(a, b, scorer=fuzz.ratio), np.float64) / 100.0
-        return vals[back.reshape(-1)]
+        return vals[back]
 
 
 def _distinct(items: Sequence[str]) -> tuple[np.ndarray, list[str]]:

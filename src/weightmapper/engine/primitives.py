@@ -10,6 +10,7 @@ from collections import Counter
 
 import numpy as np
 
+from weightmapper.engine.columns import IndexColumns
 from weightmapper.engine.side import Side
 
 LSA_MAX_CELLS = 1_000_000
@@ -107,36 +108,11 @@ def index_sim_pairs(
     keys_a: list[IndexKey], keys_b: list[IndexKey], ga: np.ndarray, gb: np.ndarray
 ) -> np.ndarray:
     """Index keys of each side's groups + one (group, group) per pair → :func:`index_sim_one`
-    of each pair (float64), computed once per distinct pair of keys: a layer's groups share
-    one key, so a 100k-tensor checkpoint has far fewer distinct pairs than pairs."""
+    of each pair (float64), as array arithmetic (:class:`IndexColumns`; a caller that asks
+    often keeps the columns of each side)."""
     if len(ga) == 0:
         return np.zeros(0, np.float64)
-    ca, ua = codes(keys_a)
-    cb, ub = codes(keys_b)
-    uniq, back = np.unique(ca[ga] * len(ub) + cb[gb], return_inverse=True)
-    ka, kb = np.divmod(uniq, len(ub))
-    (la, pa, ra), (lb, pb, rb) = _index_columns(ua), _index_columns(ub)
-    # index_sim_one on arrays: neighbouring blocks make many distinct pairs of keys
-    la, lb, pa, pb = la[ka], lb[kb], pa[ka], pb[kb]
-    depth = min(ra.shape[1], rb.shape[1])
-    slots = np.arange(depth)[None, :] < la[:, None]
-    eq = ((ra[ka, :depth] == rb[kb, :depth]) & slots).sum(axis=1)
-    same_len = la == lb
-    vals = np.where(pa == pb, 0.8, 0.2)
-    vals = np.where(same_len, 0.5 * eq / np.maximum(la, 1), vals)
-    vals = np.where((la == 0) != (lb == 0), 0.5, vals)
-    vals = np.where(same_len & (eq == la), 1.0, vals)
-    return vals[back.reshape(-1)]
-
-
-def _index_columns(keys: list[IndexKey]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct index keys → (depth of each, primary index of each, ranks padded with 0)."""
-    depth = np.array([len(r) for r, _ in keys], np.int64)
-    primary = np.array([p for _, p in keys], np.int64)
-    ranks = np.zeros((len(keys), int(depth.max(initial=0))), np.int64)
-    for n, (r, _) in enumerate(keys):
-        ranks[n, : len(r)] = r
-    return depth, primary, ranks
+    return IndexColumns(keys_a).similarity(IndexColumns(keys_b), ga, gb)
 
 
 def index_sim(a: list[IndexKey], b: list[IndexKey]) -> np.ndarray:

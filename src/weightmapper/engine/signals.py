@@ -36,7 +36,7 @@ import numpy as np
 
 from weightmapper.engine.index_map import index_agreement
 from weightmapper.engine.names import similarity_matrix
-from weightmapper.engine.primitives import codes, increasing, index_sim, index_sim_pairs
+from weightmapper.engine.primitives import codes, increasing, index_sim
 from weightmapper.engine.shapes import shape_relation
 from weightmapper.engine.state import MatchState
 
@@ -75,7 +75,7 @@ def name_signal(
         cos = st.key_space.pairwise(rows_s, cols_t)
         fz = st.key_space.ratio_pairs(rows_s, cols_t)
         gs, gt = s.group[rows_s], t.group[cols_t]
-        plain = index_sim_pairs(s.group_index_key, t.group_index_key, gs, gt)
+        plain = st.s_index.similarity(st.t_index, gs, gt)
         idx = index_agreement(st, gs, gt, plain, matrix=False)
     lexical = NAME_MIX[0] * cos + NAME_MIX[1] * fz + NAME_MIX[2] * idx
     s_func, t_func = st.s_func[rows_s], st.t_func[cols_t]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from weightmapper.engine.columns import IndexColumns
 from weightmapper.engine.families import (
     STRICT_ROLES,
     allowed_pairs,
@@ -106,6 +107,13 @@ class MatchState:
         self.s: Side = drop_tokens(src, drop_s)
         self.t: Side = drop_tokens(tgt, drop_t)
         self.key_space = TokenSpace(self.s.tokens, self.t.tokens)
+        self.s_index = IndexColumns(self.s.group_index_key)
+        self.t_index = (
+            self.s_index
+            if self.t.group_index_key is self.s.group_index_key
+            else IndexColumns(self.t.group_index_key)
+        )
+        """Each side's group index keys as arrays (the ``index`` agreement of many pairs)."""
         self.group_space = TokenSpace(self.s.group_tokens, self.t.group_tokens)
         self.parent_space = TokenSpace(s_parent, t_parent)
         self.s_parent_empty = np.array([not p for p in s_parent], bool)
