@@ -223,6 +223,9 @@ def update_anchors(st: MatchState) -> None:
     Only pairs whose names agree serve as anchors (when there are enough of them), so a
     pair matched on shape alone never vouches for its own position.
     """
+    if st.anchors_for is not None and np.array_equal(st.anchors_for, st.s_match):
+        return  # no pair changed since the anchors were last read: they are the same
+    st.anchors_for = st.s_match.copy()
     rows = np.nonzero(st.s_match >= 0)[0]
     if not len(rows):
         return

@@ -130,6 +130,8 @@ class MatchState:
         # (see signals.update_anchors and signals.update_coherence).
         self.anchor_x = np.array([0.0, 1.0])
         self.anchor_y = np.array([0.0, 1.0])
+        self.anchors_for: np.ndarray | None = None
+        """The source matches the anchors were last read from (None: not read yet)."""
         self.chain_anchors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         """Chain of numbered siblings → its own anchors (source positions, target positions),
         for a sorted checkpoint, whose positions compare only within one chain."""
