@@ -34,36 +34,28 @@ def collect_pairs(st: MatchState) -> tuple[list[Proposal], dict[str, dict[str, s
     src_idx = np.array(sorted(st.rec), dtype=np.int64)
     tgt_idx = st.s_match[src_idx] if len(src_idx) else np.zeros(0, np.int64)
     breakdowns = pair_signals(st, src_idx, tgt_idx)
+    s, t = st.s, st.t
+    s_type = [s.group_type[g] for g in s.group[src_idx].tolist()]
+    t_type = [t.group_type[g] for g in t.group[tgt_idx].tolist()]
     proposals = []
-    for n, i in enumerate(src_idx):
-        i = int(i)
-        j = int(tgt_idx[n])
+    for i, j, bd, source_type, target_type in zip(
+        src_idx.tolist(), tgt_idx.tolist(), breakdowns, s_type, t_type, strict=True
+    ):
         rel, stage, group, structure, follows = st.rec[i]
-        bd = breakdowns[n]
         bd["structure"] = structure
         bd["shape"] = rel.score
-        # Square matrices: parameter names (a Flax/Keras ``kernel`` is (in, out)) can
-        # settle a layout that shapes cannot.
-        transform, confidence = refine_by_param_names(
-            rel.transform, rel.confidence, st.s.keys[i], st.t.keys[j],
-            st.s.shape[i], st.t.shape[j],
-            source_type=st.s.group_type[st.s.group[i]],
-            target_type=st.t.group_type[st.t.group[j]],
-        )  # fmt: skip
-        proposals.append(
-            Proposal(
-                source=st.s.keys[i],
-                target=st.t.keys[j],
-                breakdown=bd,
-                transform=transform,
-                stage=stage,
-                group=group,
-                confidence=confidence,
-                source_shape=st.s.shape[i],
-                target_shape=st.t.shape[j],
-                follows=st.s.keys[follows] if follows >= 0 else None,
-            )
-        )
+        source, target = s.keys[i], t.keys[j]
+        transform, confidence = rel.transform, rel.confidence
+        if len(s.shape[i]) == 2 and (source.endswith("kernel") or target.endswith("kernel")):
+            # Square matrices: parameter names (a Flax/Keras ``kernel`` is (in, out)) can
+            # settle a layout that shapes cannot.
+            transform, confidence = refine_by_param_names(
+                transform, confidence, source, target, s.shape[i], t.shape[j],
+                source_type=source_type, target_type=target_type,
+            )  # fmt: skip
+        lead = s.keys[follows] if follows >= 0 else None
+        args = (bd, transform, stage, group, confidence, s.shape[i], t.shape[j], lead)
+        proposals.append(Proposal(source, target, *args))
     tied = {"source": _tied(st.s, st.s_match), "target": _tied(st.t, st.t_match)}
     return proposals, tied
 

@@ -11,7 +11,7 @@ STRUCTURE_EXACT = 1.0
 
 def stage_exact(st: MatchState) -> None:
     """MatchState → identical keys with compatible shapes paired."""
-    t_raw = {k: j for j, k in enumerate(st.t.keys)}
+    t_raw = st.t.index
     t_strip = {k: j for j, k in enumerate(st.t.stripped)}
     rows, cols = [], []
     for i, key in enumerate(st.s.keys):
