@@ -79,7 +79,11 @@ def record_block_shifts(proposals: list[Proposal]) -> None:
     src = numbered_blocks([p.source for p in lead])
     tgt = numbered_blocks([p.target for p in lead])
     pairs = [(p, src[p.source], tgt[p.target]) for p in lead if p.source in src and p.target in tgt]
-    crossing = _crossing([(("s", s[0]), ("t", t[0])) for _, s, t in pairs])
+    # every pair of one block pair is one link: the groups depend on the distinct links only
+    links = dict.fromkeys((("s", s[0]), ("t", t[0])) for _, s, t in pairs)
+    crossing = _crossing(list(links))
+    if not crossing:
+        return  # no group of blocks crosses both ways: nothing shifted, nothing to mark
     shifted: set[tuple[str, str]] = set()
     for side, label in ((0, "s"), (1, "t")):  # source blocks split, target blocks merged
         reach: dict[str, set[str]] = defaultdict(set)
