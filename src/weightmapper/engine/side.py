@@ -201,10 +201,7 @@ def prepare_side(inv: Inventory) -> Side:
     ]
     ranked = [granked[g] for g in group_of]
     gtypes = [inv.groups[p].module_type for p in group_paths]
-    gfam = [
-        type_family(t) or guess_family({k: v.shape for k, v in inv.groups[p].tensors.items()})
-        for t, p in zip(gtypes, group_paths, strict=True)
-    ]
+    gfam = _families(inv, group_paths, gtypes)
     n_g = len(group_paths)
     gpos = np.arange(n_g, dtype=np.float64) / max(1, n_g - 1)
     chains = _numbered_siblings(group_paths)
@@ -240,6 +237,22 @@ def prepare_side(inv: Inventory) -> Side:
         group_linked=_linked(group_paths) if inv.sorted_keys else np.ones(n_g, dtype=bool),
         tied_to=tied_to,
     )
+
+
+def _families(inv: Inventory, paths: list[str], types: list[str | None]) -> list[str | None]:
+    """Inventory + its group paths + their module types → each group's module family: from
+    its type, else guessed from its local names and shapes (once per distinct set of them)."""
+    guessed: dict[tuple, str | None] = {}
+    out: list[str | None] = []
+    for t, p in zip(types, paths, strict=True):
+        fam = type_family(t)
+        if not fam:
+            shapes = tuple((k, v.shape) for k, v in inv.groups[p].tensors.items())
+            if shapes not in guessed:
+                guessed[shapes] = guess_family(dict(shapes))
+            fam = guessed[shapes]
+        out.append(fam)
+    return out
 
 
 def _numbered_siblings(paths: list[str]) -> np.ndarray:
