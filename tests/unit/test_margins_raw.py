@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from weightmapper.engine.margins import MARGIN_SIGNALS, _raw, _raw_many
+from weightmapper.engine.margins import MARGIN_SIGNALS, _raw_many
+
+
+def _raw(bd: dict[str, float], w: dict[str, float], total: float) -> float:
+    """One pair's raw score as plain Python arithmetic (the reference)."""
+    if total <= 0:
+        return float(bd.get("shape", 0.0))
+    return sum(w[k] * float(bd.get(k, 0.0)) for k in w) / total
 
 
 def test_raw_many_equals_raw_bit_for_bit() -> None:
