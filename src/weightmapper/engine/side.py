@@ -23,6 +23,7 @@ from weightmapper.engine.names import (
 )
 from weightmapper.engine.shapes import shape_bucket
 from weightmapper.inventory import LEARNED_NAMES, Inventory, tensor_is_buffer
+from weightmapper.tensor_info import TensorInfo
 
 
 @dataclass
@@ -183,10 +184,8 @@ def prepare_side(inv: Inventory) -> Side:
     infos = [inv.tensors[k] for k in keys]
     shapes = [tuple(i.shape) for i in infos]
     locals_ = [k.rpartition(".")[2] for k in keys]
-    stat = [
-        tensor_is_buffer(info) and local not in LEARNED_NAMES and not _table_buffer(info)
-        for info, local in zip(infos, locals_, strict=True)
-    ]
+    stat = _stat_buffers(infos, locals_)
+    local_roles = {loc: local_role(loc) for loc in dict.fromkeys(locals_)}
     gstripped = [p[len(prefix) :] if (p + ".").startswith(prefix) else p for p in group_paths]
     gparts = [split_module(p) for p in gstripped]
     gtemplates = [gp.template for gp in gparts]
@@ -216,7 +215,7 @@ def prepare_side(inv: Inventory) -> Side:
         stripped=stripped,
         shape=shapes,
         bucket=[_bucket(s) for s in shapes],
-        role=[local_role(loc) for loc in locals_],
+        role=[local_roles[loc] for loc in locals_],
         stat_buffer=stat,
         group=np.asarray(group_of, dtype=np.int64),
         tokens=tokens,
@@ -311,6 +310,26 @@ def _ordinal_shapes(paths: list[str]) -> list[list[str]]:
 _TRAILING = re.compile(r"\d+$")
 """A component's trailing number (``conv2``, ``3``): an index; numbers inside a name
 (``branch5x5``, ``conv2d``) are part of it."""
+
+
+def _stat_buffers(infos: list[TensorInfo], locals_: list[str]) -> list[bool]:
+    """TensorInfos + their local names → for each, True for a buffer that holds no learned
+    values: a buffer (known, or guessed from its local name) not named like a learned
+    tensor and not a float table (:func:`_table_buffer`). Decided once per distinct
+    (buffer flag, local names, dtype, 2-D table shape or not)."""
+    seen: dict[tuple, bool] = {}
+    out = []
+    for info, local in zip(infos, locals_, strict=True):
+        shape = info.shape
+        own = info.name.rpartition(".")[2]  # what tensor_is_buffer guesses from
+        key = (info.is_buffer, own, local, info.dtype, len(shape) == 2 and min(shape) > 1)
+        found = seen.get(key)
+        if found is None:
+            found = seen[key] = (
+                tensor_is_buffer(info) and local not in LEARNED_NAMES and not _table_buffer(info)
+            )
+        out.append(found)
+    return out
 
 
 def _table_buffer(info) -> bool:  # type: ignore[no-untyped-def]
