@@ -39,26 +39,23 @@ def numbered_blocks(keys: list[str]) -> dict[str, tuple[str, int]]:
             if part not in numbered:
                 m = _NUMBERED.match(part)
                 numbered[part] = None if m is None else (m.group(1) or "", m.group(2))
-    # each numbered part of each module: (its parent path, its path, stem, number)
-    found_in: dict[str, list[tuple[str, str, str, str]]] = {}
+    # each numbered part of each module: (its position, stem, number)
+    found_in: dict[str, list[tuple[int, str, str]]] = {}
     stems: dict[tuple[str, str], set[str]] = defaultdict(set)
     for module, parts in split.items():
-        hits = found_in[module] = []
-        parent = ""
-        for n, part in enumerate(parts):
-            path = f"{parent}.{part}" if n else part
-            found = numbered[part]
-            if found is not None:
-                hits.append((parent, path, *found))
-                if found[0]:
-                    stems[(parent, found[0])].add(found[1])
-            parent = path
+        hits = found_in[module] = [
+            (n, *found) for n, part in enumerate(parts) if (found := numbered[part]) is not None
+        ]
+        for n, stem, number in hits:
+            if stem:
+                stems[(".".join(parts[:n]), stem)].add(number)
     block_of: dict[str, tuple[str, int]] = {}
     for module, hits in found_in.items():
-        for parent, path, stem, number in hits:
-            if stem and len(stems[(parent, stem)]) < NAMED_SIBLINGS:
+        parts = split[module]
+        for n, stem, number in hits:
+            if stem and len(stems[(".".join(parts[:n]), stem)]) < NAMED_SIBLINGS:
                 continue
-            block_of[module] = (path, int(number))
+            block_of[module] = (".".join(parts[: n + 1]), int(number))
             break
     return {
         key: block_of[module]
