@@ -34,7 +34,6 @@ names agree exactly: a role mismatch needs strong evidence.
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import lru_cache
 
 import numpy as np
 
@@ -127,15 +126,26 @@ def _labels_of(key: str, roles: SideRoles, words: dict[str, tuple[str, str]]) ->
 
 
 def _role_labels(keys: list[str], roles: SideRoles) -> tuple[np.ndarray, list[RoleLabels]]:
-    """Keys of one side + its roles → (code per key, distinct :data:`RoleLabels`)."""
+    """Keys of one side + its roles → (code per key, distinct :data:`RoleLabels`); the
+    module words of each distinct module path are read once."""
     words: dict[str, tuple[str, str]] = {}
     seen: dict[RoleLabels, int] = {}
-    codes = np.fromiter(
-        (seen.setdefault(_labels_of(k, roles, words), len(seen)) for k in keys),
-        np.int64,
-        len(keys),
-    )
-    return codes, list(seen)
+    stacks, named = roles.stacks, roles.roles
+    codes = []
+    for key in keys:  # one loop, no call per key: 100k keys on each side
+        module = key.rpartition(".")[0]
+        found = words.get(module)
+        if found is None:
+            found = words[module] = (
+                _module_word(module, False, False),
+                _module_word(module, True, True),
+            )
+        labels = (stacks.get(key) or found[0], named.get(key), found[1])
+        code = seen.get(labels)
+        if code is None:
+            code = seen[labels] = len(seen)
+        codes.append(code)
+    return np.array(codes, np.int64), list(seen)
 
 
 def name_sorted(inv: Inventory) -> bool:
@@ -179,13 +189,12 @@ def _kind(role: str) -> str:
     return {"xattn": "attn", "moe": "mlp"}.get(kind, kind)
 
 
-@lru_cache(maxsize=4096)
 def _module_word(module: str, kind: bool, own: bool) -> str:
     """Module path + vocabulary (:data:`KIND_WORDS` if ``kind``, else :data:`STACK_WORDS`)
     + own? → the label of the innermost path component in it, or "".
 
     ``own=False`` skips the module's own name (BERT's MLM head calls a layer ``decoder``).
-    A module's weight and bias ask the same question.
+    Callers keep the answer per module (a module's weight and bias ask the same question).
     """
     parts = module.split(".") if module else []
     if not own:
