@@ -79,8 +79,9 @@ class IndexColumns:
 
     def similarity(self, other: IndexColumns, ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
         """Groups of this side + groups of ``other`` (equal length) → index agreement of each
-        pair (float64): 1 equal; 0.5 when one has no indices; for equal depths half the
-        share of equal slots; else 0.8 for an equal primary index, 0.2 otherwise."""
+        pair (float64), :func:`~weightmapper.engine.primitives.index_sim_one` on arrays: 1
+        equal; 0.5 when one has no indices; for equal depths half the share of equal slots;
+        else 0.8 for an equal primary index, 0.2 otherwise."""
         la, lb = self.depth[ga], other.depth[gb]
         depth = min(self.ranks.shape[1], other.ranks.shape[1])
         eq = np.zeros(len(ga), np.int64)  # equal slots within this side's depth

@@ -10,7 +10,6 @@ from collections import Counter
 
 import numpy as np
 
-from weightmapper.engine.columns import IndexColumns
 from weightmapper.engine.side import Side
 
 LSA_MAX_CELLS = 1_000_000
@@ -102,17 +101,6 @@ def index_sim_one(a: IndexKey, b: IndexKey) -> float:
     if len(ra) == len(rb):
         return 0.5 * sum(x == y for x, y in zip(ra, rb, strict=True)) / len(ra)
     return 0.8 if pa == pb else 0.2
-
-
-def index_sim_pairs(
-    keys_a: list[IndexKey], keys_b: list[IndexKey], ga: np.ndarray, gb: np.ndarray
-) -> np.ndarray:
-    """Index keys of each side's groups + one (group, group) per pair → :func:`index_sim_one`
-    of each pair (float64), as array arithmetic (:class:`IndexColumns`; a caller that asks
-    often keeps the columns of each side)."""
-    if len(ga) == 0:
-        return np.zeros(0, np.float64)
-    return IndexColumns(keys_a).similarity(IndexColumns(keys_b), ga, gb)
 
 
 def index_sim(a: list[IndexKey], b: list[IndexKey]) -> np.ndarray:
