@@ -23,7 +23,7 @@ from weightmapper.engine import Candidates, assign, paused_gc, score_inventories
 from weightmapper.errors import MappingError
 from weightmapper.inventory import Inventory
 from weightmapper.progress import stage
-from weightmapper.result import CONFIDENT_SCORE, MappingResult
+from weightmapper.result import CONFIDENT_SCORE, MappingResult, status_of
 from weightmapper.settings import DEFAULT_THRESHOLD, MIN_PROPOSAL, AssignSettings, ScoreSettings
 from weightmapper.tensor_info import TensorInfo
 from weightmapper.trace import trace_execution_order
@@ -220,6 +220,11 @@ class WeightMapper:
         if verify:
             with stage("verify outputs"):
                 self._verify(result)
+        if self.target_module is None and result.status is None:
+            # A checkpoint target cannot be run: the status says what would prove the mapping.
+            result.status = status_of(
+                unmapped_targets=result.get_unmatched()["target"], target_runs=False
+            )
         self.result = result
         return result
 

@@ -167,7 +167,10 @@ def mapping_status(
         return derived
     if own is not None and own.state != "loads_not_proven":
         return own
-    return status_of(validation, None, result.get_unmatched()["target"])
+    unmapped = result.get_unmatched()["target"]
+    if own is not None and validation is None and not unmapped:
+        return own  # its detail may know more, e.g. that the target is only a checkpoint
+    return status_of(validation, None, unmapped)
 
 
 def dumps_report(report: Mapping[str, Any]) -> str:

@@ -109,14 +109,29 @@ class MappingStatus:
         )
 
 
+PROVE_HINT = "give the source module to prove it"
+"""What proves a mapping whose target is a module: running the source beside it."""
+CHECKPOINT_TARGET_HINT = (
+    "the target is a checkpoint, which cannot be run: give the target as a module "
+    "(its architecture) and the source module to prove it"
+)
+"""What proves a mapping whose target is only a checkpoint: nothing runs it as it is."""
+
+
 def status_of(
-    validation: Any = None, functional_check: Any = None, unmapped_targets: Sequence[str] = ()
+    validation: Any = None,
+    functional_check: Any = None,
+    unmapped_targets: Sequence[str] = (),
+    *,
+    target_runs: bool = True,
 ) -> MappingStatus:
     """A load check and an output check (objects or dicts, either may be None) → MappingStatus.
 
     Without either check, ``unmapped_targets`` (target keys the mapping gives no source) decide:
-    a strict load would miss them, so such a mapping does not load.
+    a strict load would miss them, so such a mapping does not load. ``target_runs=False`` (the
+    target is a checkpoint, not a module) makes an unproven status say what would prove it.
     """
+    hint = PROVE_HINT if target_runs else CHECKPOINT_TARGET_HINT
 
     def as_dict(obj: Any) -> Mapping[str, Any] | None:
         return obj.to_dict() if hasattr(obj, "to_dict") else obj
@@ -141,7 +156,7 @@ def status_of(
     if valid:
         return MappingStatus(
             "loads_not_proven",
-            "loads strictly; outputs not compared (give the source module to prove it)",
+            f"loads strictly; outputs not compared ({hint})",
         )
     if unmapped_targets:
         names = sorted(unmapped_targets)
@@ -151,9 +166,7 @@ def status_of(
             "strict load would miss them; map them, or load with strict=False knowing they "
             "keep their initial values",
         )
-    return MappingStatus(
-        "loads_not_proven", "outputs not compared (give the source module to prove it)"
-    )
+    return MappingStatus("loads_not_proven", f"outputs not compared ({hint})")
 
 
 def _number(value: Any) -> str:
