@@ -30,7 +30,7 @@ from torch import nn
 from weightmapper.calls import ModelCall, as_call, main_tensor
 from weightmapper.engine.names import local_tokens
 from weightmapper.errors import ForwardError
-from weightmapper.result import MappingResult, MappingStatus, MatchedPair, MultiPair
+from weightmapper.result import MappingResult, MappingStatus, MatchedPair, MultiPair, shapes_text
 from weightmapper.settings import PROOF_BUDGET
 from weightmapper.transforms import TransformSpec, chain
 from weightmapper.verify import (
@@ -358,8 +358,8 @@ def _status(proof: Proof) -> MappingStatus:
             f"initial values, e.g. {', '.join(proof.unmapped[:3])}; no unused source tensor "
             "fills them"
             + (
-                f"; the outputs differ in shape too (target {proof.output_shapes[0]}, source "
-                f"{proof.output_shapes[1]}): the target computes something the source does not"
+                f"; the outputs differ in shape too ({shapes_text(proof.output_shapes)}): the "
+                "target computes something the source does not"
                 if proof.output_shapes is not None
                 else ""
             ),
@@ -379,8 +379,8 @@ def _status(proof: Proof) -> MappingStatus:
     if proof.output_shapes is not None:
         return MappingStatus(
             "differs",
-            f"the outputs differ in shape: target {proof.output_shapes[0]}, source "
-            f"{proof.output_shapes[1]}; the networks compute different functions",
+            f"the outputs differ in shape ({shapes_text(proof.output_shapes)}); the networks "
+            "compute different functions",
             module=proof.module,
         )
     tried = f"{len(proof.tried_at)} alternative(s) tried there"
@@ -415,6 +415,8 @@ class _Observation:
     """The target's output compared with the source's."""
     shapes_differ: bool = False
     """The two outputs differ in shape: no layout of the weights changes that."""
+    reference_shape: tuple[int, ...] = ()
+    """The source output's shape."""
 
     def check(self, atol: float, rtol: float) -> FunctionalCheck:
         first = f"{self.first_t} (source: {self.first_s})" if self.first_t else None
@@ -429,6 +431,9 @@ class _Observation:
             atol=atol,
             rtol=rtol,
             notes=tuple(self.notes),
+            output_shapes=(tuple(self.output.shape), self.reference_shape)
+            if self.shapes_differ and self.output is not None
+            else None,
         )
 
 
@@ -509,6 +514,7 @@ class _Bench:
             unmapped,
             got.detach().clone(),
             shapes_differ,
+            tuple(self.reference.shape),
         )
 
     def source_computing(self, output: torch.Tensor | None) -> str | None:

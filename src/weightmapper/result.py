@@ -145,9 +145,12 @@ def status_of(
         if check.get("equal"):
             return MappingStatus("proven_equal", diffs)
         where = check.get("first_diverging_target")
+        shapes = check.get("output_shapes")
         return MappingStatus(
             "differs",
-            f"outputs differ: {diffs}"
+            # Outputs of different shapes have no element-wise difference worth printing.
+            (f"the outputs differ in shape ({shapes_text(shapes)})" if shapes else "outputs differ")
+            + ("" if shapes else f": {diffs}")
             + (f"; first differs at {check.get('first_diverging')}" if where is not None else ""),
             module=where,
         )
@@ -167,6 +170,12 @@ def status_of(
             "keep their initial values",
         )
     return MappingStatus("loads_not_proven", f"outputs not compared ({hint})")
+
+
+def shapes_text(shapes: Sequence[Sequence[int]]) -> str:
+    """(target's output shape, source's) → ``target (1, 12), source (1, 10)``."""
+    target, source = shapes
+    return f"target {tuple(target)}, source {tuple(source)}"
 
 
 def _number(value: Any) -> str:

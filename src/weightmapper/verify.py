@@ -20,7 +20,7 @@ from torch import nn
 
 from weightmapper.calls import main_tensor
 from weightmapper.errors import CheckpointFormatError, MappingError
-from weightmapper.result import MappingResult
+from weightmapper.result import MappingResult, shapes_text
 from weightmapper.transforms import IDENTITY, TransformSpec, chain
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class FunctionalCheck:
     rtol: float = 1e-4
     notes: tuple[str, ...] = field(default_factory=tuple)
     """What was noticed on the way (keys the mapping left at their initial values, ...)."""
+    output_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    """When the outputs differ in shape: (target's, source's)."""
 
     def to_dict(self) -> dict[str, Any]:
         """FunctionalCheck → JSON-ready dict."""
@@ -61,6 +63,9 @@ class FunctionalCheck:
             "first_diverging_source": self.first_diverging_source,
             "compared_modules": self.compared_modules,
             "notes": list(self.notes),
+            "output_shapes": None
+            if self.output_shapes is None
+            else [list(shape) for shape in self.output_shapes],
         }
 
     def summary(self) -> str:
@@ -71,6 +76,8 @@ class FunctionalCheck:
             f"(atol {self.atol:g}, rtol {self.rtol:g})"
         )
         lines = [head]
+        if self.output_shapes is not None:
+            lines.append(f"the outputs differ in shape: {shapes_text(self.output_shapes)}")
         if self.first_diverging:
             lines.append(f"first diverging module: {self.first_diverging}")
         elif not self.equal:
@@ -140,8 +147,10 @@ def check_outputs(
             f"target: {type(got).__name__}); return a tensor, tuple, dict or ModelOutput"
         )
     max_abs, max_rel, equal = _compare(got_t, ref_t, atol, rtol)
+    shapes = None
     if tuple(got_t.shape) != tuple(ref_t.shape):
-        notes.append(f"output shapes differ: {tuple(got_t.shape)} vs {tuple(ref_t.shape)}")
+        shapes = (tuple(got_t.shape), tuple(ref_t.shape))
+        notes.append(f"output shapes differ: {shapes[0]} vs {shapes[1]}")
 
     t_to_s = {t: s for s, t in pairs}
     first_t = first_s = None
@@ -166,6 +175,11 @@ def check_outputs(
         first_t, first_s = fallback
         notes.append("no diverging module had matching inputs; naming the first that differs")
     first = f"{first_t} (source: {first_s})" if first_t is not None else None
+    unmapped = _unmapped_module(result, target) if shapes and source is not None else None
+    if first_t is None and unmapped is not None:
+        # Nothing compared differs, yet the output shapes do: the one module the mapping
+        # leaves at its initial values (a resized head, say) is where the networks part.
+        first_t, first = unmapped, f"{unmapped} (not mapped: it keeps its initial values)"
     check = FunctionalCheck(
         max_abs_diff=max_abs,
         max_rel_diff=max_rel,
@@ -177,6 +191,7 @@ def check_outputs(
         atol=atol,
         rtol=rtol,
         notes=tuple(notes),
+        output_shapes=shapes,
     )
     log.info("functional check: %s", check.summary().replace("\n", "; "))
     return check
@@ -323,6 +338,18 @@ def _untied_missing(target: nn.Module, converted: Mapping[str, torch.Tensor]) ->
 
 
 # --- module correspondence -----------------------------------------------------------------
+
+
+def _unmapped_module(result: MappingResult, target: nn.Module) -> str | None:
+    """Mapping + target → the one module holding every floating-point target tensor the
+    mapping gives no source, or None (none, or several such modules)."""
+    state = target.state_dict()
+    modules = {
+        _module_of(k)
+        for k in result.get_unmatched()["target"]
+        if k in state and state[k].is_floating_point()
+    }
+    return modules.pop() if len(modules) == 1 else None
 
 
 def _module_of(key: str) -> str:
