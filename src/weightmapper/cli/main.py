@@ -105,27 +105,61 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return None
 
 
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, what a shell reports for a program stopped by Ctrl-C."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line arguments → exit code; prints our errors as one line on stderr."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = _command_in(argv)
-    parser = build_parser(only=command if command in COMMANDS else "")
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help(sys.stderr)
-        return EXIT_BAD_INPUT
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    """Command-line arguments → exit code; prints our errors, and a Ctrl-C, as one line."""
+    started = False
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        command = _command_in(argv)
+        parser = build_parser(only=command if command in COMMANDS else "")
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help(sys.stderr)
+            return EXIT_BAD_INPUT
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        started = True
         return int(args._run(args))
     except WeightMapperError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(started)
+    except ImportError as e:
+        # Ctrl-C while an extension module initialises surfaces as an ImportError
+        # ("initialization failed") raised from the KeyboardInterrupt: still the user's stop.
+        if not _caused_by_interrupt(e):
+            raise
+        return _interrupted(started)
+
+
+def _interrupted(started: bool) -> int:
+    """Whether the command had started → the exit code of Ctrl-C, after saying so in one line.
+
+    Outputs are written to temporary files and renamed when whole (``weightmapper.atomic``),
+    so a stopped command leaves no file half-written; before it starts, it has written none.
+    """
+    where = "no output left half-written" if started else "nothing written"
+    print(f"interrupted; {where}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _caused_by_interrupt(error: BaseException) -> bool:
+    """Exception → True when a KeyboardInterrupt is among its causes or contexts."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover
