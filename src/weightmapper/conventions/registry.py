@@ -387,10 +387,13 @@ class ConventionSet:
     ) -> tuple[dict[str, KeyRole], list[Identified]]:
         """Keys → (key → role from the best-fitting convention, the conventions tied for best).
 
-        Nothing is returned when no convention explains ``min_coverage`` of the keys.
+        Nothing is returned when no convention explains ``min_coverage`` of the keys. A
+        convention with repeated blocks claims keys only when it explains one block's: a
+        three-layer ``conv1``/``bn1``/``fc`` net shares a ResNet's stem and head names, not
+        its structure.
         """
         tk = _Templated(list(keys))
-        found = self._identify(tk, architectures)
+        found = [f for f in self._identify(tk, architectures) if _sees_a_block(f.convention, tk)]
         if not found or found[0].coverage < min_coverage:
             return {}, []
         first = found[0]
@@ -401,6 +404,21 @@ class ConventionSet:
             and len(f.convention.requires) == len(first.convention.requires)
         ]
         return self._match(best[0].convention, tk), best
+
+
+def _sees_a_block(convention: Convention, tk: _Templated) -> bool:
+    """Convention + templated keys → True when it has no block patterns (``{i}``) or a key's
+    first matching pattern is one: the stem and head names alone are common to many nets."""
+    if not any("{i}" in r.pattern for r in convention.rules):
+        return True
+    for t, rules in tk.rules_by_template(convention).items():
+        if not any("{i}" in r.pattern for r in rules):
+            continue
+        for key in tk.groups[t]:
+            rule = next((r for r in rules if r.raw.fullmatch(key)), None)
+            if rule is not None and "{i}" in rule.pattern:
+                return True
+    return False
 
 
 class _Templated:
