@@ -35,6 +35,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from weightmapper.rope_style import read_rope_style
+
 log = logging.getLogger(__name__)
 
 _VIEWS = frozenset(
@@ -77,8 +79,11 @@ class FlowRole:
     """For attention projections: the size of one head, read at the attention itself (what
     RoPE and per-head row orders need, and what shapes alone cannot tell)."""
     rope: str | None = None
-    """For query and key projections: ``rotate_half`` (halves swapped and negated),
-    ``interleaved`` (pairs of neighbouring rows, Meta's complex multiply) or ``none``."""
+    """For query and key projections: ``rotate_half`` (row i turns with row i + d/2 of its
+    head), ``interleaved`` (rows 2i and 2i + 1), ``none`` (no two rows of a head mix on the way
+    to the attention), or None when the forward pass could not tell (see ``rope_evidence``)."""
+    rope_evidence: str = ""
+    """For query and key projections: what showed the RoPE style, or why it could not be read."""
 
 
 @dataclass
@@ -92,6 +97,11 @@ class _Call:
     module: str = ""
     """Path of the innermost module running when the call was made."""
     index: int = 0
+    func: Any = None
+    """The function called and its arguments, so a stretch of the graph can be run again on
+    other values (:mod:`weightmapper.rope_probe`)."""
+    args: Any = ()
+    kwargs: Any = None
 
 
 @dataclass
@@ -155,7 +165,7 @@ class _Recorder(TorchFunctionMode):
             return out
         module = g.modules[-1] if g.modules else ""
         call = _Call(name, [id(t) for t in flat_in], [id(t) for t in flat_out], params, module)
-        call.index = len(g.calls)
+        call.index, call.func, call.args, call.kwargs = len(g.calls), func, args, kwargs
         g.calls.append(call)
         if any(t in g.live for t in call.inputs):
             g.live.update(call.outputs)
@@ -256,7 +266,10 @@ class _Flow:
         self.role: dict[int, tuple[str, str]] = {}  # call index → (role, evidence)
         self.stack: dict[int, str] = {}
         self.head_dim: dict[int, int] = {}
-        self.rope: dict[int, str] = {}
+        self.rope: dict[int, tuple[str | None, str]] = {}
+        """Call index → (RoPE style or None, what showed it or why not)."""
+        self.rope_read: dict[tuple[Any, ...], tuple[str | None, str]] = {}
+        """Stretches already read (calls' names, shapes, head size) → their answer."""
 
     # -- graph walking ----------------------------------------------------------------------
     def param_use(self, c: _Call) -> bool:
@@ -366,8 +379,23 @@ def _operand_of_matmul(flow: _Flow, mm: _Call, position: int) -> set[int]:
     return flow.back(ins[position]) if len(ins) > position else set()
 
 
-def _attentions(flow: _Flow) -> list[tuple[set[int], set[int], set[int], int, int]]:
-    """→ [(query uses, key uses, value uses, index of the result's call, head size)]."""
+@dataclass(frozen=True)
+class _Attention:
+    """One attention found in the graph: the parameter uses feeding each operand."""
+
+    q: set[int]
+    k: set[int]
+    v: set[int]
+    result: int
+    """Index of the call whose output is the attention's result."""
+    head: int
+    q_operand: int
+    """Id of the tensor the query arrives as (after RoPE)."""
+    k_operand: int
+
+
+def _attentions(flow: _Flow) -> list[_Attention]:
+    """→ every attention: its query, key and value uses, result, head size and operands."""
     g = flow.g
     found = []
     for c in g.calls:
@@ -375,9 +403,8 @@ def _attentions(flow: _Flow) -> list[tuple[set[int], set[int], set[int], int, in
             ins = flow.data_inputs(c)
             if len(ins) >= 3:
                 head = int(g.tensors[ins[0]].shape[-1])
-                found.append(
-                    (flow.back(ins[0]), flow.back(ins[1]), flow.back(ins[2]), c.index, head)
-                )
+                q, k, v = (flow.back(t) for t in ins[:3])
+                found.append(_Attention(q, k, v, c.index, head, ins[0], ins[1]))
         elif c.name in _SOFTMAX:
             # scores = q @ k^T (scaled, masked) → softmax → @ v
             scores = _nearest(flow, flow.data_inputs(c)[0], _MATMUL)
@@ -388,34 +415,40 @@ def _attentions(flow: _Flow) -> list[tuple[set[int], set[int], set[int], int, in
             q, k = _operand_of_matmul(flow, qk, 0), _operand_of_matmul(flow, qk, 1)
             v = _operand_of_matmul(flow, after[0], 1)
             if q and k:
-                head = int(g.tensors[flow.data_inputs(qk)[0]].shape[-1])
-                found.append((q, k, v, after[0].index, head))
+                ins = flow.data_inputs(qk)
+                head = int(g.tensors[ins[0]].shape[-1])
+                found.append(_Attention(q, k, v, after[0].index, head, ins[0], ins[1]))
     return found
 
 
-def _rope_style(flow: _Flow, ci: int) -> str:
-    """A query/key projection → how RoPE rotates its rows on the way to the attention.
+def _rope_style(flow: _Flow, ci: int, operand: int, head: int) -> tuple[str | None, str]:
+    """A query/key projection + the attention operand it reaches + the head size → (how RoPE
+    turns its rows: ``rotate_half``, ``interleaved``, ``none``, or None; what showed it).
 
-    Rotate-half negates one half and concatenates (``cat(-x2, x1)``); the interleaved form
-    pairs neighbouring rows (a last axis of 2, or a complex view, as Meta's code does).
+    The calls between the projection's output and the operand are run again on probes
+    (:func:`weightmapper.rope_style.read_rope_style`); stretches made of the same calls on
+    the same shapes (every layer of a stack) are read once.
     """
     g = flow.g
-    names: set[str] = set()
-    pairs = False
+    start = g.calls[ci].outputs[0]
+    if start == operand:
+        return "none", "the projection is the attention's operand as it is"
 
     def follow(c: _Call) -> bool:
-        return not c.params and c.name not in _MATMUL | _SDPA | _SOFTMAX
+        return c.name not in _MATMUL | _SDPA | _SOFTMAX
 
-    for c in flow.downstream(g.calls[ci].outputs, follow, limit=200):
-        if follow(c):
-            names.add(c.name)
-            shape = g.tensors[c.outputs[0]].shape
-            pairs |= c.name in _VIEWS and len(shape) >= 2 and shape[-1] == 2
-    if pairs or "view_as_complex" in names:
-        return "interleaved"
-    if "neg" in names or "__neg__" in names:
-        return "rotate_half"
-    return "none"
+    reached: set[int] = set()
+    down = {c.index for c in flow.downstream([start], follow, limit=400, seen=reached)}
+    if operand not in reached:
+        return None, "RoPE style not read: the operand is not computed from the projection alone"
+    chain = sorted(
+        {c.index for c in flow.upstream([operand], lambda c: c.inputs, 400) if c.index in down}
+    )
+    calls = [g.calls[i] for i in chain]
+    key = (tuple(c.name for c in calls), tuple(g.tensors[start].shape), head)
+    if key not in flow.rope_read:
+        flow.rope_read[key] = read_rope_style(calls, g.tensors[start], operand, head)
+    return flow.rope_read[key]
 
 
 def _nearest(flow: _Flow, tensor: int, names: frozenset[str], limit: int = 50) -> int | None:
@@ -431,11 +464,14 @@ def _unless_params(flow: _Flow) -> Callable[[_Call], list[int]]:
 
 def _label_attention(flow: _Flow) -> None:
     g = flow.g
-    for q, k, v, result, head in _attentions(flow):
+    for att in _attentions(flow):
+        q, k, v, result, head = att.q, att.k, att.v, att.result, att.head
         for ci in q | k | v:
             flow.head_dim.setdefault(ci, head)
         for ci in q | k:
-            flow.rope.setdefault(ci, _rope_style(flow, ci))
+            if ci not in flow.rope:
+                operand = att.q_operand if ci in q else att.k_operand
+                flow.rope[ci] = _rope_style(flow, ci, operand, head)
         fused = q & k
         q_in = {t for ci in q for t in flow.data_inputs(g.calls[ci])}
         k_in = {t for ci in k for t in flow.data_inputs(g.calls[ci])}
@@ -901,7 +937,8 @@ def dataflow_roles(module: nn.Module, example: Any) -> dict[str, FlowRole]:
         for name in _names_of_call(flow, graph.calls[ci]):
             role = _moe(flow, graph.calls[ci], role)
             head = flow.head_dim.get(ci) if role.startswith(("attn.", "xattn.")) else None
-            out.setdefault(name, FlowRole(role, "main", why, head, flow.rope.get(ci)))
+            rope, rope_why = flow.rope.get(ci, (None, ""))
+            out.setdefault(name, FlowRole(role, "main", why, head, rope, rope_why))
     return out
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from weightmapper.conventions import ConventionSet, Layout, load_conventions
 from weightmapper.dataflow import FlowRole
+from weightmapper.rope_style import ROTATING
 from weightmapper.transforms import TransformSpec
 
 EQUIVALENT: tuple[frozenset[str], ...] = (
@@ -38,14 +40,22 @@ class SideRoles:
     """Attention projection key → size of one head (dataflow only)."""
     rope: dict[str, str] = field(default_factory=dict)
     """Query/key projection key → ``rotate_half``, ``interleaved`` or ``none``."""
-    rope_proven: bool = False
-    """True when the RoPE layout was read from a forward pass, not assumed from a name."""
+    rope_read: dict[str, str] = field(default_factory=dict)
+    """Query/key projection key → what its forward pass showed of RoPE (the style is then read,
+    not assumed from a name)."""
+    rope_unread: dict[str, str] = field(default_factory=dict)
+    """Query/key projection key → why its forward pass could not tell RoPE's style."""
     layout: Layout | None = None
     """The convention's layout when one convention (or several that agree) fits."""
     source: str = ""
     """``dataflow``, ``convention <name>`` or ``conventions <a>|<b>`` (a tie) or empty."""
     named: frozenset[str] = frozenset()
     """Keys whose role a naming convention gave (a forward pass did not override it)."""
+
+    @property
+    def rope_proven(self) -> bool:
+        """True when a forward pass read the RoPE style of some query/key projection."""
+        return bool(self.rope_read)
 
 
 def side_roles(
@@ -76,6 +86,8 @@ def side_roles(
         k: layout.rope for k, r in roles.items() if layout and r in ("attn.q", "attn.k", "attn.qkv")
     }
     head_dim: dict[str, int] = dict(head_dims or {})
+    read: dict[str, str] = {}
+    unread: dict[str, str] = {}
     flow = flow or {}
     if flow:
         source = "dataflow" + (f" + {source}" if source else "")
@@ -85,13 +97,17 @@ def side_roles(
                 head_dim[k] = f.head_dim
             if f.rope:
                 rope[k] = f.rope
+                read[k] = f.rope_evidence or "read from the forward pass"
+            elif f.rope_evidence:
+                unread[k] = f.rope_evidence
     return SideRoles(
         named=frozenset(k for k in named if k not in flow),
         roles=roles,
         stacks=stacks,
         head_dim=head_dim,
         rope=rope,
-        rope_proven=any(f.rope for f in flow.values()),
+        rope_read=read,
+        rope_unread=unread,
         layout=layout,
         source=source,
     )
@@ -160,6 +176,18 @@ def stacks_conflict(a: str | None, b: str | None) -> bool:
     return bool(a and b and a != b and {a, b} <= {"encoder", "decoder", "vision", "text"})
 
 
+class LayoutChoice(NamedTuple):
+    """The row permutation one pair needs between its two layouts, and what it rests on."""
+
+    spec: TransformSpec | None
+    """The permutation, or None when the rows stay as they are."""
+    note: str = ""
+    """What proved the layouts, what was assumed, or why nothing could be done."""
+    assumed: bool = False
+    """True when a layout came from names only (or could not be read): another layout fits
+    the same names, so the pair is never a confident one."""
+
+
 def layout_transform(
     role: str,
     src_key: str,
@@ -167,55 +195,84 @@ def layout_transform(
     src: SideRoles,
     tgt: SideRoles,
     rows: int = 0,
-) -> tuple[TransformSpec | None, str]:
-    """A one-to-one pair (its role, keys, both sides, the tensor's rows) → (the row permutation
-    its two layouts need, a note). Query/key projections follow RoPE's layout; a fused q/k/v
-    follows the row order of its parts (:data:`weightmapper.conventions.LAYOUT_CHOICES`).
+) -> LayoutChoice:
+    """A one-to-one pair (its role, keys, both sides, the tensor's rows) → the row permutation
+    its two layouts need, with a note and whether a layout was assumed. Query/key projections
+    follow RoPE's layout; a fused q/k/v follows the row order of its parts
+    (:data:`weightmapper.conventions.LAYOUT_CHOICES`).
 
-    The note is empty when both layouts are known and equal; it says what was assumed when
-    one side's layout comes from a name only, and why nothing could be done when the head
-    size is unknown.
+    The note says what proved a permutation when both forward passes read their styles, what
+    was assumed when a style comes from a name only, and why nothing could be done when the
+    head size is unknown or a forward pass could not read a style.
     """
     if role == "attn.qkv":
         return _qkv_rows(src_key, tgt_key, src, tgt, rows)
     if role not in ("attn.q", "attn.k"):
-        return None, ""
+        return LayoutChoice(None)
     a, b = src.rope.get(src_key), tgt.rope.get(tgt_key)
-    if not a or not b or a == b or "none" in (a, b):
-        if a and b and a != b and "none" in (a, b):
-            return None, f"RoPE layouts differ ({a} → {b}); the rows are kept as they are"
-        return None, ""
+    if not a or not b:
+        return _unread(a, b, src.rope_unread.get(src_key), tgt.rope_unread.get(tgt_key))
+    if a == b:
+        return LayoutChoice(None)
+    if "none" in (a, b):
+        return LayoutChoice(None, f"RoPE layouts differ ({a} → {b}); the rows are kept as they are")
     head = tgt.head_dim.get(tgt_key) or src.head_dim.get(src_key)
-    assumed = "" if (src.rope_proven and tgt.rope_proven) else (
-        f"layout assumed from names: RoPE {a} → {b}; give the source module to prove it"
-    )  # fmt: skip
     if not head:
-        return None, (
+        return LayoutChoice(
+            None,
             f"RoPE layouts differ ({a} → {b}) but the head size is unknown; give the target "
-            "as a module with an input so it can be read"
+            "as a module with an input so it can be read",
         )
-    return TransformSpec("rope_permute", {"head_dim": int(head), "to": b}), assumed
+    spec = TransformSpec("rope_permute", {"head_dim": int(head), "to": b})
+    seen_a, seen_b = src.rope_read.get(src_key), tgt.rope_read.get(tgt_key)
+    if seen_a and seen_b:
+        return LayoutChoice(
+            spec,
+            f"RoPE {a} → {b}, read from both forward passes (source: {seen_a}; target: {seen_b})",
+        )
+    why_a, why_b = src.rope_unread.get(src_key), tgt.rope_unread.get(tgt_key)
+    if why_a or why_b:  # a module was given, but its forward pass did not show the style
+        side, why = ("source", why_a) if why_a else ("target", why_b)
+        tail = f"the {side}'s forward pass did not show it ({why})"
+    elif seen_a:
+        tail = "give the target module and an input to prove it"
+    else:
+        tail = "give the source module to prove it"
+    return LayoutChoice(spec, f"layout assumed from names: RoPE {a} → {b}; {tail}", True)
+
+
+def _unread(a: str | None, b: str | None, why_a: str | None, why_b: str | None) -> LayoutChoice:
+    """A q/k pair whose style one side did not give → nothing, or a note saying which forward
+    pass could not read it when the other side's rows turn (the rows are kept as they are)."""
+    if a in ROTATING and not b and why_b:
+        return LayoutChoice(None, f"target's {why_b}; source RoPE {a}, rows kept as they are", True)
+    if b in ROTATING and not a and why_a:
+        return LayoutChoice(None, f"source's {why_a}; target RoPE {b}, rows kept as they are", True)
+    return LayoutChoice(None)
 
 
 def _qkv_rows(
     src_key: str, tgt_key: str, src: SideRoles, tgt: SideRoles, rows: int
-) -> tuple[TransformSpec | None, str]:
+) -> LayoutChoice:
     """A fused q/k/v pair → the permutation between its row orders (per head ↔ [q; k; v])."""
     a = src.layout.qkv if src.layout else None
     b = tgt.layout.qkv if tgt.layout else None
     if not a or not b or a == b or "separate" in (a, b):
-        return None, ""
+        return LayoutChoice(None)
     head = tgt.head_dim.get(tgt_key) or src.head_dim.get(src_key)
     if {a, b} == {"per_head", "concat"} and head and rows and rows % (3 * head) == 0:
         to = "concat" if b == "concat" else "interleaved"
         spec = TransformSpec(
             "interleave_heads", {"heads": rows // (3 * head), "parts": 3, "to": to}
         )
-        return spec, (
+        return LayoutChoice(
+            spec,
             f"layout assumed from names: fused q/k/v rows {a} → {b}, from the libraries' naming "
-            "conventions; give both modules and an input to prove it"
+            "conventions; give both modules and an input to prove it",
+            assumed=True,
         )
-    return None, (
+    return LayoutChoice(
+        None,
         f"fused q/k/v rows are {a} in the source and {b} in the target; the head sizes are "
-        "not known, so the rows are kept as they are: give both modules and an input to prove it"
+        "not known, so the rows are kept as they are: give both modules and an input to prove it",
     )

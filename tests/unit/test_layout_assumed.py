@@ -1,7 +1,7 @@
 """A layout names cannot reveal is an assumption written on the pair: a Meta-named checkpoint
 read alone gets the RoPE row permutation, says so, and is ``ambiguous`` (a re-implementation
 under Meta's names may rotate halves); given the source module, the layout is read from its
-forward pass and the pair is right and ``high`` either way."""
+forward pass, the pair is right and ``high`` either way and says what showed the layouts."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def test_given_the_source_module_the_layout_is_read_and_the_pair_is_high(
     result = WeightMapper(source, target, dummy_input=x).suggest_mapping()
     for key in ("q.weight", "k.weight"):
         pair = result.pair(key)
-        assert pair.note == "" and pair.confidence == "high"
+        assert pair.confidence == "high" and "assumed" not in pair.note
+        proved = "RoPE interleaved → rotate_half, read from both forward passes (source: rows "
+        assert pair.note.startswith(proved) if interleaved else pair.note == ""
         assert pair.transform.name == ("rope_permute" if interleaved else "identity")
     target.load_state_dict(result.convert(source.state_dict()), strict=True)
     torch.testing.assert_close(target(x), source(x), rtol=1e-5, atol=1e-5)

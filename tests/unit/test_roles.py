@@ -66,20 +66,56 @@ def test_rope_layouts_that_differ_get_the_row_permutation_and_say_what_was_assum
     src = side_roles(META)  # interleaved, from names only
     tgt = side_roles(HF, {"model.layers.0.self_attn.q_proj.weight": FlowRole("attn.q", head_dim=8,
                                                                               rope="rotate_half")})  # fmt: skip
-    spec, note = layout_transform(
+    spec, note, assumed = layout_transform(
         "attn.q", "layers.0.attention.wq.weight", "model.layers.0.self_attn.q_proj.weight", src, tgt
     )
     assert spec is not None and spec.name == "rope_permute"
     assert spec.params == {"head_dim": 8, "to": "rotate_half"}
-    assert "assumed" in note and "source module" in note
+    assert "assumed" in note and "source module" in note and assumed
     # no head size anywhere: nothing is done, and the note says why
-    spec, note = layout_transform(
+    spec, note, assumed = layout_transform(
         "attn.q", "layers.0.attention.wq.weight", "model.layers.0.self_attn.q_proj.weight",
         src, side_roles(HF),
     )  # fmt: skip
-    assert spec is None and "head size is unknown" in note
+    assert spec is None and "head size is unknown" in note and not assumed
     # equal layouts, or a value projection: nothing to do, nothing to say
-    assert layout_transform("attn.v", "a", "b", src, tgt) == (None, "")
+    assert layout_transform("attn.v", "a", "b", src, tgt) == (None, "", False)
+
+
+Q_META, Q_HF = "layers.0.attention.wq.weight", "model.layers.0.self_attn.q_proj.weight"
+
+
+def test_rope_layouts_read_from_both_forward_passes_are_proven_and_say_what_showed_them() -> None:
+    src = side_roles(META, {Q_META: FlowRole("attn.q", head_dim=8, rope="interleaved",
+                                             rope_evidence="rows 2i and 2i+1 turn together")})  # fmt: skip
+    tgt = side_roles(HF, {Q_HF: FlowRole("attn.q", head_dim=8, rope="rotate_half",
+                                         rope_evidence="rows i and i+4 turn together")})  # fmt: skip
+    spec, note, assumed = layout_transform("attn.q", Q_META, Q_HF, src, tgt)
+    assert spec is not None and spec.params == {"head_dim": 8, "to": "rotate_half"}
+    assert not assumed and "assumed" not in note
+    assert note == (
+        "RoPE interleaved → rotate_half, read from both forward passes (source: rows 2i and "
+        "2i+1 turn together; target: rows i and i+4 turn together)"
+    )
+
+
+def test_a_style_a_forward_pass_could_not_read_is_said_never_taken_for_none() -> None:
+    why = "RoPE style not read: no two rows of a head turn together at this input"
+    unread = FlowRole("attn.q", head_dim=8, rope=None, rope_evidence=why)
+    read = FlowRole("attn.q", head_dim=8, rope="rotate_half", rope_evidence="rows i and i+4")
+    # names give the source's style: it is assumed, and the note says the pass did not show it
+    src, tgt = side_roles(META, {Q_META: unread}), side_roles(HF, {Q_HF: read})
+    assert Q_META not in src.rope_read and src.rope_unread[Q_META] == why
+    spec, note, assumed = layout_transform("attn.q", Q_META, Q_HF, src, tgt)
+    assert spec is not None and assumed
+    assert note.startswith("layout assumed from names: RoPE interleaved → rotate_half")
+    assert "source's forward pass did not show it" in note
+    # no names to fall back on: the rows stay, and the pair says which pass could not tell
+    bare = ["a.q.weight"]
+    src = side_roles(bare, {"a.q.weight": unread})
+    assert "a.q.weight" not in src.rope
+    spec, note, assumed = layout_transform("attn.q", "a.q.weight", Q_HF, src, tgt)
+    assert spec is None and assumed and note.startswith("source's RoPE style not read")
 
 
 def test_fused_qkv_rows_per_head_become_concatenated_when_the_head_size_is_known() -> None:
@@ -88,11 +124,11 @@ def test_fused_qkv_rows_per_head_become_concatenated_when_the_head_size_is_known
     lit_flow = {"transformer.h.0.attn.qkv.weight": FlowRole("attn.qkv", head_dim=4)}
     src, tgt = side_roles(neox), side_roles(lit, lit_flow)
     assert (src.layout.qkv, tgt.layout.qkv) == ("per_head", "concat")
-    spec, note = layout_transform("attn.qkv", neox[0], lit[0], src, tgt, rows=24)
-    assert spec is not None and spec.name == "interleave_heads"
+    spec, note, assumed = layout_transform("attn.qkv", neox[0], lit[0], src, tgt, rows=24)
+    assert spec is not None and spec.name == "interleave_heads" and assumed
     assert spec.params == {"heads": 2, "parts": 3, "to": "concat"}
     assert "per_head → concat" in note
-    spec, note = layout_transform("attn.qkv", neox[0], lit[0], src, side_roles(lit), rows=24)
+    spec, note, _ = layout_transform("attn.qkv", neox[0], lit[0], src, side_roles(lit), rows=24)
     assert spec is None and "not known" in note
 
 
@@ -112,8 +148,8 @@ def test_a_module_states_its_head_size_without_running() -> None:
     assert inv.head_dims[q] == 8
     assert "model.layers.0.mlp.up_proj.weight" not in inv.head_dims
     tgt = side_roles(inv.tensors, head_dims=inv.head_dims)
-    spec, note = layout_transform(
+    spec, note, assumed = layout_transform(
         "attn.q", "layers.0.attention.wq.weight", q, side_roles(META), tgt
     )
     assert spec is not None and spec.params == {"head_dim": 8, "to": "rotate_half"}
-    assert "assumed" in note
+    assert "assumed" in note and assumed

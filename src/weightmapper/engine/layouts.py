@@ -77,9 +77,11 @@ def settle_role_layouts(
 ) -> list[Proposal]:
     """Proposals + both sides' roles → proposals whose q/k rows follow the target's RoPE layout.
 
-    A pair gets the permutation only when both sides give it one role; what was assumed
-    (a layout read from names, not from a forward pass) is written on the pair, which is then
-    ``ambiguous``: the other layout would fit a checkpoint's names just as well.
+    A pair gets the permutation only when both sides give it one role. What proved it (both
+    forward passes) is written on the pair; so is what was assumed (a layout read from names,
+    or one a forward pass could not show), and the pair is then ``ambiguous``: the other
+    layout would fit the names just as well. A pair whose layouts differ with no permutation
+    to offer (a head size unknown) is ``low``.
     """
     src, tgt = roles
     out = []
@@ -87,14 +89,16 @@ def settle_role_layouts(
         role = src.roles.get(p.source)
         if role and role == tgt.roles.get(p.target):
             rows = p.source_shape[0] if p.source_shape else 0
-            spec, note = layout_transform(role, p.source, p.target, src, tgt, rows)
-            if spec is not None:
-                transform = spec if p.transform.is_identity else chain(p.transform, spec)
-                # a layout read from names only is an assumption: the same pair in the other
-                # layout is as good an answer from a checkpoint alone, so never a confident one
-                confidence = "ambiguous" if note and p.confidence == "high" else p.confidence
-                p = replace(p, transform=transform, note=note, confidence=confidence)
-            elif note:
-                p = replace(p, note=note, confidence="low")
+            choice = layout_transform(role, p.source, p.target, src, tgt, rows)
+            transform = p.transform
+            if choice.spec is not None:
+                transform = choice.spec if transform.is_identity else chain(transform, choice.spec)
+            confidence = p.confidence
+            if choice.assumed and confidence == "high":
+                confidence = "ambiguous"
+            elif choice.spec is None and choice.note and not choice.assumed:
+                confidence = "low"
+            if choice.note or choice.spec is not None:
+                p = replace(p, transform=transform, note=choice.note, confidence=confidence)
         out.append(p)
     return out
