@@ -212,7 +212,16 @@ def layout_transform(
     a, b = src.rope.get(src_key), tgt.rope.get(tgt_key)
     if not a or not b:
         return _unread(a, b, src.rope_unread.get(src_key), tgt.rope_unread.get(tgt_key))
+    why_a, why_b = src.rope_unread.get(src_key), tgt.rope_unread.get(tgt_key)
     if a == b:
+        if why_a or why_b:  # a module was given, its pass showed nothing: the names decided
+            side, why = ("source", why_a) if why_a else ("target", why_b)
+            return LayoutChoice(
+                None,
+                f"layout assumed from names: RoPE {a} on both sides; the {side}'s forward pass "
+                f"did not show it ({why})",
+                assumed=True,
+            )
         return LayoutChoice(None)
     if "none" in (a, b):
         return LayoutChoice(None, f"RoPE layouts differ ({a} → {b}); the rows are kept as they are")
@@ -230,7 +239,6 @@ def layout_transform(
             spec,
             f"RoPE {a} → {b}, read from both forward passes (source: {seen_a}; target: {seen_b})",
         )
-    why_a, why_b = src.rope_unread.get(src_key), tgt.rope_unread.get(tgt_key)
     if why_a or why_b:  # a module was given, but its forward pass did not show the style
         side, why = ("source", why_a) if why_a else ("target", why_b)
         tail = f"the {side}'s forward pass did not show it ({why})"

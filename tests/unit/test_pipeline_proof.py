@@ -22,6 +22,7 @@ from weightmapper.pipeline.batch import run_batch
 from weightmapper.pipeline.config import JobConfig, parse_job
 from weightmapper.pipeline.policy import refusal
 from weightmapper.result import MappingResult
+from weightmapper.targets import build_module
 
 
 def cnn_job(root: Path, **extra: Any) -> JobConfig:
@@ -83,23 +84,24 @@ def test_verify_stage_searches_and_keeps_the_proven_mapping(tmp_path: Path) -> N
 
 
 LLAMA = "weightmapper.examples.llama"
+HIDDEN = "hidden_rope:HiddenRopeLlama"
+"""transformers' names over RoPE on pairs written so no forward pass shows it
+(``tests/hidden_rope.py``): the first pass follows the names and is wrong; the search fixes it."""
 
 
-def llama_job(root: Path, n: int = 2, **extra: Any) -> JobConfig:
-    """Checkpoints trained-like in Meta's layout (RoPE on interleaved pairs) → transformers'
-    layout (rotate-half): names map every tensor, only the outputs show the row order."""
-    from weightmapper.examples.llama import MetaLlama
-
+def llama_job(root: Path, n: int = 2, source: str = HIDDEN, **extra: Any) -> JobConfig:
+    """Checkpoints trained-like in a source architecture (by default one whose RoPE layout the
+    first pass cannot read) → transformers' layout (rotate-half): names map every tensor, only
+    the outputs show the row order."""
     (root / "meta").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        save_file(
-            trained_like(MetaLlama(), seed=i + 1).state_dict(), root / f"meta/m{i}.safetensors"
-        )
+        model = build_module(source)
+        save_file(trained_like(model, seed=i + 1).state_dict(), root / f"meta/m{i}.safetensors")
     data = {
         "name": "llama",
         "store": "store",
         "sources": ["meta/*.safetensors"],
-        "source_module": {"spec": f"{LLAMA}:MetaLlama"},
+        "source_module": {"spec": source},
         "target": {"module": f"{LLAMA}:HFLlama"},
         "dummy_input": {"shape": [2, 16], "dtype": "int64", "kind": "randint", "high": 64},
         "output": {"dir": "out", "naming": "{stem}.safetensors"},
@@ -108,12 +110,12 @@ def llama_job(root: Path, n: int = 2, **extra: Any) -> JobConfig:
     return parse_job(data, base_dir=root)
 
 
-def _outputs_equal(source_path: Path, converted: Path) -> bool:
+def _outputs_equal(source_path: Path, converted: Path, source: str = HIDDEN) -> bool:
     from safetensors.torch import load_file
 
-    from weightmapper.examples.llama import HFLlama, MetaLlama
+    from weightmapper.examples.llama import HFLlama
 
-    src, tgt = MetaLlama().eval(), HFLlama().eval()
+    src, tgt = build_module(source).eval(), HFLlama().eval()
     src.load_state_dict(load_file(str(source_path)))
     tgt.load_state_dict(load_file(str(converted)))
     ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(5))
@@ -142,6 +144,30 @@ def test_the_prove_stage_fixes_the_mapping_and_the_proven_file_is_exported(
         fixes = report["mapping"]["metadata"]["proof"]["fixes"]
         assert fixes and all("rope_permute" in f for f in fixes)
         assert report["mapping"]["status"]["state"] == "proven_equal"
+
+
+def test_a_layout_both_forward_passes_show_is_right_at_first_pass(tmp_path: Path) -> None:
+    """Meta's Llama → transformers': RoPE read on both sides, nothing left for the search."""
+    summary = run_batch(llama_job(tmp_path, n=1, source=f"{LLAMA}:MetaLlama"))
+    item = summary.items[0]
+    assert summary.ok and item.mapping_status == "proven equal" and item.search_fixes == 0
+    assert _outputs_equal(Path(item.source), Path(item.output or ""), f"{LLAMA}:MetaLlama")
+    report = json.loads(Path(item.report or "").read_text())
+    pairs = {p["source"]: p for p in report["mapping"]["pairs"]}
+    q = pairs["layers.0.attention.wq.weight"]
+    assert q["transform"]["name"] == "rope_permute" and q["confidence"] == "high"
+    assert "read from both forward passes" in q["note"]
+
+
+def test_a_layout_the_first_pass_could_not_read_is_said_on_the_pair(tmp_path: Path) -> None:
+    job = llama_job(tmp_path, n=1, checks={"require": "none", "functional": False})
+    item = run_batch(job).items[0]
+    report = json.loads(Path(item.report or "").read_text())
+    pairs = {p["source"]: p for p in report["mapping"]["pairs"]}
+    q = pairs["model.layers.0.self_attn.q_proj.weight"]
+    assert q["transform"]["name"] == "identity" and q["confidence"] == "ambiguous"
+    assert q["note"].startswith("layout assumed from names: RoPE rotate_half on both sides")
+    assert "source's forward pass did not show it" in q["note"]
 
 
 def test_the_proven_mapping_is_cached_and_its_key_follows_what_decides_it(tmp_path: Path) -> None:

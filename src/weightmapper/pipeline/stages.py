@@ -288,7 +288,7 @@ class TraceStage(Stage):
     """
 
     name: ClassVar[str] = "trace"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3  # 3: RoPE's style read by probes, with what showed it
     architecture: ArtifactRef
     module: ModuleSpec
     dummy: InputSpec
@@ -342,10 +342,11 @@ class ScoreStage(Stage):
     """
 
     name: ClassVar[str] = "score"
-    version: ClassVar[int] = 10
+    version: ClassVar[int] = 11
     # 2: roles, layouts; 3: evidence; 4, 5: sorted order; 6: name margin; 7: shifted blocks;
     # 8: lone roles (role_unique), layouts assumed from names are ambiguous
-    # 9: context from anchors; 10: learned index offsets
+    # 9: context from anchors; 10: learned index offsets; 11: RoPE read from both forward
+    # passes is written on the pair, one a forward pass could not read is said
     source: ArtifactRef
     target: ArtifactRef
     source_trace: ArtifactRef | None = None
@@ -382,10 +383,10 @@ class AssignStage(Stage):
     """Score artifact + threshold/strategy → JSON artifact of the MappingResult."""
 
     name: ClassVar[str] = "assign"
-    version: ClassVar[int] = 6
+    version: ClassVar[int] = 7
     # 2: scores are calibrated probabilities; 3: ambiguous by names; 4: shifted blocks;
     # 5: class estimates of lone roles and of layouts assumed from names
-    # 6: context agreement lifts the shape-only cap
+    # 6: context agreement lifts the shape-only cap; 7: RoPE notes
     score: ArtifactRef
     settings: MapperSettings = field(default_factory=MapperSettings)
 
