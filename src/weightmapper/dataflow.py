@@ -35,7 +35,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from weightmapper.rope_style import read_rope_style
+from weightmapper.rope_style import RopeReading, read_rope_style
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,15 @@ class FlowRole:
     """For attention projections: the size of one head, read at the attention itself (what
     RoPE and per-head row orders need, and what shapes alone cannot tell)."""
     rope: str | None = None
-    """For query and key projections: ``rotate_half`` (row i turns with row i + d/2 of its
-    head), ``interleaved`` (rows 2i and 2i + 1), ``none`` (no two rows of a head mix on the way
-    to the attention), or None when the forward pass could not tell (see ``rope_evidence``)."""
+    """For query and key projections: ``rotate_half`` (row i turns with row i + n/2 of the n
+    rows of its head RoPE turns), ``interleaved`` (rows 2i and 2i + 1), ``none`` (no two rows
+    of a head mix on the way to the attention), or None when the forward pass could not tell
+    (see ``rope_evidence``)."""
     rope_evidence: str = ""
     """For query and key projections: what showed the RoPE style, or why it could not be read."""
+    rope_rows: int = 0
+    """For query and key projections whose style was read: the rows of a head RoPE turns
+    (fewer than ``head_dim`` for a partial rotary)."""
 
 
 @dataclass
@@ -266,9 +270,9 @@ class _Flow:
         self.role: dict[int, tuple[str, str]] = {}  # call index → (role, evidence)
         self.stack: dict[int, str] = {}
         self.head_dim: dict[int, int] = {}
-        self.rope: dict[int, tuple[str | None, str]] = {}
-        """Call index → (RoPE style or None, what showed it or why not)."""
-        self.rope_read: dict[tuple[Any, ...], tuple[str | None, str]] = {}
+        self.rope: dict[int, RopeReading] = {}
+        """Call index → what its forward pass shows of RoPE."""
+        self.rope_read: dict[tuple[Any, ...], RopeReading] = {}
         """Stretches already read (calls' names, shapes, head size) → their answer."""
 
     # -- graph walking ----------------------------------------------------------------------
@@ -421,7 +425,7 @@ def _attentions(flow: _Flow) -> list[_Attention]:
     return found
 
 
-def _rope_style(flow: _Flow, ci: int, operand: int, head: int) -> tuple[str | None, str]:
+def _rope_style(flow: _Flow, ci: int, operand: int, head: int) -> RopeReading:
     """A query/key projection + the attention operand it reaches + the head size → (how RoPE
     turns its rows: ``rotate_half``, ``interleaved``, ``none``, or None; what showed it).
 
@@ -432,7 +436,7 @@ def _rope_style(flow: _Flow, ci: int, operand: int, head: int) -> tuple[str | No
     g = flow.g
     start = g.calls[ci].outputs[0]
     if start == operand:
-        return "none", "the projection is the attention's operand as it is"
+        return RopeReading("none", "the projection is the attention's operand as it is", head)
 
     def follow(c: _Call) -> bool:
         return c.name not in _MATMUL | _SDPA | _SOFTMAX
@@ -440,7 +444,9 @@ def _rope_style(flow: _Flow, ci: int, operand: int, head: int) -> tuple[str | No
     reached: set[int] = set()
     down = {c.index for c in flow.downstream([start], follow, limit=400, seen=reached)}
     if operand not in reached:
-        return None, "RoPE style not read: the operand is not computed from the projection alone"
+        return RopeReading(
+            None, "RoPE style not read: the operand is not computed from the projection alone"
+        )
     chain = sorted(
         {c.index for c in flow.upstream([operand], lambda c: c.inputs, 400) if c.index in down}
     )
@@ -937,8 +943,8 @@ def dataflow_roles(module: nn.Module, example: Any) -> dict[str, FlowRole]:
         for name in _names_of_call(flow, graph.calls[ci]):
             role = _moe(flow, graph.calls[ci], role)
             head = flow.head_dim.get(ci) if role.startswith(("attn.", "xattn.")) else None
-            rope, rope_why = flow.rope.get(ci, (None, ""))
-            out.setdefault(name, FlowRole(role, "main", why, head, rope, rope_why))
+            rope = flow.rope.get(ci, RopeReading(None, ""))
+            out.setdefault(name, FlowRole(role, "main", why, head, *rope))
     return out
 
 

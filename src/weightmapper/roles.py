@@ -45,6 +45,9 @@ class SideRoles:
     not assumed from a name)."""
     rope_unread: dict[str, str] = field(default_factory=dict)
     """Query/key projection key → why its forward pass could not tell RoPE's style."""
+    rope_partial: dict[str, int] = field(default_factory=dict)
+    """Query/key projection key → the rows of a head RoPE turns, where a forward pass showed
+    that only part of the head turns (a partial rotary)."""
     layout: Layout | None = None
     """The convention's layout when one convention (or several that agree) fits."""
     source: str = ""
@@ -88,6 +91,7 @@ def side_roles(
     head_dim: dict[str, int] = dict(head_dims or {})
     read: dict[str, str] = {}
     unread: dict[str, str] = {}
+    partial: dict[str, int] = {}
     flow = flow or {}
     if flow:
         source = "dataflow" + (f" + {source}" if source else "")
@@ -98,6 +102,8 @@ def side_roles(
             if f.rope:
                 rope[k] = f.rope
                 read[k] = f.rope_evidence or "read from the forward pass"
+                if f.rope != "none" and f.head_dim and 0 < f.rope_rows < f.head_dim:
+                    partial[k] = f.rope_rows
             elif f.rope_evidence:
                 unread[k] = f.rope_evidence
     return SideRoles(
@@ -108,6 +114,7 @@ def side_roles(
         rope=rope,
         rope_read=read,
         rope_unread=unread,
+        rope_partial=partial,
         layout=layout,
         source=source,
     )
@@ -225,6 +232,13 @@ def layout_transform(
         return LayoutChoice(None)
     if "none" in (a, b):
         return LayoutChoice(None, f"RoPE layouts differ ({a} → {b}); the rows are kept as they are")
+    turned = src.rope_partial.get(src_key) or tgt.rope_partial.get(tgt_key)
+    if turned:
+        return LayoutChoice(
+            None,
+            f"RoPE layouts differ ({a} → {b}) on a partial rotary ({turned} rows of a head "
+            "turn); the rows are kept as they are",
+        )
     head = tgt.head_dim.get(tgt_key) or src.head_dim.get(src_key)
     if not head:
         return LayoutChoice(

@@ -27,7 +27,7 @@ evidence, never a guess.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
@@ -67,20 +67,37 @@ class CallLike(Protocol):
     outputs: list[int]
 
 
+class RopeReading(NamedTuple):
+    """What a forward pass shows of RoPE for one query/key projection."""
+
+    style: str | None
+    """``rotate_half``, ``interleaved``, ``none``, or None (no evidence)."""
+    evidence: str
+    """What showed the style, or why it could not be read (``RoPE style not read: …``)."""
+    rows: int = 0
+    """Rows of a head RoPE turns: the head size, fewer for a partial rotary (the first
+    ``rows`` turn, the rest pass through), 0 when no style was read."""
+
+
+def _unread(why: str) -> RopeReading:
+    return RopeReading(None, f"RoPE style not read: {why}")
+
+
 def read_rope_style(
     chain: Sequence[CallLike], start: torch.Tensor, end: int, head_dim: int
-) -> tuple[str | None, str]:
+) -> RopeReading:
     """Calls from the projection's output ``start`` to the attention's operand (id ``end``), in
-    the order they ran, + the head size → (style or None, what showed it or why not)."""
+    the order they ran, + the head size → the style, what showed it (or why not) and how
+    many rows of a head turn."""
     d = int(head_dim)
     rows = int(start.shape[-1]) if start.dim() else 0
     if start.device.type == "meta" or not start.is_floating_point():
-        return None, "RoPE style not read: the forward pass ran without values"
+        return _unread("the forward pass ran without values")
     if d < 2 or rows < d:
-        return None, f"RoPE style not read: a head of {d} rows in a projection of {rows}"
+        return _unread(f"a head of {d} rows in a projection of {rows}")
     bad = next((c.name for c in chain if c.func is None or c.name in _UNREPLAYABLE), None)
     if bad is not None:
-        return None, f"RoPE style not read: {bad} between the projection and the attention"
+        return _unread(f"{bad} between the projection and the attention")
     names = {c.name for c in chain}
     try:
         with torch.no_grad():
@@ -92,11 +109,11 @@ def read_rope_style(
                 out = _run(chain, start, probe, end)
                 reach.append((out != base).reshape(-1))
     except _Unreplayable as e:
-        return None, f"RoPE style not read: {e}"
+        return _unread(str(e))
     except Exception as e:  # a user model's call that does not run again: no evidence
-        return None, f"RoPE style not read: running the attention's inputs again failed ({e})"
+        return _unread(f"running the attention's inputs again failed ({e})")
     if not all(bool(m.any()) for m in reach):
-        return None, "RoPE style not read: some rows of the first head never reach the attention"
+        return _unread("some rows of the first head never reach the attention")
     return _style(_partners(reach), d, names)
 
 
@@ -117,25 +134,36 @@ def _partners(reach: list[torch.Tensor]) -> list[set[int]]:
     return [set(torch.nonzero(together[r]).flatten().tolist()) for r in range(len(reach))]
 
 
-def _style(partners: list[set[int]], d: int, names: set[str]) -> tuple[str | None, str]:
-    """Each row's partners in its head + the head size + the calls' names → (style, why)."""
+def _style(partners: list[set[int]], d: int, names: set[str]) -> RopeReading:
+    """Each row's partners in its head + the head size + the calls' names → the reading.
+
+    Rows that turn may be a prefix of the head (a partial rotary: GPT-NeoX, Phi); the pairing
+    is then read within that prefix.
+    """
     if not any(partners):
         if names <= _PLAIN and not names & _MIXERS:
-            return "none", "no two rows of a head mix on the way to the attention"
-        return None, (
-            "RoPE style not read: no two rows of a head turn together at this input (at "
-            "position 0 RoPE turns nothing; give an input of two or more positions)"
+            return RopeReading("none", "no two rows of a head mix on the way to the attention", d)
+        return _unread(
+            "no two rows of a head turn together at this input (at position 0 RoPE turns "
+            "nothing; give an input of two or more positions)"
         )
-    half = _fits(partners, lambda r: (r + d // 2) % d)
-    pairs = _fits(partners, lambda r: r ^ 1)
-    if half and not pairs:
-        return "rotate_half", f"rows i and i+{d // 2} of each head turn together"
-    if pairs and not half:
-        return "interleaved", "rows 2i and 2i+1 of each head turn together"
+    last = max(r for r, p in enumerate(partners) if p) + 1
+    n = min(d, last + last % 2)
+    turned = partners[:n]
+    half = _fits(turned, lambda r: (r + n // 2) % n)
+    pairs = _fits(turned, lambda r: r ^ 1)
+    where = "of each head" if n == d else f"of the first {n} rows of each head"
+    rest = "" if n == d else f", the other {d - n} pass through"
+    if half and pairs:  # two rows turn: both layouts are one, so either name is right
+        return RopeReading("rotate_half", f"rows 0 and 1 of each head turn together{rest}", n)
+    if half:
+        return RopeReading("rotate_half", f"rows i and i+{n // 2} {where} turn together{rest}", n)
+    if pairs:
+        return RopeReading("interleaved", f"rows 2i and 2i+1 {where} turn together{rest}", n)
     mixed = sum(1 for p in partners if p)
-    return None, (
-        f"RoPE style not read: {mixed} of {d} rows of a head turn with others, neither in "
-        "halves nor in neighbouring pairs (partial rotary, or another layout)"
+    return _unread(
+        f"{mixed} of {d} rows of a head turn with others, neither in halves nor in "
+        "neighbouring pairs"
     )
 
 

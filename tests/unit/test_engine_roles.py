@@ -57,7 +57,8 @@ def test_rope_layouts_read_from_both_forward_passes_are_converted_and_outputs_ma
     q = result.pair("q.weight")
     assert q.transform.name == "rope_permute"
     assert q.transform.params == {"head_dim": 8, "to": "rotate_half"}
-    assert q.note == ""  # both layouts were read from forward passes: nothing assumed
+    # both layouts were read from forward passes: nothing assumed, and the pair says what showed it
+    assert "assumed" not in q.note and "read from both forward passes" in q.note
     assert result.pair("v.weight").transform.is_identity
     target.load_state_dict(result.convert(source.state_dict()), strict=True)
     torch.testing.assert_close(target(x), source(x), rtol=1e-5, atol=1e-5)

@@ -185,19 +185,54 @@ def written_in_place(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def partial(x: torch.Tensor) -> torch.Tensor:
-    """RoPE on the first half of each head's rows only (a partial rotary)."""
-    r = x.shape[-1] // 2
-    return torch.cat([halves_negated(x[..., :r]), x[..., r:]], -1)
+def pairs_two_apart(x: torch.Tensor) -> torch.Tensor:
+    """Row i turned with row i+2 in blocks of four: neither halves nor neighbouring pairs."""
+    *lead, d = x.shape
+    blocks = x.reshape(*lead, d // 4, 2, 2).transpose(-1, -2).reshape(*lead, d)
+    out = pairs_stacked(blocks)
+    return out.reshape(*lead, d // 4, 2, 2).transpose(-1, -2).reshape(*lead, d)
 
 
-@pytest.mark.parametrize("rope", [written_in_place, partial], ids=["in_place", "partial"])
+@pytest.mark.parametrize(
+    "rope", [written_in_place, pairs_two_apart], ids=["in_place", "another_pairing"]
+)
 def test_a_form_that_cannot_be_read_gives_no_evidence_never_none(rope: Rope) -> None:
     roles = dataflow_roles(Attention(rope).eval(), torch.randn(2, 6, 16))
     for key in ("q.weight", "k.weight"):
         assert roles[key].role in ("attn.q", "attn.k")
-        assert roles[key].rope is None
+        assert roles[key].rope is None and roles[key].rope_rows == 0
         assert roles[key].rope_evidence.startswith("RoPE style not read")
+
+
+def partial(rope: Rope) -> Rope:
+    """RoPE in the given form on the first half of each head's rows, the rest passed through."""
+
+    def turn(x: torch.Tensor) -> torch.Tensor:
+        r = x.shape[-1] // 2
+        return torch.cat([rope(x[..., :r]), x[..., r:]], -1)
+
+    return turn
+
+
+@pytest.mark.parametrize(("form", "style"), [(halves_negated, "rotate_half"),
+                                             (pairs_stacked, "interleaved")])  # fmt: skip
+def test_a_partial_rotary_is_read_with_the_rows_it_turns(form: Rope, style: str) -> None:
+    roles = dataflow_roles(Attention(partial(form)).eval(), torch.randn(2, 6, 16))
+    q = roles["q.weight"]
+    assert (q.rope, q.rope_rows, q.head_dim) == (style, 4, HEAD)
+    assert q.rope_evidence.endswith(
+        "of the first 4 rows of each head turn together, the other 4 pass through"
+    )
+
+
+def test_partial_rotaries_in_other_layouts_keep_their_rows_and_say_so() -> None:
+    """No whole-head permutation is right for a partial rotary: the pair says so and is low."""
+    source = Attention(partial(pairs_stacked)).eval()
+    target = Attention(partial(halves_negated)).eval()
+    result = WeightMapper(source, target, dummy_input=torch.randn(2, 6, 16)).suggest_mapping()
+    pair = result.pair("q.weight")
+    assert pair.transform.is_identity and pair.confidence == "low"
+    assert "partial rotary (4 rows of a head turn)" in pair.note
 
 
 def test_at_one_position_rope_turns_nothing_so_nothing_is_read() -> None:
