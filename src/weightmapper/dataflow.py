@@ -103,7 +103,7 @@ class _Call:
     index: int = 0
     func: Any = None
     """The function called and its arguments, so a stretch of the graph can be run again on
-    other values (:mod:`weightmapper.rope_probe`)."""
+    other values (:mod:`weightmapper.rope_style`)."""
     args: Any = ()
     kwargs: Any = None
 

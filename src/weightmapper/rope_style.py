@@ -13,19 +13,21 @@ a probe is 1 on that row at every position and 0 elsewhere. RoPE is linear in it
 so the entries of the attention's operand that move (against an all-zero probe) are those
 the row reaches, and two rows *turn together* when they reach a common entry:
 
-- row i with row i + d/2 for every i: ``rotate_half``;
+- row i with row i + n/2 of the n rows that turn: ``rotate_half``;
 - row 2i with row 2i + 1: ``interleaved``;
+- n is the head size, or fewer when only the first rows of a head turn and the rest pass
+  through (a partial rotary: GPT-NeoX, Phi); the reading says how many;
 - no two rows: ``none`` when the stretch holds only views, casts, scaling and norms (else
-  the input may simply not rotate anything: position 0 alone, say), anything else: no
-  evidence (partial rotary, a form whose writes the recorder cannot see, a call that
-  cannot run again).
+  the input may simply not turn anything: position 0 alone, say, and there is no evidence).
 
-Whole-row mixing (a norm over the head) or a probe that reaches nothing also gives no
-evidence, never a guess.
+Any other pairing, whole-row mixing (a norm over the head), a probe that reaches nothing, a
+call that cannot run again or writes the recorder cannot see (item assignment) give no
+evidence, with the reason: never a guess.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -42,14 +44,8 @@ _PLAIN = frozenset(
      "rms_norm", "dropout"}
 )  # fmt: skip
 """Calls a stretch without RoPE is made of: nothing among them adds two rows, so when none
-mix at this input, none would at any other either."""
-_MIXERS = frozenset(
-    {"cat", "concat", "concatenate", "stack", "view_as_complex", "view_as_real", "polar",
-     "complex", "sub", "__sub__", "__rsub__", "neg", "__neg__", "roll", "flip", "einsum",
-     "index_select", "gather", "scatter"}
-)  # fmt: skip
-"""Calls RoPE is written with (beside multiplies and adds): a stretch holding one of them and
-mixing no rows at this input says nothing of another input."""
+mix at this input, none would at any other either. Any other call (an add, a ``cat``, a
+complex multiply) may turn rows at other positions than this input's."""
 _UNREPLAYABLE = frozenset(
     {"empty", "empty_like", "new_empty", "rand", "rand_like", "randn", "randn_like",
      "bernoulli", "normal", "uniform_", "normal_"}
@@ -141,7 +137,7 @@ def _style(partners: list[set[int]], d: int, names: set[str]) -> RopeReading:
     is then read within that prefix.
     """
     if not any(partners):
-        if names <= _PLAIN and not names & _MIXERS:
+        if names <= _PLAIN:
             return RopeReading("none", "no two rows of a head mix on the way to the attention", d)
         return _unread(
             "no two rows of a head turn together at this input (at position 0 RoPE turns "
@@ -185,11 +181,19 @@ class _Unreplayable(Exception):
     """A call that would write into a tensor the probe does not own."""
 
 
+_IN_PLACE_DUNDER = re.compile(r"__i(add|sub|mul|truediv|floordiv|mod|pow|and|or|xor|matmul)__")
+
+
 def _in_place(name: str) -> bool:
-    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
+    """A call's name → True when it writes into its first argument (``mul_``, ``__iadd__``)."""
+    return (name.endswith("_") and not name.endswith("__")) or bool(
+        _IN_PLACE_DUNDER.fullmatch(name)
+    )
 
 
-def _run(chain: Sequence[CallLike], start: torch.Tensor, probe: torch.Tensor, end: int):
+def _run(
+    chain: Sequence[CallLike], start: torch.Tensor, probe: torch.Tensor, end: int
+) -> torch.Tensor:
     """The chain run again with ``probe`` in place of ``start`` → the value at id ``end``."""
     values: dict[int, torch.Tensor] = {id(start): probe}
 
@@ -198,6 +202,8 @@ def _run(chain: Sequence[CallLike], start: torch.Tensor, probe: torch.Tensor, en
 
     for c in chain:
         args, kwargs = tree_map(swap, (c.args, c.kwargs or {}))
+        if c.kwargs and "out" in c.kwargs:
+            raise _Unreplayable(f"{c.name} writes into a tensor given as out=")
         if _in_place(c.name):
             first = next((a for a in tree_flatten(c.args)[0] if isinstance(a, torch.Tensor)), None)
             if first is None or id(first) not in values:

@@ -259,3 +259,32 @@ def test_an_unreadable_source_falls_back_to_its_names_and_says_so() -> None:
     pair = result.pair("q.weight")
     assert pair.transform.is_identity and pair.confidence != "high"
     assert pair.note.startswith("source's RoPE style not read")
+
+
+class CachedKeys(Attention):
+    """Keys rotated, then copied into a cache buffer the attention reads them from."""
+
+    def __init__(self) -> None:
+        super().__init__(halves_negated)
+        self.register_buffer("cache", torch.zeros(2, 2, 6, HEAD), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        heads = lambda y: y.view(b, t, d // HEAD, HEAD).transpose(1, 2)  # noqa: E731
+        q, v = halves_negated(heads(self.q(x))), heads(self.v(x))
+        k = self.cache.copy_(halves_negated(heads(self.k(x))))
+        out = torch.softmax(q @ k.transpose(-1, -2) / HEAD**0.5, -1) @ v
+        return self.o(out.transpose(1, 2).reshape(b, t, d))
+
+
+def test_running_the_attention_again_never_writes_into_the_models_tensors() -> None:
+    model = CachedKeys().eval()
+    x = torch.randn(2, 6, 16)
+    roles = dataflow_roles(model, x)
+    assert roles["q.weight"].rope == "rotate_half"
+    k = roles["k.weight"]
+    assert k.rope is None and "writes into a tensor of the model" in k.rope_evidence
+    # the cache holds what the forward pass wrote, not a probe
+    with torch.no_grad():
+        want = halves_negated(model.k(x).view(2, 6, 2, HEAD).transpose(1, 2))
+    torch.testing.assert_close(model.cache, want)
