@@ -447,9 +447,10 @@ def _rope_style(flow: _Flow, ci: int, operand: int, head: int) -> RopeReading:
         return RopeReading(
             None, "RoPE style not read: the operand is not computed from the projection alone"
         )
-    chain = sorted(
-        {c.index for c in flow.upstream([operand], lambda c: c.inputs, 400) if c.index in down}
-    )
+    # back from the operand through the calls the projection reaches only: the walk never
+    # leaves the stretch (into the residual stream, the angle tables)
+    inside = flow.upstream([operand], lambda c: c.inputs if c.index in down else [], None)
+    chain = sorted({c.index for c in inside if c.index in down})
     calls = [g.calls[i] for i in chain]
     key = (tuple(c.name for c in calls), tuple(g.tensors[start].shape), head)
     if key not in flow.rope_read:
