@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
+from tiny_nets import timm_vit_stack, torchvision_vit_stack
 from weightmapper.engine.block_shift import numbered_blocks, record_block_shifts
 from weightmapper.engine.candidates import Proposal
 from weightmapper.engine.margins import is_ambiguous
@@ -15,46 +15,12 @@ from weightmapper.mapper import WeightMapper
 from weightmapper.transforms import TransformSpec
 
 
-class SourceBlock(nn.Module):
-    """A torchvision-style encoder block."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(dim)
-        self.self_attention = nn.Linear(dim, dim)
-        self.ln_2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-
-class TargetBlock(nn.Module):
-    """A timm-style block: the same tensors under other names."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-
-def _source(depth: int = 4, dim: int = 8) -> nn.Module:
-    net = nn.Module()
-    net.layers = nn.Sequential()
-    for i in range(depth):
-        net.layers.add_module(f"encoder_layer_{i}", SourceBlock(dim, 4 * dim))
-    return net
-
-
-def _target(ratios: tuple[int, ...] = (4, 4, 2, 4, 4), dim: int = 8) -> nn.Module:
-    net = nn.Module()
-    net.blocks = nn.ModuleList(TargetBlock(dim, r * dim) for r in ratios)
-    return net
-
-
 def test_inserted_block_leaves_no_wrong_pair_high(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    source, target = _source(), _target()  # target block 2 inserted, its MLP narrower
+    source, target = (
+        torchvision_vit_stack((4, 4, 4, 4)),
+        timm_vit_stack((4, 4, 2, 4, 4)),
+    )  # target block 2 inserted, its MLP narrower
     path = tmp_path / "source.safetensors"  # keys stored sorted: positions say little
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
     result = WeightMapper.from_checkpoint(path, target).suggest_mapping(threshold=0.0)

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from tiny_nets import timm_vit_stack, torchvision_vit_stack
 from weightmapper.engine.calibration import FEATURES, features
 from weightmapper.engine.candidates import Proposal
 from weightmapper.engine.context import AGREE, CONTRADICT, UNKNOWN, _majority_chain, _noted
@@ -24,39 +25,6 @@ def _from_file(tmp_path: Path, source: nn.Module, target: nn.Module) -> MappingR
 
 
 # --- a block inserted or removed mid-stack --------------------------------------------------
-class TorchvisionBlock(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(dim)
-        self.self_attention = nn.Linear(dim, dim)
-        self.ln_2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-
-class TimmBlock(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-
-def _torchvision(ratios: tuple[int, ...], dim: int = 8) -> nn.Module:
-    net = nn.Module()
-    net.layers = nn.Sequential()
-    for i, r in enumerate(ratios):
-        net.layers.add_module(f"encoder_layer_{i}", TorchvisionBlock(dim, r * dim))
-    return net
-
-
-def _timm(ratios: tuple[int, ...], dim: int = 8) -> nn.Module:
-    net = nn.Module()
-    net.blocks = nn.ModuleList(TimmBlock(dim, r * dim) for r in ratios)
-    return net
-
-
 def _block_of(key: str) -> int:
     part = key.split(".")[1]
     return int(part.rpartition("_")[2])
@@ -65,7 +33,9 @@ def _block_of(key: str) -> int:
 def test_an_inserted_block_is_skipped_and_later_blocks_follow_their_mlp(tmp_path: Path) -> None:
     # the target's block 2 is new (its MLP narrower); source layers 2, 3 are blocks 3, 4
     torch.manual_seed(0)
-    result = _from_file(tmp_path, _torchvision((4, 4, 4, 4)), _timm((4, 4, 2, 4, 4)))
+    result = _from_file(
+        tmp_path, torchvision_vit_stack((4, 4, 4, 4)), timm_vit_stack((4, 4, 2, 4, 4))
+    )
     truth = {0: 0, 1: 1, 2: 3, 3: 4}
     assert len(result.pairs) == 4 * 10
     for p in result.pairs:
@@ -78,7 +48,9 @@ def test_an_inserted_block_is_skipped_and_later_blocks_follow_their_mlp(tmp_path
 def test_a_removed_block_stays_unmapped_and_later_blocks_follow(tmp_path: Path) -> None:
     # the source's layer 2 (its MLP narrower) is gone from the target
     torch.manual_seed(0)
-    result = _from_file(tmp_path, _torchvision((4, 4, 2, 4, 4)), _timm((4, 4, 4, 4)))
+    result = _from_file(
+        tmp_path, torchvision_vit_stack((4, 4, 2, 4, 4)), timm_vit_stack((4, 4, 4, 4))
+    )
     truth = {0: 0, 1: 1, 3: 2, 4: 3}
     for p in result.pairs:
         assert _block_of(p.source) in truth, f"{p.source} of the removed layer was mapped"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tiny_nets import randomized
 from weightmapper.engine.index_map import learn_index_map, learned_index, read_slots
 from weightmapper.mapper import WeightMapper
 
@@ -199,15 +200,6 @@ class NumberNet(nn.Module):
         return x
 
 
-def _randomized(m: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in m.state_dict().values():
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-    return m.eval()
-
-
 def _truth_letter_to_number(key: str) -> str:
     """LetterNet key → the NumberNet key holding the same tensor."""
     parts = key.split(".")
@@ -226,8 +218,8 @@ def test_letter_chain_with_shortcut_maps_by_position_from_a_sorted_file(
     tmp_path, flip: bool
 ) -> None:
     """a, b, c ↔ conv1, conv2, conv3 and proj ↔ downsample, whichever side is the source."""
-    letters = _randomized(LetterNet(), 0)
-    numbers = _randomized(NumberNet(), 1)
+    letters = randomized(LetterNet(), 0)
+    numbers = randomized(NumberNet(), 1)
     truth = {k: _truth_letter_to_number(k) for k in letters.state_dict()}
     if flip:
         source, target, truth = numbers, LetterNet(), {v: k for k, v in truth.items()}

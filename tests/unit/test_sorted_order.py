@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from tiny_nets import randomized
 from weightmapper.inventory import Inventory, is_sorted_order
 from weightmapper.mapper import WeightMapper
 
@@ -60,15 +61,6 @@ class Net(nn.Module):
         return getattr(self, self.names[1])(feats)
 
 
-def _randomized(m: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in m.state_dict().values():
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-    return m.eval()
-
-
 def test_sorted_and_natural_orders_are_recognised() -> None:
     assert is_sorted_order(["a.weight", "b.bias", "b.weight"])
     assert is_sorted_order(["layers.2.w", "layers.10.w"])  # natural order
@@ -84,7 +76,7 @@ def test_sorted_and_natural_orders_are_recognised() -> None:
 def test_alphabetical_siblings_are_not_aligned_by_position(source_from: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Sorted, a block reads bn1, bn2, conv1, conv2, downsample; the target registers
     # shortcut, conv_a, norm_a, conv_b, norm_b: aligned by position, every pair is wrong.
-    old = _randomized(Net(TorchvisionBlock, ("layer", "fc")), 0)
+    old = randomized(Net(TorchvisionBlock, ("layer", "fc")), 0)
     new = Net(LetteredBlock, ("blocks", "head")).eval()
     if source_from == "file":
         path = tmp_path / "old.safetensors"
@@ -130,7 +122,7 @@ def test_numbered_siblings_keep_their_order_in_a_sorted_file(tmp_path) -> None: 
                 x = torch.relu(conv(x))
             return self.classifier(x.mean((2, 3)))
 
-    old, new = _randomized(Flat(), 1), Staged().eval()
+    old, new = randomized(Flat(), 1), Staged().eval()
     path = tmp_path / "old.safetensors"
     _save(old.state_dict(), path)
     result = WeightMapper.from_checkpoint(path, new).suggest_mapping()

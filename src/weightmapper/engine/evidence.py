@@ -116,13 +116,14 @@ module path; its role or None; the kind its module path names, or "")."""
 def _labels_of(key: str, roles: SideRoles, words: dict[str, tuple[str, str]]) -> RoleLabels:
     """Key + its side's roles + module path → (stack word, kind word) cache → its labels."""
     module = key.rpartition(".")[0]
-    found = words.get(module)
-    if found is None:
-        found = words[module] = (
-            _module_word(module, False, False),
-            _module_word(module, True, True),
-        )
+    found = words.get(module) or _remember_words(module, words)
     return (roles.stacks.get(key) or found[0], roles.roles.get(key), found[1])
+
+
+def _remember_words(module: str, words: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """Module path + cache → its (stack word, kind word), stored in the cache."""
+    found = words[module] = (_module_word(module, False, False), _module_word(module, True, True))
+    return found
 
 
 def _role_labels(keys: list[str], roles: SideRoles) -> tuple[np.ndarray, list[RoleLabels]]:
@@ -132,14 +133,9 @@ def _role_labels(keys: list[str], roles: SideRoles) -> tuple[np.ndarray, list[Ro
     seen: dict[RoleLabels, int] = {}
     stacks, named = roles.stacks, roles.roles
     codes = []
-    for key in keys:  # one loop, no call per key: 100k keys on each side
+    for key in keys:  # one loop, a call only per new module path: 100k keys on each side
         module = key.rpartition(".")[0]
-        found = words.get(module)
-        if found is None:
-            found = words[module] = (
-                _module_word(module, False, False),
-                _module_word(module, True, True),
-            )
+        found = words.get(module) or _remember_words(module, words)
         labels = (stacks.get(key) or found[0], named.get(key), found[1])
         code = seen.get(labels)
         if code is None:
