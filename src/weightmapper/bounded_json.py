@@ -24,7 +24,8 @@ MAX_DEPTH = 64
 _DEPTH_STEP = np.zeros(256, dtype=np.int8)
 _DEPTH_STEP[[ord("["), ord("{")]] = 1
 _DEPTH_STEP[[ord("]"), ord("}")]] = -1
-_MATTERS = (_DEPTH_STEP != 0) | (np.arange(256) == ord('"'))
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'[]{}"')))
+"""Every byte but quotes and brackets: what :func:`nesting_depth` deletes before counting."""
 
 
 class JSONLimitError(ValueError):
@@ -57,28 +58,25 @@ def loads_bounded(
 
 
 def nesting_depth(raw: bytes) -> int:
-    """JSON bytes → deepest nesting of ``[``/``{`` outside strings (linear time, in numpy).
+    """JSON bytes → deepest nesting of ``[``/``{`` outside strings (linear time).
 
-    A quote is a string delimiter unless an odd run of backslashes precedes it; brackets
-    after an odd number of delimiters are inside a string and do not count.
+    A quote is a string delimiter unless an odd run of backslashes precedes it. Deleting
+    every pair of backslashes (left to right, so each run keeps only its odd one) and then
+    every backslash-quote left (an escaped quote) leaves only delimiting quotes;
+    ``bytes.translate`` then keeps quotes and brackets alone, and two adjacent quotes go too
+    (that changes no other quote's parity, and in a header most strings hold no bracket), all
+    in C; numpy counts on the short rest: brackets after an odd number of quotes are inside a
+    string and do not count.
     """
-    a = np.frombuffer(raw, dtype=np.uint8)
-    # only quotes and brackets matter: work on those positions alone (one pass over the text)
-    keep = np.flatnonzero(_MATTERS[a])
-    sub = a[keep]
-    q = sub == 0x22
     if b"\\" in raw:
-        backslash = a == 0x5C
-        count = np.cumsum(backslash, dtype=np.int64)
-        # backslashes in the run ending at each position: count minus count at the last non-\
-        run = count - np.maximum.accumulate(np.where(backslash, 0, count))
-        escaped = np.zeros(len(a), dtype=bool)
-        escaped[1:] = (run[:-1] & 1) == 1
-        q &= ~escaped[keep]
-    inside = (np.cumsum(q, dtype=np.int64) & 1).astype(bool)
-    kept = _DEPTH_STEP[sub]
-    kept[inside] = 0
-    return int(np.cumsum(kept, dtype=np.int64).max(initial=0))
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = raw.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    a = np.frombuffer(kept, dtype=np.uint8)
+    step = _DEPTH_STEP[a]
+    if b'"' in kept:
+        inside = (np.cumsum(a == 0x22, dtype=np.int64) & 1).astype(bool)
+        step[inside] = 0
+    return int(np.cumsum(step, dtype=np.int64).max(initial=0))
 
 
 def _refuse_constant(name: str) -> Any:

@@ -17,6 +17,8 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import repeat
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple, Protocol
 
@@ -78,8 +80,10 @@ _CANDIDATE_GLOBS: tuple[tuple[str, ...], ...] = (
 )
 
 
-class _Entry(NamedTuple):  # a tuple: one per tensor, built fast
-    info: TensorInfo
+class _Source(NamedTuple):
+    """Where one tensor's data is: built per name only once data or original names are asked
+    for (mapping reads names, shapes and dtypes alone)."""
+
     original: str
     """Key as written in the file (before wrapper prefixes were stripped)."""
     stored: str
@@ -101,7 +105,11 @@ class TensorTable(Mapping[str, TensorInfo]):
         path: Path,
         format: str,
         files: list[Path],
-        entries: dict[str, _Entry],
+        names: list[str],
+        infos: list[TensorInfo],
+        originals: list[str],
+        stored: list[str],
+        where: list[Path],
         readers: dict[Path, _Reader],
         metadata: dict[str, Any],
         stripped_prefixes: list[str],
@@ -127,22 +135,29 @@ class TensorTable(Mapping[str, TensorInfo]):
         """A prefix every key shares (Lightning's ``model.``): offered, never removed."""
         self.tied = tied
         """Groups of names that share one storage, each sorted; list sorted."""
-        self._entries = entries
+        self._infos = dict(zip(names, infos, strict=True))
+        self._columns = (names, originals, stored, where)
         self._readers = readers
 
+    @cached_property
+    def _sources(self) -> dict[str, _Source]:
+        """Normalized name → where its data is (built when first asked for)."""
+        names, originals, stored, where = self._columns
+        return dict(zip(names, map(_Source, originals, stored, where), strict=True))
+
     def __getitem__(self, name: str) -> TensorInfo:
-        return self._entries[name].info
+        return self._infos[name]
 
     def infos(self) -> dict[str, TensorInfo]:
         """() → a new {normalized name: TensorInfo} dict in table order (``dict(table)``
         without a ``__getitem__`` call per name)."""
-        return {name: e.info for name, e in self._entries.items()}
+        return self._infos.copy()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self._infos)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._infos)
 
     def __repr__(self) -> str:
         return (
@@ -153,11 +168,11 @@ class TensorTable(Mapping[str, TensorInfo]):
     @property
     def total_bytes(self) -> int:
         """Bytes of tensor data, each shared storage counted once."""
-        return sum(self._entries[n].info.nbytes for n in self.unique_names())
+        return sum(self._infos[n].nbytes for n in self.unique_names())
 
     def original_name(self, name: str) -> str:
         """Normalized name → the key as written in the file."""
-        return self._entries[name].original
+        return self._sources[name].original
 
     def load(self, name: str) -> torch.Tensor:
         """Normalized name → its tensor on CPU; the file is never modified.
@@ -165,24 +180,25 @@ class TensorTable(Mapping[str, TensorInfo]):
         Safetensors data is read now into a new tensor. Pickles are memory-mapped: the
         tensor is a copy-on-write view of the file, read from disk as it is touched.
         """
-        entry = self._entries[name]
-        return self._readers[entry.file].load([entry.stored])[entry.stored]
+        source = self._sources[name]
+        return self._readers[source.file].load([source.stored])[source.stored]
 
     def iter_files(self) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
         """() → (file, {normalized name: tensor}) one file at a time, so one shard is in memory."""
         by_file: dict[Path, list[str]] = {f: [] for f in self.files}
-        for n, e in self._entries.items():
-            by_file[e.file].append(n)
+        sources = self._sources
+        for n, source in sources.items():
+            by_file[source.file].append(n)
         for file, names in by_file.items():
-            stored = self._readers[file].load(sorted({self._entries[n].stored for n in names}))
-            yield file, {n: stored[self._entries[n].stored] for n in names}
+            stored = self._readers[file].load(sorted({sources[n].stored for n in names}))
+            yield file, {n: stored[sources[n].stored] for n in names}
 
     def to_state_dict(self) -> dict[str, torch.Tensor]:
         """() → every tensor under its normalized name; tied names share one tensor."""
         out: dict[str, torch.Tensor] = {}
         for _file, tensors in self.iter_files():
             out.update(tensors)
-        return {n: out[n] for n in self._entries}
+        return {n: out[n] for n in self._infos}
 
     def content_hash(self) -> str:
         """() → the checkpoint's sha256 (see :func:`weightmapper.hashing.files_sha256`) over
@@ -197,7 +213,7 @@ class TensorTable(Mapping[str, TensorInfo]):
         found = self.metadata.get("unconvertible") or {}
         out = []
         for n in names:
-            why = found.get(self.original_name(n)) if n in self._entries else None
+            why = found.get(self.original_name(n)) if n in self._infos else None
             if why and not (allow_expanded and why.startswith("expanded")):
                 out.append(f"{n}: {why}")
         return out
@@ -205,7 +221,7 @@ class TensorTable(Mapping[str, TensorInfo]):
     def unique_names(self) -> list[str]:
         """() → names in checkpoint order, each tied group represented by its first name."""
         seconds = {n for group in self.tied for n in group[1:]}
-        return [n for n in self._entries if n not in seconds]
+        return [n for n in self._infos if n not in seconds]
 
 
 def open_checkpoint(
@@ -256,7 +272,7 @@ def strip_wrapper_prefixes(names: Iterable[str]) -> tuple[list[str], list[str]]:
                 names = [n[len(prefix) :] for n in names]
                 stripped.append(prefix)
                 changed = True
-    if any(COMPILE_INFIX in n for n in names):
+    if any(map(str.__contains__, names, repeat(COMPILE_INFIX))):
         candidate = [n.replace(COMPILE_INFIX, ".") for n in names]
         if len(set(candidate)) == len(candidate):
             names = candidate
@@ -277,10 +293,10 @@ def suggest_prefix(names: Iterable[str]) -> str | None:
     names = list(names)
     if not names:
         return None
-    first = {n.split(".", 1)[0] for n in names}
-    if len(first) != 1 or any("." not in n for n in names):
+    # one first component and a dot in every key: every key starts with the first key's
+    prefix = names[0].split(".", 1)[0] + "."
+    if not all(n.startswith(prefix) for n in names):
         return None
-    prefix = next(iter(first)) + "."
     if not any("." in n[len(prefix) :] for n in names):
         return None
     return prefix
@@ -412,8 +428,14 @@ class _RawCheckpoint:
 
     format: str
     files: list[Path]
-    infos: dict[str, tuple[TensorInfo, str, Path]]
-    """stored key as in the file → (info with original name, key to read, file)."""
+    names: list[str]
+    """Keys as written in the file(s), in file order (a safetensors alias after the rest)."""
+    infos: list[TensorInfo]
+    """Each key's TensorInfo, named as in the file."""
+    stored: list[str]
+    """Each key's key to read the data under (the kept tensor's, for an alias)."""
+    where: list[Path]
+    """Each key's file."""
     readers: dict[Path, _Reader]
     metadata: dict[str, Any]
     tied: list[tuple[str, ...]]
@@ -422,19 +444,23 @@ class _RawCheckpoint:
 
 def _read_safetensors_file(path: Path) -> _RawCheckpoint:
     header = read_header(path)
-    infos: dict[str, tuple[TensorInfo, str, Path]] = {
-        key: (info, key, path)  # already in file order
-        for key, info in zip(header.entries, header.tensor_infos(), strict=True)
-    }
+    names, infos, stored = header.names, header.tensor_infos(), header.names
     groups: dict[str, list[str]] = {}
-    for alias, kept in header.aliases().items():
-        info = infos[kept][0]
-        infos[alias] = (_renamed(info, alias), kept, path)
-        groups.setdefault(kept, [kept]).append(alias)
+    aliases = header.aliases()
+    if aliases:  # tied names listed after the stored ones, each read as the tensor it names
+        position = {name: i for i, name in enumerate(names)}
+        infos += [_renamed(infos[position[kept]], alias) for alias, kept in aliases.items()]
+        names = [*names, *aliases]
+        stored = [*stored, *aliases.values()]
+        for alias, kept in aliases.items():
+            groups.setdefault(kept, [kept]).append(alias)
     return _RawCheckpoint(
         format="safetensors",
         files=[path],
+        names=names,
         infos=infos,
+        stored=stored,
+        where=[path] * len(names),
         readers={path: _SafetensorsReader(path)},
         metadata={"safetensors": dict(header.metadata)} if header.metadata else {},
         tied=[tuple(g) for g in groups.values()],
@@ -450,11 +476,14 @@ def _read_pickle_file(
     problems = {k: why for k, t in state.items() if (why := tensor_problem(t))}
     if problems:
         metadata["unconvertible"] = problems
-    infos = {k: (_info_from_tensor(k, t, path), k, path) for k, t in state.items()}
+    names = list(state)
     return _RawCheckpoint(
         format=fmt,
         files=[path],
-        infos=infos,
+        names=names,
+        infos=[_info_from_tensor(k, t, path) for k, t in state.items()],
+        stored=names,
+        where=[path] * len(names),
         readers={path: _DictReader(state)},
         metadata=metadata,
         tied=_shared_storage_groups(state),
@@ -488,18 +517,17 @@ def _read_sharded(index: Path, *, trusted: bool, nested_key: str | None) -> _Raw
         raise CheckpointFormatError(
             f"{index} mixes shard formats ({listed}); expected all safetensors or all pickles."
         )
-    infos: dict[str, tuple[TensorInfo, str, Path]] = {}
+    names = [key for raw in raws for key in raw.names]
+    where = [file for raw in raws for file in raw.where]
     seen_in: dict[str, Path] = {}
-    for raw in raws:
-        for key, value in raw.infos.items():
-            if key in seen_in:
-                raise CheckpointFormatError(
-                    f"tensor {key!r} is stored in two shards, {seen_in[key].name} and "
-                    f"{value[2].name}; expected each tensor in exactly one shard. The checkpoint "
-                    "is inconsistent: re-save it."
-                )
-            seen_in[key] = value[2]
-            infos[key] = value
+    for key, file in zip(names, where, strict=True):
+        if key in seen_in:
+            raise CheckpointFormatError(
+                f"tensor {key!r} is stored in two shards, {seen_in[key].name} and "
+                f"{file.name}; expected each tensor in exactly one shard. The checkpoint "
+                "is inconsistent: re-save it."
+            )
+        seen_in[key] = file
     shard_path = {shard: index.parent / shard for shard in shards}
     absent = [k for k, shard in weight_map.items() if seen_in.get(k) != shard_path[shard]]
     if absent:
@@ -508,7 +536,7 @@ def _read_sharded(index: Path, *, trusted: bool, nested_key: str | None) -> _Raw
             f"{index} lists {len(absent)} tensor(s) its shards do not hold where it says: {listed}. "
             "Expected every indexed tensor in its shard; the index and shards do not match."
         )
-    extra = sorted(set(infos) - set(weight_map))
+    extra = sorted(set(names) - set(weight_map))
     metadata: dict[str, Any] = {"index": index_meta} if index_meta else {}
     if extra:
         logger.warning("%s: %d tensor(s) in shards but not in the index", index, len(extra))
@@ -523,7 +551,10 @@ def _read_sharded(index: Path, *, trusted: bool, nested_key: str | None) -> _Raw
     return _RawCheckpoint(
         format=fmt,
         files=files,
-        infos=infos,
+        names=names,
+        infos=[info for raw in raws for info in raw.infos],
+        stored=[key for raw in raws for key in raw.stored],
+        where=where,
         readers=readers,
         metadata=metadata,
         tied=[g for raw in raws for g in raw.tied],
@@ -802,6 +833,11 @@ def _renamed(info: TensorInfo, name: str) -> TensorInfo:
 
 def _check_names(path: Path, names: Iterable[str]) -> None:
     """Tensor names → None, or CheckpointFormatError for one too long or too deeply dotted."""
+    names = list(names)
+    too_long = max(map(len, names), default=0) > MAX_NAME_CHARS
+    too_deep = max(map(str.count, names, repeat(".")), default=0) >= MAX_NAME_PARTS
+    if not (too_long or too_deep):
+        return  # the usual case, checked in C; else the loop names the first offending name
     for name in names:
         if len(name) > MAX_NAME_CHARS or name.count(".") >= MAX_NAME_PARTS:
             raise CheckpointFormatError(
@@ -813,30 +849,35 @@ def _check_names(path: Path, names: Iterable[str]) -> None:
 
 
 def _build_table(path: Path, raw: _RawCheckpoint, *, strip_prefixes: bool) -> TensorTable:
-    originals = list(raw.infos)
+    originals = raw.names
     _check_names(path, originals)
     if strip_prefixes:
         names, stripped = strip_wrapper_prefixes(originals)
     else:
         names, stripped = originals, []
-    rename = dict(zip(originals, names, strict=True))
-    entries: dict[str, _Entry] = {}
-    for (original, (info, stored, file)), name in zip(raw.infos.items(), names, strict=True):
-        if info.name != name:
-            info = _renamed(info, name)
-        entries[name] = _Entry(info, original, stored, file)
-    if stripped:
+    infos = raw.infos
+    tied = [tuple(g) for g in raw.tied if len(g) > 1]
+    if stripped:  # names changed: each info is renamed, and so is every tied name
         logger.info("%s: stripped wrapper prefixes %s", path, stripped)
-    tied = sorted(tuple(sorted(rename[n] for n in g)) for g in raw.tied if len(g) > 1)
+        infos = [
+            info if info.name == name else _renamed(info, name)
+            for info, name in zip(infos, names, strict=True)
+        ]
+        rename = dict(zip(originals, names, strict=True))
+        tied = [tuple(rename[n] for n in g) for g in tied]
     return TensorTable(
         path=path,
         format=raw.format,
         files=raw.files,
-        entries=entries,
+        names=names,
+        infos=infos,
+        originals=originals,
+        stored=raw.stored,
+        where=raw.where,
         readers=raw.readers,
         metadata=raw.metadata,
         stripped_prefixes=stripped,
         suggested_prefix=suggest_prefix(names),
-        tied=tied,
+        tied=sorted(tuple(sorted(g)) for g in tied),
         index=raw.index,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -208,12 +208,13 @@ class Inventory:
         """TensorTable (or any Mapping name → TensorInfo) → Inventory; order is key order."""
         read = getattr(table, "infos", None)  # a TensorTable hands its rows over at once
         infos: dict[str, TensorInfo] = read() if callable(read) else dict(table.items())
-        for key, info in infos.items():
-            if not isinstance(info, TensorInfo):
-                raise MappingError(
-                    f"table entry {key!r} is {type(info).__name__}, expected TensorInfo. "
-                    "Use Inventory.from_state_dict for a dict of tensors."
-                )
+        if not set(map(type, infos.values())) <= {TensorInfo}:  # else name the first other row
+            for key, info in infos.items():
+                if not isinstance(info, TensorInfo):
+                    raise MappingError(
+                        f"table entry {key!r} is {type(info).__name__}, expected TensorInfo. "
+                        "Use Inventory.from_state_dict for a dict of tensors."
+                    )
         tied_attr = getattr(table, "tied", None) or []
         tied = [tuple(t) for t in tied_attr if len(tuple(t)) > 1]
         tname = name or getattr(table, "name", None) or "checkpoint"
@@ -223,20 +224,18 @@ class Inventory:
     def _from_infos(
         cls, infos: dict[str, TensorInfo], name: str, tied: list[tuple[str, ...]]
     ) -> Inventory:
-        groups = _build_groups(infos, {})
         keys = list(infos)
         unordered = len(keys) > 2 and (is_sorted_order(keys) or not is_registration_order(keys))
-        if unordered:
-            # Sorted keys (safetensors writes them so) carry no order of their own, and neither
-            # do shuffled ones (no module's keys are contiguous): a natural sort puts layer10
-            # after layer9 and makes every shuffle of one checkpoint map identically.
-            groups = dict(sorted(groups.items(), key=lambda kv: natural_key(kv[0])))
+        # Sorted keys (safetensors writes them so) carry no order of their own, and neither
+        # do shuffled ones (no module's keys are contiguous): a natural sort puts layer10
+        # after layer9 and makes every shuffle of one checkpoint map identically.
+        groups = _build_groups(infos, {}, sort_key=natural_key if unordered else None)
         return cls(
             name=name,
             tensors=infos,
             groups=groups,
             module_types={},
-            order={p: i for i, p in enumerate(groups)},
+            order=dict(zip(groups, range(len(groups)), strict=True)),
             tied=tied,
             sorted_keys=unordered,
         )
@@ -335,15 +334,16 @@ def is_sorted_order(keys: Sequence[str]) -> bool:
     return keys == sorted(keys) or keys == sorted(keys, key=natural_key)
 
 
-def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
-    """``layer10.conv2`` → a sort key that orders embedded numbers by value."""
-    return tuple(
-        [
-            (0, int(part)) if part.isdigit() else (1, part)
-            for part in _DIGIT_RUNS.split(text)
-            if part
-        ]
-    )
+def natural_key(text: str) -> tuple[str | int, ...]:
+    """``layer10.conv2`` → ``("layer", 10, ".conv", 2, "")``, a sort key that orders
+    embedded numbers by value.
+
+    Text and numbers alternate, text first (empty where the name starts or ends with a
+    number), so two keys only ever compare text with text and a number with a number.
+    """
+    parts: list[str | int] = _DIGIT_RUNS.split(text)  # type: ignore[assignment]
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 _DIGIT_RUNS = re.compile(r"(\d+)")
@@ -422,16 +422,22 @@ def _info(key: str, t: torch.Tensor, is_buffer: bool | None) -> TensorInfo:
 
 
 def _build_groups(
-    infos: dict[str, TensorInfo], module_types: Mapping[str, str]
+    infos: dict[str, TensorInfo],
+    module_types: Mapping[str, str],
+    sort_key: Callable[[str], Any] | None = None,
 ) -> dict[str, ParameterGroup]:
-    tensors_by_path: dict[str, dict[str, TensorInfo]] = {}
+    """Key → TensorInfo + module types (+ a sort key for the paths) → module path →
+    ParameterGroup, in order of first appearance (or sorted, stable), locals in key order."""
+    by_path: dict[str, dict[str, TensorInfo]] = {}
     for key, info in infos.items():
-        path, local = split_key(key)
-        tensors_by_path.setdefault(path, {})[local] = info
-    return {
-        path: ParameterGroup(path, module_types.get(path), tensors)
-        for path, tensors in tensors_by_path.items()
-    }
+        path, _, local = key.rpartition(".")
+        tensors = by_path.get(path)
+        if tensors is None:
+            by_path[path] = {local: info}
+        else:
+            tensors[local] = info
+    paths = sorted(by_path, key=sort_key) if sort_key is not None else by_path
+    return {path: ParameterGroup(path, module_types.get(path), by_path[path]) for path in paths}
 
 
 def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
