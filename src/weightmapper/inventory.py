@@ -8,6 +8,8 @@ mapping needs names, shapes and dtypes only.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -331,7 +333,12 @@ def is_sorted_order(keys: Sequence[str]) -> bool:
     says nothing about the architecture.
     """
     keys = list(keys)
-    return keys == sorted(keys) or keys == sorted(keys, key=natural_key)
+    # pairwise, so an unsorted list stops at its first step down (no sort, no key for the rest)
+    if all(map(operator.le, keys, keys[1:])):
+        return True
+    behind, ahead = itertools.tee(map(natural_key, keys))
+    next(ahead, None)
+    return all(map(operator.le, behind, ahead))
 
 
 def natural_key(text: str) -> tuple[str | int, ...]:
