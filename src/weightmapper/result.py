@@ -8,6 +8,7 @@ unmatched. ``to_dict`` / ``from_dict`` give the JSON form that mapping files and
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -249,6 +250,29 @@ class MatchedPair:
         )
 
 
+def matched_pairs(*fields: Sequence[Any]) -> list[MatchedPair]:
+    """One sequence per field of :class:`MatchedPair`, in its field order, all of one length
+    → the MatchedPairs, what ``MatchedPair(*row)`` gives for each row.
+
+    A large checkpoint maps 100k pairs: the labels are checked once for all of them, and
+    each pair is filled in without the frozen dataclass's per-field ``__init__``.
+    """
+    names = tuple(MatchedPair.__dataclass_fields__)
+    if len(fields) != len(names):
+        raise TypeError(f"matched_pairs takes {len(names)} field sequences, got {len(fields)}")
+    label = names.index("confidence")
+    bad = set(fields[label]) - set(CONFIDENCES)
+    if bad:  # the first such pair raises, as its own construction would
+        MatchedPair(*next(row for row in zip(*fields, strict=True) if row[label] in bad))
+    out = []
+    new = object.__new__
+    for row in zip(*fields, strict=True):
+        pair = new(MatchedPair)
+        pair.__dict__.update(zip(names, row, strict=True))
+        out.append(pair)
+    return out
+
+
 @dataclass(frozen=True)
 class MultiPair:
     """Several tensors on one side ↔ one or several on the other: a split or a merge.
@@ -361,6 +385,27 @@ def _key_names(d: Mapping[str, Any], field_name: str) -> tuple[str, ...]:
     return tuple(_key_name({field_name: v}, field_name) for v in values)
 
 
+_SOURCE = operator.attrgetter("source")
+_TARGET = operator.attrgetter("target")
+
+
+def _refuse_collisions(pairs: Sequence[MatchedPair], multi: Sequence[MultiPair]) -> None:
+    """Pairs (sorted by source) + splits and merges → KeyCollisionError naming the target
+    keys that several of them write (the first five, in the order they are written)."""
+    seen_targets: dict[str, list[str]] = {}
+    for p in pairs:
+        seen_targets.setdefault(p.target, []).append(p.source)
+    for m in multi:
+        for t in m.targets if m.kind == "split" else m.targets[:1]:
+            seen_targets.setdefault(t, []).append(" + ".join(m.sources))
+    collisions = {t: s for t, s in seen_targets.items() if len(s) > 1}
+    raise KeyCollisionError(
+        f"{len(collisions)} target key(s) would receive several source tensors: "
+        + "; ".join(f"{t} ← {s}" for t, s in list(collisions.items())[:5]),
+        collisions,
+    )
+
+
 class MappingResult(Mapping[str, str]):
     """Read-only source key → target key mapping, with scores, transforms and reasons.
 
@@ -383,23 +428,18 @@ class MappingResult(Mapping[str, str]):
         metadata: dict[str, Any] | None = None,
         status: MappingStatus | None = None,
     ) -> None:
-        self._pairs: dict[str, MatchedPair] = {}
-        seen_targets: dict[str, list[str]] = {}
-        for p in sorted(pairs, key=lambda p: p.source):
-            if p.source in self._pairs:
-                raise KeyCollisionError(f"source key {p.source!r} is mapped twice")
-            self._pairs[p.source] = p
-            seen_targets.setdefault(p.target, []).append(p.source)
-        for m in multi:
-            for t in m.targets if m.kind == "split" else m.targets[:1]:
-                seen_targets.setdefault(t, []).append(" + ".join(m.sources))
-        collisions = {t: s for t, s in seen_targets.items() if len(s) > 1}
-        if collisions:
-            raise KeyCollisionError(
-                f"{len(collisions)} target key(s) would receive several source tensors: "
-                + "; ".join(f"{t} ← {s}" for t, s in list(collisions.items())[:5]),
-                collisions,
-            )
+        ordered = sorted(pairs, key=_SOURCE)
+        self._pairs: dict[str, MatchedPair] = {p.source: p for p in ordered}
+        if len(self._pairs) != len(ordered):
+            seen: set[str] = set()
+            for p in ordered:
+                if p.source in seen:
+                    raise KeyCollisionError(f"source key {p.source!r} is mapped twice")
+                seen.add(p.source)
+        written = [t for m in multi for t in (m.targets if m.kind == "split" else m.targets[:1])]
+        targets = [*map(_TARGET, ordered), *written]
+        if len(set(targets)) != len(targets):
+            _refuse_collisions(ordered, multi)
         self.multi: tuple[MultiPair, ...] = tuple(multi)
         self.unmatched_source: tuple[UnmatchedKey, ...] = tuple(
             sorted(unmatched_source, key=lambda u: u.name)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 from rapidfuzz import fuzz, process
 
-from weightmapper.engine.columns import IndexColumns, column, distinct_pairs, weighted_mean
+from weightmapper.engine.columns import (
+    Breakdowns,
+    IndexColumns,
+    column,
+    columns,
+    distinct_pairs,
+    weighted_mean,
+)
 from weightmapper.engine.margins import ambiguous_mask, is_ambiguous
 from weightmapper.engine.names import TokenSpace
 from weightmapper.engine.primitives import index_sim_one
@@ -67,3 +74,21 @@ def test_ratio_pairs_equals_cpdist_over_every_pair() -> None:
     left, right = [(a * 3)[i] for i in rows], [(b * 4)[j] for j in cols]
     want = np.asarray(process.cpdist(left, right, scorer=fuzz.ratio), np.float64) / 100.0
     assert space.ratio_pairs(rows, cols).tolist() == want.tolist()
+
+
+def test_breakdowns_read_once_give_what_each_column_read_gives() -> None:
+    rng = np.random.default_rng(4)
+    layouts = [("a", "b", "c"), ("b", "a"), ("c", "d", "a", "b"), ()]
+    rows = [{k: float(v) for k, v in zip(keys, rng.random(len(keys)), strict=True)}
+            for keys in (layouts[int(i)] for i in rng.integers(0, len(layouts), 300))]  # fmt: skip
+    rows[7] = {"a": 1, "b": True}  # ints and bools read as floats, as float() reads them
+    table = Breakdowns(rows)
+    assert len(table) == len(rows)
+    for key, default in (("a", 0.0), ("b", 1.0), ("d", float("nan")), ("absent", 0.5)):
+        want = column(rows, key, default)
+        got = table.column(key, default)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, want)  # NaN where the default is NaN
+    assert columns(rows, {"c": 2.0})["c"].tolist() == column(rows, "c", 2.0).tolist()
+    assert Breakdowns([]).column("a").tolist() == []
+    assert Breakdowns([{}, {}]).column("a", 3.0).tolist() == [3.0, 3.0]

@@ -15,6 +15,7 @@ from weightmapper.result import (
     MultiPair,
     UnmatchedKey,
     UnmatchedReason,
+    matched_pairs,
 )
 from weightmapper.transforms import TransformSpec, apply_one, get_transform, invert
 
@@ -144,3 +145,31 @@ def test_convert_takes_the_checkpoint_as_it_was_loaded(tmp_path) -> None:  # typ
     assert "stripped 'module.'" in text
     assert "3 mapped source key(s) missing" in text and "'l2.weight'" in text
     assert "1 key(s) the mapping does not know" in text and "'head.weight'" in text
+
+
+def test_matched_pairs_equal_pairs_made_one_by_one_and_refuse_a_bad_label() -> None:
+    rows = [
+        ("a.weight", "x.weight", 0.9, {"shape": 1.0}, (2, 3), (3, 2),
+         TransformSpec("transpose", {"dim0": 0, "dim1": 1}), False, "exact", "high", ""),
+        ("a.bias", "x.bias", 0.5, {}, (2,), (2,), TransformSpec("identity", {}), True,
+         "group", "low", "a note"),
+    ]  # fmt: skip
+    many = matched_pairs(*map(list, zip(*rows, strict=True)))
+    assert many == [MatchedPair(*row) for row in rows]
+    assert [p.to_dict() for p in many] == [MatchedPair(*row).to_dict() for row in rows]
+    assert many[1].note == "a note" and many[0].confident
+    bad = [rows[0], (*rows[1][:9], "medium", "")]
+    with pytest.raises(MappingError, match=r"pair a.bias → x.bias has confidence 'medium'"):
+        matched_pairs(*map(list, zip(*bad, strict=True)))
+    with pytest.raises(TypeError, match="11 field sequences"):
+        matched_pairs(["a"], ["b"])
+
+
+def test_a_source_mapped_twice_is_a_collision() -> None:
+    with pytest.raises(KeyCollisionError, match="source key 'a' is mapped twice"):
+        MappingResult([MatchedPair("a", "t", 1.0), MatchedPair("b", "u", 1.0),
+                       MatchedPair("a", "v", 1.0)])  # fmt: skip
+    split = MultiPair(("w",), ("q", "t"), TransformSpec("split", {"dim": 0}), 0.5)
+    with pytest.raises(KeyCollisionError) as e:
+        MappingResult([MatchedPair("a", "t", 1.0)], multi=[split])
+    assert e.value.collisions == {"t": ["a", "w"]}

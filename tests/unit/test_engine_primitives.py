@@ -9,7 +9,7 @@ import torch
 
 from weightmapper.engine import score_inventories
 from weightmapper.engine.assign import accept
-from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.candidates import Proposal, proposals_of
 from weightmapper.engine.primitives import align, increasing, mutual_best, signatures_fit
 from weightmapper.engine.shapes import shape_bucket, shape_relation
 from weightmapper.engine.side import prepare_side
@@ -97,6 +97,19 @@ def test_group_carry_accepts_a_weak_member_with_its_group_at_the_groups_score() 
     guess = _proposal("l.bias", "m.bias", confidence="low")
     accepted, rejected = accept({**scored, "l.bias": (guess, 0.95)}, 0.6, conservative=True)
     assert "l.bias" in rejected and "l.weight" in accepted
+
+
+def test_proposals_made_in_bulk_equal_proposals_made_one_by_one() -> None:
+    rows = [
+        ("l.weight", "m.weight", {"name": 1.0}, IDENTITY, "exact", True, "high", (2, 2), (2, 2),
+         None, ""),
+        ("bn.running_mean", "n.running_mean", {}, IDENTITY, "buffer", False, "low", (2,), (2,),
+         "l.weight", "a note"),
+    ]  # fmt: skip
+    bulk = proposals_of(rows)
+    assert bulk == [Proposal(*row) for row in rows]
+    assert [p.to_dict() for p in bulk] == [Proposal(*row).to_dict() for row in rows]
+    assert copy.deepcopy(bulk) == bulk and bulk[1].relabelled({}, "high").confidence == "high"
 
 
 def test_increasing_and_signature_fit() -> None:

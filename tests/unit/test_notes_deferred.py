@@ -50,7 +50,7 @@ def _eager_notes(source: Inventory, target: Inventory) -> list:
     with paused_gc():
         st = MatchState(prepare_side(source), prepare_side(target), ScoreSettings(), roles)
         run_cascade(st)
-        _, tied = collect_pairs(st)
+        _, tied, _ = collect_pairs(st)
         notes = collect_notes(st, tied)
     multi, notes = drop_ambiguous(propose_leftovers(source, target, notes, roles), notes)
     used = {("source", k) for m in multi for k in m.sources}
@@ -79,7 +79,7 @@ def test_unscored_notes_leave_out_skipped_keys_and_carry_no_candidate() -> None:
     with paused_gc():
         st = MatchState(prepare_side(source), prepare_side(target), ScoreSettings())
         run_cascade(st)
-        _, tied = collect_pairs(st)
+        _, tied, _ = collect_pairs(st)
         light = collect_notes(st, tied, score=False)
         skip = {("source", "layers.0.attn.q_proj.weight")}
         fewer = collect_notes(st, tied, skip=skip)

@@ -14,14 +14,16 @@ reason. Cheap, so a pipeline caches scoring and re-runs this with another thresh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from itertools import repeat
 
 import numpy as np
 
 from weightmapper.engine.calibration import feature_matrix, load
 from weightmapper.engine.candidates import Candidates, Proposal
-from weightmapper.engine.columns import columns
+from weightmapper.engine.columns import Breakdowns, columns
 from weightmapper.engine.margins import ambiguous_mask
 from weightmapper.engine.signals import combine
 from weightmapper.result import (
@@ -31,6 +33,7 @@ from weightmapper.result import (
     MultiPair,
     UnmatchedKey,
     UnmatchedReason,
+    matched_pairs,
 )
 from weightmapper.settings import CONSERVATIVE_FLOOR, DEFAULT_WEIGHTS, AssignSettings
 
@@ -55,44 +58,35 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
     bar = max(settings.threshold, CONSERVATIVE_FLOOR) if conservative else settings.threshold
     # the map was fitted on the default weighting: other weights get their own raw score
     calibrated = strategy != "shape_only" and w == DEFAULT_WEIGHTS
-    scored: Scored = {}
-    raws = _scores(candidates.proposals, w)
+    proposals = candidates.proposals
+    # every signal of every pair read once; scores, features and labels cut columns from it
+    table = Breakdowns([p.breakdown for p in proposals])
+    raws = _scores(table, w)
     # one feature matrix through the map instead of one call per pair (100k pairs)
-    probs = _probabilities(candidates.proposals, raws) if calibrated else raws
-    labels = _labels(candidates.proposals, probs, calibrated=calibrated)
-    for p, raw, prob, label in zip(candidates.proposals, raws, probs, labels, strict=True):
-        scored[p.source] = (p.relabelled({**p.breakdown, "raw": raw}, label), prob)
-    accepted, rejected = accept(scored, bar, conservative=conservative)
-
-    pairs = [
-        # positional (in MatchedPair's field order): 100k keyword calls cost a tenth of a second
-        MatchedPair(
-            p.source,
-            p.target,
-            score,
-            p.breakdown,
-            p.source_shape,
-            p.target_shape,
-            p.transform,
-            p.group,
-            p.stage,
-            p.confidence,
-            p.note,
-        )
-        for p, score in accepted.values()
-    ]
+    probs = _probabilities(proposals, table, raws) if calibrated else raws
+    labels = _labels(proposals, table, probs, calibrated=calibrated)
+    accepted, rejected, reported = accept_many(
+        proposals, probs, labels, bar, conservative=conservative
+    )
+    raw = raws.tolist()
+    pairs = _matched(proposals, accepted, reported, raw, labels)
+    rejected_sources = {proposals[i].source for i in rejected}
     un_src: list[UnmatchedKey] = []
     un_tgt: list[UnmatchedKey] = []
-    for p, score in rejected.values():
+    # the modules' pairs that rejected buffers follow, among the accepted ones
+    followed = {proposals[i].follows for i in rejected} - {None}
+    followed &= {proposals[i].source for i in accepted} if followed else set()
+    for i in rejected:
+        p, score, label = proposals[i], reported[i], labels[i]
         why = (
             f"best candidate {p.target} scored {score:.3f}, below the "
             f"{'conservative bar' if strategy == 'conservative' else 'threshold'} {bar:.2f}"
         )
-        if strategy == "conservative" and p.confidence == "ambiguous" and score >= bar:
+        if strategy == "conservative" and label == "ambiguous" and score >= bar:
             why = f"best candidate {p.target} is ambiguous: an alternative scored nearly as well"
-        elif strategy == "conservative" and p.confidence != "high" and score >= bar:
+        elif strategy == "conservative" and label != "high" and score >= bar:
             why = f"best candidate {p.target} is a low-confidence guess ({p.stage})"
-        if p.follows is not None and p.follows not in accepted:
+        if p.follows is not None and p.follows not in followed:
             why = f"its module's pair ({p.follows}) was not accepted"
         un_src.append(
             UnmatchedKey(
@@ -118,11 +112,13 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
             best = load().probability(n.best_breakdown, best, confidence="high")
         reason = n.reason
         detail = n.detail
-        if reason is UnmatchedReason.LOST_TO_BETTER and n.best_taken_by is not None:
-            taken = scored.get(n.best_taken_by) if n.side == "source" else None
-            if n.side == "source" and taken is not None and n.best_taken_by in rejected:
-                reason = UnmatchedReason.BELOW_THRESHOLD
-                detail = f"best candidate {n.best_candidate} scored {best:.3f}"
+        if (
+            reason is UnmatchedReason.LOST_TO_BETTER
+            and n.side == "source"
+            and n.best_taken_by in rejected_sources
+        ):
+            reason = UnmatchedReason.BELOW_THRESHOLD
+            detail = f"best candidate {n.best_candidate} scored {best:.3f}"
         unmatched = UnmatchedKey(n.name, n.side, reason, detail, n.shape, n.best_candidate, best)
         (un_src if n.side == "source" else un_tgt).append(unmatched)
 
@@ -177,61 +173,149 @@ def accept(scored: Scored, bar: float, *, conservative: bool) -> tuple[Scored, S
     whose own name evidence is thinner than its weight's), and then reports that best
     score: nothing in a result scores below the bar it was accepted at. ``conservative``
     accepts high-confidence proposals only. Buffers that follow a pair are in when it is
-    in, out when it is out.
+    in, out when it is out. (:func:`accept_many` on dicts.)
     """
-    accepted: Scored = {}
-    rejected: Scored = {}
-    unit_best: dict[tuple[str, str], float] = {}
-    for p, score in scored.values():
-        if p.follows is None and p.group:
-            unit = (_module(p.source), _module(p.target))
-            unit_best[unit] = max(unit_best.get(unit, 0.0), score)
-    for src, (p, score) in scored.items():
-        if p.follows is not None:
-            continue
-        best = unit_best.get((_module(p.source), _module(p.target)), 0.0)
-        carried = p.group and score < bar <= best
-        ok = (score >= bar or carried) and not (conservative and p.confidence != "high")
-        (accepted if ok else rejected)[src] = (p, best if carried else score)
-    for src, (p, score) in scored.items():
-        if p.follows is None:
-            continue
-        lead = accepted.get(p.follows)
-        if lead is not None:
-            accepted[src] = (p, max(score, lead[1]) if p.stage == "buffer" else score)
-        else:
-            rejected[src] = (p, score)
-    return accepted, rejected
-
-
-def _probabilities(proposals: list[Proposal], raws: list[float]) -> list[float]:
-    """Proposals + their raw scores → each one's calibrated probability (one matrix pass)."""
-    if not proposals:
-        return []
-    x = feature_matrix(
-        [p.breakdown for p in proposals],
-        raws,
-        confidence=[p.confidence for p in proposals],
-        stage=[p.stage for p in proposals],
-        note=[p.note for p in proposals],
+    keys = list(scored)
+    proposals = [scored[k][0] for k in keys]
+    scores = np.array([scored[k][1] for k in keys], np.float64)
+    labels = [p.confidence for p in proposals]
+    accepted, rejected, reported = accept_many(
+        proposals, scores, labels, bar, conservative=conservative
     )
-    return load().probabilities(x).tolist()
+    return (
+        {keys[i]: (proposals[i], reported[i]) for i in accepted},
+        {keys[i]: (proposals[i], reported[i]) for i in rejected},
+    )
 
 
-def _labels(proposals: list[Proposal], probs: list[float], *, calibrated: bool) -> list[str]:
-    """Proposals + their probabilities (their raw scores when not ``calibrated``) → each
-    one's confidence label: ``ambiguous`` when a same-shape alternative is nearly as good
-    (:func:`~weightmapper.engine.margins.ambiguous_mask`), ``low`` when its probability is
-    below :data:`~weightmapper.result.CONFIDENT_SCORE`, else its own."""
-    ambiguous = ambiguous_mask([p.breakdown for p in proposals]).tolist()
-    out = []
-    for p, amb, prob in zip(proposals, ambiguous, probs, strict=True):
-        confidence = p.confidence
-        if confidence == "high" and amb:
-            confidence = "ambiguous"
-        elif confidence == "high" and calibrated and prob < CONFIDENT_SCORE:
-            confidence = "low"  # the evidence, weighed on the bench, does not settle it
-        out.append(confidence)
+def accept_many(
+    proposals: Sequence[Proposal],
+    scores: np.ndarray,
+    labels: Sequence[str],
+    bar: float,
+    *,
+    conservative: bool,
+) -> tuple[list[int], list[int], list[float]]:
+    """Proposals + their scores and confidence labels + bar → (numbers of the accepted
+    proposals, of the rejected ones, the score each proposal reports): the rules of
+    :func:`accept`, on arrays.
+
+    The accepted come in proposal order, the pairs that follow no other first, then the
+    followers; so do the rejected.
+    """
+    n = len(proposals)
+    scores = np.asarray(scores, np.float64)
+    lead = np.fromiter(map(operator.is_, map(_FOLLOWS, proposals), repeat(None)), bool, n)
+    group = np.fromiter(map(_GROUP, proposals), bool, n) & lead
+    # the best score of each unit (module pair) with members matched as a group
+    best = np.zeros(n, np.float64)
+    members = np.flatnonzero(group)
+    if len(members):
+        units: dict[tuple[str, str], int] = {}
+        unit = np.array(
+            [
+                units.setdefault((_module(p.source), _module(p.target)), len(units))
+                for p in map(proposals.__getitem__, members.tolist())
+            ],
+            np.int64,
+        )
+        top = np.zeros(len(units), np.float64)
+        np.fmax.at(top, unit, scores[members])  # max(0.0, ...) per unit, NaN never wins
+        best[members] = top[unit]
+    carried = group & (scores < bar) & (bar <= best)
+    ok = (scores >= bar) | carried
+    if conservative:
+        ok &= np.fromiter(map(operator.eq, labels, repeat("high")), bool, n)
+    reported = np.where(carried, best, scores).tolist()
+    accepted = np.flatnonzero(lead & ok).tolist()
+    rejected = np.flatnonzero(lead & ~ok).tolist()
+    followers = np.flatnonzero(~lead).tolist()
+    if followers:
+        # a buffer is in when the pair it follows is (reporting the better of the two
+        # scores), out when it is out
+        taken = {proposals[i].source: reported[i] for i in accepted}
+        for i in followers:
+            p = proposals[i]
+            lead_score = taken.get(p.follows)  # type: ignore[arg-type]
+            if lead_score is None:
+                rejected.append(i)
+                continue
+            if p.stage == "buffer":
+                reported[i] = max(reported[i], lead_score)
+            taken[p.source] = reported[i]
+            accepted.append(i)
+    return accepted, rejected, reported
+
+
+_FOLLOWS = operator.attrgetter("follows")
+_GROUP = operator.attrgetter("group")
+
+
+def _matched(
+    proposals: Sequence[Proposal],
+    accepted: list[int],
+    reported: list[float],
+    raw: list[float],
+    labels: list[str],
+) -> list[MatchedPair]:
+    """Proposals + numbers of the accepted ones + each one's reported score, raw score and
+    label → their MatchedPairs, the raw score added to (a copy of) each breakdown: the
+    candidates stay as they were, for another threshold."""
+    chosen = [proposals[i] for i in accepted]
+    return matched_pairs(
+        [p.source for p in chosen],
+        [p.target for p in chosen],
+        [reported[i] for i in accepted],
+        [{**p.breakdown, "raw": raw[i]} for p, i in zip(chosen, accepted, strict=True)],
+        [p.source_shape for p in chosen],
+        [p.target_shape for p in chosen],
+        [p.transform for p in chosen],
+        [p.group for p in chosen],
+        [p.stage for p in chosen],
+        [labels[i] for i in accepted],
+        [p.note for p in chosen],
+    )
+
+
+def _probabilities(
+    proposals: Sequence[Proposal], table: Breakdowns, raws: np.ndarray
+) -> np.ndarray:
+    """Proposals + their breakdowns read as columns + their raw scores → each one's
+    calibrated probability (one matrix pass)."""
+    if not proposals:
+        return np.zeros(0, np.float64)
+    x = feature_matrix(
+        table,
+        raws,
+        confidence=list(map(_CONFIDENCE, proposals)),
+        stage=list(map(_STAGE, proposals)),
+        note=list(map(_NOTE, proposals)),
+    )
+    return load().probabilities(x)
+
+
+_CONFIDENCE = operator.attrgetter("confidence")
+_STAGE = operator.attrgetter("stage")
+_NOTE = operator.attrgetter("note")
+
+
+def _labels(
+    proposals: Sequence[Proposal], table: Breakdowns, probs: np.ndarray, *, calibrated: bool
+) -> list[str]:
+    """Proposals + their breakdowns read as columns + their probabilities (their raw scores
+    when not ``calibrated``) → each one's confidence label: ``ambiguous`` when a same-shape
+    alternative is nearly as good (:func:`~weightmapper.engine.margins.ambiguous_mask`),
+    ``low`` when its probability is below :data:`~weightmapper.result.CONFIDENT_SCORE`, else
+    its own."""
+    out = list(map(_CONFIDENCE, proposals))
+    high = np.fromiter(map(operator.eq, out, repeat("high")), bool, len(out))
+    ambiguous = high & ambiguous_mask(table)
+    for i in np.flatnonzero(ambiguous).tolist():
+        out[i] = "ambiguous"
+    if calibrated:
+        # the evidence, weighed on the bench, does not settle it
+        for i in np.flatnonzero(high & ~ambiguous & (probs < CONFIDENT_SCORE)).tolist():
+            out[i] = "low"
     return out
 
 
@@ -246,15 +330,16 @@ def _module(key: str) -> str:
     return key.rpartition(".")[0]
 
 
-def _scores(proposals: list[Proposal], weights: Mapping[str, float]) -> list[float]:
-    """Proposals + weights → combined score of each (vectorized :func:`combine`)."""
-    if not proposals:
-        return []
+def _scores(table: Breakdowns, weights: Mapping[str, float]) -> np.ndarray:
+    """Breakdowns read as columns + weights → combined score of each (vectorized
+    :func:`combine`)."""
+    if not len(table):
+        return np.zeros(0, np.float64)
     keys = [k for k, v in weights.items() if v]
     total = sum(weights[k] for k in keys)
-    cols = columns([p.breakdown for p in proposals], keys)
-    mat = np.empty((len(proposals), len(keys)), np.float64)  # C order, one pair per row
+    cols = columns(table, keys)
+    mat = np.empty((len(table), len(keys)), np.float64)  # C order, one pair per row
     for n, k in enumerate(keys):
         mat[:, n] = cols[k]
     w = np.array([weights[k] for k in keys], dtype=np.float64)
-    return np.clip(mat @ w / total, 0.0, 1.0).tolist()
+    return np.clip(mat @ w / total, 0.0, 1.0)

@@ -34,16 +34,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from itertools import pairwise
+from itertools import pairwise, repeat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from weightmapper.engine.columns import column
+from weightmapper.engine.columns import Breakdowns, columns
 from weightmapper.engine.context import AGREE, CONTRADICT
 from weightmapper.engine.evidence import EXACT_NAME, ROLE_AGREE, ROLE_CROSS
 from weightmapper.errors import WeightMapperError
@@ -104,7 +105,7 @@ def features(
 
 
 def feature_matrix(
-    breakdowns: Sequence[Mapping[str, float]],
+    breakdowns: Sequence[Mapping[str, float]] | Breakdowns,
     raw: Sequence[float] | np.ndarray,
     *,
     confidence: Sequence[str],
@@ -112,14 +113,15 @@ def feature_matrix(
     note: Sequence[str],
     multi: Sequence[bool] | None = None,
 ) -> np.ndarray:
-    """Pairs' breakdowns + raw scores + labels (one each) → their feature vectors as the rows
-    of a C-ordered float64 matrix (columns in the order of :data:`FEATURES`)."""
+    """Pairs' breakdowns (or a :class:`~weightmapper.engine.columns.Breakdowns` read of them) +
+    raw scores + labels (one each) → their feature vectors as the rows of a C-ordered float64
+    matrix (columns in the order of :data:`FEATURES`)."""
     n = len(breakdowns)
-    get = {k: column(breakdowns, k, d) for k, d in FEATURE_INPUTS.items()}
+    get = columns(breakdowns, FEATURE_INPUTS)
     raw = np.asarray(raw, np.float64)
-    low = np.fromiter((c == "low" for c in confidence), bool, n)
-    assumed = np.fromiter(("assumed" in t for t in note), bool, n)
-    named_stage = np.fromiter((s in NAMED_STAGES for s in stage), bool, n)
+    low = np.fromiter(map(operator.eq, confidence, repeat("low")), bool, n)
+    assumed = np.fromiter(map(operator.contains, note, repeat("assumed")), bool, n)
+    named_stage = np.fromiter(map(NAMED_STAGES.__contains__, stage), bool, n)
     is_multi = np.zeros(n, bool) if multi is None else np.fromiter(multi, bool, n)
     name, shape, order = get["name"], get["shape"], get["order"]
     # an exact name with equal shapes, its layout not assumed: right in practice every time

@@ -9,6 +9,7 @@ assignment. Candidates pickle and round-trip through JSON (``to_dict`` / ``from_
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,20 @@ class Proposal:
             d.get("follows"),
             str(d.get("note", "")),
         )
+
+
+def proposals_of(rows: Iterable[tuple[Any, ...]]) -> list[Proposal]:
+    """Rows of every field of :class:`Proposal`, in its field order → the Proposals, what
+    ``Proposal(*row)`` gives for each row, without the frozen dataclass's per-field
+    ``__init__`` (a large checkpoint makes 100k of them)."""
+    names = tuple(Proposal.__dataclass_fields__)
+    out = []
+    new = object.__new__
+    for row in rows:
+        proposal = new(Proposal)
+        proposal.__dict__.update(zip(names, row, strict=True))
+        out.append(proposal)
+    return out
 
 
 @dataclass(frozen=True)

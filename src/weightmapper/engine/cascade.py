@@ -126,14 +126,14 @@ def score_inventories(
         s_side = prepare_side(source)
         st = MatchState(s_side, s_side if same else prepare_side(target), settings, roles)
         run_cascade(st)
-        proposals, tied = collect_pairs(st)
+        proposals, tied, columns = collect_pairs(st)
         leftovers = collect_notes(st, tied, score=False)
     multi = propose_leftovers(source, target, leftovers, roles)
     multi, rivals = ambiguous_rivals(multi, leftovers)
     with paused_gc():
         # splits and merges are anchors too, and the keys they take are no open slots
         placed = record_context(st, proposals, multi)
-        record_margins(st, proposals, placed)
+        record_margins(st, proposals, columns, placed)
         record_block_shifts(proposals)
     proposals = settle_square_layouts(proposals, source, target)
     proposals = settle_role_layouts(proposals, roles)

@@ -4,10 +4,11 @@ alternative and reason) for every key left over, and the tied duplicates."""
 from __future__ import annotations
 
 from collections.abc import Set
+from dataclasses import dataclass
 
 import numpy as np
 
-from weightmapper.engine.candidates import KeyNote, Proposal
+from weightmapper.engine.candidates import KeyNote, Proposal, proposals_of
 from weightmapper.engine.primitives import by_bucket, nearest
 from weightmapper.engine.side import Side
 from weightmapper.engine.signals import (
@@ -26,24 +27,51 @@ NOTE_MAX_CANDIDATES = 4096
 _NOTE_CHUNK = 256
 
 
-def collect_pairs(st: MatchState) -> tuple[list[Proposal], dict[str, dict[str, str]]]:
+@dataclass(frozen=True)
+class PairColumns:
+    """The proposals :func:`collect_pairs` makes, as arrays aligned with them (one entry per
+    proposal, in their order), for the stages that compute on every pair at once."""
+
+    source: np.ndarray
+    """Source key number of each pair."""
+    target: np.ndarray
+    """Target key number of each pair."""
+    lead: np.ndarray
+    """True for a pair that follows no other (not a buffer following its module's pair)."""
+    signals: dict[str, np.ndarray]
+    """``name``, ``hierarchy``, ``order`` and ``shape`` of each pair (float64): the values
+    its breakdown holds."""
+
+
+def collect_pairs(
+    st: MatchState,
+) -> tuple[list[Proposal], dict[str, dict[str, str]], PairColumns]:
     """MatchState → (proposals with breakdowns, tied keys: side → unmatched duplicate → its
-    stand-in); the anchors and coherence the signals read are brought up to date first."""
+    stand-in, the proposals as :class:`PairColumns`); the anchors and coherence the signals
+    read are brought up to date first."""
     update_anchors(st)
     update_coherence(st)
     src_idx = np.array(sorted(st.rec), dtype=np.int64)
     tgt_idx = st.s_match[src_idx] if len(src_idx) else np.zeros(0, np.int64)
-    breakdowns = pair_signals(st, src_idx, tgt_idx)
+    if len(src_idx):
+        signals = pair_signals(st, src_idx, tgt_idx)
+    else:
+        signals = {k: np.zeros(0, np.float64) for k in ("name", "hierarchy", "order")}
     s, t = st.s, st.t
-    s_type = [s.group_type[g] for g in s.group[src_idx].tolist()]
-    t_type = [t.group_type[g] for g in t.group[tgt_idx].tolist()]
-    proposals = []
-    for i, j, bd, source_type, target_type in zip(
-        src_idx.tolist(), tgt_idx.tolist(), breakdowns, s_type, t_type, strict=True
-    ):
+    rows = []
+    shape_scores = []
+    leads = []
+    for i, j, name, hierarchy, order in zip(
+        src_idx.tolist(), tgt_idx.tolist(), signals["name"].tolist(),
+        signals["hierarchy"].tolist(), signals["order"].tolist(), strict=True,
+    ):  # fmt: skip
         rel, stage, group, structure, follows = st.rec[i]
-        bd["structure"] = structure
-        bd["shape"] = rel.score
+        shape_scores.append(rel.score)
+        leads.append(follows < 0)
+        breakdown = {
+            "name": name, "hierarchy": hierarchy, "order": order,
+            "structure": structure, "shape": rel.score,
+        }  # fmt: skip
         source, target = s.keys[i], t.keys[j]
         transform, confidence = rel.transform, rel.confidence
         if len(s.shape[i]) == 2 and (source.endswith("kernel") or target.endswith("kernel")):
@@ -51,13 +79,16 @@ def collect_pairs(st: MatchState) -> tuple[list[Proposal], dict[str, dict[str, s
             # settle a layout that shapes cannot.
             transform, confidence = refine_by_param_names(
                 transform, confidence, source, target, s.shape[i], t.shape[j],
-                source_type=source_type, target_type=target_type,
+                source_type=s.group_type[s.group[i]], target_type=t.group_type[t.group[j]],
             )  # fmt: skip
         lead = s.keys[follows] if follows >= 0 else None
-        args = (bd, transform, stage, group, confidence, s.shape[i], t.shape[j], lead)
-        proposals.append(Proposal(source, target, *args))
+        rows.append((source, target, breakdown, transform, stage, group, confidence,
+                     s.shape[i], t.shape[j], lead, ""))  # fmt: skip
+    proposals = proposals_of(rows)
+    signals["shape"] = np.array(shape_scores, np.float64)
+    columns = PairColumns(src_idx, tgt_idx, np.array(leads, bool), signals)
     tied = {"source": _tied(st.s, st.s_match), "target": _tied(st.t, st.t_match)}
-    return proposals, tied
+    return proposals, tied, columns
 
 
 def collect_notes(

@@ -24,6 +24,7 @@ import numpy as np
 
 from weightmapper.engine.calibration import AMBIGUOUS_MARGIN
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.collect import PairColumns
 from weightmapper.engine.columns import columns, weighted_mean
 from weightmapper.engine.context import under
 from weightmapper.engine.signals import hierarchy_signal, name_signal, order_signal
@@ -83,11 +84,16 @@ def ambiguous_mask(breakdowns: Sequence[Mapping[str, float]]) -> np.ndarray:
 
 
 def record_margins(
-    st: MatchState, proposals: list[Proposal], placed: Mapping[str, str] | None = None
+    st: MatchState,
+    proposals: list[Proposal],
+    pairs: PairColumns,
+    placed: Mapping[str, str] | None = None,
 ) -> None:
-    """Finished MatchState + its proposals (+ source key → the target prefix its siblings
-    went to, for pairs that agree with it, :func:`~weightmapper.engine.context.record_context`)
-    → each proposal's breakdown gains runner_up, margin.
+    """Finished MatchState + its proposals and their :class:`PairColumns` (both from
+    :func:`~weightmapper.engine.collect.collect_pairs`) (+ source key → the target prefix its
+    siblings went to, for pairs that agree with it,
+    :func:`~weightmapper.engine.context.record_context`) → each proposal's breakdown gains
+    runner_up, margin and name_margin.
 
     An alternative outside the prefix a pair's siblings went to is no rival of that pair (a
     same-shape tensor of the block before). Buffers that follow their module's pair get the
@@ -95,86 +101,100 @@ def record_margins(
     """
     w = {k: v for k, v in st.weights.items() if k in MARGIN_SIGNALS and v}
     total = sum(w.values())
-    cols = columns([p.breakdown for p in proposals], MARGIN_SIGNALS)
+    cols = pairs.signals
     own = cols["shape"] if total <= 0 else weighted_mean(cols, w, total)
-    rows, cols_t, alt_of = _alternatives(st, proposals)
-    if placed and len(rows):
-        keep = _inside_context(st, proposals, placed, rows, cols_t, alt_of)
-        rows, cols_t, alt_of = rows[keep], cols_t[keep], alt_of[keep]
+    rows, cols_t, alt_of, pair_of = _alternatives(st, pairs)
+    if placed and len(alt_of):
+        keep = _inside_context(st, proposals, placed, rows[pair_of], cols_t[pair_of], alt_of)
+        alt_of, pair_of = alt_of[keep], pair_of[keep]
     best = np.full(len(proposals), -np.inf)
     best_named = np.full(len(proposals), -np.inf)
-    if len(rows):
+    if len(alt_of):
         gs, gt = st.s.group[rows], st.t.group[cols_t]
         # the signals of pair_signals, kept as arrays: one raw score per alternative in numpy
-        # (a 100k-tensor checkpoint has 800k alternatives); the same float64 arithmetic
-        sigs = {
+        # (a 100k-tensor checkpoint has 800k alternatives, of 400k distinct key pairs: each
+        # pair of neighbours tries the two swaps, and each swap is the alternative of both);
+        # the same float64 arithmetic
+        found_sigs = {
             "name": name_signal(st, rows, cols_t, matrix=False),
             "hierarchy": hierarchy_signal(st, gs, gt, matrix=False),
             "order": order_signal(st, gs, gt, matrix=False),
-            # equal shapes on both sides: the alternative's shape signal is the pair's own
-            "shape": cols["shape"][alt_of],
         }
+        sigs = {k: v[pair_of] for k, v in found_sigs.items()}
+        # equal shapes on both sides: the alternative's shape signal is the pair's own
+        sigs["shape"] = cols["shape"][alt_of]
         np.maximum.at(best, alt_of, _raw_many(sigs, w, total))
         np.maximum.at(best_named, alt_of, sum(sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS))
     found = np.isfinite(best)
-    runner_up = np.where(found, best, 0.0).tolist()
-    margin = np.where(found, own - best, NO_ALTERNATIVE).tolist()
+    runner_up = np.where(found, best, 0.0)
+    margin = np.where(found, own - best, NO_ALTERNATIVE)
     named = sum(cols[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS)
-    name_margin = np.where(np.isfinite(best_named), named - best_named, NO_ALTERNATIVE).tolist()
-    lead: dict[str, int] = {}
-    for n, p in enumerate(proposals):
-        if p.follows is not None:
-            continue
-        lead[p.source] = n
-        p.breakdown["runner_up"] = runner_up[n]
-        p.breakdown["margin"] = margin[n]
-        p.breakdown["name_margin"] = name_margin[n]
-    for p in proposals:
-        if p.follows is None:
-            continue
-        n = lead.get(p.follows, -1)
-        if n >= 0:
-            p.breakdown["runner_up"] = runner_up[n]
-            p.breakdown["margin"] = margin[n]
-            p.breakdown["name_margin"] = name_margin[n]
-        else:  # its module's pair is not a proposal: no alternative known
-            p.breakdown["runner_up"] = 0.0
-            p.breakdown["margin"] = NO_ALTERNATIVE
-            p.breakdown["name_margin"] = NO_ALTERNATIVE
+    name_margin = np.where(np.isfinite(best_named), named - best_named, NO_ALTERNATIVE)
+    followers = np.flatnonzero(~pairs.lead)
+    if len(followers):
+        # a buffer that follows its module's pair takes that pair's values; one whose
+        # module's pair is no proposal has no alternative known
+        lead_of = {proposals[n].source: n for n in np.flatnonzero(pairs.lead).tolist()}
+        of = np.array([lead_of.get(proposals[n].follows, -1) for n in followers.tolist()])
+        known = of >= 0
+        runner_up[followers] = np.where(known, runner_up[of], 0.0)
+        margin[followers] = np.where(known, margin[of], NO_ALTERNATIVE)
+        name_margin[followers] = np.where(known, name_margin[of], NO_ALTERNATIVE)
+    for p, r, m, n in zip(
+        proposals, runner_up.tolist(), margin.tolist(), name_margin.tolist(), strict=True
+    ):
+        breakdown = p.breakdown
+        breakdown["runner_up"] = r
+        breakdown["margin"] = m
+        breakdown["name_margin"] = n
 
 
 def _alternatives(
-    st: MatchState, proposals: list[Proposal]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """MatchState + proposals → (source rows, target columns, owning proposal) of every
-    alternative: for each pair that follows no other, its source onto each of the
-    :data:`NEIGHBOURS` nearest same-shape pairs' targets (nearest in source position, ties
-    in proposal order) and their sources onto its target, on each side."""
-    lead = [n for n, p in enumerate(proposals) if p.follows is None]
+    st: MatchState, pairs: PairColumns
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MatchState + the proposals as columns → (source rows, target columns) of every
+    distinct alternative key pair, then for every (owning proposal, its alternative) the
+    owner's number and the alternative's.
+
+    For each pair that follows no other: its source onto each of the :data:`NEIGHBOURS`
+    nearest same-shape pairs' targets (nearest in source position, ties in proposal order)
+    and their sources onto its target. Two neighbours try the same two swaps, so each swap
+    is an alternative of both.
+    """
     empty = np.zeros(0, np.int64)
-    if len(lead) < 2:
-        return empty, empty, empty
-    ns = np.array(lead, np.int64)
-    src = np.array([st.s.index[proposals[n].source] for n in lead], np.int64)
-    tgt = np.array([st.t.index[proposals[n].target] for n in lead], np.int64)
+    ns = np.flatnonzero(pairs.lead)
+    if len(ns) < 2:
+        return empty, empty, empty, empty
+    src, tgt = pairs.source[ns], pairs.target[ns]
+    s_shape, t_shape = st.s.shape, st.t.shape
     kinds: dict[tuple, int] = {}
     bucket = np.array(
-        [kinds.setdefault((proposals[n].source_shape, proposals[n].target_shape), len(kinds))
-         for n in lead],
+        [
+            kinds.setdefault(kind, len(kinds))
+            for kind in zip(
+                map(s_shape.__getitem__, src.tolist()),
+                map(t_shape.__getitem__, tgt.tolist()),
+                strict=True,
+            )
+        ],
         np.int64,
-    )  # fmt: skip
+    )
     pos = st.s.group_pos[st.s.group[src]]
     order = np.lexsort((ns, pos, bucket))  # by bucket, then position, then proposal order
     ns, src, tgt, bucket = ns[order], src[order], tgt[order], bucket[order]
-    rows, cols, owner = [], [], []
+    rows, cols, first, second = [], [], [], []
     for d in range(1, NEIGHBOURS + 1):
         a = np.flatnonzero(bucket[:-d] == bucket[d:])  # a and a + d: neighbours d apart
         b = a + d
-        # each of the two: its source onto the other's target, the other's source onto its own
-        rows += [src[a], src[b], src[b], src[a]]
-        cols += [tgt[b], tgt[a], tgt[a], tgt[b]]
-        owner += [ns[a], ns[a], ns[b], ns[b]]
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(owner)
+        # a's source onto b's target, and b's source onto a's target: each an alternative
+        # of both a and b
+        rows += [src[a], src[b]]
+        cols += [tgt[b], tgt[a]]
+        first += [ns[a], ns[a]]
+        second += [ns[b], ns[b]]
+    found = np.arange(sum(map(len, rows)), dtype=np.int64)
+    owner = np.concatenate(first + second)
+    return np.concatenate(rows), np.concatenate(cols), owner, np.concatenate([found, found])
 
 
 def _inside_context(

@@ -172,18 +172,15 @@ def signal_matrices(
     return sig, blocked
 
 
-def pair_signals(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> list[dict[str, float]]:
-    """Equal-length source and target key numbers → each pair's name, hierarchy and order."""
-    if not len(rows_s):
-        return []
+def pair_signals(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> dict[str, np.ndarray]:
+    """Equal-length source and target key numbers → each pair's name, hierarchy and order,
+    one float64 array per signal."""
     gs, gt = st.s.group[rows_s], st.t.group[cols_t]
-    name = name_signal(st, rows_s, cols_t, matrix=False)
-    hierarchy = hierarchy_signal(st, gs, gt, matrix=False)
-    order = order_signal(st, gs, gt, matrix=False)
-    return [
-        {"name": float(a), "hierarchy": float(b), "order": float(c)}
-        for a, b, c in zip(name, hierarchy, order, strict=True)
-    ]
+    return {
+        "name": np.asarray(name_signal(st, rows_s, cols_t, matrix=False), np.float64),
+        "hierarchy": np.asarray(hierarchy_signal(st, gs, gt, matrix=False), np.float64),
+        "order": np.asarray(order_signal(st, gs, gt, matrix=False), np.float64),
+    }
 
 
 def score_matrix(st: MatchState, sig: Mapping[str, np.ndarray]) -> np.ndarray:
