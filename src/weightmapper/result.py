@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -385,6 +385,19 @@ def _key_names(d: Mapping[str, Any], field_name: str) -> tuple[str, ...]:
     return tuple(_key_name({field_name: v}, field_name) for v in values)
 
 
+@dataclass(frozen=True)
+class PendingPairs:
+    """One-to-one pairs not built yet: their source and target keys (one order), and how to
+    build their MatchedPairs (in that order). A MappingResult given these answers every
+    source → target question at once and builds the pairs when first asked for one (a
+    100k-tensor mapping is often only read as a mapping)."""
+
+    sources: list[str]
+    targets: list[str]
+    build: Callable[[], list[MatchedPair]]
+    """() → the MatchedPairs, one per source, in the order of :attr:`sources`."""
+
+
 _SOURCE = operator.attrgetter("source")
 _TARGET = operator.attrgetter("target")
 
@@ -415,7 +428,7 @@ class MappingResult(Mapping[str, str]):
 
     def __init__(
         self,
-        pairs: list[MatchedPair] | tuple[MatchedPair, ...],
+        pairs: list[MatchedPair] | tuple[MatchedPair, ...] | PendingPairs,
         unmatched_source: list[UnmatchedKey] | tuple[UnmatchedKey, ...] = (),
         unmatched_target: list[UnmatchedKey] | tuple[UnmatchedKey, ...] = (),
         multi: list[MultiPair] | tuple[MultiPair, ...] = (),
@@ -428,18 +441,32 @@ class MappingResult(Mapping[str, str]):
         metadata: dict[str, Any] | None = None,
         status: MappingStatus | None = None,
     ) -> None:
-        ordered = sorted(pairs, key=_SOURCE)
-        self._pairs: dict[str, MatchedPair] = {p.source: p for p in ordered}
-        if len(self._pairs) != len(ordered):
-            seen: set[str] = set()
-            for p in ordered:
-                if p.source in seen:
-                    raise KeyCollisionError(f"source key {p.source!r} is mapped twice")
-                seen.add(p.source)
+        if isinstance(pairs, PendingPairs) and len(set(pairs.sources)) == len(pairs.sources):
+            # sorted by source as the built pairs will be; built when first asked for
+            order = sorted(range(len(pairs.sources)), key=pairs.sources.__getitem__)
+            self._targets = {pairs.sources[i]: pairs.targets[i] for i in order}
+            self._built: dict[str, MatchedPair] | None = None
+            self._pending: tuple[Callable[[], list[MatchedPair]], list[int]] | None = (
+                pairs.build,
+                order,
+            )
+        else:
+            if isinstance(pairs, PendingPairs):
+                pairs = pairs.build()  # a source twice: refused below, by name
+            ordered = sorted(pairs, key=_SOURCE)
+            self._built = {p.source: p for p in ordered}
+            self._pending = None
+            if len(self._built) != len(ordered):
+                seen: set[str] = set()
+                for p in ordered:
+                    if p.source in seen:
+                        raise KeyCollisionError(f"source key {p.source!r} is mapped twice")
+                    seen.add(p.source)
+            self._targets = {source: p.target for source, p in self._built.items()}
         written = [t for m in multi for t in (m.targets if m.kind == "split" else m.targets[:1])]
-        targets = [*map(_TARGET, ordered), *written]
+        targets = [*self._targets.values(), *written]
         if len(set(targets)) != len(targets):
-            _refuse_collisions(ordered, multi)
+            _refuse_collisions(list(self._pairs.values()), multi)
         self.multi: tuple[MultiPair, ...] = tuple(multi)
         self.unmatched_source: tuple[UnmatchedKey, ...] = tuple(
             sorted(unmatched_source, key=lambda u: u.name)
@@ -452,12 +479,12 @@ class MappingResult(Mapping[str, str]):
         self.source_count = (
             source_count
             if source_count is not None
-            else len(self._pairs) + n_multi_src + len(self.unmatched_source)
+            else len(self._targets) + n_multi_src + len(self.unmatched_source)
         )
         self.target_count = (
             target_count
             if target_count is not None
-            else len(self._pairs) + n_multi_tgt + len(self.unmatched_target)
+            else len(self._targets) + n_multi_tgt + len(self.unmatched_target)
         )
         self.settings: dict[str, Any] = dict(settings or {})
         self.source_name = source_name
@@ -468,13 +495,30 @@ class MappingResult(Mapping[str, str]):
 
     # --- Mapping protocol ------------------------------------------------------------------
     def __getitem__(self, key: str) -> str:
-        return self._pairs[key].target
+        return self._targets[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._pairs)
+        return iter(self._targets)
 
     def __len__(self) -> int:
-        return len(self._pairs)
+        return len(self._targets)
+
+    @property
+    def _pairs(self) -> dict[str, MatchedPair]:
+        """Source key → its MatchedPair, sorted by source; pairs handed over as
+        :class:`PendingPairs` are built here, once, when first asked for."""
+        if self._built is None:
+            build, order = self._pending  # type: ignore[misc]  # set while _built is None
+            made = build()
+            self._built = {p.source: p for p in map(made.__getitem__, order)}
+            self._pending = None
+        return self._built
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with its pairs built (a build function is no data)."""
+        state = dict(self.__dict__)
+        state["_built"], state["_pending"] = self._pairs, None
+        return state
 
     def __repr__(self) -> str:
         cov = self.coverage()
@@ -496,7 +540,7 @@ class MappingResult(Mapping[str, str]):
 
     def target_to_source(self) -> dict[str, str]:
         """Target key → source key for the one-to-one pairs."""
-        return {p.target: p.source for p in self._pairs.values()}
+        return {t: s for s, t in self._targets.items()}
 
     @property
     def splits(self) -> dict[str, list[str]]:
@@ -538,8 +582,8 @@ class MappingResult(Mapping[str, str]):
     def coverage(self) -> dict[str, float | int]:
         """MappingResult → counts and the fraction of source and target tensors mapped, by all
         pairs and by the confident ones (``high`` and scored ≥ :data:`CONFIDENT_SCORE`)."""
-        n_src = len(self._pairs) + sum(len(m.sources) for m in self.multi)
-        n_tgt = len(self._pairs) + sum(len(m.targets) for m in self.multi)
+        n_src = len(self._targets) + sum(len(m.sources) for m in self.multi)
+        n_tgt = len(self._targets) + sum(len(m.targets) for m in self.multi)
         sure = [p for p in self._pairs.values() if p.confident]
         sure_multi = [m for m in self.multi if m.confident]
         c_src = len(sure) + sum(len(m.sources) for m in sure_multi)
@@ -582,7 +626,7 @@ class MappingResult(Mapping[str, str]):
 
     def _source_keys(self) -> list[str]:
         """MappingResult → every source key a conversion reads (pairs, then splits/merges)."""
-        return [*self._pairs, *(s for m in self.multi for s in m.sources)]
+        return [*self._targets, *(s for m in self.multi for s in m.sources)]
 
     # --- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

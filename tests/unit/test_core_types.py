@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from weightmapper.result import (
     MappingResult,
     MatchedPair,
     MultiPair,
+    PendingPairs,
     UnmatchedKey,
     UnmatchedReason,
     matched_pairs,
@@ -173,3 +175,42 @@ def test_a_source_mapped_twice_is_a_collision() -> None:
     with pytest.raises(KeyCollisionError) as e:
         MappingResult([MatchedPair("a", "t", 1.0)], multi=[split])
     assert e.value.collisions == {"t": ["a", "w"]}
+
+
+def test_pending_pairs_are_built_once_when_first_asked_for() -> None:
+    made = [
+        MatchedPair("b.weight", "y.weight", 0.8, {"raw": 0.5}, (2,), (2,)),
+        MatchedPair("a.weight", "x.weight", 0.9, {"raw": 0.6}, (3,), (3,)),
+    ]
+    calls = []
+
+    def build() -> list[MatchedPair]:
+        calls.append(1)
+        return made
+
+    pending = PendingPairs(["b.weight", "a.weight"], ["y.weight", "x.weight"], build)
+    lazy = MappingResult(pending)
+    # the mapping itself needs no pair
+    assert dict(lazy) == {"a.weight": "x.weight", "b.weight": "y.weight"}
+    assert list(lazy) == ["a.weight", "b.weight"] and len(lazy) == 2 and not calls
+    assert lazy.target_to_source() == {"x.weight": "a.weight", "y.weight": "b.weight"}
+    assert lazy == MappingResult(made) and not calls
+    # pairs, scores and JSON are those of the same pairs given at once, built once
+    assert lazy.to_json() == MappingResult(made).to_json()
+    assert lazy.pairs == MappingResult(made).pairs and calls == [1]
+    again = pickle.loads(pickle.dumps(MappingResult(pending)))
+    assert again.to_json() == lazy.to_json() and calls == [1, 1]
+
+
+def test_pending_pairs_refuse_a_key_twice_as_built_pairs_do() -> None:
+    def build() -> list[MatchedPair]:
+        return [MatchedPair("a", "t", 1.0), MatchedPair("a", "u", 1.0)]
+
+    with pytest.raises(KeyCollisionError, match="source key 'a' is mapped twice"):
+        MappingResult(PendingPairs(["a", "a"], ["t", "u"], build))
+    with pytest.raises(KeyCollisionError) as e:
+        MappingResult(
+            PendingPairs(["a", "b"], ["t", "t"], lambda: [MatchedPair("a", "t", 1.0),
+                                                          MatchedPair("b", "t", 1.0)])
+        )  # fmt: skip
+    assert e.value.collisions == {"t": ["a", "b"]}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import numpy as np
 import torch
 
-from weightmapper.engine import score_inventories
+from weightmapper.engine import assign, score_inventories
 from weightmapper.engine.assign import accept
 from weightmapper.engine.candidates import Proposal, proposals_of
 from weightmapper.engine.primitives import align, increasing, mutual_best, signatures_fit
@@ -15,7 +16,7 @@ from weightmapper.engine.shapes import shape_bucket, shape_relation
 from weightmapper.engine.side import prepare_side
 from weightmapper.engine.state import MatchState
 from weightmapper.inventory import Inventory
-from weightmapper.settings import ScoreSettings
+from weightmapper.settings import AssignSettings, ScoreSettings
 from weightmapper.transforms import IDENTITY
 
 NO = -np.inf
@@ -141,3 +142,20 @@ def test_scoring_never_changes_its_inputs() -> None:
     st = MatchState(side, prepare_side(tgt), ScoreSettings(shape_tolerance=0.1))
     assert side.tokens == tokens and side.bucket == buckets  # the state works on copies
     assert st.s.bucket != buckets  # with the tolerance applied there
+
+
+def test_assignment_leaves_its_candidates_as_they_were_and_its_pairs_pickle() -> None:
+    src = Inventory.from_state_dict(
+        {"enc.0.w": torch.zeros(4, 4), "enc.1.w": torch.zeros(4, 4), "head.b": torch.zeros(2)}
+    )
+    tgt = Inventory.from_state_dict(
+        {"blocks.0.w": torch.zeros(4, 4), "blocks.1.w": torch.zeros(4, 4), "fc.b": torch.zeros(2)}
+    )
+    cands = score_inventories(src, tgt)
+    before = cands.to_dict()
+    low, high = assign(cands, AssignSettings(threshold=0.0)), assign(cands, AssignSettings())
+    assert dict(low) == {"enc.0.w": "blocks.0.w", "enc.1.w": "blocks.1.w", "head.b": "fc.b"}
+    assert all("raw" in p.breakdown for p in low.pairs)
+    assert cands.to_dict() == before  # no raw score written into the candidates
+    assert pickle.loads(pickle.dumps(high)).to_json() == high.to_json()
+    assert set(high) | {u.name for u in high.unmatched_source} == set(low)

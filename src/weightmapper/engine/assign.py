@@ -14,6 +14,7 @@ reason. Cheap, so a pipeline caches scoring and re-runs this with another thresh
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -27,10 +28,12 @@ from weightmapper.engine.columns import Breakdowns, columns
 from weightmapper.engine.margins import ambiguous_mask
 from weightmapper.engine.signals import combine
 from weightmapper.result import (
+    CONFIDENCES,
     CONFIDENT_SCORE,
     MappingResult,
     MatchedPair,
     MultiPair,
+    PendingPairs,
     UnmatchedKey,
     UnmatchedReason,
     matched_pairs,
@@ -69,7 +72,16 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
         proposals, probs, labels, bar, conservative=conservative
     )
     raw = raws.tolist()
-    pairs = _matched(proposals, accepted, reported, raw, labels)
+    build = functools.partial(_matched, proposals, accepted, reported, raw, labels)
+    if {labels[i] for i in accepted} <= set(CONFIDENCES):
+        # a large mapping is often read only as source → target: its MatchedPairs are
+        # built when first asked for
+        chosen = [proposals[i] for i in accepted]
+        pairs: PendingPairs | list[MatchedPair] = PendingPairs(
+            list(map(_SOURCE, chosen)), list(map(_TARGET, chosen)), build
+        )
+    else:
+        pairs = build()  # refuses the label outside the vocabulary, naming its pair
     rejected_sources = {proposals[i].source for i in rejected}
     un_src: list[UnmatchedKey] = []
     un_tgt: list[UnmatchedKey] = []
@@ -295,6 +307,8 @@ def _probabilities(
 
 
 _CONFIDENCE = operator.attrgetter("confidence")
+_SOURCE = operator.attrgetter("source")
+_TARGET = operator.attrgetter("target")
 _STAGE = operator.attrgetter("stage")
 _NOTE = operator.attrgetter("note")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Set
 from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter, is_, methodcaller
 
 import numpy as np
 
@@ -58,37 +60,59 @@ def collect_pairs(
     else:
         signals = {k: np.zeros(0, np.float64) for k in ("name", "hierarchy", "order")}
     s, t = st.s, st.t
-    rows = []
-    shape_scores = []
-    leads = []
-    for i, j, name, hierarchy, order in zip(
-        src_idx.tolist(), tgt_idx.tolist(), signals["name"].tolist(),
-        signals["hierarchy"].tolist(), signals["order"].tolist(), strict=True,
-    ):  # fmt: skip
-        rel, stage, group, structure, follows = st.rec[i]
-        shape_scores.append(rel.score)
-        leads.append(follows < 0)
-        breakdown = {
-            "name": name, "hierarchy": hierarchy, "order": order,
-            "structure": structure, "shape": rel.score,
-        }  # fmt: skip
-        source, target = s.keys[i], t.keys[j]
-        transform, confidence = rel.transform, rel.confidence
-        if len(s.shape[i]) == 2 and (source.endswith("kernel") or target.endswith("kernel")):
+    src, tgt = src_idx.tolist(), tgt_idx.tolist()
+    n = len(src)
+    # each field of the proposals as one list, in one pass each rather than per pair
+    records = list(map(st.rec.__getitem__, src))
+    rels, stages, groups, structures, follows = (
+        tuple(zip(*records, strict=True)) if records else ((),) * 5
+    )
+    shape = list(map(_SCORE, rels))
+    breakdowns = [
+        {"name": a, "hierarchy": b, "order": c, "structure": d, "shape": e}
+        for a, b, c, d, e in zip(
+            signals["name"].tolist(), signals["hierarchy"].tolist(),
+            signals["order"].tolist(), structures, shape, strict=True,
+        )
+    ]  # fmt: skip
+    sources = list(map(s.keys.__getitem__, src))
+    targets = list(map(t.keys.__getitem__, tgt))
+    s_shapes = list(map(s.shape.__getitem__, src))
+    t_shapes = list(map(t.shape.__getitem__, tgt))
+    transforms = list(map(_TRANSFORM, rels))
+    confidences = list(map(_CONFIDENCE, rels))
+    kernel = np.fromiter(map(_KERNEL, sources), bool, n) | np.fromiter(
+        map(_KERNEL, targets), bool, n
+    )
+    for k in np.flatnonzero(kernel).tolist():
+        if len(s_shapes[k]) == 2:
             # Square matrices: parameter names (a Flax/Keras ``kernel`` is (in, out)) can
             # settle a layout that shapes cannot.
-            transform, confidence = refine_by_param_names(
-                transform, confidence, source, target, s.shape[i], t.shape[j],
+            i, j = src[k], tgt[k]
+            transforms[k], confidences[k] = refine_by_param_names(
+                transforms[k], confidences[k], sources[k], targets[k], s_shapes[k], t_shapes[k],
                 source_type=s.group_type[s.group[i]], target_type=t.group_type[t.group[j]],
             )  # fmt: skip
-        lead = s.keys[follows] if follows >= 0 else None
-        rows.append((source, target, breakdown, transform, stage, group, confidence,
-                     s.shape[i], t.shape[j], lead, ""))  # fmt: skip
-    proposals = proposals_of(rows)
-    signals["shape"] = np.array(shape_scores, np.float64)
-    columns = PairColumns(src_idx, tgt_idx, np.array(leads, bool), signals)
+    leads = [s.keys[f] if f >= 0 else None for f in follows]
+    proposals = proposals_of(
+        zip(
+            sources, targets, breakdowns, transforms, stages, groups, confidences,
+            s_shapes, t_shapes, leads, repeat("", n), strict=True,
+        )
+    )  # fmt: skip
+    signals["shape"] = np.array(shape, np.float64)
+    columns = PairColumns(
+        src_idx, tgt_idx, np.fromiter(map(_IS_NONE, leads, repeat(None)), bool, n), signals
+    )
     tied = {"source": _tied(st.s, st.s_match), "target": _tied(st.t, st.t_match)}
     return proposals, tied, columns
+
+
+_SCORE = attrgetter("score")
+_TRANSFORM = attrgetter("transform")
+_CONFIDENCE = attrgetter("confidence")
+_KERNEL = methodcaller("endswith", "kernel")
+_IS_NONE = is_
 
 
 def collect_notes(

@@ -19,6 +19,7 @@ the work stays linear in the number of pairs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import count
 
 import numpy as np
 
@@ -166,19 +167,8 @@ def _alternatives(
     if len(ns) < 2:
         return empty, empty, empty, empty
     src, tgt = pairs.source[ns], pairs.target[ns]
-    s_shape, t_shape = st.s.shape, st.t.shape
-    kinds: dict[tuple, int] = {}
-    bucket = np.array(
-        [
-            kinds.setdefault(kind, len(kinds))
-            for kind in zip(
-                map(s_shape.__getitem__, src.tolist()),
-                map(t_shape.__getitem__, tgt.tolist()),
-                strict=True,
-            )
-        ],
-        np.int64,
-    )
+    # the pairs of one source shape and one target shape are each other's neighbours
+    bucket = _shape_codes(st.s.shape, src) * (len(src) + 1) + _shape_codes(st.t.shape, tgt)
     pos = st.s.group_pos[st.s.group[src]]
     order = np.lexsort((ns, pos, bucket))  # by bucket, then position, then proposal order
     ns, src, tgt, bucket = ns[order], src[order], tgt[order], bucket[order]
@@ -195,6 +185,15 @@ def _alternatives(
     found = np.arange(sum(map(len, rows)), dtype=np.int64)
     owner = np.concatenate(first + second)
     return np.concatenate(rows), np.concatenate(cols), owner, np.concatenate([found, found])
+
+
+def _shape_codes(shapes: Sequence[tuple[int, ...]], keys: np.ndarray) -> np.ndarray:
+    """One side's shapes + key numbers → a code per key, equal for equal shapes (each below
+    the number of keys)."""
+    first: dict[tuple[int, ...], int] = {}
+    # a shape's code is the count of lookups before its first one: distinct shapes differ
+    found = map(first.setdefault, map(shapes.__getitem__, keys.tolist()), count())
+    return np.fromiter(found, np.int64, len(keys))
 
 
 def _inside_context(
