@@ -49,12 +49,10 @@ class Breakdowns:
     def __init__(self, breakdowns: Sequence[Mapping[str, float]]) -> None:
         n = len(breakdowns)
         self.n = n
-        layouts: dict[tuple[str, ...], int] = {}
+        sequences = list(map(tuple, breakdowns))
         # the key sequence of each breakdown, as a number (first seen first)
-        self._layout = np.array(
-            [layouts.setdefault(keys, len(layouts)) for keys in map(tuple, breakdowns)],
-            np.int64,
-        )
+        layouts = {keys: code for code, keys in enumerate(dict.fromkeys(sequences))}
+        self._layout = np.fromiter(map(layouts.__getitem__, sequences), np.int64, n)
         sizes = np.fromiter(map(len, breakdowns), np.int64, n)
         self._start = np.cumsum(sizes) - sizes  # where each breakdown's values begin
         self._values = np.fromiter(

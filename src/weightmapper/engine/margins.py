@@ -113,9 +113,9 @@ def record_margins(
     if len(alt_of):
         gs, gt = st.s.group[rows], st.t.group[cols_t]
         # the signals of pair_signals, kept as arrays: one raw score per alternative in numpy
-        # (a 100k-tensor checkpoint has 800k alternatives, of 400k distinct key pairs: each
-        # pair of neighbours tries the two swaps, and each swap is the alternative of both);
-        # the same float64 arithmetic
+        # (a 100k-tensor checkpoint has 1.6M alternatives, of 800k distinct key pairs: two
+        # neighbours try the same two swaps, each an alternative of both); the same float64
+        # arithmetic
         found_sigs = {
             "name": name_signal(st, rows, cols_t, matrix=False),
             "hierarchy": hierarchy_signal(st, gs, gt, matrix=False),
