@@ -441,28 +441,12 @@ class MappingResult(Mapping[str, str]):
         metadata: dict[str, Any] | None = None,
         status: MappingStatus | None = None,
     ) -> None:
+        self._built: dict[str, MatchedPair] | None = None
+        self._pending: tuple[Callable[[], list[MatchedPair]], list[int]] | None = None
         if isinstance(pairs, PendingPairs) and len(set(pairs.sources)) == len(pairs.sources):
-            # sorted by source as the built pairs will be; built when first asked for
-            order = sorted(range(len(pairs.sources)), key=pairs.sources.__getitem__)
-            self._targets = {pairs.sources[i]: pairs.targets[i] for i in order}
-            self._built: dict[str, MatchedPair] | None = None
-            self._pending: tuple[Callable[[], list[MatchedPair]], list[int]] | None = (
-                pairs.build,
-                order,
-            )
-        else:
-            if isinstance(pairs, PendingPairs):
-                pairs = pairs.build()  # a source twice: refused below, by name
-            ordered = sorted(pairs, key=_SOURCE)
-            self._built = {p.source: p for p in ordered}
-            self._pending = None
-            if len(self._built) != len(ordered):
-                seen: set[str] = set()
-                for p in ordered:
-                    if p.source in seen:
-                        raise KeyCollisionError(f"source key {p.source!r} is mapped twice")
-                    seen.add(p.source)
-            self._targets = {source: p.target for source, p in self._built.items()}
+            self._defer(pairs)
+        else:  # built pairs (pending ones with a source twice are built to be refused by name)
+            self._keep(pairs.build() if isinstance(pairs, PendingPairs) else pairs)
         written = [t for m in multi for t in (m.targets if m.kind == "split" else m.targets[:1])]
         targets = [*self._targets.values(), *written]
         if len(set(targets)) != len(targets):
@@ -492,6 +476,28 @@ class MappingResult(Mapping[str, str]):
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.status: MappingStatus | None = status
         """What is known of this mapping; None until a load or output check sets it."""
+
+    def _defer(self, pairs: PendingPairs) -> None:
+        """Unbuilt pairs (each source once) → their keys kept sorted by source, as the built
+        pairs will be; the pairs are built when first asked for (:attr:`_pairs`)."""
+        sources, targets = pairs.sources, pairs.targets
+        order = sorted(range(len(sources)), key=sources.__getitem__)
+        self._targets: dict[str, str] = dict(
+            zip(map(sources.__getitem__, order), map(targets.__getitem__, order), strict=True)
+        )
+        self._pending = (pairs.build, order)
+
+    def _keep(self, pairs: Sequence[MatchedPair]) -> None:
+        """MatchedPairs → kept sorted by source; KeyCollisionError for a source mapped twice."""
+        ordered = sorted(pairs, key=_SOURCE)
+        self._built = {p.source: p for p in ordered}
+        if len(self._built) != len(ordered):
+            seen: set[str] = set()
+            for p in ordered:
+                if p.source in seen:
+                    raise KeyCollisionError(f"source key {p.source!r} is mapped twice")
+                seen.add(p.source)
+        self._targets = {source: p.target for source, p in self._built.items()}
 
     # --- Mapping protocol ------------------------------------------------------------------
     def __getitem__(self, key: str) -> str:

@@ -159,3 +159,13 @@ def test_assignment_leaves_its_candidates_as_they_were_and_its_pairs_pickle() ->
     assert cands.to_dict() == before  # no raw score written into the candidates
     assert pickle.loads(pickle.dumps(high)).to_json() == high.to_json()
     assert set(high) | {u.name for u in high.unmatched_source} == set(low)
+
+
+def test_a_square_kernel_is_transposed_by_its_name() -> None:
+    src = Inventory.from_state_dict(
+        {"dense.kernel": torch.zeros(4, 4), "dense.bias": torch.zeros(4), "out.w": torch.zeros(3)}
+    )
+    tgt = Inventory.from_module(torch.nn.ModuleDict({"dense": torch.nn.Linear(4, 4)}))
+    by_source = {p.source: p for p in score_inventories(src, tgt).proposals}
+    assert by_source["dense.kernel"].transform.name == "transpose"  # Flax/Keras: (in, out)
+    assert by_source["dense.bias"].transform.is_identity

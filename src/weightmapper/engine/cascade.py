@@ -154,9 +154,10 @@ def score_inventories(
         "source_roles": roles[0].source,
         "target_roles": roles[1].source,
     }
+    stages = st.stage_counts()
     log.info(
         "scored %s (%d tensors) against %s (%d tensors): %d proposals, stages %s",
-        source.name, len(source), target.name, len(target), len(proposals), st.stage_counts(),
+        source.name, len(source), target.name, len(target), len(proposals), stages,
     )  # fmt: skip
     return Candidates(
         source_name=source.name,
@@ -169,7 +170,7 @@ def score_inventories(
         target_count=len(target),
         tied=tied,
         multi=multi,
-        metadata={"stages": st.stage_counts()},
+        metadata={"stages": stages},
     )
 
 

@@ -81,10 +81,7 @@ def collect_pairs(
     t_shapes = list(map(t.shape.__getitem__, tgt))
     transforms = list(map(_TRANSFORM, rels))
     confidences = list(map(_CONFIDENCE, rels))
-    kernel = np.fromiter(map(_KERNEL, sources), bool, n) | np.fromiter(
-        map(_KERNEL, targets), bool, n
-    )
-    for k in np.flatnonzero(kernel).tolist():
+    for k in _kernels(sources, targets):
         if len(s_shapes[k]) == 2:
             # Square matrices: parameter names (a Flax/Keras ``kernel`` is (in, out)) can
             # settle a layout that shapes cannot.
@@ -106,6 +103,17 @@ def collect_pairs(
     )
     tied = {"source": _tied(st.s, st.s_match), "target": _tied(st.t, st.t_match)}
     return proposals, tied, columns
+
+
+def _kernels(sources: list[str], targets: list[str]) -> list[int]:
+    """Pairs' source and target keys → the numbers of the pairs one of whose keys ends in
+    ``kernel``. Most checkpoints have no such key: one search through all the keys at once
+    says so, before any key is looked at alone."""
+    if "kernel" not in "\n".join(sources) and "kernel" not in "\n".join(targets):
+        return []
+    n = len(sources)
+    ends = np.fromiter(map(_KERNEL, sources), bool, n) | np.fromiter(map(_KERNEL, targets), bool, n)
+    return np.flatnonzero(ends).tolist()
 
 
 _SCORE = attrgetter("score")
