@@ -67,10 +67,17 @@ def type_family(module_type: str | None, local_names: Iterable[str] = ()) -> str
         if t.endswith("linear"):
             return "linear"
         return None
-    names = set(local_names)
-    if names & {"running_mean", "running_var", "moving_mean", "moving_variance"}:
+    if not _STAT_NAMES.isdisjoint(local_names):
         return "batchnorm"
     return None
+
+
+_STAT_NAMES: frozenset[str] = frozenset(
+    {"running_mean", "running_var", "moving_mean", "moving_variance"}
+)
+"""Local names of a batch norm's statistics: a group holding one is a batch norm."""
+_KERNEL_NAMES: tuple[str, ...] = ("weight", "kernel")
+"""Local names of a layer's main weight: with spatial dims (3-D to 5-D) a convolution's."""
 
 
 def guess_family(local_shapes: Mapping[str, tuple[int, ...]]) -> str | None:
@@ -81,11 +88,32 @@ def guess_family(local_shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     fam = type_family(None, local_shapes)
     if fam is not None:
         return fam
-    for name in ("weight", "kernel"):
+    for name in _KERNEL_NAMES:
         shape = local_shapes.get(name)
         if shape is not None and 3 <= len(shape) <= 5:
             return "conv"
     return None
+
+
+def guess_families(
+    group: np.ndarray,
+    local_code: np.ndarray,
+    local_names: Sequence[str],
+    ndim: np.ndarray,
+    n_groups: int,
+) -> list[str | None]:
+    """Per key: group, local name code, number of dims (+ the distinct local names, the
+    number of groups) → per group what :func:`guess_family` guesses from its tensors,
+    decided for all groups at once."""
+    stat = np.fromiter((n in _STAT_NAMES for n in local_names), bool, len(local_names))
+    kernel = np.fromiter((n in _KERNEL_NAMES for n in local_names), bool, len(local_names))
+    spatial = kernel[local_code] & (ndim >= 3) & (ndim <= 5)
+    has_stat = np.bincount(group[stat[local_code]], minlength=n_groups) > 0
+    has_spatial = np.bincount(group[spatial], minlength=n_groups) > 0
+    return [
+        "batchnorm" if s else "conv" if c else None
+        for s, c in zip(has_stat.tolist(), has_spatial.tolist(), strict=True)
+    ]
 
 
 def type_compat(fam_a: str | None, fam_b: str | None) -> float:

@@ -269,23 +269,56 @@ def dense_rank_indices(
     ``layer1..layer4`` and ``stages.0..3`` both become 0..3, so 1-based and 0-based
     numbering compare equal.
     """
-    by_tpl: dict[str, list[int]] = {}
-    for n, tpl in enumerate(templates):
-        by_tpl.setdefault(tpl, []).append(n)
-    out: list[tuple[int, ...]] = [()] * len(templates)
-    for rows in by_tpl.values():
-        width = len(indices[rows[0]])
-        if not width or any(len(indices[r]) != width for r in rows):
-            for r in rows:
-                out[r] = _rank_ragged([indices[q] for q in rows], indices[r])
+    return rank_index_rows(distinct_codes(templates)[0], indices)[0]
+
+
+def rank_index_rows(
+    template_code: np.ndarray, indices: Sequence[tuple[int, ...]]
+) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Per row: template code and index tuple → (the indices dense-ranked per template slot
+    (:func:`dense_rank_indices`), each row's primary index: its ranked value in the slot of
+    its template with the most distinct values (the first such slot; -1 when it has none)).
+
+    Rows are ranked one template at a time, as arrays.
+    """
+    n = len(indices)
+    out: list[tuple[int, ...]] = [()] * n
+    primary = np.full(n, -1, np.int64)
+    if not n:
+        return out, primary
+    order = np.argsort(template_code, kind="stable")
+    cuts = np.nonzero(np.diff(template_code[order]))[0] + 1
+    for rows in np.split(order, cuts):
+        rows_l = rows.tolist()
+        width = len(indices[rows_l[0]])
+        if not width or any(len(indices[r]) != width for r in rows_l):
+            ragged = [indices[q] for q in rows_l]
+            ranked = [_rank_ragged(ragged, indices[r]) for r in rows_l]
+            slot = _primary_slot(ranked)
+            for r, rk in zip(rows_l, ranked, strict=True):
+                out[r] = rk
+                primary[r] = rk[slot] if 0 <= slot < len(rk) else -1
             continue
-        arr = np.array([indices[r] for r in rows], dtype=np.int64).reshape(len(rows), width)
+        arr = np.array([indices[r] for r in rows_l], dtype=np.int64).reshape(len(rows_l), width)
         ranks = np.empty_like(arr)
         for col in range(width):
             ranks[:, col] = np.unique(arr[:, col], return_inverse=True)[1].ravel()
-        for r, rk in zip(rows, map(tuple, ranks.tolist()), strict=True):
+        # Dense ranks: a slot's number of distinct values is its largest rank + 1.
+        slot = int(np.argmax(ranks.max(axis=0)))
+        primary[rows] = ranks[:, slot]
+        for r, rk in zip(rows_l, map(tuple, ranks.tolist()), strict=True):
             out[r] = rk
-    return out
+    return out, primary
+
+
+def _primary_slot(ranked: list[tuple[int, ...]]) -> int:
+    """Ranked index tuples of one template → its slot with the most distinct values (the
+    first such; slots counted on the first tuple's length), -1 when it has none."""
+    slots: list[set[int]] = [set() for _ in ranked[0]]
+    for r in ranked:
+        for pos, v in enumerate(r[: len(slots)]):
+            slots[pos].add(v)
+    return max(range(len(slots)), key=lambda p: (len(slots[p]), -p)) if slots else -1
 
 
 def _rank_ragged(all_idx: list[tuple[int, ...]], idx: tuple[int, ...]) -> tuple[int, ...]:
@@ -300,8 +333,8 @@ def similarity_matrix(a: Sequence[str], b: Sequence[str], workers: int = 1) -> n
     """Two lists of strings → float32 matrix of normalized Indel similarity in [0, 1]."""
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)), dtype=np.float32)
-    ca, ua = _distinct(a)
-    cb, ub = _distinct(b)
+    ca, ua = distinct_codes(a)
+    cb, ub = distinct_codes(b)
     m = process.cdist(ua, ub, scorer=fuzz.ratio, dtype=np.uint8, workers=workers)
     return m.astype(np.float32)[ca[:, None], cb[None, :]] / 100.0
 
@@ -332,8 +365,8 @@ class TokenSpace:
 
     def __init__(self, a: Sequence[str], b: Sequence[str]) -> None:
         # Many keys share one token string (indices are not tokens): work on distinct ones.
-        self.code_a, uni_a = _distinct(a)
-        self.code_b, uni_b = _distinct(b)
+        self.code_a, uni_a = distinct_codes(a)
+        self.code_b, uni_b = distinct_codes(b)
         self.uni_a, self.uni_b = uni_a, uni_b
         """Distinct token strings of each side, in first-seen order (codes index them)."""
         count_a = np.bincount(self.code_a, minlength=len(uni_a))
@@ -391,7 +424,7 @@ class TokenSpace:
         return vals[back]
 
 
-def _distinct(items: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+def distinct_codes(items: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """Strings → (code per string, distinct strings in first-seen order)."""
     seen: dict[str, int] = {}
     codes = np.fromiter(

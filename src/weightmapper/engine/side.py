@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from weightmapper.engine.families import guess_family, type_family
+from weightmapper.engine.families import guess_families, type_family
 from weightmapper.engine.names import (
     common_prefix,
-    dense_rank_indices,
+    distinct_codes,
     local_role,
     local_tokens,
+    rank_index_rows,
     split_module,
 )
 from weightmapper.engine.shapes import shape_bucket
@@ -62,6 +63,8 @@ class Side:
     with the most distinct values in the group's template (the block number), -1 if none."""
     group_sibrank: list[int]
     """Group number → its rank among the groups that share its parent module path."""
+    group_parent: np.ndarray
+    """Group number → code of its parent module path (equal codes: siblings)."""
     group_pos: np.ndarray
     """Group number → relative position in [0, 1] (execution or registration order)."""
     group_pos_known: np.ndarray
@@ -166,44 +169,57 @@ def norm_keys(tokens: list[str], ranked: list[tuple[int, ...]]) -> list[str]:
 
 
 def prepare_side(inv: Inventory) -> Side:
-    """Inventory → Side (keys ordered by group order, then by local order)."""
-    keys: list[str] = []
+    """Inventory → Side (keys ordered by group order, then by local order).
+
+    A large checkpoint repeats a few module names in thousands of blocks, so the string work
+    (roles, tokens, templates, families) runs once per distinct local name, module template
+    or shape and is spread over the keys and groups by index arrays.
+    """
     group_paths = list(inv.groups)
-    group_keys: list[list[int]] = []
-    group_of: list[int] = []
-    for gi, path in enumerate(group_paths):
-        g = inv.groups[path]
-        ks = []
-        for local in g.tensors:
-            ks.append(len(keys))
-            keys.append(g.key(local))
-            group_of.append(gi)
-        group_keys.append(ks)
-    prefix = common_prefix(group_paths) if len(keys) > 1 else ""
-    stripped = [k[len(prefix) :] for k in keys]
-    infos = [inv.tensors[k] for k in keys]
+    groups = list(inv.groups.values())
+    n_g = len(groups)
+    sizes = np.fromiter((len(g.tensors) for g in groups), np.int64, n_g)
+    group_of = np.repeat(np.arange(n_g, dtype=np.int64), sizes)
+    ends = np.cumsum(sizes).tolist()
+    group_keys = [list(range(a, b)) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    keys = [
+        f"{p}.{local}" if p else local  # ParameterGroup.key
+        for p, g in zip(group_paths, groups, strict=True)
+        for local in g.tensors
+    ]
+    infos = [info for g in groups for info in g.tensors.values()]
+    locals_ = [local for g in groups for local in g.tensors]
+    if any("." in local for local in dict.fromkeys(locals_)):
+        locals_ = [k.rpartition(".")[2] for k in keys]  # a key's last component
+    local_code, local_names = distinct_codes(locals_)
     shapes = [tuple(i.shape) for i in infos]
-    locals_ = [k.rpartition(".")[2] for k in keys]
-    stat = _stat_buffers(infos, locals_)
-    local_roles = {loc: local_role(loc) for loc in dict.fromkeys(locals_)}
-    gstripped = [p[len(prefix) :] if (p + ".").startswith(prefix) else p for p in group_paths]
+    buckets = {s: _bucket(s) for s in dict.fromkeys(shapes)}
+    role_of = [local_role(loc) for loc in local_names]
+    prefix = common_prefix(group_paths) if len(keys) > 1 else ""
+    stripped = [k[len(prefix) :] for k in keys] if prefix else keys
+    gstripped = (
+        [p[len(prefix) :] if (p + ".").startswith(prefix) else p for p in group_paths]
+        if prefix
+        else group_paths
+    )
     gparts = [split_module(p) for p in gstripped]
     gtemplates = [gp.template for gp in gparts]
-    granked = dense_rank_indices(gtemplates, [gp.indices for gp in gparts])
-    gtokens = [" ".join(gp.tokens) for gp in gparts]
+    tpl_code, tpl_names = distinct_codes(gtemplates)
+    granked, gprimary = rank_index_rows(tpl_code, [gp.indices for gp in gparts])
+    # A template is its module's tokens with ``#`` where each index stood, so the tokens of
+    # every group of a template are those of its first group.
+    first = np.unique(tpl_code, return_index=True)[1].tolist()
+    tpl_tokens = [" ".join(gparts[g].tokens) for g in first]
+    gtokens = [tpl_tokens[c] for c in tpl_code.tolist()]
     # A key's name is its module's name plus its local name; its layer indices are the
     # module's (dense-ranked per module template, so all tensors of a module agree).
-    local_words = {loc: " ".join(local_tokens(loc)) for loc in dict.fromkeys(locals_)}
-    tokens = [
-        (gtokens[g] + " " + local_words[loc]).strip()
-        for g, loc in zip(group_of, locals_, strict=True)
-    ]
-    ranked = [granked[g] for g in group_of]
-    gtypes = [inv.groups[p].module_type for p in group_paths]
-    gfam = _families(inv, group_paths, gtypes)
-    n_g = len(group_paths)
+    tokens, norm_key = _key_names(tpl_code[group_of], local_code, tpl_tokens, local_names, granked, group_of)
+    ranked = [granked[g] for g in group_of.tolist()]
+    gtypes = [g.module_type for g in groups]
     gpos = np.arange(n_g, dtype=np.float64) / max(1, n_g - 1)
-    chains = _numbered_siblings(group_paths)
+    shapes_of_paths = _ordinal_shapes(group_paths)
+    chains = _numbered_siblings(shapes_of_paths)
+    parent_code = distinct_codes([p.rpartition(".")[0] for p in group_paths])[0]
     tied_to: dict[str, str] = {}
     for tie in inv.tied:
         for k in tie[1:]:
@@ -211,82 +227,128 @@ def prepare_side(inv: Inventory) -> Side:
     return Side(
         inv=inv,
         keys=keys,
-        index={k: i for i, k in enumerate(keys)},
+        index=dict(zip(keys, range(len(keys)), strict=True)),
         stripped=stripped,
         shape=shapes,
-        bucket=[_bucket(s) for s in shapes],
-        role=[local_roles[loc] for loc in locals_],
-        stat_buffer=stat,
-        group=np.asarray(group_of, dtype=np.int64),
+        bucket=[buckets[s] for s in shapes],
+        role=[role_of[c] for c in local_code.tolist()],
+        stat_buffer=_stat_buffers(infos, locals_, local_code, local_names),
+        group=group_of,
         tokens=tokens,
-        norm_key=norm_keys(tokens, ranked),
+        norm_key=norm_key,
         ranked=ranked,
         group_paths=group_paths,
         group_keys=group_keys,
         group_type=gtypes,
-        group_family=gfam,
+        group_family=_families(gtypes, group_of, local_code, local_names, shapes),
         group_tokens=gtokens,
         group_template=gtemplates,
         group_ranked=granked,
-        group_index_key=_index_keys(gtemplates, granked),
-        group_sibrank=_sibling_ranks(group_paths),
+        group_index_key=list(zip(granked, gprimary.tolist(), strict=True)),
+        group_sibrank=_sibling_ranks(parent_code).tolist(),
+        group_parent=parent_code,
         group_pos=gpos,
         group_pos_known=(chains >= 0) if inv.sorted_keys else np.ones(n_g, dtype=bool),
         group_chain=chains,
-        group_linked=_linked(group_paths) if inv.sorted_keys else np.ones(n_g, dtype=bool),
+        group_linked=(
+            _linked(group_paths, shapes_of_paths) if inv.sorted_keys else np.ones(n_g, dtype=bool)
+        ),
         tied_to=tied_to,
     )
 
 
-def _families(inv: Inventory, paths: list[str], types: list[str | None]) -> list[str | None]:
-    """Inventory + its group paths + their module types → each group's module family: from
-    its type, else guessed from its local names and shapes (once per distinct set of them)."""
-    guessed: dict[tuple, str | None] = {}
-    out: list[str | None] = []
-    for t, p in zip(types, paths, strict=True):
-        fam = type_family(t)
-        if not fam:
-            shapes = tuple((k, v.shape) for k, v in inv.groups[p].tensors.items())
-            if shapes not in guessed:
-                guessed[shapes] = guess_family(dict(shapes))
-            fam = guessed[shapes]
-        out.append(fam)
-    return out
+def _key_names(
+    key_tpl: np.ndarray,
+    local_code: np.ndarray,
+    tpl_tokens: list[str],
+    local_names: list[str],
+    granked: list[tuple[int, ...]],
+    group_of: np.ndarray,
+) -> tuple[list[str], list[str]]:
+    """Per key: its module template's code and its local name's code (+ the templates'
+    tokens, the local names, the groups' ranked indices, each key's group) → (each key's
+    canonical tokens, each key's :func:`norm_key`), built once per distinct (template,
+    local name) and per distinct ranked index tuple."""
+    n_local = max(1, len(local_names))
+    combos, combo_of = np.unique(key_tpl * n_local + local_code, return_inverse=True)
+    combo_tokens = []
+    for c in combos.tolist():
+        tpl, loc = divmod(c, n_local)
+        combo_tokens.append((tpl_tokens[tpl] + " " + _local_words(local_names[loc])).strip())
+    combo_sorted = [" ".join(sorted(t.split())) + "|" for t in combo_tokens]
+    rank_text: dict[tuple[int, ...], str] = {}
+    group_rank = [
+        rank_text[r] if r in rank_text else rank_text.setdefault(r, ",".join(map(str, r)))
+        for r in granked
+    ]
+    combo_list = combo_of.reshape(-1).tolist()
+    tokens = [combo_tokens[c] for c in combo_list]
+    norm = [
+        combo_sorted[c] + group_rank[g]
+        for c, g in zip(combo_list, group_of.tolist(), strict=True)
+    ]
+    return tokens, norm
 
 
-def _numbered_siblings(paths: list[str]) -> np.ndarray:
-    """Module paths → for each one that shares its name, numbers aside, with another
-    (``conv1``/``conv2``, ``layers.0.attn``/``layers.1.attn``, ``f.a``/``f.b``) the number of
-    that chain, else -1: the order a natural sort gives one chain is its real order; the
+@functools.lru_cache(maxsize=4096)
+def _local_words(local: str) -> str:
+    """Local tensor name → its canonical tokens, space-separated."""
+    return " ".join(local_tokens(local))
+
+
+def _families(
+    types: list[str | None],
+    group_of: np.ndarray,
+    local_code: np.ndarray,
+    local_names: list[str],
+    shapes: list[tuple[int, ...]],
+) -> list[str | None]:
+    """Group module types + per key: group, local name code, shape → each group's module
+    family: from its type, else guessed from its local names and shapes
+    (:func:`guess_families`)."""
+    known = {t: type_family(t) for t in dict.fromkeys(types)}
+    out = [known[t] for t in types]
+    if all(out):
+        return out
+    ndim = np.fromiter(map(len, shapes), np.int64, len(shapes))
+    guessed = guess_families(group_of, local_code, local_names, ndim, len(types))
+    return [fam or guess for fam, guess in zip(out, guessed, strict=True)]
+
+
+def _numbered_siblings(shapes: list[str]) -> np.ndarray:
+    """Module paths' ordinal shapes (:func:`_ordinal_shapes`) → for each path that shares its
+    name, numbers aside, with another (``conv1``/``conv2``, ``layers.0.attn``/
+    ``layers.1.attn``, ``f.a``/``f.b``) the number of that chain (in order of first
+    appearance), else -1: the order a natural sort gives one chain is its real order; the
     order between other names is alphabetical."""
-    shapes = [".".join(parts) for parts in _ordinal_shapes(paths)]
-    counts = Counter(shapes)
-    ids: dict[str, int] = {}
-    return np.array(
-        [ids.setdefault(s, len(ids)) if counts[s] > 1 and "#" in s else -1 for s in shapes],
-        dtype=np.int64,
+    code, distinct = distinct_codes(shapes)
+    chained = (np.bincount(code, minlength=len(distinct)) > 1) & np.fromiter(
+        ("#" in s for s in distinct), bool, len(distinct)
     )
+    chain_id = np.cumsum(chained) - 1
+    return np.where(chained[code], chain_id[code], -1).astype(np.int64)
 
 
-def _linked(paths: list[str]) -> np.ndarray:
-    """Module paths in natural order → for each, True when the first component where it
-    differs from the previous path differs in numbers (or chain letters) only (so their
-    order is real)."""
-    shapes = _ordinal_shapes(paths)
+def _linked(paths: list[str], shapes: list[str]) -> np.ndarray:
+    """Module paths in natural order + their ordinal shapes → for each, True when the first
+    component where it differs from the previous path differs in numbers (or chain letters)
+    only (so their order is real)."""
     out = np.zeros(len(paths), dtype=bool)
-    for n in range(1, len(paths)):
-        a, b = paths[n - 1].split("."), paths[n].split(".")
-        for k, (x, y) in enumerate(zip(a, b, strict=False)):
-            if x != y:
-                out[n] = shapes[n - 1][k] == shapes[n][k]
-                break
+    if len(paths) < 2:
+        return out
+    k = first_differing_component(paths)
+    # Equal components give equal ordinal shapes, so the shapes first differ at k or later.
+    k_shape = first_differing_component(shapes)
+    out[1:] = (k >= 0) & ((k_shape < 0) | (k_shape > k))
     return out
 
 
-def _ordinal_shapes(paths: list[str]) -> list[list[str]]:
-    """Module paths → each one's components with their ordinals as ``#``: a trailing number
+def _ordinal_shapes(paths: list[str]) -> list[str]:
+    """Module paths → each one with its components' ordinals as ``#``: a trailing number
     (``conv2``, ``3``), and a single letter among siblings whose letters are consecutive
     (``f.a, f.b, f.c``; not ``attn.q, attn.k, attn.v``), which sorts in its real order too."""
+    if not _SINGLE_LETTER.search("\n".join(paths)):
+        return [_TRAILING_ANY.sub("#", p) for p in paths]
     split = [p.split(".") for p in paths]
     letters: dict[tuple[str, ...], set[str]] = {}
     for parts in split:
@@ -297,12 +359,12 @@ def _ordinal_shapes(paths: list[str]) -> list[list[str]]:
         k for k, v in letters.items() if len(v) >= 2 and ord(max(v)) - ord(min(v)) + 1 == len(v)
     }
     return [
-        [
+        ".".join(
             "#"
             if len(c) == 1 and "a" <= c <= "z" and tuple(parts[:n]) in chains
             else _TRAILING.sub("#", c)
             for n, c in enumerate(parts)
-        ]
+        )
         for parts in split
     ]
 
@@ -310,25 +372,60 @@ def _ordinal_shapes(paths: list[str]) -> list[list[str]]:
 _TRAILING = re.compile(r"\d+$")
 """A component's trailing number (``conv2``, ``3``): an index; numbers inside a name
 (``branch5x5``, ``conv2d``) are part of it."""
+_TRAILING_ANY = re.compile(r"\d+(?=\.|$)")
+"""Every component's trailing number in a dotted path (:data:`_TRAILING` per component)."""
+_SINGLE_LETTER = re.compile(r"(?:^|\.)[a-z](?=\.|$)", re.MULTILINE)
+"""A component that is one lower-case letter, in newline-separated paths."""
 
 
-def _stat_buffers(infos: list[TensorInfo], locals_: list[str]) -> list[bool]:
-    """TensorInfos + their local names → for each, True for a buffer that holds no learned
-    values: a buffer (known, or guessed from its local name) not named like a learned
-    tensor and not a float table (:func:`_table_buffer`). Decided once per distinct
-    (buffer flag, local names, dtype, 2-D table shape or not)."""
+def first_differing_component(texts: list[str]) -> np.ndarray:
+    """Dotted strings → for each one after the first, the number of the first component where
+    it differs from the one before, -1 where no component differs (equal strings, or one
+    continues the other: ``a.b`` → ``a.b.c``).
+
+    The strings are compared as one character array (the first differing character tells
+    the component: the dots before it), not one pair at a time.
+    """
+    if len(texts) < 2:
+        return np.zeros(0, np.int64)
+    try:
+        chars = np.array(texts, dtype=np.bytes_)
+    except UnicodeEncodeError:
+        chars = np.array([t.encode() for t in texts], dtype=np.bytes_)
+    width = max(1, chars.dtype.itemsize)
+    codes = np.frombuffer(chars.tobytes(), np.uint8).reshape(len(texts), width)
+    a, b = codes[:-1], codes[1:]
+    differ = a != b
+    at = differ.argmax(axis=1)
+    rows = np.arange(len(texts) - 1)
+    dots = np.cumsum(a == ord("."), axis=1)
+    before = np.where(at > 0, dots[rows, np.maximum(at - 1, 0)], 0)
+    ca, cb = a[rows, at], b[rows, at]
+    # One string ends where the other goes on with a dot: no component differs.
+    ended = ((ca == 0) & (cb == ord("."))) | ((ca == ord(".")) & (cb == 0))
+    return np.where(differ.any(axis=1) & ~ended, before, -1).astype(np.int64)
+
+
+def _stat_buffers(
+    infos: list[TensorInfo], locals_: list[str], local_code: np.ndarray, local_names: list[str]
+) -> list[bool]:
+    """TensorInfos + their local names (and the names' codes, the distinct names) → for each,
+    True for a buffer that holds no learned values: a buffer (known, or guessed from its
+    local name) not named like a learned tensor and not a float table (:func:`_table_buffer`).
+    Keys named like learned tensors are never looked at; the rest are decided once per
+    distinct (buffer flag, local names, dtype, 2-D table shape or not)."""
+    out = [False] * len(infos)
+    maybe = np.fromiter((n not in LEARNED_NAMES for n in local_names), bool, len(local_names))
     seen: dict[tuple, bool] = {}
-    out = []
-    for info, local in zip(infos, locals_, strict=True):
+    for k in np.nonzero(maybe[local_code])[0].tolist():
+        info, local = infos[k], locals_[k]
         shape = info.shape
         own = info.name.rpartition(".")[2]  # what tensor_is_buffer guesses from
         key = (info.is_buffer, own, local, info.dtype, len(shape) == 2 and min(shape) > 1)
         found = seen.get(key)
         if found is None:
-            found = seen[key] = (
-                tensor_is_buffer(info) and local not in LEARNED_NAMES and not _table_buffer(info)
-            )
-        out.append(found)
+            found = seen[key] = tensor_is_buffer(info) and not _table_buffer(info)
+        out[k] = found
     return out
 
 
@@ -353,30 +450,15 @@ def _bucket(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape_bucket(shape)
 
 
-def _sibling_ranks(paths: list[str]) -> list[int]:
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        parent = p.rpartition(".")[0]
-        out.append(seen.get(parent, 0))
-        seen[parent] = out[-1] + 1
-    return out
-
-
-def _index_keys(
-    templates: list[str], ranked: list[tuple[int, ...]]
-) -> list[tuple[tuple[int, ...], int]]:
-    distinct: dict[str, list[set[int]]] = {}
-    for tpl, r in zip(templates, ranked, strict=True):
-        slots = distinct.setdefault(tpl, [set() for _ in r])
-        for pos, v in enumerate(r[: len(slots)]):
-            slots[pos].add(v)
-    primary_slot = {
-        tpl: max(range(len(slots)), key=lambda p: (len(slots[p]), -p)) if slots else -1
-        for tpl, slots in distinct.items()
-    }
-    out = []
-    for tpl, r in zip(templates, ranked, strict=True):
-        p = primary_slot[tpl]
-        out.append((r, r[p] if 0 <= p < len(r) else -1))
-    return out
+def _sibling_ranks(parent: np.ndarray) -> np.ndarray:
+    """Groups' parent codes → each group's rank among the groups that share its parent, in
+    group order."""
+    if not len(parent):
+        return np.zeros(0, np.int64)
+    order = np.argsort(parent, kind="stable")
+    ordered = parent[order]
+    starts = np.r_[0, np.nonzero(ordered[1:] != ordered[:-1])[0] + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(parent)]))
+    ranks = np.empty(len(parent), np.int64)
+    ranks[order] = np.arange(len(parent)) - first
+    return ranks
