@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
 
 from weightmapper.engine.state import MatchState
@@ -11,21 +13,23 @@ STRUCTURE_EXACT = 1.0
 
 def stage_exact(st: MatchState) -> None:
     """MatchState → identical keys with compatible shapes paired."""
-    t_raw = st.t.index
-    t_strip = {k: j for j, k in enumerate(st.t.stripped)}
-    rows, cols = [], []
-    for i, key in enumerate(st.s.keys):
-        j = t_raw.get(key)
-        if j is None:
-            j = t_strip.get(st.s.stripped[i])
-        if j is not None:
-            rows.append(i)
-            cols.append(j)
-    rels = st.compat_many(np.array(rows, np.int64), np.array(cols, np.int64))
-    taken = st.t_match >= 0
-    chosen = []
-    for i, j, rel in zip(rows, cols, rels, strict=True):
-        if rel is not None and not taken[j]:
-            taken[j] = True  # a target named twice (raw and stripped) goes to the first
-            chosen.append((i, j, rel))
-    st.pair_many(chosen, "exact", False, STRUCTURE_EXACT)
+    s, t = st.s, st.t
+    cols = np.fromiter(map(t.index.get, s.keys, repeat(-1)), np.int64, len(s))
+    missing = np.nonzero(cols < 0)[0]
+    if len(missing):
+        # Keys not found as they are are looked up without the wrapper prefix.
+        t_strip = {k: j for j, k in enumerate(t.stripped)}
+        cols[missing] = [t_strip.get(s.stripped[i], -1) for i in missing.tolist()]
+    rows = np.nonzero(cols >= 0)[0]
+    cols = cols[rows]
+    rels = st.compat_many(rows, cols)
+    fits = np.fromiter((r is not None for r in rels), bool, len(rels))
+    fits &= st.t_match[cols] < 0
+    # A target named twice (raw and stripped) goes to the first source key naming it.
+    first = np.unique(cols[fits], return_index=True)[1]
+    chosen = np.sort(np.nonzero(fits)[0][first])
+    st.pair_many(
+        [(i, j, rels[n]) for n, i, j in zip(chosen.tolist(), rows[chosen].tolist(),
+                                             cols[chosen].tolist(), strict=True)],
+        "exact", False, STRUCTURE_EXACT,
+    )  # fmt: skip

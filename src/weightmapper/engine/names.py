@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rapidfuzz import fuzz, process
@@ -424,13 +425,10 @@ class TokenSpace:
         return vals[back]
 
 
-def distinct_codes(items: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Strings → (code per string, distinct strings in first-seen order)."""
-    seen: dict[str, int] = {}
-    codes = np.fromiter(
-        (seen.setdefault(x, len(seen)) for x in items), dtype=np.int64, count=len(items)
-    )
-    return codes, list(seen)
+def distinct_codes(items: Sequence[Hashable]) -> tuple[np.ndarray, list[Any]]:
+    """Strings (or any hashable items) → (code per item, distinct items in first-seen order)."""
+    code = {x: n for n, x in enumerate(dict.fromkeys(items))}
+    return np.fromiter(map(code.__getitem__, items), np.int64, len(items)), list(code)
 
 
 def _unit_rows(docs: list[list[str]], vocab: dict[str, int], idf: np.ndarray) -> sparse.csr_matrix:

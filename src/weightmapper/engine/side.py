@@ -37,6 +37,8 @@ class Side:
     stripped: list[str]
     """Key without the prefix all keys share (``module.``, ``_orig_mod.``...)."""
     shape: list[tuple[int, ...]]
+    shape_code: np.ndarray
+    """Key number → code of its shape (equal codes: equal shapes)."""
     bucket: list[tuple[int, ...]]
     role: list[str]
     """Canonical local role (``weight``, ``bias``, ``running mean``...)."""
@@ -53,6 +55,8 @@ class Side:
     group_paths: list[str]
     group_keys: list[list[int]]
     group_type: list[str | None]
+    group_type_code: np.ndarray
+    """Group number → code of its module type (equal codes: equal types)."""
     group_family: list[str | None]
     group_tokens: list[str]
     """Canonical tokens of the group's module path (indices removed)."""
@@ -193,7 +197,8 @@ def prepare_side(inv: Inventory) -> Side:
         locals_ = [k.rpartition(".")[2] for k in keys]  # a key's last component
     local_code, local_names = distinct_codes(locals_)
     shapes = [tuple(i.shape) for i in infos]
-    buckets = {s: _bucket(s) for s in dict.fromkeys(shapes)}
+    shape_code, distinct_shapes = distinct_codes(shapes)
+    buckets = [_bucket(s) for s in distinct_shapes]
     role_of = [local_role(loc) for loc in local_names]
     prefix = common_prefix(group_paths) if len(keys) > 1 else ""
     stripped = [k[len(prefix) :] for k in keys] if prefix else keys
@@ -230,7 +235,8 @@ def prepare_side(inv: Inventory) -> Side:
         index=dict(zip(keys, range(len(keys)), strict=True)),
         stripped=stripped,
         shape=shapes,
-        bucket=[buckets[s] for s in shapes],
+        shape_code=shape_code,
+        bucket=[buckets[c] for c in shape_code.tolist()],
         role=[role_of[c] for c in local_code.tolist()],
         stat_buffer=_stat_buffers(infos, locals_, local_code, local_names),
         group=group_of,
@@ -240,6 +246,7 @@ def prepare_side(inv: Inventory) -> Side:
         group_paths=group_paths,
         group_keys=group_keys,
         group_type=gtypes,
+        group_type_code=distinct_codes(gtypes)[0],
         group_family=_families(gtypes, group_of, local_code, local_names, shapes),
         group_tokens=gtokens,
         group_template=gtemplates,

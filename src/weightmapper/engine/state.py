@@ -24,7 +24,7 @@ from weightmapper.engine.families import (
     incompatible_token_pairs,
     type_compat,
 )
-from weightmapper.engine.names import TokenSpace
+from weightmapper.engine.names import TokenSpace, distinct_codes
 from weightmapper.engine.shapes import ShapeRelation, cached_relation, shape_bucket
 from weightmapper.engine.side import Side, drop_tokens, side_specific_tokens
 from weightmapper.roles import SideRoles, roles_conflict, roles_same, stacks_conflict
@@ -61,44 +61,43 @@ class MatchState:
             src = replace(src, bucket=[shape_bucket(s, self.tol) for s in src.shape])
             tgt = replace(tgt, bucket=[shape_bucket(s, self.tol) for s in tgt.shape])
         # --- per key and per group, fixed for the run ----------------------------------------
-        self.s_scorable = np.array([self.mode != "exclude" or not b for b in src.stat_buffer], bool)
-        self.t_scorable = np.array([self.mode != "exclude" or not b for b in tgt.stat_buffer], bool)
-        fams = sorted({f or "" for f in src.group_family + tgt.group_family})
-        fam_code = {f: i for i, f in enumerate(fams)}
+        self.s_stat = np.array(src.stat_buffer, bool)
+        self.t_stat = np.array(tgt.stat_buffer, bool)
+        self.s_scorable = ~self.s_stat if self.mode == "exclude" else np.ones(len(src), bool)
+        self.t_scorable = ~self.t_stat if self.mode == "exclude" else np.ones(len(tgt), bool)
+        fams, (self.s_fam, self.t_fam) = _joint_codes(
+            [f or "" for f in src.group_family], [f or "" for f in tgt.group_family]
+        )
         self.fam_table = np.array(
             [[type_compat(a or None, b or None) for b in fams] for a in fams], dtype=np.float32
         )
         """Family code × family code → compatibility (0: may never pair)."""
-        self.s_fam = np.array([fam_code[f or ""] for f in src.group_family], np.int64)
-        self.t_fam = np.array([fam_code[f or ""] for f in tgt.group_family], np.int64)
-        roles = sorted(set(src.role) | set(tgt.role))
-        rcode = {r: i for i, r in enumerate(roles)}
-        self.s_role = np.array([rcode[r] for r in src.role], np.int64)
-        self.t_role = np.array([rcode[r] for r in tgt.role], np.int64)
-        self.s_strict_role = np.array([r in STRICT_ROLES for r in src.role], bool)
-        self.t_strict_role = np.array([r in STRICT_ROLES for r in tgt.role], bool)
-        self.s_stat = np.array(src.stat_buffer, bool)
-        self.t_stat = np.array(tgt.stat_buffer, bool)
+        roles, (self.s_role, self.t_role) = _joint_codes(src.role, tgt.role)
+        strict = np.array([r in STRICT_ROLES for r in roles], bool)
+        self.s_strict_role = strict[self.s_role]
+        self.t_strict_role = strict[self.t_role]
         # What each tensor does (roles.py): keys whose roles exclude each other never pair.
         s_roles, t_roles = func_roles or (SideRoles(), SideRoles())
         self.roles = (s_roles, t_roles)
-        self.s_func, self.t_func, self.func_conflict = _codes(
-            src.keys, tgt.keys, s_roles.roles, t_roles.roles, roles_conflict
+        labels, (self.s_func, self.t_func) = _label_codes(
+            src.keys, tgt.keys, s_roles.roles, t_roles.roles
         )
-        self.func_same = _codes(src.keys, tgt.keys, s_roles.roles, t_roles.roles, roles_same)[2]
+        self.func_conflict = _table(labels, roles_conflict)
+        self.func_same = _table(labels, roles_same)
         """Role code × role code → True where both name one role (a ``name`` signal)."""
-        self.s_named = np.array([k in s_roles.named for k in src.keys], bool)
-        self.t_named = np.array([k in t_roles.named for k in tgt.keys], bool)
+        self.s_named = np.fromiter(map(s_roles.named.__contains__, src.keys), bool, len(src))
+        self.t_named = np.fromiter(map(t_roles.named.__contains__, tgt.keys), bool, len(tgt))
         """Key → True when a naming convention gave its role (name knowledge, not function)."""
-        self.s_stack, self.t_stack, self.stack_conflict = _codes(
-            src.keys, tgt.keys, s_roles.stacks, t_roles.stacks, stacks_conflict
+        labels, (self.s_stack, self.t_stack) = _label_codes(
+            src.keys, tgt.keys, s_roles.stacks, t_roles.stacks
         )
+        self.stack_conflict = _table(labels, stacks_conflict)
         self.s_gfunc = _group_codes(src, self.s_func)
         self.t_gfunc = _group_codes(tgt, self.t_func)
         # Parents and component families are judged on the full names, before wrapper
         # tokens are dropped.
-        s_parent = [_parent_tokens(g, src) for g in range(len(src.group_paths))]
-        t_parent = [_parent_tokens(g, tgt) for g in range(len(tgt.group_paths))]
+        s_parent = _parent_tokens(src)
+        t_parent = _parent_tokens(tgt)
         pairs = incompatible_token_pairs(settings.incompatible_pairs)
         self.has_incompatible = bool(pairs)
         self.inc_s = incompatible_masks(src, pairs)
@@ -118,8 +117,8 @@ class MatchState:
         self.parent_space = TokenSpace(s_parent, t_parent)
         self.s_parent_empty = np.array([not p for p in s_parent], bool)
         self.t_parent_empty = np.array([not p for p in t_parent], bool)
-        self.s_parent_id = _parent_ids(src.group_paths)
-        self.t_parent_id = _parent_ids(tgt.group_paths)
+        self.s_parent_id = src.group_parent
+        self.t_parent_id = tgt.group_parent
         self.bucket_counts = (Counter(self.s.bucket), Counter(self.t.bucket))
         # --- decided so far ------------------------------------------------------------------
         self.s_match = np.full(len(src), -1, dtype=np.int64)
@@ -192,7 +191,11 @@ class MatchState:
         return cached_relation(s.shape[i], t.shape[j], s.group_type[gs], t.group_type[gt], self.tol)
 
     def compat_many(self, rows_s: np.ndarray, cols_t: np.ndarray) -> list[ShapeRelation | None]:
-        """Equal-length source and target key numbers → ShapeRelation (or None) of each pair."""
+        """Equal-length source and target key numbers → ShapeRelation (or None) of each pair.
+
+        Pairs repeat a few (shape, shape, module type, module type) combinations: each
+        combination's relation is worked out once.
+        """
         s, t = self.s, self.t
         gs, gt = s.group[rows_s], t.group[cols_t]
         ok = self.s_stat[rows_s] == self.t_stat[cols_t]
@@ -201,17 +204,26 @@ class MatchState:
         ok &= ~self.roles_block(rows_s, cols_t)
         ok &= self.fam_table[self.s_fam[gs], self.t_fam[gt]] > 0
         ok &= allowed_pairs(self.inc_s, self.inc_t, rows_s, cols_t)
-        out: list[ShapeRelation | None] = []
-        for k, (i, j) in enumerate(zip(rows_s.tolist(), cols_t.tolist(), strict=True)):
-            if not ok[k]:
-                out.append(None)
-                continue
-            out.append(
-                cached_relation(
-                    s.shape[i], t.shape[j], s.group_type[gs[k]], t.group_type[gt[k]], self.tol
+        out = np.full(len(rows_s), None, dtype=object)
+        keep = np.nonzero(ok)[0]
+        if len(keep):
+            combo = s.shape_code[rows_s[keep]]
+            for codes in (
+                t.shape_code[cols_t[keep]],
+                s.group_type_code[gs[keep]],
+                t.group_type_code[gt[keep]],
+            ):
+                # renumbered after each step, so the combined codes stay small
+                combo = np.unique(combo * (int(codes.max()) + 1) + codes, return_inverse=True)[1]
+            _, first, back = np.unique(combo.reshape(-1), return_index=True, return_inverse=True)
+            rels = np.empty(len(first), dtype=object)
+            for n, k in enumerate(keep[first].tolist()):
+                i, j, a, b = int(rows_s[k]), int(cols_t[k]), int(gs[k]), int(gt[k])
+                rels[n] = cached_relation(
+                    s.shape[i], t.shape[j], s.group_type[a], t.group_type[b], self.tol
                 )
-            )
-        return out
+            out[keep] = rels[back.reshape(-1)]
+        return out.tolist()
 
     def roles_block(self, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
         """Source keys, target keys (broadcastable) → True where roles or stacks exclude."""
@@ -270,39 +282,58 @@ class MatchState:
         return partner
 
 
-def _codes(
-    s_keys: list[str],
-    t_keys: list[str],
-    s_map: dict[str, str],
-    t_map: dict[str, str],
-    conflict: Callable[[str | None, str | None], bool],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keys of both sides + key → label maps → (source codes, target codes, conflict table).
-
-    Code 0 is "unknown"; the table is indexed by two codes and never blocks code 0.
-    """
-    labels = [None, *sorted(set(s_map.values()) | set(t_map.values()))]
+def _joint_codes(a: list[str], b: list[str]) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
+    """Labels of both sides → (their distinct labels sorted, (codes of a, codes of b)):
+    each side's labels are coded once per distinct label, then mapped onto the joint list."""
+    codes_a, uni_a = distinct_codes(a)
+    codes_b, uni_b = (codes_a, uni_a) if b is a else distinct_codes(b)
+    labels = sorted(set(uni_a) | set(uni_b))
     code = {lab: i for i, lab in enumerate(labels)}
-    s_codes = np.array([code[s_map.get(k)] for k in s_keys], np.int64)
-    t_codes = np.array([code[t_map.get(k)] for k in t_keys], np.int64)
-    table = np.array([[conflict(a, b) for b in labels] for a in labels], bool)
-    return s_codes, t_codes, table
+    to_a = np.array([code[x] for x in uni_a], np.int64)
+    to_b = np.array([code[x] for x in uni_b], np.int64)
+    return labels, (to_a[codes_a], to_b[codes_b])
+
+
+def _label_codes(
+    s_keys: list[str], t_keys: list[str], s_map: dict[str, str], t_map: dict[str, str]
+) -> tuple[list[str | None], tuple[np.ndarray, np.ndarray]]:
+    """Keys of both sides + key → label maps → (labels, (source codes, target codes)).
+
+    Code 0 is "unknown" (label None, a key the map leaves out); the others follow the
+    sorted labels.
+    """
+    labels: list[str | None] = [None, *sorted(set(s_map.values()) | set(t_map.values()))]
+    code = {lab: i for i, lab in enumerate(labels)}
+    codes = []
+    for keys, labelled in ((s_keys, s_map), (t_keys, t_map)):
+        found = map(labelled.get, keys) if labelled else ()
+        codes.append(
+            np.fromiter(map(code.__getitem__, found), np.int64, len(keys))
+            if labelled
+            else np.zeros(len(keys), np.int64)
+        )
+    return labels, (codes[0], codes[1])
+
+
+def _table(
+    labels: list[str | None], relation: Callable[[str | None, str | None], bool]
+) -> np.ndarray:
+    """Labels + a relation between two → bool table indexed by two label codes."""
+    return np.array([[relation(a, b) for b in labels] for a in labels], bool)
 
 
 def _group_codes(side: Side, codes: np.ndarray) -> np.ndarray:
     """Key codes → one per group: the code of its first key that has a role (0 if none)."""
     out = np.zeros(len(side.group_paths), np.int64)
-    for g, keys in enumerate(side.group_keys):
-        known = [codes[k] for k in keys if codes[k]]
-        out[g] = known[0] if known else 0
+    known = np.nonzero(codes)[0]  # keys are numbered group by group, in local order
+    groups, first = np.unique(side.group[known], return_index=True)
+    out[groups] = codes[known[first]]
     return out
 
 
-def _parent_ids(paths: list[str]) -> np.ndarray:
-    codes: dict[str, int] = {}
-    return np.array([codes.setdefault(p.rpartition(".")[0], len(codes)) for p in paths], np.int64)
-
-
-def _parent_tokens(g: int, side: Side) -> str:
-    toks = side.group_tokens[g].split()
-    return " ".join(toks[:-1])
+def _parent_tokens(side: Side) -> list[str]:
+    """Side → per group the tokens of its parent module (its own tokens but the last),
+    worked out once per distinct token string."""
+    code, distinct = distinct_codes(side.group_tokens)
+    parents = [" ".join(t.split()[:-1]) for t in distinct]
+    return [parents[c] for c in code.tolist()]
