@@ -113,6 +113,10 @@ class RoleRule:
     stack: str
     template: re.Pattern[str] = field(repr=False, compare=False)
     raw: re.Pattern[str] = field(repr=False, compare=False)
+    on_templates: bool = field(default=False, repr=False, compare=False)
+    """True when a key fits :attr:`raw` exactly when its template fits :attr:`template`
+    (:func:`_decided_by_template`): the keys of a fitting template then need no matching one
+    by one to be counted."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,26 @@ def _regex(pattern: str, prefixes: Sequence[str], *, template: bool) -> re.Patte
     return re.compile(f"(?:{alts})" + "".join(out) + _PARAM)
 
 
+def _decided_by_template(pattern: str, template: re.Pattern[str], raw: re.Pattern[str]) -> bool:
+    """A pattern and its two regexes → True when a key fits ``raw`` exactly when its template
+    fits ``template``.
+
+    So it is when the two regexes differ only where an index stands (``\\d+`` in one,
+    ``#`` or ``\\d+`` in the other): no literal number that a template would hide
+    (``downsample.0``), no literal ``#``, and no two indices side by side (``{i}{j}`` may
+    split one number that a template shows as one ``#``).
+    """
+    if "\\#" in raw.pattern or _ADJACENT_INDICES.search(pattern):
+        return False
+    return _INDEX_GROUP.sub(lambda _m: r"(?:#|\d+)", raw.pattern) == template.pattern
+
+
+_INDEX_GROUP = re.compile(r"\(\?P<[iesj]>\\d\+\)")
+"""An index's group in a raw regex (``(?P<i>\\d+)``)."""
+_ADJACENT_INDICES = re.compile(r"\}(?:\[[^\]]*\])*\{")
+"""Two indices with nothing (or only optional text) between them in a pattern."""
+
+
 def _literal(text: str, template: bool) -> str:
     return re.escape(_NUMBER_PART.sub("#", text) if template else text)
 
@@ -245,13 +269,16 @@ def parse_convention(doc: Any, source: str = "<memory>") -> Convention:
                 )
                 continue
             try:
+                on_template = _regex(str(pattern), prefixes, template=True)
+                raw = _regex(str(pattern), prefixes, template=False)
                 rules.append(
                     RoleRule(
                         str(pattern),
                         role,
                         stack,
-                        _regex(str(pattern), prefixes, template=True),
-                        _regex(str(pattern), prefixes, template=False),
+                        on_template,
+                        raw,
+                        _decided_by_template(str(pattern), on_template, raw),
                     )
                 )
             except re.error as e:
@@ -291,6 +318,18 @@ def parse_convention(doc: Any, source: str = "<memory>") -> Convention:
 def template_of(key: str) -> str:
     """``model.layers.12.mlp.up_proj.weight`` → ``model.layers.#.mlp.up_proj.weight``."""
     return _NUMBER_PART.sub("#", key)
+
+
+def templates_of(keys: Sequence[str]) -> list[str]:
+    """Keys → :func:`template_of` of each, in one pass over all of them: every key is put
+    between dots and the keys joined, so a number part is one between two dots."""
+    joined = ".\n.".join(keys)
+    if not keys or joined.count("\n") != len(keys) - 1:  # a key holds a newline
+        return [template_of(k) for k in keys]
+    return _DOTTED_NUMBER.sub(".#", "." + joined + ".")[1:-1].split(".\n.")
+
+
+_DOTTED_NUMBER = re.compile(r"\.\d+(?=\.)")
 
 
 class ConventionSet:
@@ -349,6 +388,9 @@ class ConventionSet:
         n = 0
         for t, rules in tk.rules_by_template(convention).items():
             if not rules:
+                continue
+            if any(r.on_templates for r in rules):
+                n += len(tk.groups[t])  # each key of the template fits that rule
                 continue
             for key in tk.groups[t]:
                 for rule in rules:
@@ -431,7 +473,7 @@ class _Templated:
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
-        self.templates = [template_of(k) for k in keys]
+        self.templates = templates_of(keys)
         self.groups: dict[str, list[str]] = {}
         for k, t in zip(keys, self.templates, strict=True):
             self.groups.setdefault(t, []).append(k)

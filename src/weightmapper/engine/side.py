@@ -354,8 +354,12 @@ def _ordinal_shapes(paths: list[str]) -> list[str]:
     """Module paths → each one with its components' ordinals as ``#``: a trailing number
     (``conv2``, ``3``), and a single letter among siblings whose letters are consecutive
     (``f.a, f.b, f.c``; not ``attn.q, attn.k, attn.v``), which sorts in its real order too."""
-    if not _SINGLE_LETTER.search("\n".join(paths)):
-        return [_TRAILING_ANY.sub("#", p) for p in paths]
+    joined = "\n".join(paths)
+    if paths and joined.count("\n") == len(paths) - 1:  # no path holds a newline
+        shapes = _TRAILING_ANY.sub("#", joined + "\n")[:-1].split("\n")
+        # Letters are kept in a shape: a path has a one-letter component iff its shape has.
+        if not any(_SINGLE_LETTER.search(s) for s in dict.fromkeys(shapes)):
+            return shapes
     split = [p.split(".") for p in paths]
     letters: dict[tuple[str, ...], set[str]] = {}
     for parts in split:
@@ -379,10 +383,11 @@ def _ordinal_shapes(paths: list[str]) -> list[str]:
 _TRAILING = re.compile(r"\d+$")
 """A component's trailing number (``conv2``, ``3``): an index; numbers inside a name
 (``branch5x5``, ``conv2d``) are part of it."""
-_TRAILING_ANY = re.compile(r"\d+(?=\.|$)")
-"""Every component's trailing number in a dotted path (:data:`_TRAILING` per component)."""
-_SINGLE_LETTER = re.compile(r"(?:^|\.)[a-z](?=\.|$)", re.MULTILINE)
-"""A component that is one lower-case letter, in newline-separated paths."""
+_TRAILING_ANY = re.compile(r"\d+(?=[.\n])")
+"""Every component's trailing number in newline-ended dotted paths (:data:`_TRAILING` per
+component)."""
+_SINGLE_LETTER = re.compile(r"(?:^|\.)[a-z](?:\.|$)")
+"""A component that is one lower-case letter, in a dotted path."""
 
 
 def first_differing_component(texts: list[str]) -> np.ndarray:
@@ -405,7 +410,7 @@ def first_differing_component(texts: list[str]) -> np.ndarray:
     differ = a != b
     at = differ.argmax(axis=1)
     rows = np.arange(len(texts) - 1)
-    dots = np.cumsum(a == ord("."), axis=1)
+    dots = np.cumsum(a == ord("."), axis=1, dtype=np.int32)
     before = np.where(at > 0, dots[rows, np.maximum(at - 1, 0)], 0)
     ca, cb = a[rows, at], b[rows, at]
     # One string ends where the other goes on with a dot: no component differs.
