@@ -49,8 +49,6 @@ class Side:
     """Key number → group number."""
     tokens: list[str]
     """Canonical tokens of the whole key, space-separated (indices removed)."""
-    norm_key: list[str]
-    """Canonical tokens + dense-ranked indices: equal keys mean the same tensor."""
     ranked: list[tuple[int, ...]]
     group_paths: list[str]
     group_keys: list[list[int]]
@@ -62,6 +60,8 @@ class Side:
     """Canonical tokens of the group's module path (indices removed)."""
     group_template: list[str]
     group_ranked: list[tuple[int, ...]]
+    group_rank_code: np.ndarray
+    """Group number → code of its dense-ranked indices (equal codes: equal indices)."""
     group_index_key: list[tuple[tuple[int, ...], int]]
     """Group number → (dense-ranked indices, primary index): the primary index is the slot
     with the most distinct values in the group's template (the block number), -1 if none."""
@@ -147,29 +147,7 @@ def drop_tokens(side: Side, drop: set[str]) -> Side:
         tokens=tokens,
         group_tokens=[clean(t) for t in side.group_tokens],
         group_template=[clean(t) for t in side.group_template],
-        norm_key=norm_keys(tokens, side.ranked),
     )
-
-
-def norm_key(tokens: str, ranked: tuple[int, ...]) -> str:
-    """Canonical tokens + dense-ranked indices → the key the ``normalized`` stage compares."""
-    return " ".join(sorted(tokens.split())) + "|" + ",".join(map(str, ranked))
-
-
-def norm_keys(tokens: list[str], ranked: list[tuple[int, ...]]) -> list[str]:
-    """:func:`norm_key` for many keys, each distinct token string and index tuple done once."""
-    tok_cache: dict[str, str] = {}
-    idx_cache: dict[tuple[int, ...], str] = {}
-    out = []
-    for t, r in zip(tokens, ranked, strict=True):
-        a = tok_cache.get(t)
-        if a is None:
-            a = tok_cache[t] = " ".join(sorted(t.split()))
-        b = idx_cache.get(r)
-        if b is None:
-            b = idx_cache[r] = ",".join(map(str, r))
-        out.append(a + "|" + b)
-    return out
 
 
 def prepare_side(inv: Inventory) -> Side:
@@ -209,7 +187,7 @@ def prepare_side(inv: Inventory) -> Side:
     )
     gparts = [split_module(p) for p in gstripped]
     gtemplates = [gp.template for gp in gparts]
-    tpl_code, tpl_names = distinct_codes(gtemplates)
+    tpl_code = distinct_codes(gtemplates)[0]
     granked, gprimary = rank_index_rows(tpl_code, [gp.indices for gp in gparts])
     # A template is its module's tokens with ``#`` where each index stood, so the tokens of
     # every group of a template are those of its first group.
@@ -218,7 +196,7 @@ def prepare_side(inv: Inventory) -> Side:
     gtokens = [tpl_tokens[c] for c in tpl_code.tolist()]
     # A key's name is its module's name plus its local name; its layer indices are the
     # module's (dense-ranked per module template, so all tensors of a module agree).
-    tokens, norm_key = _key_names(tpl_code[group_of], local_code, tpl_tokens, local_names, granked, group_of)
+    tokens = _key_tokens(tpl_code[group_of], local_code, tpl_tokens, local_names)
     ranked = [granked[g] for g in group_of.tolist()]
     gtypes = [g.module_type for g in groups]
     gpos = np.arange(n_g, dtype=np.float64) / max(1, n_g - 1)
@@ -241,7 +219,6 @@ def prepare_side(inv: Inventory) -> Side:
         stat_buffer=_stat_buffers(infos, locals_, local_code, local_names),
         group=group_of,
         tokens=tokens,
-        norm_key=norm_key,
         ranked=ranked,
         group_paths=group_paths,
         group_keys=group_keys,
@@ -251,6 +228,7 @@ def prepare_side(inv: Inventory) -> Side:
         group_tokens=gtokens,
         group_template=gtemplates,
         group_ranked=granked,
+        group_rank_code=distinct_codes(granked)[0],
         group_index_key=list(zip(granked, gprimary.tolist(), strict=True)),
         group_sibrank=_sibling_ranks(parent_code).tolist(),
         group_parent=parent_code,
@@ -264,37 +242,19 @@ def prepare_side(inv: Inventory) -> Side:
     )
 
 
-def _key_names(
-    key_tpl: np.ndarray,
-    local_code: np.ndarray,
-    tpl_tokens: list[str],
-    local_names: list[str],
-    granked: list[tuple[int, ...]],
-    group_of: np.ndarray,
-) -> tuple[list[str], list[str]]:
+def _key_tokens(
+    key_tpl: np.ndarray, local_code: np.ndarray, tpl_tokens: list[str], local_names: list[str]
+) -> list[str]:
     """Per key: its module template's code and its local name's code (+ the templates'
-    tokens, the local names, the groups' ranked indices, each key's group) → (each key's
-    canonical tokens, each key's :func:`norm_key`), built once per distinct (template,
-    local name) and per distinct ranked index tuple."""
+    tokens, the local names) → each key's canonical tokens, built once per distinct
+    (template, local name)."""
     n_local = max(1, len(local_names))
     combos, combo_of = np.unique(key_tpl * n_local + local_code, return_inverse=True)
     combo_tokens = []
     for c in combos.tolist():
         tpl, loc = divmod(c, n_local)
         combo_tokens.append((tpl_tokens[tpl] + " " + _local_words(local_names[loc])).strip())
-    combo_sorted = [" ".join(sorted(t.split())) + "|" for t in combo_tokens]
-    rank_text: dict[tuple[int, ...], str] = {}
-    group_rank = [
-        rank_text[r] if r in rank_text else rank_text.setdefault(r, ",".join(map(str, r)))
-        for r in granked
-    ]
-    combo_list = combo_of.reshape(-1).tolist()
-    tokens = [combo_tokens[c] for c in combo_list]
-    norm = [
-        combo_sorted[c] + group_rank[g]
-        for c, g in zip(combo_list, group_of.tolist(), strict=True)
-    ]
-    return tokens, norm
+    return [combo_tokens[c] for c in combo_of.reshape(-1).tolist()]
 
 
 @functools.lru_cache(maxsize=4096)
