@@ -22,14 +22,9 @@ def stage_exact(st: MatchState) -> None:
         cols[missing] = [t_strip.get(s.stripped[i], -1) for i in missing.tolist()]
     rows = np.nonzero(cols >= 0)[0]
     cols = cols[rows]
-    rels = st.compat_many(rows, cols)
-    fits = np.fromiter((r is not None for r in rels), bool, len(rels))
+    rels, fits = st.relations(rows, cols)
     fits &= st.t_match[cols] < 0
     # A target named twice (raw and stripped) goes to the first source key naming it.
     first = np.unique(cols[fits], return_index=True)[1]
     chosen = np.sort(np.nonzero(fits)[0][first])
-    st.pair_many(
-        [(i, j, rels[n]) for n, i, j in zip(chosen.tolist(), rows[chosen].tolist(),
-                                             cols[chosen].tolist(), strict=True)],
-        "exact", False, STRUCTURE_EXACT,
-    )  # fmt: skip
+    st.pair_arrays(rows[chosen], cols[chosen], rels[chosen], "exact", False, STRUCTURE_EXACT)

@@ -38,12 +38,8 @@ def stage_normalized(st: MatchState) -> None:
     ranked = depth[st.s.group[rows]] > 0
     keep = ~ranked | (_instance_counts(st.s, s_tok)[rows] == _instance_counts(st.t, t_tok)[cols])
     rows, cols = rows[keep], cols[keep]
-    rels = st.compat_many(rows, cols)
-    st.pair_many(
-        [(i, j, rel) for i, j, rel in zip(rows.tolist(), cols.tolist(), rels, strict=True)
-         if rel is not None],
-        "normalized", False, STRUCTURE_NORMALIZED,
-    )  # fmt: skip
+    rels, fits = st.relations(rows, cols)
+    st.pair_arrays(rows[fits], cols[fits], rels[fits], "normalized", False, STRUCTURE_NORMALIZED)
 
 
 Codes = tuple[np.ndarray, list[str]]

@@ -9,7 +9,7 @@ whom, by which stage, with what structure score). Stages read it and record pair
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -161,9 +161,21 @@ class MatchState:
             return
         rows = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
         cols = np.fromiter((p[1] for p in pairs), np.int64, len(pairs))
+        self.pair_arrays(rows, cols, [p[2] for p in pairs], stage, group, structure)
+
+    def pair_arrays(
+        self, rows: np.ndarray, cols: np.ndarray, rels: Sequence[ShapeRelation], stage: str,
+        group: bool, structure: float,
+    ) -> None:  # fmt: skip
+        """Source keys, target keys (equal-length arrays) and their relations → each pair
+        recorded as :meth:`pair` would, in order."""
+        if not len(rows):
+            return
         self.s_match[rows] = cols
         self.t_match[cols] = rows
-        self.rec.update((i, (rel, stage, group, structure, -1)) for i, _j, rel in pairs)
+        self.rec.update(
+            zip(rows.tolist(), [(rel, stage, group, structure, -1) for rel in rels], strict=True)
+        )
 
     def stage_counts(self) -> dict[str, int]:
         """Stage name → number of pairs it settled."""
@@ -191,7 +203,12 @@ class MatchState:
         return cached_relation(s.shape[i], t.shape[j], s.group_type[gs], t.group_type[gt], self.tol)
 
     def compat_many(self, rows_s: np.ndarray, cols_t: np.ndarray) -> list[ShapeRelation | None]:
-        """Equal-length source and target key numbers → ShapeRelation (or None) of each pair.
+        """Equal-length source and target key numbers → ShapeRelation (or None) of each pair."""
+        return self.relations(rows_s, cols_t)[0].tolist()
+
+    def relations(self, rows_s: np.ndarray, cols_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Equal-length source and target key numbers → (each pair's ShapeRelation or None, as
+        an object array; True where it is not None).
 
         Pairs repeat a few (shape, shape, module type, module type) combinations: each
         combination's relation is worked out once.
@@ -206,24 +223,27 @@ class MatchState:
         ok &= allowed_pairs(self.inc_s, self.inc_t, rows_s, cols_t)
         out = np.full(len(rows_s), None, dtype=object)
         keep = np.nonzero(ok)[0]
-        if len(keep):
-            combo = s.shape_code[rows_s[keep]]
-            for codes in (
-                t.shape_code[cols_t[keep]],
-                s.group_type_code[gs[keep]],
-                t.group_type_code[gt[keep]],
-            ):
-                # renumbered after each step, so the combined codes stay small
-                combo = np.unique(combo * (int(codes.max()) + 1) + codes, return_inverse=True)[1]
-            _, first, back = np.unique(combo.reshape(-1), return_index=True, return_inverse=True)
-            rels = np.empty(len(first), dtype=object)
-            for n, k in enumerate(keep[first].tolist()):
-                i, j, a, b = int(rows_s[k]), int(cols_t[k]), int(gs[k]), int(gt[k])
-                rels[n] = cached_relation(
-                    s.shape[i], t.shape[j], s.group_type[a], t.group_type[b], self.tol
-                )
-            out[keep] = rels[back.reshape(-1)]
-        return out.tolist()
+        if not len(keep):
+            return out, ok
+        combo = s.shape_code[rows_s[keep]]
+        for codes in (
+            t.shape_code[cols_t[keep]],
+            s.group_type_code[gs[keep]],
+            t.group_type_code[gt[keep]],
+        ):
+            # renumbered after each step, so the combined codes stay small
+            combo = np.unique(combo * (int(codes.max()) + 1) + codes, return_inverse=True)[1]
+        _, first, back = np.unique(combo.reshape(-1), return_index=True, return_inverse=True)
+        rels = np.empty(len(first), dtype=object)
+        for n, k in enumerate(keep[first].tolist()):
+            i, j, a, b = int(rows_s[k]), int(cols_t[k]), int(gs[k]), int(gt[k])
+            rels[n] = cached_relation(
+                s.shape[i], t.shape[j], s.group_type[a], t.group_type[b], self.tol
+            )
+        back = back.reshape(-1)
+        out[keep] = rels[back]
+        ok[keep] = np.array([r is not None for r in rels], bool)[back]
+        return out, ok
 
     def roles_block(self, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
         """Source keys, target keys (broadcastable) → True where roles or stacks exclude."""
