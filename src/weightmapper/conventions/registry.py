@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from weightmapper.errors import ConfigError
@@ -474,14 +475,25 @@ class _Templated:
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
         self.templates = templates_of(keys)
-        self.groups: dict[str, list[str]] = {}
-        for k, t in zip(keys, self.templates, strict=True):
-            self.groups.setdefault(t, []).append(k)
+        self.groups: dict[str, list[str]] = _grouped(keys, self.templates)
         self.distinct = len(set(keys)) == len(keys)
 
     def rules_by_template(self, convention: Convention) -> dict[str, list[RoleRule]]:
         """Convention → distinct template → the rules whose template pattern fits it."""
         return {t: [r for r in convention.rules if r.template.fullmatch(t)] for t in self.groups}
+
+
+def _grouped(keys: list[str], templates: list[str]) -> dict[str, list[str]]:
+    """Keys + their templates → template → its keys, templates and keys in first-seen order
+    (a stable sort of the keys by template code, cut where the code changes)."""
+    if not keys:
+        return {}
+    code = {t: n for n, t in enumerate(dict.fromkeys(templates))}
+    codes = np.fromiter(map(code.__getitem__, templates), np.int64, len(templates))
+    order = np.argsort(codes, kind="stable")
+    ordered = np.array(keys, dtype=object)[order]
+    cuts = np.cumsum(np.bincount(codes, minlength=len(code)))[:-1]
+    return {t: part.tolist() for t, part in zip(code, np.split(ordered, cuts), strict=True)}
 
 
 def _builtin_files() -> list[tuple[str, str]]:
