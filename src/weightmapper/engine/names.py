@@ -11,6 +11,7 @@ import functools
 import re
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -280,19 +281,22 @@ def rank_index_rows(
     (:func:`dense_rank_indices`), each row's primary index: its ranked value in the slot of
     its template with the most distinct values (the first such slot; -1 when it has none)).
 
-    Rows are ranked one template at a time, as arrays.
+    Rows are ranked one template at a time, as arrays cut out of all indices laid end to end.
     """
     n = len(indices)
     out: list[tuple[int, ...]] = [()] * n
     primary = np.full(n, -1, np.int64)
     if not n:
         return out, primary
+    width = np.fromiter(map(len, indices), np.int64, n)
+    flat = np.fromiter(chain.from_iterable(indices), np.int64, int(width.sum()))
+    start = np.cumsum(width) - width
     order = np.argsort(template_code, kind="stable")
     cuts = np.nonzero(np.diff(template_code[order]))[0] + 1
     for rows in np.split(order, cuts):
+        w = int(width[rows[0]])
         rows_l = rows.tolist()
-        width = len(indices[rows_l[0]])
-        if not width or any(len(indices[r]) != width for r in rows_l):
+        if (width[rows] != w).any():
             ragged = [indices[q] for q in rows_l]
             ranked = [_rank_ragged(ragged, indices[r]) for r in rows_l]
             slot = _primary_slot(ranked)
@@ -300,9 +304,11 @@ def rank_index_rows(
                 out[r] = rk
                 primary[r] = rk[slot] if 0 <= slot < len(rk) else -1
             continue
-        arr = np.array([indices[r] for r in rows_l], dtype=np.int64).reshape(len(rows_l), width)
+        if not w:
+            continue  # no indices: () and -1
+        arr = flat[start[rows][:, None] + np.arange(w)]
         ranks = np.empty_like(arr)
-        for col in range(width):
+        for col in range(w):
             ranks[:, col] = np.unique(arr[:, col], return_inverse=True)[1].ravel()
         # Dense ranks: a slot's number of distinct values is its largest rank + 1.
         slot = int(np.argmax(ranks.max(axis=0)))

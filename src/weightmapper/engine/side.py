@@ -10,6 +10,7 @@ import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
+from itertools import chain
 
 import numpy as np
 
@@ -160,17 +161,18 @@ def prepare_side(inv: Inventory) -> Side:
     group_paths = list(inv.groups)
     groups = list(inv.groups.values())
     n_g = len(groups)
-    sizes = np.fromiter((len(g.tensors) for g in groups), np.int64, n_g)
+    tensors = [g.tensors for g in groups]
+    sizes = np.fromiter(map(len, tensors), np.int64, n_g)
     group_of = np.repeat(np.arange(n_g, dtype=np.int64), sizes)
     ends = np.cumsum(sizes).tolist()
     group_keys = [list(range(a, b)) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
     keys = [
         f"{p}.{local}" if p else local  # ParameterGroup.key
-        for p, g in zip(group_paths, groups, strict=True)
-        for local in g.tensors
+        for p, t in zip(group_paths, tensors, strict=True)
+        for local in t
     ]
-    infos = [info for g in groups for info in g.tensors.values()]
-    locals_ = [local for g in groups for local in g.tensors]
+    infos = list(chain.from_iterable(t.values() for t in tensors))
+    locals_ = list(chain.from_iterable(tensors))
     if any("." in local for local in dict.fromkeys(locals_)):
         locals_ = [k.rpartition(".")[2] for k in keys]  # a key's last component
     local_code, local_names = distinct_codes(locals_)
@@ -185,7 +187,7 @@ def prepare_side(inv: Inventory) -> Side:
         if prefix
         else group_paths
     )
-    gparts = [split_module(p) for p in gstripped]
+    gparts = list(map(split_module, gstripped))
     gtemplates = [gp.template for gp in gparts]
     tpl_code = distinct_codes(gtemplates)[0]
     granked, gprimary = rank_index_rows(tpl_code, [gp.indices for gp in gparts])
