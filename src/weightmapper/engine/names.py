@@ -370,10 +370,16 @@ class TokenSpace:
     ``downsample``) decides. Rows of :attr:`a` and :attr:`b` follow the input lists.
     """
 
-    def __init__(self, a: Sequence[str], b: Sequence[str]) -> None:
+    def __init__(
+        self,
+        a: Sequence[str],
+        b: Sequence[str],
+        codes: tuple[tuple[np.ndarray, list[str]], tuple[np.ndarray, list[str]]] | None = None,
+    ) -> None:
         # Many keys share one token string (indices are not tokens): work on distinct ones.
-        self.code_a, uni_a = distinct_codes(a)
-        self.code_b, uni_b = distinct_codes(b)
+        # ``codes``: both lists already coded (:func:`distinct_codes`), which ``a`` and ``b``
+        # then need not repeat.
+        (self.code_a, uni_a), (self.code_b, uni_b) = codes or (distinct_codes(a), distinct_codes(b))
         self.uni_a, self.uni_b = uni_a, uni_b
         """Distinct token strings of each side, in first-seen order (codes index them)."""
         count_a = np.bincount(self.code_a, minlength=len(uni_a))
@@ -389,7 +395,7 @@ class TokenSpace:
                         vocab[tok] = len(vocab)
                         df.append(0.0)
                     df[vocab[tok]] += float(n)
-        n_docs = max(1, len(a) + len(b))
+        n_docs = max(1, len(self.code_a) + len(self.code_b))
         idf = np.log((1.0 + n_docs) / (1.0 + np.array(df, dtype=np.float64))) + 1.0
         self.a = _unit_rows(docs_a, vocab, idf)
         self.b = _unit_rows(docs_b, vocab, idf)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from weightmapper.engine.names import distinct_codes
 from weightmapper.engine.side import Side
 from weightmapper.engine.state import MatchState
 
@@ -22,7 +21,7 @@ def stage_normalized(st: MatchState) -> None:
     t_open = np.nonzero((st.t_match < 0) & st.t_scorable)[0]
     if not len(s_open) or not len(t_open):
         return
-    s_tok, t_tok = distinct_codes(st.s.tokens), distinct_codes(st.t.tokens)
+    s_tok, t_tok = st.s.token_codes, st.t.token_codes
     s_names, t_names = _name_codes(st.s, s_tok, st.t, t_tok)
     code = np.unique(np.concatenate([s_names[s_open], t_names[t_open]]), return_inverse=True)[1]
     s_code, t_code = code[: len(s_open)], code[len(s_open) :]

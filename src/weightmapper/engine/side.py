@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import Counter
 from dataclasses import dataclass, replace
 from itertools import chain
 
@@ -91,6 +90,18 @@ class Side:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @functools.cached_property
+    def token_codes(self) -> tuple[np.ndarray, list[str]]:
+        """Key number → code of its :attr:`tokens`, and the distinct token strings in order of
+        first appearance (:func:`distinct_codes`), worked out on first use."""
+        return distinct_codes(self.tokens)
+
+    @functools.cached_property
+    def group_token_codes(self) -> tuple[np.ndarray, list[str]]:
+        """Group number → code of its :attr:`group_tokens`, and the distinct strings in order
+        of first appearance, worked out on first use."""
+        return distinct_codes(self.group_tokens)
+
 
 def side_specific_tokens(a: Side, b: Side, share: float = 0.5) -> tuple[set[str], set[str]]:
     """Two Sides → tokens that fill at least ``share`` of one side's keys and none of the other's.
@@ -100,8 +111,9 @@ def side_specific_tokens(a: Side, b: Side, share: float = 0.5) -> tuple[set[str]
     """
 
     def doc_freq(side: Side) -> dict[str, int]:
+        code, distinct = side.token_codes
         out: dict[str, int] = {}
-        for toks, n in Counter(side.tokens).items():
+        for toks, n in zip(distinct, np.bincount(code).tolist(), strict=True):
             for t in set(toks.split()):
                 out[t] = out.get(t, 0) + n
         return out
@@ -110,7 +122,7 @@ def side_specific_tokens(a: Side, b: Side, share: float = 0.5) -> tuple[set[str]
         # Tokens that, wherever they occur, come first: wrapper context, not a component.
         first: set[str] = set()
         later: set[str] = set()
-        for toks in set(side.tokens):
+        for toks in side.token_codes[1]:
             words = toks.split()
             if words:
                 first.add(words[0])

@@ -58,8 +58,8 @@ class MatchState:
         self.tol = settings.shape_tolerance
         self.mode = settings.buffer_matching_mode
         if self.tol > 0:
-            src = replace(src, bucket=[shape_bucket(s, self.tol) for s in src.shape])
-            tgt = replace(tgt, bucket=[shape_bucket(s, self.tol) for s in tgt.shape])
+            src = replace(src, bucket=_tolerant_buckets(src, self.tol))
+            tgt = replace(tgt, bucket=_tolerant_buckets(tgt, self.tol))
         # --- per key and per group, fixed for the run ----------------------------------------
         self.s_stat = np.array(src.stat_buffer, bool)
         self.t_stat = np.array(tgt.stat_buffer, bool)
@@ -96,8 +96,8 @@ class MatchState:
         self.t_gfunc = _group_codes(tgt, self.t_func)
         # Parents and component families are judged on the full names, before wrapper
         # tokens are dropped.
-        s_parent = _parent_tokens(src)
-        t_parent = _parent_tokens(tgt)
+        s_parent = _parent_codes(src)
+        t_parent = _parent_codes(tgt)
         pairs = incompatible_token_pairs(settings.incompatible_pairs)
         self.has_incompatible = bool(pairs)
         self.inc_s = incompatible_masks(src, pairs)
@@ -105,7 +105,9 @@ class MatchState:
         drop_s, drop_t = side_specific_tokens(src, tgt)
         self.s: Side = drop_tokens(src, drop_s)
         self.t: Side = drop_tokens(tgt, drop_t)
-        self.key_space = TokenSpace(self.s.tokens, self.t.tokens)
+        self.key_space = TokenSpace(
+            self.s.tokens, self.t.tokens, codes=(self.s.token_codes, self.t.token_codes)
+        )
         self.s_index = IndexColumns(self.s.group_index_key)
         self.t_index = (
             self.s_index
@@ -113,13 +115,17 @@ class MatchState:
             else IndexColumns(self.t.group_index_key)
         )
         """Each side's group index keys as arrays (the ``index`` agreement of many pairs)."""
-        self.group_space = TokenSpace(self.s.group_tokens, self.t.group_tokens)
-        self.parent_space = TokenSpace(s_parent, t_parent)
-        self.s_parent_empty = np.array([not p for p in s_parent], bool)
-        self.t_parent_empty = np.array([not p for p in t_parent], bool)
+        self.group_space = TokenSpace(
+            self.s.group_tokens,
+            self.t.group_tokens,
+            codes=(self.s.group_token_codes, self.t.group_token_codes),
+        )
+        self.parent_space = TokenSpace([], [], codes=(s_parent, t_parent))
+        self.s_parent_empty = np.array([not p for p in s_parent[1]], bool)[s_parent[0]]
+        self.t_parent_empty = np.array([not p for p in t_parent[1]], bool)[t_parent[0]]
         self.s_parent_id = src.group_parent
         self.t_parent_id = tgt.group_parent
-        self.bucket_counts = (Counter(self.s.bucket), Counter(self.t.bucket))
+        self.bucket_counts = (_bucket_counts(self.s), _bucket_counts(self.t))
         # --- decided so far ------------------------------------------------------------------
         self.s_match = np.full(len(src), -1, dtype=np.int64)
         self.t_match = np.full(len(tgt), -1, dtype=np.int64)
@@ -302,6 +308,27 @@ class MatchState:
         return partner
 
 
+def _shape_firsts(side: Side) -> list[int]:
+    """Side → for each of its distinct shapes (in order of first appearance), its first key."""
+    return np.unique(side.shape_code, return_index=True)[1].tolist()
+
+
+def _tolerant_buckets(side: Side, tol: float) -> list[tuple[int, ...]]:
+    """Side + shape tolerance → each key's shape bucket under it, once per distinct shape."""
+    buckets = [shape_bucket(side.shape[k], tol) for k in _shape_firsts(side)]
+    return [buckets[c] for c in side.shape_code.tolist()]
+
+
+def _bucket_counts(side: Side) -> Counter:
+    """Side → shape bucket → number of its keys (buckets in order of first appearance),
+    counted once per distinct shape."""
+    per_shape = np.bincount(side.shape_code).tolist()
+    out: Counter = Counter()
+    for n, k in zip(per_shape, _shape_firsts(side), strict=True):
+        out[side.bucket[k]] += n
+    return out
+
+
 def _joint_codes(a: list[str], b: list[str]) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
     """Labels of both sides → (their distinct labels sorted, (codes of a, codes of b)):
     each side's labels are coded once per distinct label, then mapped onto the joint list."""
@@ -351,9 +378,13 @@ def _group_codes(side: Side, codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _parent_tokens(side: Side) -> list[str]:
-    """Side → per group the tokens of its parent module (its own tokens but the last),
-    worked out once per distinct token string."""
-    code, distinct = distinct_codes(side.group_tokens)
-    parents = [" ".join(t.split()[:-1]) for t in distinct]
-    return [parents[c] for c in code.tolist()]
+def _parent_codes(side: Side) -> tuple[np.ndarray, list[str]]:
+    """Side → per group the code of its parent module's tokens (its own tokens but the last),
+    and the distinct parent token strings in order of first appearance; worked out once per
+    distinct token string."""
+    code, distinct = side.group_token_codes
+    parent: dict[str, int] = {}
+    to_parent = np.array(
+        [parent.setdefault(" ".join(t.split()[:-1]), len(parent)) for t in distinct], np.int64
+    )
+    return to_parent[code], list(parent)
