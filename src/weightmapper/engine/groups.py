@@ -95,22 +95,37 @@ def promote_lone_pairs(st: MatchState) -> None:
     ``tok_emb``, ``embed_out`` → ``lm_head`` once ``embed_in`` is paired): its structure is
     that of a shape found once on each side, however little its names share.
     """
+    s_bucket, t_bucket = _bucket_codes(st)
+    n_b = int(max(s_bucket.max(initial=-1), t_bucket.max(initial=-1))) + 1
     s_rows = np.nonzero(st.s_scorable)[0]
     t_rows = np.nonzero(st.t_scorable)[0]
-    s_by: dict[tuple[int, ...], list[int]] = {}
-    t_by: dict[tuple[int, ...], list[int]] = {}
-    for i in s_rows.tolist():
-        s_by.setdefault(st.s.bucket[i], []).append(i)
-    for j in t_rows.tolist():
-        t_by.setdefault(st.t.bucket[j], []).append(j)
-    for bucket, rows in s_by.items():
-        cols = t_by.get(bucket, [])
-        if len(rows) != len(cols) or len(rows) < 2:
-            continue  # a shape found once on each side already scores as unique
-        col_set = set(cols)
-        if any(st.s_match[i] < 0 or int(st.s_match[i]) not in col_set for i in rows):
-            continue
-        weak = [i for i in rows if st.rec[i][3] is not None and st.rec[i][3] < STRUCTURE_LONE]
-        if len(weak) == 1:
-            rel, stage, group, _structure, follows = st.rec[weak[0]]
-            st.rec[weak[0]] = (rel, stage, group, STRUCTURE_LONE, follows)
+    s_count = np.bincount(s_bucket[s_rows], minlength=n_b)
+    t_count = np.bincount(t_bucket[t_rows], minlength=n_b)
+    # a shape found once on each side already scores as unique
+    even = (s_count == t_count) & (s_count >= 2)
+    rows = s_rows[even[s_bucket[s_rows]]]
+    partner = st.s_match[rows]
+    inside = (partner >= 0) & st.t_scorable[np.maximum(partner, 0)]
+    inside &= t_bucket[np.maximum(partner, 0)] == s_bucket[rows]
+    strays = np.bincount(s_bucket[rows[~inside]], minlength=n_b)
+    rows = rows[(strays == 0)[s_bucket[rows]]]  # buckets paired among themselves
+    if not len(rows):
+        return
+    structure = [st.rec[i][3] for i in rows.tolist()]
+    weak = np.fromiter((x is not None and x < STRUCTURE_LONE for x in structure), bool, len(rows))
+    n_weak = np.bincount(s_bucket[rows[weak]], minlength=n_b)
+    for i in rows[weak & (n_weak == 1)[s_bucket[rows]]].tolist():
+        rel, stage, group, _structure, follows = st.rec[i]
+        st.rec[i] = (rel, stage, group, STRUCTURE_LONE, follows)
+
+
+def _bucket_codes(st: MatchState) -> tuple[np.ndarray, np.ndarray]:
+    """MatchState → per key of each side, a code of its shape bucket, equal across the sides
+    exactly when the buckets are (worked out once per distinct shape)."""
+    code: dict[tuple[int, ...], int] = {}
+    out = []
+    for side in (st.s, st.t):
+        first = np.unique(side.shape_code, return_index=True)[1].tolist()
+        per_shape = np.array([code.setdefault(side.bucket[k], len(code)) for k in first], np.int64)
+        out.append(per_shape[side.shape_code])
+    return out[0], out[1]

@@ -49,7 +49,6 @@ class Side:
     """Key number → group number."""
     tokens: list[str]
     """Canonical tokens of the whole key, space-separated (indices removed)."""
-    ranked: list[tuple[int, ...]]
     group_paths: list[str]
     group_keys: list[list[int]]
     group_type: list[str | None]
@@ -60,8 +59,6 @@ class Side:
     """Canonical tokens of the group's module path (indices removed)."""
     group_template: list[str]
     group_ranked: list[tuple[int, ...]]
-    group_rank_code: np.ndarray
-    """Group number → code of its dense-ranked indices (equal codes: equal indices)."""
     group_index_key: list[tuple[tuple[int, ...], int]]
     """Group number → (dense-ranked indices, primary index): the primary index is the slot
     with the most distinct values in the group's template (the block number), -1 if none."""
@@ -89,6 +86,16 @@ class Side:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @functools.cached_property
+    def ranked(self) -> list[tuple[int, ...]]:
+        """Key number → its group's dense-ranked indices (:attr:`group_ranked`)."""
+        return [self.group_ranked[g] for g in self.group.tolist()]
+
+    @functools.cached_property
+    def group_rank_code(self) -> np.ndarray:
+        """Group number → code of its dense-ranked indices (equal codes: equal indices)."""
+        return distinct_codes(self.group_ranked)[0]
 
     @functools.cached_property
     def token_codes(self) -> tuple[np.ndarray, list[str]]:
@@ -211,7 +218,6 @@ def prepare_side(inv: Inventory) -> Side:
     # A key's name is its module's name plus its local name; its layer indices are the
     # module's (dense-ranked per module template, so all tensors of a module agree).
     tokens = _key_tokens(tpl_code[group_of], local_code, tpl_tokens, local_names)
-    ranked = [granked[g] for g in group_of.tolist()]
     gtypes = [g.module_type for g in groups]
     gpos = np.arange(n_g, dtype=np.float64) / max(1, n_g - 1)
     shapes_of_paths = _ordinal_shapes(group_paths)
@@ -233,16 +239,16 @@ def prepare_side(inv: Inventory) -> Side:
         stat_buffer=_stat_buffers(infos, locals_, local_code, local_names),
         group=group_of,
         tokens=tokens,
-        ranked=ranked,
         group_paths=group_paths,
         group_keys=group_keys,
         group_type=gtypes,
         group_type_code=distinct_codes(gtypes)[0],
-        group_family=_families(gtypes, group_of, local_code, local_names, shapes),
+        group_family=_families(
+            gtypes, group_of, local_code, local_names, shape_code, distinct_shapes
+        ),
         group_tokens=gtokens,
         group_template=gtemplates,
         group_ranked=granked,
-        group_rank_code=distinct_codes(granked)[0],
         group_index_key=list(zip(granked, gprimary.tolist(), strict=True)),
         group_sibrank=_sibling_ranks(parent_code).tolist(),
         group_parent=parent_code,
@@ -282,16 +288,17 @@ def _families(
     group_of: np.ndarray,
     local_code: np.ndarray,
     local_names: list[str],
-    shapes: list[tuple[int, ...]],
+    shape_code: np.ndarray,
+    distinct_shapes: list[tuple[int, ...]],
 ) -> list[str | None]:
-    """Group module types + per key: group, local name code, shape → each group's module
-    family: from its type, else guessed from its local names and shapes
-    (:func:`guess_families`)."""
+    """Group module types + per key: group, local name code, shape code (+ the distinct local
+    names and shapes) → each group's module family: from its type, else guessed from its
+    local names and shapes (:func:`guess_families`)."""
     known = {t: type_family(t) for t in dict.fromkeys(types)}
     out = [known[t] for t in types]
     if all(out):
         return out
-    ndim = np.fromiter(map(len, shapes), np.int64, len(shapes))
+    ndim = np.fromiter(map(len, distinct_shapes), np.int64, len(distinct_shapes))[shape_code]
     guessed = guess_families(group_of, local_code, local_names, ndim, len(types))
     return [fam or guess for fam, guess in zip(out, guessed, strict=True)]
 
@@ -384,8 +391,7 @@ def first_differing_component(texts: list[str]) -> np.ndarray:
     differ = a != b
     at = differ.argmax(axis=1)
     rows = np.arange(len(texts) - 1)
-    dots = np.cumsum(a == ord("."), axis=1, dtype=np.int32)
-    before = np.where(at > 0, dots[rows, np.maximum(at - 1, 0)], 0)
+    before = ((a == ord(".")) & (np.arange(width) < at[:, None])).sum(axis=1)  # dots before
     ca, cb = a[rows, at], b[rows, at]
     # One string ends where the other goes on with a dot: no component differs.
     ended = ((ca == 0) & (cb == ord("."))) | ((ca == ord(".")) & (cb == 0))
