@@ -17,6 +17,7 @@ from weightmapper.conventions.registry import (
     templates_of,
 )
 from weightmapper.engine.families import guess_families, guess_family
+from weightmapper.engine.groups import STRUCTURE_LONE, promote_lone_pairs
 from weightmapper.engine.names import distinct_codes, rank_index_rows
 from weightmapper.engine.normalized import _instance_counts, _name_codes
 from weightmapper.engine.side import (
@@ -214,3 +215,45 @@ def test_a_side_codes_its_tokens_once_and_a_copy_anew() -> None:
     for g, h in pairwise(range(len(parents))):
         assert (side.group_parent[g] == side.group_parent[h]) == (parents[g] == parents[h])
     assert side.group_sibrank == [parents[:g].count(p) for g, p in enumerate(parents)]
+
+
+def _promote_one_by_one(st: MatchState) -> None:
+    """The per-key form of ``promote_lone_pairs`` (the reference)."""
+    s_by: dict[tuple[int, ...], list[int]] = {}
+    t_by: dict[tuple[int, ...], list[int]] = {}
+    for i in np.nonzero(st.s_scorable)[0].tolist():
+        s_by.setdefault(st.s.bucket[i], []).append(i)
+    for j in np.nonzero(st.t_scorable)[0].tolist():
+        t_by.setdefault(st.t.bucket[j], []).append(j)
+    for bucket, rows in s_by.items():
+        cols = t_by.get(bucket, [])
+        if len(rows) != len(cols) or len(rows) < 2:
+            continue
+        if any(st.s_match[i] < 0 or int(st.s_match[i]) not in set(cols) for i in rows):
+            continue
+        weak = [i for i in rows if st.rec[i][3] is not None and st.rec[i][3] < STRUCTURE_LONE]
+        if len(weak) == 1:
+            rel, stage, group, _structure, follows = st.rec[weak[0]]
+            st.rec[weak[0]] = (rel, stage, group, STRUCTURE_LONE, follows)
+
+
+def test_lone_pairs_promoted_by_bucket_counts_as_one_by_one() -> None:
+    side = prepare_side(Inventory.from_module(_Tiny()))
+    rng = np.random.default_rng(0)
+    promoted = 0
+    for _ in range(20):
+        states = [MatchState(side, side, ScoreSettings()) for _ in range(2)]
+        order = rng.permutation(len(side))
+        structure = rng.choice([None, 0.5, 0.85, 1.0], size=len(side))
+        for i in range(len(side)):
+            if rng.random() < 0.1:
+                continue  # left open
+            j = int(order[i]) if rng.random() < 0.1 else i  # now and then across buckets
+            for st in states:
+                st.pair(i, j, st.compat(i, i), "test", False, structure[i])
+        before = dict(states[0].rec)
+        promote_lone_pairs(states[0])
+        _promote_one_by_one(states[1])
+        assert states[0].rec == states[1].rec
+        promoted += states[0].rec != before
+    assert promoted  # the draws include buckets with one weak pair left
