@@ -46,14 +46,20 @@ class SingletonWords:
         module, _, local = key.rpartition(".")
         module = module or local  # a parameter of the root module is its own component
         if module not in self._seen:
-            parts = module.lower().split(".")
+            parts = module.split(".")
             found = None
             for i in range(len(parts) - 1, -1, -1):
-                found = self.anywhere.get(parts[i]) or (self.top.get(parts[i]) if i == 0 else None)
+                found = self.component_role(parts[i], first=i == 0)
                 if found:
                     break
             self._seen[module] = found
         return self._seen[module]
+
+    def component_role(self, component: str, *, first: bool) -> str | None:
+        """One component of a module path + whether it is the path's first → the role it
+        names, or None."""
+        word = component.lower()
+        return self.anywhere.get(word) or (self.top.get(word) if first else None)
 
 
 def parse_singletons(doc: Any, source: str = "<memory>") -> SingletonWords:

@@ -33,6 +33,7 @@ names agree exactly: a role mismatch needs strong evidence.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 import numpy as np
@@ -40,6 +41,8 @@ import numpy as np
 from weightmapper.engine.candidates import Proposal
 from weightmapper.engine.columns import distinct_pairs
 from weightmapper.engine.index_map import index_agreement
+from weightmapper.engine.path_fold import fold_paths, group_words
+from weightmapper.engine.side import Side
 from weightmapper.engine.state import MatchState
 from weightmapper.engine.unique_roles import record_unique_roles
 from weightmapper.inventory import Inventory
@@ -69,79 +72,88 @@ _CROSS_STACKS = frozenset({"encoder", "decoder"})
 def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]:
     """Finished MatchState + its proposals → the proposals with ``roles`` and ``unique`` in
     their breakdowns; cross-role pairs noted (and not ``high`` unless their names agree)."""
-    src, tgt = st.roles
     n_src, n_tgt = st.bucket_counts
     order_known = float(not (name_sorted(st.s.inv) or name_sorted(st.t.inv)))
-    rows = np.array([st.s.index[p.source] for p in proposals], np.int64)
-    cols = np.array([st.t.index[p.target] for p in proposals], np.int64)
+    rows = key_numbers(st.s, (p.source for p in proposals), len(proposals))
+    cols = key_numbers(st.t, (p.target for p in proposals), len(proposals))
     # one value per distinct pair of index keys, not one call per pair
     gs, gt = st.s.group[rows], st.t.group[cols]
     plain = st.s_index.similarity(st.t_index, gs, gt)
     index = index_agreement(st, gs, gt, plain, matrix=False).tolist()
     # what role_agreement reads of each key, then one verdict per distinct pair of those
-    s_code, s_labels = _role_labels([p.source for p in proposals], src)
-    t_code, t_labels = _role_labels([p.target for p in proposals], tgt)
-    ka, kb, back = distinct_pairs(s_code, t_code, len(t_labels))
+    s_code, s_labels = side_role_labels(st.s, st.roles[0])
+    t_code, t_labels = side_role_labels(st.t, st.roles[1])
+    ka, kb, back = distinct_pairs(s_code[rows], t_code[cols], len(t_labels))
     verdicts = [
         _agreement(*s_labels[a], *t_labels[b])
         for a, b in zip(ka.tolist(), kb.tolist(), strict=True)
     ]
-    s_crowd = [n_src.get(b, 1) for b in st.s.bucket]
-    t_crowd = [n_tgt.get(b, 1) for b in st.t.bucket]
+    # how many keys share each pair's shape, on either side
+    s_crowd = map(n_src.__getitem__, map(st.s.bucket.__getitem__, rows.tolist()))
+    t_crowd = map(n_tgt.__getitem__, map(st.t.bucket.__getitem__, cols.tolist()))
     out = []
-    for p, i, j, idx, v in zip(
-        proposals, rows.tolist(), cols.tolist(), index, back.tolist(), strict=True
-    ):
+    for p, a, b, idx, v in zip(proposals, s_crowd, t_crowd, index, back.tolist(), strict=True):
         agree, why = verdicts[v]
-        p.breakdown["roles"] = agree
-        p.breakdown["unique"] = 1.0 / max(1, s_crowd[i], t_crowd[j])
-        p.breakdown["order_known"] = order_known
-        p.breakdown["index"] = idx
+        bd = p.breakdown
+        bd["roles"] = agree
+        bd["unique"] = 1.0 / max(1, a, b)
+        bd["order_known"] = order_known
+        bd["index"] = idx
         if agree == ROLE_CROSS:
             note = f"cross-role pair: {why}; check it"
             confidence = p.confidence
-            if confidence == "high" and p.breakdown.get("name", 0.0) < EXACT_NAME:
+            if confidence == "high" and bd.get("name", 0.0) < EXACT_NAME:
                 confidence = "low"
             p = replace(p, note=f"{p.note}; {note}" if p.note else note, confidence=confidence)
         out.append(p)
-    record_unique_roles(st, out)
+    record_unique_roles(st, out, gs, gt)
     return out
+
+
+def key_numbers(side: Side, keys: Iterable[str], n: int) -> np.ndarray:
+    """Side + n of its keys → their key numbers (int64)."""
+    return np.fromiter(map(side.index.__getitem__, keys), np.int64, n)
 
 
 RoleLabels = tuple[str, str | None, str]
 """What :func:`role_agreement` reads of one key: (its stack, from its roles or else its
 module path; its role or None; the kind its module path names, or "")."""
 
-
-def _labels_of(key: str, roles: SideRoles, words: dict[str, tuple[str, str]]) -> RoleLabels:
-    """Key + its side's roles + module path → (stack word, kind word) cache → its labels."""
-    module = key.rpartition(".")[0]
-    found = words.get(module) or _remember_words(module, words)
-    return (roles.stacks.get(key) or found[0], roles.roles.get(key), found[1])
+_PathWords = tuple[str, str, RoleLabels]
+"""What a module path says of the keys under it: (the innermost stack word of the path, its
+innermost kind word, the :data:`RoleLabels` of a key under it that has no roles)."""
 
 
-def _remember_words(module: str, words: dict[str, tuple[str, str]]) -> tuple[str, str]:
-    """Module path + cache → its (stack word, kind word), stored in the cache."""
-    found = words[module] = (_module_word(module, False, False), _module_word(module, True, True))
-    return found
+def _words_step(parent: _PathWords, _path: str, own: str) -> _PathWords:
+    """The parent path's words + the path's own component → the path's words: a word of its
+    own wins over the parent's (the innermost counts); the stack excludes the module's own
+    name (BERT's MLM head calls a layer ``decoder``)."""
+    word = own.lower()
+    stack = STACK_WORDS.get(word) or parent[0]
+    kind = KIND_WORDS.get(word) or parent[1]
+    return stack, kind, (parent[0], None, kind)
 
 
-def _role_labels(keys: list[str], roles: SideRoles) -> tuple[np.ndarray, list[RoleLabels]]:
-    """Keys of one side + its roles → (code per key, distinct :data:`RoleLabels`); the
-    module words of each distinct module path are read once."""
-    words: dict[str, tuple[str, str]] = {}
+_ROOT_WORDS: _PathWords = ("", "", ("", None, ""))
+
+
+def side_role_labels(side: Side, roles: SideRoles) -> tuple[np.ndarray, list[RoleLabels]]:
+    """Side + its roles → (code per key, distinct :data:`RoleLabels`). Module words are read
+    once per distinct module path (and prefix); only keys with a role or a stack of their
+    own are looked at one by one."""
     seen: dict[RoleLabels, int] = {}
+    group, words = group_words(side, _words_step, _ROOT_WORDS, (*KIND_WORDS, *STACK_WORDS))
+    word_code = np.fromiter((seen.setdefault(w[2], len(seen)) for w in words), np.int64)
+    codes = word_code[group[side.group]]
     stacks, named = roles.stacks, roles.roles
-    codes = []
-    for key in keys:  # one loop, a call only per new module path: 100k keys on each side
-        module = key.rpartition(".")[0]
-        found = words.get(module) or _remember_words(module, words)
-        labels = (stacks.get(key) or found[0], named.get(key), found[1])
-        code = seen.get(labels)
-        if code is None:
-            code = seen[labels] = len(seen)
-        codes.append(code)
-    return np.array(codes, np.int64), list(seen)
+    for key in {**stacks, **named}:
+        i = side.index.get(key)
+        if i is None:
+            continue
+        w = words[group[side.group[i]]]
+        labels = (stacks.get(key) or w[2][0], named.get(key), w[1])
+        codes[i] = seen.setdefault(labels, len(seen))
+    return codes, list(seen)
 
 
 def name_sorted(inv: Inventory) -> bool:
@@ -153,7 +165,13 @@ def name_sorted(inv: Inventory) -> bool:
 def role_agreement(src_key: str, tgt_key: str, src: SideRoles, tgt: SideRoles) -> tuple[float, str]:
     """Two keys + both sides' roles → (:data:`ROLE_AGREE`, :data:`ROLE_UNKNOWN` or
     :data:`ROLE_CROSS`, what differs for a cross-role pair)."""
-    return _agreement(*_labels_of(src_key, src, {}), *_labels_of(tgt_key, tgt, {}))
+    return _agreement(*_labels_of(src_key, src), *_labels_of(tgt_key, tgt))
+
+
+def _labels_of(key: str, roles: SideRoles) -> RoleLabels:
+    """One key + its side's roles → its :data:`RoleLabels`."""
+    (words,) = fold_paths([key.rpartition(".")[0]], _words_step, _ROOT_WORDS)
+    return (roles.stacks.get(key) or words[2][0], roles.roles.get(key), words[1])
 
 
 def _agreement(
@@ -183,21 +201,3 @@ def _kind(role: str) -> str:
         return "pooler"
     kind = role.partition(".")[0]
     return {"xattn": "attn", "moe": "mlp"}.get(kind, kind)
-
-
-def _module_word(module: str, kind: bool, own: bool) -> str:
-    """Module path + vocabulary (:data:`KIND_WORDS` if ``kind``, else :data:`STACK_WORDS`)
-    + own? → the label of the innermost path component in it, or "".
-
-    ``own=False`` skips the module's own name (BERT's MLM head calls a layer ``decoder``).
-    Callers keep the answer per module (a module's weight and bias ask the same question).
-    """
-    parts = module.split(".") if module else []
-    if not own:
-        parts = parts[:-1]
-    words = KIND_WORDS if kind else STACK_WORDS
-    for part in reversed(parts):
-        label = words.get(part.lower())
-        if label:
-            return label
-    return ""

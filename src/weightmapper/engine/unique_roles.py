@@ -20,10 +20,14 @@ proposal heads all end the network, and none of them is *the* head an image clas
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
-from weightmapper.conventions.singletons import FAMILY, singleton_words
+import numpy as np
+
+from weightmapper.conventions.singletons import FAMILY, SingletonWords, singleton_words
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.path_fold import group_words
 from weightmapper.engine.side import Side
 from weightmapper.engine.state import MatchState
 from weightmapper.roles import SideRoles
@@ -35,19 +39,24 @@ block is a head of its own kind (a detector's proposal and feature-pyramid heads
 side that has one has no single head."""
 
 
-def record_unique_roles(st: MatchState, proposals: list[Proposal]) -> None:
-    """Finished MatchState + its proposals → ``role_unique`` in the breakdown of every
-    proposal whose two tensors both play a one-per-network role."""
+def record_unique_roles(
+    st: MatchState, proposals: list[Proposal], gs: np.ndarray, gt: np.ndarray
+) -> None:
+    """Finished MatchState + its proposals + their source and target groups → ``role_unique``
+    in the breakdown of every proposal whose two tensors both play a one-per-network role."""
     src, count_s = _modules(st.s, st.roles[0])
     tgt, count_t = _modules(st.t, st.roles[1])
     if not src or not tgt:
         return
-    for p in proposals:
-        a = src.get(int(st.s.group[st.s.index[p.source]]))
-        b = tgt.get(int(st.t.group[st.t.index[p.target]]))
-        if a is None or b is None:
-            continue
-        (fa, lead_a), (fb, lead_b) = a, b
+    # only the pairs whose two groups both play such a role are looked at
+    s_has = np.zeros(len(st.s.group_paths), bool)
+    s_has[list(src)] = True
+    t_has = np.zeros(len(st.t.group_paths), bool)
+    t_has[list(tgt)] = True
+    both = np.flatnonzero(s_has[gs] & t_has[gt]).tolist()
+    for n, g, h in zip(both, gs[both].tolist(), gt[both].tolist(), strict=True):
+        p = proposals[n]
+        (fa, lead_a), (fb, lead_b) = src[g], tgt[h]
         lone = (
             fa == fb
             and count_s[fa] == 1
@@ -66,7 +75,8 @@ def _modules(side: Side, roles: SideRoles) -> tuple[dict[int, tuple[str, Shape]]
     words = singleton_words()
     out: dict[int, tuple[str, Shape]] = {}
     count: Counter[str] = Counter()
-    for g, members in enumerate(side.group_keys):
+    for g in _role_groups(side, roles, words):
+        members = side.group_keys[g]
         learned = [i for i in members if not side.stat_buffer[i]] or members
         lead = max(learned, key=lambda i: (_numel(side.shape[i]), -i))
         key = side.keys[lead]
@@ -77,6 +87,32 @@ def _modules(side: Side, roles: SideRoles) -> tuple[dict[int, tuple[str, Shape]]
             count[FAMILY[role]] += 1
             out[g] = (FAMILY[role], side.shape[lead])
     return out, count
+
+
+def _role_groups(side: Side, roles: SideRoles, words: SingletonWords) -> list[int]:
+    """One side + its roles + the singleton words → in order, the groups that may play a
+    one-per-network role: those whose module path names one, those holding a key whose
+    given role is one (or a rival), and the root module's (its keys' own names are read).
+    Every other group's main tensor has no such role whichever tensor it is."""
+    wanted = FAMILY.keys() | RIVALS.keys()
+    vocabulary = (*words.anywhere, *words.top)
+    code, named = group_words(side, functools.partial(_named_role, words), None, vocabulary)
+    has_role = np.array([role is not None for role in named], bool)
+    found = set(np.flatnonzero(has_role[code]).tolist())
+    if "" in side.group_paths:  # the root's keys name themselves
+        found.add(side.group_paths.index(""))
+    index, group = side.index, side.group
+    for key, role in roles.roles.items():
+        if role in wanted and key in index:
+            found.add(int(group[index[key]]))
+    return sorted(found)
+
+
+def _named_role(words: SingletonWords, parent: str | None, path: str, own: str) -> str | None:
+    """Singleton words + the role the parent path names + a module path and its own component
+    → the role the path names: its own word wins over its parent's (innermost first), as
+    :meth:`~weightmapper.conventions.singletons.SingletonWords.role_of` reads it."""
+    return words.component_role(own, first=len(own) == len(path)) or parent
 
 
 def fits(a: Shape, b: Shape) -> bool:
