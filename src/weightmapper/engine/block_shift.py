@@ -16,7 +16,12 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.path_fold import fold_paths
 
 NAMED_SIBLINGS = 3
 """Parts like ``encoder_layer_2`` count as numbered blocks when at least this many siblings
@@ -29,39 +34,59 @@ def numbered_blocks(keys: list[str]) -> dict[str, tuple[str, int]]:
     including its first numbered part before the tensor's own name (``layers.3``, ``h.3``, or
     a named part such as ``encoder_layer_3`` with :data:`NAMED_SIBLINGS` numbered siblings).
     Keys with no numbered block are left out."""
-    # A module's tensors share its block: each distinct module path is read once, and each
-    # distinct path component matched once (a deep stack repeats a few names in every block).
-    module_of = [key.rpartition(".")[0] if "." in key else None for key in keys]
-    split = {m: m.split(".") for m in dict.fromkeys(module_of) if m is not None}
+    return {key: block for key, block in zip(keys, key_blocks(keys), strict=True) if block}
+
+
+Block = tuple[str, int]
+"""A numbered block: its path and its number."""
+_Hit = tuple[str, str, str, Block]
+"""A named numbered part of a module path (``encoder_layer_3``): (the path above it, its stem,
+its number as written, the block it makes when it counts as one)."""
+_Parts = tuple[tuple[_Hit, ...], Block | None]
+"""What a module path says of its block: the named numbered parts before its first bare
+number, the block that bare number ends (``layers.3``) or None."""
+
+
+def key_blocks(keys: list[str]) -> list[Block | None]:
+    """Tensor keys of one side → each key's numbered block and its number, or None
+    (:func:`numbered_blocks`)."""
+    # A module's tensors share its block: each distinct module path, and each prefix of one,
+    # is read once, each from its parent's reading (a deep stack repeats a few parents).
     numbered: dict[str, tuple[str, str] | None] = {}
-    for parts in split.values():
-        for part in parts:
-            if part not in numbered:
-                m = _NUMBERED.match(part)
-                numbered[part] = None if m is None else (m.group(1) or "", m.group(2))
-    # each numbered part of each module: (its position, stem, number)
-    found_in: dict[str, list[tuple[int, str, str]]] = {}
+
+    def step(parent: _Parts, path: str, own: str) -> _Parts:
+        if parent[1] is not None:
+            return parent  # below a bare number: that number is the block
+        found = numbered.get(own, False)
+        if found is False:
+            m = _NUMBERED.match(own)
+            found = numbered[own] = None if m is None else (m.group(1) or "", m.group(2))
+        if found is None:
+            return parent
+        stem, number = found
+        block = (path, int(number))
+        if not stem:
+            return parent[0], block
+        above = path[: len(path) - len(own) - 1]
+        return (*parent[0], (above, stem, number, block)), None
+
+    modules = [key.rpartition(".")[0] for key in keys]  # a key without a dot: the root
+    parts = fold_paths(modules, step, ((), None))
+    named = {p for p in parts if p[0]}
+    if not named:
+        return [p[1] for p in parts]
+    # A named part counts as a block among enough numbered siblings of its stem. A named part
+    # below a bare number never decides (the bare number above it does), so only the named
+    # parts above the first bare number are counted.
     stems: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for module, parts in split.items():
-        hits = found_in[module] = [
-            (n, *found) for n, part in enumerate(parts) if (found := numbered[part]) is not None
-        ]
-        for n, stem, number in hits:
-            if stem:
-                stems[(".".join(parts[:n]), stem)].add(number)
-    block_of: dict[str, tuple[str, int]] = {}
-    for module, hits in found_in.items():
-        parts = split[module]
-        for n, stem, number in hits:
-            if stem and len(stems[(".".join(parts[:n]), stem)]) < NAMED_SIBLINGS:
-                continue
-            block_of[module] = (".".join(parts[: n + 1]), int(number))
-            break
-    return {
-        key: block_of[module]
-        for key, module in zip(keys, module_of, strict=True)
-        if module is not None and module in block_of
-    }
+    for hits, _bare in named:
+        for above, stem, number, _block in hits:
+            stems[(above, stem)].add(number)
+    chosen: dict[_Parts, Block | None] = {}
+    for p in named:
+        counted = (b for above, stem, _n, b in p[0] if len(stems[(above, stem)]) >= NAMED_SIBLINGS)
+        chosen[p] = next(counted, p[1])
+    return [chosen[p] if p[0] else p[1] for p in parts]
 
 
 def record_block_shifts(proposals: list[Proposal]) -> None:
@@ -73,14 +98,43 @@ def record_block_shifts(proposals: list[Proposal]) -> None:
     takes pairs of several source blocks. Buffers that follow a pair take its mark.
     """
     lead = [p for p in proposals if p.follows is None]
-    src = numbered_blocks([p.source for p in lead])
-    tgt = numbered_blocks([p.target for p in lead])
-    pairs = [(p, src[p.source], tgt[p.target]) for p in lead if p.source in src and p.target in tgt]
+    src = key_blocks([p.source for p in lead])
+    tgt = key_blocks([p.target for p in lead])
+    s_id, s_blocks = _numbers(src)
+    t_id, t_blocks = _numbers(tgt)
+    both = (s_id >= 0) & (t_id >= 0)
+    if not both.any():
+        return  # no pair joins two numbered blocks
     # every pair of one block pair is one link: the groups depend on the distinct links only
-    links = dict.fromkeys((("s", s[0]), ("t", t[0])) for _, s, t in pairs)
-    crossing = _crossing(list(links))
-    if not crossing:
+    n_s, n_t = len(s_blocks), len(t_blocks)
+    links = np.unique(s_id[both] * n_t + t_id[both])
+    crossing = _crossing(links // n_t, links % n_t, n_s, n_t)
+    if not crossing.any():
         return  # no group of blocks crosses both ways: nothing shifted, nothing to mark
+    across = {("s", b[0]) for b, c in zip(s_blocks, crossing[:n_s], strict=True) if c}
+    across |= {("t", b[0]) for b, c in zip(t_blocks, crossing[n_s:], strict=True) if c}
+    pairs = [(p, s, t) for p, s, t in zip(lead, src, tgt, strict=True) if s and t]
+    _mark_shifted(proposals, pairs, across)
+
+
+def _numbers(blocks: list[Block | None]) -> tuple[np.ndarray, list[Block]]:
+    """Each key's block or None → (block number per key, -1 for none; the distinct blocks)."""
+    # The keys of one block share one Block object (:func:`key_blocks` makes each once), so
+    # the distinct objects are found by identity, in arrays, and only they are looked up.
+    held = np.fromiter(map(id, blocks), np.int64, len(blocks))
+    first, back = np.unique(held, return_index=True, return_inverse=True)[1:]
+    ids: dict[Block | None, int] = {None: -1}
+    code = np.array([ids.setdefault(blocks[k], len(ids) - 1) for k in first.tolist()], np.int64)
+    return code[back.reshape(-1)], [b for b in ids if b is not None]
+
+
+def _mark_shifted(
+    proposals: list[Proposal],
+    pairs: list[tuple[Proposal, Block, Block]],
+    crossing: set[tuple[str, str]],
+) -> None:
+    """Proposals + the lead pairs with both blocks + the blocks of crossing groups → the pairs
+    of shifted blocks marked (:func:`record_block_shifts`)."""
     shifted: set[tuple[str, str]] = set()
     for side, label in ((0, "s"), (1, "t")):  # source blocks split, target blocks merged
         reach: dict[str, set[str]] = defaultdict(set)
@@ -106,27 +160,15 @@ def record_block_shifts(proposals: list[Proposal]) -> None:
             p.breakdown["block_shift"] = 1.0
 
 
-def _crossing(links: list[tuple[tuple[str, str], tuple[str, str]]]) -> set[tuple[str, str]]:
-    """Links between source and target blocks → the blocks of groups (linked blocks, a
-    union-find) holding two or more blocks on each side: a pure split or merge is a
-    regrouping (stages nesting blocks differently), only a group crossing both ways shifts."""
-    parent: dict[tuple[str, str], tuple[str, str]] = {}
-
-    def find(x: tuple[str, str]) -> tuple[str, str]:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:  # path compression keeps the work near linear
-            parent[x], x = root, parent[x]
-        return root
-
-    for a, b in links:
-        parent.setdefault(a, a)
-        parent.setdefault(b, b)
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[ra] = rb
-    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for node in parent:
-        counts[find(node)][node[0] == "t"] += 1
-    return {node for node in parent if min(counts[find(node)]) >= 2}
+def _crossing(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+    """Links between source blocks ``a`` and target blocks ``b`` (block numbers below n_a and
+    n_b) → for every source block, then every target block, True when it lies in a group of
+    linked blocks (a connected component) holding two or more blocks on each side: a pure
+    split or merge is a regrouping (stages nesting blocks differently), only a group crossing
+    both ways shifts."""
+    n = n_a + n_b
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, n_a + b)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    side_a = np.bincount(label[:n_a], minlength=n)
+    side_b = np.bincount(label[n_a:], minlength=n)
+    return np.minimum(side_a, side_b)[label] >= 2

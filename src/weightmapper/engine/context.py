@@ -47,6 +47,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
+from operator import itemgetter
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -69,6 +70,8 @@ CONTEXT_STAGE = "context"
 """Stage name of the pairs the context placed."""
 
 Bucket = tuple[int, ...]
+_STAGE, _FOLLOWS = itemgetter(1), itemgetter(4)
+"""A Record's stage name and the source key it follows (-1 for none)."""
 
 
 def anchor_groups(st: MatchState, multi: Sequence[MultiPair] = ()) -> dict[int, int]:
@@ -85,17 +88,18 @@ def anchor_groups(st: MatchState, multi: Sequence[MultiPair] = ()) -> dict[int, 
         return out
     rows = np.fromiter(st.rec, np.int64, n)
     cols = st.s_match[rows]
-    lead = np.fromiter((r[4] < 0 for r in st.rec.values()), bool, n) & (cols >= 0)
-    named = np.fromiter((r[1] in ANCHOR_STAGES for r in st.rec.values()), bool, n)
+    records = st.rec.values()
+    lead = (np.fromiter(map(_FOLLOWS, records), np.int64, n) < 0) & (cols >= 0)
+    named = np.fromiter(map(ANCHOR_STAGES.__contains__, map(_STAGE, records)), bool, n)
     n_src, n_tgt = st.bucket_counts
     for k in np.flatnonzero(lead & ~named).tolist():  # the few made by position or score
         i, j = int(rows[k]), int(cols[k])
         unique = n_src.get(st.s.bucket[i], 0) == 1 and n_tgt.get(st.t.bucket[j], 0) == 1
         named[k] = unique and st.rec[i][1] != CONTEXT_STAGE
     keep = lead & named
-    gs, gt = st.s.group[rows[keep]].tolist(), st.t.group[cols[keep]].tolist()
-    for g, h in zip(reversed(gs), reversed(gt), strict=True):  # the first pair of a group wins
-        out[g] = h
+    # the first pair of a group wins
+    gs, first = np.unique(st.s.group[rows[keep]], return_index=True)
+    out.update(zip(gs.tolist(), st.t.group[cols[keep][first]].tolist(), strict=True))
     return out
 
 
@@ -361,16 +365,17 @@ def record_context(
     source key → the prefix its siblings went to, for the pairs that agree with it and are
     no anchors (their same-shape rivals elsewhere are none, :mod:`.margins`)."""
     anchors = anchor_groups(st, multi)
-    lead: dict[str, float] = {}
-    placed: dict[str, str] = {}
     judged: list[int] = []  # proposals judged: names differ and anchors exist
+    followers: list[tuple[Proposal, str]] = []  # buffers and the source key they follow
     for n, p in enumerate(proposals):
         if p.follows is not None:
-            continue
-        if not anchors or p.breakdown.get("name", 0.0) >= EXACT_NAME:
-            p.breakdown["context"] = lead[p.source] = UNKNOWN  # equal names need no context
+            followers.append((p, p.follows))
+        elif not anchors or p.breakdown.get("name", 0.0) >= EXACT_NAME:
+            p.breakdown["context"] = UNKNOWN  # equal names need no context
         else:
             judged.append(n)
+    lead: dict[str, float] = {}  # the judged pairs' verdicts; every other pair's is UNKNOWN
+    placed: dict[str, str] = {}
     if judged:
         index = ContextIndex(st, anchors, [k for m in multi for k in m.targets])
         pairs = [(st.s.index[proposals[n].source], st.t.index[proposals[n].target]) for n in judged]
@@ -382,9 +387,8 @@ def record_context(
             if verdict == AGREE and int(st.s.group[i]) not in anchors:
                 placed[p.source] = prefix
             proposals[n] = _noted(p, verdict, prefix)
-    for p in proposals:
-        if p.follows is not None:
-            p.breakdown["context"] = lead.get(p.follows, UNKNOWN)
+    for p, follows in followers:
+        p.breakdown["context"] = lead.get(follows, UNKNOWN)
     return placed
 
 

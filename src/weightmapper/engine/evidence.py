@@ -33,8 +33,10 @@ names agree exactly: a role mismatch needs strong evidence.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
+from operator import attrgetter
 
 import numpy as np
 
@@ -74,8 +76,8 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
     their breakdowns; cross-role pairs noted (and not ``high`` unless their names agree)."""
     n_src, n_tgt = st.bucket_counts
     order_known = float(not (name_sorted(st.s.inv) or name_sorted(st.t.inv)))
-    rows = key_numbers(st.s, (p.source for p in proposals), len(proposals))
-    cols = key_numbers(st.t, (p.target for p in proposals), len(proposals))
+    rows = key_numbers(st.s, map(_SOURCE, proposals), len(proposals))
+    cols = key_numbers(st.t, map(_TARGET, proposals), len(proposals))
     # one value per distinct pair of index keys, not one call per pair
     gs, gt = st.s.group[rows], st.t.group[cols]
     plain = st.s_index.similarity(st.t_index, gs, gt)
@@ -88,26 +90,40 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
         _agreement(*s_labels[a], *t_labels[b])
         for a, b in zip(ka.tolist(), kb.tolist(), strict=True)
     ]
+    agree = np.array([v[0] for v in verdicts], np.float64)[back]
     # how many keys share each pair's shape, on either side
-    s_crowd = map(n_src.__getitem__, map(st.s.bucket.__getitem__, rows.tolist()))
-    t_crowd = map(n_tgt.__getitem__, map(st.t.bucket.__getitem__, cols.tolist()))
-    out = []
-    for p, a, b, idx, v in zip(proposals, s_crowd, t_crowd, index, back.tolist(), strict=True):
-        agree, why = verdicts[v]
-        bd = p.breakdown
-        bd["roles"] = agree
-        bd["unique"] = 1.0 / max(1, a, b)
+    crowd = np.maximum(_crowd(n_src, st.s.bucket, rows), _crowd(n_tgt, st.t.bucket, cols))
+    unique = 1.0 / np.maximum(crowd, 1)
+    for bd, r, u, i in zip(
+        map(_BREAKDOWN, proposals), agree.tolist(), unique.tolist(), index, strict=True
+    ):
+        bd["roles"] = r
+        bd["unique"] = u
         bd["order_known"] = order_known
-        bd["index"] = idx
-        if agree == ROLE_CROSS:
-            note = f"cross-role pair: {why}; check it"
-            confidence = p.confidence
-            if confidence == "high" and bd.get("name", 0.0) < EXACT_NAME:
-                confidence = "low"
-            p = replace(p, note=f"{p.note}; {note}" if p.note else note, confidence=confidence)
-        out.append(p)
+        bd["index"] = i
+    out = list(proposals)
+    for n in np.flatnonzero(agree == ROLE_CROSS).tolist():
+        p = proposals[n]
+        note = f"cross-role pair: {verdicts[back[n]][1]}; check it"
+        confidence = p.confidence
+        if confidence == "high" and p.breakdown.get("name", 0.0) < EXACT_NAME:
+            confidence = "low"
+        out[n] = replace(p, note=f"{p.note}; {note}" if p.note else note, confidence=confidence)
     record_unique_roles(st, out, gs, gt)
     return out
+
+
+_SOURCE, _TARGET, _BREAKDOWN = (attrgetter(f) for f in ("source", "target", "breakdown"))
+
+
+def _crowd(
+    counts: Counter[tuple[int, ...]], buckets: list[tuple[int, ...]], rows: np.ndarray
+) -> np.ndarray:
+    """Keys per shape bucket of one side + its keys' buckets + key numbers → how many keys
+    share each one's bucket."""
+    return np.fromiter(
+        map(counts.__getitem__, map(buckets.__getitem__, rows.tolist())), np.int64, len(rows)
+    )
 
 
 def key_numbers(side: Side, keys: Iterable[str], n: int) -> np.ndarray:
