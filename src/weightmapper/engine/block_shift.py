@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from itertools import repeat
+from operator import attrgetter, itemgetter
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -27,6 +29,8 @@ NAMED_SIBLINGS = 3
 """Parts like ``encoder_layer_2`` count as numbered blocks when at least this many siblings
 share their stem (``ln_1`` and ``ln_2`` are two norms of one block, not blocks)."""
 _NUMBERED = re.compile(r"^(.*\D)?(\d+)$")
+_FIRST = itemgetter(0)
+_SOURCE, _TARGET = attrgetter("source"), attrgetter("target")
 
 
 def numbered_blocks(keys: list[str]) -> dict[str, tuple[str, int]]:
@@ -70,8 +74,9 @@ def key_blocks(keys: list[str]) -> list[Block | None]:
         above = path[: len(path) - len(own) - 1]
         return (*parent[0], (above, stem, number, block)), None
 
-    modules = [key.rpartition(".")[0] for key in keys]  # a key without a dot: the root
-    parts = fold_paths(modules, step, ((), None))
+    # a key's module path: the part before its last dot (the root for a key without one)
+    modules = list(map(_FIRST, map(str.rpartition, keys, repeat("."))))
+    parts = list(map(fold_paths(modules, step, ((), None)).__getitem__, modules))
     named = {p for p in parts if p[0]}
     if not named:
         return [p[1] for p in parts]
@@ -98,8 +103,8 @@ def record_block_shifts(proposals: list[Proposal]) -> None:
     takes pairs of several source blocks. Buffers that follow a pair take its mark.
     """
     lead = [p for p in proposals if p.follows is None]
-    src = key_blocks([p.source for p in lead])
-    tgt = key_blocks([p.target for p in lead])
+    src = key_blocks(list(map(_SOURCE, lead)))
+    tgt = key_blocks(list(map(_TARGET, lead)))
     s_id, s_blocks = _numbers(src)
     t_id, t_blocks = _numbers(tgt)
     both = (s_id >= 0) & (t_id >= 0)

@@ -162,13 +162,13 @@ def side_role_labels(side: Side, roles: SideRoles) -> tuple[np.ndarray, list[Rol
     word_code = np.fromiter((seen.setdefault(w[2], len(seen)) for w in words), np.int64)
     codes = word_code[group[side.group]]
     stacks, named = roles.stacks, roles.roles
-    for key in {**stacks, **named}:
-        i = side.index.get(key)
-        if i is None:
-            continue
-        w = words[group[side.group[i]]]
-        labels = (stacks.get(key) or w[2][0], named.get(key), w[1])
-        codes[i] = seen.setdefault(labels, len(seen))
+    own = [key for key in {**stacks, **named} if key in side.index]
+    at = np.fromiter(map(side.index.__getitem__, own), np.int64, len(own))
+    own_words = map(words.__getitem__, group[side.group[at]].tolist())
+    codes[at] = [
+        seen.setdefault((stacks.get(key) or w[2][0], named.get(key), w[1]), len(seen))
+        for key, w in zip(own, own_words, strict=True)
+    ]
     return codes, list(seen)
 
 
@@ -186,7 +186,8 @@ def role_agreement(src_key: str, tgt_key: str, src: SideRoles, tgt: SideRoles) -
 
 def _labels_of(key: str, roles: SideRoles) -> RoleLabels:
     """One key + its side's roles → its :data:`RoleLabels`."""
-    (words,) = fold_paths([key.rpartition(".")[0]], _words_step, _ROOT_WORDS)
+    module = key.rpartition(".")[0]
+    words = fold_paths([module], _words_step, _ROOT_WORDS)[module]
     return (roles.stacks.get(key) or words[2][0], roles.roles.get(key), words[1])
 
 

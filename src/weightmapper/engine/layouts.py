@@ -84,6 +84,8 @@ def settle_role_layouts(
     to offer (a head size unknown) is ``low``.
     """
     src, tgt = roles
+    if not src.roles or not tgt.roles:
+        return list(proposals)  # a side without roles: no pair has one role on both sides
     out = []
     for p in proposals:
         role = src.roles.get(p.source)

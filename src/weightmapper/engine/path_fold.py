@@ -30,9 +30,10 @@ Step = Callable[[V, str, str], V]
 component is the whole path for a first component (no dot)."""
 
 
-def fold_paths(paths: Iterable[str], step: Step[V], root: V) -> list[V]:
-    """Module paths + :data:`Step` + the value of the root path ``""`` → each path's value,
-    each distinct prefix computed once (a path's parent is the part before its last dot)."""
+def fold_paths(paths: Iterable[str], step: Step[V], root: V) -> dict[str, V]:
+    """Module paths + :data:`Step` + the value of the root path ``""`` → the value of every
+    path and of every prefix of one, each computed once from its parent's (a path's parent
+    is the part before its last dot)."""
     done: dict[str, V] = {"": root}
 
     def value(path: str) -> V:
@@ -41,7 +42,12 @@ def fold_paths(paths: Iterable[str], step: Step[V], root: V) -> list[V]:
         got = done[path] = step(above, path, own)
         return got
 
-    return [done[p] if p in done else value(p) for p in paths]
+    for path in paths:
+        if path not in done:
+            parent, _, own = path.rpartition(".")
+            above = done[parent] if parent in done else value(parent)
+            done[path] = step(above, path, own)
+    return done
 
 
 def ordinal_free(words: Iterable[str]) -> bool:
@@ -66,7 +72,8 @@ def group_words(
     paths = side.group_paths
     chain = side.group_chain
     if not ordinal_free(vocabulary):
-        return np.arange(len(paths), dtype=np.int64), fold_paths(paths, step, root)
+        values = fold_paths(paths, step, root)
+        return np.arange(len(paths), dtype=np.int64), [values[p] for p in paths]
     lone = np.flatnonzero(chain < 0)
     chained = np.flatnonzero(chain >= 0)
     _, first, back = np.unique(chain[chained], return_index=True, return_inverse=True)
@@ -75,4 +82,6 @@ def group_words(
     codes = np.empty(len(paths), np.int64)
     codes[lone] = np.arange(len(lone))
     codes[chained] = len(lone) + back.reshape(-1)
-    return codes, fold_paths([paths[g] for g in read.tolist()], step, root)
+    read_paths = [paths[g] for g in read.tolist()]
+    values = fold_paths(read_paths, step, root)
+    return codes, [values[p] for p in read_paths]
