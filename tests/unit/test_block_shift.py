@@ -84,3 +84,20 @@ def test_numbered_blocks_need_digits_or_numbered_siblings() -> None:
     assert blocks["enc.layer_2.ln_1.w"] == ("enc.layer_2", 2)
     assert blocks["h.4.mlp.w"] == ("h.4", 4)
     assert "ln_1.w" not in blocks
+
+
+def test_named_blocks_count_their_siblings_at_any_depth() -> None:
+    keys = [
+        "layer_1.w",
+        "layer_2.x.w",
+        "layer_10.w",  # numbers of other lengths are siblings too
+        "layer_1.x.stage2.12.w",
+        "ln_1.0.w",
+        "ln_2.0.w",
+    ]
+    blocks = numbered_blocks(keys)
+    # three numbered siblings at the top: a named block, before the bare number below it
+    assert blocks["layer_1.x.stage2.12.w"] == ("layer_1", 1)
+    assert blocks["layer_2.x.w"] == ("layer_2", 2)
+    # two siblings are the parts of one block: the bare number below them is the block
+    assert blocks["ln_1.0.w"] == ("ln_1.0", 0)

@@ -71,7 +71,7 @@ def key_blocks(keys: list[str]) -> list[Block | None]:
         block = (path, int(number))
         if not stem:
             return parent[0], block
-        above = path[: len(path) - len(own) - 1]
+        above = path.rpartition(".")[0]
         return (*parent[0], (above, stem, number, block)), None
 
     # a key's module path: the part before its last dot (the root for a key without one)
