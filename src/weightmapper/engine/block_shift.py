@@ -8,7 +8,9 @@ positions placed them. :func:`record_block_shifts` marks the pairs of such block
 ``block_shift`` 1.0 in their breakdown, so :func:`~weightmapper.engine.margins.is_ambiguous`
 labels them ``ambiguous``, never ``high``. A regrouping that moves a part by the same offset
 in every block (a downsampling layer at the end of stage N read as the start of stage N + 1)
-is a convention, not a shift, and stays as it is. Linear in the number of pairs.
+is a convention, not a shift, and stays as it is. Linear in the number of pairs: each
+distinct module path is read once, from its parent's reading, and the groups of linked
+blocks are the connected components of a sparse graph.
 """
 
 from __future__ import annotations

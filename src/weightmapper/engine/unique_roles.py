@@ -15,7 +15,9 @@ head's bias follows its weight), and the shapes fit (equal, transposed, or equal
 size-1 dimensions are dropped: a linear head onto a 1×1 convolution); else 0. A side with
 several modules of the role gets none: a detector's box classifier, box regressor and
 proposal heads all end the network, and none of them is *the* head an image classifier's
-``fc`` was. Counting is one dictionary look-up per pair.
+``fc`` was. The modules that may play such a role are found per chain of numbered siblings
+(:func:`~weightmapper.engine.path_fold.group_words`), and only the pairs whose two modules
+both play one are looked at.
 """
 
 from __future__ import annotations
