@@ -439,18 +439,24 @@ def _count(paths: list[str], prefix: str) -> int:
 def _majority_chain(targets: list[tuple[str, ...]]) -> tuple[str, ...]:
     """Target module paths (as parts) of a key's siblings → the prefixes, root first, that hold
     at least :data:`MAJORITY` of them (one chain: more than half can only go one way)."""
+    first = targets[0] if targets else ()
+    if targets.count(first) == len(targets):  # one place (often one sibling): all of its path
+        return ("", *(".".join(first[:depth]) for depth in range(1, len(first) + 1)))
     need = MAJORITY * len(targets)
     chain = [""]
     cur = targets
     depth = 0
     while True:
-        counts = Counter(t[depth] for t in cur if len(t) > depth)
-        if not counts:
+        parts = [t[depth] for t in cur if len(t) > depth]
+        if not parts:
             break
-        part, count = counts.most_common(1)[0]
+        part, count = parts[0], parts.count(parts[0])
+        if count < len(parts):  # siblings part ways here: the most common part (first of ties)
+            part, count = Counter(parts).most_common(1)[0]
         if count < need:
             break
-        cur = [t for t in cur if len(t) > depth and t[depth] == part]
+        if count < len(cur):
+            cur = [t for t in cur if len(t) > depth and t[depth] == part]
         depth += 1
         chain.append(".".join(cur[0][:depth]))
     return tuple(chain)
