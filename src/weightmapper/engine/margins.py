@@ -19,8 +19,6 @@ the work stays linear in the number of pairs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import count
-
 import numpy as np
 
 from weightmapper.engine.calibration import AMBIGUOUS_MARGIN
@@ -121,11 +119,13 @@ def record_margins(
             "hierarchy": hierarchy_signal(st, gs, gt, matrix=False),
             "order": order_signal(st, gs, gt, matrix=False),
         }
+        # the names' score depends on the alternative alone: once per distinct key pair
+        found_named = sum(found_sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS)
         sigs = {k: v[pair_of] for k, v in found_sigs.items()}
         # equal shapes on both sides: the alternative's shape signal is the pair's own
         sigs["shape"] = cols["shape"][alt_of]
         np.maximum.at(best, alt_of, _raw_many(sigs, w, total))
-        np.maximum.at(best_named, alt_of, sum(sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS))
+        np.maximum.at(best_named, alt_of, found_named[pair_of])
     found = np.isfinite(best)
     runner_up = np.where(found, best, 0.0)
     margin = np.where(found, own - best, NO_ALTERNATIVE)
@@ -168,7 +168,8 @@ def _alternatives(
         return empty, empty, empty, empty
     src, tgt = pairs.source[ns], pairs.target[ns]
     # the pairs of one source shape and one target shape are each other's neighbours
-    bucket = _shape_codes(st.s.shape, src) * (len(src) + 1) + _shape_codes(st.t.shape, tgt)
+    n_shapes = int(st.t.shape_code.max(initial=-1)) + 1
+    bucket = st.s.shape_code[src] * n_shapes + st.t.shape_code[tgt]
     pos = st.s.group_pos[st.s.group[src]]
     order = np.lexsort((ns, pos, bucket))  # by bucket, then position, then proposal order
     ns, src, tgt, bucket = ns[order], src[order], tgt[order], bucket[order]
@@ -185,15 +186,6 @@ def _alternatives(
     found = np.arange(sum(map(len, rows)), dtype=np.int64)
     owner = np.concatenate(first + second)
     return np.concatenate(rows), np.concatenate(cols), owner, np.concatenate([found, found])
-
-
-def _shape_codes(shapes: Sequence[tuple[int, ...]], keys: np.ndarray) -> np.ndarray:
-    """One side's shapes + key numbers → a code per key, equal for equal shapes (each below
-    the number of keys)."""
-    first: dict[tuple[int, ...], int] = {}
-    # a shape's code is the count of lookups before its first one: distinct shapes differ
-    found = map(first.setdefault, map(shapes.__getitem__, keys.tolist()), count())
-    return np.fromiter(found, np.int64, len(keys))
 
 
 def _inside_context(

@@ -106,8 +106,9 @@ def hierarchy_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: 
 
 def order_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool) -> np.ndarray:
     """Source groups, target groups → ``order``: a matrix or one value per pair."""
-    if matrix:
-        gs, gt = gs[:, None], gt[None, :]
+    if not matrix:
+        return _order_pairs(st, gs, gt)
+    gs, gt = gs[:, None], gt[None, :]
     pos = st.s.group_pos[gs]
     if st.order_real:
         pred = predict_position(st, pos)
@@ -126,6 +127,30 @@ def order_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool
                 continue
             pred = _interpolate(pos_b[mask], x, y)
             out[mask] = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - tpos_b[mask]))
+    return np.where(st.t.group_pos_known[gt], out, ORDER_UNKNOWN)
+
+
+def _order_pairs(st: MatchState, gs: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Source groups, target groups (equal length) → ``order`` of each pair: the values of
+    :func:`order_signal`'s matrix form, with each source group's predicted target position
+    worked out once per group rather than once per pair (many pairs share a source group)."""
+    tpos = st.t.group_pos[gt]
+    if st.order_real:
+        pred = predict_position(st, st.s.group_pos)[gs]
+        return 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - tpos))
+    out = np.full(len(gs), ORDER_UNKNOWN)
+    if st.chain_anchors:
+        # each chain's formula on its own groups only (the same values as on all of them)
+        group_pred = np.zeros(len(st.s.group_pos))
+        placed = np.zeros(len(st.s.group_pos), bool)
+        for c, (x, y) in st.chain_anchors.items():
+            mask = st.s.group_chain == c
+            if mask.any():
+                group_pred[mask] = _interpolate(st.s.group_pos[mask], x, y)
+                placed[mask] = True
+        known = np.flatnonzero(placed[gs])
+        pred = group_pred[gs[known]]
+        out[known] = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - tpos[known]))
     return np.where(st.t.group_pos_known[gt], out, ORDER_UNKNOWN)
 
 
