@@ -19,6 +19,7 @@ the work stays linear in the number of pairs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
 import numpy as np
 
 from weightmapper.engine.calibration import AMBIGUOUS_MARGIN
