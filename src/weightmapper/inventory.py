@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import operator
 import re
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -435,16 +436,20 @@ def _build_groups(
 ) -> dict[str, ParameterGroup]:
     """Key → TensorInfo + module types (+ a sort key for the paths) → module path →
     ParameterGroup, in order of first appearance (or sorted, stable), locals in key order."""
-    by_path: dict[str, dict[str, TensorInfo]] = {}
-    for key, info in infos.items():
-        path, _, local = key.rpartition(".")
-        tensors = by_path.get(path)
-        if tensors is None:
-            by_path[path] = {local: info}
-        else:
-            tensors[local] = info
+    by_path: defaultdict[str, dict[str, TensorInfo]] = defaultdict(dict)
+    last_dot = map(str.rpartition, infos, itertools.repeat("."))
+    for (path, _, local), info in zip(last_dot, infos.values(), strict=True):
+        by_path[path][local] = info
     paths = sorted(by_path, key=sort_key) if sort_key is not None else by_path
-    return {path: ParameterGroup(path, module_types.get(path), by_path[path]) for path in paths}
+    # A large checkpoint has tens of thousands of groups; a frozen dataclass's ``__init__``
+    # sets each field through ``object.__setattr__``, so the groups are filled in directly
+    # (equal to ``ParameterGroup(path, module_types.get(path), by_path[path])``).
+    new = object.__new__
+    groups: dict[str, ParameterGroup] = {}
+    for path in paths:
+        group = groups[path] = new(ParameterGroup)
+        group.__dict__.update(path=path, module_type=module_types.get(path), tensors=by_path[path])
+    return groups
 
 
 def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:

@@ -140,7 +140,25 @@ def split_module(path: str) -> NameParts:
         # Flattened names (``layer1_0_conv1``): a number between underscores was a level.
         path = _FLAT_INDEX.sub(r".\1.", path)
     parent, _, name = path.rpartition(".")
-    tokens, indices, template = _inner_parts(parent)
+    _, indices, template = _inner_parts(parent)
+    tokens, text, index = _module_words(template, name, not parent)
+    if index is not None:  # a bare number as module name (``features.3``)
+        indices = (*indices, index)
+    return NameParts(tokens, indices, text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _module_words(
+    template: tuple[str, ...], name: str, top: bool
+) -> tuple[tuple[str, ...], str, int | None]:
+    """A module's parent's template words (:func:`_inner_parts`), its own name and whether
+    it sits at the top → (its tokens, its template, the index its name is or None); cached.
+
+    A large model repeats a few module names under thousands of parents that differ in
+    their indices only, so this runs once per distinct (parent template, name).
+    """
+    # A template is its tokens with ``#`` where each index stood: the tokens follow from it.
+    tokens = tuple(w for w in template if w != "#")
     words, index = _component(name, False)
     if "norm" in words and not any(w.isdigit() for w in words):
         # A block's norms by what follows them: before attention = 1, before the MLP = 2
@@ -151,17 +169,16 @@ def split_module(path: str) -> NameParts:
             words = tuple("2" if w == "mlp" else w for w in words)
     tokens = tokens + words
     template = template + words
-    if index is not None:  # a bare number as module name (``features.3``)
-        indices = (*indices, index)
+    if index is not None:
         template = (*template, "#")
-    if not parent and tokens == ("out",):
+    if top and tokens == ("out",):
         # A top-level ``output``/``out`` module is the model's head (Meta's LLaMA ``output``).
         tokens, template = ("head",), ("head",)
     if len(tokens) >= 2 and tokens[-1] == "proj" and tokens[-2] == "attn":
         # ``attn.proj`` / ``attn.c_proj``: an attention's bare projection is its output.
         tokens = (*tokens[:-1], "out")
         template = (*template[:-1], "out")
-    return NameParts(tokens, indices, " ".join(template))
+    return tokens, " ".join(template), index
 
 
 @functools.lru_cache(maxsize=1 << 18)
