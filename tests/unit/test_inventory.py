@@ -88,3 +88,18 @@ def test_with_order_reorders_groups_and_marks_traced() -> None:
     again = inv.with_order({"head": 0, "conv": 1, "bn": 2})
     assert list(again.groups)[:3] == ["head", "conv", "bn"]
     assert again.traced and not inv.traced
+
+
+def test_groups_from_a_table_equal_groups_built_one_by_one() -> None:
+    infos = {
+        k: TensorInfo(k, (2,), "float32")
+        for k in ("head", "layers.10.w.weight", "layers.2.w.bias", "layers.2.w.weight")
+    }
+    inv = Inventory.from_table(infos)
+    assert list(inv.groups) == ["", "layers.2.w", "layers.10.w"]  # sorted keys: natural order
+    expected = ParameterGroup(
+        "layers.2.w", None, {"bias": infos["layers.2.w.bias"], "weight": infos["layers.2.w.weight"]}
+    )
+    assert inv.groups["layers.2.w"] == expected
+    assert inv.groups["layers.2.w"].key("bias") == "layers.2.w.bias"
+    assert list(inv.groups["layers.2.w"].tensors) == ["bias", "weight"]  # key order kept

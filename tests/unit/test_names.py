@@ -10,6 +10,7 @@ from weightmapper.engine.names import (
     dense_rank_indices,
     local_role,
     similarity_matrix,
+    split_module,
     split_name,
     tokenize,
 )
@@ -74,3 +75,24 @@ def test_similarity_matrices() -> None:
     # Rare tokens (q, k) decide; shared boilerplate (block, weight) weighs little.
     assert sim[0, 0] > 0.99 and sim[1, 0] < 0.8
     assert np.allclose(space.pairwise(np.array([0]), np.array([0])), [1.0], atol=1e-6)
+
+
+def test_module_reading_is_shared_by_parents_of_one_template_only() -> None:
+    # Two parents that differ in their numbers only share one reading of the module's own
+    # name; the indices stay each path's own.
+    a, b = (
+        split_module("model.layers.3.self_attn.proj"),
+        split_module("model.layers.7.self_attn.proj"),
+    )
+    assert (
+        (a.tokens, a.template)
+        == (b.tokens, b.template)
+        == (("block", "attn", "out"), "block # attn out")
+    )
+    assert (a.indices, b.indices) == ((3,), (7,))
+    # ``output`` is the head at the top only, not under a parent that reads as nothing.
+    assert split_module("output").tokens == ("head",)
+    assert split_module("model.output").tokens == ("out",)
+    assert split_module("features.3") == split_module("features.3")
+    assert split_module("features.3").indices == (3,)
+    assert split_module("features.3").template == "features #"
