@@ -171,6 +171,8 @@ def _notes(
         k for k in np.flatnonzero(np.asarray(my_match) < 0).tolist() if me.keys[k] not in tied
     ]
     notes: list[KeyNote] = []
+    if not open_keys:
+        return notes  # every key matched or tied: nothing to note, no candidates to gather
     other_by = by_bucket(other.bucket, range(len(other)))
     pending: dict[tuple, list[int]] = {}
     for k in open_keys:

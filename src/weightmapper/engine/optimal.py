@@ -25,8 +25,10 @@ def stage_assignment(st: MatchState, *, weights_first: bool) -> None:
     ``weights_first``: only non-bias keys take part (weights decide the module pairing;
     biases then follow their group, or come in the second run).
     """
-    s_open = [i for i in range(len(st.s)) if st.s_match[i] < 0 and st.s_scorable[i]]
-    t_open = [j for j in range(len(st.t)) if st.t_match[j] < 0 and st.t_scorable[j]]
+    s_open = np.flatnonzero((st.s_match < 0) & st.s_scorable).tolist()
+    t_open = np.flatnonzero((st.t_match < 0) & st.t_scorable).tolist()
+    if not s_open or not t_open:
+        return  # one side has nothing left to pair
     if weights_first:
         s_open = [i for i in s_open if st.s.role[i] != "bias"]
         t_open = [j for j in t_open if st.t.role[j] != "bias"]

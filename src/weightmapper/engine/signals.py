@@ -287,7 +287,14 @@ def _agreeing(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Anchor positions → indices of the longest subsequence increasing in both."""
     rank_y = np.unique(y, return_inverse=True)[1]
     order = np.lexsort((rank_y, x))
-    run = increasing([(int(i), int(rank_y[i])) for i in order])
+    ranks = rank_y[order]
+    if len(ranks) and (ranks[1:] >= ranks[:-1]).all():
+        # Both orders already agree (the usual case): the longest run strictly increasing
+        # in both keeps one pair per target position, the last of each (what
+        # :func:`increasing` picks among equal ones).
+        last = np.append(ranks[1:] != ranks[:-1], True)
+        return order[last].astype(np.int64)
+    run = increasing(list(zip(order.tolist(), ranks.tolist(), strict=True)))
     return np.array([i for i, _ in run], dtype=np.int64)
 
 
