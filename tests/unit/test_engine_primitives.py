@@ -14,6 +14,7 @@ from weightmapper.engine.candidates import Proposal, proposals_of
 from weightmapper.engine.primitives import align, increasing, mutual_best, signatures_fit
 from weightmapper.engine.shapes import shape_bucket, shape_relation
 from weightmapper.engine.side import prepare_side
+from weightmapper.engine.signals import _agreeing
 from weightmapper.engine.state import MatchState
 from weightmapper.inventory import Inventory
 from weightmapper.settings import AssignSettings, ScoreSettings
@@ -121,6 +122,21 @@ def test_increasing_and_signature_fit() -> None:
     assert signatures_fit(named, unnamed)
     assert not signatures_fit(named, (("bias", (4,)), ("bias", (4, 4))))
     assert not signatures_fit(named, (("*", (5,)), ("*", (4, 4))))
+
+
+def test_agreeing_orders_keep_what_the_general_search_keeps() -> None:
+    # Pairs whose two orders agree (several keys per position) take a shortcut; it must
+    # keep exactly the pairs the longest-increasing search keeps, and disagreement still
+    # goes through that search.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = np.sort(rng.integers(0, 8, 30)).astype(np.float64)
+        y = x * 0.5 + rng.integers(0, 2, 30) * 0.01 * (x > 3)
+        rank_y = np.unique(y, return_inverse=True)[1]
+        order = np.lexsort((rank_y, x))
+        general = [i for i, _ in increasing([(int(i), int(rank_y[i])) for i in order])]
+        assert _agreeing(x, y).tolist() == general
+    assert _agreeing(np.array([0.0, 1.0, 2.0]), np.array([0.0, 2.0, 1.0])).tolist() == [0, 2]
 
 
 def test_scoring_never_changes_its_inputs() -> None:
