@@ -163,7 +163,7 @@ def side_role_labels(side: Side, roles: SideRoles) -> tuple[np.ndarray, list[Rol
     codes = word_code[group[side.group]]
     stacks, named = roles.stacks, roles.roles
     own = [key for key in {**stacks, **named} if key in side.index]
-    at = np.fromiter(map(side.index.__getitem__, own), np.int64, len(own))
+    at = key_numbers(side, own, len(own))
     own_words = map(words.__getitem__, group[side.group[at]].tolist())
     codes[at] = [
         seen.setdefault((stacks.get(key) or w[2][0], named.get(key), w[1]), len(seen))
