@@ -30,7 +30,14 @@ from torch import nn
 from weightmapper.calls import ModelCall, as_call, main_tensor
 from weightmapper.engine.names import local_tokens
 from weightmapper.errors import ForwardError
-from weightmapper.result import MappingResult, MappingStatus, MatchedPair, MultiPair, shapes_text
+from weightmapper.result import (
+    MappingResult,
+    MappingStatus,
+    MatchedPair,
+    MultiPair,
+    diff_text,
+    shapes_text,
+)
 from weightmapper.settings import PROOF_BUDGET
 from weightmapper.transforms import TransformSpec, chain
 from weightmapper.verify import (
@@ -122,8 +129,8 @@ class Proof:
         c = self.check
         lines = [
             self.status.label(),
-            f"max abs diff {c.max_abs_diff:.3g}, max rel diff {c.max_rel_diff:.3g} "
-            f"(atol {c.atol:g}, rtol {c.rtol:g}); input: source {self.source_input}"
+            f"{diff_text(c.to_dict())} (atol {c.atol:g}, rtol {c.rtol:g}); input: source "
+            f"{self.source_input}"
             + ("" if self.target_input == self.source_input else f"; target {self.target_input}"),
             f"alternatives tried: {self.alternatives_tried}, forward passes: "
             f"{self.forward_passes} of {self.budget}",
@@ -342,14 +349,14 @@ def _status(proof: Proof) -> MappingStatus:
     if proof.equal:
         return MappingStatus(
             "proven_equal",
-            f"max abs diff {c.max_abs_diff:.3g}, max rel diff {c.max_rel_diff:.3g} on input "
-            f"{proof.source_input}" + (f" after {len(proof.fixes)} fix(es)" if proof.fixes else ""),
+            f"{diff_text(c.to_dict())} on input {proof.source_input}"
+            + (f" after {len(proof.fixes)} fix(es)" if proof.fixes else ""),
         )
     if proof.module is None:
         return MappingStatus(
             "differs",
-            f"outputs differ (max abs diff {c.max_abs_diff:.3g}); no single module found "
-            "where they start to differ",
+            f"outputs differ ({diff_text(c.to_dict())}); no single module found where they "
+            "start to differ",
         )
     if proof.unmapped:
         return MappingStatus(
@@ -493,11 +500,8 @@ class _Bench:
         if got is None:
             raise _no_tensor("target", tgt_rec[""][2])
         max_abs, max_rel, equal = _compare(got, self.reference, self.atol, self.rtol)
+        # Kept as the check's output_shapes, which every summary of the check says.
         shapes_differ = tuple(got.shape) != tuple(self.reference.shape)
-        if shapes_differ:
-            notes.append(
-                f"output shapes differ: {tuple(got.shape)} vs {tuple(self.reference.shape)}"
-            )
         pairs = _comparable_pairs(mapping, self.source, self.target)
         first_t, first_s, compared, same_at = _first_difference(
             self.src_rec, tgt_rec, order, pairs, equal, self.atol, self.rtol

@@ -8,6 +8,7 @@ unmatched. ``to_dict`` / ``from_dict`` give the JSON form that mapping files and
 from __future__ import annotations
 
 import json
+import math
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,10 +140,7 @@ def status_of(
 
     check, valid = as_dict(functional_check), as_dict(validation)
     if check:
-        diffs = (
-            f"max abs diff {_number(check.get('max_abs_diff'))}, max rel diff "
-            f"{_number(check.get('max_rel_diff'))}"
-        )
+        diffs = diff_text(check)
         if check.get("equal"):
             return MappingStatus("proven_equal", diffs)
         where = check.get("first_diverging_target")
@@ -179,8 +177,23 @@ def shapes_text(shapes: Sequence[Sequence[int]]) -> str:
     return f"target {tuple(target)}, source {tuple(source)}"
 
 
-def _number(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, (int, float)) else "not measured"
+def diff_text(check: Mapping[str, Any]) -> str:
+    """Functional-check dict → ``max abs diff 3e-07, max rel diff 1e-07``, or why there are no
+    numbers: the outputs differ in shape (no element-wise difference), or nothing was measured.
+    """
+    shapes = check.get("output_shapes")
+    if shapes:
+        return f"no element-wise difference: the outputs differ in shape ({shapes_text(shapes)})"
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, int | float) and math.isfinite(value)
+
+    max_abs, max_rel = check.get("max_abs_diff"), check.get("max_rel_diff")
+    if not finite(max_abs):
+        return "differences not measured"
+    return f"max abs diff {max_abs:.3g}" + (
+        f", max rel diff {max_rel:.3g}" if finite(max_rel) else ""
+    )
 
 
 @dataclass(frozen=True)

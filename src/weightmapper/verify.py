@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,7 +21,7 @@ from torch import nn
 
 from weightmapper.calls import main_tensor
 from weightmapper.errors import CheckpointFormatError, MappingError
-from weightmapper.result import MappingResult, shapes_text
+from weightmapper.result import MappingResult, diff_text
 from weightmapper.transforms import IDENTITY, TransformSpec, chain
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class FunctionalCheck:
     """Outcome of running source and converted target on the same input."""
 
     max_abs_diff: float
-    """max |target − reference| over the compared output tensor."""
+    """max |target − reference| over the compared output tensor (inf when the outputs differ
+    in shape; ``to_dict`` gives None then)."""
     max_rel_diff: float
     """max_abs_diff / max |reference| (a norm-wise relative error; 0 when both are zero)."""
     equal: bool
@@ -54,8 +56,9 @@ class FunctionalCheck:
         """FunctionalCheck → JSON-ready dict."""
         return {
             "equal": self.equal,
-            "max_abs_diff": self.max_abs_diff,
-            "max_rel_diff": self.max_rel_diff,
+            # JSON has no infinity: outputs of different shapes have no difference to give.
+            "max_abs_diff": _finite(self.max_abs_diff),
+            "max_rel_diff": _finite(self.max_rel_diff),
             "atol": self.atol,
             "rtol": self.rtol,
             "first_diverging": self.first_diverging,
@@ -71,19 +74,21 @@ class FunctionalCheck:
     def summary(self) -> str:
         """FunctionalCheck → one or two human lines."""
         head = (
-            f"outputs {'EQUAL' if self.equal else 'DIFFER'}: max abs diff "
-            f"{self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} "
+            f"outputs {'EQUAL' if self.equal else 'DIFFER'}: {diff_text(self.to_dict())} "
             f"(atol {self.atol:g}, rtol {self.rtol:g})"
         )
         lines = [head]
-        if self.output_shapes is not None:
-            lines.append(f"the outputs differ in shape: {shapes_text(self.output_shapes)}")
         if self.first_diverging:
             lines.append(f"first diverging module: {self.first_diverging}")
         elif not self.equal:
             lines.append(f"no single diverging module found among {self.compared_modules} compared")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _finite(value: float) -> float | None:
+    """Float → itself, or None when infinite or NaN (no JSON number says it)."""
+    return value if math.isfinite(value) else None
 
 
 def check_outputs(
@@ -149,8 +154,7 @@ def check_outputs(
     max_abs, max_rel, equal = _compare(got_t, ref_t, atol, rtol)
     shapes = None
     if tuple(got_t.shape) != tuple(ref_t.shape):
-        shapes = (tuple(got_t.shape), tuple(ref_t.shape))
-        notes.append(f"output shapes differ: {shapes[0]} vs {shapes[1]}")
+        shapes = (tuple(got_t.shape), tuple(ref_t.shape))  # said by every summary of the check
 
     t_to_s = {t: s for s, t in pairs}
     first_t = first_s = None
