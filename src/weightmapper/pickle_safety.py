@@ -11,6 +11,7 @@ caller passes ``trusted=True``. Even when the scan passes, the load itself still
 from __future__ import annotations
 
 import _compat_pickle
+import argparse
 import io
 import logging
 import math
@@ -80,10 +81,17 @@ class PickleScan:
         return not self.unsafe
 
 
-def allowed_globals() -> frozenset[str]:
-    """() → the ``module.name`` strings torch's weights_only unpickler accepts right now.
+DATA_CLASSES: tuple[type, ...] = (argparse.Namespace,)
+"""Classes beyond torch's allow list that a checkpoint may hold and that are safe to rebuild:
+bags of attributes with no code of their own run by unpickling (``argparse.Namespace`` is how
+Lightning and many training scripts store hyperparameters). Their contents are checked like
+everything else."""
 
-    Includes globals the user added with ``torch.serialization.add_safe_globals``.
+
+def allowed_globals() -> frozenset[str]:
+    """() → the ``module.name`` strings our loads accept: torch's weights_only allow list
+    (with globals the user added by ``torch.serialization.add_safe_globals``) and
+    :data:`DATA_CLASSES`.
     """
     try:
         from torch import _weights_only_unpickler as wou
@@ -94,6 +102,7 @@ def allowed_globals() -> frozenset[str]:
         for g in torch.serialization.get_safe_globals():
             obj, name = g if isinstance(g, tuple) else (g, None)
             names.add(name or f"{obj.__module__}.{obj.__qualname__}")
+    names.update(f"{cls.__module__}.{cls.__qualname__}" for cls in DATA_CLASSES)
     return frozenset(names)
 
 
@@ -451,12 +460,13 @@ def load_torch_file(
 
 
 def _torch_load(path: Path, *, trusted: bool, mmap: bool) -> Any:
-    if path.suffix.lower() == ".safetensors":
-        # torch.load hands paths ending in .safetensors to safetensors; this one is a
-        # pickle under that name, so pass an open file (mmap needs a path: read it instead).
-        with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=not trusted)
-    return torch.load(path, map_location="cpu", weights_only=not trusted, mmap=mmap)
+    with torch.serialization.safe_globals(list(DATA_CLASSES)):
+        if path.suffix.lower() == ".safetensors":
+            # torch.load hands paths ending in .safetensors to safetensors; this one is a
+            # pickle under that name, so pass an open file (mmap needs a path: read it).
+            with open(path, "rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=not trusted)
+        return torch.load(path, map_location="cpu", weights_only=not trusted, mmap=mmap)
 
 
 def unsafe_error(scans: Iterable[PickleScan]) -> UnsafeCheckpointError:

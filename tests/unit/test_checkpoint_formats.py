@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -114,6 +115,23 @@ def test_legacy_pickle_without_zip(tmp_path: Path, net: TinyNet) -> None:
     torch.save(sd, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
     table = open_checkpoint(tmp_path / "old.pth")
     assert table.format == "pickle"
+    assert_same_tensors(table, sd)
+
+
+def test_lightning_checkpoint_with_namespace_hyper_parameters(tmp_path: Path, net: TinyNet) -> None:
+    """Older Lightning and many scripts store hyperparameters as an argparse.Namespace: a bag
+    of attributes that runs no code, so it loads without trust."""
+    sd = {f"model.{k}": v for k, v in net.state_dict().items()}
+    ckpt = {
+        "state_dict": sd,
+        "pytorch-lightning_version": "1.9.5",
+        "hyper_parameters": argparse.Namespace(lr=3e-4, layers=[8, 8]),
+        "hparams_name": "hparams",
+    }
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    table = open_checkpoint(tmp_path / "last.ckpt")
+    assert table.format == "lightning" and list(table) == list(sd)
+    assert "lr=0.0003" in json.dumps(table.metadata["lightning"]["hyper_parameters"])
     assert_same_tensors(table, sd)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import builtins
 import io
 import json
@@ -144,6 +145,21 @@ def test_payload_hidden_in_lightning_hyper_parameters(tmp_path: Path) -> None:
     torch.save(ckpt, tmp_path / "x.ckpt")
     with pytest.raises(UnsafeCheckpointError, match=r"builtins\.exec"):
         open_checkpoint(tmp_path / "x.ckpt")
+    assert not marker.exists()
+
+
+def test_payload_hidden_in_a_namespace_of_hyper_parameters(tmp_path: Path) -> None:
+    """A Namespace is rebuilt without trust, but what it holds is checked like the rest."""
+    marker = tmp_path / "PWNED"
+    ckpt = {
+        "state_dict": {"model.w": torch.zeros(2)},
+        "pytorch-lightning_version": "1.9",
+        "hyper_parameters": argparse.Namespace(lr=0.1, cfg=BuiltinsExec(marker)),
+    }
+    torch.save(ckpt, tmp_path / "x.ckpt")
+    with pytest.raises(UnsafeCheckpointError, match=r"builtins\.exec") as caught:
+        open_checkpoint(tmp_path / "x.ckpt")
+    assert "argparse.Namespace" not in caught.value.globals
     assert not marker.exists()
 
 
