@@ -10,8 +10,9 @@ same as the per-pair formulas they replace.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 from itertools import chain
-from operator import methodcaller
+from operator import itemgetter, methodcaller
 
 import numpy as np
 
@@ -118,28 +119,62 @@ def distinct_pairs(
 
 class IndexColumns:
     """Index keys of one side's groups (dense-ranked layer indices, primary index) as arrays:
-    depth, primary index and ranks (padded with 0) per group, so the index agreement of
-    many pairs of groups is array arithmetic."""
+    depth and primary index per group, and the ranks slot by slot (one row per slot, padded
+    with 0), so the index agreement of many pairs of groups is array arithmetic."""
 
     def __init__(self, keys: Sequence[tuple[tuple[int, ...], int]]) -> None:
-        self.depth = np.fromiter((len(r) for r, _ in keys), np.int64, len(keys))
-        self.primary = np.fromiter((p for _, p in keys), np.int64, len(keys))
-        self.ranks = np.zeros((len(keys), int(self.depth.max(initial=0))), np.int64)
-        for n, (r, _) in enumerate(keys):
-            self.ranks[n, : len(r)] = r
+        n = len(keys)
+        ranks = list(map(itemgetter(0), keys))
+        self.depth = np.fromiter(map(len, ranks), np.int64, n)
+        self.primary = np.fromiter(map(itemgetter(1), keys), np.int64, n)
+        # every key's ranks in one flat run, each placed at (its slot, its group): one
+        # scatter instead of a slice assignment per group
+        flat = np.fromiter(chain.from_iterable(ranks), np.int64, int(self.depth.sum()))
+        group = np.repeat(np.arange(n), self.depth)
+        slot = np.arange(len(flat)) - np.repeat(np.cumsum(self.depth) - self.depth, self.depth)
+        self.slots = np.zeros((int(self.depth.max(initial=0)), n), np.int64)
+        """Slot × group → rank (0 past a group's depth): each slot's ranks contiguous."""
+        self.slots[slot, group] = flat
 
     def similarity(self, other: IndexColumns, ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
         """Groups of this side + groups of ``other`` (equal length) → index agreement of each
         pair (float64), :func:`~weightmapper.engine.primitives.index_sim_one` on arrays: 1
         equal; 0.5 when one has no indices; for equal depths half the share of equal slots;
-        else 0.8 for an equal primary index, 0.2 otherwise."""
+        else 0.8 for an equal primary index, 0.2 otherwise.
+
+        The value depends on four small numbers per pair (the two depths, the equal slots,
+        whether the primary indices agree), so it is read from a table of every combination
+        the formula gives, instead of evaluating the formula's branches on every pair.
+        """
         la, lb = self.depth[ga], other.depth[gb]
-        depth = min(self.ranks.shape[1], other.ranks.shape[1])
+        depth = min(len(self.slots), len(other.slots))
         eq = np.zeros(len(ga), np.int64)  # equal slots within this side's depth
         for slot in range(depth):
-            eq += (self.ranks[ga, slot] == other.ranks[gb, slot]) & (la > slot)
-        same_len = la == lb
-        vals = np.where(self.primary[ga] == other.primary[gb], 0.8, 0.2)
-        vals = np.where(same_len, 0.5 * eq / np.maximum(la, 1), vals)
-        vals = np.where((la == 0) != (lb == 0), 0.5, vals)
-        return np.where(same_len & (eq == la), 1.0, vals)
+            eq += (self.slots[slot][ga] == other.slots[slot][gb]) & (la > slot)
+        table = _index_table(len(self.slots), len(other.slots))
+        dims = (len(self.slots) + 1, len(other.slots) + 1, depth + 1, 2)
+        same_primary = self.primary[ga] == other.primary[gb]
+        return table[np.ravel_multi_index((la, lb, eq, same_primary), dims)]
+
+
+@cache
+def _index_table(depth_a: int, depth_b: int) -> np.ndarray:
+    """Deepest index key of each side → flat float64 table of the index agreement over
+    (depth a, depth b, equal slots, equal primary index), in
+    :meth:`IndexColumns.similarity`'s layout; each entry the same float64 arithmetic as the
+    per-pair formula."""
+    la, lb, eq, same_primary = (
+        x.ravel()
+        for x in np.meshgrid(
+            np.arange(depth_a + 1),
+            np.arange(depth_b + 1),
+            np.arange(min(depth_a, depth_b) + 1),
+            np.array([False, True]),
+            indexing="ij",
+        )
+    )
+    same_len = la == lb
+    vals = np.where(same_primary, 0.8, 0.2)
+    vals = np.where(same_len, 0.5 * eq / np.maximum(la, 1), vals)
+    vals = np.where((la == 0) != (lb == 0), 0.5, vals)
+    return np.where(same_len & (eq == la), 1.0, vals)

@@ -30,10 +30,11 @@ looked up differs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from weightmapper.engine.columns import distinct_pairs
 from weightmapper.engine.index_map import index_agreement
 from weightmapper.engine.names import similarity_matrix
 from weightmapper.engine.primitives import codes, increasing, index_sim
@@ -66,18 +67,29 @@ def name_signal(
         t_tokens = [t.tokens[j] for j in cols_t]
         s_ik = [s.group_index_key[g] for g in s.group[rows_s]]
         t_ik = [t.group_index_key[g] for g in t.group[cols_t]]
-        cos = st.key_space.matrix(rows_s, cols_t)
-        fz = similarity_matrix(s_tokens, t_tokens)
+        spelled = _spelling(
+            st.key_space.matrix(rows_s, cols_t), similarity_matrix(s_tokens, t_tokens)
+        )
         idx = index_agreement(
             st, s.group[rows_s], t.group[cols_t], index_sim(s_ik, t_ik), matrix=True
         )
     else:
-        cos = st.key_space.pairwise(rows_s, cols_t)
-        fz = st.key_space.ratio_pairs(rows_s, cols_t)
+        # the spelling depends on the two token strings alone: a deep stack repeats a few
+        # names in every block, so it is worked out once per distinct pair of them
+        space = st.key_space
+        spelled = _per_distinct_pair(
+            space.code_a,
+            space.code_b,
+            rows_s,
+            cols_t,
+            lambda a, b: _spelling(space.pairwise(a, b), space.ratio_pairs(a, b)),
+        )
         gs, gt = s.group[rows_s], t.group[cols_t]
         plain = st.s_index.similarity(st.t_index, gs, gt)
         idx = index_agreement(st, gs, gt, plain, matrix=False)
-    lexical = NAME_MIX[0] * cos + NAME_MIX[1] * fz + NAME_MIX[2] * idx
+    lexical = spelled + NAME_MIX[2] * idx
+    if not matrix and not st.func_same.any():
+        return lexical  # no two keys share a role: the rule below changes nothing
     s_func, t_func = st.s_func[rows_s], st.t_func[cols_t]
     s_named, t_named = st.s_named[rows_s], st.t_named[cols_t]
     if matrix:
@@ -91,17 +103,39 @@ def name_signal(
     return np.where(same_role, np.maximum(lexical, ROLE_NAME * idx), lexical)
 
 
+def _spelling(cos: np.ndarray, fz: np.ndarray) -> np.ndarray:
+    """Token cosine + character similarity → their share of ``name`` (the layer-index
+    agreement is added to it: the first two terms of :data:`NAME_MIX`, summed in that order)."""
+    return NAME_MIX[0] * cos + NAME_MIX[1] * fz
+
+
 def hierarchy_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool) -> np.ndarray:
     """Source groups, target groups → ``hierarchy``: a matrix or one value per pair."""
     if matrix:
         parent = st.parent_space.matrix(gs, gt)
         gs, gt = gs[:, None], gt[None, :]
+        kinship = _kinship(st, gs, gt, parent)
     else:
-        parent = st.parent_space.pairwise(gs, gt)
+        # parent tokens and family repeat in every block: their part once per distinct
+        # pair of (parent tokens, family) codes
+        n_fam = len(st.fam_table)
+        kinship = _per_distinct_pair(
+            st.parent_space.code_a * n_fam + st.s_fam,
+            st.parent_space.code_b * n_fam + st.t_fam,
+            gs,
+            gt,
+            lambda a, b: _kinship(st, a, b, st.parent_space.pairwise(a, b)),
+        )
+    return kinship + HIER_MIX[2] * coherence(st, gs, gt)
+
+
+def _kinship(st: MatchState, gs: np.ndarray, gt: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """Source groups, target groups (broadcastable) + the similarity of their parent tokens
+    → the share of ``hierarchy`` their parents and module families give (the first two
+    terms of :data:`HIER_MIX`, summed in that order; coherence is added to it)."""
     parent[st.s_parent_empty[gs] & st.t_parent_empty[gt]] = 1.0  # two roots
     fam = st.fam_table[st.s_fam[gs], st.t_fam[gt]]
-    coherent = coherence(st, gs, gt)
-    return HIER_MIX[0] * parent + HIER_MIX[1] * fam + HIER_MIX[2] * coherent
+    return HIER_MIX[0] * parent + HIER_MIX[1] * fam
 
 
 def order_signal(st: MatchState, gs: np.ndarray, gt: np.ndarray, *, matrix: bool) -> np.ndarray:
@@ -138,20 +172,20 @@ def _order_pairs(st: MatchState, gs: np.ndarray, gt: np.ndarray) -> np.ndarray:
     if st.order_real:
         pred = predict_position(st, st.s.group_pos)[gs]
         return 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - tpos))
-    out = np.full(len(gs), ORDER_UNKNOWN)
-    if st.chain_anchors:
-        # each chain's formula on its own groups only (the same values as on all of them)
-        group_pred = np.zeros(len(st.s.group_pos))
-        placed = np.zeros(len(st.s.group_pos), bool)
-        for c, (x, y) in st.chain_anchors.items():
-            mask = st.s.group_chain == c
-            if mask.any():
-                group_pred[mask] = _interpolate(st.s.group_pos[mask], x, y)
-                placed[mask] = True
-        known = np.flatnonzero(placed[gs])
-        pred = group_pred[gs[known]]
-        out[known] = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - tpos[known]))
-    return np.where(st.t.group_pos_known[gt], out, ORDER_UNKNOWN)
+    if not st.chain_anchors:
+        return np.full(len(gs), ORDER_UNKNOWN)
+    # each chain's formula on its own groups only (the same values as on all of them)
+    group_pred = np.zeros(len(st.s.group_pos))
+    placed = np.zeros(len(st.s.group_pos), bool)
+    for c, (x, y) in st.chain_anchors.items():
+        mask = st.s.group_chain == c
+        if mask.any():
+            group_pred[mask] = _interpolate(st.s.group_pos[mask], x, y)
+            placed[mask] = True
+    # the formula on every pair, kept where the source group is placed and the target's
+    # position known (each value depends on its own pair alone)
+    near = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(group_pred[gs] - tpos))
+    return np.where(placed[gs] & st.t.group_pos_known[gt], near, ORDER_UNKNOWN)
 
 
 def shape_signal(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
@@ -171,6 +205,31 @@ def shape_signal(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> np.n
             rel = shape_relation(sh_a, sh_b, ty_a, ty_b, st.tol)
             rel_score[a, b] = rel.score if rel is not None else -1.0
     return rel_score[s_codes[:, None], t_codes[None, :]]
+
+
+def _per_distinct_pair(
+    code_a: np.ndarray,
+    code_b: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    compute: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Codes of one side's items + codes of the other's + equal-length item numbers + a
+    pairwise rule that depends on the two items' codes alone → the rule's value for each
+    pair, computed once per distinct pair of codes on one item holding each code."""
+    if not len(rows):
+        return compute(rows, cols)
+    n_b = int(code_b.max()) + 1
+    ka, kb, back = distinct_pairs(code_a[rows], code_b[cols], n_b)
+    return compute(_holder(code_a)[ka], _holder(code_b)[kb])[back]
+
+
+def _holder(codes: np.ndarray) -> np.ndarray:
+    """Items' codes → for each code an item holding it (which one does not matter: the
+    rules given to :func:`_per_distinct_pair` read only the code)."""
+    out = np.zeros(int(codes.max(initial=-1)) + 1, np.int64)
+    out[codes] = np.arange(len(codes))
+    return out
 
 
 # --- all signals at once --------------------------------------------------------------------
@@ -336,8 +395,36 @@ def coherence(st: MatchState, gs: np.ndarray, gt: np.ndarray) -> np.ndarray:
     if not len(st.coh_keys):
         return np.zeros(gs_b.shape, dtype=np.float32)
     m = int(st.t_parent_id.max()) + 1
+    by_parent = _single_target_parents(st.coh_keys, st.coh_vals, m, int(st.s_parent_id.max()) + 1)
+    if by_parent is not None:
+        # each source parent's children went to one target parent: compare with it
+        target, several = by_parent
+        s_parent = st.s_parent_id[gs_b]
+        # the pair itself does not vouch for itself: when it is the only one counted
+        # (several False), it needs another pair
+        vouched = several[s_parent] | (st.partner[gs_b] != gt_b)
+        return ((target[s_parent] == st.t_parent_id[gt_b]) & vouched).astype(np.float32)
     q = st.s_parent_id[gs_b] * m + st.t_parent_id[gt_b]
     pos = np.clip(np.searchsorted(st.coh_keys, q), 0, len(st.coh_keys) - 1)
     n = np.where(st.coh_keys[pos] == q, st.coh_vals[pos], 0)
     n = n - (st.partner[gs_b] == gt_b)  # the pair itself does not vouch for itself
     return (n > 0).astype(np.float32)
+
+
+def _single_target_parents(
+    keys: np.ndarray, counts: np.ndarray, m: int, n_parents: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sorted (source parent × m + target parent) codes of matched groups + how many went
+    each way + m (above every target parent) + the number of source parents → per source
+    parent the target parent its
+    matched children went to (m: none) and whether two or more went there; None when some
+    source parent's children went to two target parents (the usual sibling layout has
+    one, which makes :func:`coherence` a lookup per source parent)."""
+    s_parent, t_parent = np.divmod(keys, m)
+    if (s_parent[1:] == s_parent[:-1]).any():
+        return None
+    target = np.full(n_parents, m, np.int64)
+    target[s_parent] = t_parent
+    several = np.zeros(len(target), bool)
+    several[s_parent] = counts >= 2
+    return target, several
