@@ -18,7 +18,7 @@ the work stays linear in the number of pairs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -103,30 +103,28 @@ def record_margins(
     total = sum(w.values())
     cols = pairs.signals
     own = cols["shape"] if total <= 0 else weighted_mean(cols, w, total)
-    rows, cols_t, alt_of, pair_of = _alternatives(st, pairs)
-    if placed and len(alt_of):
-        keep = _inside_context(st, proposals, placed, rows[pair_of], cols_t[pair_of], alt_of)
-        alt_of, pair_of = alt_of[keep], pair_of[keep]
     best = np.full(len(proposals), -np.inf)
     best_named = np.full(len(proposals), -np.inf)
-    if len(alt_of):
+    rows, cols_t, first, second = _alternatives(st, pairs)
+    if len(rows):
         gs, gt = st.s.group[rows], st.t.group[cols_t]
         # the signals of pair_signals, kept as arrays: one raw score per alternative in numpy
-        # (a 100k-tensor checkpoint has 1.6M alternatives, of 800k distinct key pairs: two
-        # neighbours try the same two swaps, each an alternative of both); the same float64
-        # arithmetic
-        found_sigs = {
-            "name": name_signal(st, rows, cols_t, matrix=False),
+        # (a 100k-tensor checkpoint has 800k distinct alternative key pairs, each an
+        # alternative of two pairs); the same float64 arithmetic
+        sigs = {
+            "name": name_signal(st, rows, cols_t, matrix=False, groups=(gs, gt)),
             "hierarchy": hierarchy_signal(st, gs, gt, matrix=False),
             "order": order_signal(st, gs, gt, matrix=False),
         }
-        # the names' score depends on the alternative alone: once per distinct key pair
-        found_named = sum(found_sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS)
-        sigs = {k: v[pair_of] for k, v in found_sigs.items()}
-        # equal shapes on both sides: the alternative's shape signal is the pair's own
-        sigs["shape"] = cols["shape"][alt_of]
-        np.maximum.at(best, alt_of, _raw_many(sigs, w, total))
-        np.maximum.at(best_named, alt_of, found_named[pair_of])
+        # the names' score depends on the alternative alone
+        alt_named = sum(sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS)
+        raw_first, raw_second = _owned_raw(sigs, cols["shape"], first, second, w, total)
+        inside = _inside_context(st, proposals, placed) if placed else None
+        for owner, raw in ((first, raw_first), (second, raw_second)):
+            # each pair's better of the two alternatives it shares with a neighbour
+            keep = inside(rows, cols_t, np.concatenate([owner, owner])) if inside else None
+            np.maximum.at(best, owner, _better(raw, keep))
+            np.maximum.at(best_named, owner, _better(alt_named, keep))
     found = np.isfinite(best)
     runner_up = np.where(found, best, 0.0)
     margin = np.where(found, own - best, NO_ALTERNATIVE)
@@ -155,13 +153,14 @@ def _alternatives(
     st: MatchState, pairs: PairColumns
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MatchState + the proposals as columns → (source rows, target columns) of every
-    distinct alternative key pair, then for every (owning proposal, its alternative) the
-    owner's number and the alternative's.
+    distinct alternative key pair (2n of them), and the numbers of the two proposals (n
+    each) that alternatives ``i`` and ``i + n`` both belong to.
 
     For each pair that follows no other: its source onto each of the :data:`NEIGHBOURS`
     nearest same-shape pairs' targets (nearest in source position, ties in proposal order)
     and their sources onto its target. Two neighbours try the same two swaps, so each swap
-    is an alternative of both.
+    is an alternative of both: the first half of the alternatives is each neighbour pair's
+    first source onto the second's target, the second half the reverse.
     """
     empty = np.zeros(0, np.int64)
     ns = np.flatnonzero(pairs.lead)
@@ -174,42 +173,71 @@ def _alternatives(
     pos = st.s.group_pos[st.s.group[src]]
     order = np.lexsort((ns, pos, bucket))  # by bucket, then position, then proposal order
     ns, src, tgt, bucket = ns[order], src[order], tgt[order], bucket[order]
-    rows, cols, first, second = [], [], [], []
-    for d in range(1, NEIGHBOURS + 1):
-        a = np.flatnonzero(bucket[:-d] == bucket[d:])  # a and a + d: neighbours d apart
-        b = a + d
-        # a's source onto b's target, and b's source onto a's target: each an alternative
-        # of both a and b
-        rows += [src[a], src[b]]
-        cols += [tgt[b], tgt[a]]
-        first += [ns[a], ns[a]]
-        second += [ns[b], ns[b]]
-    found = np.arange(sum(map(len, rows)), dtype=np.int64)
-    owner = np.concatenate(first + second)
-    return np.concatenate(rows), np.concatenate(cols), owner, np.concatenate([found, found])
+    # a and b = a + d: neighbours d apart
+    near = [np.flatnonzero(bucket[:-d] == bucket[d:]) for d in range(1, NEIGHBOURS + 1)]
+    a = np.concatenate(near)
+    b = np.concatenate([found + d for d, found in enumerate(near, start=1)])
+    return src[np.concatenate([a, b])], tgt[np.concatenate([b, a])], ns[a], ns[b]
+
+
+def _better(values: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """Values of alternatives ``i`` and ``i + n`` (2n) + which of them count (None: all) →
+    the larger counted value of each two (-inf when neither counts)."""
+    half = len(values) // 2
+    if keep is not None:
+        values = np.where(keep, values, -np.inf)
+    return np.maximum(values[:half], values[half:])
+
+
+def _owned_raw(
+    sigs: dict[str, np.ndarray],
+    shape: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    w: dict[str, float],
+    total: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Alternatives' name, hierarchy and order (2n) + each proposal's shape signal + the
+    two proposals alternatives ``i`` and ``i + n`` belong to → the alternatives' raw scores
+    as the first proposal's, and as the second's.
+
+    An alternative has the shapes of the pairs it belongs to, so it takes their shape
+    signal; the two pairs' shape signals are nearly always equal, and the raw scores are
+    then worked out once for both.
+    """
+    own_first = np.tile(shape[first], 2)
+    own_second = np.tile(shape[second], 2)
+    raw = _raw_many({**sigs, "shape": own_first}, w, total)
+    other = np.flatnonzero(own_second != own_first)
+    if not len(other):
+        return raw, raw
+    raw_second = raw.copy()
+    picked = {k: v[other] for k, v in sigs.items()}
+    raw_second[other] = _raw_many({**picked, "shape": own_second[other]}, w, total)
+    return raw, raw_second
 
 
 def _inside_context(
-    st: MatchState,
-    proposals: list[Proposal],
-    placed: Mapping[str, str],
-    rows: np.ndarray,
-    cols: np.ndarray,
-    alt_of: np.ndarray,
-) -> np.ndarray:
-    """Alternatives (source keys, target keys, owning proposals) → False for those that put a
+    st: MatchState, proposals: list[Proposal], placed: Mapping[str, str]
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """MatchState + proposals + source key → the prefix its siblings went to → a rule:
+    alternatives (source keys, target keys, owning proposals) → False for those that put a
     source outside the prefix its siblings went to: the owner's source onto another target,
     or another source onto the owner's target. Only sources in ``placed`` are looked at."""
-    keep = np.ones(len(cols), bool)
     owner_prefix = {n: placed[p.source] for n, p in enumerate(proposals) if p.source in placed}
     row_prefix = {st.s.index[k]: v for k, v in placed.items()}
-    owned = np.isin(alt_of, list(owner_prefix))
-    moved = np.isin(rows, list(row_prefix))
-    for k in np.flatnonzero(owned | moved).tolist():
-        path = st.t.group_paths[int(st.t.group[cols[k]])]
-        r = int(rows[k])
-        prefix = row_prefix.get(r) if r in row_prefix else owner_prefix.get(int(alt_of[k]))
-        keep[k] = prefix is None or under(path, prefix)
+    owners, moved_rows = list(owner_prefix), list(row_prefix)
+
+    def keep(rows: np.ndarray, cols: np.ndarray, owner: np.ndarray) -> np.ndarray:
+        out = np.ones(len(cols), bool)
+        looked_at = np.isin(owner, owners) | np.isin(rows, moved_rows)
+        for k in np.flatnonzero(looked_at).tolist():
+            path = st.t.group_paths[int(st.t.group[cols[k]])]
+            r = int(rows[k])
+            prefix = row_prefix.get(r) if r in row_prefix else owner_prefix.get(int(owner[k]))
+            out[k] = prefix is None or under(path, prefix)
+        return out
+
     return keep
 
 
