@@ -146,15 +146,21 @@ class IndexColumns:
         whether the primary indices agree), so it is read from a table of every combination
         the formula gives, instead of evaluating the formula's branches on every pair.
         """
-        la, lb = self.depth[ga], other.depth[gb]
-        depth = min(len(self.slots), len(other.slots))
-        eq = np.zeros(len(ga), np.int64)  # equal slots within this side's depth
+        deep_a, deep_b = len(self.slots), len(other.slots)
+        depth = min(deep_a, deep_b)
+        # the table's layout (depth a, depth b, equal slots, equal primary), its first two
+        # coordinates worked out per group
+        code = (self.depth * ((deep_b + 1) * (depth + 1) * 2))[ga]
+        code += (other.depth * ((depth + 1) * 2))[gb]
+        code += self.primary[ga] == other.primary[gb]
+        # a slot past a group's depth holds a value no rank of either side has (a different
+        # one per side), so it never counts as equal
+        low = min(self.slots.min(initial=0), other.slots.min(initial=0))
         for slot in range(depth):
-            eq += (self.slots[slot][ga] == other.slots[slot][gb]) & (la > slot)
-        table = _index_table(len(self.slots), len(other.slots))
-        dims = (len(self.slots) + 1, len(other.slots) + 1, depth + 1, 2)
-        same_primary = self.primary[ga] == other.primary[gb]
-        return table[np.ravel_multi_index((la, lb, eq, same_primary), dims)]
+            a = np.where(self.depth > slot, self.slots[slot], low - 1)
+            b = np.where(other.depth > slot, other.slots[slot], low - 2)
+            code += 2 * (a[ga] == b[gb])
+        return _index_table(deep_a, deep_b)[code]
 
 
 @cache
@@ -162,7 +168,8 @@ def _index_table(depth_a: int, depth_b: int) -> np.ndarray:
     """Deepest index key of each side → flat float64 table of the index agreement over
     (depth a, depth b, equal slots, equal primary index), in
     :meth:`IndexColumns.similarity`'s layout; each entry the same float64 arithmetic as the
-    per-pair formula."""
+    per-pair formula. (Slots equal past the shorter depth are not counted; the formula
+    reads them only for equal depths.)"""
     la, lb, eq, same_primary = (
         x.ravel()
         for x in np.meshgrid(
