@@ -58,9 +58,15 @@ ANCHOR_MIN_NAME = 0.5
 
 # --- the signals ----------------------------------------------------------------------------
 def name_signal(
-    st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray, *, matrix: bool
+    st: MatchState,
+    rows_s: np.ndarray,
+    cols_t: np.ndarray,
+    *,
+    matrix: bool,
+    groups: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Source keys, target keys → ``name``: a matrix (rows × cols) or one value per pair."""
+    """Source keys, target keys (+ for one value per pair, their groups when the caller
+    has them) → ``name``: a matrix (rows × cols) or one value per pair."""
     s, t = st.s, st.t
     if matrix:
         s_tokens = [s.tokens[i] for i in rows_s]
@@ -84,7 +90,7 @@ def name_signal(
             cols_t,
             lambda a, b: _spelling(space.pairwise(a, b), space.ratio_pairs(a, b)),
         )
-        gs, gt = s.group[rows_s], t.group[cols_t]
+        gs, gt = groups if groups is not None else (s.group[rows_s], t.group[cols_t])
         plain = st.s_index.similarity(st.t_index, gs, gt)
         idx = index_agreement(st, gs, gt, plain, matrix=False)
     lexical = spelled + NAME_MIX[2] * idx
@@ -182,10 +188,12 @@ def _order_pairs(st: MatchState, gs: np.ndarray, gt: np.ndarray) -> np.ndarray:
         if mask.any():
             group_pred[mask] = _interpolate(st.s.group_pos[mask], x, y)
             placed[mask] = True
-    # the formula on every pair, kept where the source group is placed and the target's
-    # position known (each value depends on its own pair alone)
-    near = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(group_pred[gs] - tpos))
-    return np.where(placed[gs] & st.t.group_pos_known[gt], near, ORDER_UNKNOWN)
+    # the formula on every pair (each value depends on its own pair alone), then no
+    # evidence where the source group is not placed or the target's position not known
+    out = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(group_pred[gs] - tpos))
+    unplaced, unknown = ~placed, ~st.t.group_pos_known  # per group
+    out[np.flatnonzero(unplaced[gs] | unknown[gt])] = ORDER_UNKNOWN
+    return out
 
 
 def shape_signal(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
@@ -398,12 +406,11 @@ def coherence(st: MatchState, gs: np.ndarray, gt: np.ndarray) -> np.ndarray:
     by_parent = _single_target_parents(st.coh_keys, st.coh_vals, m, int(st.s_parent_id.max()) + 1)
     if by_parent is not None:
         # each source parent's children went to one target parent: compare with it
-        target, several = by_parent
-        s_parent = st.s_parent_id[gs_b]
+        target, several = (x[st.s_parent_id] for x in by_parent)  # per source group
         # the pair itself does not vouch for itself: when it is the only one counted
         # (several False), it needs another pair
-        vouched = several[s_parent] | (st.partner[gs_b] != gt_b)
-        return ((target[s_parent] == st.t_parent_id[gt_b]) & vouched).astype(np.float32)
+        vouched = several[gs_b] | (st.partner[gs_b] != gt_b)
+        return ((target[gs_b] == st.t_parent_id[gt_b]) & vouched).astype(np.float32)
     q = st.s_parent_id[gs_b] * m + st.t_parent_id[gt_b]
     pos = np.clip(np.searchsorted(st.coh_keys, q), 0, len(st.coh_keys) - 1)
     n = np.where(st.coh_keys[pos] == q, st.coh_vals[pos], 0)
