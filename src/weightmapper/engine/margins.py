@@ -118,13 +118,20 @@ def record_margins(
         }
         # the names' score depends on the alternative alone
         alt_named = sum(sigs[k] for k in NAME_SIGNALS) / len(NAME_SIGNALS)
-        raw_first, raw_second = _owned_raw(sigs, cols["shape"], first, second, w, total)
+        n = len(first)
+        named_halves = (alt_named[:n], alt_named[n:])
+        own_first, own_second = cols["shape"][first], cols["shape"][second]
+        raw_first = _raw_halves(sigs, own_first, w, total)
+        # an alternative takes the shape signal of the pair it is scored for; the two pairs
+        # an alternative belongs to nearly always have equal ones, and then equal scores
+        same = np.array_equal(own_first, own_second)
+        raw_second = raw_first if same else _raw_halves(sigs, own_second, w, total)
         inside = _inside_context(st, proposals, placed) if placed else None
         for owner, raw in ((first, raw_first), (second, raw_second)):
             # each pair's better of the two alternatives it shares with a neighbour
             keep = inside(rows, cols_t, np.concatenate([owner, owner])) if inside else None
             np.maximum.at(best, owner, _better(raw, keep))
-            np.maximum.at(best_named, owner, _better(alt_named, keep))
+            np.maximum.at(best_named, owner, _better(named_halves, keep))
     found = np.isfinite(best)
     runner_up = np.where(found, best, 0.0)
     margin = np.where(found, own - best, NO_ALTERNATIVE)
@@ -180,41 +187,27 @@ def _alternatives(
     return src[np.concatenate([a, b])], tgt[np.concatenate([b, a])], ns[a], ns[b]
 
 
-def _better(values: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
-    """Values of alternatives ``i`` and ``i + n`` (2n) + which of them count (None: all) →
-    the larger counted value of each two (-inf when neither counts)."""
-    half = len(values) // 2
-    if keep is not None:
-        values = np.where(keep, values, -np.inf)
-    return np.maximum(values[:half], values[half:])
-
-
-def _owned_raw(
-    sigs: dict[str, np.ndarray],
-    shape: np.ndarray,
-    first: np.ndarray,
-    second: np.ndarray,
-    w: dict[str, float],
-    total: float,
+def _raw_halves(
+    sigs: dict[str, np.ndarray], own: np.ndarray, w: dict[str, float], total: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Alternatives' name, hierarchy and order (2n) + each proposal's shape signal + the
-    two proposals alternatives ``i`` and ``i + n`` belong to → the alternatives' raw scores
-    as the first proposal's, and as the second's.
+    """Alternatives' name, hierarchy and order (2n) + the shape signal of the pair each of
+    alternatives ``i`` and ``i + n`` is scored for (n; equal shapes on both sides, so it is
+    that pair's own) → their raw scores, first half and second half."""
+    n = len(own)
+    return tuple(  # type: ignore[return-value]
+        _raw_many({**{k: v[half] for k, v in sigs.items()}, "shape": own}, w, total)
+        for half in (slice(0, n), slice(n, 2 * n))
+    )
 
-    An alternative has the shapes of the pairs it belongs to, so it takes their shape
-    signal; the two pairs' shape signals are nearly always equal, and the raw scores are
-    then worked out once for both.
-    """
-    own_first = np.tile(shape[first], 2)
-    own_second = np.tile(shape[second], 2)
-    raw = _raw_many({**sigs, "shape": own_first}, w, total)
-    other = np.flatnonzero(own_second != own_first)
-    if not len(other):
-        return raw, raw
-    raw_second = raw.copy()
-    picked = {k: v[other] for k, v in sigs.items()}
-    raw_second[other] = _raw_many({**picked, "shape": own_second[other]}, w, total)
-    return raw, raw_second
+
+def _better(halves: tuple[np.ndarray, np.ndarray], keep: np.ndarray | None) -> np.ndarray:
+    """Values of alternatives ``i`` and ``i + n`` (two halves of n) + which of the 2n count
+    (None: all) → the larger counted value of each two (-inf when neither counts)."""
+    low, high = halves
+    if keep is not None:
+        low = np.where(keep[: len(low)], low, -np.inf)
+        high = np.where(keep[len(low) :], high, -np.inf)
+    return np.maximum(low, high)
 
 
 def _inside_context(
