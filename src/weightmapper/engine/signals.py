@@ -227,9 +227,21 @@ def _per_distinct_pair(
     pair, computed once per distinct pair of codes on one item holding each code."""
     if not len(rows):
         return compute(rows, cols)
-    n_b = int(code_b.max()) + 1
-    ka, kb, back = distinct_pairs(code_a[rows], code_b[cols], n_b)
-    return compute(_holder(code_a)[ka], _holder(code_b)[kb])[back]
+    n_a, n_b = int(code_a.max()) + 1, int(code_b.max()) + 1
+    if n_a * n_b > max(4 * len(rows), 1 << 16):
+        ka, kb, back = distinct_pairs(code_a[rows], code_b[cols], n_b)
+        return compute(_holder(code_a)[ka], _holder(code_b)[kb])[back]
+    # few codes: the values of the code pairs present go into a table of every code
+    # pair, read back by each pair's place in it
+    joint = (code_a * n_b)[rows] + code_b[cols]
+    present = np.zeros(n_a * n_b, bool)
+    present[joint] = True
+    found = np.flatnonzero(present)
+    ka, kb = np.divmod(found, n_b)
+    values = compute(_holder(code_a)[ka], _holder(code_b)[kb])
+    table = np.zeros(n_a * n_b, values.dtype)
+    table[found] = values
+    return table[joint]
 
 
 def _holder(codes: np.ndarray) -> np.ndarray:
@@ -407,9 +419,10 @@ def coherence(st: MatchState, gs: np.ndarray, gt: np.ndarray) -> np.ndarray:
     if by_parent is not None:
         # each source parent's children went to one target parent: compare with it
         target, several = (x[st.s_parent_id] for x in by_parent)  # per source group
-        # the pair itself does not vouch for itself: when it is the only one counted
-        # (several False), it needs another pair
-        vouched = several[gs_b] | (st.partner[gs_b] != gt_b)
+        # the pair itself does not vouch for itself: a group that is the only one counted
+        # for its parent (several False) needs a target other than its own partner
+        lone_partner = np.where(several, -1, st.partner)
+        vouched = lone_partner[gs_b] != gt_b
         return ((target[gs_b] == st.t_parent_id[gt_b]) & vouched).astype(np.float32)
     q = st.s_parent_id[gs_b] * m + st.t_parent_id[gt_b]
     pos = np.clip(np.searchsorted(st.coh_keys, q), 0, len(st.coh_keys) - 1)
