@@ -25,7 +25,9 @@ The combined score is the weighted mean of the signals (weights in
 Each signal has two forms side by side in one function: a *matrix* (source keys × target
 keys, for the assignment stage and the notes) and *pairwise* (equal-length lists of pairs,
 for the breakdown of the pairs made). Both share one formula; only how the inputs are
-looked up differs.
+looked up differs: the pairwise form works out a part that depends on codes alone (the
+spelling of two token strings, two parents and families) once per distinct pair of codes,
+since many pairs repeat a few names block after block.
 """
 
 from __future__ import annotations
@@ -174,26 +176,23 @@ def _order_pairs(st: MatchState, gs: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Source groups, target groups (equal length) → ``order`` of each pair: the values of
     :func:`order_signal`'s matrix form, with each source group's predicted target position
     worked out once per group rather than once per pair (many pairs share a source group)."""
-    tpos = st.t.group_pos[gt]
     if st.order_real:
         pred = predict_position(st, st.s.group_pos)[gs]
-        return 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - tpos))
+        return 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(pred - st.t.group_pos[gt]))
     if not st.chain_anchors:
         return np.full(len(gs), ORDER_UNKNOWN)
-    # each chain's formula on its own groups only (the same values as on all of them)
-    group_pred = np.zeros(len(st.s.group_pos))
-    placed = np.zeros(len(st.s.group_pos), bool)
+    # each chain's formula on its own groups only (the same values as on all of them); NaN
+    # marks a source group no chain places and a target group whose position is not known
+    group_pred = np.full(len(st.s.group_pos), np.nan)
     for c, (x, y) in st.chain_anchors.items():
         mask = st.s.group_chain == c
         if mask.any():
             group_pred[mask] = _interpolate(st.s.group_pos[mask], x, y)
-            placed[mask] = True
-    # the formula on every pair (each value depends on its own pair alone), then no
-    # evidence where the source group is not placed or the target's position not known
-    out = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(group_pred[gs] - tpos))
-    unplaced, unknown = ~placed, ~st.t.group_pos_known  # per group
-    out[np.flatnonzero(unplaced[gs] | unknown[gt])] = ORDER_UNKNOWN
-    return out
+    tpos = np.where(st.t.group_pos_known, st.t.group_pos, np.nan)
+    # the formula on every pair: a NaN position stays NaN through it, and such a pair has
+    # no evidence either way
+    out = 1.0 - np.minimum(1.0, ORDER_SPREAD * np.abs(group_pred[gs] - tpos[gt]))
+    return np.nan_to_num(out, copy=False, nan=ORDER_UNKNOWN)
 
 
 def shape_signal(st: MatchState, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
