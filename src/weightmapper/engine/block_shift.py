@@ -18,21 +18,24 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from itertools import repeat
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.collect import PairColumns
+from weightmapper.engine.names import distinct_codes
 from weightmapper.engine.path_fold import fold_paths
+from weightmapper.engine.side import Side
+from weightmapper.engine.state import MatchState
 
 NAMED_SIBLINGS = 3
 """Parts like ``encoder_layer_2`` count as numbered blocks when at least this many siblings
 share their stem (``ln_1`` and ``ln_2`` are two norms of one block, not blocks)."""
 _NUMBERED = re.compile(r"^(.*\D)?(\d+)$")
 _FIRST = itemgetter(0)
-_SOURCE, _TARGET = attrgetter("source"), attrgetter("target")
 
 
 def numbered_blocks(keys: list[str]) -> dict[str, tuple[str, int]]:
@@ -56,8 +59,58 @@ number, the block that bare number ends (``layers.3``) or None."""
 def key_blocks(keys: list[str]) -> list[Block | None]:
     """Tensor keys of one side → each key's numbered block and its number, or None
     (:func:`numbered_blocks`)."""
-    # A module's tensors share its block: each distinct module path, and each prefix of one,
-    # is read once, each from its parent's reading (a deep stack repeats a few parents).
+    # a key's module path: the part before its last dot (the root for a key without one)
+    modules = list(map(_FIRST, map(str.rpartition, keys, repeat("."))))
+    code, blocks = path_blocks(modules)
+    return [blocks[c] if c >= 0 else None for c in code.tolist()]
+
+
+def side_blocks(side: Side, rows: np.ndarray) -> tuple[np.ndarray, list[Block]]:
+    """Side + key numbers → (block number per key, -1 for none; the distinct blocks) of
+    :func:`key_blocks` for those keys, each of their groups read once (a key's module path
+    is its group's path, as :meth:`~weightmapper.inventory.Inventory.group_of` reads it)."""
+    groups = side.group[rows]
+    present = np.zeros(len(side.group_paths), bool)
+    present[groups] = True
+    read = np.flatnonzero(present)
+    code, blocks = path_blocks(list(map(side.group_paths.__getitem__, read.tolist())))
+    per_group = np.full(len(side.group_paths), -1, np.int64)
+    per_group[read] = code
+    return per_group[groups], blocks
+
+
+def path_blocks(paths: list[str]) -> tuple[np.ndarray, list[Block]]:
+    """Module paths of one side's keys → (block number per path, -1 for none; the distinct
+    blocks): each path's block as :func:`numbered_blocks` reads it.
+
+    Nothing below a path's first bare number changes its block (``layers.3.attn.q_proj``
+    and ``layers.3.mlp`` read as ``layers.3`` does), so the paths are cut there
+    (:func:`block_heads`) and only the distinct heads are read: a deep stack has thousands
+    of modules but one head per block."""
+    code, heads = distinct_codes(block_heads(paths))
+    ids: dict[Block, int] = {}
+    per_head = [-1 if b is None else ids.setdefault(b, len(ids)) for b in _path_blocks(heads)]
+    return np.array(per_head, np.int64)[code], list(ids)
+
+
+_HEAD = re.compile(r"^(?:[^.\n]*\.)*?\d+(?=\.|$)|^.*", re.MULTILINE)
+"""A line's path up to and including its first component that is a bare number, else the
+whole line: ``\\d`` as in :data:`_NUMBERED`, so a bare number here is one there."""
+
+
+def block_heads(paths: list[str]) -> list[str]:
+    """Module paths → each cut after its first bare-number component (``layers.3`` of
+    ``layers.3.attn.q_proj``), or whole when it has none; one regular-expression pass over
+    all of them."""
+    heads = _HEAD.findall("\n".join(paths)) if paths else []
+    # a path holding a line break reads as two lines: then every path is left uncut (the same
+    # blocks, read slower)
+    return heads if len(heads) == len(paths) else list(paths)
+
+
+def _path_blocks(paths: list[str]) -> list[Block | None]:
+    """Module paths → each one's numbered block, or None: each distinct path and each
+    prefix of one read once, from its parent's reading (:func:`fold_paths`)."""
     numbered: dict[str, tuple[str, str] | None] = {}
 
     def step(parent: _Parts, path: str, own: str) -> _Parts:
@@ -76,9 +129,7 @@ def key_blocks(keys: list[str]) -> list[Block | None]:
         above = path.rpartition(".")[0]
         return (*parent[0], (above, stem, number, block)), None
 
-    # a key's module path: the part before its last dot (the root for a key without one)
-    modules = list(map(_FIRST, map(str.rpartition, keys, repeat("."))))
-    parts = list(map(fold_paths(modules, step, ((), None)).__getitem__, modules))
+    parts = list(map(fold_paths(paths, step, ((), None)).__getitem__, paths))
     named = {p for p in parts if p[0]}
     if not named:
         return [p[1] for p in parts]
@@ -96,19 +147,31 @@ def key_blocks(keys: list[str]) -> list[Block | None]:
     return [chosen[p] if p[0] else p[1] for p in parts]
 
 
-def record_block_shifts(proposals: list[Proposal]) -> None:
-    """Proposals with margins recorded → each pair of a shifted block that has a same-shape
-    alternative (``runner_up`` above 0) gains ``block_shift`` 1.0 in its breakdown.
+def record_block_shifts(
+    proposals: list[Proposal],
+    st: MatchState | None = None,
+    columns: PairColumns | None = None,
+) -> None:
+    """Proposals with margins recorded (+ their MatchState and :class:`PairColumns`) → each
+    pair of a shifted block that has a same-shape alternative (``runner_up`` above 0) gains
+    ``block_shift`` 1.0 in its breakdown.
 
     A source block is shifted when its pairs land in two or more target blocks and a part of
     it moves by another block offset in some other block; a target block likewise when it
-    takes pairs of several source blocks. Buffers that follow a pair take its mark.
+    takes pairs of several source blocks. Buffers that follow a pair take its mark. With the
+    state and columns, the blocks are read per group of each side (:func:`side_blocks`);
+    without, from the proposals' keys (:func:`key_blocks`).
     """
-    lead = [p for p in proposals if p.follows is None]
-    src = key_blocks(list(map(_SOURCE, lead)))
-    tgt = key_blocks(list(map(_TARGET, lead)))
-    s_id, s_blocks = _numbers(src)
-    t_id, t_blocks = _numbers(tgt)
+    if st is None or columns is None:
+        lead = np.fromiter((p.follows is None for p in proposals), bool, len(proposals))
+        lead = np.flatnonzero(lead)
+        led = [proposals[n] for n in lead.tolist()]
+        s_id, s_blocks = path_blocks([p.source.rpartition(".")[0] for p in led])
+        t_id, t_blocks = path_blocks([p.target.rpartition(".")[0] for p in led])
+    else:
+        lead = np.flatnonzero(columns.lead)
+        s_id, s_blocks = side_blocks(st.s, columns.source[lead])
+        t_id, t_blocks = side_blocks(st.t, columns.target[lead])
     both = (s_id >= 0) & (t_id >= 0)
     if not both.any():
         return  # no pair joins two numbered blocks
@@ -120,19 +183,13 @@ def record_block_shifts(proposals: list[Proposal]) -> None:
         return  # no group of blocks crosses both ways: nothing shifted, nothing to mark
     across = {("s", b[0]) for b, c in zip(s_blocks, crossing[:n_s], strict=True) if c}
     across |= {("t", b[0]) for b, c in zip(t_blocks, crossing[n_s:], strict=True) if c}
-    pairs = [(p, s, t) for p, s, t in zip(lead, src, tgt, strict=True) if s and t]
+    pairs = [
+        (proposals[n], s_blocks[s], t_blocks[t])
+        for n, s, t in zip(
+            lead[both].tolist(), s_id[both].tolist(), t_id[both].tolist(), strict=True
+        )
+    ]
     _mark_shifted(proposals, pairs, across)
-
-
-def _numbers(blocks: list[Block | None]) -> tuple[np.ndarray, list[Block]]:
-    """Each key's block or None → (block number per key, -1 for none; the distinct blocks)."""
-    # The keys of one block share one Block object (:func:`key_blocks` makes each once), so
-    # the distinct objects are found by identity, in arrays, and only they are looked up.
-    held = np.fromiter(map(id, blocks), np.int64, len(blocks))
-    first, back = np.unique(held, return_index=True, return_inverse=True)[1:]
-    ids: dict[Block | None, int] = {None: -1}
-    code = np.array([ids.setdefault(blocks[k], len(ids) - 1) for k in first.tolist()], np.int64)
-    return code[back.reshape(-1)], [b for b in ids if b is not None]
 
 
 def _mark_shifted(

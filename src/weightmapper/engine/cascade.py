@@ -134,10 +134,10 @@ def score_inventories(
         # splits and merges are anchors too, and the keys they take are no open slots
         placed = record_context(st, proposals, multi)
         record_margins(st, proposals, columns, placed)
-        record_block_shifts(proposals)
+        record_block_shifts(proposals, st, columns)
     proposals = settle_square_layouts(proposals, source, target)
     proposals = settle_role_layouts(proposals, roles)
-    proposals = record_evidence(st, proposals)
+    proposals = record_evidence(st, proposals, columns)
     used = {("source", k) for m in multi for k in m.sources}
     used |= {("target", k) for m in multi for k in m.targets}
     # Notes are scored only for the keys no split or merge uses: a deep fused stack leaves

@@ -41,6 +41,7 @@ from operator import attrgetter
 import numpy as np
 
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.collect import PairColumns
 from weightmapper.engine.columns import distinct_pairs
 from weightmapper.engine.index_map import index_agreement
 from weightmapper.engine.path_fold import fold_paths, group_words
@@ -71,13 +72,16 @@ _CROSS_STACKS = frozenset({"encoder", "decoder"})
 """Stacks a tensor never moves between; a ViT's ``encoder`` is its ``vision`` stack."""
 
 
-def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]:
-    """Finished MatchState + its proposals → the proposals with ``roles`` and ``unique`` in
-    their breakdowns; cross-role pairs noted (and not ``high`` unless their names agree)."""
+def record_evidence(
+    st: MatchState, proposals: list[Proposal], columns: PairColumns
+) -> list[Proposal]:
+    """Finished MatchState + its proposals + their :class:`PairColumns` (the proposals keep
+    the order :func:`~.collect.collect_pairs` gave them: its key numbers are theirs) → the
+    proposals with ``roles`` and ``unique`` in their breakdowns; cross-role pairs noted (and
+    not ``high`` unless their names agree)."""
     n_src, n_tgt = st.bucket_counts
     order_known = float(not (name_sorted(st.s.inv) or name_sorted(st.t.inv)))
-    rows = key_numbers(st.s, map(_SOURCE, proposals), len(proposals))
-    cols = key_numbers(st.t, map(_TARGET, proposals), len(proposals))
+    rows, cols = columns.source, columns.target
     # one value per distinct pair of index keys, not one call per pair
     gs, gt = st.s.group[rows], st.t.group[cols]
     plain = st.s_index.similarity(st.t_index, gs, gt)
@@ -92,7 +96,7 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
     ]
     agree = np.array([v[0] for v in verdicts], np.float64)[back]
     # how many keys share each pair's shape, on either side
-    crowd = np.maximum(_crowd(n_src, st.s.bucket, rows), _crowd(n_tgt, st.t.bucket, cols))
+    crowd = np.maximum(_crowd(n_src, st.s, rows), _crowd(n_tgt, st.t, cols))
     unique = 1.0 / np.maximum(crowd, 1)
     for bd, r, u, i in zip(
         map(_BREAKDOWN, proposals), agree.tolist(), unique.tolist(), index, strict=True
@@ -113,17 +117,17 @@ def record_evidence(st: MatchState, proposals: list[Proposal]) -> list[Proposal]
     return out
 
 
-_SOURCE, _TARGET, _BREAKDOWN = (attrgetter(f) for f in ("source", "target", "breakdown"))
+_BREAKDOWN = attrgetter("breakdown")
 
 
-def _crowd(
-    counts: Counter[tuple[int, ...]], buckets: list[tuple[int, ...]], rows: np.ndarray
-) -> np.ndarray:
-    """Keys per shape bucket of one side + its keys' buckets + key numbers → how many keys
-    share each one's bucket."""
-    return np.fromiter(
-        map(counts.__getitem__, map(buckets.__getitem__, rows.tolist())), np.int64, len(rows)
-    )
+def _crowd(counts: Counter[tuple[int, ...]], side: Side, rows: np.ndarray) -> np.ndarray:
+    """Keys per shape bucket of one side + the side + key numbers → how many keys share each
+    one's bucket, looked up once per distinct shape (a key's bucket follows from its shape)."""
+    code = side.shape_code
+    some_key = np.zeros(int(code.max(initial=-1)) + 1, np.int64)
+    some_key[code] = np.arange(len(code))  # any key of a shape: they share its bucket
+    per_shape = [counts[side.bucket[k]] for k in some_key.tolist()]
+    return np.array(per_shape, np.int64)[code[rows]]
 
 
 def key_numbers(side: Side, keys: Iterable[str], n: int) -> np.ndarray:
