@@ -132,7 +132,7 @@ def score_inventories(
     multi, rivals = ambiguous_rivals(multi, leftovers)
     with paused_gc():
         # splits and merges are anchors too, and the keys they take are no open slots
-        placed = record_context(st, proposals, multi)
+        placed = record_context(st, proposals, columns, multi)
         record_margins(st, proposals, columns, placed)
         record_block_shifts(proposals, st, columns)
     proposals = settle_square_layouts(proposals, source, target)

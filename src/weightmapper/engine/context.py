@@ -44,15 +44,17 @@ tree.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import replace
-from operator import itemgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter, setitem
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from weightmapper.engine.candidates import Proposal
+from weightmapper.engine.collect import PairColumns
 from weightmapper.engine.evidence import EXACT_NAME
 from weightmapper.engine.groups import STRUCTURE_DP
 from weightmapper.engine.signals import score_matrix, signal_matrices
@@ -72,6 +74,7 @@ CONTEXT_STAGE = "context"
 Bucket = tuple[int, ...]
 _STAGE, _FOLLOWS = itemgetter(1), itemgetter(4)
 """A Record's stage name and the source key it follows (-1 for none)."""
+_BREAKDOWN = attrgetter("breakdown")
 
 
 def anchor_groups(st: MatchState, multi: Sequence[MultiPair] = ()) -> dict[int, int]:
@@ -357,38 +360,39 @@ def _restore(rec: tuple) -> tuple:  # type: ignore[type-arg]
 
 
 def record_context(
-    st: MatchState, proposals: list[Proposal], multi: Sequence[MultiPair] = ()
+    st: MatchState,
+    proposals: list[Proposal],
+    columns: PairColumns,
+    multi: Sequence[MultiPair] = (),
 ) -> dict[str, str]:
-    """Finished MatchState + its proposals + splits and merges → ``context`` in each breakdown (buffers take
-    their module pair's), ``siblings map into P`` noted where the context placed the pair,
-    is the only evidence beside its shape, or contradicts it (then never ``high``); returns
-    source key → the prefix its siblings went to, for the pairs that agree with it and are
-    no anchors (their same-shape rivals elsewhere are none, :mod:`.margins`)."""
-    anchors = anchor_groups(st, multi)
-    judged: list[int] = []  # proposals judged: names differ and anchors exist
-    followers: list[tuple[Proposal, str]] = []  # buffers and the source key they follow
-    for n, p in enumerate(proposals):
-        if p.follows is not None:
-            followers.append((p, p.follows))
-        elif not anchors or p.breakdown.get("name", 0.0) >= EXACT_NAME:
-            p.breakdown["context"] = UNKNOWN  # equal names need no context
-        else:
-            judged.append(n)
+    """Finished MatchState + its proposals + their :class:`PairColumns` + splits and merges →
+    ``context`` in each breakdown (buffers take their module pair's), ``siblings map into P``
+    noted where the context placed the pair, is the only evidence beside its shape, or
+    contradicts it (then never ``high``); returns source key → the prefix its siblings went
+    to, for the pairs that agree with it and are no anchors (their same-shape rivals
+    elsewhere are none, :mod:`.margins`)."""
+    # Every pair starts with no evidence; only lead pairs whose names differ are judged (equal
+    # names need no context), and only when anchors exist, so the anchors are found only then.
+    deque(map(setitem, map(_BREAKDOWN, proposals), repeat("context"), repeat(UNKNOWN)), 0)
+    open_ = np.flatnonzero(columns.lead & ~(columns.signals["name"] >= EXACT_NAME))
+    anchors = anchor_groups(st, multi) if len(open_) else {}
+    if not anchors:
+        return {}
+    judged = open_.tolist()
     lead: dict[str, float] = {}  # the judged pairs' verdicts; every other pair's is UNKNOWN
     placed: dict[str, str] = {}
-    if judged:
-        index = ContextIndex(st, anchors, [k for m in multi for k in m.targets])
-        pairs = [(st.s.index[proposals[n].source], st.t.index[proposals[n].target]) for n in judged]
-        for n, (i, _j), (verdict, prefix) in zip(
-            judged, pairs, verdicts(index, pairs), strict=True
-        ):
-            p = proposals[n]
-            p.breakdown["context"] = lead[p.source] = verdict
-            if verdict == AGREE and int(st.s.group[i]) not in anchors:
-                placed[p.source] = prefix
-            proposals[n] = _noted(p, verdict, prefix)
-    for p, follows in followers:
-        p.breakdown["context"] = lead.get(follows, UNKNOWN)
+    index = ContextIndex(st, anchors, [k for m in multi for k in m.targets])
+    rows = columns.source[open_].tolist()
+    pairs = list(zip(rows, columns.target[open_].tolist(), strict=True))
+    for n, i, (verdict, prefix) in zip(judged, rows, verdicts(index, pairs), strict=True):
+        p = proposals[n]
+        p.breakdown["context"] = lead[p.source] = verdict
+        if verdict == AGREE and int(st.s.group[i]) not in anchors:
+            placed[p.source] = prefix
+        proposals[n] = _noted(p, verdict, prefix)
+    for n in np.flatnonzero(~columns.lead).tolist():  # buffers take their module pair's
+        p = proposals[n]
+        p.breakdown["context"] = lead.get(p.follows, UNKNOWN)
     return placed
 
 
