@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from tiny_nets import timm_vit_stack, torchvision_vit_stack
-from weightmapper.engine.block_shift import numbered_blocks, record_block_shifts
+from weightmapper.engine.block_shift import (
+    _path_blocks,
+    bare_heads,
+    numbered_blocks,
+    path_blocks,
+    record_block_shifts,
+    side_blocks,
+)
 from weightmapper.engine.candidates import Proposal
 from weightmapper.engine.margins import is_ambiguous
+from weightmapper.engine.side import prepare_side
+from weightmapper.inventory import Inventory
 from weightmapper.mapper import WeightMapper
 from weightmapper.transforms import TransformSpec
 
@@ -101,3 +112,40 @@ def test_named_blocks_count_their_siblings_at_any_depth() -> None:
     assert blocks["layer_2.x.w"] == ("layer_2", 2)
     # two siblings are the parts of one block: the bare number below them is the block
     assert blocks["ln_1.0.w"] == ("ln_1.0", 0)
+
+
+_PARTS = [
+    *("0", "1", "2", "07", "12", "٣"),  # bare numbers (leading zero, a non-ASCII digit)
+    *("layer_1", "layer_2", "layer_3", "layer_10", "ln_1", "ln_2", "conv2", "stage2"),
+    *("attn", "mlp", "q_proj", "blk#", "a", "b", ""),  # words, a literal '#', an empty part
+]
+
+
+def _random_paths(rng: random.Random, n: int) -> list[str]:
+    return [".".join(rng.choice(_PARTS) for _ in range(rng.randint(0, 5))) for _ in range(n)]
+
+
+def test_blocks_read_per_head_are_those_read_per_path() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        paths = _random_paths(rng, rng.randint(1, 30))
+        code, blocks = path_blocks(paths)
+        got = [blocks[c] if c >= 0 else None for c in code.tolist()]
+        assert got == _path_blocks(paths), paths
+    # a path with a line break in it is read whole, with the same result
+    paths = ["layers.3.attn", "h.1\n.mlp", "h.2\n", "layer_1.x", "layer_2.x", "layer_3"]
+    assert bare_heads(paths) is None
+    code, blocks = path_blocks(paths)
+    assert [blocks[c] if c >= 0 else None for c in code.tolist()] == _path_blocks(paths)
+
+
+def test_blocks_read_per_group_are_those_of_the_keys() -> None:
+    rng = random.Random(1)
+    for _ in range(40):
+        paths = _random_paths(rng, rng.randint(1, 40))
+        keys = list(dict.fromkeys(f"{p}.weight" if p else "weight" for p in paths))
+        side = prepare_side(Inventory.from_state_dict({k: torch.zeros(1) for k in keys}))
+        rows = np.array(sorted(rng.sample(range(len(side)), rng.randint(0, len(side)))))
+        code, blocks = side_blocks(side, rows.astype(np.int64))
+        got = [blocks[c] if c >= 0 else None for c in code.tolist()]
+        assert got == _path_blocks([side.keys[i].rpartition(".")[0] for i in rows.tolist()]), keys

@@ -67,14 +67,38 @@ def key_blocks(keys: list[str]) -> list[Block | None]:
 
 def side_blocks(side: Side, rows: np.ndarray) -> tuple[np.ndarray, list[Block]]:
     """Side + key numbers → (block number per key, -1 for none; the distinct blocks) of
-    :func:`key_blocks` for those keys, each of their groups read once (a key's module path
-    is its group's path, as :meth:`~weightmapper.inventory.Inventory.group_of` reads it)."""
+    :func:`key_blocks` for those keys (a key's module path is its group's path, as
+    :meth:`~weightmapper.inventory.Inventory.group_of` reads it).
+
+    A module's block is its parent's head (:func:`bare_heads`) when the parent has a bare
+    number, else its own path's: so only the distinct parents of the keys' groups are cut
+    (``layers.3.attn`` holds ``q_proj``, ``k_proj``, … ; :attr:`Side.group_parent` codes
+    them), and only the groups whose parent has no bare number are read on their own."""
     groups = side.group[rows]
-    present = np.zeros(len(side.group_paths), bool)
-    present[groups] = True
-    read = np.flatnonzero(present)
-    code, blocks = path_blocks(list(map(side.group_paths.__getitem__, read.tolist())))
-    per_group = np.full(len(side.group_paths), -1, np.int64)
+    read = np.flatnonzero(np.bincount(groups, minlength=len(side.group_paths)))
+    paths = side.group_paths
+    # one group stands for each parent path (siblings share its code)
+    codes = side.group_parent[read]
+    stand = np.full(int(codes.max(initial=-1)) + 1, -1, np.int64)
+    stand[codes] = read
+    parents = np.flatnonzero(stand >= 0)
+    heads = bare_heads([paths[g].rpartition(".")[0] for g in stand[parents].tolist()])
+    if heads is None:  # a path holds a line break: every path read whole
+        code, blocks = path_blocks(list(map(paths.__getitem__, read.tolist())))
+    else:
+        cut = np.array(list(map(bool, heads)), bool)
+        slot = np.zeros(len(stand), np.int64)  # parent code → its number among the parents
+        slot[parents] = np.arange(len(parents))
+        under = cut[slot[codes]]  # the groups whose parent has a bare number
+        alone = read[~under]
+        # the heads read: each cut parent's, then each other group's own path
+        names = [h for h in heads if h] + list(map(paths.__getitem__, alone.tolist()))
+        head_code, blocks = _head_blocks(names)
+        entry = np.empty(len(read), np.int64)
+        entry[under] = (np.cumsum(cut) - 1)[slot[codes[under]]]
+        entry[~under] = int(cut.sum()) + np.arange(len(alone))
+        code = head_code[entry]
+    per_group = np.full(len(paths), -1, np.int64)
     per_group[read] = code
     return per_group[groups], blocks
 
@@ -85,27 +109,35 @@ def path_blocks(paths: list[str]) -> tuple[np.ndarray, list[Block]]:
 
     Nothing below a path's first bare number changes its block (``layers.3.attn.q_proj``
     and ``layers.3.mlp`` read as ``layers.3`` does), so the paths are cut there
-    (:func:`block_heads`) and only the distinct heads are read: a deep stack has thousands
+    (:func:`bare_heads`) and only the distinct heads are read: a deep stack has thousands
     of modules but one head per block."""
-    code, heads = distinct_codes(block_heads(paths))
-    ids: dict[Block, int] = {}
-    per_head = [-1 if b is None else ids.setdefault(b, len(ids)) for b in _path_blocks(heads)]
-    return np.array(per_head, np.int64)[code], list(ids)
+    heads = bare_heads(paths)
+    if heads is not None:
+        paths = [h or p for h, p in zip(heads, paths, strict=True)]
+    return _head_blocks(paths)
 
 
-_HEAD = re.compile(r"^(?:[^.\n]*\.)*?\d+(?=\.|$)|^.*", re.MULTILINE)
+_BARE_HEAD = re.compile(r"^(?:[^.\n]*\.)*?\d+(?=\.|$)|^", re.MULTILINE)
 """A line's path up to and including its first component that is a bare number, else the
-whole line: ``\\d`` as in :data:`_NUMBERED`, so a bare number here is one there."""
+empty string: ``\\d`` as in :data:`_NUMBERED`, so a bare number here is one there."""
 
 
-def block_heads(paths: list[str]) -> list[str]:
-    """Module paths → each cut after its first bare-number component (``layers.3`` of
-    ``layers.3.attn.q_proj``), or whole when it has none; one regular-expression pass over
-    all of them."""
-    heads = _HEAD.findall("\n".join(paths)) if paths else []
-    # a path holding a line break reads as two lines: then every path is left uncut (the same
-    # blocks, read slower)
-    return heads if len(heads) == len(paths) else list(paths)
+def bare_heads(paths: list[str]) -> list[str] | None:
+    """Module paths → each one's part up to and including its first component that is a bare
+    number (``layers.3`` of ``layers.3.attn.q_proj``), ``""`` when it has none; one
+    regular-expression pass over all of them. None when a path holds a line break (it would
+    read as two lines)."""
+    heads = _BARE_HEAD.findall("\n".join(paths)) if paths else []
+    return heads if len(heads) == len(paths) else None
+
+
+def _head_blocks(paths: list[str]) -> tuple[np.ndarray, list[Block]]:
+    """Module paths → (block number per path, -1 for none; the distinct blocks), each
+    distinct path read once (:func:`_path_blocks`)."""
+    code, distinct = distinct_codes(paths)
+    ids: dict[Block, int] = {}
+    per_path = [-1 if b is None else ids.setdefault(b, len(ids)) for b in _path_blocks(distinct)]
+    return np.array(per_path, np.int64)[code], list(ids)
 
 
 def _path_blocks(paths: list[str]) -> list[Block | None]:
