@@ -8,9 +8,11 @@ positions placed them. :func:`record_block_shifts` marks the pairs of such block
 ``block_shift`` 1.0 in their breakdown, so :func:`~weightmapper.engine.margins.is_ambiguous`
 labels them ``ambiguous``, never ``high``. A regrouping that moves a part by the same offset
 in every block (a downsampling layer at the end of stage N read as the start of stage N + 1)
-is a convention, not a shift, and stays as it is. Linear in the number of pairs: each
-distinct module path is read once, from its parent's reading, and the groups of linked
-blocks are the connected components of a sparse graph.
+is a convention, not a shift, and stays as it is. Linear in the number of pairs: nothing
+below a path's first bare number changes its block, so the paths are cut there by one
+regular expression over all of them (:func:`bare_heads`) and each distinct head is read
+once, from its parent's reading; the groups of linked blocks are the connected components
+of a sparse graph.
 """
 
 from __future__ import annotations
@@ -71,9 +73,10 @@ def side_blocks(side: Side, rows: np.ndarray) -> tuple[np.ndarray, list[Block]]:
     :meth:`~weightmapper.inventory.Inventory.group_of` reads it).
 
     A module's block is its parent's head (:func:`bare_heads`) when the parent has a bare
-    number, else its own path's: so only the distinct parents of the keys' groups are cut
-    (``layers.3.attn`` holds ``q_proj``, ``k_proj``, … ; :attr:`Side.group_parent` codes
-    them), and only the groups whose parent has no bare number are read on their own."""
+    number, else its own path's: so only the distinct parents of the keys' groups are cut,
+    one group standing for each (``layers.3.attn`` holds ``q_proj``, ``k_proj``, … ;
+    :attr:`Side.group_parent` codes them), and only the groups whose parent has no bare
+    number are read on their own."""
     groups = side.group[rows]
     read = np.flatnonzero(np.bincount(groups, minlength=len(side.group_paths)))
     paths = side.group_paths
@@ -82,7 +85,7 @@ def side_blocks(side: Side, rows: np.ndarray) -> tuple[np.ndarray, list[Block]]:
     stand = np.full(int(codes.max(initial=-1)) + 1, -1, np.int64)
     stand[codes] = read
     parents = np.flatnonzero(stand >= 0)
-    heads = bare_heads([paths[g].rpartition(".")[0] for g in stand[parents].tolist()])
+    heads = bare_heads(list(map(paths.__getitem__, stand[parents].tolist())), of_parent=True)
     if heads is None:  # a path holds a line break: every path read whole
         code, blocks = path_blocks(list(map(paths.__getitem__, read.tolist())))
     else:
@@ -120,14 +123,18 @@ def path_blocks(paths: list[str]) -> tuple[np.ndarray, list[Block]]:
 _BARE_HEAD = re.compile(r"^(?:[^.\n]*\.)*?\d+(?=\.|$)|^", re.MULTILINE)
 """A line's path up to and including its first component that is a bare number, else the
 empty string: ``\\d`` as in :data:`_NUMBERED`, so a bare number here is one there."""
+_PARENT_BARE_HEAD = re.compile(r"^(?:[^.\n]*\.)*?\d+(?=\.)|^", re.MULTILINE)
+""":data:`_BARE_HEAD` of a line's parent path: the bare number is not the last component."""
 
 
-def bare_heads(paths: list[str]) -> list[str] | None:
+def bare_heads(paths: list[str], *, of_parent: bool = False) -> list[str] | None:
     """Module paths → each one's part up to and including its first component that is a bare
-    number (``layers.3`` of ``layers.3.attn.q_proj``), ``""`` when it has none; one
-    regular-expression pass over all of them. None when a path holds a line break (it would
+    number (``layers.3`` of ``layers.3.attn.q_proj``), ``""`` when it has none; with
+    ``of_parent``, that of each one's parent path (its last component left out). One
+    regular-expression pass over all of them; None when a path holds a line break (it would
     read as two lines)."""
-    heads = _BARE_HEAD.findall("\n".join(paths)) if paths else []
+    pattern = _PARENT_BARE_HEAD if of_parent else _BARE_HEAD
+    heads = pattern.findall("\n".join(paths)) if paths else []
     return heads if len(heads) == len(paths) else None
 
 
