@@ -89,14 +89,15 @@ def side_blocks(side: Side, rows: np.ndarray) -> tuple[np.ndarray, list[Block]]:
     if heads is None:  # a path holds a line break: every path read whole
         code, blocks = path_blocks(list(map(paths.__getitem__, read.tolist())))
     else:
-        cut = np.array(list(map(bool, heads)), bool)
+        cut = np.fromiter(map(bool, heads), bool, len(heads))
         slot = np.zeros(len(stand), np.int64)  # parent code → its number among the parents
         slot[parents] = np.arange(len(parents))
         under = cut[slot[codes]]  # the groups whose parent has a bare number
         alone = read[~under]
         # the heads read: each cut parent's, then each other group's own path
-        names = [h for h in heads if h] + list(map(paths.__getitem__, alone.tolist()))
-        head_code, blocks = _head_blocks(names)
+        head_code, blocks = _head_blocks(
+            [h for h in heads if h], list(map(paths.__getitem__, alone.tolist()))
+        )
         entry = np.empty(len(read), np.int64)
         entry[under] = (np.cumsum(cut) - 1)[slot[codes[under]]]
         entry[~under] = int(cut.sum()) + np.arange(len(alone))
@@ -115,9 +116,16 @@ def path_blocks(paths: list[str]) -> tuple[np.ndarray, list[Block]]:
     (:func:`bare_heads`) and only the distinct heads are read: a deep stack has thousands
     of modules but one head per block."""
     heads = bare_heads(paths)
-    if heads is not None:
-        paths = [h or p for h, p in zip(heads, paths, strict=True)]
-    return _head_blocks(paths)
+    if heads is None:  # a path holds a line break: every path read whole
+        return _head_blocks([], paths)
+    cut = np.fromiter(map(bool, heads), bool, len(heads))
+    code, blocks = _head_blocks(
+        [h for h in heads if h], [p for h, p in zip(heads, paths, strict=True) if not h]
+    )
+    order = np.empty(len(paths), np.int64)  # each path's place among the cut, then the whole
+    order[cut] = np.arange(int(cut.sum()))
+    order[~cut] = int(cut.sum()) + np.arange(len(paths) - int(cut.sum()))
+    return code[order], blocks
 
 
 _BARE_HEAD = re.compile(r"^(?:[^.\n]*\.)*?\d+(?=\.|$)|^", re.MULTILINE)
@@ -138,18 +146,41 @@ def bare_heads(paths: list[str], *, of_parent: bool = False) -> list[str] | None
     return heads if len(heads) == len(paths) else None
 
 
-def _head_blocks(paths: list[str]) -> tuple[np.ndarray, list[Block]]:
-    """Module paths → (block number per path, -1 for none; the distinct blocks), each
-    distinct path read once (:func:`_path_blocks`)."""
-    code, distinct = distinct_codes(paths)
+def _head_blocks(cut: list[str], whole: list[str]) -> tuple[np.ndarray, list[Block]]:
+    """Paths cut after their first bare number (:func:`bare_heads`) + paths read whole →
+    (block number of each, the cut ones first, -1 for none; the distinct blocks), each
+    distinct path read once."""
+    cut_code, cut_heads = distinct_codes(cut)
+    whole_code, whole_paths = distinct_codes(whole)
+    parts = _cut_parts(cut_heads) + _path_parts(whole_paths)
     ids: dict[Block, int] = {}
-    per_path = [-1 if b is None else ids.setdefault(b, len(ids)) for b in _path_blocks(distinct)]
-    return np.array(per_path, np.int64)[code], list(ids)
+    per_path = [-1 if b is None else ids.setdefault(b, len(ids)) for b in _chosen(parts)]
+    per = np.array(per_path, np.int64)
+    return np.concatenate([per[cut_code], per[len(cut_heads) + whole_code]]), list(ids)
 
 
 def _path_blocks(paths: list[str]) -> list[Block | None]:
-    """Module paths → each one's numbered block, or None: each distinct path and each
-    prefix of one read once, from its parent's reading (:func:`fold_paths`)."""
+    """Module paths → each one's numbered block, or None, read path by path (the rule the
+    readings per head follow)."""
+    return _chosen(_path_parts(paths))
+
+
+def _cut_parts(heads: list[str]) -> list[_Parts]:
+    """Distinct paths that end in their first bare number → what :func:`_path_parts` reads
+    of each: the named parts of the path above that number (read once per distinct path
+    above: ``layers`` for every ``layers.N``) and the block that number ends."""
+    split = list(map(str.rpartition, heads, repeat(".")))
+    code, aboves = distinct_codes(list(map(_FIRST, split)))
+    hits = [p[0] for p in _path_parts(aboves)]
+    return [
+        (hits[c], (head, int(number)))
+        for c, head, (_a, _dot, number) in zip(code.tolist(), heads, split, strict=True)
+    ]
+
+
+def _path_parts(paths: list[str]) -> list[_Parts]:
+    """Module paths → what each says of its block (:data:`_Parts`): each distinct path and
+    each prefix of one read once, from its parent's reading (:func:`fold_paths`)."""
     numbered: dict[str, tuple[str, str] | None] = {}
 
     def step(parent: _Parts, path: str, own: str) -> _Parts:
@@ -168,13 +199,17 @@ def _path_blocks(paths: list[str]) -> list[Block | None]:
         above = path.rpartition(".")[0]
         return (*parent[0], (above, stem, number, block)), None
 
-    parts = list(map(fold_paths(paths, step, ((), None)).__getitem__, paths))
+    return list(map(fold_paths(paths, step, ((), None)).__getitem__, paths))
+
+
+def _chosen(parts: list[_Parts]) -> list[Block | None]:
+    """What paths say of their blocks (:data:`_Parts`) → each one's block, or None: a named
+    part counts as a block among enough numbered siblings of its stem."""
     named = {p for p in parts if p[0]}
     if not named:
         return [p[1] for p in parts]
-    # A named part counts as a block among enough numbered siblings of its stem. A named part
-    # below a bare number never decides (the bare number above it does), so only the named
-    # parts above the first bare number are counted.
+    # A named part below a bare number never decides (the bare number above it does), so
+    # only the named parts above the first bare number are counted.
     stems: dict[tuple[str, str], set[str]] = defaultdict(set)
     for hits, _bare in named:
         for above, stem, number, _block in hits:
