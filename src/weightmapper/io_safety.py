@@ -6,12 +6,16 @@ writes anything. A checkpoint argument is resolved the way the readers resolve i
 folder to the checkpoint it holds (and every file directly in it), a shard index to itself
 and its shards, symlinks to their targets. Files are compared by identity
 (``st_dev``, ``st_ino``), so a hard link or a symlink of an input is that input too, and by
-resolved path, so a file not yet written is compared by where it would land.
+resolved path, so a file not yet written is compared by where it would land. A module spec
+is an input too (:func:`spec_files`): the Python file it names or imports, its config, the
+model folder it reads. Outputs of one command are distinct files (:func:`ensure_outputs_distinct`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +26,8 @@ PathArg = str | os.PathLike[str]
 
 _MAX_FOLDER_FILES = 10_000  # a folder with more entries is not a checkpoint folder
 _MAX_INDEX_BYTES = 64 << 20
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_MODULE_SPEC = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):{_IDENT}(?:\.{_IDENT})*$")
 
 
 def input_files(path: PathArg) -> frozenset[Path]:
@@ -49,6 +55,67 @@ def input_files(path: PathArg) -> frozenset[Path]:
         if f.name.endswith(".json"):
             found |= _shards_of(f)
     return frozenset(found)
+
+
+def spec_files(spec: str | None, config: PathArg | None = None) -> frozenset[Path]:
+    """Module spec (+ its config) → the real files it reads, without importing anything.
+
+    ``path/to/file.py:callable`` gives the file; ``pkg.module:callable`` the module's source
+    file where the importer would find it (the current folder, then ``sys.path``); a model
+    folder or checkpoint path its files as :func:`input_files` lists them; a config its file
+    (or its folder's files). Library specs (``transformers:X``, ``timm:X``) read nothing of
+    the user's. Never raises: what cannot be found is not listed.
+    """
+    found: set[Path] = set()
+    if config is not None and str(config):
+        found |= input_files(config)
+    if not spec:
+        return frozenset(found)
+    head, sep, _ = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        _add_file(Path(head), found)
+        return frozenset(found)
+    match = _MODULE_SPEC.match(spec)
+    if match is not None and not Path(spec).exists():
+        module_file = _module_file(match.group(1))
+        if module_file is not None:
+            found.add(module_file)
+        return frozenset(found)
+    return frozenset(found | input_files(spec))
+
+
+def ensure_outputs_distinct(outputs: Mapping[str, PathArg | None]) -> None:
+    """``{label: path}`` of one command's outputs (None skipped) → None, or OutputError.
+
+    Two outputs that land on one file (the same path, a symlink or hard link of the other)
+    would leave only the last one written while both were reported: refused before writing.
+    An empty path is refused too: it would silently name the current folder.
+    """
+    seen: dict[object, str] = {}
+    for label, raw in outputs.items():
+        if raw is None:
+            continue
+        if not str(raw).strip():
+            raise OutputError(
+                f"{label} is an empty path; expected a file name. Give the output a name "
+                "(an unset shell variable?)."
+            )
+        out = Path(raw)
+        keys: list[object] = [_resolved(out)]
+        try:
+            st = out.stat()
+            keys.append((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        for key in keys:
+            if key in seen:
+                raise OutputError(
+                    f"{label} {out} is the same file as {seen[key]}; both cannot be written "
+                    "there (the second would replace the first). Expected a distinct path for "
+                    "each output: choose another name for one of them."
+                )
+        for key in keys:
+            seen[key] = f"{label} {out}"
 
 
 def ensure_outputs_safe(
@@ -85,6 +152,30 @@ def ensure_outputs_safe(
                 "Expected an output path that is none of the input files (nor a link to one, "
                 "nor a folder holding one): choose another output path."
             )
+
+
+def _resolved(out: Path) -> Path:
+    try:
+        return out.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare the path as written
+        return out.absolute()
+
+
+def _module_file(name: str) -> Path | None:
+    """Dotted module name → its source file on the current folder or ``sys.path``; None."""
+    parts = name.split(".")
+    for base in [os.getcwd(), *sys.path]:
+        folder = Path(base or os.getcwd())
+        for candidate in (
+            folder.joinpath(*parts).with_suffix(".py"),
+            folder.joinpath(*parts, "__init__.py"),
+        ):
+            try:
+                if candidate.is_file():
+                    return candidate.resolve()
+            except OSError:
+                continue
+    return None
 
 
 def _add_file(p: Path, found: set[Path]) -> None:
@@ -136,10 +227,7 @@ def _collision(
     replace_folders: bool,
 ) -> tuple[Path | None, str]:
     """Output path → (the input it would destroy, how) or (None, "")."""
-    try:
-        resolved = out.resolve()
-    except (OSError, RuntimeError):  # a symlink loop: compare the path as written
-        resolved = out.absolute()
+    resolved = _resolved(out)
     if resolved in by_path:
         return by_path[resolved], "is a symlink to" if out.is_symlink() else "is"
     try:

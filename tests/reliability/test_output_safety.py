@@ -20,7 +20,7 @@ from weightmapper.cli.main import main
 from weightmapper.convert import convert_checkpoint
 from weightmapper.errors import OutputError
 from weightmapper.examples.cnn import OldCNN
-from weightmapper.io_safety import ensure_outputs_safe, input_files
+from weightmapper.io_safety import ensure_outputs_safe, input_files, spec_files
 from weightmapper.renamer import WeightRenamer
 
 pytestmark = pytest.mark.reliability
@@ -51,6 +51,13 @@ def _sharded(folder: Path) -> tuple[Path, list[Path]]:
     index = folder / "model.safetensors.index.json"
     index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return index, shards
+
+
+def _fill(arg: str, **values: Path) -> str:
+    """``{name}`` placeholders in an argument → the given paths (JSON braces left alone)."""
+    for name, value in values.items():
+        arg = arg.replace(f"{{{name}}}", str(value))
+    return arg
 
 
 def _digest(paths: list[Path]) -> list[str]:
@@ -184,3 +191,101 @@ def test_ensure_outputs_safe_allows_new_files_and_refuses_folders_replaced_whole
     ensure_outputs_safe([index.parent], inputs)  # files written into it are checked one by one
     with pytest.raises(OutputError, match="folder holding"):
         ensure_outputs_safe([index.parent], inputs, replace_folders=True)
+
+
+def test_map_never_overwrites_the_spec_file_or_config_it_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tally
+) -> None:
+    """A model's .py file (by path or as a module beside the user) and a config are inputs."""
+    src = tmp_path / "old.safetensors"
+    save_file(_state(), str(src))
+    nets = tmp_path / "mynets.py"
+    nets.write_text("from weightmapper.examples.cnn import RefactoredCNN as Net\n")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "bert"}))
+    before = _digest([nets, config])
+    monkeypatch.chdir(tmp_path)
+    for argv in (
+        ["--target", f"{nets}:Net", "--target-kwargs", KWARGS, "--out", str(nets)],
+        ["--target", "mynets:Net", "--target-kwargs", KWARGS, "--html", "mynets.py"],
+        ["--target", "transformers:BertModel", "--target-config", str(config), "--out",
+         str(config)],
+    ):  # fmt: skip
+        with tally.attack(KIND):
+            assert main(["map", str(src), "--quiet", *argv]) == 2
+            err = capsys.readouterr().err
+            assert "input file" in err and "Traceback" not in err
+            assert _digest([nets, config]) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "second"),
+    [
+        (["map", "{src}", "--target", TARGET, "--target-kwargs", KWARGS, "--quiet",
+          "--out", "{d}/x.json", "--html", "{d}/./x.json"], "--html"),
+        (["map", "{src}", "--target", TARGET, "--target-kwargs", KWARGS, "--quiet",
+          "--report", "{d}/x.json", "--markdown", "{d}/link.md"], "--markdown"),
+        (["report", "{report}", "--html", "{d}/page", "--markdown", "{d}/page"], "--markdown"),
+    ],
+)  # fmt: skip
+def test_two_outputs_of_one_command_on_one_file_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tally, argv: list[str], second: str
+) -> None:
+    """Else the second output silently replaces the first while both are reported written."""
+    with tally.attack("two outputs on one file"):
+        src = tmp_path / "old.safetensors"
+        save_file(_state(), str(src))
+        report = tmp_path / "in-report.json"
+        assert main(["map", str(src), "--target", TARGET, "--target-kwargs", KWARGS, "--quiet",
+                     "--report", str(report)]) == 0  # fmt: skip
+        (tmp_path / "link.md").symlink_to(tmp_path / "x.json")
+        filled = [_fill(a, src=src, d=tmp_path, report=report) for a in argv]
+        assert main(filled) == 2
+        err = capsys.readouterr().err
+        assert f"{second} " in err and "is the same file as" in err and "Traceback" not in err
+        assert not (tmp_path / "x.json").exists() and not (tmp_path / "page").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["map", "{src}", "--target", TARGET, "--target-kwargs", KWARGS, "--out", ""],
+        ["apply", "{src}", "{src}", "--out", ""],
+        ["report", "{src}", "--html", " "],
+        ["rules", "{src}", "--out", ""],
+    ],
+)
+def test_an_empty_output_path_is_refused_not_taken_as_the_current_folder(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tally,
+    argv: list[str],
+) -> None:
+    with tally.attack("empty output path"):
+        src = tmp_path / "old.safetensors"
+        save_file(_state(), str(src))
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as exc:
+            main([_fill(a, src=src) for a in argv])
+        assert exc.value.code == 2
+        assert "empty path" in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["old.safetensors"]
+
+
+def test_spec_files_lists_what_a_spec_reads_without_importing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise SystemExit('imported')\n")
+    (pkg / "nets.py").write_text("")
+    (tmp_path / "solo.py").write_text("")
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert spec_files("pkg.nets:Net") == {(pkg / "nets.py").resolve()}
+    assert spec_files("solo:Net", config) == {(tmp_path / "solo.py").resolve(), config.resolve()}
+    assert spec_files(f"{tmp_path / 'solo.py'}:Net") == {(tmp_path / "solo.py").resolve()}
+    assert spec_files("nowhere.to.be:Found") == frozenset()
+    assert spec_files(str(pkg)) == input_files(pkg)

@@ -196,3 +196,24 @@ def test_map_verify_records_the_functional_check(tmp_path: Path, capsys) -> None
     check = load_report(out)["functional_check"]
     assert check is not None and set(check) >= {"equal", "max_abs_diff", "first_diverging"}
     assert code == (0 if check["equal"] else 1)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "{report}", "--max-rows", "-5"],
+        ["report", "{report}", "--view", "hierarchy", "--max-depth", "-1"],
+        ["validate", "{ckpt}", "--target", "{ckpt}", "--max-items", "-1"],
+    ],
+)
+def test_negative_row_and_depth_limits_are_refused(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A negative limit sliced the table from the end and printed a wrong "N more rows"."""
+    report = tmp_path / "report.json"
+    assert _map(ckpt, report, "--report", str(report), "--quiet") == 0
+    filled = [a.replace("{report}", str(report)).replace("{ckpt}", str(ckpt)) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(filled)
+    assert exc.value.code == 2
+    assert "expected a whole number ≥ 0" in capsys.readouterr().err

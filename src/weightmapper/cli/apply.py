@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from weightmapper.cli import _proof
 from weightmapper.cli._console import print_json, stdout_console
-from weightmapper.cli._options import add_trust_pickle
+from weightmapper.cli._options import add_trust_pickle, output_path
 from weightmapper.errors import MappingError, WeightMapperError
 
 if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
@@ -60,7 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="checkpoint file, shard index JSON, or directory")
     parser.add_argument("mapping", help="mapping or report JSON written by `weightmapper map`")
     parser.add_argument(
-        "--out", required=True, help="output directory, or a .safetensors / .pt / .bin file"
+        "--out",
+        required=True,
+        type=output_path,
+        help="output directory, or a .safetensors / .pt / .bin file",
     )
     parser.add_argument(
         "--target-config",

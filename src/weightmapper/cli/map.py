@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weightmapper.cli import _proof
-from weightmapper.cli._options import add_trust_pickle
+from weightmapper.cli._options import add_trust_pickle, count, output_path
 from weightmapper.errors import ConfigError
 from weightmapper.hf import is_hf_folder
 from weightmapper.progress import stage
@@ -110,10 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shape-tolerance", type=float, default=0.0, help="relative shape difference allowed"
     )
-    parser.add_argument("--out", type=Path, help="write the mapping file here (JSON)")
-    parser.add_argument("--report", type=Path, help="write the JSON report here")
-    parser.add_argument("--html", type=Path, help="write the HTML report here")
-    parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
+    parser.add_argument("--out", type=output_path, help="write the mapping file here (JSON)")
+    parser.add_argument("--report", type=output_path, help="write the JSON report here")
+    parser.add_argument("--html", type=output_path, help="write the HTML report here")
+    parser.add_argument("--markdown", type=output_path, help="write the Markdown report here")
     parser.add_argument(
         "--min-coverage",
         type=fraction,
@@ -123,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_MIN_COVERAGE}: less means the models are unrelated; 1.0 demands everything)",
     )
     parser.add_argument(
-        "--max-rows", type=int, default=30, help="pairs shown in the table (default 30)"
+        "--max-rows", type=count, default=30, help="pairs shown in the table (default 30)"
     )
     parser.add_argument(
         "--sort",
@@ -234,13 +234,18 @@ def _side(args: argparse.Namespace, which: str, meta: bool) -> Any:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    from weightmapper.io_safety import ensure_outputs_safe, input_files
+    from weightmapper.io_safety import ensure_outputs_distinct, ensure_outputs_safe, spec_files
 
-    inputs: frozenset[Path] = frozenset()
-    for p in (args.source, args.target):
-        # Every existing path is read (a Hugging Face folder target for its config too).
-        inputs |= input_files(p)
-    ensure_outputs_safe({f"--{f}": getattr(args, f) for f in _OUTPUTS}, inputs)
+    outputs = {f"--{f}": getattr(args, f) for f in _OUTPUTS}
+    ensure_outputs_distinct(outputs)
+    # Every existing path is read (a Hugging Face folder target for its config too), and so
+    # is every file a spec names: the model's .py file and its config are inputs as well.
+    inputs = (
+        spec_files(args.source, args.source_config)
+        | spec_files(args.target, args.target_config)
+        | spec_files(getattr(args, "source_module", None))
+    )
+    ensure_outputs_safe(outputs, inputs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from weightmapper.cli._options import count, output_path
+
 HELP = "re-render a saved mapping report (terminal views, HTML, Markdown)"
 DESCRIPTION = """\
 Read a JSON report written by `weightmapper map --report` (or a mapping file from --out),
@@ -28,8 +30,8 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Parser → parser with report's arguments added."""
     parser.add_argument("report", type=Path, help="JSON report (or mapping file)")
-    parser.add_argument("--html", type=Path, help="write a self-contained HTML page here")
-    parser.add_argument("--markdown", type=Path, help="write Markdown here")
+    parser.add_argument("--html", type=output_path, help="write a self-contained HTML page here")
+    parser.add_argument("--markdown", type=output_path, help="write Markdown here")
     parser.add_argument(
         "--view",
         choices=("mapping", "hierarchy", "all"),
@@ -38,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--breakdown", metavar="KEY", help="show one pair's score breakdown")
     parser.add_argument(
-        "--max-rows", type=int, default=30, help="pairs shown in the table (default 30)"
+        "--max-rows", type=count, default=30, help="pairs shown in the table (default 30)"
     )
     parser.add_argument(
-        "--max-depth", type=int, default=5, help="module tree depth shown (default 5)"
+        "--max-depth", type=count, default=5, help="module tree depth shown (default 5)"
     )
     parser.add_argument("--json", action="store_true", help="print the validated report as JSON")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     """Parsed arguments → exit code (0 once every requested rendering is written)."""
     # Imported here, not at the top: --help must not wait for torch and rich.
     from weightmapper.html_report import write_html
-    from weightmapper.io_safety import ensure_outputs_safe, input_files
+    from weightmapper.io_safety import ensure_outputs_distinct, ensure_outputs_safe, input_files
     from weightmapper.report import dumps_report, load_report, write_markdown
     from weightmapper.visualize import (
         default_console,
@@ -60,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
         visualize_score_breakdown,
     )
 
-    ensure_outputs_safe(
-        {"--html": args.html, "--markdown": args.markdown}, input_files(args.report)
-    )
+    outputs = {"--html": args.html, "--markdown": args.markdown}
+    ensure_outputs_distinct(outputs)
+    ensure_outputs_safe(outputs, input_files(args.report))
     report = load_report(args.report)
     if args.html:
         write_html(report, args.html)

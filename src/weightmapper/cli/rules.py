@@ -8,6 +8,7 @@ from pathlib import Path
 
 from weightmapper.atomic import atomic_write_text
 from weightmapper.cli._console import print_json
+from weightmapper.cli._options import output_path
 from weightmapper.rules import FORMATS, compress_mapping, format_rules
 
 HELP = "export a mapping as a short list of regex rename rules (python, regex, HF, mmengine)"
@@ -38,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=FORMATS, default="python", help="output format (default: python)"
     )
-    parser.add_argument("--out", type=Path, help="write the rules to this file (else stdout)")
+    parser.add_argument(
+        "--out", type=output_path, help="write the rules to this file (else stdout)"
+    )
     parser.add_argument(
         "--mix-transforms",
         action="store_true",

@@ -7,7 +7,7 @@ from typing import Any
 
 from weightmapper.cli import _proof
 from weightmapper.cli._console import print_json, stdout_console
-from weightmapper.cli._options import add_trust_pickle
+from weightmapper.cli._options import add_trust_pickle, count
 from weightmapper.errors import ConfigError
 
 HELP = "check that a checkpoint loads into a target with strict=True semantics"
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
-        "--max-items", type=int, default=10, help="longest list printed per category (default 10)"
+        "--max-items", type=count, default=10, help="longest list printed per category (default 10)"
     )
     add_trust_pickle(parser)
 
