@@ -199,6 +199,43 @@ def test_an_output_that_is_a_link_to_a_source_is_refused(tmp_path: Path) -> None
         run_batch(job)
 
 
+def test_an_output_over_a_file_a_module_spec_reads_is_refused(tmp_path: Path) -> None:
+    """The weights of a model folder named as the target (only its config is read) and the
+    file of a ``file.py:callable`` spec are the user's: never replaced by an output."""
+    src = tmp_path / "ckpts" / "a.safetensors"
+    src.parent.mkdir(parents=True)
+    save_file(OldCNN(**CNN).state_dict(), str(src))
+    folder = tmp_path / "target_hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    weights = folder / "a.safetensors"
+    weights.write_bytes(b"the user's weights")
+    job = cnn_job(
+        tmp_path,
+        examples=None,
+        sources=["ckpts/a.safetensors"],
+        target={"module": "./target_hf"},
+        output={"dir": "target_hf", "naming": "{stem}.safetensors"},
+    )
+    with pytest.raises(OutputError, match="would destroy an input"):
+        run_batch(job)
+    assert weights.read_bytes() == b"the user's weights"
+    nets = tmp_path / "nets" / "a.report.json"  # a report lands beside its output
+    nets.parent.mkdir()
+    nets.write_text("{}")
+    job = cnn_job(
+        tmp_path,
+        examples=None,
+        sources=["ckpts/a.safetensors"],
+        source_module={"spec": "weightmapper.examples.cnn:OldCNN", "config": "nets/a.report.json"},
+        output={"dir": "nets", "naming": "{stem}.safetensors"},
+    )
+    with pytest.raises(OutputError, match="would destroy an input"):
+        run_batch(job)
+    assert nets.read_text() == "{}"
+    assert not (tmp_path / "store" / "artifacts").exists()  # nothing ran
+
+
 # --- job loading ----------------------------------------------------------------------------
 
 

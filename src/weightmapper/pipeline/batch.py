@@ -78,7 +78,7 @@ def plan_items(job: JobConfig) -> list[WorkItem]:
 
 def ensure_outputs_spare_inputs(job: JobConfig, items: list[WorkItem]) -> None:
     """Job + its planned items → None, or OutputError naming an output that is an input."""
-    from weightmapper.io_safety import ensure_outputs_safe, input_files
+    from weightmapper.io_safety import ensure_outputs_safe, input_files, spec_files
 
     inputs: set[Path] = set()
     for item in items:
@@ -87,6 +87,11 @@ def ensure_outputs_spare_inputs(job: JobConfig, items: list[WorkItem]) -> None:
     for m in job.migrations:
         if m.target.checkpoint is not None:
             inputs |= input_files(m.target.checkpoint)
+        # A module spec reads files too: its .py file, its config, a model folder (whose
+        # weights are the user's even when only its config.json is used).
+        for spec in (m.target.module, m.source_module):
+            if spec is not None:
+                inputs |= spec_files(spec.spec, spec.config)
     outputs: dict[str, Path] = {}
     for item in items:
         if item.problem is None:
