@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import torch
 
@@ -384,7 +385,7 @@ def _convert_to_torch_file(
     with AtomicFiles(durable=durable) as files:
         with files.path(out).open("wb") as f:
             # A file object, not a path: torch.save would name the archive after the temp name.
-            torch.save(state, f)
+            _save_reporting_os_errors(state, f)
         files.commit()
     return ConvertReport(
         files=(str(out),),
@@ -396,6 +397,38 @@ def _convert_to_torch_file(
         dropped_source_keys=_dropped(table, jobs),
         aliases=aliases,
     )
+
+
+class _WriteErrors(io.RawIOBase):
+    """A writable file that remembers the first OSError of its writes (torch.save turns it
+    into an uninformative RuntimeError about the archive's position)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__()
+        self._f = f
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+
+def _save_reporting_os_errors(state: dict[str, torch.Tensor], f: BinaryIO) -> None:
+    """State dict + open file → torch.save into it; a failed write (a full disk) is raised
+    as its OSError, which the atomic writer reports as our error, not torch's RuntimeError."""
+    sink = _WriteErrors(f)
+    try:
+        torch.save(state, sink)
+    except RuntimeError as e:
+        if sink.error is not None:
+            raise sink.error from e
+        raise
 
 
 # --- planning ----------------------------------------------------------------------------

@@ -26,9 +26,11 @@ pytestmark = pytest.mark.reliability
 CASES = [
     *[("model.safetensors", limit) for limit in (0, 4096, 1_000_000, 3_000_000, 6_000_000)],
     *[("sharded", limit) for limit in (0, 4096, 300_000, 700_000)],
+    *[("model.pt", limit) for limit in (0, 4096, 3_000_000)],
 ]
 """(output, file-size cap): nothing at all, mid-header, mid-data, the last bytes of a ~6.3 MB
-single file; for ~1 MB shards, caps that break the first shard and every later one."""
+single file; for ~1 MB shards, caps that break the first shard and every later one; a
+``torch.save`` file (whose writer hides the OSError behind a RuntimeError of its own)."""
 
 
 @pytest.fixture(scope="module")
