@@ -36,6 +36,10 @@ MIN_PROPOSAL = 0.3
 """Default of :attr:`ScoreSettings.min_proposal`."""
 PROOF_BUDGET = 256
 """Target forward passes a proof search may spend by default (the source runs once)."""
+MAX_DUMMY_ELEMENTS = 1 << 26
+"""Largest dummy input accepted (64 Mi elements, in at most 8 dimensions): a trace and a
+proof need one small batch; more only fails later, in the allocator."""
+MAX_DUMMY_DIMS = 8
 
 _BUFFER_HELP = (
     "exclude: buffers follow their module's match; lenient: buffers are scored with a soft "

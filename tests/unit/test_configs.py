@@ -148,3 +148,23 @@ def test_dask_runner_settings(tmp_path: Path) -> None:
     assert (job.runner.kind, job.runner.address) == ("dask", "tcp://h:8786")
     with pytest.raises(ConfigError, match="only used with kind: dask"):
         parse_job({**base, "runner": {"address": "tcp://h:8786"}}, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("dummy", "problem"),
+    [
+        ({"shape": [99_999_999_999, 3]}, "dummy_input.shape: [99999999999, 3] has"),
+        ({"shape": [1] * 9}, "dummy_input.shape"),
+        ({"shape": [1, 8], "dtype": "int64", "high": 10**30}, "dummy_input.high"),
+        ({"shape": [1, 8], "dtype": "int32", "high": 2**40}, "does not fit int32"),
+        ({"shape": [1, 8], "seed": 2**70}, "dummy_input.seed"),
+    ],
+)
+def test_a_dummy_input_torch_cannot_make_is_a_job_problem(
+    tmp_path: Path, dummy: dict[str, object], problem: str
+) -> None:
+    """Found when the job loads (exit 2), not as an allocator or overflow error in the run."""
+    data = {"sources": ["a.pt"], "target": {"module": "a.b:C"}, "output": {"dir": "o"}}
+    with pytest.raises(ConfigError) as info:
+        parse_job({**data, "dummy_input": dummy}, base_dir=tmp_path)
+    assert any(problem in p for p in info.value.problems), info.value.problems

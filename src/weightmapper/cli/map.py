@@ -14,7 +14,14 @@ from weightmapper.errors import ConfigError
 from weightmapper.hf import is_hf_folder
 from weightmapper.progress import stage
 from weightmapper.review import SORTS
-from weightmapper.settings import BUFFER_MODES, DEFAULT_THRESHOLD, STRATEGIES, MapperSettings
+from weightmapper.settings import (
+    BUFFER_MODES,
+    DEFAULT_THRESHOLD,
+    MAX_DUMMY_DIMS,
+    MAX_DUMMY_ELEMENTS,
+    STRATEGIES,
+    MapperSettings,
+)
 from weightmapper.targets import SPEC_FORMS, is_module_spec, resolve_side
 
 if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
@@ -143,8 +150,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_trust_pickle(parser)
 
 
-MAX_DUMMY_ELEMENTS = 1 << 26
-"""Largest dummy input accepted (64 Mi elements): a trace needs one small batch."""
 DEFAULT_MIN_COVERAGE = 0.1
 """Target coverage below which `map` exits 1 unless --min-coverage says otherwise: under a
 tenth of the target mapped, the two models are almost certainly unrelated."""
@@ -175,7 +180,7 @@ def parse_shape(text: str) -> tuple[tuple[int, ...], str]:
         raise argparse.ArgumentTypeError(
             f"expected a shape like 1,3,224,224 (positive integers, comma-separated), got {text!r}"
         )
-    if len(shape) > 8 or math.prod(shape) > MAX_DUMMY_ELEMENTS:
+    if len(shape) > MAX_DUMMY_DIMS or math.prod(shape) > MAX_DUMMY_ELEMENTS:
         raise argparse.ArgumentTypeError(
             f"{text!r} has {math.prod(shape):,} elements in {len(shape)} dimensions; a dummy "
             f"input needs at most {MAX_DUMMY_ELEMENTS:,} elements and 8 dimensions (batch 1 and "

@@ -13,6 +13,7 @@ describes several, each inheriting every top-level field it does not set.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import string
@@ -26,7 +27,7 @@ import yaml
 from weightmapper.bounded_json import MAX_DEPTH, nesting_depth
 from weightmapper.errors import ConfigError, SettingsError
 from weightmapper.pipeline import policy
-from weightmapper.settings import MapperSettings
+from weightmapper.settings import MAX_DUMMY_DIMS, MAX_DUMMY_ELEMENTS, MapperSettings
 
 RUNNER_KINDS = ("threads", "dask", "sequential")
 INPUT_KINDS = ("randn", "randint")
@@ -551,6 +552,13 @@ def _parse_input(raw: Any, label: str, problems: list[str]) -> InputSpec | None:
     if not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape):
         problems.append(f"{label}.shape: expected a list of positive integers, found {shape!r}")
         return None
+    if len(shape) > MAX_DUMMY_DIMS or math.prod(shape) > MAX_DUMMY_ELEMENTS:
+        problems.append(
+            f"{label}.shape: {shape!r} has {math.prod(shape):,} elements in {len(shape)} "
+            f"dimensions; expected at most {MAX_DUMMY_ELEMENTS:,} elements and {MAX_DUMMY_DIMS} "
+            "dimensions (batch 1 and a small image or sequence is enough to trace and verify)"
+        )
+        return None
     kind = raw.get("kind", "randint" if raw.get("dtype") in ("int64", "int32", "long") else "randn")
     if kind not in INPUT_KINDS:
         problems.append(f"{label}.kind: expected one of {list(INPUT_KINDS)}, found {kind!r}")
@@ -562,6 +570,15 @@ def _parse_input(raw: Any, label: str, problems: list[str]) -> InputSpec | None:
     high, seed = raw.get("high", 2), raw.get("seed", 0)
     if not _is_int(high) or high < 1 or not _is_int(seed):
         problems.append(f"{label}: 'high' must be a positive integer and 'seed' an integer")
+        return None
+    # torch draws with 64-bit integers (32-bit ones for int32 ids): larger values overflow
+    # only when the input is made, far into the run.
+    top = 2**31 if dtype == "int32" else 2**63 - 1
+    if high > top:
+        problems.append(f"{label}.high: {high} does not fit {dtype}; expected at most {top:,}")
+        return None
+    if not -(2**63) <= seed < 2**64:
+        problems.append(f"{label}.seed: {seed} does not fit a 64-bit seed")
         return None
     return InputSpec(shape=tuple(shape), dtype=dtype, kind=kind, high=high, seed=seed)
 
