@@ -217,3 +217,16 @@ def test_negative_row_and_depth_limits_are_refused(
         main(filled)
     assert exc.value.code == 2
     assert "expected a whole number ≥ 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_a_side_without_tensors_is_bad_input_not_a_traceback(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], side: str
+) -> None:
+    """A safetensors file saved from an empty dict used to crash the engine (exit 1)."""
+    empty = tmp_path / "empty.safetensors"
+    save_file({}, str(empty))
+    source, target = (empty, ckpt) if side == "source" else (ckpt, empty)
+    assert main(["map", str(source), "--target", str(target), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"the {side} empty.safetensors holds no tensors" in err and "Traceback" not in err

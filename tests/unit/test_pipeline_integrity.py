@@ -236,6 +236,20 @@ def test_an_output_over_a_file_a_module_spec_reads_is_refused(tmp_path: Path) ->
     assert not (tmp_path / "store" / "artifacts").exists()  # nothing ran
 
 
+def test_a_checkpoint_without_tensors_fails_with_our_message(tmp_path: Path) -> None:
+    """The rest of the batch completes; the empty one says why, not the engine's ValueError."""
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    save_file(OldCNN(**CNN).state_dict(), str(ckpts / "a.safetensors"))
+    save_file({}, str(ckpts / "empty.safetensors"))
+    job = cnn_job(tmp_path, examples=None, sources=["ckpts/*.safetensors"])
+    summary = run_batch(job)
+    by_name = {Path(item.source).name: item for item in summary.items}
+    assert by_name["a.safetensors"].status == "ok"
+    failed = by_name["empty.safetensors"]
+    assert failed.status == "failed" and "holds no tensors" in (failed.error or "")
+
+
 # --- job loading ----------------------------------------------------------------------------
 
 
