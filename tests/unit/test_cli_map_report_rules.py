@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from weightmapper.cli.main import main
@@ -230,3 +231,16 @@ def test_a_side_without_tensors_is_bad_input_not_a_traceback(
     assert main(["map", str(source), "--target", str(target), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"the {side} empty.safetensors holds no tensors" in err and "Traceback" not in err
+
+
+def test_map_writes_no_output_when_one_cannot_be_rendered(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """All outputs are rendered before the first is written: none, rather than some."""
+    odd = tmp_path / "odd.safetensors"
+    save_file({"": torch.zeros(3), "fc.weight": torch.zeros(2, 2)}, str(odd))
+    outs = [tmp_path / n for n in ("m.json", "r.json", "r.html")]
+    argv = ["map", str(odd), "--target", str(odd), "--quiet", "--min-coverage", "0"]
+    code = main([*argv, "--out", str(outs[0]), "--report", str(outs[1]), "--html", str(outs[2])])
+    assert code == 2, capsys.readouterr().err
+    assert [p for p in outs if p.exists()] == []

@@ -259,11 +259,11 @@ def run(args: argparse.Namespace) -> int:
 
     from weightmapper.atomic import atomic_write_text
     from weightmapper.cli._progress import stage_bars
-    from weightmapper.html_report import write_html
+    from weightmapper.html_report import render_html
     from weightmapper.mapper import WeightMapper
     from weightmapper.pipeline.ops import require_tensors
     from weightmapper.proof import prove
-    from weightmapper.report import build_report, dumps_report, write_markdown, write_report
+    from weightmapper.report import build_report, dumps_report, render_markdown
     from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
 
     _check_outputs(args)
@@ -328,18 +328,18 @@ def run(args: argparse.Namespace) -> int:
             source_path=None if _is_module(args, "source") else args.source,
             target_path=None if _is_module(args, "target") else args.target,
         )
-        with stage("write outputs", total=sum(bool(getattr(args, f)) for f in _OUTPUTS)) as done:
-            if args.out:
-                atomic_write_text(args.out, result.to_json() + "\n")
-                done(1)
-            if args.report:
-                write_report(report, args.report)
-                done(1)
-            if args.html:
-                write_html(report, args.html)
-                done(1)
-            if args.markdown:
-                write_markdown(report, args.markdown)
+        # Every output is rendered before the first is written: one that cannot be rendered
+        # leaves none written, rather than some of them beside an error.
+        render = {
+            "out": lambda: result.to_json() + "\n",
+            "report": lambda: dumps_report(report),
+            "html": lambda: render_html(report),
+            "markdown": lambda: render_markdown(report),
+        }
+        texts = {f: render[f]() for f in _OUTPUTS if getattr(args, f)}
+        with stage("write outputs", total=len(texts)) as done:
+            for flag, text in texts.items():
+                atomic_write_text(getattr(args, flag), text)
                 done(1)
     if args.json:
         sys.stdout.write(dumps_report(report))
