@@ -101,6 +101,26 @@ def test_migrate_summary_shows_names_literally(
         assert "[bold]x[red]" in out and "\\x1b[2J" in out
 
 
+def test_migrate_summary_keeps_a_name_with_a_newline_on_its_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tally
+) -> None:
+    """A newline in a file name drew a second row, as if another checkpoint were listed."""
+    with tally.attack(KIND):
+        folder = tmp_path / "src"
+        folder.mkdir()
+        torch.save({"w": torch.ones(2, 2)}, folder / "ok\nfake.pt")
+        job = tmp_path / "job.yaml"
+        job.write_text(
+            "name: names\nstore: store\nrunner: {kind: sequential}\noutput: {dir: out}\n"
+            "migrations:\n  - name: m\n    sources: ['src/*.pt']\n"
+            "    target: {module: 'torch.nn:Linear', kwargs: {in_features: 2, out_features: 2}}\n"
+        )
+        code = main(["migrate", str(job), "--no-prefect"])
+        out, err = capsys.readouterr()
+        assert code in (0, 1), err
+        assert "ok\\x0afake.pt" in out
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_the_sanitizer_is_lossless_and_inert(name: str) -> None:
     shown = visible(name)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from weightmapper.cli._console import print_json, stdout_console
 from weightmapper.errors import ConfigError, OutputError
+from weightmapper.sanitize import visible
 
 if TYPE_CHECKING:  # imported when the command runs: --help loads neither yaml nor torch
     from weightmapper.pipeline.config import JobConfig
@@ -122,6 +123,11 @@ def _rel(path: str | None) -> str:
         return path
 
 
+def _name(source: str) -> str:
+    """Source path → its file name on one line: a newline in a name would draw a second row."""
+    return visible(Path(source).name)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
 
@@ -159,30 +165,30 @@ def render_summary(summary: BatchSummary) -> None:
         if item.status == "failed":
             stages = f"[red]failed at {item.failed_stage}[/red]"
             if item.migration not in summary.errors:  # said once above
-                failures.append(f"{Path(item.source).name}: {item.error}")
+                failures.append(f"{_name(item.source)}: {item.error}")
         elif len(cached) == n:
             stages = f"[green]all {n}[/green]"
         else:
             stages = f"{len(cached)}/{n} (ran {', '.join(item.computed_stages)})"
         table.add_row(
-            escape(item.migration),
-            escape(Path(item.source).name),
+            escape(visible(item.migration)),
+            escape(_name(item.source)),
             f"[{_STYLE.get(item.status, 'white')}]{item.status}[/]",
             f"{_pct(item.coverage.get('source'))} / {_pct(item.coverage.get('target'))}",
             f"{_pct(item.coverage.get('source_confident'))} / "
             f"{_pct(item.coverage.get('target_confident'))}",
             f"[{_STYLE.get(item.validation, 'white')}]{item.validation}[/]",
             f"[{_STYLE.get(item.functional, 'white')}]{item.functional}[/]",
-            escape(_rel(item.output)) + _EXPORT_MARK.get(item.export or "", ""),
+            escape(visible(_rel(item.output))) + _EXPORT_MARK.get(item.export or "", ""),
             stages,
         )
         if item.export_note:
-            notes.append(f"{Path(item.source).name}: {item.export_note}")
+            notes.append(f"{_name(item.source)}: {item.export_note}")
         if item.mapping_status and item.functional == "failed":
-            differs.append(f"{Path(item.source).name}: {item.mapping_status}")
+            differs.append(f"{_name(item.source)}: {item.mapping_status}")
         elif item.search_fixes and item.functional == "passed":
             searched.append(
-                f"{Path(item.source).name}: the search fixed {item.search_fixes} place(s) of "
+                f"{_name(item.source)}: the search fixed {item.search_fixes} place(s) of "
                 "the first mapping (see the report's mapping.metadata.proof)"
             )
     console.print(table)
