@@ -168,3 +168,19 @@ def test_a_dummy_input_torch_cannot_make_is_a_job_problem(
     with pytest.raises(ConfigError) as info:
         parse_job({**data, "dummy_input": dummy}, base_dir=tmp_path)
     assert any(problem in p for p in info.value.problems), info.value.problems
+
+
+def test_a_bare_folder_name_beside_the_job_is_a_path_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``module: llama-hf`` names the folder beside the job, as ``./llama-hf`` does."""
+    folder = tmp_path / "jobs" / "llama-hf"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    monkeypatch.chdir(tmp_path)  # not the job's folder: the spec is relative to the job
+    data = {"sources": ["a.pt"], "output": {"dir": "o"}}
+    job = parse_job({**data, "target": {"module": "llama-hf"}}, base_dir=tmp_path / "jobs")
+    module = job.migrations[0].target.module
+    assert module is not None and module.spec == str(folder.resolve())
+    with pytest.raises(ConfigError, match="neither an existing checkpoint"):
+        parse_job({**data, "target": {"module": "elsewhere"}}, base_dir=tmp_path / "jobs")

@@ -502,6 +502,12 @@ def _parse_module(raw: Any, label: str, problems: list[str], resolve: Any) -> Mo
         return None
     spec = raw.get("spec")
     problem = spec_problem(spec)
+    if problem is not None and isinstance(spec, str) and spec.strip() and ":" not in spec:
+        # A bare name of a folder or file beside the job (``module: llama-hf``) is a path,
+        # like ``./llama-hf``: relative to the job file, not to the current folder.
+        here = resolve(spec, f"{label}.spec")
+        if here is not None and here.exists():
+            spec, problem = str(here), None
     if problem is not None:
         problems.append(f"{label}.spec: {problem}")
         return None
