@@ -172,6 +172,28 @@ def unknown_spec_message(spec: str, what: str = "target") -> str:
     )
 
 
+def not_a_checkpoint(spec: str, what: str = "target", flag: str = "--target") -> str | None:
+    """An existing path taken as a checkpoint → None, or what it is instead and what to pass.
+
+    A Python file (the callable's name forgotten) and a model's ``config.json`` (weights
+    are elsewhere) are common slips that a checkpoint reader would only call unreadable.
+    """
+    p = Path(spec)
+    if not p.is_file():
+        return None
+    if p.suffix == ".py":
+        return (
+            f"{what} {spec!r} is a Python file, not a checkpoint; name the callable that builds "
+            f"the model after a colon, e.g. '{spec}:Net'"
+        )
+    if p.name == hf.CONFIG_NAME and hf.is_hf_folder(p.parent):
+        return (
+            f"{what} {spec!r} is a model config, not a checkpoint; name the folder holding it "
+            f"({str(p.parent)!r}), or a transformers class with {flag}-config {spec}"
+        )
+    return None
+
+
 def resolve_side(
     spec: str,
     *,
@@ -190,6 +212,9 @@ def resolve_side(
         return build_module(spec, kwargs, config=config, meta=meta, flag=flag)
     if not Path(spec).exists():
         raise ConfigError(unknown_spec_message(spec, what))
+    problem = not_a_checkpoint(spec, what, flag)
+    if problem is not None:
+        raise ConfigError(problem)
     if kwargs:
         raise ConfigError(
             f"{flag}-kwargs applies to a module spec, but {spec!r} is a checkpoint path; "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from weightmapper.cli.main import main
@@ -231,3 +232,25 @@ def test_job_files_take_the_same_forms(tmp_path) -> None:
     )
     with pytest.raises(ConfigError, match="Did you mean 'mynets:Net'"):
         load_job(tmp_path / "bad.yaml")
+
+
+def test_a_python_file_or_a_model_config_as_checkpoint_says_what_to_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They used to be refused as unreadable checkpoints, with no word on the spec forms."""
+    nets = tmp_path / "nets.py"
+    nets.write_text("import torch\n")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    ckpt = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, str(ckpt))
+    cases = [
+        (["validate", str(ckpt), "--target", str(nets)], f"'{nets}:Net'"),
+        (["map", str(nets), "--target", str(ckpt)], f"'{nets}:Net'"),
+        (["map", str(ckpt), "--target", str(folder / "config.json")], "name the folder"),
+    ]
+    for argv, hint in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert hint in err and "not a checkpoint" in err and "Traceback" not in err

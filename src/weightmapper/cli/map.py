@@ -22,7 +22,7 @@ from weightmapper.settings import (
     STRATEGIES,
     MapperSettings,
 )
-from weightmapper.targets import SPEC_FORMS, is_module_spec, resolve_side
+from weightmapper.targets import SPEC_FORMS, is_module_spec, not_a_checkpoint, resolve_side
 
 if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
     import torch
@@ -234,6 +234,9 @@ def _side(args: argparse.Namespace, which: str, meta: bool) -> Any:
             )
         if not Path(spec).exists():
             resolve_side(spec, what=what, flag=flag)  # raises, listing the forms
+        problem = not_a_checkpoint(spec, what, flag)
+        if problem is not None:
+            raise ConfigError(problem)
         return Path(spec)
     return resolve_side(spec, kwargs=kwargs, config=config, meta=meta, what=what, flag=flag)
 
