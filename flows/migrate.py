@@ -231,8 +231,16 @@ def migrate_batch_flow(job: JobConfig) -> State:
 
 
 def summary_of(state: State) -> Any:
-    """Final state of a migrate flow run → the summary it carries (Completed or Failed)."""
-    return state.result(raise_on_failure=False)
+    """Final state of a migrate flow run → the summary it carries (Completed or Failed).
+
+    A run that raised before it had a summary (a job whose outputs would overwrite an
+    input, an output folder that is a file) carries the exception: it is raised here, so
+    callers get our error (exit 2 on the CLI), never the exception object as a summary.
+    """
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def run_batch_flow(job: JobConfig, api_url: str | None = None) -> BatchSummary:

@@ -264,3 +264,23 @@ def test_the_summary_time_includes_prefect_start_up(
         lambda job, api_url=None: BatchSummary(job="j", runner="threads"),
     )
     assert run_job(cnn_job(tmp_path)).seconds > 0.0
+
+
+@pytest.mark.parametrize("clash", ["output over a source", "output folder is a file"])
+def test_a_job_refused_inside_the_flow_raises_our_error(tmp_path: Path, clash: str) -> None:
+    """The flow's exception used to come back as the 'summary', and the CLI died on it."""
+    from weightmapper.errors import OutputError
+
+    if clash == "output over a source":
+        output = {"dir": "ckpts", "naming": "{stem}.safetensors"}
+        data = cnn_job_data(name="flowtest", examples=None, output=output)
+        data["sources"] = ["ckpts/*.safetensors"]
+        (tmp_path / "ckpts").mkdir()
+        (tmp_path / "ckpts" / "a.safetensors").write_bytes(b"never read, never replaced")
+        match = "would destroy an input"
+    else:
+        data = cnn_job_data(name="flowtest", output={"dir": "out"})
+        (tmp_path / "out").write_text("a file where the output folder goes")
+        match = "is a file, not a folder"
+    with pytest.raises(OutputError, match=match):
+        run_flow(parse_job(data, base_dir=tmp_path))

@@ -250,6 +250,18 @@ def test_a_checkpoint_without_tensors_fails_with_our_message(tmp_path: Path) -> 
     assert failed.status == "failed" and "holds no tensors" in (failed.error or "")
 
 
+def test_an_output_folder_that_is_a_file_is_a_job_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Said once, exit 2, before any stage runs; not a NotADirectoryError per checkpoint."""
+    (tmp_path / "out").write_text("a file where the output folder goes")
+    path = write_job(tmp_path)
+    assert main(["migrate", str(path), "--no-prefect"]) == 2
+    err = capsys.readouterr().err
+    assert "out is a file, not a folder" in err and "Traceback" not in err
+    assert not (tmp_path / "store" / "artifacts").exists()  # nothing ran
+
+
 # --- job loading ----------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from weightmapper.errors import ConfigError, WeightMapperError
+from weightmapper.errors import ConfigError, OutputError, WeightMapperError
 from weightmapper.pipeline import graph
 from weightmapper.pipeline.config import JobConfig, Migration
 from weightmapper.pipeline.export import report_path_for
@@ -73,7 +73,28 @@ def plan_items(job: JobConfig) -> list[WorkItem]:
             claimed.setdefault(out, src)
             items.append(WorkItem(m, src, i, out, problem))
     ensure_outputs_spare_inputs(job, items)
+    ensure_output_folders(items)
     return items
+
+
+def ensure_output_folders(items: list[WorkItem]) -> None:
+    """Planned items → None, or OutputError when a file stands where an output's folder goes.
+
+    Said once for the job (exit 2), before anything runs, as for a store that is a file:
+    otherwise every checkpoint would be converted and then fail to export.
+    """
+    for item in items:
+        if item.problem is not None:
+            continue
+        folder = item.output.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(
+                f"output {item.output} cannot be written: {folder} is a file, not a folder. "
+                "Expected output.dir (and any folder output.naming adds) to be a folder or "
+                "missing: point output.dir elsewhere or move the file."
+            )
 
 
 def ensure_outputs_spare_inputs(job: JobConfig, items: list[WorkItem]) -> None:
