@@ -48,6 +48,7 @@ from weightmapper.verify import (
     _module_pairs,
     _same,
     _untied_missing,
+    not_finite_text,
 )
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class Proof:
     """Outcome of a search: the state reached, the mapping it holds and how it got there."""
 
     state: str
-    """``proven_equal`` or ``differs``."""
+    """``proven_equal``, ``differs``, or ``loads_not_proven`` when the source's output is not
+    finite (then equal outputs would prove nothing, and nothing is searched)."""
     mapping: MappingResult
     """The mapping with every kept alternative applied (and its status set)."""
     check: FunctionalCheck
@@ -206,7 +208,7 @@ def prove(
     tried_at: list[str] = []
     hints = _Hints.of(source_module, target_module)
     spent = False
-    while not obs.equal and obs.first_t is not None:
+    while not obs.equal and obs.first_t is not None and bench.not_finite is None:
         where = obs.first_t
         hole = _unmapped_before(bench, obs.unmapped, where)
         if hole is not None:
@@ -263,7 +265,11 @@ def prove(
             module, source_at = "", computes
     pairs_at = () if module is None else tuple(_pairs_feeding(state, module))
     proof = Proof(
-        state="proven_equal" if obs.equal else "differs",
+        state="loads_not_proven"
+        if bench.not_finite is not None
+        else "proven_equal"
+        if obs.equal
+        else "differs",
         mapping=final,
         check=check,
         source_input=src_call.describe(),
@@ -346,6 +352,8 @@ def _unmapped_before(bench: _Bench, unmapped: list[str], where: str | None) -> s
 
 def _status(proof: Proof) -> MappingStatus:
     c = proof.check
+    if c.not_finite is not None:
+        return MappingStatus("loads_not_proven", f"outputs compared, but {c.not_finite}")
     if proof.equal:
         return MappingStatus(
             "proven_equal",
@@ -424,6 +432,8 @@ class _Observation:
     """The two outputs differ in shape: no layout of the weights changes that."""
     reference_shape: tuple[int, ...] = ()
     """The source output's shape."""
+    not_finite: str | None = None
+    """Said when the source's output holds NaN or inf (then the outputs are never equal)."""
 
     def check(self, atol: float, rtol: float) -> FunctionalCheck:
         first = f"{self.first_t} (source: {self.first_s})" if self.first_t else None
@@ -441,6 +451,7 @@ class _Observation:
             output_shapes=(tuple(self.output.shape), self.reference_shape)
             if self.shapes_differ and self.output is not None
             else None,
+            not_finite=self.not_finite,
         )
 
 
@@ -468,6 +479,8 @@ class _Bench:
         self.reference = src_call.select(raw)
         if self.reference is None:
             raise _no_tensor("source", raw)
+        self.not_finite = not_finite_text(self.reference)
+        """Said when the source's output holds NaN or inf: no trial can prove anything."""
         self._order: dict[str, int] = {}
         # Keys a mapping does not produce get these back before every trial: a rejected
         # alternative that filled one must not leave its values behind for the next.
@@ -506,6 +519,9 @@ class _Bench:
         first_t, first_s, compared, same_at = _first_difference(
             self.src_rec, tgt_rec, order, pairs, equal, self.atol, self.rtol
         )
+        if self.not_finite is not None:
+            # NaN "equals" NaN whatever the weights: nothing is proven and nothing located.
+            equal, first_t, first_s = False, None, None
         return _Observation(
             equal,
             max_abs,
@@ -519,6 +535,7 @@ class _Bench:
             got.detach().clone(),
             shapes_differ,
             tuple(self.reference.shape),
+            self.not_finite,
         )
 
     def source_computing(self, output: torch.Tensor | None) -> str | None:

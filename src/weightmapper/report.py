@@ -36,7 +36,13 @@ from weightmapper.errors import (
 from weightmapper.hashing import files_sha256
 from weightmapper.inventory import natural_key, tensors_signature
 from weightmapper.progress import stage
-from weightmapper.result import MappingResult, MappingStatus, diff_text, status_of
+from weightmapper.result import (
+    MappingResult,
+    MappingStatus,
+    check_verdict,
+    diff_text,
+    status_of,
+)
 from weightmapper.review import (
     REASON_TEXT,
     band_counts,
@@ -745,7 +751,7 @@ def check_headline(key: str, section: Mapping[str, Any]) -> tuple[bool, str]:
     """Check name + its dict → (passed, one sentence) for the validation or functional check."""
     if key == "functional_check":
         ok = bool(section.get("equal"))
-        text = f"outputs {'equal' if ok else 'DIFFER'}: {diff_text(section)}"
+        text = f"outputs {check_verdict(section)}: {diff_text(section)}"
         if section.get("first_diverging"):
             text += f"; first diverging module {section['first_diverging']}"
         return ok, text

@@ -141,6 +141,8 @@ def status_of(
     check, valid = as_dict(functional_check), as_dict(validation)
     if check:
         diffs = diff_text(check)
+        if check.get("not_finite"):
+            return MappingStatus("loads_not_proven", f"outputs compared, but {check['not_finite']}")
         if check.get("equal"):
             return MappingStatus("proven_equal", diffs)
         where = check.get("first_diverging_target")
@@ -177,10 +179,20 @@ def shapes_text(shapes: Sequence[Sequence[int]]) -> str:
     return f"target {tuple(target)}, source {tuple(source)}"
 
 
+def check_verdict(check: Mapping[str, Any]) -> str:
+    """Functional-check dict → ``equal``, ``not proven`` (the source's output is not finite)
+    or ``DIFFER``."""
+    if check.get("equal"):
+        return "equal"
+    return "not proven" if check.get("not_finite") else "DIFFER"
+
+
 def diff_text(check: Mapping[str, Any]) -> str:
     """Functional-check dict → ``max abs diff 3e-07, max rel diff 1e-07``, or why there are no
     numbers: the outputs differ in shape (no element-wise difference), or nothing was measured.
     """
+    if check.get("not_finite"):
+        return str(check["not_finite"])
     shapes = check.get("output_shapes")
     if shapes:
         return f"no element-wise difference: the outputs differ in shape ({shapes_text(shapes)})"

@@ -21,7 +21,7 @@ from torch import nn
 
 from weightmapper.calls import main_tensor
 from weightmapper.errors import CheckpointFormatError, MappingError
-from weightmapper.result import MappingResult, diff_text
+from weightmapper.result import MappingResult, check_verdict, diff_text
 from weightmapper.transforms import IDENTITY, TransformSpec, chain
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ class FunctionalCheck:
     """What was noticed on the way (keys the mapping left at their initial values, ...)."""
     output_shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     """When the outputs differ in shape: (target's, source's)."""
+    not_finite: str | None = None
+    """When the source's (reference) output holds NaN or inf, how many: equal outputs would
+    prove nothing then (NaN equals NaN whatever the weights), so ``equal`` is False."""
 
     def to_dict(self) -> dict[str, Any]:
         """FunctionalCheck → JSON-ready dict."""
@@ -69,18 +72,19 @@ class FunctionalCheck:
             "output_shapes": None
             if self.output_shapes is None
             else [list(shape) for shape in self.output_shapes],
+            "not_finite": self.not_finite,
         }
 
     def summary(self) -> str:
         """FunctionalCheck → one or two human lines."""
         head = (
-            f"outputs {'EQUAL' if self.equal else 'DIFFER'}: {diff_text(self.to_dict())} "
+            f"outputs {check_verdict(self.to_dict()).upper()}: {diff_text(self.to_dict())} "
             f"(atol {self.atol:g}, rtol {self.rtol:g})"
         )
         lines = [head]
         if self.first_diverging:
             lines.append(f"first diverging module: {self.first_diverging}")
-        elif not self.equal:
+        elif not self.equal and not self.not_finite:
             lines.append(f"no single diverging module found among {self.compared_modules} compared")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -152,6 +156,10 @@ def check_outputs(
             f"target: {type(got).__name__}); return a tensor, tuple, dict or ModelOutput"
         )
     max_abs, max_rel, equal = _compare(got_t, ref_t, atol, rtol)
+    not_finite = not_finite_text(ref_t)
+    if not_finite is not None:
+        # Nothing to locate either: every module downstream of the NaN "agrees" with it.
+        equal, order = False, []
     shapes = None
     if tuple(got_t.shape) != tuple(ref_t.shape):
         shapes = (tuple(got_t.shape), tuple(ref_t.shape))  # said by every summary of the check
@@ -196,6 +204,7 @@ def check_outputs(
         rtol=rtol,
         notes=tuple(notes),
         output_shapes=shapes,
+        not_finite=not_finite,
     )
     log.info("functional check: %s", check.summary().replace("\n", "; "))
     return check
@@ -453,6 +462,22 @@ def _compare(
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     equal = bool(torch.allclose(got, ref, atol=atol, rtol=rtol, equal_nan=True))
     return max_abs, max_rel, equal
+
+
+def not_finite_text(reference: torch.Tensor) -> str | None:
+    """The source's (reference) output → how many of its values are NaN or infinite, said
+    as a sentence; None when all are finite numbers."""
+    if not reference.is_floating_point() and not reference.is_complex():
+        return None
+    nan = int(torch.isnan(reference).sum())
+    inf = int(torch.isinf(reference).sum())
+    if nan == 0 and inf == 0:
+        return None
+    counts = " and ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "inf")) if n)
+    return (
+        f"the source's output holds {counts} of {reference.numel()} values, so equal outputs "
+        "prove nothing; check the source's weights and the input"
+    )
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None, atol: float, rtol: float) -> bool | None:

@@ -29,7 +29,7 @@ from weightmapper.report import (
     status_label,
     transform_badge,
 )
-from weightmapper.result import MappingResult, diff_text
+from weightmapper.result import MappingResult, check_verdict, diff_text
 from weightmapper.review import (
     SIGNAL_TEXT,
     band_counts,
@@ -228,7 +228,7 @@ def status_text(report: Mapping[str, Any]) -> Text:
 def check_text(check: Mapping[str, Any]) -> Text:
     """Functional-check dict → one coloured line (equal or not, the differences)."""
     equal = bool(check.get("equal"))
-    text = Text("equal" if equal else "DIFFER", style="green" if equal else "bold red")
+    text = Text(check_verdict(check), style="green" if equal else "bold red")
     text.append(f" ({diff_text(check)})")
     if check.get("first_diverging"):
         text.append(f"; first diverging module {check['first_diverging']}", style="red")
