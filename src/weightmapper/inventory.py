@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import operator
-import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from weightmapper.dataflow import FlowRole
 from weightmapper.errors import MappingError
+from weightmapper.natural_sort import natural_key, natural_order
 from weightmapper.tensor_info import TensorInfo, dtype_name
 
 # Local names that are buffers in every common layer; used only when a bare state dict
@@ -232,7 +232,7 @@ class Inventory:
         # Sorted keys (safetensors writes them so) carry no order of their own, and neither
         # do shuffled ones (no module's keys are contiguous): a natural sort puts layer10
         # after layer9 and makes every shuffle of one checkpoint map identically.
-        groups = _build_groups(infos, {}, sort_key=natural_key if unordered else None)
+        groups = _build_groups(infos, {}, natural=unordered)
         return cls(
             name=name,
             tensors=infos,
@@ -342,21 +342,6 @@ def is_sorted_order(keys: Sequence[str]) -> bool:
     return all(map(operator.le, behind, ahead))
 
 
-def natural_key(text: str) -> tuple[str | int, ...]:
-    """``layer10.conv2`` → ``("layer", 10, ".conv", 2, "")``, a sort key that orders
-    embedded numbers by value.
-
-    Text and numbers alternate, text first (empty where the name starts or ends with a
-    number), so two keys only ever compare text with text and a number with a number.
-    """
-    parts: list[str | int] = _DIGIT_RUNS.split(text)  # type: ignore[assignment]
-    parts[1::2] = map(int, parts[1::2])
-    return tuple(parts)
-
-
-_DIGIT_RUNS = re.compile(r"(\d+)")
-
-
 def _rank_for(path: str, order: Mapping[str, int], base: int) -> int:
     # A group the trace never saw ranks like its closest traced ancestor (a parameter
     # used directly by a parent module's forward, e.g. a cls token), else after all.
@@ -430,17 +415,18 @@ def _info(key: str, t: torch.Tensor, is_buffer: bool | None) -> TensorInfo:
 
 
 def _build_groups(
-    infos: dict[str, TensorInfo],
-    module_types: Mapping[str, str],
-    sort_key: Callable[[str], Any] | None = None,
+    infos: dict[str, TensorInfo], module_types: Mapping[str, str], *, natural: bool = False
 ) -> dict[str, ParameterGroup]:
-    """Key → TensorInfo + module types (+ a sort key for the paths) → module path →
-    ParameterGroup, in order of first appearance (or sorted, stable), locals in key order."""
+    """Key → TensorInfo + module types → module path → ParameterGroup, in order of first
+    appearance (or, when ``natural``, naturally sorted by path, stable), locals in key order."""
     by_path: defaultdict[str, dict[str, TensorInfo]] = defaultdict(dict)
     last_dot = map(str.rpartition, infos, itertools.repeat("."))
     for (path, _, local), info in zip(last_dot, infos.values(), strict=True):
         by_path[path][local] = info
-    paths = sorted(by_path, key=sort_key) if sort_key is not None else by_path
+    paths: Iterable[str] = by_path
+    if natural:
+        found = list(by_path)
+        paths = map(found.__getitem__, natural_order(found))
     # A large checkpoint has tens of thousands of groups; a frozen dataclass's ``__init__``
     # sets each field through ``object.__setattr__``, so the groups are filled in directly
     # (equal to ``ParameterGroup(path, module_types.get(path), by_path[path])``).
