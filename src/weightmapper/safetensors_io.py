@@ -25,6 +25,7 @@ import torch
 
 from weightmapper.bounded_json import loads_bounded
 from weightmapper.errors import CheckpointFormatError, CheckpointNotFoundError
+from weightmapper.safetensors_layout import LayoutColumns, layout_columns
 from weightmapper.tensor_info import TensorInfo, tensor_infos
 
 ALIASES_KEY = "weightmapper_aliases"
@@ -187,23 +188,10 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         ) from e
     except OSError as e:
         raise _bad(p, f"its header cannot be read ({e.strerror or e})") from e
-    try:
-        # A name listed twice keeps its last entry; the first one's bytes then leave a gap
-        # that the coverage check below reports.
-        header = loads_bounded(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _bad(p, f"its header is not valid JSON ({e})") from e
-    if not isinstance(header, dict):
-        raise _bad(p, "its header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise _bad(p, "__metadata__ is not a string → string map")
-    names = list(header)
-    specs = list(header.values())
-    columns = _plain_columns(specs)
-    if columns is None:  # the checks that name the problem, entry by entry
-        columns = _checked_columns(p, names, specs)
-    codes, shapes, starts, ends = columns
+    columns = layout_columns(raw, bits=_BITS, max_dims=MAX_DIMS, max_extent=MAX_EXTENT)
+    if columns is None:  # another layout, or a problem that the entry checks name
+        columns = _parsed_columns(p, raw)
+    names, codes, shapes, starts, ends, meta = columns
     order = _file_order(p, names, starts, ends)
     if order is not None:
         names, codes, shapes, starts, ends = (
@@ -223,6 +211,28 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         ends=ends,
         metadata=meta,
     )
+
+
+def _parsed_columns(p: Path, raw: bytes) -> LayoutColumns:
+    """Header bytes → (names, codes, shapes, starts, ends, metadata) parsed as JSON and
+    checked; CheckpointFormatError naming the first problem."""
+    try:
+        # A name listed twice keeps its last entry; the first one's bytes then leave a gap
+        # that the coverage check reports.
+        header = loads_bounded(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _bad(p, f"its header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise _bad(p, "its header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise _bad(p, "__metadata__ is not a string → string map")
+    names = list(header)
+    specs = list(header.values())
+    columns = _plain_columns(specs)
+    if columns is None:  # the checks that name the problem, entry by entry
+        columns = _checked_columns(p, names, specs)
+    return (names, *columns, meta)
 
 
 _BITS = {code: bits for code, (_name, bits) in DTYPES.items()}
