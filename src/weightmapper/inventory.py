@@ -433,8 +433,10 @@ def _build_groups(
     new = object.__new__
     groups: dict[str, ParameterGroup] = {}
     for path in paths:
-        group = groups[path] = new(ParameterGroup)
-        group.__dict__.update(path=path, module_type=module_types.get(path), tensors=by_path[path])
+        fields = (group := new(ParameterGroup)).__dict__
+        fields["path"], fields["module_type"] = path, module_types.get(path)
+        fields["tensors"] = by_path[path]
+        groups[path] = group
     return groups
 
 

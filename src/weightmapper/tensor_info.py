@@ -66,11 +66,10 @@ def tensor_infos(
     """
     new = object.__new__
     out = []
-    for name, shape, dtype, size in zip(names, shapes, dtypes, nbytes, strict=True):
-        info = new(TensorInfo)
-        info.__dict__.update(
-            name=name, shape=shape, dtype=dtype, nbytes=size, file=file, is_buffer=None
-        )
+    for row in zip(names, shapes, dtypes, nbytes, strict=True):
+        fields = (info := new(TensorInfo)).__dict__
+        fields["name"], fields["shape"], fields["dtype"], fields["nbytes"] = row
+        fields["file"], fields["is_buffer"] = file, None
         out.append(info)
     return out
 
