@@ -5,8 +5,10 @@ checks (every entry well-formed, offsets covering the data section exactly, size
 shapes and dtypes) and what it does not: JSON nesting and numbers are bounded
 (:mod:`weightmapper.bounded_json`), offsets and dimensions are integers (never floats or
 booleans) within int64, and the header fits in the file. So a header that passes here is one
-safetensors and torch can read. The writer lives in ``convert.py`` and uses the dtype codes
-defined here.
+safetensors and torch can read. A header in the layout safetensors writes is cut into its
+columns without a JSON parser (:mod:`weightmapper.safetensors_layout`, which accepts only
+what these checks accept); any other is parsed and checked entry by entry. The writer lives
+in ``convert.py`` and uses the dtype codes defined here.
 """
 
 from __future__ import annotations

@@ -38,10 +38,12 @@ _KIND = re.compile(rb'([0-9A-Z_]+)","shape":\[(' + _INT + rb"(?:," + _INT + rb")
 """The text from a dtype code to the last dimension of its shape."""
 
 _ENTRY = re.compile(
-    rb',"([^"\\]*)":\{"dtype":"([^"]*","shape":\[[^\]]*)\],"data_offsets":\[([0-9]+,[0-9]+)\]\}'
+    rb',"([^"\\]*)":\{"dtype":"([^"]*","shape":\[[^\]"]*)\],"data_offsets":\[([0-9]+,[0-9]+)\]\}'
 )
-"""One entry and the comma before it: its name, its dtype-and-shape text, its offsets (each
-checked below, once per distinct dtype-and-shape text)."""
+"""One entry and the comma before it: its name, its dtype-and-shape text and its offsets
+(each checked below, the dtype and shape once per distinct text). No part runs past a quote,
+so a try at matching reads a few quoted strings ahead, however the header is made, and
+cutting stays linear in its length."""
 _PRINTABLE = bytes(range(0x20, 256))
 """Bytes a name may hold raw (JSON refuses control characters in strings)."""
 _JSON_SPACE = b" \t\n\r"

@@ -72,6 +72,28 @@ HEADERS: dict[str, tuple[str, bytes, str]] = {
     "name of 100,000 characters": (
         json.dumps({"w" * 100_000: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}),
         bytes(4), "characters"),
+    # the compact layout safetensors writes, which is cut into columns without a JSON parser
+    "compact: shape [2**70, 0]": (
+        '{"a":{"dtype":"F32","shape":[1180591620717411303424,0],"data_offsets":[0,0]}}', b"",
+        "shape"),
+    "compact: 2**63 elements": (
+        '{"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}}', b"",
+        "elements"),
+    "compact: 65 dimensions": (
+        '{"a":{"dtype":"F32","shape":' + json.dumps([1] * 65).replace(" ", "")
+        + ',"data_offsets":[0,4]}}', bytes(4), "dimensions"),
+    "compact: offsets at 2**63": (
+        '{"a":{"dtype":"U8","shape":[0],"data_offsets":[9223372036854775808,'
+        '9223372036854775808]}}', b"", "data_offsets"),
+    "compact: a name listed twice": (
+        '{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},'
+        '"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}', bytes(8), "starts at byte 4"),
+    "compact: name of 100,000 characters": (
+        '{"' + "w" * 100_000 + '":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', bytes(4),
+        "characters"),
+    "compact: 50,000 shapes left open": (  # each try at cutting reads to the next quote only
+        '{"a":{"dtype":"F32","shape":[' + ',"a":{"dtype":"F32","shape":[' * 50_000 + "}", b"",
+        "not valid JSON"),
 }  # fmt: skip
 
 
