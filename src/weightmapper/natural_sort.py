@@ -17,7 +17,8 @@ _DIGIT_RUNS = re.compile(r"(\d+)")
 _NUMBER = "\x00"
 """Stands for a number in a template; names holding it are sorted by :func:`natural_key`."""
 _SEPARATOR = "\x01"
-"""Joins names so one regex pass reads them all; names holding it are sorted the same way."""
+"""Joins names so all are read in a few passes over one string; names holding it are
+sorted by :func:`natural_key`."""
 MAX_NUMBERS = 32
 """Most numbers per name sorted as rows of ranks (a row has a column per text and number);
 names with more are sorted by :func:`natural_key`."""
