@@ -37,6 +37,32 @@ _WORKDIR_RE = re.compile(r"^\.(?P<label>[^.]+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.[^.]+\.tmp$")
 
 
+NAME_MAX = 255
+"""Bytes in one file name on common file systems (ext4, XFS, btrfs, APFS)."""
+_RANDOM = 8
+"""Characters ``tempfile.mkstemp`` puts between a temporary name's prefix and suffix."""
+
+
+def name_problem(dest: str | os.PathLike[str]) -> str | None:
+    """Destination path → None when its name, with the temporary name written beside it, and
+    every folder name above it fit in a file name; else what is too long and what to do."""
+    dest = Path(dest)
+    temp = len(os.fsencode(_temp_prefix(dest))) + _RANDOM + len(".tmp")
+    if temp > NAME_MAX:
+        return (
+            f"the file name {dest.name[:60]!r}... is {len(os.fsencode(dest.name))} bytes, and "
+            f"the temporary file written beside it {temp}; a file name holds at most {NAME_MAX} "
+            "bytes: choose a shorter output name"
+        )
+    for part in dest.parent.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            return (
+                f"the folder name {part[:60]!r}... is {len(os.fsencode(part))} bytes; a file "
+                f"name holds at most {NAME_MAX} bytes: choose a shorter output folder"
+            )
+    return None
+
+
 class AtomicFiles:
     """Destinations → temporary paths beside them, all renamed into place by :meth:`commit`.
 
@@ -55,6 +81,9 @@ class AtomicFiles:
     def path(self, dest: str | os.PathLike[str]) -> Path:
         """Destination → a new, empty temporary file in its directory (created now)."""
         dest = Path(dest)
+        too_long = name_problem(dest)
+        if too_long is not None:
+            raise OutputError(f"cannot write in {dest.parent}: {too_long}.")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent)

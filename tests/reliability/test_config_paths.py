@@ -121,3 +121,21 @@ def test_cli_refuses_before_any_work(
     assert _files(tmp_path) == before, "files were written before the job was refused"
     assert not (tmp_path / "jobs" / "store").exists() and not (tmp_path / "jobs" / "out").exists()
     tally["config paths: escaping jobs refused before any work"]["CLI migrate"] += 1
+
+
+def test_an_output_name_too_long_for_the_file_system_is_said_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long checkpoint name fills {stem}: the output (and the temporary file written beside
+    it) would exceed a file name's 255 bytes, so the item fails when planned, not at export."""
+    job_path = _write_job(tmp_path)
+    long = tmp_path / "ckpts" / ("é" * 110 + ".pt")  # 220 bytes in UTF-8: too long with .tmp
+    (tmp_path / "ckpts" / "model.pt").rename(long)
+    items = plan_items(load_job(job_path))
+    assert len(items) == 1 and items[0].problem is not None
+    assert "at most 255 bytes" in items[0].problem
+    code = main(["migrate", str(job_path), "--no-prefect"])
+    out, err = capsys.readouterr()
+    assert code != 0 and "Traceback" not in out + err
+    assert "at most 255 bytes" in out + err
+    assert not (tmp_path / "jobs" / "out").exists() or not _files(tmp_path / "jobs" / "out")

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from weightmapper.atomic import atomic_path
+from weightmapper.atomic import atomic_path, name_problem
 from weightmapper.errors import KeyCollisionError, MappingError, OutputError
 from weightmapper.result import (
     MappingResult,
@@ -102,6 +102,23 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path) -> None:
         atomic_path(dest, overwrite=False),
     ):
         pass
+
+
+def test_a_name_too_long_for_its_temporary_file_is_our_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The temporary file beside an output adds about 30 bytes: a name that fits alone but
+    not with them is refused with our error before anything is created."""
+    fits = tmp_path / ("a" * 200 + ".safetensors")
+    assert name_problem(fits) is None
+    too_long = tmp_path / ("a" * 230 + ".safetensors")
+    assert "at most 255 bytes" in (name_problem(too_long) or "")
+    assert "at most 255 bytes" in (name_problem(tmp_path / ("b" * 256) / "x.pt") or "")
+    assert name_problem(tmp_path / ("é" * 115 + ".pt")) is not None  # bytes, not characters
+    with pytest.raises(OutputError, match="at most 255 bytes"), atomic_path(too_long):
+        pass
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(fits) as tmp:
+        tmp.write_bytes(b"done")
+    assert fits.read_bytes() == b"done"
 
 
 def test_convert_takes_the_checkpoint_as_it_was_loaded(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from weightmapper.atomic import name_problem
 from weightmapper.errors import ConfigError, OutputError, WeightMapperError
 from weightmapper.pipeline import graph
 from weightmapper.pipeline.config import JobConfig, Migration
@@ -65,6 +66,9 @@ def plan_items(job: JobConfig) -> list[WorkItem]:
                     f"output {out} is also the output of {claimed[out]}; make output.naming "
                     "unique (add {index} or {migration})"
                 )
+            if problem is None:
+                # Said now, not after converting: the output (or its report) cannot be named.
+                problem = name_problem(out) or name_problem(report_path_for(out))
             if problem is None and not out.resolve().is_relative_to(m.output.dir.resolve()):
                 problem = (
                     f"output {out} would be written outside output.dir {m.output.dir} (the "
