@@ -92,3 +92,11 @@ def test_breakdowns_read_once_give_what_each_column_read_gives() -> None:
     assert columns(rows, {"c": 2.0})["c"].tolist() == column(rows, "c", 2.0).tolist()
     assert Breakdowns([]).column("a").tolist() == []
     assert Breakdowns([{}, {}]).column("a", 3.0).tolist() == [3.0, 3.0]
+    # one key sequence throughout (the usual case): one block, columns cut out of it
+    same = [{"a": float(i), "b": -float(i)} for i in range(5)]
+    single = Breakdowns(same)
+    for key in ("a", "b", "absent"):
+        np.testing.assert_array_equal(single.column(key, 9.0), column(same, key, 9.0))
+    got = single.column("a")
+    got[0] = 42.0  # a column is the caller's own array: changing it changes no other read
+    assert single.column("a").tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]

@@ -163,10 +163,13 @@ def feature_matrix(
         known,
         alone,
     ]
-    out = np.empty((n, len(FEATURES)), np.float64)  # C order: one pair per row
+    # filled a feature per row (contiguous writes), then turned into one pair per row in C
+    # order by one transposing copy: a column at a time into that order is a strided write
+    # per feature
+    by_feature = np.empty((len(FEATURES), n), np.float64)
     for f, values in enumerate(cols):
-        out[:, f] = values
-    return out
+        by_feature[f] = values
+    return by_feature.T.copy(order="C")
 
 
 @dataclass(frozen=True)
