@@ -467,7 +467,7 @@ class MappingResult(Mapping[str, str]):
         status: MappingStatus | None = None,
     ) -> None:
         self._built: dict[str, MatchedPair] | None = None
-        self._pending: tuple[Callable[[], list[MatchedPair]], list[int]] | None = None
+        self._pending: tuple[Callable[[], list[MatchedPair]], list[str]] | None = None
         if isinstance(pairs, PendingPairs) and len(set(pairs.sources)) == len(pairs.sources):
             self._defer(pairs)
         else:  # built pairs (pending ones with a source twice are built to be refused by name)
@@ -505,12 +505,9 @@ class MappingResult(Mapping[str, str]):
     def _defer(self, pairs: PendingPairs) -> None:
         """Unbuilt pairs (each source once) → their keys kept sorted by source, as the built
         pairs will be; the pairs are built when first asked for (:attr:`_pairs`)."""
-        sources, targets = pairs.sources, pairs.targets
-        order = sorted(range(len(sources)), key=sources.__getitem__)
-        self._targets: dict[str, str] = dict(
-            zip(map(sources.__getitem__, order), map(targets.__getitem__, order), strict=True)
-        )
-        self._pending = (pairs.build, order)
+        # each source once: sorting (source, target) pairs sorts them by source
+        self._targets: dict[str, str] = dict(sorted(zip(pairs.sources, pairs.targets, strict=True)))
+        self._pending = (pairs.build, pairs.sources)
 
     def _keep(self, pairs: Sequence[MatchedPair]) -> None:
         """MatchedPairs → kept sorted by source; KeyCollisionError for a source mapped twice."""
@@ -539,8 +536,9 @@ class MappingResult(Mapping[str, str]):
         """Source key → its MatchedPair, sorted by source; pairs handed over as
         :class:`PendingPairs` are built here, once, when first asked for."""
         if self._built is None:
-            build, order = self._pending  # type: ignore[misc]  # set while _built is None
+            build, sources = self._pending  # type: ignore[misc]  # set while _built is None
             made = build()
+            order = sorted(range(len(sources)), key=sources.__getitem__)
             self._built = {p.source: p for p in map(made.__getitem__, order)}
             self._pending = None
         return self._built

@@ -100,3 +100,29 @@ def test_breakdowns_read_once_give_what_each_column_read_gives() -> None:
     got = single.column("a")
     got[0] = 42.0  # a column is the caller's own array: changing it changes no other read
     assert single.column("a").tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_breakdowns_read_whatever_order_or_signals_each_holds() -> None:
+    rng = np.random.default_rng(5)
+
+    def made(keys: tuple[str, ...]) -> dict[str, float]:
+        return {k: float(v) for k, v in zip(keys, rng.random(len(keys)), strict=True)}
+
+    cases = [
+        # the first breakdown's signals in another order: read by signal, not by position
+        [("a", "b", "c"), ("c", "a", "b"), ("b", "c", "a"), ("a", "b", "c", "d"), ("a",)],
+        # as many signals as the first one but not the same: every one read by key sequence
+        [("a", "b", "c"), ("a", "b", "d"), ("c", "b", "a"), ("d",)],
+        # the first breakdown holds more than most; a larger one without the common signals
+        [("a", "b", "c", "d"), ("b", "a", "c"), ("c", "b", "a"), ("b",)],
+        [("a", "b"), ("b", "a"), ("c", "d", "e"), ("a", "b", "c")],
+        # a single signal first, and nothing but empty ones
+        [("a",), ("a",), ("b", "a"), ()],
+        [(), ()],
+    ]
+    for layouts in cases:
+        rows = [made(layouts[int(i)]) for i in rng.integers(0, len(layouts), 200)]
+        rows[0] = made(layouts[0])
+        table = Breakdowns(rows)
+        for key in ("a", "b", "c", "d", "absent"):
+            np.testing.assert_array_equal(table.column(key, -1.0), column(rows, key, -1.0))

@@ -112,6 +112,9 @@ def test_proposals_made_in_bulk_equal_proposals_made_one_by_one() -> None:
     assert bulk == [Proposal(*row) for row in rows]
     assert [p.to_dict() for p in bulk] == [Proposal(*row).to_dict() for row in rows]
     assert copy.deepcopy(bulk) == bulk and bulk[1].relabelled({}, "high").confidence == "high"
+    # each proposal holds its fields in the dataclass's order, as one made by __init__ does
+    assert [list(vars(p)) for p in bulk] == [list(vars(Proposal(*row))) for row in rows]
+    assert list(vars(bulk[0])) == list(Proposal.__dataclass_fields__)
 
 
 def test_increasing_and_signature_fit() -> None:

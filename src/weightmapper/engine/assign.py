@@ -65,18 +65,20 @@ def assign(candidates: Candidates, settings: AssignSettings | None = None) -> Ma
     # every signal of every pair read once; scores, features and labels cut columns from it
     table = Breakdowns([p.breakdown for p in proposals])
     raws = _scores(table, w)
+    confidence = list(map(_CONFIDENCE, proposals))  # read once: features and labels use it
     # one feature matrix through the map instead of one call per pair (100k pairs)
-    probs = _probabilities(proposals, table, raws) if calibrated else raws
-    labels = _labels(proposals, table, probs, calibrated=calibrated)
+    probs = _probabilities(proposals, table, raws, confidence) if calibrated else raws
+    labels = _labels(confidence, table, probs, calibrated=calibrated)
     accepted, rejected, reported = accept_many(
         proposals, probs, labels, bar, conservative=conservative
     )
     raw = raws.tolist()
     build = functools.partial(_matched, proposals, accepted, reported, raw, labels)
-    if {labels[i] for i in accepted} <= set(CONFIDENCES):
+    if set(labels) <= set(CONFIDENCES):
         # a large mapping is often read only as source → target: its MatchedPairs are
-        # built when first asked for
-        chosen = [proposals[i] for i in accepted]
+        # built when first asked for (every label, not just the accepted ones', is checked
+        # here: one pass; a label outside the vocabulary is rare and builds them at once)
+        chosen = list(map(proposals.__getitem__, accepted))
         pairs: PendingPairs | list[MatchedPair] = PendingPairs(
             list(map(_SOURCE, chosen)), list(map(_TARGET, chosen)), build
         )
@@ -290,16 +292,16 @@ def _matched(
 
 
 def _probabilities(
-    proposals: Sequence[Proposal], table: Breakdowns, raws: np.ndarray
+    proposals: Sequence[Proposal], table: Breakdowns, raws: np.ndarray, confidence: list[str]
 ) -> np.ndarray:
-    """Proposals + their breakdowns read as columns + their raw scores → each one's
-    calibrated probability (one matrix pass)."""
+    """Proposals + their breakdowns read as columns + their raw scores + their confidence
+    labels → each one's calibrated probability (one matrix pass)."""
     if not proposals:
         return np.zeros(0, np.float64)
     x = feature_matrix(
         table,
         raws,
-        confidence=list(map(_CONFIDENCE, proposals)),
+        confidence=confidence,
         stage=list(map(_STAGE, proposals)),
         note=list(map(_NOTE, proposals)),
     )
@@ -314,14 +316,14 @@ _NOTE = operator.attrgetter("note")
 
 
 def _labels(
-    proposals: Sequence[Proposal], table: Breakdowns, probs: np.ndarray, *, calibrated: bool
+    confidence: list[str], table: Breakdowns, probs: np.ndarray, *, calibrated: bool
 ) -> list[str]:
-    """Proposals + their breakdowns read as columns + their probabilities (their raw scores
-    when not ``calibrated``) → each one's confidence label: ``ambiguous`` when a same-shape
-    alternative is nearly as good (:func:`~weightmapper.engine.margins.ambiguous_mask`),
-    ``low`` when its probability is below :data:`~weightmapper.result.CONFIDENT_SCORE`, else
-    its own."""
-    out = list(map(_CONFIDENCE, proposals))
+    """Proposals' confidence labels + their breakdowns read as columns + their probabilities
+    (their raw scores when not ``calibrated``) → each one's confidence label: ``ambiguous``
+    when a same-shape alternative is nearly as good
+    (:func:`~weightmapper.engine.margins.ambiguous_mask`), ``low`` when its probability is
+    below :data:`~weightmapper.result.CONFIDENT_SCORE`, else its own."""
+    out = list(confidence)
     high = np.fromiter(map(operator.eq, out, repeat("high")), bool, len(out))
     ambiguous = high & ambiguous_mask(table)
     for i in np.flatnonzero(ambiguous).tolist():

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cache
-from itertools import chain, repeat
-from operator import eq, itemgetter, methodcaller
+from itertools import chain
+from operator import itemgetter, methodcaller
 
 import numpy as np
 
@@ -41,47 +41,73 @@ class Breakdowns:
     """Breakdown dicts read once, every signal of every pair in one pass; columns are then
     cut out of that read.
 
-    Proposals' breakdowns share a few key sequences (the same stages wrote them in the same
-    order), so each dict is read as its values in key order, and the breakdowns of one key
-    sequence become one block, a row per breakdown and a column per signal: a signal's
-    column is a column of each block (one block, almost always), not a gather per pair.
-    Reading 28 columns costs one pass over the dicts, not 28.
+    Proposals' breakdowns nearly all hold the same signals (the same stages wrote them), a
+    few hold more. The signals of the most common count (those of the first breakdown that
+    has that many) are read from every breakdown holding at least as many, through one
+    getter of those signals: a row of values per breakdown, whatever order each dict holds
+    them in. The breakdowns of another count are also read as their values in key order,
+    grouped by key sequence. Each group is one block, a row per breakdown and a column per
+    signal: a signal's column is a column of each block (of the first alone, almost always),
+    not a gather per pair. Reading 28 columns costs one pass over the dicts, not 28.
     """
 
     def __init__(self, breakdowns: Sequence[Mapping[str, float]]) -> None:
         n = len(breakdowns)
         self.n = n
-        sequences = list(map(tuple, breakdowns))
-        # Nearly every breakdown has the first one's key sequence: comparing with it is
-        # cheap (equal keys are the same strings), hashing every sequence is not.
-        first = np.fromiter(map(eq, sequences, repeat(sequences[0] if n else ())), bool, n)
-        others = [sequences[i] for i in np.flatnonzero(~first).tolist()]
-        # the distinct key sequences, first seen first
-        layouts = list(dict.fromkeys(sequences[:1] + others))
+        # per group: the rows it holds (None: every row), its signals, their values as a block
+        self._blocks: list[tuple[np.ndarray | None, tuple[str, ...], np.ndarray]] = []
         sizes = np.fromiter(map(len, breakdowns), np.int64, n)
+        size = int(np.bincount(sizes).argmax()) if n else 0
+        common = tuple(breakdowns[int(np.argmax(sizes == size))]) if n else ()
+        # the other counts: read by key sequence (those with more for their other signals)
+        rest = np.flatnonzero(sizes != size)
+        if size > 1:  # a getter of one signal gives a value, not a row
+            fits = np.flatnonzero(sizes >= size)
+            rows = None if len(fits) == n else fits
+            chosen = (
+                breakdowns if rows is None else list(map(breakdowns.__getitem__, fits.tolist()))
+            )
+            try:
+                values = np.fromiter(
+                    chain.from_iterable(map(itemgetter(*common), chosen)),
+                    np.float64,
+                    len(chosen) * size,
+                )
+            except KeyError:  # not every one holds those signals: all read by key sequence
+                rest = np.arange(n)
+            else:
+                self._blocks.append((rows, common, values.reshape(len(chosen), size)))
+        else:
+            rest = np.arange(n)
+        if len(rest):
+            self._read_by_sequence(list(map(breakdowns.__getitem__, rest.tolist())), rest)
+        # signal → its column in each block (-1: absent there)
+        self._slot: dict[str, list[int]] = {}
+        for code, (_, keys, _) in enumerate(self._blocks):
+            for pos, key in enumerate(keys):
+                self._slot.setdefault(key, [-1] * len(self._blocks))[code] = pos
+
+    def _read_by_sequence(self, breakdowns: list[Mapping[str, float]], rows: np.ndarray) -> None:
+        """Breakdowns + their row numbers → a block per distinct key sequence among them,
+        each breakdown read as its values in key order."""
+        n = len(breakdowns)
+        sequences = list(map(tuple, breakdowns))
+        layouts = {keys: code for code, keys in enumerate(dict.fromkeys(sequences))}
+        layout = np.fromiter(map(layouts.__getitem__, sequences), np.int64, n)
+        sizes = np.fromiter(map(len, sequences), np.int64, n)
+        start = np.cumsum(sizes) - sizes  # where each breakdown's values begin
         values = np.fromiter(
             chain.from_iterable(map(methodcaller("values"), breakdowns)),
             np.float64,
             int(sizes.sum()),
         )
-        # per key sequence: the rows it holds (None: every row) and their values as a block
-        self._blocks: list[tuple[np.ndarray | None, np.ndarray]] = []
-        if len(layouts) == 1:
-            self._blocks.append((None, values.reshape(n, len(sequences[0]))))
-        elif layouts:
-            codes = {keys: code for code, keys in enumerate(layouts)}
-            layout = np.zeros(n, np.int64)  # the key sequence of each breakdown, as a number
-            layout[~first] = list(map(codes.__getitem__, others))
-            start = np.cumsum(sizes) - sizes  # where each breakdown's values begin
-            for code, keys in enumerate(layouts):
-                rows = np.flatnonzero(layout == code)
-                at = start[rows][:, None] + np.arange(len(keys))
-                self._blocks.append((rows, values[at]))
-        # signal → its column in each block (-1: absent there)
-        self._slot: dict[str, list[int]] = {}
+        whole = len(rows) == self.n
         for code, keys in enumerate(layouts):
-            for pos, key in enumerate(keys):
-                self._slot.setdefault(key, [-1] * len(layouts))[code] = pos
+            mine = np.flatnonzero(layout == code)
+            at = start[mine][:, None] + np.arange(len(keys))
+            self._blocks.append(
+                (None if whole and len(layouts) == 1 else rows[mine], keys, values[at])
+            )
 
     def __len__(self) -> int:
         return self.n
@@ -92,10 +118,12 @@ class Breakdowns:
         slots = self._slot.get(key)
         if slots is None:
             return np.full(self.n, default, np.float64)
-        if len(self._blocks) == 1:
-            return self._blocks[0][1][:, slots[0]].copy()
+        rows, _, block = self._blocks[0]
+        if rows is None and slots[0] >= 0:
+            # a signal every breakdown holds: the other blocks repeat what this one read
+            return block[:, slots[0]].copy()
         out = np.full(self.n, default, np.float64)
-        for (rows, block), pos in zip(self._blocks, slots, strict=True):
+        for (rows, _, block), pos in zip(self._blocks, slots, strict=True):
             if pos >= 0:
                 out[rows] = block[:, pos]
         return out
