@@ -13,6 +13,7 @@ import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import chain
 from typing import Any
 
 import torch
@@ -468,13 +469,11 @@ class MappingResult(Mapping[str, str]):
     ) -> None:
         self._built: dict[str, MatchedPair] | None = None
         self._pending: tuple[Callable[[], list[MatchedPair]], list[str]] | None = None
-        if isinstance(pairs, PendingPairs) and len(set(pairs.sources)) == len(pairs.sources):
-            self._defer(pairs)
-        else:  # built pairs (pending ones with a source twice are built to be refused by name)
+        if not isinstance(pairs, PendingPairs) or not self._defer(pairs):
+            # built pairs (pending ones with a source twice are built to be refused by name)
             self._keep(pairs.build() if isinstance(pairs, PendingPairs) else pairs)
         written = [t for m in multi for t in (m.targets if m.kind == "split" else m.targets[:1])]
-        targets = [*self._targets.values(), *written]
-        if len(set(targets)) != len(targets):
+        if len(set(chain(self._targets.values(), written))) != len(self._targets) + len(written):
             _refuse_collisions(list(self._pairs.values()), multi)
         self.multi: tuple[MultiPair, ...] = tuple(multi)
         self.unmatched_source: tuple[UnmatchedKey, ...] = tuple(
@@ -502,12 +501,17 @@ class MappingResult(Mapping[str, str]):
         self.status: MappingStatus | None = status
         """What is known of this mapping; None until a load or output check sets it."""
 
-    def _defer(self, pairs: PendingPairs) -> None:
-        """Unbuilt pairs (each source once) → their keys kept sorted by source, as the built
-        pairs will be; the pairs are built when first asked for (:attr:`_pairs`)."""
-        # each source once: sorting (source, target) pairs sorts them by source
-        self._targets: dict[str, str] = dict(sorted(zip(pairs.sources, pairs.targets, strict=True)))
+    def _defer(self, pairs: PendingPairs) -> bool:
+        """Unbuilt pairs → True with their keys kept sorted by source, as the built pairs
+        will be, when each source comes once (the pairs are built when first asked for,
+        :attr:`_pairs`); False, keeping nothing, otherwise."""
+        # sorted (source, target) pairs are sorted by source when each source comes once
+        targets = dict(sorted(zip(pairs.sources, pairs.targets, strict=True)))
+        if len(targets) != len(pairs.sources):
+            return False
+        self._targets: dict[str, str] = targets
         self._pending = (pairs.build, pairs.sources)
+        return True
 
     def _keep(self, pairs: Sequence[MatchedPair]) -> None:
         """MatchedPairs → kept sorted by source; KeyCollisionError for a source mapped twice."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from weightmapper.engine import assign, score_inventories
-from weightmapper.engine.assign import accept
+from weightmapper.engine.assign import _fields_of, accept, accept_many
 from weightmapper.engine.candidates import Proposal, proposals_of
 from weightmapper.engine.primitives import align, increasing, mutual_best, signatures_fit
 from weightmapper.engine.shapes import shape_bucket, shape_relation
@@ -99,6 +99,24 @@ def test_group_carry_accepts_a_weak_member_with_its_group_at_the_groups_score() 
     guess = _proposal("l.bias", "m.bias", confidence="low")
     accepted, rejected = accept({**scored, "l.bias": (guess, 0.95)}, 0.6, conservative=True)
     assert "l.bias" in rejected and "l.weight" in accepted
+
+
+def test_fields_read_in_one_pass_are_each_proposals_own_and_accept_the_same() -> None:
+    proposals = [
+        _proposal("l.weight", "m.weight"),
+        _proposal("l.bias", "m.bias", confidence="low"),
+        _proposal("bn.running_mean", "n.running_mean", follows="l.weight", stage="buffer"),
+        _proposal("k.bias", "z.bias", group=False),
+    ]
+    fields = _fields_of(proposals)
+    for name, values in fields.items():
+        assert list(values) == [getattr(p, name) for p in proposals]
+    assert all(len(v) == 0 for v in _fields_of([]).values())
+    scores = np.array([0.9, 0.5, 0.2, 0.5])
+    labels = [p.confidence for p in proposals]
+    for conservative in (False, True):
+        read = accept_many(proposals, scores, labels, 0.6, conservative=conservative, fields=fields)
+        assert read == accept_many(proposals, scores, labels, 0.6, conservative=conservative)
 
 
 def test_proposals_made_in_bulk_equal_proposals_made_one_by_one() -> None:
