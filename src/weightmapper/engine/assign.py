@@ -228,22 +228,26 @@ def accept_many(
     grouped = fields["group"] if fields is not None else map(_GROUP, proposals)
     lead = np.fromiter(map(operator.is_, follows, repeat(None)), bool, n)
     group = np.fromiter(grouped, bool, n) & lead
-    # the best score of each unit (module pair) with members matched as a group
+    # the best score of each unit (module pair) with members matched as a group; only a
+    # member below the bar reads it, so without one no unit is worked out
+    below = group & (scores < bar)
     best = np.zeros(n, np.float64)
-    members = np.flatnonzero(group)
+    members = np.flatnonzero(group) if below.any() else np.zeros(0, np.int64)
     if len(members):
+        sources = fields["source"] if fields is not None else [p.source for p in proposals]
+        targets = fields["target"] if fields is not None else [p.target for p in proposals]
         units: dict[tuple[str, str], int] = {}
         unit = np.array(
             [
-                units.setdefault((_module(p.source), _module(p.target)), len(units))
-                for p in map(proposals.__getitem__, members.tolist())
+                units.setdefault((_module(sources[i]), _module(targets[i])), len(units))
+                for i in members.tolist()
             ],
             np.int64,
         )
         top = np.zeros(len(units), np.float64)
         np.fmax.at(top, unit, scores[members])  # max(0.0, ...) per unit, NaN never wins
         best[members] = top[unit]
-    carried = group & (scores < bar) & (bar <= best)
+    carried = below & (bar <= best)
     ok = (scores >= bar) | carried
     if conservative:
         ok &= np.fromiter(map(operator.eq, labels, repeat("high")), bool, n)
