@@ -181,6 +181,14 @@ class IndexColumns:
         """Slot × group → rank (0 past a group's depth): each slot's ranks contiguous."""
         self.slots[slot, group] = flat
 
+    @classmethod
+    def from_arrays(cls, depth: np.ndarray, primary: np.ndarray, ranks: np.ndarray) -> IndexColumns:
+        """Per group: number of indices, primary index, ranks padded with 0 (the arrays
+        ``IndexColumns(keys)`` builds from its keys) → IndexColumns holding them."""
+        out = cls.__new__(cls)
+        out.depth, out.primary, out.ranks = depth, primary, ranks
+        return out
+
     def similarity(self, other: IndexColumns, ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
         """Groups of this side + groups of ``other`` (equal length) → index agreement of each
         pair (float64), :func:`~weightmapper.engine.primitives.index_sim_one` on arrays: 1

@@ -147,6 +147,142 @@ def split_module(path: str) -> NameParts:
     return NameParts(tokens, indices, text)
 
 
+@dataclass(frozen=True)
+class ModuleSplits:
+    """Module paths split as :func:`split_module` splits each, as columns: templates coded,
+    indices laid end to end."""
+
+    template_code: np.ndarray
+    """Path → code of its template (codes in order of first appearance)."""
+    templates: list[str]
+    """Distinct templates (``layers # attn q``)."""
+    tokens: list[tuple[str, ...]]
+    """Distinct template → its tokens (every path of a template has the same tokens)."""
+    width: np.ndarray
+    """Path → how many indices it has."""
+    flat: np.ndarray
+    """The indices of all paths, path after path (int64)."""
+    skeleton_code: np.ndarray | None = None
+    """Path → code of its skeleton (the path with each number component as ``#``), None
+    when the paths were split one by one."""
+    skeletons: list[str] | None = None
+    """Distinct skeletons, in order of first appearance."""
+
+    def indices(self) -> list[tuple[int, ...]]:
+        """() → each path's index tuple (:attr:`NameParts.indices`)."""
+        ends = np.cumsum(self.width).tolist()
+        flat = self.flat.tolist()
+        return [tuple(flat[a:b]) for a, b in zip([0, *ends], ends, strict=False)]
+
+
+def split_modules(paths: Sequence[str]) -> ModuleSplits:
+    """Module paths → :class:`ModuleSplits`, what :func:`split_module` gives for each.
+
+    A deep stack's 50k module paths are a few hundred *skeletons* (numbers taken out), and a
+    number component only adds its value to the indices (``#`` in the template, no token):
+    each skeleton is split once, and the numbers are read from all paths in one pass.
+    """
+    joined = "\n".join(paths)
+    if (
+        not paths
+        or not joined.isascii()  # \d and str.isdigit see non-ASCII digits too
+        or "#" in joined  # the skeletons' marker
+        or joined.count("\n") != len(paths) - 1
+        or ("_" in joined and _FLAT_INDEX.search(joined) is not None)  # changes components
+    ):
+        return _split_one_by_one(paths)
+    pieces = _NUMBER_COMPONENT.split(joined)  # text, number, text, number, ..., text
+    numbers = pieces[1::2]
+    skeleton_code, skeletons = distinct_codes("#".join(pieces[0::2]).split("\n"))
+    recipes = [_skeleton_recipe(s) for s in skeletons]
+    if any(r is None for r in recipes) or max(map(len, numbers), default=0) > 18:
+        return _split_one_by_one(paths)  # a recipe that does not hold, a number past int64
+    # Per skeleton: its template, its indices with -1 where each number goes in.
+    template_code, templates = distinct_codes([r[0].template for r in recipes])  # type: ignore[index]
+    tokens = [recipes[first][0].tokens for first in _first_of_each(template_code)]  # type: ignore[index]
+    slots = [r[1] for r in recipes]  # type: ignore[index]
+    n_slots = np.fromiter(map(len, slots), np.int64, len(slots))
+    width = n_slots[skeleton_code]
+    values = np.fromiter(map(int, numbers), np.int64, len(numbers))
+    if all(all(v < 0 for v in r) for r in slots):
+        flat = values  # every index is a number component, in order
+    else:
+        flat = _fill_slots(skeleton_code, slots, width, values)
+    return ModuleSplits(
+        template_code[skeleton_code], templates, tokens, width, flat, skeleton_code, skeletons
+    )
+
+
+_NUMBER_COMPONENT = re.compile(r"(?<![^.\n])([0-9]+)(?![^.\n])")
+"""A dot-component made of (ASCII) digits, in newline-separated paths; captured."""
+
+
+def skeleton(path: str) -> str:
+    """Module path → its skeleton: each component made of digits replaced by ``#``
+    (``layers.12.mlp`` → ``layers.#.mlp``; ``conv1`` stays)."""
+    return _NUMBER_COMPONENT.sub("#", path)
+
+
+def _skeleton_recipe(skeleton: str) -> tuple[NameParts, tuple[int, ...]] | None:
+    """A skeleton (numbers as ``#``) → (its NameParts, its indices with -1 in the slots its
+    number components fill, in order), or None if two fillings disagree but in those slots.
+
+    The slots are found by splitting the skeleton with every ``#`` as 0 and as 1: the
+    indices that change are the number components'; the rest (``layer3`` → 3) are its own.
+    """
+    zero, one = split_module(skeleton.replace("#", "0")), split_module(skeleton.replace("#", "1"))
+    if (zero.tokens, zero.template) != (one.tokens, one.template):
+        return None
+    if len(zero.indices) != len(one.indices):
+        return None
+    slots = tuple(-1 if a != b else a for a, b in zip(zero.indices, one.indices, strict=True))
+    if sum(v < 0 for v in slots) != skeleton.count("#"):
+        return None
+    return zero, slots
+
+
+def _fill_slots(
+    skeleton_code: np.ndarray, slots: list[tuple[int, ...]], width: np.ndarray, values: np.ndarray
+) -> np.ndarray:
+    """Per path its skeleton's code + per skeleton its index slots (-1: a number's) + each
+    path's width + the numbers read in path order → all paths' indices laid end to end."""
+    flat = np.empty(int(width.sum()), np.int64)
+    start = np.cumsum(width) - width  # where each path's indices begin
+    taken = np.fromiter((sum(v < 0 for v in r) for r in slots), np.int64, len(slots))
+    n_taken = taken[skeleton_code]
+    value_start = np.cumsum(n_taken) - n_taken  # where each path's numbers begin
+    order = np.argsort(skeleton_code, kind="stable")
+    cuts = np.nonzero(np.diff(skeleton_code[order]))[0] + 1
+    for rows in np.split(order, cuts):
+        at, nth = start[rows], value_start[rows]
+        k = 0
+        for pos, v in enumerate(slots[int(skeleton_code[rows[0]])]):
+            if v < 0:
+                flat[at + pos] = values[nth + k]
+                k += 1
+            else:
+                flat[at + pos] = v
+    return flat
+
+
+def _split_one_by_one(paths: Sequence[str]) -> ModuleSplits:
+    """Module paths → :class:`ModuleSplits` from :func:`split_module` of each path."""
+    parts = list(map(split_module, paths))
+    template_code, templates = distinct_codes([p.template for p in parts])
+    tokens = [parts[first].tokens for first in _first_of_each(template_code)]
+    width = np.fromiter((len(p.indices) for p in parts), np.int64, len(parts))
+    flat = np.fromiter(chain.from_iterable(p.indices for p in parts), np.int64, int(width.sum()))
+    return ModuleSplits(template_code, templates, tokens, width, flat)
+
+
+def _first_of_each(code: np.ndarray) -> list[int]:
+    """Codes numbered in order of first appearance → the position where each first appears."""
+    if not len(code):
+        return []
+    seen_max = np.maximum.accumulate(code)
+    return np.flatnonzero(np.r_[True, seen_max[1:] > seen_max[:-1]]).tolist()
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _module_words(
     template: tuple[str, ...], name: str, top: bool
@@ -296,17 +432,29 @@ def rank_index_rows(
 ) -> tuple[list[tuple[int, ...]], np.ndarray]:
     """Per row: template code and index tuple → (the indices dense-ranked per template slot
     (:func:`dense_rank_indices`), each row's primary index: its ranked value in the slot of
-    its template with the most distinct values (the first such slot; -1 when it has none)).
-
-    Rows are ranked one template at a time, as arrays cut out of all indices laid end to end.
-    """
+    its template with the most distinct values (the first such slot; -1 when it has none))."""
     n = len(indices)
-    out: list[tuple[int, ...]] = [()] * n
-    primary = np.full(n, -1, np.int64)
-    if not n:
-        return out, primary
     width = np.fromiter(map(len, indices), np.int64, n)
     flat = np.fromiter(chain.from_iterable(indices), np.int64, int(width.sum()))
+    ranked, primary, _ = rank_index_columns(template_code, width, flat)
+    return ranked, primary
+
+
+def rank_index_columns(
+    template_code: np.ndarray, width: np.ndarray, flat: np.ndarray
+) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
+    """Per row: template code, number of indices + all rows' indices laid end to end →
+    (ranked indices and primary index of each row as :func:`rank_index_rows` gives them,
+    the ranks as a matrix padded with 0).
+
+    Rows are ranked one template at a time, as arrays cut out of the flat indices.
+    """
+    n = len(width)
+    out: list[tuple[int, ...]] = [()] * n
+    primary = np.full(n, -1, np.int64)
+    padded = np.zeros((n, int(width.max(initial=0))), np.int64)
+    if not n:
+        return out, primary, padded
     start = np.cumsum(width) - width
     order = np.argsort(template_code, kind="stable")
     cuts = np.nonzero(np.diff(template_code[order]))[0] + 1
@@ -314,12 +462,14 @@ def rank_index_rows(
         w = int(width[rows[0]])
         rows_l = rows.tolist()
         if (width[rows] != w).any():
-            ragged = [indices[q] for q in rows_l]
-            ranked = [_rank_ragged(ragged, indices[r]) for r in rows_l]
+            flat_l = flat.tolist()
+            ragged = [tuple(flat_l[start[q] : start[q] + width[q]]) for q in rows_l]
+            ranked = [_rank_ragged(ragged, idx) for idx in ragged]
             slot = _primary_slot(ranked)
             for r, rk in zip(rows_l, ranked, strict=True):
                 out[r] = rk
                 primary[r] = rk[slot] if 0 <= slot < len(rk) else -1
+                padded[r, : len(rk)] = rk
             continue
         if not w:
             continue  # no indices: () and -1
@@ -330,9 +480,10 @@ def rank_index_rows(
         # Dense ranks: a slot's number of distinct values is its largest rank + 1.
         slot = int(np.argmax(ranks.max(axis=0)))
         primary[rows] = ranks[:, slot]
+        padded[rows, :w] = ranks
         for r, rk in zip(rows_l, map(tuple, ranks.tolist()), strict=True):
             out[r] = rk
-    return out, primary
+    return out, primary, padded
 
 
 def _primary_slot(ranked: list[tuple[int, ...]]) -> int:

@@ -13,14 +13,17 @@ from itertools import chain
 
 import numpy as np
 
+from weightmapper.engine.columns import IndexColumns, distinct_pairs
 from weightmapper.engine.families import guess_families, type_family
 from weightmapper.engine.names import (
+    ModuleSplits,
     common_prefix,
     distinct_codes,
     local_role,
     local_tokens,
-    rank_index_rows,
-    split_module,
+    rank_index_columns,
+    skeleton,
+    split_modules,
 )
 from weightmapper.engine.shapes import shape_bucket
 from weightmapper.inventory import LEARNED_NAMES, Inventory, tensor_is_buffer
@@ -62,6 +65,8 @@ class Side:
     group_index_key: list[tuple[tuple[int, ...], int]]
     """Group number → (dense-ranked indices, primary index): the primary index is the slot
     with the most distinct values in the group's template (the block number), -1 if none."""
+    group_index_columns: IndexColumns
+    """:attr:`group_index_key` as arrays (depth, primary index, ranks padded with 0)."""
     group_sibrank: list[int]
     """Group number → its rank among the groups that share its parent module path."""
     group_parent: np.ndarray
@@ -206,22 +211,21 @@ def prepare_side(inv: Inventory) -> Side:
         if prefix
         else group_paths
     )
-    gparts = list(map(split_module, gstripped))
-    gtemplates = [gp.template for gp in gparts]
-    tpl_code = distinct_codes(gtemplates)[0]
-    granked, gprimary = rank_index_rows(tpl_code, [gp.indices for gp in gparts])
-    # A template is its module's tokens with ``#`` where each index stood, so the tokens of
-    # every group of a template are those of its first group.
-    first = np.unique(tpl_code, return_index=True)[1].tolist()
-    tpl_tokens = [" ".join(gparts[g].tokens) for g in first]
+    splits = split_modules(gstripped)
+    tpl_code = splits.template_code
+    gtemplates = [splits.templates[c] for c in tpl_code.tolist()]
+    granked, gprimary, granks = rank_index_columns(tpl_code, splits.width, splits.flat)
+    # A template is its module's tokens with ``#`` where each index stood, so every group of
+    # a template has the same tokens.
+    tpl_tokens = [" ".join(t) for t in splits.tokens]
     gtokens = [tpl_tokens[c] for c in tpl_code.tolist()]
     # A key's name is its module's name plus its local name; its layer indices are the
     # module's (dense-ranked per module template, so all tensors of a module agree).
     tokens = _key_tokens(tpl_code[group_of], local_code, tpl_tokens, local_names)
     gtypes = [g.module_type for g in groups]
     gpos = np.arange(n_g, dtype=np.float64) / max(1, n_g - 1)
-    shapes_of_paths = _ordinal_shapes(group_paths)
-    chains = _numbered_siblings(shapes_of_paths)
+    ordinal_code, ordinals = _ordinal_shape_codes(group_paths, prefix, splits)
+    chains = _numbered_chains(ordinal_code, ordinals)
     parent_code = distinct_codes([p.rpartition(".")[0] for p in group_paths])[0]
     tied_to: dict[str, str] = {}
     for tie in inv.tied:
@@ -250,13 +254,16 @@ def prepare_side(inv: Inventory) -> Side:
         group_template=gtemplates,
         group_ranked=granked,
         group_index_key=list(zip(granked, gprimary.tolist(), strict=True)),
+        group_index_columns=IndexColumns.from_arrays(splits.width, gprimary, granks),
         group_sibrank=_sibling_ranks(parent_code).tolist(),
         group_parent=parent_code,
         group_pos=gpos,
         group_pos_known=(chains >= 0) if inv.sorted_keys else np.ones(n_g, dtype=bool),
         group_chain=chains,
         group_linked=(
-            _linked(group_paths, shapes_of_paths) if inv.sorted_keys else np.ones(n_g, dtype=bool)
+            _linked_codes(group_paths, ordinal_code, ordinals)
+            if inv.sorted_keys
+            else np.ones(n_g, dtype=bool)
         ),
         tied_to=tied_to,
     )
@@ -303,13 +310,39 @@ def _families(
     return [fam or guess for fam, guess in zip(out, guessed, strict=True)]
 
 
+def _ordinal_shape_codes(
+    paths: list[str], prefix: str, splits: ModuleSplits
+) -> tuple[np.ndarray, list[str]]:
+    """Module paths + the prefix they share + the :class:`ModuleSplits` of the paths without
+    it → each path's code of its ordinal shape (:func:`_ordinal_shapes`), and the distinct
+    shapes in order of first appearance.
+
+    Number components become ``#`` in a path's ordinal shape as in its skeleton, so a
+    skeleton's shape is the shape of each of its paths: worked out once per skeleton, unless
+    a one-letter component asks which letters its siblings have (then path by path).
+    """
+    if splits.skeleton_code is None or splits.skeletons is None:
+        return distinct_codes(_ordinal_shapes(paths))
+    head = skeleton(prefix)  # the prefix ends with a dot: it holds whole components
+    skeletons = [head + s for s in splits.skeletons]
+    if any(_SINGLE_LETTER.search(s) for s in skeletons):
+        return distinct_codes(_ordinal_shapes(paths))
+    code, distinct = distinct_codes(_ordinal_shapes(skeletons))
+    return code[splits.skeleton_code], distinct
+
+
 def _numbered_siblings(shapes: list[str]) -> np.ndarray:
     """Module paths' ordinal shapes (:func:`_ordinal_shapes`) → for each path that shares its
     name, numbers aside, with another (``conv1``/``conv2``, ``layers.0.attn``/
     ``layers.1.attn``, ``f.a``/``f.b``) the number of that chain (in order of first
     appearance), else -1: the order a natural sort gives one chain is its real order; the
     order between other names is alphabetical."""
-    code, distinct = distinct_codes(shapes)
+    return _numbered_chains(*distinct_codes(shapes))
+
+
+def _numbered_chains(code: np.ndarray, distinct: list[str]) -> np.ndarray:
+    """Paths' ordinal shapes as codes + the distinct shapes in order of first appearance →
+    :func:`_numbered_siblings`."""
     chained = (np.bincount(code, minlength=len(distinct)) > 1) & np.fromiter(
         ("#" in s for s in distinct), bool, len(distinct)
     )
@@ -327,6 +360,20 @@ def _linked(paths: list[str], shapes: list[str]) -> np.ndarray:
     k = first_differing_component(paths)
     # Equal components give equal ordinal shapes, so the shapes first differ at k or later.
     k_shape = first_differing_component(shapes)
+    out[1:] = (k >= 0) & ((k_shape < 0) | (k_shape > k))
+    return out
+
+
+def _linked_codes(paths: list[str], code: np.ndarray, shapes: list[str]) -> np.ndarray:
+    """Module paths in natural order + their ordinal shapes as codes (+ the distinct shapes)
+    → :func:`_linked`, the shapes compared once per distinct pair of neighbours' shapes."""
+    out = np.zeros(len(paths), dtype=bool)
+    if len(paths) < 2:
+        return out
+    k = first_differing_component(paths)
+    a, b, back = distinct_pairs(code[:-1], code[1:], len(shapes))
+    neighbours = [shapes[x] for pair in zip(a.tolist(), b.tolist(), strict=True) for x in pair]
+    k_shape = first_differing_component(neighbours)[0::2][back]
     out[1:] = (k >= 0) & ((k_shape < 0) | (k_shape > k))
     return out
 

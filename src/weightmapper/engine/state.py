@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from weightmapper.engine.columns import IndexColumns
 from weightmapper.engine.families import (
     STRICT_ROLES,
     allowed_pairs,
@@ -108,12 +107,8 @@ class MatchState:
         self.key_space = TokenSpace(
             self.s.tokens, self.t.tokens, codes=(self.s.token_codes, self.t.token_codes)
         )
-        self.s_index = IndexColumns(self.s.group_index_key)
-        self.t_index = (
-            self.s_index
-            if self.t.group_index_key is self.s.group_index_key
-            else IndexColumns(self.t.group_index_key)
-        )
+        self.s_index = self.s.group_index_columns
+        self.t_index = self.t.group_index_columns
         """Each side's group index keys as arrays (the ``index`` agreement of many pairs)."""
         self.group_space = TokenSpace(
             self.s.group_tokens,
