@@ -199,7 +199,7 @@ def split_modules(paths: Sequence[str]) -> ModuleSplits:
         return _split_one_by_one(paths)  # a recipe that does not hold, a number past int64
     # Per skeleton: its template, its indices with -1 where each number goes in.
     template_code, templates = distinct_codes([r[0].template for r in recipes])  # type: ignore[index]
-    tokens = [recipes[first][0].tokens for first in _first_of_each(template_code)]  # type: ignore[index]
+    tokens = [recipes[first][0].tokens for first in first_of_each(template_code)]  # type: ignore[index]
     slots = [r[1] for r in recipes]  # type: ignore[index]
     n_slots = np.fromiter(map(len, slots), np.int64, len(slots))
     width = n_slots[skeleton_code]
@@ -269,13 +269,13 @@ def _split_one_by_one(paths: Sequence[str]) -> ModuleSplits:
     """Module paths → :class:`ModuleSplits` from :func:`split_module` of each path."""
     parts = list(map(split_module, paths))
     template_code, templates = distinct_codes([p.template for p in parts])
-    tokens = [parts[first].tokens for first in _first_of_each(template_code)]
+    tokens = [parts[first].tokens for first in first_of_each(template_code)]
     width = np.fromiter((len(p.indices) for p in parts), np.int64, len(parts))
     flat = np.fromiter(chain.from_iterable(p.indices for p in parts), np.int64, int(width.sum()))
     return ModuleSplits(template_code, templates, tokens, width, flat)
 
 
-def _first_of_each(code: np.ndarray) -> list[int]:
+def first_of_each(code: np.ndarray) -> list[int]:
     """Codes numbered in order of first appearance → the position where each first appears."""
     if not len(code):
         return []

@@ -19,6 +19,7 @@ from weightmapper.engine.names import (
     ModuleSplits,
     common_prefix,
     distinct_codes,
+    first_of_each,
     local_role,
     local_tokens,
     rank_index_columns,
@@ -101,6 +102,23 @@ class Side:
     def group_rank_code(self) -> np.ndarray:
         """Group number → code of its dense-ranked indices (equal codes: equal indices)."""
         return distinct_codes(self.group_ranked)[0]
+
+    @functools.cached_property
+    def role_codes(self) -> tuple[np.ndarray, list[str]]:
+        """Key number → code of its :attr:`role`, and the distinct roles in order of first
+        appearance, worked out on first use."""
+        return distinct_codes(self.role)
+
+    @functools.cached_property
+    def family_codes(self) -> tuple[np.ndarray, list[str]]:
+        """Group number → code of its :attr:`group_family` (``""`` for none), and the distinct
+        families in order of first appearance, worked out on first use."""
+        return distinct_codes([f or "" for f in self.group_family])
+
+    @functools.cached_property
+    def shape_firsts(self) -> list[int]:
+        """For each distinct shape (in order of first appearance), its first key."""
+        return first_of_each(self.shape_code)
 
     @functools.cached_property
     def token_codes(self) -> tuple[np.ndarray, list[str]]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from weightmapper.engine.columns import distinct_pairs
 from weightmapper.engine.families import (
     STRICT_ROLES,
     allowed_pairs,
@@ -23,7 +25,7 @@ from weightmapper.engine.families import (
     incompatible_token_pairs,
     type_compat,
 )
-from weightmapper.engine.names import TokenSpace, distinct_codes
+from weightmapper.engine.names import TokenSpace
 from weightmapper.engine.shapes import ShapeRelation, cached_relation, shape_bucket
 from weightmapper.engine.side import Side, drop_tokens, side_specific_tokens
 from weightmapper.roles import SideRoles, roles_conflict, roles_same, stacks_conflict
@@ -64,14 +66,12 @@ class MatchState:
         self.t_stat = np.array(tgt.stat_buffer, bool)
         self.s_scorable = ~self.s_stat if self.mode == "exclude" else np.ones(len(src), bool)
         self.t_scorable = ~self.t_stat if self.mode == "exclude" else np.ones(len(tgt), bool)
-        fams, (self.s_fam, self.t_fam) = _joint_codes(
-            [f or "" for f in src.group_family], [f or "" for f in tgt.group_family]
-        )
+        fams, (self.s_fam, self.t_fam) = _joint_codes(src.family_codes, tgt.family_codes)
         self.fam_table = np.array(
             [[type_compat(a or None, b or None) for b in fams] for a in fams], dtype=np.float32
         )
         """Family code × family code → compatibility (0: may never pair)."""
-        roles, (self.s_role, self.t_role) = _joint_codes(src.role, tgt.role)
+        roles, (self.s_role, self.t_role) = _joint_codes(src.role_codes, tgt.role_codes)
         strict = np.array([r in STRICT_ROLES for r in roles], bool)
         self.s_strict_role = strict[self.s_role]
         self.t_strict_role = strict[self.t_role]
@@ -84,8 +84,8 @@ class MatchState:
         self.func_conflict = _table(labels, roles_conflict)
         self.func_same = _table(labels, roles_same)
         """Role code × role code → True where both name one role (a ``name`` signal)."""
-        self.s_named = np.fromiter(map(s_roles.named.__contains__, src.keys), bool, len(src))
-        self.t_named = np.fromiter(map(t_roles.named.__contains__, tgt.keys), bool, len(tgt))
+        self.s_named = _named(src.keys, s_roles.named)
+        self.t_named = _named(tgt.keys, t_roles.named)
         """Key → True when a naming convention gave its role (name knowledge, not function)."""
         labels, (self.s_stack, self.t_stack) = _label_codes(
             src.keys, tgt.keys, s_roles.stacks, t_roles.stacks
@@ -174,9 +174,9 @@ class MatchState:
             return
         self.s_match[rows] = cols
         self.t_match[cols] = rows
-        self.rec.update(
-            zip(rows.tolist(), [(rel, stage, group, structure, -1) for rel in rels], strict=True)
-        )
+        rels = rels.tolist() if isinstance(rels, np.ndarray) else rels
+        records = zip(rels, repeat(stage), repeat(group), repeat(structure), repeat(-1))
+        self.rec.update(zip(rows.tolist(), records, strict=True))
 
     def stage_counts(self) -> dict[str, int]:
         """Stage name → number of pairs it settled."""
@@ -233,17 +233,18 @@ class MatchState:
             t.group_type_code[gt[keep]],
         ):
             # renumbered after each step, so the combined codes stay small
-            combo = np.unique(combo * (int(codes.max()) + 1) + codes, return_inverse=True)[1]
-        _, first, back = np.unique(combo.reshape(-1), return_index=True, return_inverse=True)
-        rels = np.empty(len(first), dtype=object)
-        for n, k in enumerate(keep[first].tolist()):
+            combo = distinct_pairs(combo, codes, int(codes.max()) + 1)[2]
+        # One pair of each combination (any one: its relation is the combination's).
+        one = np.empty(int(combo.max()) + 1, np.int64)
+        one[combo] = keep
+        rels = np.empty(len(one), dtype=object)
+        for n, k in enumerate(one.tolist()):
             i, j, a, b = int(rows_s[k]), int(cols_t[k]), int(gs[k]), int(gt[k])
             rels[n] = cached_relation(
                 s.shape[i], t.shape[j], s.group_type[a], t.group_type[b], self.tol
             )
-        back = back.reshape(-1)
-        out[keep] = rels[back]
-        ok[keep] = np.array([r is not None for r in rels], bool)[back]
+        out[keep] = rels[combo]
+        ok[keep] = np.array([r is not None for r in rels], bool)[combo]
         return out, ok
 
     def roles_block(self, rows_s: np.ndarray, cols_t: np.ndarray) -> np.ndarray:
@@ -303,14 +304,9 @@ class MatchState:
         return partner
 
 
-def _shape_firsts(side: Side) -> list[int]:
-    """Side → for each of its distinct shapes (in order of first appearance), its first key."""
-    return np.unique(side.shape_code, return_index=True)[1].tolist()
-
-
 def _tolerant_buckets(side: Side, tol: float) -> list[tuple[int, ...]]:
     """Side + shape tolerance → each key's shape bucket under it, once per distinct shape."""
-    buckets = [shape_bucket(side.shape[k], tol) for k in _shape_firsts(side)]
+    buckets = [shape_bucket(side.shape[k], tol) for k in side.shape_firsts]
     return [buckets[c] for c in side.shape_code.tolist()]
 
 
@@ -319,16 +315,25 @@ def _bucket_counts(side: Side) -> Counter:
     counted once per distinct shape."""
     per_shape = np.bincount(side.shape_code).tolist()
     out: Counter = Counter()
-    for n, k in zip(per_shape, _shape_firsts(side), strict=True):
+    for n, k in zip(per_shape, side.shape_firsts, strict=True):
         out[side.bucket[k]] += n
     return out
 
 
-def _joint_codes(a: list[str], b: list[str]) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
-    """Labels of both sides → (their distinct labels sorted, (codes of a, codes of b)):
-    each side's labels are coded once per distinct label, then mapped onto the joint list."""
-    codes_a, uni_a = distinct_codes(a)
-    codes_b, uni_b = (codes_a, uni_a) if b is a else distinct_codes(b)
+def _named(keys: list[str], named: frozenset[str]) -> np.ndarray:
+    """Keys + the keys a naming convention gave a role → True for each key among them."""
+    if not named:
+        return np.zeros(len(keys), bool)
+    return np.fromiter(map(named.__contains__, keys), bool, len(keys))
+
+
+def _joint_codes(
+    a: tuple[np.ndarray, list[str]], b: tuple[np.ndarray, list[str]]
+) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
+    """Labels of both sides, each coded (:func:`distinct_codes`) → (their distinct labels
+    sorted, (codes of a, codes of b) into that list)."""
+    codes_a, uni_a = a
+    codes_b, uni_b = b
     labels = sorted(set(uni_a) | set(uni_b))
     code = {lab: i for i, lab in enumerate(labels)}
     to_a = np.array([code[x] for x in uni_a], np.int64)
