@@ -469,18 +469,31 @@ class _Templated:
 
     A 100,000-tensor checkpoint has a few dozen distinct templates: each convention's rules
     are tried against each template once, and only the keys of templates some rule fits are
-    matched one by one.
+    matched one by one (the keys are grouped by template the first time some are asked for).
     """
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
         self.templates = templates_of(keys)
-        self.groups: dict[str, list[str]] = _grouped(keys, self.templates)
-        self.distinct = len(set(keys)) == len(keys)
+        self.distinct_templates: list[str] = list(dict.fromkeys(self.templates))
+        """Distinct templates, in order of first appearance."""
+
+    @functools.cached_property
+    def groups(self) -> dict[str, list[str]]:
+        """Template → its keys, templates and keys in first-seen order."""
+        return _grouped(self.keys, self.templates)
+
+    @functools.cached_property
+    def distinct(self) -> bool:
+        """True when no key repeats (always so for the keys of a mapping)."""
+        return len(set(self.keys)) == len(self.keys)
 
     def rules_by_template(self, convention: Convention) -> dict[str, list[RoleRule]]:
         """Convention → distinct template → the rules whose template pattern fits it."""
-        return {t: [r for r in convention.rules if r.template.fullmatch(t)] for t in self.groups}
+        return {
+            t: [r for r in convention.rules if r.template.fullmatch(t)]
+            for t in self.distinct_templates
+        }
 
 
 def _grouped(keys: list[str], templates: list[str]) -> dict[str, list[str]]:

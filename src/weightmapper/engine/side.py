@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
+from typing import SupportsIndex, overload
 
 import numpy as np
 
@@ -31,6 +33,27 @@ from weightmapper.inventory import LEARNED_NAMES, Inventory, tensor_is_buffer
 from weightmapper.tensor_info import TensorInfo
 
 
+class GroupKeys(Sequence[list[int]]):
+    """Group number → the list of its key numbers, made when asked for: a group's keys are
+    numbered consecutively, so only where each group starts and ends is kept."""
+
+    def __init__(self, starts: list[int], ends: list[int]) -> None:
+        self._starts = starts
+        self._ends = ends
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, g: SupportsIndex) -> list[int]: ...
+    @overload
+    def __getitem__(self, g: slice) -> list[list[int]]: ...
+    def __getitem__(self, g: SupportsIndex | slice) -> list[int] | list[list[int]]:
+        if isinstance(g, slice):
+            return [self[n] for n in range(*g.indices(len(self)))]
+        return list(range(self._starts[g], self._ends[g]))
+
+
 @dataclass
 class Side:
     """One side of a mapping problem as arrays indexed by key number and group number."""
@@ -46,6 +69,9 @@ class Side:
     bucket: list[tuple[int, ...]]
     role: list[str]
     """Canonical local role (``weight``, ``bias``, ``running mean``...)."""
+    role_codes: tuple[np.ndarray, list[str]]
+    """Key number → code of its :attr:`role`, and the distinct roles in order of first
+    appearance."""
     stat_buffer: list[bool]
     """Buffer that holds no learned values (statistics, indices); weight/bias buffers of a
     frozen BatchNorm are learned and count as parameters."""
@@ -54,7 +80,8 @@ class Side:
     tokens: list[str]
     """Canonical tokens of the whole key, space-separated (indices removed)."""
     group_paths: list[str]
-    group_keys: list[list[int]]
+    group_keys: GroupKeys
+    """Group number → its key numbers (a list)."""
     group_type: list[str | None]
     group_type_code: np.ndarray
     """Group number → code of its module type (equal codes: equal types)."""
@@ -102,12 +129,6 @@ class Side:
     def group_rank_code(self) -> np.ndarray:
         """Group number → code of its dense-ranked indices (equal codes: equal indices)."""
         return distinct_codes(self.group_ranked)[0]
-
-    @functools.cached_property
-    def role_codes(self) -> tuple[np.ndarray, list[str]]:
-        """Key number → code of its :attr:`role`, and the distinct roles in order of first
-        appearance, worked out on first use."""
-        return distinct_codes(self.role)
 
     @functools.cached_property
     def family_codes(self) -> tuple[np.ndarray, list[str]]:
@@ -207,7 +228,7 @@ def prepare_side(inv: Inventory) -> Side:
     sizes = np.fromiter(map(len, tensors), np.int64, n_g)
     group_of = np.repeat(np.arange(n_g, dtype=np.int64), sizes)
     ends = np.cumsum(sizes).tolist()
-    group_keys = [list(range(a, b)) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    group_keys = GroupKeys([0, *ends[:-1]], ends)
     keys = [
         f"{p}.{local}" if p else local  # ParameterGroup.key
         for p, t in zip(group_paths, tensors, strict=True)
@@ -222,6 +243,7 @@ def prepare_side(inv: Inventory) -> Side:
     shape_code, distinct_shapes = distinct_codes(shapes)
     buckets = [_bucket(s) for s in distinct_shapes]
     role_of = [local_role(loc) for loc in local_names]
+    role_code, role_names = distinct_codes(role_of)  # locals are in order of first appearance
     prefix = common_prefix(group_paths) if len(keys) > 1 else ""
     stripped = [k[len(prefix) :] for k in keys] if prefix else keys
     gstripped = (
@@ -258,6 +280,7 @@ def prepare_side(inv: Inventory) -> Side:
         shape_code=shape_code,
         bucket=[buckets[c] for c in shape_code.tolist()],
         role=[role_of[c] for c in local_code.tolist()],
+        role_codes=(role_code[local_code], role_names),
         stat_buffer=_stat_buffers(infos, locals_, local_code, local_names),
         group=group_of,
         tokens=tokens,
