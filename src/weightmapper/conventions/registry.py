@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from weightmapper.dotted import number_components
 from weightmapper.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,10 @@ def templates_of(keys: Sequence[str]) -> list[str]:
     joined = ".\n.".join(keys)
     if not keys or joined.count("\n") != len(keys) - 1:  # a key holds a newline
         return [template_of(k) for k in keys]
-    return _DOTTED_NUMBER.sub(".#", "." + joined + ".")[1:-1].split(".\n.")
+    found = number_components(joined, ".\n")
+    if found is None:  # not ASCII (``\d`` sees other digits too), or a very long number
+        return _DOTTED_NUMBER.sub(".#", "." + joined + ".")[1:-1].split(".\n.")
+    return found[0].split(".\n.")
 
 
 _DOTTED_NUMBER = re.compile(r"\.\d+(?=\.)")

@@ -18,6 +18,7 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from scipy import sparse
 
+from weightmapper.dotted import number_components
 from weightmapper.engine.columns import distinct_pairs
 
 # token → canonical token. Folds the vocabularies of common libraries onto one.
@@ -183,27 +184,28 @@ def split_modules(paths: Sequence[str]) -> ModuleSplits:
     each skeleton is split once, and the numbers are read from all paths in one pass.
     """
     joined = "\n".join(paths)
+    found = None
     if (
-        not paths
-        or not joined.isascii()  # \d and str.isdigit see non-ASCII digits too
-        or "#" in joined  # the skeletons' marker
-        or joined.count("\n") != len(paths) - 1
-        or ("_" in joined and _FLAT_INDEX.search(joined) is not None)  # changes components
+        paths
+        and "#" not in joined  # the skeletons' marker
+        and joined.count("\n") == len(paths) - 1
+        and not ("_" in joined and _FLAT_INDEX.search(joined))  # that changes components
     ):
+        # None if not ASCII (str.isdigit sees other digits too) or a number past int64
+        found = number_components(joined, ".\n")
+    if found is None:
         return _split_one_by_one(paths)
-    pieces = _NUMBER_COMPONENT.split(joined)  # text, number, text, number, ..., text
-    numbers = pieces[1::2]
-    skeleton_code, skeletons = distinct_codes("#".join(pieces[0::2]).split("\n"))
+    skeleton_code, skeletons = distinct_codes(found[0].split("\n"))
+    values = found[1]
     recipes = [_skeleton_recipe(s) for s in skeletons]
-    if any(r is None for r in recipes) or max(map(len, numbers), default=0) > 18:
-        return _split_one_by_one(paths)  # a recipe that does not hold, a number past int64
+    if any(r is None for r in recipes):
+        return _split_one_by_one(paths)  # a recipe that does not hold (never seen)
     # Per skeleton: its template, its indices with -1 where each number goes in.
     template_code, templates = distinct_codes([r[0].template for r in recipes])  # type: ignore[index]
     tokens = [recipes[first][0].tokens for first in first_of_each(template_code)]  # type: ignore[index]
     slots = [r[1] for r in recipes]  # type: ignore[index]
     n_slots = np.fromiter(map(len, slots), np.int64, len(slots))
     width = n_slots[skeleton_code]
-    values = np.fromiter(map(int, numbers), np.int64, len(numbers))
     if all(all(v < 0 for v in r) for r in slots):
         flat = values  # every index is a number component, in order
     else:
