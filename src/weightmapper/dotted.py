@@ -14,10 +14,13 @@ MAX_DIGITS = 18
 """The longest number read (any 18-digit number fits an int64)."""
 
 
-def number_components(text: str, separators: str = ".") -> tuple[str, np.ndarray] | None:
+def number_components(
+    text: str, separators: str = ".", *, read_values: bool = True
+) -> tuple[str, np.ndarray] | None:
     """ASCII text of names joined by separators → (the text with each component made only of
-    digits ``0``-``9`` replaced by ``#``, the values of those components in order), or None
-    when the text is not ASCII or a number has more than :data:`MAX_DIGITS` digits.
+    digits ``0``-``9`` replaced by ``#``, the values of those components in order; empty
+    unless ``read_values``), or None when the text is not ASCII or a number has more than
+    :data:`MAX_DIGITS` digits.
 
     A component is what lies between two separators or a separator and an end of the text:
     ``a.12.b3.4`` → ``a.#.b3.#`` and 12, 4.
@@ -40,15 +43,17 @@ def number_components(text: str, separators: str = ".") -> tuple[str, np.ndarray
     length = end - start + 1
     if len(length) and int(length.max()) > MAX_DIGITS:
         return None
-    values = np.zeros(len(start), np.int64)
-    for k in range(int(length.max(initial=0))):
+    values = np.zeros(len(start) if read_values else 0, np.int64)
+    for k in range(int(length.max(initial=0)) if read_values else 0):
         more = length > k
         values[more] = values[more] * 10 + (b[start[more] + k] - ord("0"))
-    # Keep the first digit of each number (as "#"), drop the rest.
-    step = np.zeros(n + 3, np.int8)
-    step[start + 1] += 1
-    step[end + 1] -= 1
-    dropped = np.cumsum(step[: n + 2], dtype=np.int8).astype(bool)
+    # Keep the first digit of each number (as "#"), drop the rest: the digits after the
+    # first of each number are numbered one after the other.
+    rest = length - 1
+    before = np.repeat(np.cumsum(rest) - rest, rest)  # digits dropped before this number's
+    dropped = np.repeat(start + 1, rest) + (np.arange(int(rest.sum())) - before)
+    keep = np.ones(n + 2, bool)
+    keep[dropped] = False
     out = b.copy()
     out[start] = ord("#")
-    return out[~dropped][1:-1].tobytes().decode("ascii"), values
+    return out[keep][1:-1].tobytes().decode("ascii"), values

@@ -73,9 +73,10 @@ def side_roles(
     Dataflow wins where it speaks; a naming convention fills the rest and says the layout
     the library stores (RoPE, fused rows) when no forward pass showed it.
     """
+    distinct = True if isinstance(keys, Mapping) else None  # a mapping's keys never repeat
     keys = list(keys)
     conventions = conventions or load_conventions()
-    named, best = conventions.roles(keys)
+    named, best = conventions.roles(keys, distinct=distinct)
     roles = {k: r.role for k, r in named.items()}
     stacks = {k: r.stack for k, r in named.items() if r.stack not in ("main",)}
     layout = _agreed_layout([b.convention.layout for b in best])

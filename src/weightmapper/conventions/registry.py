@@ -328,7 +328,7 @@ def templates_of(keys: Sequence[str]) -> list[str]:
     joined = ".\n.".join(keys)
     if not keys or joined.count("\n") != len(keys) - 1:  # a key holds a newline
         return [template_of(k) for k in keys]
-    found = number_components(joined, ".\n")
+    found = number_components(joined, ".\n", read_values=False)
     if found is None:  # not ASCII (``\d`` sees other digits too), or a very long number
         return _DOTTED_NUMBER.sub(".#", "." + joined + ".")[1:-1].split(".\n.")
     return found[0].split(".\n.")
@@ -430,16 +430,22 @@ class ConventionSet:
         )
 
     def roles(
-        self, keys: Sequence[str], architectures: Iterable[str] = (), min_coverage: float = 0.5
+        self,
+        keys: Sequence[str],
+        architectures: Iterable[str] = (),
+        min_coverage: float = 0.5,
+        *,
+        distinct: bool | None = None,
     ) -> tuple[dict[str, KeyRole], list[Identified]]:
         """Keys → (key → role from the best-fitting convention, the conventions tied for best).
 
         Nothing is returned when no convention explains ``min_coverage`` of the keys. A
         convention with repeated blocks claims keys only when it explains one block's: a
         three-layer ``conv1``/``bn1``/``fc`` net shares a ResNet's stem and head names, not
-        its structure.
+        its structure. ``distinct``: True when the caller knows no key repeats (the keys of
+        a mapping), None to have it checked.
         """
-        tk = _Templated(list(keys))
+        tk = _Templated(list(keys), distinct)
         found = [f for f in self._identify(tk, architectures) if _sees_a_block(f.convention, tk)]
         if not found or found[0].coverage < min_coverage:
             return {}, []
@@ -476,8 +482,10 @@ class _Templated:
     matched one by one (the keys are grouped by template the first time some are asked for).
     """
 
-    def __init__(self, keys: list[str]) -> None:
+    def __init__(self, keys: list[str], distinct: bool | None = None) -> None:
         self.keys = keys
+        if distinct is not None:  # known to the caller (the keys of a mapping are distinct)
+            self.distinct = distinct
         self.templates = templates_of(keys)
         self.distinct_templates: list[str] = list(dict.fromkeys(self.templates))
         """Distinct templates, in order of first appearance."""
