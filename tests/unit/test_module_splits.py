@@ -7,6 +7,7 @@ import numpy as np
 from weightmapper.engine.columns import IndexColumns
 from weightmapper.engine.names import (
     common_prefix,
+    distinct_codes,
     rank_index_columns,
     rank_index_rows,
     split_module,
@@ -19,6 +20,7 @@ from weightmapper.engine.side import (
     _numbered_siblings,
     _ordinal_shape_codes,
     _ordinal_shapes,
+    _parent_codes,
 )
 
 WORDS = ["layers", "layer", "blocks", "h", "attn", "mlp", "q_proj", "fc", "conv", "norm", "bn",
@@ -116,3 +118,21 @@ def test_ordinal_shapes_chains_and_links_per_skeleton_equal_per_path() -> None:
             assert [distinct[c] for c in code.tolist()] == shapes
             assert _numbered_chains(code, distinct).tolist() == _numbered_siblings(shapes).tolist()
             assert _linked_codes(full, code, distinct).tolist() == _linked(full, shapes).tolist()
+
+
+def test_parent_codes_per_skeleton_equal_per_path() -> None:
+    rng = np.random.default_rng(4)
+    fast = 0
+    for n in range(40):
+        paths = list(dict.fromkeys(_random_paths(rng, 150)))
+        if n % 2:  # without leading zeros, parents are told apart by their numbers
+            paths = [p for p in paths if not any(c[:1] == "0" and c[1:] for c in p.split("."))]
+        sp = split_modules(paths)
+        fast += sp.plain_numbers
+        want = distinct_codes([p.rpartition(".")[0] for p in paths])[0]
+        assert _parent_codes(paths, sp).tolist() == want.tolist()
+        # the splits of the paths without a prefix they all share tell the same parents apart
+        full = ["module." + p for p in paths]
+        want = distinct_codes([p.rpartition(".")[0] for p in full])[0]
+        assert _parent_codes(full, sp).tolist() == want.tolist()
+    assert fast

@@ -168,6 +168,9 @@ class ModuleSplits:
     when the paths were split one by one."""
     skeletons: list[str] | None = None
     """Distinct skeletons, in order of first appearance."""
+    plain_numbers: bool = False
+    """True when no number component has a leading zero: a path is then its skeleton and
+    its numbers' values."""
 
     def indices(self) -> list[tuple[int, ...]]:
         """() → each path's index tuple (:attr:`NameParts.indices`)."""
@@ -211,10 +214,19 @@ def split_modules(paths: Sequence[str]) -> ModuleSplits:
     else:
         flat = _fill_slots(skeleton_code, slots, width, values)
     return ModuleSplits(
-        template_code[skeleton_code], templates, tokens, width, flat, skeleton_code, skeletons
+        template_code[skeleton_code],
+        templates,
+        tokens,
+        width,
+        flat,
+        skeleton_code,
+        skeletons,
+        plain_numbers=_LEADING_ZERO.search(joined) is None,
     )
 
 
+_LEADING_ZERO = re.compile(r"(?<![^.\n])0[0-9]")
+"""A number component written with a leading zero (``07``), in newline-separated paths."""
 _NUMBER_COMPONENT = re.compile(r"(?<![^.\n])([0-9]+)(?![^.\n])")
 """A dot-component made of (ASCII) digits, in newline-separated paths; captured."""
 

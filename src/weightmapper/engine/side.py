@@ -266,7 +266,7 @@ def prepare_side(inv: Inventory) -> Side:
     gpos = np.arange(n_g, dtype=np.float64) / max(1, n_g - 1)
     ordinal_code, ordinals = _ordinal_shape_codes(group_paths, prefix, splits)
     chains = _numbered_chains(ordinal_code, ordinals)
-    parent_code = distinct_codes([p.rpartition(".")[0] for p in group_paths])[0]
+    parent_code = _parent_codes(group_paths, splits)
     tied_to: dict[str, str] = {}
     for tie in inv.tied:
         for k in tie[1:]:
@@ -370,6 +370,46 @@ def _ordinal_shape_codes(
         return distinct_codes(_ordinal_shapes(paths))
     code, distinct = distinct_codes(_ordinal_shapes(skeletons))
     return code[splits.skeleton_code], distinct
+
+
+def _parent_codes(paths: list[str], splits: ModuleSplits) -> np.ndarray:
+    """Module paths + their :class:`ModuleSplits` (of the paths without the prefix they all
+    share) → each path's code of its parent path (all but its last component), codes in
+    order of first appearance.
+
+    A parent is its skeleton's parent and the numbers in it, so the parents are told apart
+    by those numbers, skeleton by skeleton; path by path when the splits have no skeletons
+    or a number is written with leading zeros (``07`` and ``7`` are one value).
+    """
+    if splits.skeleton_code is None or splits.skeletons is None or not splits.plain_numbers:
+        return distinct_codes([p.rpartition(".")[0] for p in paths])[0]
+    parent_skeleton, _, own = zip(*(s.rpartition(".") for s in splits.skeletons), strict=True)
+    skeleton_parent, _ = distinct_codes(parent_skeleton)
+    # The indices in a parent are the path's, but the last one when its own name is a number.
+    own_number = np.array([c == "#" for c in own], bool)
+    group = skeleton_parent[splits.skeleton_code]
+    depth = splits.width - own_number[splits.skeleton_code]
+    start = np.cumsum(splits.width) - splits.width
+    code = np.empty(len(paths), np.int64)
+    order = np.argsort(group, kind="stable")
+    cuts = np.nonzero(np.diff(group[order]))[0] + 1
+    n_codes = 0
+    for rows in np.split(order, cuts):
+        d = int(depth[rows[0]])
+        if not d:
+            code[rows] = n_codes
+            n_codes += 1
+            continue
+        numbers = splits.flat[start[rows][:, None] + np.arange(d)]
+        distinct, back = np.unique(numbers, axis=0, return_inverse=True)
+        code[rows] = n_codes + back.reshape(-1)
+        n_codes += len(distinct)
+    # Renumbered in order of first appearance.
+    first = np.full(n_codes, len(paths), np.int64)
+    np.minimum.at(first, code, np.arange(len(paths)))
+    rank = np.empty(n_codes, np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(n_codes)
+    return rank[code]
 
 
 def _numbered_siblings(shapes: list[str]) -> np.ndarray:
