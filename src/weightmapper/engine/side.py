@@ -400,10 +400,13 @@ def _parent_codes(paths: list[str], splits: ModuleSplits) -> np.ndarray:
             code[rows] = n_codes
             n_codes += 1
             continue
-        numbers = splits.flat[start[rows][:, None] + np.arange(d)]
-        distinct, back = np.unique(numbers, axis=0, return_inverse=True)
-        code[rows] = n_codes + back.reshape(-1)
-        n_codes += len(distinct)
+        # Equal numbers, equal code: the numbers' codes combined one slot after another.
+        local = np.zeros(len(rows), np.int64)
+        for slot in start[rows] + np.arange(d)[:, None]:
+            values, value_code = np.unique(splits.flat[slot], return_inverse=True)
+            local = distinct_pairs(local, value_code.reshape(-1), len(values))[2]
+        code[rows] = n_codes + local
+        n_codes += int(local.max()) + 1
     # Renumbered in order of first appearance.
     first = np.full(n_codes, len(paths), np.int64)
     np.minimum.at(first, code, np.arange(len(paths)))
