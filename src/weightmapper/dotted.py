@@ -8,18 +8,32 @@ separators, found with a few array operations.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 MAX_DIGITS = 18
 """The longest number read (any 18-digit number fits an int64)."""
 
 
+class Numbers(NamedTuple):
+    """The number components of a text, as :func:`number_components` finds them."""
+
+    text: str
+    """The text with each number component replaced by ``#``."""
+    values: np.ndarray
+    """The numbers' values in order (int64; empty unless asked for)."""
+    plain: bool
+    """True when no number is written with a leading zero (``07``): the text and the values
+    then give back the original."""
+
+
 def number_components(
     text: str, separators: str = ".", *, read_values: bool = True
-) -> tuple[str, np.ndarray] | None:
-    """ASCII text of names joined by separators → (the text with each component made only of
-    digits ``0``-``9`` replaced by ``#``, the values of those components in order; empty
-    unless ``read_values``), or None when the text is not ASCII or a number has more than
+) -> Numbers | None:
+    """ASCII text of names joined by separators → its :class:`Numbers`: each component made
+    only of digits ``0``-``9`` replaced by ``#``, the values of those components in order
+    (if ``read_values``); None when the text is not ASCII or a number has more than
     :data:`MAX_DIGITS` digits.
 
     A component is what lies between two separators or a separator and an end of the text:
@@ -56,4 +70,5 @@ def number_components(
     keep[dropped] = False
     out = b.copy()
     out[start] = ord("#")
-    return out[keep][1:-1].tobytes().decode("ascii"), values
+    plain = not bool(((b[start] == ord("0")) & (length > 1)).any())
+    return Numbers(out[keep][1:-1].tobytes().decode("ascii"), values, plain)

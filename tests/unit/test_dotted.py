@@ -26,14 +26,21 @@ def test_number_components_equal_the_regular_expression() -> None:
             found = number_components(text, separators)
             assert found is not None
             want_text, want_values = _by_regex(text, separators)
-            assert (found[0], found[1].tolist()) == (want_text, want_values), text
+            assert (found.text, found.values.tolist()) == (want_text, want_values), text
+            sep = re.escape(separators)
+            zero = re.search(rf"(?<![^{sep}])0[0-9]+(?![^{sep}])", text)
+            assert found.plain == (zero is None), text
 
 
 def test_number_components_decline_what_they_cannot_read() -> None:
     assert number_components("blöck.3") is None  # not ASCII
     assert number_components("a." + "9" * (MAX_DIGITS + 1)) is None  # past int64
-    text, values = number_components("9" * MAX_DIGITS) or ("", np.zeros(0))
-    assert text == "#" and values.tolist() == [int("9" * MAX_DIGITS)]
+    found = number_components("9" * MAX_DIGITS)
+    assert found is not None and found.text == "#" and found.plain
+    assert found.values.tolist() == [int("9" * MAX_DIGITS)]
+    found = number_components("a.07.0.10", read_values=False)
+    assert found is not None and found.text == "a.#.#.#" and not found.plain
+    assert not len(found.values)
 
 
 def test_templates_of_random_keys_equal_one_by_one() -> None:

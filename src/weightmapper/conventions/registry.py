@@ -331,7 +331,7 @@ def templates_of(keys: Sequence[str]) -> list[str]:
     found = number_components(joined, ".\n", read_values=False)
     if found is None:  # not ASCII (``\d`` sees other digits too), or a very long number
         return _DOTTED_NUMBER.sub(".#", "." + joined + ".")[1:-1].split(".\n.")
-    return found[0].split(".\n.")
+    return found.text.split(".\n.")
 
 
 _DOTTED_NUMBER = re.compile(r"\.\d+(?=\.)")

@@ -198,8 +198,8 @@ def split_modules(paths: Sequence[str]) -> ModuleSplits:
         found = number_components(joined, ".\n")
     if found is None:
         return _split_one_by_one(paths)
-    skeleton_code, skeletons = distinct_codes(found[0].split("\n"))
-    values = found[1]
+    skeleton_code, skeletons = distinct_codes(found.text.split("\n"))
+    values = found.values
     recipes = [_skeleton_recipe(s) for s in skeletons]
     if any(r is None for r in recipes):
         return _split_one_by_one(paths)  # a recipe that does not hold (never seen)
@@ -221,12 +221,10 @@ def split_modules(paths: Sequence[str]) -> ModuleSplits:
         flat,
         skeleton_code,
         skeletons,
-        plain_numbers=_LEADING_ZERO.search(joined) is None,
+        plain_numbers=found.plain,
     )
 
 
-_LEADING_ZERO = re.compile(r"(?<![^.\n])0[0-9]")
-"""A number component written with a leading zero (``07``), in newline-separated paths."""
 _NUMBER_COMPONENT = re.compile(r"(?<![^.\n])([0-9]+)(?![^.\n])")
 """A dot-component made of (ASCII) digits, in newline-separated paths; captured."""
 
