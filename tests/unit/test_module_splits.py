@@ -99,7 +99,7 @@ def test_rank_index_columns_equal_rank_index_rows() -> None:
         assert ranked == want_ranked and primary.tolist() == want_primary.tolist()
         ref = IndexColumns(list(zip(ranked, primary.tolist(), strict=True)))
         got = IndexColumns.from_arrays(sp.width, primary, padded)
-        for name in ("depth", "primary", "ranks"):
+        for name in ("depth", "primary", "slots"):
             assert np.array_equal(getattr(got, name), getattr(ref, name))
 
 

@@ -183,10 +183,11 @@ class IndexColumns:
 
     @classmethod
     def from_arrays(cls, depth: np.ndarray, primary: np.ndarray, ranks: np.ndarray) -> IndexColumns:
-        """Per group: number of indices, primary index, ranks padded with 0 (the arrays
-        ``IndexColumns(keys)`` builds from its keys) → IndexColumns holding them."""
+        """Per group: number of indices, primary index, and group × slot ranks padded with 0
+        → the IndexColumns ``IndexColumns(keys)`` builds from the same keys."""
         out = cls.__new__(cls)
-        out.depth, out.primary, out.ranks = depth, primary, ranks
+        out.depth, out.primary = depth, primary
+        out.slots = np.ascontiguousarray(ranks.T)
         return out
 
     def similarity(self, other: IndexColumns, ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
