@@ -292,3 +292,13 @@ def test_shape_tolerance_allows_near_shapes_with_low_confidence() -> None:
     assert r.pair("head.weight").confidence == "low"
     with pytest.raises(MappingError, match="shape_tolerance"):
         WeightMapper(src, tgt, shape_tolerance=-1)
+
+
+@pytest.mark.parametrize("empty", ["source", "target"])
+def test_a_side_without_tensors_is_our_error_in_the_library_too(empty: str) -> None:
+    """The engine's entry says it (not a numpy error from deep inside), for every caller:
+    the Python API, the CLI and the pipeline alike."""
+    full, bare = nn.Linear(2, 2), nn.ReLU()
+    source, target = (bare, full) if empty == "source" else (full, bare)
+    with pytest.raises(MappingError, match=f"the {empty} ReLU holds no tensors"):
+        WeightMapper(source, target).suggest_mapping()

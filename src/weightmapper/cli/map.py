@@ -264,7 +264,6 @@ def run(args: argparse.Namespace) -> int:
     from weightmapper.cli._progress import stage_bars
     from weightmapper.html_report import render_html
     from weightmapper.mapper import WeightMapper
-    from weightmapper.pipeline.ops import require_tensors
     from weightmapper.proof import prove
     from weightmapper.report import build_report, dumps_report, render_markdown
     from weightmapper.visualize import default_console, visualize_hierarchies, visualize_mapping
@@ -305,7 +304,6 @@ def run(args: argparse.Namespace) -> int:
             buffer_matching_mode=settings.score.buffer_matching_mode,
             trusted=args.trust_pickle,
         )
-        require_tensors(mapper.source_inventory, mapper.target_inventory)
         result = mapper.suggest_mapping(
             threshold=settings.assign.threshold,
             strategy=settings.assign.strategy,

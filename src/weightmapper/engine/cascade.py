@@ -66,6 +66,7 @@ from weightmapper.engine.splits import ambiguous_rivals, mark_ambiguous, propose
 from weightmapper.engine.state import MatchState
 from weightmapper.engine.structural import stage_structural
 from weightmapper.engine.template import stage_template
+from weightmapper.errors import MappingError
 from weightmapper.inventory import Inventory
 from weightmapper.result import MappingResult
 from weightmapper.roles import side_roles
@@ -105,14 +106,30 @@ def run_cascade(st: MatchState) -> None:
     promote_lone_pairs(st)
 
 
+def require_tensors(source: Inventory, target: Inventory) -> None:
+    """Both inventories → None, or MappingError naming a side that holds no tensors.
+
+    Nothing can be mapped from or onto an empty side (a safetensors file saved from an
+    empty dict, a module without parameters or buffers): said before any stage runs.
+    """
+    for side, inv in (("source", source), ("target", target)):
+        if not inv.tensors:
+            raise MappingError(
+                f"the {side} {inv.name or ''} holds no tensors, so there is nothing to map "
+                f"{'from' if side == 'source' else 'onto'}. Expected a checkpoint or module "
+                "with weights: check that the right file or spec was given."
+            )
+
+
 def score_inventories(
     source: Inventory, target: Inventory, settings: ScoreSettings | None = None
 ) -> Candidates:
     """Source and target Inventory + ScoreSettings → Candidates (proposals and notes, no threshold).
 
     Deterministic: the same inventories and settings give the same Candidates on every run.
-    Neither inventory is changed.
+    Neither inventory is changed. Raises MappingError when either holds no tensors.
     """
+    require_tensors(source, target)
     settings = settings if settings is not None else ScoreSettings()
     # One inventory on both sides (a checkpoint checked against itself): its roles and its
     # prepared Side are computed once; neither is changed by the stages.

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from weightmapper.atomic import private_workdir
-from weightmapper.errors import MappingError
 from weightmapper.inventory import Inventory
 from weightmapper.pipeline.codec import info_from_json
 from weightmapper.result import MappingResult
@@ -65,28 +64,12 @@ def assign_key_settings(settings: MapperSettings | None) -> dict[str, Any]:
     return changed_fields((settings or MapperSettings()).assign)
 
 
-def require_tensors(source: Inventory, target: Inventory) -> None:
-    """Both inventories → None, or MappingError naming a side that holds no tensors.
-
-    Nothing can be mapped from or onto an empty side (a safetensors file saved from an
-    empty dict, a module without parameters or buffers): said here, before the engine runs.
-    """
-    for side, inv in (("source", source), ("target", target)):
-        if not inv.tensors:
-            raise MappingError(
-                f"the {side} {inv.name or ''} holds no tensors, so there is nothing to map "
-                f"{'from' if side == 'source' else 'onto'}. Expected a checkpoint or module "
-                "with weights: check that the right file or spec was given."
-            )
-
-
 def score_candidates(
     source: Inventory, target: Inventory, settings: MapperSettings | None
 ) -> dict[str, Any]:
     """Both inventories + mapper settings → JSON form of the engine's Candidates."""
     from weightmapper.engine import score_inventories
 
-    require_tensors(source, target)
     return score_inventories(source, target, (settings or MapperSettings()).score).to_dict()
 
 
