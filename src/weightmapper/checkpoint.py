@@ -719,7 +719,9 @@ def extract_state_dict(
         top = ", ".join(f"{k} ({type(v).__name__})" for k, v in list(obj.items())[:20])
         raise CheckpointFormatError(
             f"{source} holds no tensors where a state dict was expected (top-level keys: "
-            f"{top or 'none'}). Pass nested_key= naming the dict that holds the weights."
+            f"{top or 'none'}). Name the dict that holds the weights: in Python, "
+            "open_checkpoint(path, nested_key='KEY'); on the command line, save that dict as "
+            "its own file first (torch.save(ckpt['KEY'], 'weights.pt'))."
         )
     return tensors, fmt, metadata
 
@@ -832,8 +834,15 @@ def _renamed(info: TensorInfo, name: str) -> TensorInfo:
 
 
 def _check_names(path: Path, names: Iterable[str]) -> None:
-    """Tensor names → None, or CheckpointFormatError for one too long or too deeply dotted."""
+    """Tensor names → None, or CheckpointFormatError for one that is empty, too long or too
+    deeply dotted."""
     names = list(names)
+    if "" in names:
+        raise CheckpointFormatError(
+            f"{path} holds a tensor with an empty name; expected every tensor to have a name "
+            "(as state_dict keys do), since a tensor without one can be neither mapped nor "
+            "loaded. Re-save the checkpoint from its model, or give that tensor a name."
+        )
     too_long = max(map(len, names), default=0) > MAX_NAME_CHARS
     too_deep = max(map(str.count, names, repeat(".")), default=0) >= MAX_NAME_PARTS
     if not (too_long or too_deep):

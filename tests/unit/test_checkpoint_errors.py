@@ -308,3 +308,23 @@ def test_safetensors_gap_names_the_tensor_after_it_in_file_order(tmp_path: Path)
     )
     with pytest.raises(CheckpointFormatError, match=r"tensor 'c' starts at byte 12, expected 8"):
         open_checkpoint(_safetensors(tmp_path / "x.safetensors", header, bytes(16)))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_tensor_with_an_empty_name_is_refused_when_read(tmp_path: Path, suffix: str) -> None:
+    """No module can register a tensor without a name, and no mapping can name it: said when
+    the checkpoint is read, not later as a malformed mapping."""
+    state = {"": torch.ones(2), "a.weight": torch.ones(2)}
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".pt":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    with pytest.raises(CheckpointFormatError, match="holds a tensor with an empty name"):
+        open_checkpoint(path)
+
+
+def test_no_tensors_where_a_state_dict_was_expected_says_what_to_pass(tmp_path: Path) -> None:
+    torch.save({"epoch": 3}, tmp_path / "none.pt")
+    with pytest.raises(CheckpointFormatError, match=r"nested_key='KEY'.*torch\.save\(ckpt"):
+        open_checkpoint(tmp_path / "none.pt")
