@@ -81,22 +81,28 @@ def test_map_and_report_show_names_literally_and_markdown_stays_inert(
         assert "b` &lt;img src=x onerror=alert(1)&gt; `c.weight" in html  # shown, inside <code>
 
 
+def _migrate_one(tmp_path: Path, file_name: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """A checkpoint saved under ``file_name`` → what ``migrate`` prints for a job over it."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    torch.save({"w": torch.ones(2, 2)}, folder / file_name)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: names\nstore: store\nrunner: {kind: sequential}\noutput: {dir: out}\n"
+        "migrations:\n  - name: m\n    sources: ['src/*.pt']\n"
+        "    target: {module: 'torch.nn:Linear', kwargs: {in_features: 2, out_features: 2}}\n"
+    )
+    code = main(["migrate", str(job), "--no-prefect"])
+    out, err = capsys.readouterr()
+    assert code in (0, 1), err
+    return out
+
+
 def test_migrate_summary_shows_names_literally(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], tally
 ) -> None:
     with tally.attack(KIND):
-        folder = tmp_path / "src"
-        folder.mkdir()
-        torch.save({"w": torch.ones(2, 2)}, folder / "[bold]x[red]\x1b[2J.pt")
-        job = tmp_path / "job.yaml"
-        job.write_text(
-            "name: names\nstore: store\nrunner: {kind: sequential}\noutput: {dir: out}\n"
-            "migrations:\n  - name: m\n    sources: ['src/*.pt']\n"
-            "    target: {module: 'torch.nn:Linear', kwargs: {in_features: 2, out_features: 2}}\n"
-        )
-        code = main(["migrate", str(job), "--no-prefect"])
-        out, err = capsys.readouterr()
-        assert code in (0, 1), err
+        out = _migrate_one(tmp_path, "[bold]x[red]\x1b[2J.pt", capsys)
         _no_controls(out)
         assert "[bold]x[red]" in out and "\\x1b[2J" in out
 
@@ -106,18 +112,7 @@ def test_migrate_summary_keeps_a_name_with_a_newline_on_its_row(
 ) -> None:
     """A newline in a file name drew a second row, as if another checkpoint were listed."""
     with tally.attack(KIND):
-        folder = tmp_path / "src"
-        folder.mkdir()
-        torch.save({"w": torch.ones(2, 2)}, folder / "ok\nfake.pt")
-        job = tmp_path / "job.yaml"
-        job.write_text(
-            "name: names\nstore: store\nrunner: {kind: sequential}\noutput: {dir: out}\n"
-            "migrations:\n  - name: m\n    sources: ['src/*.pt']\n"
-            "    target: {module: 'torch.nn:Linear', kwargs: {in_features: 2, out_features: 2}}\n"
-        )
-        code = main(["migrate", str(job), "--no-prefect"])
-        out, err = capsys.readouterr()
-        assert code in (0, 1), err
+        out = _migrate_one(tmp_path, "ok\nfake.pt", capsys)
         assert "ok\\x0afake.pt" in out
 
 
