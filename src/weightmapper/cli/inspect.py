@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from weightmapper.cli._console import print_json, stdout_console
-from weightmapper.cli._options import add_trust_pickle
+from weightmapper.cli._options import add_trust_pickle, count
 
 if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
     from rich.console import Console
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="checkpoint file, shard index JSON, or directory")
     parser.add_argument("--json", action="store_true", help="print a stable JSON report")
     parser.add_argument(
-        "--depth", type=_depth, default=3, help="module tree depth (default: 3; 0 hides it)"
+        "--depth", type=count, default=3, help="module tree depth (default: 3; 0 hides it)"
     )
     add_trust_pickle(parser)
 
@@ -167,13 +167,3 @@ def _bytes(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
-
-
-def _depth(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number 0 or more, got {text!r}")
-    return value
