@@ -198,15 +198,19 @@ def diff_text(check: Mapping[str, Any]) -> str:
     if shapes:
         return f"no element-wise difference: the outputs differ in shape ({shapes_text(shapes)})"
 
-    def finite(value: Any) -> bool:
-        return isinstance(value, int | float) and math.isfinite(value)
-
-    max_abs, max_rel = check.get("max_abs_diff"), check.get("max_rel_diff")
-    if not finite(max_abs):
+    max_abs = finite_number(check.get("max_abs_diff"))
+    max_rel = finite_number(check.get("max_rel_diff"))
+    if max_abs is None:
         return "differences not measured"
     return f"max abs diff {max_abs:.3g}" + (
-        f", max rel diff {max_rel:.3g}" if finite(max_rel) else ""
+        f", max rel diff {max_rel:.3g}" if max_rel is not None else ""
     )
+
+
+def finite_number(value: Any) -> float | None:
+    """Any value → itself when it is a finite number, else None (JSON has no NaN or
+    infinity, and a report may hold a string or nothing where a number was not measured)."""
+    return value if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,7 +20,7 @@ from torch import nn
 
 from weightmapper.calls import main_tensor
 from weightmapper.errors import CheckpointFormatError, MappingError
-from weightmapper.result import MappingResult, check_verdict, diff_text
+from weightmapper.result import MappingResult, check_verdict, diff_text, finite_number
 from weightmapper.transforms import IDENTITY, TransformSpec, chain
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,8 @@ class FunctionalCheck:
         return {
             "equal": self.equal,
             # JSON has no infinity: outputs of different shapes have no difference to give.
-            "max_abs_diff": _finite(self.max_abs_diff),
-            "max_rel_diff": _finite(self.max_rel_diff),
+            "max_abs_diff": finite_number(self.max_abs_diff),
+            "max_rel_diff": finite_number(self.max_rel_diff),
             "atol": self.atol,
             "rtol": self.rtol,
             "first_diverging": self.first_diverging,
@@ -88,11 +87,6 @@ class FunctionalCheck:
             lines.append(f"no single diverging module found among {self.compared_modules} compared")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
-
-
-def _finite(value: float) -> float | None:
-    """Float → itself, or None when infinite or NaN (no JSON number says it)."""
-    return value if math.isfinite(value) else None
 
 
 def check_outputs(
