@@ -14,20 +14,18 @@ model folder it reads. Outputs of one command are distinct files (:func:`ensure_
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from weightmapper.bounded_json import loads_bounded
 from weightmapper.errors import OutputError
+from weightmapper.targets import MODULE_SPEC
 
 PathArg = str | os.PathLike[str]
 
 _MAX_FOLDER_FILES = 10_000  # a folder with more entries is not a checkpoint folder
 _MAX_INDEX_BYTES = 64 << 20
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_MODULE_SPEC = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):{_IDENT}(?:\.{_IDENT})*$")
 
 
 def input_files(path: PathArg) -> frozenset[Path]:
@@ -75,9 +73,8 @@ def spec_files(spec: str | None, config: PathArg | None = None) -> frozenset[Pat
     if sep and head.endswith(".py"):
         _add_file(Path(head), found)
         return frozenset(found)
-    match = _MODULE_SPEC.match(spec)
-    if match is not None and not Path(spec).exists():
-        module_file = _module_file(match.group(1))
+    if MODULE_SPEC.match(spec) and not Path(spec).exists():
+        module_file = _module_file(spec.partition(":")[0])
         if module_file is not None:
             found.add(module_file)
         return frozenset(found)

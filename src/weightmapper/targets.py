@@ -52,7 +52,8 @@ SPEC_FORMS: tuple[str, ...] = (
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = re.compile(rf"^{_IDENT}(\.{_IDENT})+$")
-_MODULE_SPEC = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+MODULE_SPEC = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+"""``package.module:callable.attr``: a module spec by import name."""
 
 
 # --- registries of model libraries -------------------------------------------------------
@@ -126,7 +127,7 @@ def is_module_spec(spec: str, config: str | os.PathLike[str] | None = None) -> b
     head, sep, _ = spec.partition(":")
     if sep and head in LIBRARIES:
         return True
-    return bool(_MODULE_SPEC.match(spec)) and not Path(spec).exists()
+    return bool(MODULE_SPEC.match(spec)) and not Path(spec).exists()
 
 
 def spec_problem(spec: Any) -> str | None:
@@ -136,7 +137,7 @@ def spec_problem(spec: Any) -> str | None:
     if (
         _transformers_class_name(spec)
         or _split_file_spec(spec)
-        or _MODULE_SPEC.match(spec)
+        or MODULE_SPEC.match(spec)
         or spec.partition(":")[0] in LIBRARIES
         or ("/" in spec or os.sep in spec or spec.startswith("."))
     ):
@@ -150,7 +151,7 @@ def spec_path(spec: str) -> str | None:
     file_spec = _split_file_spec(spec)
     if file_spec is not None:
         return str(file_spec[0])
-    if _transformers_class_name(spec) or _MODULE_SPEC.match(spec):
+    if _transformers_class_name(spec) or MODULE_SPEC.match(spec):
         return None
     if spec.partition(":")[0] in LIBRARIES:
         return None
@@ -330,7 +331,7 @@ def _resolve_callable(spec: str) -> Any:
         mod_name, attr = str(file_spec[0]), file_spec[1]
     else:
         mod_name, sep, attr = spec.partition(":")
-        if not sep or not _MODULE_SPEC.match(spec):
+        if not sep or not MODULE_SPEC.match(spec):
             raise ConfigError(unknown_spec_message(spec))
         module = _import_module(mod_name, spec)
     obj: Any = module

@@ -183,8 +183,9 @@ def parse_shape(text: str) -> tuple[tuple[int, ...], str]:
     if len(shape) > MAX_DUMMY_DIMS or math.prod(shape) > MAX_DUMMY_ELEMENTS:
         raise argparse.ArgumentTypeError(
             f"{text!r} has {math.prod(shape):,} elements in {len(shape)} dimensions; a dummy "
-            f"input needs at most {MAX_DUMMY_ELEMENTS:,} elements and 8 dimensions (batch 1 and "
-            "a small image or sequence, e.g. 1,3,224,224, is enough to trace and verify)"
+            f"input needs at most {MAX_DUMMY_ELEMENTS:,} elements and {MAX_DUMMY_DIMS} "
+            "dimensions (batch 1 and a small image or sequence, e.g. 1,3,224,224, is enough to "
+            "trace and verify)"
         )
     import torch
 
