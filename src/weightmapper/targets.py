@@ -211,16 +211,23 @@ def resolve_side(
     """
     if is_module_spec(spec, config):
         return build_module(spec, kwargs, config=config, meta=meta, flag=flag)
-    if not Path(spec).exists():
-        raise ConfigError(unknown_spec_message(spec, what))
-    problem = not_a_checkpoint(spec, what, flag)
-    if problem is not None:
-        raise ConfigError(problem)
+    path = checkpoint_path(spec, what, flag)
     if kwargs:
         raise ConfigError(
             f"{flag}-kwargs applies to a module spec, but {spec!r} is a checkpoint path; "
             f"drop {flag}-kwargs or name a callable"
         )
+    return path
+
+
+def checkpoint_path(spec: str, what: str = "target", flag: str = "--target") -> Path:
+    """A spec taken as a checkpoint → its Path; ConfigError when nothing is there (listing
+    the forms a spec takes) or when it is a Python file or a model config instead."""
+    if not Path(spec).exists():
+        raise ConfigError(unknown_spec_message(spec, what))
+    problem = not_a_checkpoint(spec, what, flag)
+    if problem is not None:
+        raise ConfigError(problem)
     return Path(spec)
 
 

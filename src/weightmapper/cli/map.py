@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weightmapper.cli import _proof
@@ -22,7 +21,7 @@ from weightmapper.settings import (
     STRATEGIES,
     MapperSettings,
 )
-from weightmapper.targets import SPEC_FORMS, is_module_spec, not_a_checkpoint, resolve_side
+from weightmapper.targets import SPEC_FORMS, checkpoint_path, is_module_spec, resolve_side
 
 if TYPE_CHECKING:  # torch and rich load when the command runs, not for --help
     import torch
@@ -233,12 +232,7 @@ def _side(args: argparse.Namespace, which: str, meta: bool) -> Any:
                 f"{given} applies to a {what} built from a spec, but {spec!r} is a checkpoint "
                 f"path; drop {given} or name a spec"
             )
-        if not Path(spec).exists():
-            resolve_side(spec, what=what, flag=flag)  # raises, listing the forms
-        problem = not_a_checkpoint(spec, what, flag)
-        if problem is not None:
-            raise ConfigError(problem)
-        return Path(spec)
+        return checkpoint_path(spec, what, flag)
     return resolve_side(spec, kwargs=kwargs, config=config, meta=meta, what=what, flag=flag)
 
 
